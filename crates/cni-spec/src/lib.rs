@@ -1,0 +1,20 @@
+//! The Container Network Interface, as far as a plugin needs it: the error
+//! object and its codes, the network configuration envelope, results and their
+//! conversion between spec versions, the `CNI_*` environment, the skeleton
+//! that turns a process invocation into a call on a [`Plugin`], and the
+//! delegation of IPAM to another plugin binary.
+
+pub mod env;
+pub mod error;
+pub mod invoke;
+pub mod log;
+pub mod netconf;
+pub mod result;
+pub mod skeleton;
+pub mod version;
+
+pub use env::{Command, Env};
+pub use error::{CniError, code};
+pub use netconf::NetConf;
+pub use result::{CniResult, Dns, Interface, IpConfig, RouteConfig};
+pub use skeleton::{Plugin, Request};

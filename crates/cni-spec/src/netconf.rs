@@ -1,0 +1,150 @@
+//! The network configuration envelope that every plugin receives on stdin.
+//!
+//! Only the keys the spec defines are typed here; plugin-specific keys are
+//! decoded by each plugin from [`NetConf::raw`] with [`decode`].
+
+use crate::error::{CniError, code};
+use crate::result::Dns;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub plugin_type: String,
+    #[serde(default)]
+    pub capabilities: HashMap<String, bool>,
+    #[serde(default)]
+    pub ipam: Option<Value>,
+    #[serde(default)]
+    pub dns: Option<Dns>,
+    #[serde(default)]
+    pub runtime_config: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub args: Option<Value>,
+    #[serde(default)]
+    pub prev_result: Option<Value>,
+    /// GC (1.1.0): the attachments the runtime still knows about.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// The whole configuration object, for plugin-specific keys.
+    #[serde(skip)]
+    pub raw: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+impl NetConf {
+    /// Parses stdin. Malformed JSON and wrong types are code 6, a missing
+    /// required key is code 7; messages name the offending key.
+    pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+        let value: Value = serde_json::from_slice(stdin).map_err(|e| {
+            CniError::decode(format!("failed to decode network configuration: {e}"))
+        })?;
+        let Value::Object(raw) = value else {
+            return Err(CniError::decode(
+                "network configuration must be a JSON object",
+            ));
+        };
+        let mut conf: NetConf = decode("network configuration", &Value::Object(raw.clone()))?;
+        if conf.cni_version.is_empty() {
+            return Err(CniError::invalid_config(
+                "network configuration: \"cniVersion\" is empty",
+            ));
+        }
+        conf.raw = raw;
+        Ok(conf)
+    }
+
+    /// Refuses reference-plugin options this project does not implement
+    /// (code 2, naming the key).
+    pub fn refuse_unsupported(&self, keys: &[&str]) -> Result<(), CniError> {
+        refuse_keys(&self.raw, keys)
+    }
+
+    /// `runtimeConfig.<key>`, when the runtime sent it.
+    pub fn runtime(&self, key: &str) -> Option<&Value> {
+        self.runtime_config.as_ref()?.get(key)
+    }
+}
+
+/// Code 2 for the first of `keys` present in `obj`.
+pub fn refuse_keys(obj: &Map<String, Value>, keys: &[&str]) -> Result<(), CniError> {
+    match keys.iter().find(|k| obj.contains_key(**k)) {
+        Some(k) => Err(CniError::unsupported_field(k)),
+        None => Ok(()),
+    }
+}
+
+/// Decodes a typed view of `value`; errors name the path of the bad key
+/// (e.g. `ipam.ranges[0][0].subnet`) under `what`.
+pub fn decode<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T, CniError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let code = if inner.starts_with("missing field") {
+            code::INVALID_CONFIG
+        } else {
+            code::DECODE_FAILURE
+        };
+        let at = if path == "." {
+            String::new()
+        } else {
+            format!(" at {path:?}")
+        };
+        CniError::new(code, format!("{what}{at}: {inner}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_envelope_and_keeps_raw() {
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"n","type":"ptp","mtu":1400,"ipam":{"type":"host-local"},
+                "runtimeConfig":{"portMappings":[]},"cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.plugin_type, "ptp");
+        assert_eq!(c.raw["mtu"], 1400);
+        assert!(c.runtime("portMappings").is_some());
+        assert_eq!(c.valid_attachments.unwrap()[0].ifname, "eth0");
+    }
+
+    #[test]
+    fn malformed_input_codes_and_messages() {
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        let e = NetConf::parse(br#"[1]"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":5}"#).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("name"), "{e}");
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0"}"#).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("name"), "{e}");
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","dns":{"nameservers":"x"}}"#)
+            .unwrap_err();
+        assert!(e.msg.contains("dns.nameservers"), "{e}");
+    }
+
+    #[test]
+    fn refuses_unimplemented_keys_with_code_2() {
+        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","vlan":3}"#).unwrap();
+        let e = c.refuse_unsupported(&["vlanTrunk", "vlan"]).unwrap_err();
+        assert_eq!(e.code, 2);
+        assert!(e.msg.contains("vlan"));
+    }
+}

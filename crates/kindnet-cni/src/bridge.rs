@@ -1,0 +1,266 @@
+//! `bridge`: every pod's host end is a port of one bridge per node; with
+//! `isGateway` the bridge carries the gateway address of each range.
+
+use crate::nl_err;
+use crate::pod::Layout;
+use crate::veth::{self, HostSide, Options};
+use ipnet::IpNet;
+use kindnet_cni_spec::netconf::{decode, refuse_keys};
+use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request, RouteConfig};
+use kindnet_netlink::{AddrFlags, Handle, Link};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BridgeConf {
+    #[serde(default = "default_bridge")]
+    bridge: String,
+    #[serde(default)]
+    is_gateway: bool,
+    #[serde(default)]
+    is_default_gateway: bool,
+    #[serde(default)]
+    force_address: bool,
+    #[serde(default)]
+    ip_masq: bool,
+    #[serde(default)]
+    hairpin_mode: bool,
+    #[serde(default)]
+    promisc_mode: bool,
+    #[serde(default)]
+    mtu: u32,
+}
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+/// Reference bridge options this plugin does not implement: refused (code 2)
+/// when set to anything but their default.
+const UNSUPPORTED: &[&str] = &[
+    "vlan",
+    "vlanTrunk",
+    "preserveDefaultVlan",
+    "macspoofchk",
+    "enabledad",
+    "disableContainerInterface",
+    "portIsolation",
+];
+
+fn parse(req: &Request) -> Result<BridgeConf, CniError> {
+    let set: serde_json::Map<String, Value> = req
+        .conf
+        .raw
+        .iter()
+        .filter(|(k, v)| {
+            UNSUPPORTED.contains(&k.as_str())
+                && !matches!(v, Value::Null | Value::Bool(false))
+                && v.as_u64() != Some(0)
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    refuse_keys(&set, UNSUPPORTED)?;
+    let mut c: BridgeConf = decode("bridge configuration", &Value::Object(req.conf.raw.clone()))?;
+    if c.is_default_gateway {
+        c.is_gateway = true; // as the reference: a default gateway is a gateway
+    }
+    if c.bridge.is_empty() || c.bridge.len() > 15 || c.bridge.contains(['/', ' ', ':']) {
+        return Err(CniError::invalid_config(format!(
+            "\"bridge\": {:?} is not a valid interface name",
+            c.bridge
+        )));
+    }
+    Ok(c)
+}
+
+fn options(c: &BridgeConf) -> Options {
+    Options {
+        mtu: (c.mtu > 0).then_some(c.mtu),
+        ip_masq: c.ip_masq,
+    }
+}
+
+struct BridgeHost<'a>(&'a BridgeConf);
+
+impl BridgeHost<'_> {
+    fn ensure_bridge(&self, h: &mut Handle) -> Result<Link, CniError> {
+        let c = self.0;
+        let mtu = (c.mtu > 0).then_some(c.mtu);
+        match h.create_bridge(&c.bridge, mtu) {
+            Err(e) if !e.is_exists() => {
+                return Err(nl_err(format!("create bridge {}", c.bridge))(e));
+            }
+            _ => {}
+        }
+        let br = h
+            .link_by_name(&c.bridge)
+            .map_err(nl_err(format!("look up {}", c.bridge)))?
+            .ok_or_else(|| CniError::internal(format!("bridge {} vanished", c.bridge)))?;
+        if br.kind.as_deref() != Some("bridge") {
+            return Err(CniError::internal(format!(
+                "{} exists and is not a bridge",
+                c.bridge
+            )));
+        }
+        Ok(br)
+    }
+
+    /// The gateway address of each range on the bridge; another address of
+    /// the same family is an error unless `forceAddress`, as the reference.
+    fn ensure_gateways(&self, h: &mut Handle, br: &Link, ips: &[IpConfig]) -> Result<(), CniError> {
+        let have = h
+            .addresses(Some(br.index))
+            .map_err(nl_err("list bridge addresses"))?;
+        for c in ips {
+            let Some(gw) = c.gateway else { continue };
+            let want = IpNet::new(gw, c.address.prefix_len())
+                .map_err(|e| CniError::internal(e.to_string()))?;
+            if have.iter().any(|a| a.addr == want) {
+                continue;
+            }
+            let same_family: Vec<_> = have
+                .iter()
+                .filter(|a| {
+                    a.addr.addr().is_ipv4() == gw.is_ipv4()
+                        && !a.addr.addr().is_ipv6_unicast_link_local_compat()
+                })
+                .collect();
+            for old in same_family {
+                if !self.0.force_address {
+                    return Err(CniError::internal(format!(
+                        "bridge {} already has address {} (set forceAddress to replace it with {want})",
+                        br.name, old.addr
+                    )));
+                }
+                h.del_address(br.index, old.addr)
+                    .map_err(nl_err(format!("remove {} from {}", old.addr, br.name)))?;
+            }
+            match h.add_address(
+                br.index,
+                want,
+                AddrFlags {
+                    nodad: true,
+                    noprefixroute: false,
+                },
+            ) {
+                Err(e) if !e.is_exists() => {
+                    return Err(nl_err(format!("add {want} to {}", br.name))(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `is_ipv6_unicast_link_local` for both families (stable std only has it for v6).
+trait LinkLocal {
+    fn is_ipv6_unicast_link_local_compat(&self) -> bool;
+}
+impl LinkLocal for std::net::IpAddr {
+    fn is_ipv6_unicast_link_local_compat(&self) -> bool {
+        matches!(self, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+    }
+}
+
+impl HostSide for BridgeHost<'_> {
+    fn layout(&self) -> Layout {
+        Layout::Bridged
+    }
+
+    fn setup(
+        &self,
+        h: &mut Handle,
+        host: &Link,
+        ips: &[IpConfig],
+    ) -> Result<Vec<Interface>, CniError> {
+        let br = self.ensure_bridge(h)?;
+        if self.0.promisc_mode {
+            h.set_promisc(br.index, true)
+                .map_err(nl_err("set bridge promiscuous"))?;
+        }
+        if self.0.is_gateway {
+            self.ensure_gateways(h, &br, ips)?;
+        }
+        if !br.up {
+            if ips.iter().any(|c| c.address.addr().is_ipv6()) {
+                veth::no_dad(&br.name)?;
+            }
+            h.set_up(br.index)
+                .map_err(nl_err(format!("set {} up", br.name)))?;
+        }
+        h.set_master(host.index, br.index)
+            .map_err(nl_err(format!("attach {} to {}", host.name, br.name)))?;
+        if self.0.hairpin_mode {
+            h.set_bridge_port_hairpin(host.index, true)
+                .map_err(nl_err("set hairpin mode"))?;
+        }
+        h.set_up(host.index)
+            .map_err(nl_err(format!("set {} up", host.name)))?;
+        Ok(vec![Interface {
+            name: br.name.clone(),
+            mac: crate::pod::format_mac(br.mac),
+            ..Default::default()
+        }])
+    }
+
+    /// With `isDefaultGateway`, a default route per family via the gateway.
+    fn adjust_routes(&self, ips: &[IpConfig], routes: &mut Vec<RouteConfig>) {
+        if !self.0.is_default_gateway {
+            return;
+        }
+        for ip in ips.iter().filter(|ip| ip.gateway.is_some()) {
+            let dst = IpNet::new(unspecified(ip.address.addr()), 0).unwrap_or(ip.address);
+            if !routes.iter().any(|r| r.dst == dst) {
+                routes.push(RouteConfig::new(dst, ip.gateway));
+            }
+        }
+    }
+
+    fn check(&self, h: &mut Handle, host: &Link, _ips: &[IpConfig]) -> Result<(), CniError> {
+        let br = h
+            .link_by_name(&self.0.bridge)
+            .map_err(nl_err("look up the bridge"))?
+            .ok_or_else(|| {
+                CniError::internal(format!("CHECK: bridge {} is missing", self.0.bridge))
+            })?;
+        if host.master != Some(br.index) {
+            return Err(CniError::internal(format!(
+                "CHECK: {} is not a port of {}",
+                host.name, br.name
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn unspecified(a: std::net::IpAddr) -> std::net::IpAddr {
+    match a {
+        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+pub struct Bridge;
+
+impl Plugin for Bridge {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        let c = parse(req)?;
+        veth::add(req, &options(&c), &BridgeHost(&c))
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        veth::del(req, &options(&parse(req)?))
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        let c = parse(req)?;
+        veth::check(req, &BridgeHost(&c))
+    }
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        parse(req)?;
+        veth::status(req)
+    }
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        veth::gc(req, &options(&parse(req)?))
+    }
+}

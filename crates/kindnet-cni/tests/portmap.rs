@@ -1,0 +1,177 @@
+//! portmap chained after ptp: a host port reaches the pod from another host
+//! and from the node itself, keeps the client's address, and goes away on
+//! DEL and GC.
+
+mod common;
+
+use common::*;
+use kindnet_netlink::Netns;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A node namespace with an uplink to a client namespace on 172.30.0.0/24
+/// and fd00:30::/64.
+struct Bed {
+    node: Ns,
+    client: Ns,
+}
+
+fn bed() -> Bed {
+    let node = Ns::new("node");
+    let client = Ns::new("client");
+    node.run_ok(&[
+        "ip",
+        "link",
+        "add",
+        "uplink",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink",
+        "netns",
+        &client.name,
+    ]);
+    for (ns, v4, v6) in [
+        (&node, "172.30.0.1/24", "fd00:30::1/64"),
+        (&client, "172.30.0.2/24", "fd00:30::2/64"),
+    ] {
+        ns.run_ok(&["ip", "addr", "add", v4, "dev", "uplink"]);
+        ns.run_ok(&["ip", "addr", "add", v6, "dev", "uplink", "nodad"]);
+        ns.run_ok(&["ip", "link", "set", "uplink", "up"]);
+    }
+    client.run_ok(&["ip", "route", "add", "default", "via", "172.30.0.1"]);
+    client.run_ok(&["ip", "-6", "route", "add", "default", "via", "fd00:30::1"]);
+    Bed { node, client }
+}
+
+/// Serves "hello from POD, you are PEER" on port 80 inside `pod`, both families.
+fn serve(pod: &Ns) {
+    let ns = Netns::open(pod.path()).unwrap();
+    let listener = ns.run(|| TcpListener::bind("[::]:80")).unwrap().unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let peer = s
+                .peer_addr()
+                .map(|p| p.ip().to_canonical().to_string())
+                .unwrap_or_default();
+            let _ = s.write_all(format!("you are {peer}").as_bytes());
+        }
+    });
+}
+
+/// Connects from inside `from` to `to` and returns what the server said.
+fn fetch(from: &Ns, to: &str) -> Option<String> {
+    let ns = Netns::open(from.path()).unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .unwrap()
+}
+
+fn portmap_conf(prev: &Value, maps: Value) -> Value {
+    json!({
+        "cniVersion": "1.0.0", "name": "kindnet-test", "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": maps},
+        "prevResult": prev,
+    })
+}
+
+#[test]
+fn host_port_reaches_the_pod_and_is_removed() {
+    require_root!();
+    let b = bed();
+    let pod = Ns::new("pod");
+    let data = TempDir::new("ipam");
+    let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    let args = Args::new("web", &pod.path());
+    let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
+    serve(&pod);
+    let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+    let pm = portmap_conf(&res, maps);
+    let out = call(Some(&b.node), "portmap", "ADD", &args, &pm).ok();
+    assert_eq!(out["ips"], res["ips"], "portmap passes the result through");
+
+    assert_eq!(
+        fetch(&b.client, "172.30.0.1:8080").as_deref(),
+        Some("you are 172.30.0.2"),
+        "from another host, no SNAT"
+    );
+    assert_eq!(
+        fetch(&b.client, "[fd00:30::1]:8080").as_deref(),
+        Some("you are fd00:30::2"),
+        "IPv6"
+    );
+    assert!(
+        fetch(&b.node, "172.30.0.1:8080").is_some_and(|s| s.starts_with("you are")),
+        "from the node itself"
+    );
+    call(Some(&b.node), "portmap", "CHECK", &args, &pm).ok();
+
+    // a second pod may not take the same host port
+    let pod2 = Ns::new("pod");
+    let args2 = Args::new("web2", &pod2.path());
+    let res2 = call(Some(&b.node), "ptp", "ADD", &args2, &ptp).ok();
+    let c = call(
+        Some(&b.node),
+        "portmap",
+        "ADD",
+        &args2,
+        &portmap_conf(&res2, json!([{"hostPort": 8080, "containerPort": 80}])),
+    );
+    assert_ne!(c.code, 0, "port conflict must fail");
+
+    call(Some(&b.node), "portmap", "DEL", &args, &pm).ok();
+    assert_eq!(fetch(&b.client, "172.30.0.1:8080"), None, "mapping removed");
+    call(Some(&b.node), "portmap", "DEL", &args, &pm).ok(); // idempotent
+    let c = call(Some(&b.node), "portmap", "CHECK", &args, &pm);
+    assert_ne!(c.code, 0, "CHECK sees the mapping is gone");
+}
+
+#[test]
+fn no_mappings_cost_nothing_and_gc_removes_stale_ones() {
+    require_root!();
+    let b = bed();
+    let pod = Ns::new("pod");
+    let data = TempDir::new("ipam");
+    let ptp = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET]);
+    let args = Args::new("web", &pod.path());
+    let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
+    let mut none = portmap_conf(&res, json!([]));
+    none["cniVersion"] = json!("1.1.0");
+    call(Some(&b.node), "portmap", "ADD", &args, &none).ok();
+    let tables = b.node.run_ok(&["nft", "list", "tables"]);
+    assert!(
+        !tables.contains("kindnet-portmap"),
+        "no mappings: no table ({tables})"
+    );
+
+    let mut pm = portmap_conf(
+        &res,
+        json!([{"hostPort": 9090, "containerPort": 80, "protocol": "udp"}]),
+    );
+    pm["cniVersion"] = json!("1.1.0");
+    call(Some(&b.node), "portmap", "ADD", &args, &pm).ok();
+    assert!(
+        b.node
+            .run_ok(&["nft", "list", "table", "inet", "kindnet-portmap"])
+            .contains("9090")
+    );
+    let mut gc = pm.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "someone-else", "ifname": "eth0"}]);
+    call(Some(&b.node), "portmap", "GC", &Args::new("", ""), &gc).ok();
+    assert!(
+        !b.node
+            .run_ok(&["nft", "list", "table", "inet", "kindnet-portmap"])
+            .contains("9090"),
+        "GC removed the stale mapping"
+    );
+}

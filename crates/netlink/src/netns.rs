@@ -1,0 +1,147 @@
+//! Network namespace handles and the two safe ways of running code in one.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// An open network namespace file (/var/run/netns/X, /proc/PID/ns/net, ...).
+/// Holding the fd keeps the namespace alive.
+#[derive(Debug)]
+pub struct Netns {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Netns {
+    /// Opens a namespace by path; a missing path fails with `is_not_found()`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Netns> {
+        let path = path.as_ref();
+        let f = File::open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                Error::NotFound(format!("network namespace {}", path.display()))
+            } else {
+                Error::os(format!("open network namespace {}", path.display()), e)
+            }
+        })?;
+        Ok(Netns {
+            fd: f.into(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The calling thread's current network namespace.
+    pub fn current() -> Result<Netns> {
+        Netns::open("/proc/thread-self/ns/net")
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether two handles name the same namespace (same nsfs inode).
+    pub fn is_same(&self, other: &Netns) -> Result<bool> {
+        let id = |n: &Netns| -> Result<(u64, u64)> {
+            let f = File::from(n.fd.try_clone().map_err(Error::Io)?);
+            let m = f.metadata().map_err(Error::Io)?;
+            Ok((m.dev(), m.ino()))
+        };
+        Ok(id(self)? == id(other)?)
+    }
+
+    /// Runs `f` with the CALLING THREAD switched into this namespace and
+    /// switches back before returning, also when `f` panics.
+    ///
+    /// Only the calling thread moves: other threads (and sockets they open)
+    /// stay where they were, so this is meant for single-threaded callers
+    /// such as the CNI plugin. Multi-threaded programs should prefer
+    /// [`Netns::run`].
+    pub fn enter<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let original = Netns::current()?;
+        setns(self.as_fd())
+            .map_err(|e| Error::os(format!("enter netns {}", self.path.display()), e))?;
+        let guard = Restore(Some(original));
+        let r = f();
+        guard.finish()?;
+        Ok(r)
+    }
+
+    /// Runs `f` on a fresh scoped thread that entered this namespace, so the
+    /// caller's threads never change namespace. Panics in `f` propagate.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> Result<R> {
+        std::thread::scope(|s| {
+            let t = s.spawn(|| {
+                setns(self.as_fd())
+                    .map_err(|e| Error::os(format!("enter netns {}", self.path.display()), e))?;
+                Ok(f())
+            });
+            match t.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+}
+
+/// Switches the thread back to the saved namespace when dropped.
+struct Restore(Option<Netns>);
+
+impl Restore {
+    fn finish(mut self) -> Result<()> {
+        match self.0.take() {
+            Some(ns) => setns(ns.as_fd())
+                .map_err(|e| Error::os(format!("return to netns {}", ns.path.display()), e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if let Some(ns) = self.0.take() {
+            if setns(ns.as_fd()).is_ok() {
+                return;
+            }
+            // Unwinding with the thread stuck in a foreign namespace would
+            // let later code silently act on the wrong network.
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_path_is_not_found() {
+        let e = Netns::open("/var/run/netns/knl-definitely-missing").unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+    }
+
+    #[test]
+    fn current_is_same_as_itself_and_differs_from_a_non_netns_file() {
+        let a = Netns::current().unwrap();
+        let b = Netns::open("/proc/self/ns/net").unwrap();
+        assert!(a.is_same(&b).unwrap());
+        let other = Netns::open("/proc/self/ns/uts").unwrap();
+        assert!(!a.is_same(&other).unwrap());
+        assert_eq!(b.path(), Path::new("/proc/self/ns/net"));
+    }
+}

@@ -1,0 +1,396 @@
+//! Request/response plumbing over a blocking NETLINK_ROUTE socket.
+//!
+//! Replies are walked in place in one reusable receive buffer, so a dump of
+//! 10,000 routes costs a few dozen `recv` calls and no per-message buffers.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
+    NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{Socket as NlSocket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::error::{Error, Result};
+
+/// Big enough for any dump datagram the kernel builds by default (it caps
+/// them at 32 KiB); larger ones grow the buffer and retry.
+const RECV_BUF: usize = 64 * 1024;
+const NLMSG_HDRLEN: usize = 16;
+/// `nlmsgerr` TLV carrying the kernel's human readable error (extended ack).
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// How often a dump is retried when the kernel flags it inconsistent
+/// (NLM_F_DUMP_INTR) or a datagram did not fit the buffer.
+const DUMP_ATTEMPTS: usize = 5;
+
+/// The fixed part of one netlink message.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MsgHeader {
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+}
+
+/// Splits a datagram into (header, payload) pairs. Stops at the first
+/// malformed length instead of panicking.
+pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = (MsgHeader, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            buf = &[];
+            return None;
+        }
+        let hdr = MsgHeader {
+            kind: u16::from_ne_bytes([buf[4], buf[5]]),
+            flags: u16::from_ne_bytes([buf[6], buf[7]]),
+            seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        };
+        let payload = &buf[NLMSG_HDRLEN..len];
+        let aligned = (len + 3) & !3;
+        buf = buf.get(aligned..).unwrap_or(&[]);
+        Some((hdr, payload))
+    })
+}
+
+/// Reads the error code (negative errno or 0) at the start of an
+/// NLMSG_ERROR / NLMSG_DONE payload.
+fn leading_i32(payload: &[u8]) -> i32 {
+    match payload.get(..4) {
+        Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        None => 0,
+    }
+}
+
+/// The kernel's extended-ack message of an NLMSG_ERROR payload, if any.
+fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    // nlmsgerr = error code + the offending request's header (+ its payload
+    // unless the kernel capped it).
+    let orig = payload.get(4..4 + NLMSG_HDRLEN)?;
+    let skip = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        let l = u32::from_ne_bytes([orig[0], orig[1], orig[2], orig[3]]) as usize;
+        (l + 3) & !3
+    };
+    let tlvs = payload.get(4 + skip..)?;
+    NlasIterator::new(tlvs)
+        .filter_map(|n| n.ok())
+        .find(|n| n.kind() == NLMSGERR_ATTR_MSG)
+        .map(|n| {
+            let v = n.value();
+            let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+            String::from_utf8_lossy(&v[..end]).into_owned()
+        })
+}
+
+fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
+    let context = match msg {
+        Some(m) if !m.is_empty() => format!("{context} ({m})"),
+        _ => context,
+    };
+    Error::Netlink {
+        code: code.saturating_neg(),
+        context,
+    }
+}
+
+/// A bound NETLINK_ROUTE socket with its buffers and sequence counter.
+pub(crate) struct Socket {
+    sock: NlSocket,
+    seq: u32,
+    send_buf: Vec<u8>,
+    pub(crate) recv_buf: Vec<u8>,
+}
+
+impl Socket {
+    /// Opens a socket in the calling thread's network namespace, joined to
+    /// the given multicast groups (none for request sockets).
+    pub(crate) fn new(groups: &[u32]) -> Result<Socket> {
+        let mut sock = NlSocket::new(NETLINK_ROUTE).map_err(|e| Error::os("netlink socket", e))?;
+        sock.bind(&SocketAddr::new(0, 0))
+            .map_err(|e| Error::os("netlink bind", e))?;
+        for g in groups {
+            sock.add_membership(*g)
+                .map_err(|e| Error::os(format!("netlink join group {g}"), e))?;
+        }
+        // Best effort: kernel error strings and short acks. Old kernels
+        // lack these options, which only costs us nicer messages.
+        let _ = sock.set_ext_ack(true);
+        let _ = sock.set_cap_ack(true);
+        Ok(Socket {
+            sock,
+            seq: 0,
+            send_buf: Vec::with_capacity(256),
+            recv_buf: vec![0; RECV_BUF],
+        })
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    /// Receives one datagram into `recv_buf`. Returns the datagram's real
+    /// length, which exceeds the buffer when it was truncated.
+    pub(crate) fn recv(&mut self, flags: libc::c_int) -> io::Result<usize> {
+        loop {
+            // SAFETY: the pointer/length pair describes our own initialised
+            // buffer, which the kernel writes at most `len` bytes into.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    self.recv_buf.as_mut_ptr().cast(),
+                    self.recv_buf.len(),
+                    flags | libc::MSG_TRUNC,
+                )
+            };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Grows the receive buffer after a truncated datagram of `needed` bytes.
+    pub(crate) fn grow(&mut self, needed: usize) {
+        let size = needed.max(self.recv_buf.len() * 2).next_multiple_of(4096);
+        self.recv_buf.resize(size, 0);
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        if self.seq == 0 {
+            self.seq = 1;
+        }
+        self.seq
+    }
+
+    fn serialize(&mut self, msg: RouteNetlinkMessage, flags: u16) {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        nl.finalize();
+        self.send_buf.clear();
+        self.send_buf.resize(nl.buffer_len(), 0);
+        nl.serialize(&mut self.send_buf);
+    }
+
+    /// Stamps a fresh sequence number into the serialized request and sends it.
+    fn send(&mut self) -> io::Result<u32> {
+        let seq = self.next_seq();
+        if let Some(b) = self.send_buf.get_mut(8..12) {
+            b.copy_from_slice(&seq.to_ne_bytes());
+        }
+        let kernel = SocketAddr::new(0, 0);
+        loop {
+            match self.sock.send_to(&self.send_buf, &kernel, 0) {
+                Ok(_) => return Ok(seq),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `msg` (always with NLM_F_ACK) and feeds every reply message to
+    /// `parse`, collecting what it returns, until the final ACK or DONE.
+    /// Dumps and other side-effect free requests (`retry`) are repeated when
+    /// the kernel reports an interrupted dump or a reply did not fit.
+    pub(crate) fn collect<T>(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        retry: bool,
+        context: impl Fn() -> String,
+        mut parse: impl FnMut(u16, &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        self.serialize(msg, flags);
+        let retry = retry || flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut out = Vec::new();
+        for attempt in 1..=DUMP_ATTEMPTS {
+            out.clear();
+            let seq = self.send().map_err(|e| Error::os(context(), e))?;
+            let mut truncated = false;
+            let mut interrupted = false;
+            'recv: loop {
+                let n = self.recv(0).map_err(|e| Error::os(context(), e))?;
+                if n > self.recv_buf.len() {
+                    // The kernel dropped the part that did not fit; finish
+                    // this exchange and try again with a bigger buffer.
+                    truncated = true;
+                    self.grow(n);
+                    continue;
+                }
+                for (hdr, payload) in messages(&self.recv_buf[..n]) {
+                    if hdr.seq != seq {
+                        continue; // a stale reply to an earlier request
+                    }
+                    match hdr.kind {
+                        NLMSG_NOOP => {}
+                        NLMSG_ERROR => {
+                            let code = leading_i32(payload);
+                            if code == 0 {
+                                break 'recv;
+                            }
+                            let m = ext_ack_msg(hdr.flags, payload);
+                            return Err(netlink_error(code, context(), m));
+                        }
+                        NLMSG_DONE => {
+                            let code = leading_i32(payload);
+                            if code < 0 {
+                                return Err(netlink_error(code, context(), None));
+                            }
+                            break 'recv;
+                        }
+                        NLMSG_OVERRUN => {
+                            return Err(Error::os(
+                                context(),
+                                io::Error::from_raw_os_error(libc::ENOBUFS),
+                            ));
+                        }
+                        kind => {
+                            if hdr.flags & NLM_F_DUMP_INTR != 0 {
+                                interrupted = true;
+                            }
+                            if !truncated {
+                                out.extend(parse(kind, payload));
+                            }
+                        }
+                    }
+                }
+            }
+            if !(truncated || interrupted) {
+                return Ok(out);
+            }
+            if !retry || attempt == DUMP_ATTEMPTS {
+                let why = if truncated {
+                    "reply did not fit the receive buffer"
+                } else {
+                    "dump interrupted by concurrent changes"
+                };
+                return Err(Error::Netlink {
+                    code: if truncated {
+                        libc::EMSGSIZE
+                    } else {
+                        libc::EINTR
+                    },
+                    context: format!("{}: {why}", context()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends a modification and waits for its ACK.
+    pub(crate) fn ack(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        context: impl Fn() -> String,
+    ) -> Result<()> {
+        self.collect(msg, flags, false, context, |_, _| None::<()>)
+            .map(drop)
+    }
+}
+
+/// A NETLINK_ROUTE socket bound in the network namespace of the thread that
+/// created it. The socket keeps talking to that namespace wherever it is
+/// used from afterwards, so a `Handle` for a container namespace can be used
+/// from any thread.
+pub struct Handle {
+    pub(crate) sock: Socket,
+}
+
+impl Handle {
+    /// Opens a handle in the calling thread's network namespace.
+    pub fn new() -> Result<Handle> {
+        Ok(Handle {
+            sock: Socket::new(&[])?,
+        })
+    }
+
+    /// Opens a handle inside `ns` (on a short-lived thread that entered it);
+    /// the returned handle can be used from anywhere.
+    pub fn in_netns(ns: &crate::Netns) -> Result<Handle> {
+        ns.run(Handle::new)?
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handle")
+            .field("fd", &self.sock.fd())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let len = (NLMSG_HDRLEN + payload.len()) as u32;
+        let mut v = Vec::new();
+        v.extend_from_slice(&len.to_ne_bytes());
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(&flags.to_ne_bytes());
+        v.extend_from_slice(&seq.to_ne_bytes());
+        v.extend_from_slice(&0u32.to_ne_bytes());
+        v.extend_from_slice(payload);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    #[test]
+    fn splits_datagrams_and_stops_on_garbage() {
+        let mut buf = msg(24, 2, 7, &[1, 2, 3]);
+        buf.extend(msg(NLMSG_DONE, 2, 7, &0i32.to_ne_bytes()));
+        let got: Vec<_> = messages(&buf)
+            .map(|(h, p)| (h.kind, h.seq, p.len()))
+            .collect();
+        assert_eq!(got, vec![(24, 7, 3), (NLMSG_DONE, 7, 4)]);
+
+        // A length field pointing past the end yields nothing, no panic.
+        let mut bad = msg(24, 0, 1, &[0; 8]);
+        bad[0] = 200;
+        assert_eq!(messages(&bad).count(), 0);
+        // A length below the header size too.
+        let mut bad = msg(24, 0, 1, &[]);
+        bad[0] = 3;
+        assert_eq!(messages(&bad).count(), 0);
+        assert_eq!(messages(&[1, 2, 3]).count(), 0);
+    }
+
+    #[test]
+    fn extended_ack_message_is_extracted() {
+        // error code, capped original header, then NLMSGERR_ATTR_MSG.
+        let mut p = (-libc::EINVAL).to_ne_bytes().to_vec();
+        p.extend_from_slice(&[0; NLMSG_HDRLEN]);
+        let text = b"Nexthop has invalid gateway\0";
+        let nla_len = (4 + text.len()) as u16;
+        p.extend_from_slice(&nla_len.to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(text);
+        let m = ext_ack_msg(NLM_F_CAPPED | NLM_F_ACK_TLVS, &p);
+        assert_eq!(m.as_deref(), Some("Nexthop has invalid gateway"));
+        assert_eq!(ext_ack_msg(NLM_F_CAPPED, &p), None);
+        assert_eq!(ext_ack_msg(NLM_F_ACK_TLVS, &p[..6]), None);
+
+        let e = netlink_error(-libc::EINVAL, "add route x".into(), m);
+        assert_eq!(e.errno(), Some(libc::EINVAL));
+        assert!(e.to_string().contains("Nexthop has invalid gateway"), "{e}");
+    }
+}

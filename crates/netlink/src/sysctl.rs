@@ -1,0 +1,57 @@
+//! /proc/sys access. Note that /proc/sys/net is resolved in the network
+//! namespace of the thread that opens the file, so call these inside
+//! [`crate::Netns::run`] / [`crate::Netns::enter`] to touch a pod's settings.
+
+use std::io;
+use std::path::PathBuf;
+
+fn path(key: &str) -> io::Result<PathBuf> {
+    let key = key.trim_start_matches('/');
+    if key.is_empty()
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bad sysctl key {key:?}"),
+        ));
+    }
+    Ok(PathBuf::from("/proc/sys").join(key))
+}
+
+/// Writes `value` to /proc/sys/`key`, e.g. `set("net/ipv6/conf/eth0/accept_dad", "0")`.
+pub fn set(key: &str, value: &str) -> io::Result<()> {
+    std::fs::write(path(key)?, value.as_bytes())
+}
+
+/// Reads /proc/sys/`key` without the trailing newline.
+pub fn get(key: &str) -> io::Result<String> {
+    let mut s = std::fs::read_to_string(path(key)?)?;
+    let trimmed = s.trim_end_matches('\n').len();
+    s.truncate(trimmed);
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_confined_to_proc_sys() {
+        assert_eq!(
+            path("net/ipv4/ip_forward").unwrap(),
+            PathBuf::from("/proc/sys/net/ipv4/ip_forward")
+        );
+        for bad in ["", "net/../../etc/passwd", "net//x", "net/./x"] {
+            assert!(path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn reads_a_known_key() {
+        let v = get("kernel/ostype").unwrap();
+        assert_eq!(v, "Linux");
+        assert!(get("kernel/knl-no-such-key").is_err());
+    }
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command: set up a fresh machine, check formatting and lints, then
+# run every test (the integration tests need root and create their own
+# network namespaces; as non-root they skip with a message).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --locked
+cargo test --workspace --locked -- --test-threads=2
