@@ -12,7 +12,7 @@ serial=${1:-50} many=${2:-100} par=${3:-8}
 scripts/setup.sh >&2
 command -v cnidrive >/dev/null || { echo "bench-cni: cnidrive missing" >&2; exit 1; }
 [ -x /usr/lib/cni/ptp ] || { echo "bench-cni: reference plugins missing (containernetworking-plugins)" >&2; exit 1; }
-cargo build --release -q -p kindnet-cni >&2
+scripts/build.sh cni >&2
 
 # IPAM state (and libcni's cache) on tmpfs, as kind has it (/run/cni-ipam-state): run in a private
 # mount namespace so the tmpfs is ours alone and vanishes with us.

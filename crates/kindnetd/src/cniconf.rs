@@ -1,0 +1,362 @@
+//! The CNI network configuration kindnetd writes for its node: pure
+//! rendering, plus an atomic write that happens only when the content changes.
+//!
+//! The chain is kind's: `ptp` (or `bridge` when CNI_BRIDGE is set) with
+//! host-local IPAM over every pod CIDR of the node, then `portmap`.
+//! `ipMasq` is off because kindnetd masquerades itself.
+
+use std::fs;
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::routes::KernelRoute;
+
+pub const CONFLIST_NAME: &str = "10-kindnet.conflist";
+pub const NETWORK_NAME: &str = "kindnet";
+/// What libcni 1.1 (Debian's) reads: the highest version it knows.
+pub const CNI_VERSION: &str = "1.0.0";
+/// Every version our plugins speak; newer libcni picks the highest it knows.
+pub const CNI_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniInputs {
+    /// The node's pod CIDRs (one per family), in the Node's order.
+    pub pod_cidrs: Vec<IpNet>,
+    pub mtu: u32,
+    /// Some(name) selects the bridge plugin with that bridge.
+    pub bridge: Option<String>,
+    pub ipam_data_dir: PathBuf,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Conflist<'a> {
+    cni_version: &'a str,
+    cni_versions: &'a [&'a str],
+    name: &'a str,
+    plugins: (MainPlugin<'a>, Portmap),
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MainPlugin<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bridge: Option<&'a str>,
+    ip_masq: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_gateway: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_default_gateway: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hairpin_mode: Option<bool>,
+    mtu: u32,
+    ipam: Ipam<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ipam<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data_dir: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<Dst>,
+    ranges: Vec<[Subnet; 1]>,
+}
+
+#[derive(Serialize)]
+struct Dst {
+    dst: &'static str,
+}
+
+#[derive(Serialize)]
+struct Subnet {
+    subnet: String,
+}
+
+#[derive(Serialize)]
+struct Portmap {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    capabilities: PortmapCaps,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PortmapCaps {
+    port_mappings: bool,
+}
+
+/// Renders the conflist. Ranges keep the given order (the Node lists its
+/// primary family first); one default route per family present.
+///
+/// ptp: host-local returns the default routes. bridge: the plugin itself
+/// installs a default route per family (`isDefaultGateway`), as kind does,
+/// so IPAM carries none (two default routes would collide).
+pub fn render(inp: &CniInputs) -> String {
+    let mut families: Vec<bool> = Vec::new();
+    for c in &inp.pod_cidrs {
+        let v6 = c.addr().is_ipv6();
+        if !families.contains(&v6) {
+            families.push(v6);
+        }
+    }
+    let default_routes: Vec<Dst> = families
+        .iter()
+        .map(|v6| Dst {
+            dst: if *v6 { "::/0" } else { "0.0.0.0/0" },
+        })
+        .collect();
+    let ranges = inp
+        .pod_cidrs
+        .iter()
+        .map(|c| {
+            [Subnet {
+                subnet: c.to_string(),
+            }]
+        })
+        .collect();
+    let bridge = inp.bridge.as_deref();
+    let main = MainPlugin {
+        kind: if bridge.is_some() { "bridge" } else { "ptp" },
+        bridge,
+        ip_masq: false,
+        is_gateway: bridge.map(|_| true),
+        is_default_gateway: bridge.map(|_| true),
+        hairpin_mode: bridge.map(|_| true),
+        mtu: inp.mtu,
+        ipam: Ipam {
+            kind: "host-local",
+            data_dir: inp.ipam_data_dir.display().to_string(),
+            routes: if bridge.is_some() {
+                Vec::new()
+            } else {
+                default_routes
+            },
+            ranges,
+        },
+    };
+    let conf = Conflist {
+        cni_version: CNI_VERSION,
+        cni_versions: &CNI_VERSIONS,
+        name: NETWORK_NAME,
+        plugins: (
+            main,
+            Portmap {
+                kind: "portmap",
+                capabilities: PortmapCaps {
+                    port_mappings: true,
+                },
+            },
+        ),
+    };
+    // Serializing plain structs of strings and numbers cannot fail.
+    let mut s = serde_json::to_string_pretty(&conf).unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// The MTU for pods: that of the interface carrying the default route (IPv4
+/// first, then IPv6), else of the interface holding one of `own_ips`, else 1500.
+pub fn pick_mtu(
+    routes: &[KernelRoute],
+    link_mtu: impl Fn(u32) -> Option<u32>,
+    addr_link: impl Fn(&IpAddr) -> Option<u32>,
+    own_ips: &[IpAddr],
+) -> u32 {
+    let default_oif = |v6: bool| {
+        routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv6() == v6)
+            .min_by_key(|r| r.priority)
+            .and_then(|r| r.oif)
+    };
+    default_oif(false)
+        .or_else(|| default_oif(true))
+        .and_then(&link_mtu)
+        .or_else(|| own_ips.iter().find_map(&addr_link).and_then(&link_mtu))
+        .unwrap_or(1500)
+}
+
+/// Writes `content` to `dir/name` if it differs from what is there: a
+/// temporary file in the same directory (whose name CNI runtimes ignore),
+/// fsync, rename over the target, fsync the directory. Returns whether it wrote.
+pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> io::Result<bool> {
+    let target = dir.join(name);
+    match fs::read(&target) {
+        Ok(old) if old == content.as_bytes() => return Ok(false),
+        _ => {}
+    }
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        set_mode(&tmp, 0o644)?;
+        fs::rename(&tmp, &target)?;
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn inputs(cidrs: &[&str], bridge: Option<&str>) -> CniInputs {
+        CniInputs {
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            mtu: 1450,
+            bridge: bridge.map(str::to_string),
+            ipam_data_dir: "/run/cni-ipam-state".into(),
+        }
+    }
+
+    #[test]
+    fn ptp_dual_stack() {
+        let s = render(&inputs(&["10.244.1.0/24", "fd00:10:244:1::/64"], None));
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "cniVersion": "1.0.0",
+                "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+                "name": "kindnet",
+                "plugins": [
+                    {
+                        "type": "ptp",
+                        "ipMasq": false,
+                        "mtu": 1450,
+                        "ipam": {
+                            "type": "host-local",
+                            "dataDir": "/run/cni-ipam-state",
+                            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                            "ranges": [
+                                [{"subnet": "10.244.1.0/24"}],
+                                [{"subnet": "fd00:10:244:1::/64"}]
+                            ]
+                        }
+                    },
+                    {"type": "portmap", "capabilities": {"portMappings": true}}
+                ]
+            })
+        );
+        // Key order as people read it: version first.
+        assert!(s.trim_start().starts_with("{\n  \"cniVersion\": \"1.0.0\""));
+    }
+
+    #[test]
+    fn ipv6_only_has_only_ipv6_default_route() {
+        let v: Value =
+            serde_json::from_str(&render(&inputs(&["fd00:10:244:1::/64"], None))).unwrap();
+        assert_eq!(v["plugins"][0]["ipam"]["routes"], json!([{"dst": "::/0"}]));
+    }
+
+    #[test]
+    fn bridge_mode_is_kinds_bridge_chain() {
+        let v: Value =
+            serde_json::from_str(&render(&inputs(&["10.244.1.0/24"], Some("kind-br")))).unwrap();
+        let p = &v["plugins"][0];
+        assert_eq!(p["type"], "bridge");
+        assert_eq!(p["bridge"], "kind-br");
+        assert_eq!(p["isGateway"], true);
+        assert_eq!(p["isDefaultGateway"], true);
+        assert_eq!(p["hairpinMode"], true);
+        assert_eq!(p["ipMasq"], false);
+        assert!(p["ipam"].get("routes").is_none());
+        assert_eq!(p["ipam"]["ranges"], json!([[{"subnet": "10.244.1.0/24"}]]));
+        assert_eq!(v["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn ptp_config_has_no_bridge_keys() {
+        let v: Value = serde_json::from_str(&render(&inputs(&["10.244.1.0/24"], None))).unwrap();
+        let p = v["plugins"][0].as_object().unwrap();
+        for k in ["bridge", "isGateway", "isDefaultGateway", "hairpinMode"] {
+            assert!(!p.contains_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn mtu_follows_default_route_interface() {
+        let routes = vec![
+            KernelRoute {
+                dst: "10.0.0.0/8".parse().unwrap(),
+                gateway: None,
+                oif: Some(3),
+                priority: 0,
+            },
+            KernelRoute {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                oif: Some(7),
+                priority: 100,
+            },
+            KernelRoute {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gateway: Some("10.0.0.1".parse().unwrap()),
+                oif: Some(5),
+                priority: 50,
+            },
+        ];
+        let mtus = |i: u32| match i {
+            3 => Some(9000),
+            5 => Some(1400),
+            7 => Some(1300),
+            _ => None,
+        };
+        assert_eq!(pick_mtu(&routes, mtus, |_| None, &[]), 1400);
+        // No default route: the interface of HOST_IP, else 1500.
+        let own: IpAddr = "10.1.1.1".parse().unwrap();
+        assert_eq!(pick_mtu(&routes[..1], mtus, |_| Some(3), &[own]), 9000);
+        assert_eq!(pick_mtu(&routes[..1], mtus, |_| None, &[own]), 1500);
+    }
+
+    #[test]
+    fn atomic_write_only_on_change() {
+        let dir = std::env::temp_dir().join(format!("kindnetd-cniconf-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        assert!(write_if_changed(&dir, CONFLIST_NAME, "a\n").unwrap());
+        let ino = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(p).unwrap().ino()
+        };
+        let target = dir.join(CONFLIST_NAME);
+        let first = ino(&target);
+        assert!(!write_if_changed(&dir, CONFLIST_NAME, "a\n").unwrap());
+        assert_eq!(ino(&target), first, "unchanged content is not rewritten");
+        assert!(write_if_changed(&dir, CONFLIST_NAME, "b\n").unwrap());
+        assert_ne!(ino(&target), first, "new content arrives by rename");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "b\n");
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,420 @@
+//! Command-line flags. Every flag can also be given as an environment
+//! variable; kind's own variables (`HOST_IP`, `POD_IP`, `NODE_NAME`,
+//! `POD_SUBNET`, `CNI_BRIDGE`, `CONTROL_PLANE_ENDPOINT`) keep their names.
+//!
+//! Parsing is strict: a malformed value is reported by clap with the flag's
+//! name and the process exits with code 2.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use ipnet::{IpNet, Ipv6Net};
+
+/// The bridge name kind uses when `CNI_BRIDGE` is set to a boolean.
+pub const DEFAULT_BRIDGE: &str = "kind-br";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "kindnetd",
+    version,
+    about = "kindnet node daemon: peer pod routes, CNI config, masquerade, metrics"
+)]
+pub struct Flags {
+    /// Name of this node (its own Node object). Defaults to the hostname.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// This node's IP address(es), comma-separated (kind sets it from status.hostIP).
+    /// A peer node with one of these addresses is never used as a next hop.
+    #[arg(long, env = "HOST_IP", value_parser = parse_ip_list, default_value = "")]
+    pub host_ip: IpList,
+
+    /// The pod's IP (same as HOST_IP on the host network; accepted for kind compatibility).
+    #[arg(long, env = "POD_IP", value_parser = parse_ip_list, default_value = "")]
+    pub pod_ip: IpList,
+
+    /// Cluster pod CIDR(s), comma-separated. Never masqueraded, and used as the
+    /// node's pod ranges when its Node object has no podCIDRs.
+    #[arg(long, env = "POD_SUBNET", value_parser = parse_cidr_list, default_value = "")]
+    pub pod_subnet: CidrList,
+
+    /// Use the bridge plugin instead of ptp. "true"/"1" selects the bridge
+    /// named "kind-br"; any other interface name selects that name; empty,
+    /// "false" or "0" keeps ptp.
+    #[arg(long, env = "CNI_BRIDGE", value_parser = parse_bridge, default_value = "")]
+    pub cni_bridge: Bridge,
+
+    /// API server host:port used instead of the in-cluster service address
+    /// (as kind does, so kindnetd does not wait for kube-proxy).
+    #[arg(long, env = "CONTROL_PLANE_ENDPOINT")]
+    pub control_plane_endpoint: Option<String>,
+
+    /// Path to a kubeconfig file (default: in-cluster config, then ~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Read nodes from this NodeList file (JSON or YAML, as printed by
+    /// `kubectl get nodes -o json`) instead of the Kubernetes API. The file is
+    /// re-read when it changes.
+    #[arg(long, env = "KINDNET_NODES_FILE")]
+    pub nodes_file: Option<PathBuf>,
+
+    /// Directory the CNI config 10-kindnet.conflist is written to.
+    #[arg(long, env = "KINDNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    pub cni_conf_dir: PathBuf,
+
+    /// host-local IPAM state directory written into the conflist (tmpfs, so a
+    /// reboot frees addresses).
+    #[arg(
+        long,
+        env = "KINDNET_IPAM_DATA_DIR",
+        default_value = "/run/cni-ipam-state"
+    )]
+    pub ipam_data_dir: PathBuf,
+
+    /// MTU written into the conflist; 0 = the MTU of the interface carrying
+    /// the default route.
+    #[arg(long, env = "KINDNET_MTU", default_value_t = 0)]
+    pub mtu: u32,
+
+    /// IPv6 prefix (at most /96) used to build the IPv6 next hop of a node
+    /// that publishes only an IPv4 address: prefix + IPv4 address.
+    #[arg(long, env = "KINDNET_IPV6_PREFIX", value_parser = parse_ipv6_prefix)]
+    pub ipv6_prefix: Option<Ipv6Net>,
+
+    /// Period of the full resynchronisation of routes and rules (e.g. 10s, 500ms, 1m).
+    #[arg(long, env = "KINDNET_RESYNC_PERIOD", value_parser = parse_duration, default_value = "10s")]
+    pub resync_period: Duration,
+
+    /// Masquerade pod traffic leaving the cluster. false removes kindnetd's rules.
+    #[arg(long, env = "KINDNET_MASQUERADING", action = ArgAction::Set, default_value_t = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub masquerading: bool,
+
+    /// Destinations never masqueraded, besides the pod CIDRs (comma-separated, repeatable).
+    #[arg(long, env = "KINDNET_NO_MASQUERADE_CIDR", value_parser = parse_cidr_list, action = ArgAction::Append)]
+    pub no_masquerade_cidr: Vec<CidrList>,
+
+    /// Set the forwarding sysctls (and accept_ra=2 where needed).
+    #[arg(long, env = "KINDNET_CONFIGURE_SYSCTLS", action = ArgAction::Set, default_value_t = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub configure_sysctls: bool,
+
+    /// Address of the /metrics, /healthz and /readyz endpoints (":PORT" = all
+    /// addresses). Empty disables the endpoints.
+    #[arg(long, env = "KINDNET_METRICS_BIND_ADDRESS", value_parser = parse_bind, default_value = ":19080")]
+    pub metrics_bind_address: BindAddress,
+
+    /// Only set the forwarding sysctls (and accept_ra) once, then exit: for
+    /// a privileged init container, so the daemon itself needs no privilege.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub sysctls_only: bool,
+
+    /// Log as JSON lines.
+    #[arg(long, env = "KINDNET_LOG_JSON", action = ArgAction::Set, default_value_t = false,
+          default_missing_value = "true", num_args = 0..=1,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub log_json: bool,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. "info" or "kindnetd=debug").
+    #[arg(long, env = "KINDNET_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+impl Flags {
+    /// All no-masquerade CIDRs given, flattened.
+    pub fn no_masquerade(&self) -> Vec<IpNet> {
+        self.no_masquerade_cidr
+            .iter()
+            .flat_map(|l| l.0.iter().copied())
+            .collect()
+    }
+
+    /// HOST_IP and POD_IP together: addresses of this node given by flags.
+    pub fn own_ips(&self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .host_ip
+            .0
+            .iter()
+            .chain(&self.pod_ip.0)
+            .copied()
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The node name: the flag, else the hostname.
+    pub fn resolved_node_name(&self) -> Result<String, String> {
+        match &self.node_name {
+            Some(n) if !n.trim().is_empty() => Ok(n.trim().to_string()),
+            _ => hostname().ok_or_else(|| {
+                "cannot determine the node name: set --node-name or NODE_NAME".to_string()
+            }),
+        }
+    }
+
+    /// Checks that go beyond the syntax of one flag. The message names the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sysctls_only {
+            return Ok(());
+        }
+        if self.resync_period < Duration::from_millis(100) {
+            return Err("--resync-period must be at least 100ms".into());
+        }
+        if self.mtu != 0 && !(68..=65535).contains(&self.mtu) {
+            return Err(format!("--mtu {}: must be 0 (auto) or 68..65535", self.mtu));
+        }
+        if let Some(p) = &self.control_plane_endpoint
+            && (p.trim().is_empty() || p.contains(char::is_whitespace))
+        {
+            return Err(format!(
+                "--control-plane-endpoint {p:?}: expected host:port"
+            ));
+        }
+        if !self.ipam_data_dir.is_absolute() {
+            return Err(format!(
+                "--ipam-data-dir {}: must be an absolute path",
+                self.ipam_data_dir.display()
+            ));
+        }
+        self.resolved_node_name().map(drop)
+    }
+}
+
+/// Reads the kernel's hostname (UTS namespace).
+pub fn hostname() -> Option<String> {
+    let s = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpList(pub Vec<IpAddr>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CidrList(pub Vec<IpNet>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bridge(pub Option<String>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindAddress(pub Option<SocketAddr>);
+
+fn items(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|p| !p.is_empty())
+}
+
+pub fn parse_ip_list(s: &str) -> Result<IpList, String> {
+    items(s)
+        .map(|p| {
+            p.parse::<IpAddr>()
+                .map_err(|_| format!("{p:?} is not an IP address"))
+        })
+        .collect::<Result<_, _>>()
+        .map(IpList)
+}
+
+/// Parses comma-separated CIDRs; host bits must be zero.
+pub fn parse_cidr_list(s: &str) -> Result<CidrList, String> {
+    items(s)
+        .map(|p| {
+            let n: IpNet = p
+                .parse()
+                .map_err(|_| format!("{p:?} is not a CIDR (e.g. 10.244.0.0/16)"))?;
+            if n.trunc() != n {
+                return Err(format!(
+                    "{p:?} has host bits set (did you mean {}?)",
+                    n.trunc()
+                ));
+            }
+            Ok(n)
+        })
+        .collect::<Result<_, _>>()
+        .map(CidrList)
+}
+
+pub fn parse_ipv6_prefix(s: &str) -> Result<Ipv6Net, String> {
+    let n: Ipv6Net = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv6 prefix (e.g. fd00:1::/96)"))?;
+    if n.prefix_len() > 96 {
+        return Err(format!(
+            "{s:?}: prefix must be /96 or shorter to hold an IPv4 address"
+        ));
+    }
+    if n.trunc() != n {
+        return Err(format!("{s:?} has bits set after the prefix"));
+    }
+    Ok(n)
+}
+
+pub fn parse_bridge(s: &str) -> Result<Bridge, String> {
+    let t = s.trim();
+    match t.to_ascii_lowercase().as_str() {
+        "" | "false" | "0" | "no" | "off" => Ok(Bridge(None)),
+        "true" | "1" | "yes" | "on" => Ok(Bridge(Some(DEFAULT_BRIDGE.into()))),
+        _ => {
+            let valid = t.len() < 16
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if valid {
+                Ok(Bridge(Some(t.to_string())))
+            } else {
+                Err(format!(
+                    "{s:?}: expected true/false or a bridge interface name (max 15 characters of [A-Za-z0-9-_.])"
+                ))
+            }
+        }
+    }
+}
+
+/// "10s", "500ms", "1m", "2h" or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let err = || format!("{s:?} is not a duration (e.g. 10s, 500ms, 1m)");
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(err()),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(err());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// ":19080" binds every address, "127.0.0.1:19080" or "[::1]:19080" one; "" disables.
+pub fn parse_bind(s: &str) -> Result<BindAddress, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(BindAddress(None));
+    }
+    if let Some(port) = t.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?}: {port:?} is not a port"))?;
+        return Ok(BindAddress(Some(SocketAddr::new(
+            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+            port,
+        ))));
+    }
+    t.parse::<SocketAddr>()
+        .map(|a| BindAddress(Some(a)))
+        .map_err(|_| format!("{s:?} is not HOST:PORT or :PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Flags, clap::Error> {
+        let mut v = vec!["kindnetd"];
+        v.extend_from_slice(args);
+        Flags::try_parse_from(v)
+    }
+
+    #[test]
+    fn defaults() {
+        let f = parse(&["--node-name", "n1"]).unwrap();
+        assert_eq!(f.cni_conf_dir, PathBuf::from("/etc/cni/net.d"));
+        assert_eq!(f.ipam_data_dir, PathBuf::from("/run/cni-ipam-state"));
+        assert_eq!(f.resync_period, Duration::from_secs(10));
+        assert!(f.masquerading);
+        assert_eq!(f.cni_bridge, Bridge(None));
+        assert_eq!(
+            f.metrics_bind_address,
+            BindAddress(Some("[::]:19080".parse().unwrap()))
+        );
+        assert!(f.validate().is_ok());
+    }
+
+    #[test]
+    fn lists_and_booleans() {
+        let f = parse(&[
+            "--node-name=n1",
+            "--pod-subnet=10.244.0.0/16, fd00:10:244::/56",
+            "--masquerading=false",
+            "--no-masquerade-cidr=192.168.0.0/16",
+            "--no-masquerade-cidr=172.16.0.0/12,fd00::/8",
+            "--host-ip=172.18.0.2",
+            "--cni-bridge=true",
+            "--resync-period=500ms",
+            "--log-json",
+        ])
+        .unwrap();
+        assert_eq!(f.pod_subnet.0.len(), 2);
+        assert!(!f.masquerading);
+        assert_eq!(f.no_masquerade().len(), 3);
+        assert_eq!(f.own_ips(), vec!["172.18.0.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(f.cni_bridge, Bridge(Some("kind-br".into())));
+        assert_eq!(f.resync_period, Duration::from_millis(500));
+        assert!(f.log_json);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors() {
+        for bad in [
+            &["--pod-subnet=10.244.0.0"][..],
+            &["--pod-subnet=10.244.0.1/16"],
+            &["--host-ip=nope"],
+            &["--ipv6-prefix=fd00::/120"],
+            &["--ipv6-prefix=10.0.0.0/8"],
+            &["--resync-period=fast"],
+            &["--masquerading=maybe"],
+            &["--metrics-bind-address=:http"],
+            &["--cni-bridge=this-name-is-too-long"],
+            &["--mtu=big"],
+        ] {
+            let e = parse(bad).expect_err(&format!("{bad:?} should fail"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_catches_cross_field_problems() {
+        let f = parse(&["--node-name=n", "--resync-period=10ms"]).unwrap();
+        assert!(f.validate().unwrap_err().contains("--resync-period"));
+        let f = parse(&["--node-name=n", "--mtu=20"]).unwrap();
+        assert!(f.validate().unwrap_err().contains("--mtu"));
+        let f = parse(&["--node-name=n", "--ipam-data-dir=relative"]).unwrap();
+        assert!(f.validate().unwrap_err().contains("--ipam-data-dir"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn bind_addresses() {
+        assert_eq!(parse_bind("").unwrap(), BindAddress(None));
+        assert_eq!(
+            parse_bind("127.0.0.1:9").unwrap(),
+            BindAddress(Some("127.0.0.1:9".parse().unwrap()))
+        );
+        assert!(parse_bind("localhost:9").is_err());
+    }
+
+    #[test]
+    fn bridge_names() {
+        assert_eq!(parse_bridge("0").unwrap(), Bridge(None));
+        assert_eq!(parse_bridge("cni0").unwrap(), Bridge(Some("cni0".into())));
+        assert!(parse_bridge("a b").is_err());
+    }
+}

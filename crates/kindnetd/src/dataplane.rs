@@ -1,0 +1,159 @@
+//! The effectful edge: reads the host's routes, links and addresses, applies
+//! route operations through rtnetlink (crate `kindnet-netlink`), runs `nft`
+//! and touches sysctls. Everything here is synchronous; it runs on the
+//! reconciler's own thread, never on the async runtime.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use kindnet_netlink::{Family, Handle, RT_TABLE_MAIN, Route, RouteFilter, Scope};
+
+use crate::masq;
+use crate::routes::{InstalledRoute, KernelRoute, ROUTE_PROTOCOL, RouteOp, Topology};
+
+/// RTPROT_RA: routes learned from IPv6 router advertisements.
+pub const RTPROT_RA: u8 = 9;
+
+/// What one reconcile pass reads from the host.
+#[derive(Debug, Clone, Default)]
+pub struct HostView {
+    pub topology: Topology,
+    /// kindnetd's routes (protocol [`ROUTE_PROTOCOL`], main table).
+    pub ours: Vec<InstalledRoute>,
+    /// Every other main-table route.
+    pub foreign: Vec<KernelRoute>,
+    pub link_mtus: HashMap<u32, u32>,
+    pub link_names: HashMap<u32, String>,
+    /// Each local address with the index of its link.
+    pub addr_links: Vec<(IpAddr, u32)>,
+    /// Links carrying an IPv6 default route learned from an RA.
+    pub ra_default_oifs: Vec<u32>,
+}
+
+/// The operations a reconcile pass needs from the host; a fake stands in
+/// for it in unit tests.
+pub trait Dataplane: Send {
+    fn view(&mut self) -> Result<HostView, String>;
+    fn apply(&mut self, op: &RouteOp) -> Result<(), String>;
+    fn nft(&mut self, script: &str) -> Result<(), String>;
+    fn sysctl_get(&mut self, key: &str) -> Option<String>;
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String>;
+}
+
+/// The real host, through one rtnetlink socket.
+pub struct Netlink {
+    h: Handle,
+}
+
+impl Netlink {
+    pub fn new() -> Result<Netlink, String> {
+        Handle::new()
+            .map(|h| Netlink { h })
+            .map_err(|e| format!("open rtnetlink socket: {e}"))
+    }
+}
+
+fn unsupported(e: &kindnet_netlink::Error) -> bool {
+    matches!(
+        e.errno(),
+        Some(libc::EAFNOSUPPORT | libc::EOPNOTSUPP | libc::EPROTONOSUPPORT)
+    )
+}
+
+/// The route kindnetd installs for a desired peer route.
+pub fn to_route(dst: ipnet::IpNet, gateway: IpAddr, oif: u32) -> Route {
+    let mut r = Route::new(dst);
+    r.gateway = Some(gateway);
+    r.oif = Some(oif);
+    r.protocol = ROUTE_PROTOCOL;
+    r.table = RT_TABLE_MAIN;
+    r.scope = Scope::Universe;
+    r
+}
+
+impl Dataplane for Netlink {
+    fn view(&mut self) -> Result<HostView, String> {
+        let mut v = HostView::default();
+        let main = RouteFilter {
+            table: Some(RT_TABLE_MAIN),
+            ..Default::default()
+        };
+        for fam in [Family::V4, Family::V6] {
+            let routes = match self.h.routes(fam, main) {
+                Ok(r) => r,
+                Err(e) if fam == Family::V6 && unsupported(&e) => Vec::new(),
+                Err(e) => return Err(format!("list routes: {e}")),
+            };
+            for r in routes {
+                let priority = r.priority.unwrap_or(0);
+                if r.protocol == ROUTE_PROTOCOL {
+                    v.ours.push(InstalledRoute {
+                        dst: r.dst,
+                        gateway: r.gateway,
+                        oif: r.oif,
+                        priority,
+                    });
+                } else {
+                    if fam == Family::V6 && r.dst.prefix_len() == 0 && r.protocol == RTPROT_RA {
+                        v.ra_default_oifs.extend(r.oif);
+                    }
+                    v.foreign.push(KernelRoute {
+                        dst: r.dst,
+                        gateway: r.gateway,
+                        oif: r.oif,
+                        priority,
+                    });
+                }
+            }
+        }
+        let links = self.h.links().map_err(|e| format!("list links: {e}"))?;
+        for l in links {
+            v.link_mtus.insert(l.index, l.mtu);
+            v.link_names.insert(l.index, l.name);
+        }
+        let addrs = self
+            .h
+            .addresses(None)
+            .map_err(|e| format!("list addresses: {e}"))?;
+        v.addr_links = addrs.iter().map(|a| (a.addr.addr(), a.index)).collect();
+        v.topology = Topology::new(
+            v.foreign.clone(),
+            v.addr_links.iter().map(|(a, _)| *a).collect(),
+        );
+        Ok(v)
+    }
+
+    fn apply(&mut self, op: &RouteOp) -> Result<(), String> {
+        match op {
+            RouteOp::Replace(p) => self
+                .h
+                .replace_route(&to_route(p.dst, p.gateway, p.oif))
+                .map_err(|e| e.to_string()),
+            RouteOp::Delete(r) => {
+                let mut route = Route::new(r.dst);
+                route.gateway = r.gateway;
+                route.oif = r.oif;
+                route.protocol = ROUTE_PROTOCOL;
+                route.priority = Some(r.priority);
+                match self.h.del_route(&route) {
+                    Ok(()) => Ok(()),
+                    // Already gone: that is what we wanted.
+                    Err(e) if e.is_not_found() => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+    }
+
+    fn nft(&mut self, script: &str) -> Result<(), String> {
+        masq::apply(script).map_err(|e| e.to_string())
+    }
+
+    fn sysctl_get(&mut self, key: &str) -> Option<String> {
+        kindnet_netlink::sysctl::get(key).ok()
+    }
+
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        kindnet_netlink::sysctl::set(key, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
+    }
+}

@@ -1,0 +1,313 @@
+//! A small fake Kubernetes API server serving list and watch of Nodes, for
+//! tests and the benchmark (not used by the daemon itself).
+//!
+//! It keeps an event history with resource versions, pages lists with
+//! `limit`/`continue`, streams watch events, and can simulate an expired
+//! resource version (410 Gone, as a watch ERROR event or as an HTTP 410 on
+//! watch start) and an outage (every request answered 503, open watches cut).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneMode {
+    /// HTTP 200 with one ERROR event carrying code 410 (what the API server
+    /// does for an expired watch).
+    Event,
+    /// HTTP 410 on the watch request itself.
+    Http,
+}
+
+#[derive(Default)]
+struct Inner {
+    rv: u64,
+    nodes: BTreeMap<String, Value>,
+    /// (resourceVersion, type, object)
+    events: Vec<(u64, &'static str, Value)>,
+    /// Watches from a resourceVersion below this get 410.
+    compacted_below: u64,
+    /// Bumped to cut every open watch.
+    epoch: u64,
+    down: bool,
+    gone_mode: Option<GoneMode>,
+    pub lists: u64,
+    pub watches: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    inner: Arc<Mutex<Inner>>,
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for FakeApi {
+    fn default() -> Self {
+        FakeApi::new()
+    }
+}
+
+/// A Node object as the API server returns it.
+pub fn node_json(name: &str, pod_cidrs: &[&str], internal_ips: &[&str]) -> Value {
+    let addrs: Vec<Value> = internal_ips
+        .iter()
+        .map(|a| json!({"type": "InternalIP", "address": a}))
+        .chain(std::iter::once(
+            json!({"type": "Hostname", "address": name}),
+        ))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": pod_cidrs.first(), "podCIDRs": pod_cidrs},
+        "status": {
+            "addresses": addrs,
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "images": [{"names": ["registry.k8s.io/pause:3.10"], "sizeBytes": 320368}]
+        }
+    })
+}
+
+fn gone_status(rv: u64, newest: u64) -> Value {
+    json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure",
+        "message": format!("too old resource version: {rv} ({newest})"),
+        "reason": "Expired", "code": 410
+    })
+}
+
+impl FakeApi {
+    pub fn new() -> FakeApi {
+        let (changed, _) = tokio::sync::watch::channel(0);
+        FakeApi {
+            inner: Arc::new(Mutex::new(Inner {
+                rv: 1,
+                compacted_below: 0,
+                ..Default::default()
+            })),
+            changed,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn bump(&self, g: &mut Inner) {
+        self.changed.send_replace(g.rv);
+    }
+
+    /// Adds or replaces a node (ADDED or MODIFIED event).
+    pub fn apply(&self, mut node: Value) {
+        let mut g = self.lock();
+        g.rv += 1;
+        let rv = g.rv;
+        let Some(name) = node["metadata"]["name"].as_str().map(str::to_string) else {
+            return;
+        };
+        node["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let kind = if g.nodes.contains_key(&name) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        g.nodes.insert(name, node.clone());
+        g.events.push((rv, kind, node));
+        self.bump(&mut g);
+    }
+
+    /// Adds many nodes at once, without individual events (as if they were
+    /// there before any watch started).
+    pub fn preload(&self, nodes: impl IntoIterator<Item = Value>) {
+        let mut g = self.lock();
+        for mut n in nodes {
+            g.rv += 1;
+            let rv = g.rv;
+            if let Some(name) = n["metadata"]["name"].as_str().map(str::to_string) {
+                n["metadata"]["resourceVersion"] = json!(rv.to_string());
+                g.nodes.insert(name, n);
+            }
+        }
+        g.compacted_below = g.rv;
+        self.bump(&mut g);
+    }
+
+    pub fn delete(&self, name: &str) {
+        let mut g = self.lock();
+        let Some(mut node) = g.nodes.remove(name) else {
+            return;
+        };
+        g.rv += 1;
+        let rv = g.rv;
+        node["metadata"]["resourceVersion"] = json!(rv.to_string());
+        g.events.push((rv, "DELETED", node));
+        self.bump(&mut g);
+    }
+
+    /// Forgets the event history: open watches get a 410 (in `mode`), and
+    /// so do watches resuming from an older resource version.
+    pub fn expire(&self, mode: GoneMode) {
+        let mut g = self.lock();
+        // A new resourceVersion that every open watch is behind.
+        g.rv += 1;
+        g.compacted_below = g.rv;
+        g.events.clear();
+        g.gone_mode = Some(mode);
+        g.epoch += 1;
+        self.bump(&mut g);
+    }
+
+    /// Starts or ends an outage: every request gets 503, open watches end.
+    pub fn set_down(&self, down: bool) {
+        let mut g = self.lock();
+        g.down = down;
+        g.epoch += 1;
+        self.bump(&mut g);
+    }
+
+    /// (list requests, watch requests) served so far.
+    pub fn requests(&self) -> (u64, u64) {
+        let g = self.lock();
+        (g.lists, g.watches)
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/nodes", get(nodes))
+            .route("/api", get(api_versions))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+}
+
+async fn api_versions() -> impl IntoResponse {
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+    )
+}
+
+fn json_response(code: StatusCode, v: &Value) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn nodes(State(api): State<FakeApi>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let mut g = api.lock();
+    if g.down {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "the server is currently unable to handle the request", "code": 503}),
+        );
+    }
+    if !watch {
+        g.lists += 1;
+        let limit: usize = q
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+        let items: Vec<&Value> = g.nodes.values().skip(offset).take(limit).collect();
+        let next = offset + items.len();
+        let mut meta = json!({"resourceVersion": g.rv.to_string()});
+        if next < g.nodes.len() {
+            meta["continue"] = json!(next.to_string());
+        }
+        let body =
+            json!({"apiVersion": "v1", "kind": "NodeList", "metadata": meta, "items": items});
+        return json_response(StatusCode::OK, &body);
+    }
+
+    g.watches += 1;
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(g.rv);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(290));
+    if from < g.compacted_below {
+        let status = gone_status(from, g.rv);
+        if g.gone_mode == Some(GoneMode::Http) {
+            return json_response(StatusCode::GONE, &status);
+        }
+        let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            line,
+        )
+            .into_response();
+    }
+    let epoch = g.epoch;
+    drop(g);
+
+    let rx = api.changed.subscribe();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = futures::stream::unfold(
+        (api, from, rx, false),
+        move |(api, cursor, mut rx, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                {
+                    let g = api.lock();
+                    if g.epoch != epoch || g.down {
+                        if g.epoch != epoch && !g.down && cursor < g.compacted_below {
+                            let line = format!(
+                                "{}\n",
+                                json!({"type": "ERROR", "object": gone_status(cursor, g.rv)})
+                            );
+                            drop(g);
+                            return Some((Ok::<_, std::io::Error>(line), (api, cursor, rx, true)));
+                        }
+                        return None;
+                    }
+                    if let Some((rv, kind, obj)) = g.events.iter().find(|(rv, _, _)| *rv > cursor) {
+                        let line = format!("{}\n", json!({"type": kind, "object": obj}));
+                        let rv = *rv;
+                        drop(g);
+                        return Some((Ok(line), (api, rv, rx, false)));
+                    }
+                }
+                match tokio::time::timeout_at(deadline, rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    _ => return None,
+                }
+            }
+        },
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}

@@ -1,0 +1,22 @@
+//! kindnetd: the kindnet node daemon.
+//!
+//! Pure decisions (nodes in → desired routes, nft ruleset, conflist out)
+//! live in [`routes`], [`masq`], [`cniconf`], [`sysctl`] and [`node`]; the
+//! effectful edges are [`dataplane`], the [`source`]s and [`http`]; the
+//! [`reconcile`] loop ties them together.
+
+pub mod cniconf;
+pub mod config;
+pub mod dataplane;
+pub mod fakeapi;
+pub mod http;
+pub mod masq;
+pub mod metrics;
+pub mod node;
+pub mod reconcile;
+pub mod routes;
+pub mod source;
+pub mod status;
+pub mod store;
+pub mod sysctl;
+pub mod testutil;

@@ -1,0 +1,250 @@
+//! kindnetd entry point: wiring only.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use clap::Parser;
+use kindnet_netlink::RouteEvents;
+use kindnetd::config::Flags;
+use kindnetd::dataplane::Netlink;
+use kindnetd::reconcile::{Reconciler, Settings, Trigger};
+use kindnetd::routes::{MAIN_TABLE, ROUTE_PROTOCOL, RouteOptions};
+use kindnetd::source::{self, Sink};
+use kindnetd::status::Status;
+use kindnetd::store::NodeStore;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    if let Err(msg) = flags.validate() {
+        eprintln!("kindnetd: {msg}");
+        return ExitCode::from(2);
+    }
+    let filter = match EnvFilter::try_new(&flags.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("kindnetd: --log-level {:?}: {e}", flags.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    let sub = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if flags.log_json {
+        sub.json().flatten_event(true).init();
+    } else {
+        sub.init();
+    }
+
+    if flags.sysctls_only {
+        return sysctls_only();
+    }
+
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(flags))
+}
+
+async fn run(flags: Flags) -> ExitCode {
+    // validate() checked that a node name can be found.
+    let node_name = flags.resolved_node_name().unwrap_or_default();
+    let status = Arc::new(Status::new());
+    let store = Arc::new(Mutex::new(NodeStore::new()));
+    let (tx, rx) = mpsc::channel::<Trigger>();
+
+    tracing::info!(
+        node = %node_name,
+        source = if flags.nodes_file.is_some() { "file" } else { "kubernetes" },
+        route_protocol = ROUTE_PROTOCOL,
+        masquerading = flags.masquerading,
+        cni_conf_dir = %flags.cni_conf_dir.display(),
+        "kindnetd {} starting",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // The node source first: a bad kubeconfig is a configuration error.
+    let sink = Sink::new(store.clone(), tx.clone(), status.clone());
+    let source_task = match &flags.nodes_file {
+        Some(path) => tokio::spawn(source::file::run(path.clone(), sink)),
+        None => {
+            let client = match source::kube::client(
+                flags.kubeconfig.as_deref(),
+                flags.control_plane_endpoint.as_deref(),
+            )
+            .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("kindnetd: {e}");
+                    tracing::error!(error = %e, "cannot build the Kubernetes client");
+                    return ExitCode::from(2);
+                }
+            };
+            tokio::spawn(source::kube::run(client, sink))
+        }
+    };
+
+    let dp = match Netlink::new() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot talk to the kernel");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = Settings {
+        own_name: node_name,
+        route_opts: RouteOptions {
+            ipv6_prefix: flags.ipv6_prefix,
+            own_ips: flags.own_ips(),
+        },
+        pod_subnet: flags.pod_subnet.0.clone(),
+        no_masquerade: flags.no_masquerade(),
+        masquerading: flags.masquerading,
+        configure_sysctls: flags.configure_sysctls,
+        cni_conf_dir: flags.cni_conf_dir.clone(),
+        bridge: flags.cni_bridge.0.clone(),
+        ipam_data_dir: flags.ipam_data_dir.clone(),
+        mtu: flags.mtu,
+        resync_period: flags.resync_period,
+    };
+    let reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
+    if let Err(e) = std::thread::Builder::new()
+        .name("reconcile".into())
+        .spawn(move || reconciler.run(rx))
+    {
+        tracing::error!(error = %e, "cannot start the reconciler thread");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = std::thread::Builder::new()
+        .name("route-events".into())
+        .spawn(move || watch_route_events(tx))
+    {
+        tracing::error!(error = %e, "cannot start the route event thread");
+        return ExitCode::FAILURE;
+    }
+
+    if let Some(addr) = flags.metrics_bind_address.0 {
+        let listener = match kindnetd::http::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for /metrics /healthz /readyz");
+                return ExitCode::FAILURE;
+            }
+        };
+        let max_silence = (flags.resync_period * 3).max(Duration::from_secs(30));
+        let app = kindnetd::http::router(status.clone(), max_silence);
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz");
+        tokio::spawn(async move {
+            if let Err(e) = kindnetd::http::serve(listener, app).await {
+                tracing::error!(error = %e, "HTTP server stopped");
+            }
+        });
+    }
+
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGTERM");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: exiting, routes and rules stay in place"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, routes and rules stay in place"),
+        r = source_task => {
+            tracing::error!(result = ?r.err(), "node source stopped");
+            return ExitCode::FAILURE;
+        }
+    }
+    // Routes, rules and the conflist are deliberately left as they are:
+    // pods keep working while the next kindnetd starts.
+    ExitCode::SUCCESS
+}
+
+/// `--sysctls-only`: set the forwarding sysctls once and exit.
+fn sysctls_only() -> ExitCode {
+    use kindnetd::dataplane::Dataplane;
+    let mut dp = match Netlink::new() {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot talk to the kernel");
+            return ExitCode::FAILURE;
+        }
+    };
+    let view = match dp.view() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read links and routes");
+            return ExitCode::FAILURE;
+        }
+    };
+    if kindnetd::reconcile::apply_sysctls(&mut dp, &view).is_empty() {
+        tracing::info!("forwarding sysctls in place");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Forwards kernel route changes that may concern kindnetd's routes to the
+/// reconciler: any change to a route with our protocol, and additions or
+/// removals of non-host routes in the main table (a hand-made replacement of
+/// one of ours, or a connected route that changes what is on-link). Host
+/// routes (/32, /128: pods' veths) are ignored.
+fn watch_route_events(tx: mpsc::Sender<Trigger>) {
+    loop {
+        let mut events = match RouteEvents::subscribe() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to route events; relying on periodic resync");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            match events.next(Some(Duration::from_secs(60))) {
+                Ok(evs) => {
+                    let relevant = evs.iter().any(|e| {
+                        let r = match e {
+                            kindnet_netlink::RouteEvent::Added(r)
+                            | kindnet_netlink::RouteEvent::Deleted(r) => r,
+                        };
+                        r.table == MAIN_TABLE
+                            && (r.protocol == ROUTE_PROTOCOL
+                                || r.dst.prefix_len() < r.dst.max_prefix_len())
+                    });
+                    if relevant && tx.send(Trigger::RouteEvent).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.is_overrun() => {
+                    tracing::debug!("route events overflowed; full resync");
+                    if tx.send(Trigger::Resync).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "route event socket failed; resubscribing");
+                    let _ = tx.send(Trigger::Resync);
+                    break;
+                }
+            }
+        }
+    }
+}

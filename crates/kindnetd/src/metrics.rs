@@ -1,0 +1,211 @@
+//! Prometheus metrics (prometheus-client), all prefixed `kindnet_`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::routes::SkipReason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub route_protocol: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub nodes: Gauge,
+    pub routes_installed: Family<FamilyLabel, Gauge>,
+    pub peers_skipped: Family<ReasonLabel, Gauge>,
+    pub node_updates_rejected: Family<ReasonLabel, Counter>,
+    pub reconciles: Counter,
+    pub reconcile_errors: Counter,
+    pub reconcile_duration: Histogram,
+    pub route_changes: Family<OpLabel, Counter>,
+    pub route_errors: Counter,
+    pub cni_config_writes: Counter,
+    pub masquerade_syncs: Counter,
+    pub masquerade_errors: Counter,
+    pub source_errors: Family<SourceLabel, Counter>,
+    pub build_info: Family<BuildLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("kindnet");
+        let m = Metrics {
+            nodes: Gauge::default(),
+            routes_installed: Family::default(),
+            peers_skipped: Family::default(),
+            node_updates_rejected: Family::default(),
+            reconciles: Counter::default(),
+            reconcile_errors: Counter::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            route_changes: Family::default(),
+            route_errors: Counter::default(),
+            cni_config_writes: Counter::default(),
+            masquerade_syncs: Counter::default(),
+            masquerade_errors: Counter::default(),
+            source_errors: Family::default(),
+            build_info: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("nodes", "Nodes known (valid Node objects)", m.nodes.clone());
+        registry.register(
+            "routes_installed",
+            "Peer pod CIDR routes installed, per IP family",
+            m.routes_installed.clone(),
+        );
+        registry.register(
+            "peers_skipped",
+            "Peer pod CIDRs not routed, per reason (see /readyz for details)",
+            m.peers_skipped.clone(),
+        );
+        registry.register(
+            "node_updates_rejected",
+            "Node updates refused as malformed, per reason",
+            m.node_updates_rejected.clone(),
+        );
+        registry.register("reconciles", "Reconcile passes", m.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile passes that failed or partly failed",
+            m.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile pass takes",
+            m.reconcile_duration.clone(),
+        );
+        registry.register(
+            "route_changes",
+            "Routes added/replaced or deleted",
+            m.route_changes.clone(),
+        );
+        registry.register(
+            "route_errors",
+            "Route changes the kernel refused",
+            m.route_errors.clone(),
+        );
+        registry.register(
+            "cni_config_writes",
+            "Times the CNI config file was (re)written",
+            m.cni_config_writes.clone(),
+        );
+        registry.register(
+            "masquerade_syncs",
+            "Times the masquerade nftables table was applied",
+            m.masquerade_syncs.clone(),
+        );
+        registry.register(
+            "masquerade_errors",
+            "Failed applications of the masquerade table",
+            m.masquerade_errors.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Errors reading nodes (file unreadable or invalid, watch errors)",
+            m.source_errors.clone(),
+        );
+        registry.register("build_info", "Build information", m.build_info.clone());
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                route_protocol: crate::routes::ROUTE_PROTOCOL.to_string(),
+            })
+            .set(1);
+        for family in ["ipv4", "ipv6"] {
+            m.routes_installed
+                .get_or_create(&FamilyLabel { family })
+                .set(0);
+        }
+        for reason in SkipReason::LABELS {
+            m.peers_skipped
+                .get_or_create(&ReasonLabel { reason })
+                .set(0);
+        }
+        for op in ["replace", "delete"] {
+            let _ = m.route_changes.get_or_create(&OpLabel { op });
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(4096);
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.node_updates_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn source_error(&self, source: &'static str) {
+        self.source_errors
+            .get_or_create(&SourceLabel { source })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.nodes.set(3);
+        m.rejected("malformed-pod-cidr");
+        m.reconciles.inc();
+        m.reconcile_duration.observe(0.01);
+        let s = m.encode();
+        for want in [
+            "kindnet_nodes 3",
+            "kindnet_routes_installed{family=\"ipv4\"} 0",
+            "kindnet_peers_skipped{reason=\"not-on-link\"} 0",
+            "kindnet_node_updates_rejected_total{reason=\"malformed-pod-cidr\"} 1",
+            "kindnet_reconciles_total 1",
+            "kindnet_reconcile_duration_seconds_count 1",
+            "kindnet_cni_config_writes_total 0",
+            "kindnet_masquerade_syncs_total 0",
+            "kindnet_build_info{version=\"",
+            "# EOF",
+        ] {
+            assert!(s.contains(want), "missing {want:?} in\n{s}");
+        }
+    }
+}

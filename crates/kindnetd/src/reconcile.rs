@@ -1,0 +1,684 @@
+//! The reconcile loop: on every trigger (node change, route event, periodic
+//! resync) read the host, compute the desired state with the pure functions
+//! and apply the difference.
+//!
+//! Safety rules:
+//! - nothing is removed before the node source delivered a complete view;
+//! - only routes with kindnetd's protocol number are ever deleted;
+//! - correct routes are never touched, so a restart changes nothing.
+
+use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::cniconf::{self, CniInputs};
+use crate::dataplane::{Dataplane, HostView};
+use crate::masq::{self, MasqInputs};
+use crate::metrics::{FamilyLabel, OpLabel, ReasonLabel};
+use crate::routes::{self, Desired, RouteOp, RouteOptions, SkipReason};
+use crate::status::{Readiness, Status};
+use crate::store::NodeStore;
+use crate::sysctl::{self, SysctlView};
+
+/// Why the reconciler wakes up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The node store changed.
+    Nodes,
+    /// A route of interest changed in the kernel.
+    RouteEvent,
+    /// Route events were lost: do a full resync.
+    Resync,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub own_name: String,
+    pub route_opts: RouteOptions,
+    pub pod_subnet: Vec<IpNet>,
+    pub no_masquerade: Vec<IpNet>,
+    pub masquerading: bool,
+    pub configure_sysctls: bool,
+    pub cni_conf_dir: PathBuf,
+    pub bridge: Option<String>,
+    pub ipam_data_dir: PathBuf,
+    /// 0 = from the default-route interface.
+    pub mtu: u32,
+    pub resync_period: Duration,
+}
+
+pub struct Reconciler<D: Dataplane> {
+    cfg: Settings,
+    dp: D,
+    store: Arc<Mutex<NodeStore>>,
+    status: Arc<Status>,
+    last_masq: Option<String>,
+    masq_removed: bool,
+    /// Skips already logged, so each is logged once while it lasts.
+    logged_skips: HashSet<(String, IpNet, &'static str)>,
+}
+
+/// What one pass did, for tests and logs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub replaced: usize,
+    pub deleted: usize,
+    pub errors: Vec<String>,
+    pub conflist_written: bool,
+    pub masquerade_applied: bool,
+}
+
+impl<D: Dataplane> Reconciler<D> {
+    pub fn new(cfg: Settings, dp: D, store: Arc<Mutex<NodeStore>>, status: Arc<Status>) -> Self {
+        Reconciler {
+            cfg,
+            dp,
+            store,
+            status,
+            last_masq: None,
+            masq_removed: false,
+            logged_skips: HashSet::new(),
+        }
+    }
+
+    /// Runs until the trigger channel closes. A full pass (sysctls, masquerade
+    /// re-applied) runs at start and every resync period.
+    pub fn run(mut self, rx: Receiver<Trigger>) {
+        let mut next_full = Instant::now();
+        loop {
+            let now = Instant::now();
+            let mut full = now >= next_full;
+            if !full {
+                match rx.recv_timeout(next_full - now) {
+                    Ok(t) => {
+                        full |= t == Trigger::Resync;
+                        // Coalesce everything queued meanwhile into this pass.
+                        while let Ok(t) = rx.try_recv() {
+                            full |= t == Trigger::Resync;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => full = true,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if full {
+                next_full = Instant::now() + self.cfg.resync_period;
+            }
+            self.pass(full);
+            self.status.beat();
+        }
+    }
+
+    /// One reconcile pass.
+    pub fn pass(&mut self, full: bool) -> PassReport {
+        let started = Instant::now();
+        let status = self.status.clone();
+        let m = &status.metrics;
+        m.reconciles.inc();
+        let mut report = PassReport::default();
+
+        let view = match self.dp.view() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the host's routes and links");
+                m.reconcile_errors.inc();
+                let mut r = self.status.readiness();
+                r.last_error = Some(e.clone());
+                self.status.set_readiness(r);
+                report.errors.push(e);
+                return report;
+            }
+        };
+
+        if full && self.cfg.configure_sysctls {
+            self.sysctls(&view, &mut report);
+        }
+
+        // Decide, holding the store lock only for the pure computation.
+        let (synced, desired, all_cidrs, nodes_known) = {
+            let store = match self.store.lock() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            let d = routes::desired_routes(
+                &self.cfg.own_name,
+                store.iter(),
+                &self.cfg.route_opts,
+                &view.topology,
+            );
+            let mut all: Vec<IpNet> = store
+                .iter()
+                .flat_map(|s| s.node.pod_cidrs.iter().copied())
+                .collect();
+            all.sort();
+            all.dedup();
+            (store.synced(), d, all, store.len())
+        };
+        m.nodes.set(nodes_known as i64);
+
+        let (own_cidrs, from_pod_subnet) = if !desired.own_cidrs.is_empty() {
+            (desired.own_cidrs.clone(), false)
+        } else if synced && !self.cfg.pod_subnet.is_empty() {
+            (self.cfg.pod_subnet.clone(), true)
+        } else {
+            (Vec::new(), false)
+        };
+
+        let conflist_ok = self.conflist(&view, &own_cidrs, &mut report);
+
+        if synced {
+            self.routes(&view, &desired, &mut report);
+            if self.cfg.masquerading {
+                self.masquerade(full, &own_cidrs, &all_cidrs, &mut report);
+            }
+        }
+        if !self.cfg.masquerading && !self.masq_removed {
+            match self.dp.nft(&masq::removal()) {
+                Ok(()) => {
+                    self.masq_removed = true;
+                    tracing::info!(table = masq::TABLE_NAME, "masquerading off: rules removed");
+                }
+                Err(e) => {
+                    m.masquerade_errors.inc();
+                    report.errors.push(format!("remove masquerade table: {e}"));
+                }
+            }
+        }
+
+        self.log_skips(&desired);
+        let mut skipped: Vec<String> = desired
+            .skipped
+            .iter()
+            .map(|s| format!("node {} {}: {}", s.node, s.cidr, s.reason))
+            .collect();
+        skipped.sort();
+        for reason in SkipReason::LABELS {
+            let n = desired
+                .skipped
+                .iter()
+                .filter(|s| s.reason.label() == reason)
+                .count();
+            m.peers_skipped
+                .get_or_create(&ReasonLabel { reason })
+                .set(n as i64);
+        }
+        if !report.errors.is_empty() {
+            m.reconcile_errors.inc();
+        }
+        self.status.set_readiness(Readiness {
+            synced,
+            own_cidrs,
+            cidrs_from_pod_subnet: from_pod_subnet,
+            conflist_written: conflist_ok,
+            skipped,
+            last_error: report.errors.last().cloned(),
+        });
+        m.reconcile_duration
+            .observe(started.elapsed().as_secs_f64());
+        if report.replaced + report.deleted > 0 || !report.errors.is_empty() {
+            tracing::info!(
+                replaced = report.replaced,
+                deleted = report.deleted,
+                errors = report.errors.len(),
+                routes = desired.routes.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "routes reconciled"
+            );
+        }
+        report
+    }
+
+    fn sysctls(&mut self, view: &HostView, report: &mut PassReport) {
+        report.errors.extend(apply_sysctls(&mut self.dp, view));
+    }
+
+    fn conflist(&mut self, view: &HostView, own: &[IpNet], report: &mut PassReport) -> bool {
+        if own.is_empty() {
+            return false;
+        }
+        let mtu = if self.cfg.mtu != 0 {
+            self.cfg.mtu
+        } else {
+            let own_ips: Vec<IpAddr> = self.cfg.route_opts.own_ips.clone();
+            cniconf::pick_mtu(
+                &view.foreign,
+                |i| view.link_mtus.get(&i).copied(),
+                |ip| {
+                    view.addr_links
+                        .iter()
+                        .find(|(a, _)| a == ip)
+                        .map(|(_, i)| *i)
+                },
+                &own_ips,
+            )
+        };
+        let content = cniconf::render(&CniInputs {
+            pod_cidrs: own.to_vec(),
+            mtu,
+            bridge: self.cfg.bridge.clone(),
+            ipam_data_dir: self.cfg.ipam_data_dir.clone(),
+        });
+        match cniconf::write_if_changed(&self.cfg.cni_conf_dir, cniconf::CONFLIST_NAME, &content) {
+            Ok(wrote) => {
+                if wrote {
+                    self.status.metrics.cni_config_writes.inc();
+                    report.conflist_written = true;
+                    tracing::info!(
+                        path = %self.cfg.cni_conf_dir.join(cniconf::CONFLIST_NAME).display(),
+                        pod_cidrs = ?own, mtu, "CNI config written"
+                    );
+                }
+                true
+            }
+            Err(e) => {
+                let msg = format!(
+                    "write {}: {e}",
+                    self.cfg.cni_conf_dir.join(cniconf::CONFLIST_NAME).display()
+                );
+                tracing::error!(error = %msg, "cannot write the CNI config");
+                report.errors.push(msg);
+                false
+            }
+        }
+    }
+
+    fn routes(&mut self, view: &HostView, desired: &Desired, report: &mut PassReport) {
+        let status = self.status.clone();
+        let m = &status.metrics;
+        let ops = routes::diff(&desired.routes, &view.ours);
+        let mut failed: BTreeSet<IpNet> = BTreeSet::new();
+        for op in &ops {
+            let (label, what) = match op {
+                RouteOp::Replace(r) => ("replace", r.dst),
+                RouteOp::Delete(r) => ("delete", r.dst),
+            };
+            match self.dp.apply(op) {
+                Ok(()) => {
+                    m.route_changes.get_or_create(&OpLabel { op: label }).inc();
+                    match op {
+                        RouteOp::Replace(r) => {
+                            report.replaced += 1;
+                            tracing::debug!(dst = %r.dst, via = %r.gateway, node = %r.node, "route set");
+                        }
+                        RouteOp::Delete(r) => {
+                            report.deleted += 1;
+                            tracing::debug!(dst = %r.dst, via = ?r.gateway, "route deleted");
+                        }
+                    }
+                }
+                Err(e) => {
+                    m.route_errors.inc();
+                    if let RouteOp::Replace(_) = op {
+                        failed.insert(what);
+                    }
+                    let msg = format!("{label} route {what}: {e}");
+                    tracing::warn!(error = %msg, "route change failed");
+                    report.errors.push(msg);
+                }
+            }
+        }
+        for (family, v6) in [("ipv4", false), ("ipv6", true)] {
+            let n = desired
+                .routes
+                .keys()
+                .filter(|d| d.addr().is_ipv6() == v6 && !failed.contains(d))
+                .count();
+            m.routes_installed
+                .get_or_create(&FamilyLabel { family })
+                .set(n as i64);
+        }
+    }
+
+    fn masquerade(&mut self, full: bool, own: &[IpNet], all: &[IpNet], report: &mut PassReport) {
+        let mut sources: Vec<IpNet> = own.to_vec();
+        sources.extend(&self.cfg.pod_subnet);
+        let mut no_masq: Vec<IpNet> = all.to_vec();
+        no_masq.extend(&self.cfg.pod_subnet);
+        no_masq.extend(own);
+        no_masq.extend(&self.cfg.no_masquerade);
+        let script = masq::ruleset(&MasqInputs {
+            pod_sources: sources,
+            no_masquerade: no_masq,
+        });
+        if !full && self.last_masq.as_deref() == Some(script.as_str()) {
+            return;
+        }
+        match self.dp.nft(&script) {
+            Ok(()) => {
+                self.status.metrics.masquerade_syncs.inc();
+                report.masquerade_applied = true;
+                if self.last_masq.as_deref() != Some(script.as_str()) {
+                    tracing::info!(table = masq::TABLE_NAME, "masquerade rules applied");
+                }
+                self.last_masq = Some(script);
+            }
+            Err(e) => {
+                self.status.metrics.masquerade_errors.inc();
+                self.last_masq = None;
+                tracing::error!(error = %e, "cannot apply masquerade rules");
+                report.errors.push(format!("masquerade: {e}"));
+            }
+        }
+    }
+
+    fn log_skips(&mut self, desired: &Desired) {
+        let now: HashSet<(String, IpNet, &'static str)> = desired
+            .skipped
+            .iter()
+            .map(|s| (s.node.clone(), s.cidr, s.reason.label()))
+            .collect();
+        for s in &desired.skipped {
+            let key = (s.node.clone(), s.cidr, s.reason.label());
+            if !self.logged_skips.contains(&key) {
+                tracing::warn!(node = %s.node, pod_cidr = %s.cidr, reason = s.reason.label(), "peer not routed: {}", s.reason);
+            }
+        }
+        self.logged_skips = now;
+    }
+}
+
+/// Reads the forwarding sysctls and RA uplinks, writes what the plan says.
+/// Returns the errors (each already logged).
+pub fn apply_sysctls<D: Dataplane>(dp: &mut D, view: &HostView) -> Vec<String> {
+    let ra_uplinks = view
+        .ra_default_oifs
+        .iter()
+        .filter_map(|i| view.link_names.get(i))
+        .map(|n| (n.clone(), dp.sysctl_get(&sysctl::accept_ra_key(n))))
+        .collect();
+    let sv = SysctlView {
+        ipv4_forward: dp.sysctl_get(sysctl::IPV4_FORWARD),
+        ipv6_forwarding: dp.sysctl_get(sysctl::IPV6_FORWARDING),
+        ra_uplinks,
+    };
+    let mut errors = Vec::new();
+    for (key, value) in sysctl::plan(&sv) {
+        match dp.sysctl_set(&key, value) {
+            Ok(()) => tracing::info!(key = %key, value, "sysctl set"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot set sysctl");
+                errors.push(e);
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::tests::raw;
+    use crate::routes::{InstalledRoute, KernelRoute, Topology};
+
+    /// A host with eth0 (index 2, 172.18.0.2/16, mtu 1400) and default via 172.18.0.1.
+    #[derive(Default)]
+    struct Fake {
+        installed: Vec<InstalledRoute>,
+        applied: Vec<RouteOp>,
+        nft: Vec<String>,
+        sysctls: std::collections::HashMap<String, String>,
+        fail_view: bool,
+    }
+
+    impl Dataplane for Fake {
+        fn view(&mut self) -> Result<HostView, String> {
+            if self.fail_view {
+                return Err("netlink gone".into());
+            }
+            let foreign = vec![
+                KernelRoute {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gateway: Some("172.18.0.1".parse().unwrap()),
+                    oif: Some(2),
+                    priority: 0,
+                },
+                KernelRoute {
+                    dst: "172.18.0.0/16".parse().unwrap(),
+                    gateway: None,
+                    oif: Some(2),
+                    priority: 0,
+                },
+            ];
+            let local = vec!["172.18.0.2".parse().unwrap()];
+            Ok(HostView {
+                topology: Topology::new(foreign.clone(), local),
+                ours: self.installed.clone(),
+                foreign,
+                link_mtus: [(2, 1400)].into_iter().collect(),
+                link_names: [(2, "eth0".to_string())].into_iter().collect(),
+                addr_links: vec![("172.18.0.2".parse().unwrap(), 2)],
+                ra_default_oifs: vec![],
+            })
+        }
+        fn apply(&mut self, op: &RouteOp) -> Result<(), String> {
+            self.applied.push(op.clone());
+            match op {
+                RouteOp::Replace(p) => {
+                    let prio = routes::default_priority(&p.dst);
+                    self.installed
+                        .retain(|r| !(r.dst == p.dst && r.priority == prio));
+                    self.installed.push(InstalledRoute {
+                        dst: p.dst,
+                        gateway: Some(p.gateway),
+                        oif: Some(p.oif),
+                        priority: prio,
+                    });
+                }
+                RouteOp::Delete(r) => self.installed.retain(|i| i != r),
+            }
+            Ok(())
+        }
+        fn nft(&mut self, script: &str) -> Result<(), String> {
+            self.nft.push(script.to_string());
+            Ok(())
+        }
+        fn sysctl_get(&mut self, key: &str) -> Option<String> {
+            Some(self.sysctls.get(key).cloned().unwrap_or_else(|| "0".into()))
+        }
+        fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String> {
+            self.sysctls.insert(key.into(), value.into());
+            Ok(())
+        }
+    }
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings {
+            own_name: "me".into(),
+            route_opts: RouteOptions::default(),
+            pod_subnet: vec!["10.244.0.0/16".parse().unwrap()],
+            no_masquerade: vec![],
+            masquerading: true,
+            configure_sysctls: true,
+            cni_conf_dir: dir.to_path_buf(),
+            bridge: None,
+            ipam_data_dir: "/run/cni-ipam-state".into(),
+            mtu: 0,
+            resync_period: Duration::from_secs(10),
+        }
+    }
+
+    struct TmpDir(std::path::PathBuf);
+    impl TmpDir {
+        fn new(tag: &str) -> TmpDir {
+            let p = std::env::temp_dir().join(format!("kindnetd-rec-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            TmpDir(p)
+        }
+    }
+    impl Drop for TmpDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Reconciler<Fake>, Arc<Mutex<NodeStore>>, TmpDir) {
+        let dir = TmpDir::new(tag);
+        let store = Arc::new(Mutex::new(NodeStore::new()));
+        let r = Reconciler::new(
+            settings(&dir.0),
+            Fake::default(),
+            store.clone(),
+            Arc::new(Status::new()),
+        );
+        (r, store, dir)
+    }
+
+    #[test]
+    fn nothing_removed_or_written_before_sync() {
+        let (mut r, store, dir) = setup("presync");
+        r.dp.installed.push(InstalledRoute {
+            dst: "10.244.9.0/24".parse().unwrap(),
+            gateway: Some("172.18.0.9".parse().unwrap()),
+            oif: Some(2),
+            priority: 0,
+        });
+        store.lock().unwrap().upsert(&raw(
+            "b",
+            &["10.244.1.0/24"],
+            &[("InternalIP", "172.18.0.3")],
+        ));
+        let rep = r.pass(true);
+        assert!(r.dp.applied.is_empty(), "{:?}", r.dp.applied);
+        assert!(!rep.conflist_written);
+        assert!(!dir.0.join(cniconf::CONFLIST_NAME).exists());
+        assert!(!r.status.readiness().ready());
+        // Sysctls are set regardless.
+        assert_eq!(
+            r.dp.sysctls.get(sysctl::IPV4_FORWARD).map(String::as_str),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn converges_then_stays_quiet() {
+        let (mut r, store, dir) = setup("converge");
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")]),
+            raw("far", &["10.244.2.0/24"], &[("InternalIP", "10.1.1.1")]),
+        ]);
+        r.dp.installed.push(InstalledRoute {
+            dst: "10.244.9.0/24".parse().unwrap(),
+            gateway: Some("172.18.0.9".parse().unwrap()),
+            oif: Some(2),
+            priority: 0,
+        });
+        let rep = r.pass(true);
+        assert_eq!((rep.replaced, rep.deleted), (1, 1), "{rep:?}");
+        assert!(rep.conflist_written);
+        let conf = std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).unwrap();
+        assert!(conf.contains("\"subnet\": \"10.244.0.0/24\""));
+        assert!(conf.contains("\"mtu\": 1400"));
+        assert_eq!(r.dp.nft.len(), 1);
+        assert!(r.dp.nft[0].contains("10.244.0.0/16"));
+        let ready = r.status.readiness();
+        assert!(ready.ready(), "{}", ready.report());
+        assert_eq!(ready.skipped.len(), 1);
+        assert!(ready.skipped[0].contains("far"));
+
+        // A second, non-full pass changes nothing at all.
+        r.dp.applied.clear();
+        let rep = r.pass(false);
+        assert_eq!(rep, PassReport::default());
+        assert!(r.dp.applied.is_empty());
+        assert_eq!(r.dp.nft.len(), 1, "unchanged rules are not re-applied");
+        // A full pass re-applies the rules (repairing hand edits) but no routes.
+        let rep = r.pass(true);
+        assert_eq!((rep.replaced, rep.deleted), (0, 0));
+        assert_eq!(r.dp.nft.len(), 2);
+        let metrics = r.status.metrics.encode();
+        assert!(
+            metrics.contains("kindnet_routes_installed{family=\"ipv4\"} 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("kindnet_peers_skipped{reason=\"not-on-link\"} 1"));
+        assert!(metrics.contains("kindnet_nodes 3"));
+    }
+
+    #[test]
+    fn bad_update_of_one_node_keeps_everyones_routes() {
+        let (mut r, store, _dir) = setup("bad");
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")]),
+            raw("c", &["10.244.2.0/24"], &[("InternalIP", "172.18.0.4")]),
+        ]);
+        r.pass(true);
+        assert_eq!(r.dp.installed.len(), 2);
+        r.dp.applied.clear();
+        // b turns malformed, c claims our own CIDR.
+        {
+            let mut s = store.lock().unwrap();
+            s.upsert(&raw(
+                "b",
+                &["10.244.1.0/99"],
+                &[("InternalIP", "172.18.0.3")],
+            ));
+            s.upsert(&raw(
+                "c",
+                &["10.244.0.0/24"],
+                &[("InternalIP", "172.18.0.4")],
+            ));
+        }
+        r.pass(false);
+        let dsts: Vec<String> = r.dp.installed.iter().map(|i| i.dst.to_string()).collect();
+        assert!(dsts.contains(&"10.244.1.0/24".to_string()), "{dsts:?}");
+        // c's own old route goes (its CIDR changed), but nobody else's.
+        assert_eq!(
+            r.dp.applied,
+            vec![RouteOp::Delete(InstalledRoute {
+                dst: "10.244.2.0/24".parse().unwrap(),
+                gateway: Some("172.18.0.4".parse().unwrap()),
+                oif: Some(2),
+                priority: 0,
+            })]
+        );
+    }
+
+    #[test]
+    fn pod_subnet_is_the_fallback_for_a_node_without_cidrs() {
+        let (mut r, store, dir) = setup("fallback");
+        store
+            .lock()
+            .unwrap()
+            .replace_all(&[raw("me", &[], &[("InternalIP", "172.18.0.2")])]);
+        r.pass(true);
+        let conf = std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).unwrap();
+        assert!(conf.contains("\"subnet\": \"10.244.0.0/16\""));
+        let ready = r.status.readiness();
+        assert!(ready.cidrs_from_pod_subnet && ready.ready());
+    }
+
+    #[test]
+    fn masquerading_off_removes_the_table_once() {
+        let (mut r, store, _dir) = setup("nomasq");
+        r.cfg.masquerading = false;
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.244.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        r.pass(true);
+        r.pass(true);
+        assert_eq!(r.dp.nft, vec![masq::removal()]);
+    }
+
+    #[test]
+    fn host_read_failure_is_reported_not_fatal() {
+        let (mut r, _store, _dir) = setup("fail");
+        r.dp.fail_view = true;
+        let rep = r.pass(true);
+        assert_eq!(rep.errors, vec!["netlink gone".to_string()]);
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_reconcile_errors_total 1")
+        );
+    }
+}

@@ -1,0 +1,787 @@
+//! Peer routes as pure decisions: nodes in, desired routes out; desired and
+//! installed routes in, the operations that make them equal out.
+//!
+//! One route per peer pod CIDR via that peer's node address of the same
+//! family (InternalIP first, then ExternalIP; for IPv6 optionally a
+//! configured prefix + the IPv4 address). Routes carry [`ROUTE_PROTOCOL`] so
+//! kindnetd only ever deletes routes it made.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv6Net};
+
+use crate::store::StoredNode;
+
+/// The rtnetlink route protocol number that marks kindnetd's routes
+/// (`ip route show proto 217`). Unassigned in the kernel's and iproute2's
+/// tables (`/etc/iproute2/rt_protos`), within the 200..250 range free for
+/// local use.
+pub const ROUTE_PROTOCOL: u8 = 217;
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+
+/// The metric the kernel gives a route added without one.
+pub fn default_priority(dst: &IpNet) -> u32 {
+    match dst {
+        IpNet::V4(_) => 0,
+        IpNet::V6(_) => 1024,
+    }
+}
+
+/// A route of the kernel's main table that is not kindnetd's, as far as the
+/// on-link decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelRoute {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub priority: u32,
+}
+
+/// How the kernel would reach an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Directly on the link with this index.
+    OnLink { oif: u32 },
+    /// Through a router: not on our L2 segment.
+    ViaGateway { gateway: IpAddr },
+    /// An address of this host.
+    Local,
+    /// No route, or a blackhole/unreachable route.
+    Unreachable,
+}
+
+/// The host's view needed to decide whether a peer is on-link: its own
+/// addresses and its non-kindnetd main-table routes.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    routes: Vec<KernelRoute>,
+    local: Vec<IpAddr>,
+}
+
+impl Topology {
+    pub fn new(mut routes: Vec<KernelRoute>, mut local: Vec<IpAddr>) -> Topology {
+        // Longest prefix first, then lowest metric: the first match wins.
+        routes.sort_by(|a, b| {
+            b.dst
+                .prefix_len()
+                .cmp(&a.dst.prefix_len())
+                .then(a.priority.cmp(&b.priority))
+        });
+        local.sort();
+        local.dedup();
+        Topology { routes, local }
+    }
+
+    pub fn is_local(&self, ip: &IpAddr) -> bool {
+        self.local.binary_search(ip).is_ok()
+    }
+
+    pub fn local_addresses(&self) -> &[IpAddr] {
+        &self.local
+    }
+
+    /// The route the kernel would pick for `ip` (longest prefix match).
+    pub fn route_for(&self, ip: IpAddr) -> Option<&KernelRoute> {
+        self.routes.iter().find(|r| r.dst.contains(&ip))
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Reach {
+        if self.is_local(&ip) {
+            return Reach::Local;
+        }
+        match self.route_for(ip) {
+            Some(KernelRoute {
+                gateway: Some(gw), ..
+            }) => Reach::ViaGateway { gateway: *gw },
+            Some(KernelRoute {
+                gateway: None,
+                oif: Some(oif),
+                ..
+            }) if *oif != 0 => Reach::OnLink { oif: *oif },
+            _ => Reach::Unreachable,
+        }
+    }
+}
+
+/// A route kindnetd wants: `dst via gateway dev oif proto 217`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRoute {
+    pub dst: IpNet,
+    pub gateway: IpAddr,
+    pub oif: u32,
+    pub node: String,
+}
+
+/// Why a peer pod CIDR gets no route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// The node publishes no address of the CIDR's family (and, for IPv6,
+    /// no --ipv6-prefix is set).
+    NoAddress { v6: bool },
+    /// The next hop is reached through a router, not on this L2 segment.
+    NotOnLink {
+        next_hop: IpAddr,
+        via: Option<IpAddr>,
+    },
+    /// The next hop is one of this host's addresses.
+    NextHopLocal { next_hop: IpAddr },
+    /// The CIDR contains its own next hop.
+    ContainsNextHop { next_hop: IpAddr },
+    /// The CIDR overlaps (or equals) this node's pod CIDR.
+    OverlapsOwn { own: IpNet },
+    /// The CIDR overlaps another node's CIDR, which held it first.
+    OverlapsPeer { other: String, other_cidr: IpNet },
+}
+
+impl SkipReason {
+    /// A short stable label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            SkipReason::NoAddress { .. } => "no-address-of-family",
+            SkipReason::NotOnLink { .. } => "not-on-link",
+            SkipReason::NextHopLocal { .. } => "next-hop-is-local",
+            SkipReason::ContainsNextHop { .. } => "cidr-contains-next-hop",
+            SkipReason::OverlapsOwn { .. } => "overlaps-own-pod-cidr",
+            SkipReason::OverlapsPeer { .. } => "overlaps-peer-pod-cidr",
+        }
+    }
+
+    pub const LABELS: [&'static str; 6] = [
+        "no-address-of-family",
+        "not-on-link",
+        "next-hop-is-local",
+        "cidr-contains-next-hop",
+        "overlaps-own-pod-cidr",
+        "overlaps-peer-pod-cidr",
+    ];
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipReason::NoAddress { v6: true } => {
+                write!(f, "no IPv6 node address (set --ipv6-prefix to derive one)")
+            }
+            SkipReason::NoAddress { v6: false } => write!(f, "no IPv4 node address"),
+            SkipReason::NotOnLink {
+                next_hop,
+                via: Some(gw),
+            } => write!(f, "next hop {next_hop} is not on-link (reached via {gw})"),
+            SkipReason::NotOnLink {
+                next_hop,
+                via: None,
+            } => {
+                write!(f, "next hop {next_hop} is unreachable")
+            }
+            SkipReason::NextHopLocal { next_hop } => {
+                write!(f, "next hop {next_hop} is an address of this host")
+            }
+            SkipReason::ContainsNextHop { next_hop } => {
+                write!(f, "pod CIDR contains its own next hop {next_hop}")
+            }
+            SkipReason::OverlapsOwn { own } => write!(f, "overlaps this node's pod CIDR {own}"),
+            SkipReason::OverlapsPeer { other, other_cidr } => {
+                write!(f, "overlaps {other_cidr} of node {other}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    pub node: String,
+    pub cidr: IpNet,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: BTreeMap<IpNet, PeerRoute>,
+    pub skipped: Vec<Skipped>,
+    /// This node's pod CIDRs (empty when its Node is unknown or has none).
+    pub own_cidrs: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RouteOptions {
+    /// Prefix for deriving IPv6 next hops from IPv4 node addresses (seed 004).
+    pub ipv6_prefix: Option<Ipv6Net>,
+    /// Addresses of this node given by flags (HOST_IP, POD_IP).
+    pub own_ips: Vec<IpAddr>,
+}
+
+/// `prefix` + the IPv4 address in the low 32 bits.
+pub fn embed_ipv4(prefix: &Ipv6Net, v4: std::net::Ipv4Addr) -> Ipv6Addr {
+    let p = u128::from(prefix.network());
+    Ipv6Addr::from(p | u128::from(u32::from(v4)))
+}
+
+fn bounds(n: &IpNet) -> (bool, u128, u128) {
+    match n {
+        IpNet::V4(n) => (
+            false,
+            u32::from(n.network()) as u128,
+            u32::from(n.broadcast()) as u128,
+        ),
+        IpNet::V6(n) => (true, u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// Disjoint CIDRs indexed by start, for overlap queries in O(log n).
+#[derive(Default)]
+struct Claims {
+    by_start: BTreeMap<(bool, u128), (u128, usize)>,
+}
+
+impl Claims {
+    fn overlapping(&self, n: &IpNet) -> Option<usize> {
+        let (v6, start, end) = bounds(n);
+        let (_, (other_end, idx)) = self.by_start.range((v6, 0)..=(v6, end)).next_back()?;
+        (*other_end >= start).then_some(*idx)
+    }
+    fn insert(&mut self, n: &IpNet, idx: usize) {
+        let (v6, start, end) = bounds(n);
+        self.by_start.insert((v6, start), (end, idx));
+    }
+}
+
+/// Computes the routes this node should have.
+pub fn desired_routes<'a>(
+    own_name: &str,
+    nodes: impl IntoIterator<Item = &'a StoredNode>,
+    opts: &RouteOptions,
+    topo: &Topology,
+) -> Desired {
+    let mut own_cidrs = Vec::new();
+    // (rev, name, cidr, node)
+    let mut claims: Vec<(u64, &str, IpNet, &'a StoredNode)> = Vec::new();
+    for s in nodes {
+        if s.node.name == own_name {
+            own_cidrs = s.node.pod_cidrs.clone();
+            continue;
+        }
+        for c in &s.node.pod_cidrs {
+            claims.push((s.rev, &s.node.name, *c, s));
+        }
+    }
+    claims.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+
+    let mut out = Desired {
+        own_cidrs: own_cidrs.clone(),
+        ..Default::default()
+    };
+    let mut held = Claims::default();
+    let mut held_names: Vec<(&str, IpNet)> = Vec::new();
+    for (_, name, cidr, s) in claims {
+        let skip = |reason| Skipped {
+            node: name.to_string(),
+            cidr,
+            reason,
+        };
+        if let Some(own) = own_cidrs.iter().find(|o| overlaps(o, &cidr)) {
+            out.skipped
+                .push(skip(SkipReason::OverlapsOwn { own: *own }));
+            continue;
+        }
+        if let Some(i) = held.overlapping(&cidr) {
+            let (other, other_cidr) = held_names[i];
+            out.skipped.push(skip(SkipReason::OverlapsPeer {
+                other: other.to_string(),
+                other_cidr,
+            }));
+            continue;
+        }
+        held.insert(&cidr, held_names.len());
+        held_names.push((name, cidr));
+
+        let v6 = cidr.addr().is_ipv6();
+        let next_hop = match s.node.address_of_family(v6) {
+            Some(a) => a,
+            None => match (v6, &opts.ipv6_prefix, s.node.address_of_family(false)) {
+                (true, Some(p), Some(IpAddr::V4(v4))) => IpAddr::V6(embed_ipv4(p, v4)),
+                _ => {
+                    out.skipped.push(skip(SkipReason::NoAddress { v6 }));
+                    continue;
+                }
+            },
+        };
+        if opts.own_ips.contains(&next_hop) {
+            out.skipped
+                .push(skip(SkipReason::NextHopLocal { next_hop }));
+            continue;
+        }
+        if cidr.contains(&next_hop) {
+            out.skipped
+                .push(skip(SkipReason::ContainsNextHop { next_hop }));
+            continue;
+        }
+        match topo.lookup(next_hop) {
+            Reach::OnLink { oif } => {
+                out.routes.insert(
+                    cidr,
+                    PeerRoute {
+                        dst: cidr,
+                        gateway: next_hop,
+                        oif,
+                        node: name.to_string(),
+                    },
+                );
+            }
+            Reach::Local => out
+                .skipped
+                .push(skip(SkipReason::NextHopLocal { next_hop })),
+            Reach::ViaGateway { gateway } => out.skipped.push(skip(SkipReason::NotOnLink {
+                next_hop,
+                via: Some(gateway),
+            })),
+            Reach::Unreachable => out.skipped.push(skip(SkipReason::NotOnLink {
+                next_hop,
+                via: None,
+            })),
+        }
+    }
+    out
+}
+
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// One of kindnetd's routes as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledRoute {
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
+    pub oif: Option<u32>,
+    pub priority: u32,
+}
+
+impl InstalledRoute {
+    fn matches(&self, want: &PeerRoute) -> bool {
+        self.gateway == Some(want.gateway)
+            && self.oif == Some(want.oif)
+            && self.priority == default_priority(&want.dst)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOp {
+    /// Create the route, or overwrite the one with the same destination and
+    /// metric in place (no moment without a route).
+    Replace(PeerRoute),
+    /// Remove exactly this route (matched on destination, next hop and metric).
+    Delete(InstalledRoute),
+}
+
+/// The operations that turn `installed` (kindnetd's routes in the kernel)
+/// into `desired`. Correct routes are left alone, so a restart changes
+/// nothing. Replacements come first, deletions last.
+pub fn diff(desired: &BTreeMap<IpNet, PeerRoute>, installed: &[InstalledRoute]) -> Vec<RouteOp> {
+    let mut by_dst: HashMap<IpNet, Vec<&InstalledRoute>> = HashMap::with_capacity(installed.len());
+    for r in installed {
+        by_dst.entry(r.dst).or_default().push(r);
+    }
+    let mut replaces = Vec::new();
+    let mut deletes = Vec::new();
+    for (dst, want) in desired {
+        let have = by_dst.remove(dst).unwrap_or_default();
+        match have.iter().position(|r| r.matches(want)) {
+            Some(keep) => {
+                for (i, r) in have.iter().enumerate() {
+                    if i != keep {
+                        deletes.push(RouteOp::Delete((*r).clone()));
+                    }
+                }
+            }
+            None => {
+                replaces.push(RouteOp::Replace(want.clone()));
+                // The replacement overwrites the route with the default
+                // metric; others at this destination are extra.
+                let prio = default_priority(dst);
+                for r in have.iter().filter(|r| r.priority != prio) {
+                    deletes.push(RouteOp::Delete((*r).clone()));
+                }
+            }
+        }
+    }
+    let mut stale: Vec<&InstalledRoute> = by_dst.into_values().flatten().collect();
+    stale.sort_by_key(|r| (r.dst, r.priority));
+    deletes.extend(stale.into_iter().map(|r| RouteOp::Delete(r.clone())));
+    replaces.extend(deletes);
+    replaces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Node;
+
+    fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
+        Node {
+            name: name.into(),
+            pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+            internal_ips: ips.iter().map(|c| c.parse().unwrap()).collect(),
+            external_ips: vec![],
+        }
+    }
+
+    fn stored(nodes: Vec<Node>) -> Vec<StoredNode> {
+        nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, node)| StoredNode {
+                node,
+                rev: i as u64 + 1,
+            })
+            .collect()
+    }
+
+    /// A host on 172.18.0.0/16 (dev 2) and fc00::/64 (dev 2), default via 172.18.0.1.
+    fn topo() -> Topology {
+        Topology::new(
+            vec![
+                KernelRoute {
+                    dst: "0.0.0.0/0".parse().unwrap(),
+                    gateway: Some("172.18.0.1".parse().unwrap()),
+                    oif: Some(2),
+                    priority: 0,
+                },
+                KernelRoute {
+                    dst: "172.18.0.0/16".parse().unwrap(),
+                    gateway: None,
+                    oif: Some(2),
+                    priority: 0,
+                },
+                KernelRoute {
+                    dst: "fc00::/64".parse().unwrap(),
+                    gateway: None,
+                    oif: Some(2),
+                    priority: 256,
+                },
+                KernelRoute {
+                    dst: "192.0.2.0/24".parse().unwrap(),
+                    gateway: None,
+                    oif: None,
+                    priority: 0,
+                },
+            ],
+            vec!["172.18.0.2".parse().unwrap(), "fc00::2".parse().unwrap()],
+        )
+    }
+
+    fn dst(d: &Desired) -> Vec<(String, String)> {
+        d.routes
+            .values()
+            .map(|r| (r.dst.to_string(), r.gateway.to_string()))
+            .collect()
+    }
+
+    fn reasons(d: &Desired) -> Vec<(String, &'static str)> {
+        d.skipped
+            .iter()
+            .map(|s| (s.node.clone(), s.reason.label()))
+            .collect()
+    }
+
+    #[test]
+    fn lookup_is_longest_prefix_match() {
+        let t = topo();
+        assert_eq!(
+            t.lookup("172.18.0.9".parse().unwrap()),
+            Reach::OnLink { oif: 2 }
+        );
+        assert_eq!(
+            t.lookup("8.8.8.8".parse().unwrap()),
+            Reach::ViaGateway {
+                gateway: "172.18.0.1".parse().unwrap()
+            }
+        );
+        assert_eq!(t.lookup("172.18.0.2".parse().unwrap()), Reach::Local);
+        assert_eq!(t.lookup("192.0.2.1".parse().unwrap()), Reach::Unreachable);
+        assert_eq!(t.lookup("fd00::1".parse().unwrap()), Reach::Unreachable);
+    }
+
+    #[test]
+    fn one_route_per_peer_cidr_dual_stack() {
+        let nodes = stored(vec![
+            node(
+                "me",
+                &["10.244.0.0/24", "fd00:10:244::/64"],
+                &["172.18.0.2", "fc00::2"],
+            ),
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["172.18.0.3", "fc00::3"],
+            ),
+            node(
+                "c",
+                &["10.244.2.0/24", "fd00:10:244:2::/64"],
+                &["172.18.0.4", "fc00::4"],
+            ),
+        ]);
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
+        assert_eq!(
+            dst(&d),
+            vec![
+                ("10.244.1.0/24".into(), "172.18.0.3".into()),
+                ("10.244.2.0/24".into(), "172.18.0.4".into()),
+                ("fd00:10:244:1::/64".into(), "fc00::3".into()),
+                ("fd00:10:244:2::/64".into(), "fc00::4".into()),
+            ]
+        );
+        assert!(d.skipped.is_empty());
+        assert_eq!(d.own_cidrs.len(), 2);
+        assert!(d.routes.values().all(|r| r.oif == 2));
+    }
+
+    #[test]
+    fn ipv6_next_hop_from_prefix_or_skipped() {
+        let nodes = stored(vec![node(
+            "b",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["172.18.0.3"],
+        )]);
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
+        assert_eq!(dst(&d), vec![("10.244.1.0/24".into(), "172.18.0.3".into())]);
+        assert_eq!(reasons(&d), vec![("b".into(), "no-address-of-family")]);
+
+        let opts = RouteOptions {
+            ipv6_prefix: Some("fc00::/96".parse().unwrap()),
+            ..Default::default()
+        };
+        let d = desired_routes("me", &nodes, &opts, &topo());
+        let v6 = &d.routes[&"fd00:10:244:1::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(v6.gateway, "fc00::ac12:3".parse::<IpAddr>().unwrap());
+        assert_eq!(v6.gateway, "fc00::172.18.0.3".parse::<IpAddr>().unwrap());
+        assert!(d.skipped.is_empty());
+    }
+
+    #[test]
+    fn external_ip_used_when_no_internal() {
+        let mut n = node("b", &["10.244.1.0/24"], &[]);
+        n.external_ips = vec!["172.18.0.77".parse().unwrap()];
+        let d = desired_routes("me", &stored(vec![n]), &RouteOptions::default(), &topo());
+        assert_eq!(
+            dst(&d),
+            vec![("10.244.1.0/24".into(), "172.18.0.77".into())]
+        );
+    }
+
+    #[test]
+    fn peers_not_on_link_or_local_are_skipped() {
+        let nodes = stored(vec![
+            node("far", &["10.244.1.0/24"], &["10.9.9.9"]),
+            node("blackholed", &["10.244.2.0/24"], &["192.0.2.5"]),
+            node("clone", &["10.244.3.0/24"], &["172.18.0.2"]),
+            node("flagged", &["10.244.4.0/24"], &["172.18.0.50"]),
+            node("self-contained", &["172.18.0.0/24"], &["172.18.0.60"]),
+            node("noaddr", &["10.244.6.0/24"], &[]),
+            node("nocidr", &[], &["172.18.0.9"]),
+        ]);
+        let opts = RouteOptions {
+            own_ips: vec!["172.18.0.50".parse().unwrap()],
+            ..Default::default()
+        };
+        let d = desired_routes("me", &nodes, &opts, &topo());
+        assert!(d.routes.is_empty(), "{:?}", d.routes);
+        assert_eq!(
+            reasons(&d),
+            vec![
+                ("far".into(), "not-on-link"),
+                ("blackholed".into(), "not-on-link"),
+                ("clone".into(), "next-hop-is-local"),
+                ("flagged".into(), "next-hop-is-local"),
+                ("self-contained".into(), "cidr-contains-next-hop"),
+                ("noaddr".into(), "no-address-of-family"),
+            ]
+        );
+        assert!(d.skipped[0].reason.to_string().contains("via 172.18.0.1"));
+    }
+
+    #[test]
+    fn overlaps_first_holder_wins_and_own_cidr_is_never_routed() {
+        let nodes = stored(vec![
+            node("old", &["10.244.1.0/24"], &["172.18.0.3"]),
+            node("me", &["10.244.0.0/24"], &["172.18.0.2"]),
+            node("dup", &["10.244.1.0/24"], &["172.18.0.4"]),
+            node("wide", &["10.244.0.0/16"], &["172.18.0.5"]),
+            node("mine", &["10.244.0.0/24"], &["172.18.0.6"]),
+            node("inside", &["10.244.1.128/25"], &["172.18.0.7"]),
+            node("ok", &["10.245.0.0/24"], &["172.18.0.8"]),
+        ]);
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
+        assert_eq!(
+            dst(&d),
+            vec![
+                ("10.244.1.0/24".into(), "172.18.0.3".into()),
+                ("10.245.0.0/24".into(), "172.18.0.8".into()),
+            ]
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![
+                ("dup".into(), "overlaps-peer-pod-cidr"),
+                ("wide".into(), "overlaps-own-pod-cidr"),
+                ("mine".into(), "overlaps-own-pod-cidr"),
+                ("inside".into(), "overlaps-peer-pod-cidr"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_newcomer_cannot_steal_a_held_cidr() {
+        // "aaa" sorts first by name but arrived later (higher revision).
+        let mut nodes = stored(vec![
+            node("zzz", &["10.244.1.0/24"], &["172.18.0.3"]),
+            node("aaa", &["10.244.1.0/24"], &["172.18.0.4"]),
+        ]);
+        nodes[1].rev = 10;
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
+        assert_eq!(dst(&d), vec![("10.244.1.0/24".into(), "172.18.0.3".into())]);
+    }
+
+    #[test]
+    fn unknown_own_node_still_routes_peers() {
+        let nodes = stored(vec![node("b", &["10.244.1.0/24"], &["172.18.0.3"])]);
+        let d = desired_routes("ghost", &nodes, &RouteOptions::default(), &topo());
+        assert_eq!(d.routes.len(), 1);
+        assert!(d.own_cidrs.is_empty());
+    }
+
+    fn want(dst: &str, gw: &str, oif: u32) -> PeerRoute {
+        PeerRoute {
+            dst: dst.parse().unwrap(),
+            gateway: gw.parse().unwrap(),
+            oif,
+            node: "n".into(),
+        }
+    }
+    fn have(dst: &str, gw: &str, oif: u32, priority: u32) -> InstalledRoute {
+        InstalledRoute {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(oif),
+            priority,
+        }
+    }
+
+    #[test]
+    fn diff_leaves_correct_routes_alone() {
+        let mut d = BTreeMap::new();
+        let w = want("10.244.1.0/24", "172.18.0.3", 2);
+        d.insert(w.dst, w);
+        let w6 = want("fd00::/64", "fc00::3", 2);
+        d.insert(w6.dst, w6);
+        let installed = vec![
+            have("10.244.1.0/24", "172.18.0.3", 2, 0),
+            have("fd00::/64", "fc00::3", 2, 1024),
+        ];
+        assert!(diff(&d, &installed).is_empty());
+    }
+
+    #[test]
+    fn diff_adds_replaces_and_deletes() {
+        let mut d = BTreeMap::new();
+        for w in [
+            want("10.244.1.0/24", "172.18.0.3", 2), // changed next hop
+            want("10.244.2.0/24", "172.18.0.4", 2), // missing
+            want("10.244.3.0/24", "172.18.0.5", 2), // present twice
+            want("10.244.4.0/24", "172.18.0.6", 3), // moved link, odd metric too
+        ] {
+            d.insert(w.dst, w);
+        }
+        let installed = vec![
+            have("10.244.1.0/24", "172.18.0.9", 2, 0),
+            have("10.244.3.0/24", "172.18.0.5", 2, 0),
+            have("10.244.3.0/24", "172.18.0.5", 2, 50),
+            have("10.244.4.0/24", "172.18.0.6", 2, 0),
+            have("10.244.4.0/24", "172.18.0.6", 2, 7),
+            have("10.244.9.0/24", "172.18.0.99", 2, 0), // stale
+        ];
+        let ops = diff(&d, &installed);
+        assert_eq!(
+            ops,
+            vec![
+                RouteOp::Replace(want("10.244.1.0/24", "172.18.0.3", 2)),
+                RouteOp::Replace(want("10.244.2.0/24", "172.18.0.4", 2)),
+                RouteOp::Replace(want("10.244.4.0/24", "172.18.0.6", 3)),
+                RouteOp::Delete(have("10.244.3.0/24", "172.18.0.5", 2, 50)),
+                RouteOp::Delete(have("10.244.4.0/24", "172.18.0.6", 2, 7)),
+                RouteOp::Delete(have("10.244.9.0/24", "172.18.0.99", 2, 0)),
+            ]
+        );
+    }
+
+    #[test]
+    fn diff_of_nothing_removes_everything_of_ours() {
+        let installed = vec![have("10.244.1.0/24", "172.18.0.3", 2, 0)];
+        assert_eq!(
+            diff(&BTreeMap::new(), &installed),
+            vec![RouteOp::Delete(installed[0].clone())]
+        );
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the nodes, desired routes never overlap each other
+            /// or our own CIDR, and applying the diff to any installed set
+            /// yields exactly the desired set.
+            #[test]
+            fn desired_routes_are_disjoint_and_diff_converges(
+                specs in proptest::collection::vec((0u8..4, 0u8..40, 20u8..=26, 0u8..3, 1u8..250), 0..40),
+                installed_seed in proptest::collection::vec((0u8..40, 1u8..250, 0u32..3), 0..20),
+            ) {
+                let mut nodes = Vec::new();
+                for (i, (second, third, len, rev, ip)) in specs.iter().enumerate() {
+                    let net: IpNet = format!("10.{}.{}.0/{}", 244 + second, third, len).parse().unwrap();
+                    nodes.push(StoredNode {
+                        node: Node {
+                            name: format!("n{i}"),
+                            pod_cidrs: vec![net.trunc()],
+                            internal_ips: vec![format!("172.18.1.{ip}").parse().unwrap()],
+                            external_ips: vec![],
+                        },
+                        rev: *rev as u64,
+                    });
+                }
+                let d = desired_routes("n0", &nodes, &RouteOptions::default(), &topo());
+                let v: Vec<&IpNet> = d.routes.keys().collect();
+                for (i, a) in v.iter().enumerate() {
+                    for b in &v[i + 1..] {
+                        prop_assert!(!overlaps(a, b), "{a} overlaps {b}");
+                    }
+                    for o in &d.own_cidrs {
+                        prop_assert!(!overlaps(a, o));
+                    }
+                }
+                // Every peer CIDR is either routed or skipped, never both.
+                let total: usize = nodes.iter().filter(|s| s.node.name != "n0").map(|s| s.node.pod_cidrs.len()).sum();
+                prop_assert_eq!(d.routes.len() + d.skipped.len(), total);
+
+                let mut kernel: Vec<InstalledRoute> = installed_seed.iter().map(|(t, ip, p)| {
+                    have(&format!("10.244.{t}.0/24"), &format!("172.18.1.{ip}"), 2, *p)
+                }).collect();
+                kernel.dedup_by(|a, b| a.dst == b.dst && a.priority == b.priority);
+                for op in diff(&d.routes, &kernel) {
+                    match op {
+                        RouteOp::Replace(w) => {
+                            let prio = default_priority(&w.dst);
+                            kernel.retain(|r| !(r.dst == w.dst && r.priority == prio));
+                            kernel.push(InstalledRoute { dst: w.dst, gateway: Some(w.gateway), oif: Some(w.oif), priority: prio });
+                        }
+                        RouteOp::Delete(r) => kernel.retain(|k| k != &r),
+                    }
+                }
+                prop_assert!(diff(&d.routes, &kernel).is_empty());
+                prop_assert_eq!(kernel.len(), d.routes.len());
+            }
+        }
+    }
+}

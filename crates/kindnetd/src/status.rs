@@ -1,0 +1,154 @@
+//! State shared between the reconciler, the sources and the HTTP endpoints:
+//! readiness, liveness and the metrics.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// The node source delivered a complete view.
+    pub synced: bool,
+    /// The pod CIDRs the conflist was written for.
+    pub own_cidrs: Vec<IpNet>,
+    /// Whether they came from POD_SUBNET because the Node had none.
+    pub cidrs_from_pod_subnet: bool,
+    pub conflist_written: bool,
+    /// One line per peer pod CIDR that is not routed.
+    pub skipped: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+pub struct Status {
+    pub metrics: Metrics,
+    readiness: Mutex<Readiness>,
+    heartbeat: Mutex<Instant>,
+    started: Instant,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status::new()
+    }
+}
+
+impl Status {
+    pub fn new() -> Status {
+        Status {
+            metrics: Metrics::new(),
+            readiness: Mutex::new(Readiness::default()),
+            heartbeat: Mutex::new(Instant::now()),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn set_readiness(&self, r: Readiness) {
+        if let Ok(mut g) = self.readiness.lock() {
+            *g = r;
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.lock().map(|g| g.clone()).unwrap_or_default()
+    }
+
+    /// Called by the reconciler after every pass and idle wake-up.
+    pub fn beat(&self) {
+        if let Ok(mut g) = self.heartbeat.lock() {
+            *g = Instant::now();
+        }
+    }
+
+    /// Alive while the reconciler loop keeps beating within `max_silence`.
+    pub fn alive(&self, max_silence: Duration) -> bool {
+        self.heartbeat
+            .lock()
+            .map(|g| g.elapsed() <= max_silence)
+            .unwrap_or(false)
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+impl Readiness {
+    pub fn ready(&self) -> bool {
+        self.synced && !self.own_cidrs.is_empty() && self.conflist_written
+    }
+
+    /// Human-readable detail for /readyz.
+    pub fn report(&self) -> String {
+        let mut s = String::new();
+        let mark = |b: bool| if b { "[+]" } else { "[-]" };
+        s.push_str(&format!("{} nodes synced\n", mark(self.synced)));
+        if self.own_cidrs.is_empty() {
+            s.push_str(
+                "[-] own pod CIDRs known: no (Node has no podCIDRs and POD_SUBNET is empty)\n",
+            );
+        } else {
+            let list: Vec<String> = self.own_cidrs.iter().map(|c| c.to_string()).collect();
+            let from = if self.cidrs_from_pod_subnet {
+                " (from POD_SUBNET)"
+            } else {
+                ""
+            };
+            s.push_str(&format!("[+] own pod CIDRs: {}{from}\n", list.join(", ")));
+        }
+        s.push_str(&format!(
+            "{} CNI config written\n",
+            mark(self.conflist_written)
+        ));
+        if let Some(e) = &self.last_error {
+            s.push_str(&format!("last error: {e}\n"));
+        }
+        if !self.skipped.is_empty() {
+            s.push_str(&format!("peers not routed ({}):\n", self.skipped.len()));
+            for l in self.skipped.iter().take(100) {
+                s.push_str(&format!("  {l}\n"));
+            }
+            if self.skipped.len() > 100 {
+                s.push_str(&format!("  ... and {} more\n", self.skipped.len() - 100));
+            }
+        }
+        s.push_str(if self.ready() {
+            "ready\n"
+        } else {
+            "not ready\n"
+        });
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_needs_sync_cidrs_and_conflist() {
+        let mut r = Readiness::default();
+        assert!(!r.ready());
+        r.synced = true;
+        r.own_cidrs = vec!["10.244.0.0/24".parse().unwrap()];
+        assert!(!r.ready());
+        r.conflist_written = true;
+        r.skipped = vec!["node b 10.244.1.0/24: not on-link".into()];
+        assert!(r.ready(), "skipped peers are reported, not fatal");
+        let rep = r.report();
+        assert!(rep.contains("[+] own pod CIDRs: 10.244.0.0/24"));
+        assert!(rep.contains("node b 10.244.1.0/24: not on-link"));
+        assert!(rep.ends_with("ready\n"));
+    }
+
+    #[test]
+    fn liveness_follows_heartbeat() {
+        let s = Status::new();
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(!s.alive(Duration::from_millis(20)));
+        s.beat();
+        assert!(s.alive(Duration::from_millis(20)));
+    }
+}

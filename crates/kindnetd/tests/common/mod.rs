@@ -1,0 +1,239 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use kindnetd::testutil::{ChildGuard, NetnsGuard, wait_for};
+use serde_json::Value;
+
+/// Skips (returns early from) a test that needs root, saying why.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !kindnetd::testutil::is_root() {
+            eprintln!("SKIPPED: this test needs root (network namespaces); run the suite as root");
+            return;
+        }
+    };
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("kindnetd-it-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a file atomically (temp + rename), as a careful tool would.
+pub fn write_atomic(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp-write");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A Node object as `kubectl get nodes -o json` shows it.
+pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Value {
+    kindnetd::fakeapi::node_json(name, cidrs, ips)
+}
+
+pub fn node_list(nodes: &[Value]) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": nodes
+    }))
+    .unwrap()
+}
+
+/// kindnetd's routes in `ns` (both families) as (dst, gateway, dev) sorted.
+pub fn our_routes(ns: &NetnsGuard) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for fam in ["-4", "-6"] {
+        let s = ns
+            .ip(&["-j", fam, "route", "show", "proto", "217"])
+            .unwrap_or_default();
+        let v: Value = serde_json::from_str(if s.trim().is_empty() { "[]" } else { &s })
+            .unwrap_or(Value::Null);
+        for r in v.as_array().cloned().unwrap_or_default() {
+            out.push((
+                r["dst"].as_str().unwrap_or("").to_string(),
+                r["gateway"].as_str().unwrap_or("").to_string(),
+                r["dev"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn route_set(v: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut r: Vec<(String, String)> = v
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    r.sort();
+    r
+}
+
+pub fn dst_gw(ns: &NetnsGuard) -> Vec<(String, String)> {
+    our_routes(ns).into_iter().map(|(d, g, _)| (d, g)).collect()
+}
+
+/// Waits until kindnetd's routes in `ns` equal `want` (dst, gateway).
+pub fn wait_routes(
+    ns: &NetnsGuard,
+    want: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<(), String> {
+    let want = route_set(want);
+    wait_for(timeout, || (dst_gw(ns) == want).then_some(()))
+        .ok_or_else(|| format!("routes are {:?}, want {:?}", dst_gw(ns), want))
+}
+
+/// An HTTP GET from inside the namespace (the socket is made there).
+pub fn http_get(ns: &NetnsGuard, addr: &str, path: &str) -> Option<(u16, String)> {
+    let netns = kindnet_netlink::Netns::open(ns.path()).ok()?;
+    let addr: std::net::SocketAddr = addr.parse().ok()?;
+    let stream = netns
+        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(1)))
+        .ok()?
+        .ok()?;
+    get_on(stream, path)
+}
+
+fn get_on(mut stream: TcpStream, path: &str) -> Option<(u16, String)> {
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut s = String::new();
+    stream.read_to_string(&mut s).ok()?;
+    let code: u16 = s.split_whitespace().nth(1)?.parse().ok()?;
+    let body = s
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// A kindnetd process inside a namespace, logging to a file.
+pub struct Daemon {
+    pub child: ChildGuard,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(ns: &NetnsGuard, args: &[&str], log: PathBuf) -> Daemon {
+        let f = std::fs::File::create(&log).unwrap();
+        let mut cmd = ns.command(env!("CARGO_BIN_EXE_kindnetd"));
+        cmd.args(args)
+            .env_remove("KUBECONFIG")
+            .env_remove("NODE_NAME")
+            .env_remove("POD_SUBNET")
+            .env_remove("CNI_BRIDGE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(f);
+        let child = ChildGuard::spawn(&mut cmd).unwrap();
+        Daemon { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Waits for /readyz to answer 200.
+pub fn wait_ready(ns: &NetnsGuard, timeout: Duration) -> Result<String, String> {
+    let mut last = None;
+    wait_for(timeout, || {
+        let r = http_get(ns, "127.0.0.1:19080", "/readyz");
+        last = r.clone();
+        match r {
+            Some((200, body)) => Some(body),
+            _ => None,
+        }
+    })
+    .ok_or_else(|| format!("not ready: {last:?}"))
+}
+
+/// The value of one metric line (exact name with labels) from /metrics.
+pub fn metric(ns: &NetnsGuard, name: &str) -> Option<f64> {
+    let (_, body) = http_get(ns, "127.0.0.1:19080", "/metrics")?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Runs a command and returns (status code, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes a sysctl inside the namespace ("net.ipv4.ip_forward" or a path).
+pub fn sysctl_set(ns: &NetnsGuard, key: &str, value: &str) {
+    let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
+    let k = key.replace('.', "/");
+    let v = value.to_string();
+    netns
+        .run(move || kindnet_netlink::sysctl::set(&k, &v))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("sysctl {key}={value}: {e}"));
+}
+
+/// Reads a sysctl inside the namespace.
+pub fn sysctl_get(ns: &NetnsGuard, key: &str) -> String {
+    let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
+    let k = key.replace('.', "/");
+    netns
+        .run(move || kindnet_netlink::sysctl::get(&k))
+        .unwrap()
+        .unwrap_or_else(|e| panic!("sysctl {key}: {e}"))
+}
+
+/// Runs `nft -f -` with `script` inside the namespace.
+pub fn nft_apply(ns: &NetnsGuard, script: &str) {
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(
+        child.wait().unwrap().success(),
+        "nft -f - failed for:\n{script}"
+    );
+}

@@ -1,0 +1,568 @@
+//! The real kindnetd binary inside a network namespace, fed by a nodes file.
+//! Needs root; skips otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kindnet_netlink::{Netns, RouteEvent, RouteEvents};
+use serde_json::Value;
+
+/// A "node" namespace on an L2 segment: eth0 (one end of a veth pair whose
+/// other end stays in the same namespace, up) with 10.0.0.1/16 and fd00::1/64.
+fn node_ns() -> NetnsGuard {
+    let ns = NetnsGuard::new("kd-test").unwrap();
+    sysctl_set(&ns, "net.ipv6.conf.default.accept_dad", "0");
+    sysctl_set(&ns, "net.ipv6.conf.all.accept_dad", "0");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
+    ns.ip(&["addr", "add", "10.0.0.1/16", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "fd00::1/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.0.0.254",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    ns
+}
+
+fn me() -> Value {
+    node(
+        "me",
+        &["10.244.0.0/24", "fd00:10:244::/64"],
+        &["10.0.0.1", "fd00::1"],
+    )
+}
+
+fn daemon_args<'a>(nodes: &'a str, cni: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--node-name",
+        "me",
+        "--nodes-file",
+        nodes,
+        "--cni-conf-dir",
+        cni,
+        "--pod-subnet",
+        "10.244.0.0/16,fd00:10:244::/56",
+        "--metrics-bind-address",
+        "127.0.0.1:19080",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn routes_follow_the_nodes_file_and_survive_restart() {
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("daemon");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    let (np, cp) = (nodes_path.to_str().unwrap(), cni.to_str().unwrap());
+
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["10.0.0.2", "fd00::2"],
+            ),
+            node("c", &["10.244.2.0/24", "fd00:10:244:2::/64"], &["10.0.0.3"]),
+            node("far", &["10.244.3.0/24"], &["192.168.77.7"]),
+        ]),
+    );
+    // A long resync period: repairs below must come from route events.
+    let args = daemon_args(np, cp, &["--resync-period", "60s"]);
+    let mut d = Daemon::start(&ns, &args, dir.path().join("kindnetd.log"));
+
+    let check = |r: Result<(), String>, d: &Daemon| {
+        if let Err(e) = r {
+            panic!("{e}\n--- kindnetd log ---\n{}", d.log());
+        }
+    };
+    check(
+        wait_routes(
+            &ns,
+            &[
+                ("10.244.1.0/24", "10.0.0.2"),
+                ("10.244.2.0/24", "10.0.0.3"),
+                ("fd00:10:244:1::/64", "fd00::2"),
+            ],
+            Duration::from_secs(5),
+        ),
+        &d,
+    );
+    // Each route names the device the next hop is on.
+    assert!(our_routes(&ns).iter().all(|(_, _, dev)| dev == "eth0"));
+
+    // The CNI config: both families, MTU of the default-route interface.
+    let conf: Value =
+        serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(conf["plugins"][0]["type"], "ptp");
+    assert_eq!(conf["plugins"][0]["mtu"], 1450);
+    assert_eq!(
+        conf["plugins"][0]["ipam"]["ranges"],
+        serde_json::json!([[{"subnet": "10.244.0.0/24"}], [{"subnet": "fd00:10:244::/64"}]])
+    );
+    let body = wait_ready(&ns, Duration::from_secs(5)).unwrap();
+    assert!(
+        body.contains("node c fd00:10:244:2::/64: no IPv6 node address"),
+        "{body}"
+    );
+    assert!(
+        body.contains(
+            "node far 10.244.3.0/24: next hop 192.168.77.7 is not on-link (reached via 10.0.0.254)"
+        ),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&ns, "kindnet_peers_skipped{reason=\"not-on-link\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&ns, "kindnet_routes_installed{family=\"ipv4\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&ns, "kindnet_routes_installed{family=\"ipv6\"}"),
+        Some(1.0)
+    );
+    // The daemon turned forwarding on in its namespace.
+    assert_eq!(sysctl_get(&ns, "net.ipv4.ip_forward").as_str(), "1");
+    assert_eq!(
+        sysctl_get(&ns, "net.ipv6.conf.all.forwarding").as_str(),
+        "1"
+    );
+
+    // b moves to a new address, c leaves: route replaced and removed.
+    // (Written in place, not atomically, as an editor might.)
+    std::fs::write(
+        &nodes_path,
+        node_list(&[
+            me(),
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["10.0.0.12", "fd00::12"],
+            ),
+            node("far", &["10.244.3.0/24"], &["192.168.77.7"]),
+        ]),
+    )
+    .unwrap();
+    check(
+        wait_routes(
+            &ns,
+            &[
+                ("10.244.1.0/24", "10.0.0.12"),
+                ("fd00:10:244:1::/64", "fd00::12"),
+            ],
+            Duration::from_secs(3),
+        ),
+        &d,
+    );
+
+    // A file that is not valid JSON changes nothing; nor does a malformed
+    // update of one node, or a peer claiming our own pod CIDR.
+    let before = dst_gw(&ns);
+    std::fs::write(&nodes_path, "{ this is not json").unwrap();
+    let errors = || metric(&ns, "kindnet_source_errors_total{source=\"file\"}");
+    check(
+        wait_for(Duration::from_secs(3), || {
+            (errors() == Some(1.0)).then_some(())
+        })
+        .ok_or(format!("source error not counted: {:?}", errors())),
+        &d,
+    );
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node(
+                "b",
+                &["10.244.1.0/240", "fd00:10:244:1::/64"],
+                &["10.0.0.99"],
+            ),
+            node("d", &["10.244.0.0/24"], &["10.0.0.4"]),
+            node("far", &["10.244.3.0/24"], &["192.168.77.7"]),
+        ]),
+    );
+    let rejected = || {
+        metric(
+            &ns,
+            "kindnet_node_updates_rejected_total{reason=\"malformed-pod-cidr\"}",
+        )
+    };
+    check(
+        wait_for(Duration::from_secs(3), || {
+            (rejected() == Some(1.0)).then_some(())
+        })
+        .ok_or(format!("rejection not counted: {:?}", rejected())),
+        &d,
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(dst_gw(&ns), before, "bad input must not move routes");
+    let body = http_get(&ns, "127.0.0.1:19080", "/readyz").unwrap().1;
+    assert!(
+        body.contains("node d 10.244.0.0/24: overlaps this node's pod CIDR 10.244.0.0/24"),
+        "{body}"
+    );
+    // Back to good data (a restart cannot know a malformed node's last good state).
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["10.0.0.12", "fd00::12"],
+            ),
+            node("far", &["10.244.3.0/24"], &["192.168.77.7"]),
+        ]),
+    );
+    check(
+        wait_for(Duration::from_secs(3), || {
+            let b = http_get(&ns, "127.0.0.1:19080", "/readyz")?.1;
+            (!b.contains("node d")).then_some(())
+        })
+        .ok_or_else(|| "good file not applied".to_string()),
+        &d,
+    );
+    assert_eq!(dst_gw(&ns), before);
+
+    // Drift: a route deleted by hand comes back within a second; one
+    // changed by hand is put back too.
+    ns.ip(&["route", "del", "10.244.1.0/24"]).unwrap();
+    check(
+        wait_routes(
+            &ns,
+            &before
+                .iter()
+                .map(|(a, b)| (a.as_str(), b.as_str()))
+                .collect::<Vec<_>>(),
+            Duration::from_secs(1),
+        ),
+        &d,
+    );
+    ns.ip(&[
+        "-6",
+        "route",
+        "replace",
+        "fd00:10:244:1::/64",
+        "via",
+        "fd00::77",
+    ])
+    .unwrap();
+    check(
+        wait_for(Duration::from_secs(1), || {
+            let out = ns
+                .ip(&["-6", "route", "show", "fd00:10:244:1::/64"])
+                .unwrap_or_default();
+            (out.contains("via fd00::12") && !out.contains("fd00::77")).then_some(())
+        })
+        .ok_or_else(|| {
+            format!(
+                "hand-changed route not repaired: {}",
+                ns.ip(&["-6", "route"]).unwrap_or_default()
+            )
+        }),
+        &d,
+    );
+
+    // SIGTERM: clean exit, routes stay.
+    d.child.signal(libc::SIGTERM).unwrap();
+    let st = d.child.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", d.log());
+    assert_eq!(dst_gw(&ns), before);
+
+    // Restart: converges without removing or re-adding a correct route.
+    let netns = Netns::open(ns.path()).unwrap();
+    let mut events = RouteEvents::in_netns(&netns).unwrap();
+    let d2 = Daemon::start(&ns, &args, dir.path().join("kindnetd2.log"));
+    wait_ready(&ns, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        metric(&ns, "kindnet_route_changes_total{op=\"replace\"}"),
+        Some(0.0),
+        "{}",
+        d2.log()
+    );
+    assert_eq!(
+        metric(&ns, "kindnet_route_changes_total{op=\"delete\"}"),
+        Some(0.0)
+    );
+    let evs = events.next(Some(Duration::from_millis(200))).unwrap();
+    let ours: Vec<&RouteEvent> = evs
+        .iter()
+        .filter(|e| match e {
+            RouteEvent::Added(r) | RouteEvent::Deleted(r) => r.protocol == 217,
+        })
+        .collect();
+    assert!(ours.is_empty(), "restart touched routes: {ours:?}");
+    assert_eq!(dst_gw(&ns), before);
+
+    // Finally the node file empties: every route of ours goes.
+    write_atomic(&nodes_path, &node_list(&[me()]));
+    wait_routes(&ns, &[], Duration::from_secs(3)).unwrap();
+}
+
+#[test]
+fn bridge_mode_conflist_and_masquerade_off() {
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("bridge");
+    let nodes_path = dir.path().join("nodes.yaml");
+    let cni = dir.path().join("net.d");
+    // YAML this time, and a node without pod CIDRs: POD_SUBNET is used.
+    std::fs::write(
+        &nodes_path,
+        "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: me}\n  status:\n    addresses: [{type: InternalIP, address: 10.0.0.1}]\n",
+    )
+    .unwrap();
+    // Leftover rules from an earlier run with masquerading on.
+    let leftover = kindnetd::masq::ruleset(&kindnetd::masq::MasqInputs {
+        pod_sources: vec!["10.244.0.0/16".parse().unwrap()],
+        no_masquerade: vec![],
+    });
+    nft_apply(&ns, &leftover);
+    assert!(
+        ns.exec(&["nft", "list", "tables"])
+            .unwrap()
+            .contains("kindnet-masq")
+    );
+
+    let mut d = Daemon::start(
+        &ns,
+        &[
+            "--node-name=me",
+            "--nodes-file",
+            nodes_path.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--pod-subnet=10.244.0.0/16",
+            "--cni-bridge=true",
+            "--masquerading=false",
+            "--mtu=1400",
+            "--ipam-data-dir=/run/test-ipam",
+            "--metrics-bind-address=127.0.0.1:19080",
+        ],
+        dir.path().join("log"),
+    );
+    let body =
+        wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    assert!(body.contains("10.244.0.0/16 (from POD_SUBNET)"), "{body}");
+    let conf: Value =
+        serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
+            .unwrap();
+    let p = &conf["plugins"][0];
+    assert_eq!(p["type"], "bridge");
+    assert_eq!(p["bridge"], "kind-br");
+    assert_eq!(p["mtu"], 1400);
+    assert_eq!(p["ipam"]["dataDir"], "/run/test-ipam");
+    assert_eq!(
+        p["ipam"]["ranges"],
+        serde_json::json!([[{"subnet": "10.244.0.0/16"}]])
+    );
+    let tables = wait_for(Duration::from_secs(3), || {
+        let t = ns.exec(&["nft", "list", "tables"]).unwrap_or_default();
+        (!t.contains("kindnet-masq")).then_some(t)
+    });
+    assert!(
+        tables.is_some(),
+        "masquerade table not removed:\n{}",
+        d.log()
+    );
+    d.child.signal(libc::SIGTERM).unwrap();
+    assert!(
+        d.child
+            .wait_timeout(Duration::from_secs(5))
+            .unwrap()
+            .is_some()
+    );
+}
+
+#[test]
+fn conflist_rewritten_atomically_only_on_change() {
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("conflist");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[node("me", &["10.244.0.0/24"], &["10.0.0.1"])]),
+    );
+    let d = Daemon::start(
+        &ns,
+        &daemon_args(
+            nodes_path.to_str().unwrap(),
+            cni.to_str().unwrap(),
+            &["--resync-period=200ms"],
+        ),
+        dir.path().join("log"),
+    );
+    wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let conf = cni.join("10-kindnet.conflist");
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(&conf).unwrap().ino();
+    // Several resyncs later the file is the same inode: not rewritten.
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(std::fs::metadata(&conf).unwrap().ino(), ino);
+    assert_eq!(metric(&ns, "kindnet_cni_config_writes_total"), Some(1.0));
+    // The node's CIDR changes: a new file arrives by rename.
+    write_atomic(
+        &nodes_path,
+        &node_list(&[node("me", &["10.244.9.0/24"], &["10.0.0.1"])]),
+    );
+    let changed = wait_for(Duration::from_secs(3), || {
+        let s = std::fs::read_to_string(&conf).ok()?;
+        s.contains("10.244.9.0/24").then_some(())
+    });
+    assert!(changed.is_some(), "{}", d.log());
+    assert_ne!(std::fs::metadata(&conf).unwrap().ino(), ino);
+    let leftovers: Vec<_> = std::fs::read_dir(&cni)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    // Someone deletes it: it is written again at the next resync.
+    std::fs::remove_file(&conf).unwrap();
+    assert!(wait_for(Duration::from_secs(2), || conf.exists().then_some(())).is_some());
+}
+
+#[test]
+fn sysctls_only_sets_forwarding_and_keeps_router_advertisements() {
+    require_root!();
+    let ns = node_ns();
+    sysctl_set(&ns, "net.ipv4.ip_forward", "0");
+    sysctl_set(&ns, "net.ipv6.conf.all.forwarding", "0");
+    sysctl_set(&ns, "net.ipv6.conf.eth0.accept_ra", "1");
+    sysctl_set(&ns, "net.ipv6.conf.peer0.accept_ra", "1");
+    // An IPv6 default route learned from a router advertisement on eth0.
+    ns.ip(&[
+        "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0", "proto", "ra",
+    ])
+    .unwrap();
+    let (code, _, err) = run(ns
+        .command(env!("CARGO_BIN_EXE_kindnetd"))
+        .arg("--sysctls-only"));
+    assert_eq!(code, 0, "{err}");
+    let get = |k: &str| sysctl_get(&ns, k);
+    assert_eq!(get("net.ipv4.ip_forward"), "1");
+    assert_eq!(get("net.ipv6.conf.all.forwarding"), "1");
+    assert_eq!(
+        get("net.ipv6.conf.eth0.accept_ra"),
+        "2",
+        "RA uplink keeps its RAs"
+    );
+    assert_eq!(
+        get("net.ipv6.conf.peer0.accept_ra"),
+        "1",
+        "other links untouched"
+    );
+}
+
+#[test]
+fn kubernetes_source_end_to_end() {
+    use kindnetd::fakeapi::FakeApi;
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("kube-e2e");
+    let netns = Netns::open(ns.path()).unwrap();
+    // The fake API server listens on the namespace's loopback.
+    let listener = netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let api = FakeApi::new();
+    api.preload([me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let served = api.clone();
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(listener).unwrap();
+        let _ = served.serve(l).await;
+    });
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    let cni = dir.path().join("net.d");
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--node-name=me",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address=127.0.0.1:19080",
+        ],
+        dir.path().join("log"),
+    );
+    let fail = |e: String| -> ! { panic!("{e}\n--- kindnetd log ---\n{}", d.log()) };
+    wait_routes(
+        &ns,
+        &[("10.244.1.0/24", "10.0.0.2")],
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| fail(e));
+    wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| fail(e));
+
+    api.apply(node("c", &["10.244.2.0/24"], &["10.0.0.3"])); // ADDED
+    api.apply(node("b", &["10.244.1.0/24"], &["10.0.0.22"])); // MODIFIED
+    wait_routes(
+        &ns,
+        &[
+            ("10.244.1.0/24", "10.0.0.22"),
+            ("10.244.2.0/24", "10.0.0.3"),
+        ],
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| fail(e));
+    api.delete("c"); // DELETED
+    wait_routes(
+        &ns,
+        &[("10.244.1.0/24", "10.0.0.22")],
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| fail(e));
+
+    // Outage: routes stay; after it, changes made meanwhile arrive.
+    api.set_down(true);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(dst_gw(&ns), route_set(&[("10.244.1.0/24", "10.0.0.22")]));
+    api.delete("b");
+    api.apply(node("d", &["10.244.4.0/24"], &["10.0.0.4"]));
+    api.set_down(false);
+    wait_routes(
+        &ns,
+        &[("10.244.4.0/24", "10.0.0.4")],
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| fail(e));
+}

@@ -1,0 +1,309 @@
+//! The Kubernetes node source against a fake API server on loopback:
+//! initial list, ADDED/MODIFIED/DELETED, malformed updates, 410 Gone (as a
+//! watch event and as an HTTP status) and an outage.
+
+mod common;
+
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use common::TempDir;
+use kindnetd::fakeapi::{FakeApi, GoneMode, node_json};
+use kindnetd::source::{self, Sink};
+use kindnetd::status::Status;
+use kindnetd::store::NodeStore;
+
+struct Harness {
+    api: FakeApi,
+    store: Arc<Mutex<NodeStore>>,
+    status: Arc<Status>,
+    _rx: mpsc::Receiver<kindnetd::reconcile::Trigger>,
+    _dir: TempDir,
+}
+
+async fn start(api: FakeApi) -> Harness {
+    start_with(api, false).await
+}
+
+/// With `via_endpoint`, the kubeconfig names a dead address and only
+/// CONTROL_PLANE_ENDPOINT leads to the server.
+async fn start_with(api: FakeApi, via_endpoint: bool) -> Harness {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let real_port = listener.local_addr().unwrap().port();
+    // A port nothing listens on: bind one and close it.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let port = if via_endpoint { dead_port } else { real_port };
+    tokio::spawn(api.clone().serve(listener));
+    let dir = TempDir::new("kube");
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n\
+             users:\n- name: fake\n  user:\n    token: fake-token\n"
+        ),
+    )
+    .unwrap();
+    let endpoint = format!("http://127.0.0.1:{real_port}");
+    let client = source::kube::client(Some(&kc), via_endpoint.then_some(endpoint.as_str()))
+        .await
+        .unwrap();
+    let store = Arc::new(Mutex::new(NodeStore::new()));
+    let status = Arc::new(Status::new());
+    let (tx, rx) = mpsc::channel();
+    let sink = Sink::new(store.clone(), tx, status.clone());
+    tokio::spawn(source::kube::run(client, sink));
+    Harness {
+        api,
+        store,
+        status,
+        _rx: rx,
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    /// Sorted (name, first pod CIDR, first address) of the store.
+    fn view(&self) -> Vec<(String, String, String)> {
+        let s = self.store.lock().unwrap();
+        let mut v: Vec<_> = s
+            .iter()
+            .map(|n| {
+                (
+                    n.node.name.clone(),
+                    n.node
+                        .pod_cidrs
+                        .first()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    n.node
+                        .addresses()
+                        .next()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn synced(&self) -> bool {
+        self.store.lock().unwrap().synced()
+    }
+
+    async fn wait(&self, want: &[(&str, &str, &str)], timeout: Duration) {
+        let want: Vec<(String, String, String)> = want
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.view() == want {
+                return;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("store is {:?}, want {:?}", self.view(), want);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn n(name: &str, cidr: &str, ip: &str) -> serde_json::Value {
+    node_json(name, &[cidr], &[ip])
+}
+
+#[tokio::test]
+async fn list_then_added_modified_deleted() {
+    let api = FakeApi::new();
+    // More nodes than one list page (the source asks for 500 at a time).
+    api.preload((0..1200).map(|i| {
+        n(
+            &format!("bulk-{i:04}"),
+            &format!("10.{}.{}.0/24", 100 + i / 256, i % 256),
+            "10.0.0.1",
+        )
+    }));
+    api.preload([
+        n("a", "10.244.1.0/24", "10.0.0.1"),
+        n("b", "10.244.2.0/24", "10.0.0.2"),
+    ]);
+    let h = start(api).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(h.synced() && h.store.lock().unwrap().len() == 1202) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "initial list not applied: {}",
+            h.store.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..1200 {
+        h.api.delete(&format!("bulk-{i:04}"));
+    }
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("b", "10.244.2.0/24", "10.0.0.2"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+
+    h.api.apply(n("c", "10.244.3.0/24", "10.0.0.3")); // ADDED
+    h.api.apply(n("a", "10.244.1.0/24", "10.0.0.11")); // MODIFIED
+    h.api.delete("b"); // DELETED
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.11"),
+            ("c", "10.244.3.0/24", "10.0.0.3"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // A malformed MODIFIED keeps the previous state of that node only.
+    h.api.apply(n("a", "10.244.1.0/33", "10.0.0.99"));
+    h.api.apply(n("c", "10.244.3.0/24", "10.0.0.33"));
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.11"),
+            ("c", "10.244.3.0/24", "10.0.0.33"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+    let metrics = h.status.metrics.encode();
+    assert!(
+        metrics.contains("kindnet_node_updates_rejected_total{reason=\"malformed-pod-cidr\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn gone_as_watch_event_triggers_relist() {
+    let api = FakeApi::new();
+    api.preload([
+        n("a", "10.244.1.0/24", "10.0.0.1"),
+        n("b", "10.244.2.0/24", "10.0.0.2"),
+    ]);
+    let h = start(api).await;
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("b", "10.244.2.0/24", "10.0.0.2"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+    let (lists_before, _) = h.api.requests();
+    // History is lost, then b disappears and d appears without events the
+    // watch could resume from: only a re-list can show it.
+    h.api.expire(GoneMode::Event);
+    h.api.preload([n("d", "10.244.4.0/24", "10.0.0.4")]);
+    {
+        // Remove b silently: expire again so no DELETED event is served.
+        h.api.delete("b");
+        h.api.expire(GoneMode::Event);
+    }
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("d", "10.244.4.0/24", "10.0.0.4"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(h.api.requests().0 > lists_before, "no re-list after 410");
+    // Watching resumes afterwards.
+    h.api.apply(n("e", "10.244.5.0/24", "10.0.0.5"));
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("d", "10.244.4.0/24", "10.0.0.4"),
+            ("e", "10.244.5.0/24", "10.0.0.5"),
+        ],
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn gone_as_http_status_on_watch_start_triggers_relist() {
+    let api = FakeApi::new();
+    api.preload([n("a", "10.244.1.0/24", "10.0.0.1")]);
+    let h = start(api).await;
+    h.wait(
+        &[("a", "10.244.1.0/24", "10.0.0.1")],
+        Duration::from_secs(5),
+    )
+    .await;
+    // Cut the watch during an outage, then come back with the history gone
+    // and HTTP 410 for old resource versions.
+    h.api.set_down(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.api.delete("a");
+    h.api.preload([n("z", "10.244.9.0/24", "10.0.0.9")]);
+    h.api.expire(GoneMode::Http);
+    h.api.set_down(false);
+    h.wait(
+        &[("z", "10.244.9.0/24", "10.0.0.9")],
+        Duration::from_secs(15),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn outage_keeps_nodes_and_resumes() {
+    let api = FakeApi::new();
+    api.preload([
+        n("a", "10.244.1.0/24", "10.0.0.1"),
+        n("b", "10.244.2.0/24", "10.0.0.2"),
+    ]);
+    let h = start(api).await;
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("b", "10.244.2.0/24", "10.0.0.2"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+
+    h.api.set_down(true);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing known is dropped while the API server is away (the client
+    // retries 503s itself before the watcher reports an error).
+    assert_eq!(h.view().len(), 2);
+
+    // Changes made meanwhile show up once it is back.
+    h.api.delete("a");
+    h.api.apply(n("c", "10.244.3.0/24", "10.0.0.3"));
+    h.api.set_down(false);
+    h.wait(
+        &[
+            ("b", "10.244.2.0/24", "10.0.0.2"),
+            ("c", "10.244.3.0/24", "10.0.0.3"),
+        ],
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn control_plane_endpoint_overrides_the_server() {
+    let api = FakeApi::new();
+    api.preload([n("a", "10.244.1.0/24", "10.0.0.1")]);
+    let h = start_with(api, true).await;
+    h.wait(
+        &[("a", "10.244.1.0/24", "10.0.0.1")],
+        Duration::from_secs(5),
+    )
+    .await;
+}

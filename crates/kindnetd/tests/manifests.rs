@@ -1,0 +1,268 @@
+//! deploy/: the manifests parse, grant only what kindnetd needs, and name the
+//! image, binaries, paths, flags and ports the build and the daemon use.
+
+use std::path::{Path, PathBuf};
+
+use clap::{CommandFactory, Parser};
+use kindnetd::config::Flags;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn docs(rel: &str) -> Vec<Value> {
+    let text = read(rel);
+    let mut out = Vec::new();
+    for d in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        if v.is_null() {
+            continue;
+        }
+        out.push(serde_json::to_value(v).unwrap());
+    }
+    out
+}
+
+fn by_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+/// What deploy/Dockerfile builds: the image reference and where it puts
+/// each binary.
+struct Build {
+    image: String,
+    binaries: Vec<String>,
+}
+
+fn build() -> Build {
+    let df = read("deploy/Dockerfile");
+    let image = df
+        .lines()
+        .find_map(|l| l.strip_prefix("# image: "))
+        .expect("Dockerfile names its image in a '# image: ' line")
+        .trim()
+        .to_string();
+    let binaries = df
+        .lines()
+        .filter(|l| l.starts_with("COPY --from=build"))
+        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+        .collect();
+    // The image is built with this command line; the docs say the same.
+    assert!(df.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")));
+    // It builds exactly the binaries the workspace defines.
+    for (krate, bin) in [("kindnetd", "kindnetd"), ("kindnet-cni", "kindnet-cni")] {
+        assert!(
+            df.contains(&format!("-p {krate} --bin {bin}")),
+            "Dockerfile builds {bin}"
+        );
+        let cargo = read(&format!("crates/{krate}/Cargo.toml"));
+        assert!(
+            cargo.contains(&format!("name = \"{bin}\"")),
+            "{krate} defines bin {bin}"
+        );
+    }
+    assert!(
+        df.contains("nftables"),
+        "kindnetd runs nft: the image needs it"
+    );
+    Build { image, binaries }
+}
+
+fn check_manifest(rel: &str, bridge: bool) {
+    let d = docs(rel);
+    let b = build();
+    assert!(
+        b.image
+            .ends_with(&format!(":{}", env!("CARGO_PKG_VERSION"))),
+        "image tag follows the crate version: {}",
+        b.image
+    );
+    assert_eq!(b.binaries, vec!["/bin/kindnetd", "/bin/kindnet-cni"]);
+
+    // RBAC: read-only access to nodes, nothing else.
+    let sa = by_kind(&d, "ServiceAccount");
+    assert_eq!(sa.len(), 1);
+    let role = by_kind(&d, "ClusterRole");
+    assert_eq!(role.len(), 1);
+    let rules = role[0]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0]["apiGroups"], serde_json::json!([""]));
+    assert_eq!(rules[0]["resources"], serde_json::json!(["nodes"]));
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["get", "list", "watch"])
+    );
+    let binding = by_kind(&d, "ClusterRoleBinding");
+    assert_eq!(binding.len(), 1);
+    assert_eq!(binding[0]["roleRef"]["name"], role[0]["metadata"]["name"]);
+    assert_eq!(binding[0]["subjects"][0]["name"], sa[0]["metadata"]["name"]);
+    assert_eq!(
+        binding[0]["subjects"][0]["namespace"],
+        sa[0]["metadata"]["namespace"]
+    );
+
+    // The DaemonSet.
+    let ds = by_kind(&d, "DaemonSet");
+    assert_eq!(ds.len(), 1);
+    let ds = ds[0];
+    assert_eq!(ds["metadata"]["namespace"], sa[0]["metadata"]["namespace"]);
+    let sel = &ds["spec"]["selector"]["matchLabels"];
+    for (k, v) in sel.as_object().unwrap() {
+        assert_eq!(
+            &ds["spec"]["template"]["metadata"]["labels"][k], v,
+            "selector matches the pod labels"
+        );
+    }
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["priorityClassName"], "system-node-critical");
+    assert_eq!(pod["serviceAccountName"], sa[0]["metadata"]["name"]);
+    assert!(
+        pod["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "tolerates every taint"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    let host_path = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap_or_else(|| panic!("volume {name}"))
+            .to_string()
+    };
+    let mount_of = |c: &Value, path: &str| -> Option<String> {
+        c["volumeMounts"]
+            .as_array()?
+            .iter()
+            .find(|m| m["mountPath"] == path)
+            .and_then(|m| m["name"].as_str().map(str::to_string))
+    };
+
+    let defaults = Flags::try_parse_from(["kindnetd", "--node-name=x"]).unwrap();
+    let port = defaults.metrics_bind_address.0.unwrap().port();
+
+    // Init containers: plugins onto the host; sysctls (privileged, one shot).
+    let inits = pod["initContainers"].as_array().unwrap();
+    let install = inits
+        .iter()
+        .find(|c| c["command"][0] == "/bin/kindnet-cni")
+        .expect("an init container installs the CNI plugins");
+    assert_eq!(
+        install["command"],
+        serde_json::json!(["/bin/kindnet-cni", "install", "/opt/cni/bin"])
+    );
+    let vol = mount_of(install, "/opt/cni/bin").expect("/opt/cni/bin mounted");
+    assert_eq!(host_path(&vol), "/opt/cni/bin");
+    let sysctls = inits
+        .iter()
+        .find(|c| c["command"][0] == "/bin/kindnetd")
+        .expect("an init container sets sysctls");
+    let argv: Vec<&str> = sysctls["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let f = Flags::try_parse_from(argv).expect("kindnetd accepts the init container's flags");
+    assert!(f.sysctls_only);
+
+    // The daemon.
+    let containers = pod["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    for x in inits.iter().chain(containers) {
+        assert_eq!(
+            x["image"],
+            b.image.as_str(),
+            "every container runs the image the Dockerfile builds"
+        );
+        let cmd = x["command"][0].as_str().unwrap();
+        assert!(b.binaries.iter().any(|p| p == cmd), "{cmd} is in the image");
+    }
+    assert_eq!(c["command"], serde_json::json!(["/bin/kindnetd"]));
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true, "the daemon is not privileged");
+    let mut caps: Vec<&str> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    caps.sort();
+    assert_eq!(caps, vec!["NET_ADMIN", "NET_RAW"]);
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(c[probe]["httpGet"]["path"], path);
+        assert_eq!(
+            c[probe]["httpGet"]["port"], port,
+            "{probe} port is kindnetd's default"
+        );
+    }
+    assert!(c["resources"]["requests"]["memory"].is_string());
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    let conf_vol =
+        mount_of(c, defaults.cni_conf_dir.to_str().unwrap()).expect("CNI config dir mounted");
+    assert_eq!(host_path(&conf_vol), "/etc/cni/net.d");
+
+    // Every environment variable is one kindnetd reads, and literal values
+    // parse as the matching flag would.
+    let cmd = Flags::command();
+    let mut argv = vec!["kindnetd".to_string(), "--node-name=x".to_string()];
+    let mut names = Vec::new();
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        names.push(name.to_string());
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|v| v == name))
+            .unwrap_or_else(|| panic!("kindnetd reads no environment variable {name}"));
+        if let Some(v) = e["value"].as_str() {
+            argv.push(format!("--{}={v}", arg.get_long().unwrap()));
+        } else {
+            assert!(
+                e["valueFrom"]["fieldRef"]["fieldPath"].is_string(),
+                "{name}"
+            );
+        }
+    }
+    let flags = Flags::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    flags.validate().unwrap();
+    for want in ["HOST_IP", "POD_IP", "NODE_NAME", "POD_SUBNET"] {
+        assert!(names.iter().any(|n| n == want), "{rel} sets {want}");
+    }
+    assert_eq!(flags.cni_bridge.0.is_some(), bridge, "{rel}: CNI_BRIDGE");
+}
+
+#[test]
+fn ptp_manifest() {
+    check_manifest("deploy/install-kindnet.yaml", false);
+}
+
+#[test]
+fn bridge_manifest() {
+    check_manifest("deploy/install-kindnet-bridge.yaml", true);
+}
+
+#[test]
+fn manifests_differ_only_in_bridge_mode() {
+    let strip = |s: String| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter(|l| !l.contains("CNI_BRIDGE") && !l.contains("value: \"true\""))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(
+        strip(read("deploy/install-kindnet.yaml")),
+        strip(read("deploy/install-kindnet-bridge.yaml"))
+    );
+}

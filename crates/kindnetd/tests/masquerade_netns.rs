@@ -1,0 +1,270 @@
+//! Two nodes, a pod on each, and an "external" host, all network namespaces
+//! (pods wired by hand, ptp style). A kindnetd runs on each node. Checks:
+//! pod → external arrives with the node's address (masquerade), pod → pod
+//! across nodes keeps the pod's address; IPv4 and IPv6. Needs root.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kindnet_netlink::Netns;
+
+fn ns_with_nodad() -> NetnsGuard {
+    let ns = NetnsGuard::new("kd-test").unwrap();
+    for k in ["all", "default"] {
+        sysctl_set(&ns, &format!("net.ipv6.conf.{k}.accept_dad"), "0");
+    }
+    ns
+}
+
+/// Links `a`:`a_if` to `b`:`b_if` with a veth pair.
+fn veth(a: &NetnsGuard, a_if: &str, b: &NetnsGuard, b_if: &str) {
+    a.ip(&[
+        "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+    ])
+    .unwrap();
+    a.ip(&["link", "set", a_if, "up"]).unwrap();
+    b.ip(&["link", "set", b_if, "up"]).unwrap();
+}
+
+fn addr(ns: &NetnsGuard, dev: &str, a: &str) {
+    ns.ip(&["addr", "add", a, "dev", dev, "nodad"]).unwrap();
+}
+
+/// A ptp-style pod on `node`: host side `veth` with gateway addresses,
+/// /32 and /128 routes to the pod.
+fn pod(node: &NetnsGuard, veth_name: &str, v4: &str, v6: &str) -> NetnsGuard {
+    let p = ns_with_nodad();
+    veth(node, veth_name, &p, "eth0");
+    let (gw4, gw6) = ("169.254.1.1", "fe80::1");
+    // Gateways as in the ptp plugin: one address on the host side.
+    node.ip(&["addr", "add", &format!("{gw4}/32"), "dev", veth_name])
+        .unwrap();
+    node.ip(&[
+        "addr",
+        "add",
+        &format!("{gw6}/64"),
+        "dev",
+        veth_name,
+        "nodad",
+    ])
+    .unwrap();
+    node.ip(&["route", "add", &format!("{v4}/32"), "dev", veth_name])
+        .unwrap();
+    node.ip(&["-6", "route", "add", &format!("{v6}/128"), "dev", veth_name])
+        .unwrap();
+    p.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])
+        .unwrap();
+    p.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])
+        .unwrap();
+    p.ip(&["route", "add", gw4, "dev", "eth0", "scope", "link"])
+        .unwrap();
+    p.ip(&["route", "add", "default", "via", gw4, "dev", "eth0"])
+        .unwrap();
+    p.ip(&["-6", "route", "add", "default", "via", gw6, "dev", "eth0"])
+        .unwrap();
+    p
+}
+
+/// Accepts one connection on a listener made in `server` and reports the
+/// peer address it saw, while a client in `client` connects to `to`.
+fn seen_source(
+    server: &NetnsGuard,
+    client: &NetnsGuard,
+    to: SocketAddr,
+) -> Result<SocketAddr, String> {
+    let sns = Netns::open(server.path()).map_err(|e| e.to_string())?;
+    let cns = Netns::open(client.path()).map_err(|e| e.to_string())?;
+    let listener = sns
+        .run(move || TcpListener::bind(to))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("bind {to}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last_err = String::new();
+    // Retry while routes and rules settle.
+    while Instant::now() < deadline {
+        let conn = cns
+            .run(move || TcpStream::connect_timeout(&to, Duration::from_millis(500)))
+            .map_err(|e| e.to_string())?;
+        match conn {
+            Ok(mut c) => {
+                let _ = c.write_all(b"hi");
+                let until = Instant::now() + Duration::from_secs(2);
+                while Instant::now() < until {
+                    match listener.accept() {
+                        Ok((mut s, peer)) => {
+                            let mut b = [0u8; 2];
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                            let _ = s.read_exact(&mut b);
+                            return Ok(peer);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                last_err = "connected but nothing accepted".into();
+            }
+            Err(e) => {
+                last_err = e.to_string();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    Err(format!("no connection to {to}: {last_err}"))
+}
+
+#[test]
+fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
+    require_root!();
+    let n1 = ns_with_nodad();
+    let n2 = ns_with_nodad();
+    let ext = ns_with_nodad();
+    // Node segment.
+    veth(&n1, "eth0", &n2, "eth0");
+    addr(&n1, "eth0", "10.0.0.1/24");
+    addr(&n1, "eth0", "fd00::1/64");
+    addr(&n2, "eth0", "10.0.0.2/24");
+    addr(&n2, "eth0", "fd00::2/64");
+    // Uplink of node 1 to the "external" host, its default route.
+    veth(&n1, "up0", &ext, "eth0");
+    addr(&n1, "up0", "192.168.100.1/24");
+    addr(&n1, "up0", "fd00:100::1/64");
+    addr(&ext, "eth0", "192.168.100.2/24");
+    addr(&ext, "eth0", "fd00:100::2/64");
+    n1.ip(&["route", "add", "default", "via", "192.168.100.2"])
+        .unwrap();
+    n1.ip(&["-6", "route", "add", "default", "via", "fd00:100::2"])
+        .unwrap();
+
+    let p1 = pod(&n1, "vethp1", "10.244.1.2", "fd00:10:244:1::2");
+    let p2 = pod(&n2, "vethp2", "10.244.2.2", "fd00:10:244:2::2");
+
+    let dir = TempDir::new("masq");
+    let nodes = dir.path().join("nodes.json");
+    write_atomic(
+        &nodes,
+        &node_list(&[
+            node(
+                "n1",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["10.0.0.1", "fd00::1"],
+            ),
+            node(
+                "n2",
+                &["10.244.2.0/24", "fd00:10:244:2::/64"],
+                &["10.0.0.2", "fd00::2"],
+            ),
+        ]),
+    );
+    let start = |ns: &NetnsGuard, name: &str| {
+        let cni = dir.path().join(format!("cni-{name}"));
+        Daemon::start(
+            ns,
+            &[
+                "--node-name",
+                name,
+                "--nodes-file",
+                nodes.to_str().unwrap(),
+                "--cni-conf-dir",
+                cni.to_str().unwrap(),
+                "--pod-subnet",
+                "10.244.0.0/16,fd00:10:244::/56",
+                "--metrics-bind-address",
+                "127.0.0.1:19080",
+            ],
+            dir.path().join(format!("{name}.log")),
+        )
+    };
+    let d1 = start(&n1, "n1");
+    let d2 = start(&n2, "n2");
+    for (ns, d) in [(&n1, &d1), (&n2, &d2)] {
+        wait_ready(ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    }
+    wait_routes(
+        &n1,
+        &[
+            ("10.244.2.0/24", "10.0.0.2"),
+            ("fd00:10:244:2::/64", "fd00::2"),
+        ],
+        Duration::from_secs(3),
+    )
+    .unwrap();
+    let ctx = || {
+        format!(
+            "n1 log:\n{}\nn1 nft:\n{}",
+            d1.log(),
+            n1.exec(&["nft", "list", "ruleset"]).unwrap_or_default()
+        )
+    };
+
+    // Pod → external: source is node 1's uplink address.
+    let peer = seen_source(&ext, &p1, "192.168.100.2:18080".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(peer.ip().to_string(), "192.168.100.1", "{}", ctx());
+    let peer = seen_source(&ext, &p1, "[fd00:100::2]:18080".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(peer.ip().to_string(), "fd00:100::1", "{}", ctx());
+
+    // Pod → pod on the other node: the pod's own address arrives.
+    let peer = seen_source(&p2, &p1, "10.244.2.2:18081".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(peer.ip().to_string(), "10.244.1.2");
+    let peer = seen_source(&p2, &p1, "[fd00:10:244:2::2]:18081".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(peer.ip().to_string(), "fd00:10:244:1::2");
+
+    // Pod → its own node's address (local): not masqueraded either.
+    let peer = seen_source(&n1, &p1, "10.0.0.1:18082".parse().unwrap())
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctx()));
+    assert_eq!(peer.ip().to_string(), "10.244.1.2");
+
+    // The rules are kindnetd's own table, with the node pod CIDRs excluded.
+    let rules = n1
+        .exec(&["nft", "list", "table", "inet", "kindnet-masq"])
+        .unwrap();
+    assert!(rules.contains("10.244.0.0/16"), "{rules}");
+    assert!(rules.contains("masquerade"), "{rules}");
+    drop(d2);
+    drop(d1);
+}
+
+#[test]
+fn no_masquerade_cidr_is_respected() {
+    require_root!();
+    let n1 = ns_with_nodad();
+    let ext = ns_with_nodad();
+    veth(&n1, "up0", &ext, "eth0");
+    addr(&n1, "up0", "192.168.100.1/24");
+    addr(&ext, "eth0", "192.168.100.2/24");
+    ext.ip(&["route", "add", "10.244.1.0/24", "via", "192.168.100.1"])
+        .unwrap();
+    n1.ip(&["route", "add", "default", "via", "192.168.100.2"])
+        .unwrap();
+    let p1 = pod(&n1, "vethp1", "10.244.1.2", "fd00:10:244:1::2");
+    let dir = TempDir::new("nomasq");
+    let nodes = dir.path().join("nodes.json");
+    write_atomic(
+        &nodes,
+        &node_list(&[node("n1", &["10.244.1.0/24"], &["192.168.100.1"])]),
+    );
+    let cni = dir.path().join("cni");
+    let d = Daemon::start(
+        &n1,
+        &[
+            "--node-name=n1",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--no-masquerade-cidr=192.168.100.0/24",
+            "--metrics-bind-address=127.0.0.1:19080",
+        ],
+        dir.path().join("log"),
+    );
+    wait_ready(&n1, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let peer = seen_source(&ext, &p1, "192.168.100.2:18080".parse().unwrap()).unwrap();
+    assert_eq!(peer.ip().to_string(), "10.244.1.2", "{}", d.log());
+}

@@ -1,0 +1,274 @@
+//! End-to-end: real labs (kindnetd per node, pods through the CNI plugins)
+//! for every stack and mode, and the scenarios users meet. Needs root and the
+//! workspace's binaries (`cargo test --workspace` builds them next to this
+//! one); as non-root it skips.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipping: the lab needs root to create network namespaces");
+            return;
+        }
+    };
+}
+
+fn lab_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kindnet-lab"));
+    let dir = bin.parent().unwrap();
+    for b in ["kindnetd", "kindnet-cni"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{b} is not built next to kindnet-lab: run `cargo test --workspace` (or build it first)"
+        );
+    }
+    bin
+}
+
+fn lab(args: &[&str]) -> Output {
+    Command::new(lab_bin())
+        .args(args)
+        .output()
+        .expect("run kindnet-lab")
+}
+
+fn lab_ok(args: &[&str]) -> String {
+    let o = lab(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "kindnet-lab {args:?} failed:\n{text}");
+    text
+}
+
+/// A lab that is removed when the test ends, pass or fail.
+struct Lab(String);
+
+impl Lab {
+    fn up(name: &str, extra: &[&str]) -> Lab {
+        let _ = lab(&["down", "--name", name]);
+        let mut args = vec!["up", "--name", name];
+        args.extend_from_slice(extra);
+        lab_ok(&args);
+        Lab(name.to_string())
+    }
+    fn check(&self) -> String {
+        let out = lab_ok(&["check", "--name", &self.0]);
+        assert!(out.contains(" 0 failed"), "{out}");
+        out
+    }
+    fn netns(&self, suffix: &str) -> String {
+        format!("kl-{}-{suffix}", self.0)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = lab(&["down", "--name", &self.0]);
+        let left: Vec<String> = std::fs::read_dir("/var/run/netns")
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let prefix = format!("kl-{}-", self.0);
+        if !std::thread::panicking() {
+            assert!(
+                !left.iter().any(|n| n.starts_with(&prefix)),
+                "down left namespaces: {left:?}"
+            );
+        }
+    }
+}
+
+fn matrix(name: &str, stack: &str, mode: &str) {
+    require_root!();
+    let l = Lab::up(
+        name,
+        &[
+            "--nodes",
+            "2",
+            "--pods-per-node",
+            "2",
+            "--stack",
+            stack,
+            "--mode",
+            mode,
+        ],
+    );
+    let out = l.check();
+    for group in [
+        "pod -> pod",
+        "pod -> external (masquerade)",
+        "hostPort from another node",
+        "node -> remote pod",
+        "layout (seed 003)",
+        "CNI CHECK",
+    ] {
+        assert!(
+            out.contains(group),
+            "{stack}/{mode}: no {group:?} checks in:\n{out}"
+        );
+    }
+    let fams = match stack {
+        "ipv4" => vec!["== IPv4 =="],
+        "ipv6" => vec!["== IPv6 =="],
+        _ => vec!["== IPv4 ==", "== IPv6 =="],
+    };
+    for f in fams {
+        assert!(out.contains(f), "{out}");
+    }
+}
+
+#[test]
+fn ipv4_ptp() {
+    matrix("e4p", "ipv4", "ptp");
+}
+#[test]
+fn ipv6_ptp() {
+    matrix("e6p", "ipv6", "ptp");
+}
+#[test]
+fn dual_ptp() {
+    matrix("edp", "dual", "ptp");
+}
+#[test]
+fn ipv4_bridge() {
+    matrix("e4b", "ipv4", "bridge");
+}
+#[test]
+fn ipv6_bridge() {
+    matrix("e6b", "ipv6", "bridge");
+}
+#[test]
+fn dual_bridge() {
+    matrix("edb", "dual", "bridge");
+}
+
+fn routes(ns: &str) -> String {
+    let o = Command::new("ip")
+        .args(["-n", ns, "route"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn eventually(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nodes_come_and_go() {
+    require_root!();
+    let l = Lab::up(
+        "enode",
+        &["--nodes", "2", "--pods-per-node", "1", "--stack", "ipv4"],
+    );
+    lab_ok(&["add-node", "--name", "enode"]);
+    let n1 = l.netns("node1");
+    eventually(
+        "node1 routes to node3's pod CIDR",
+        Duration::from_secs(3),
+        || routes(&n1).contains("10.244.3.0/24 via 172.18.0.4"),
+    );
+    l.check();
+    lab_ok(&["remove-node", "--name", "enode", "node2"]);
+    eventually("node1 drops node2's route", Duration::from_secs(3), || {
+        !routes(&n1).contains("10.244.2.0/24")
+    });
+    assert!(
+        routes(&n1).contains("10.244.3.0/24 via 172.18.0.4"),
+        "the other routes stay"
+    );
+    l.check();
+}
+
+#[test]
+fn deleted_pod_frees_its_address() {
+    require_root!();
+    let l = Lab::up(
+        "epod",
+        &["--nodes", "1", "--pods-per-node", "2", "--stack", "dual"],
+    );
+    let store = PathBuf::from("/run/kindnet-lab/epod/node1/ipam/kindnet");
+    let owned = |cid: &str| -> Vec<String> {
+        std::fs::read_dir(&store)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.parse::<std::net::IpAddr>().is_ok())
+            .filter(|f| {
+                std::fs::read_to_string(store.join(f))
+                    .unwrap_or_default()
+                    .starts_with(cid)
+            })
+            .collect()
+    };
+    let before = owned("epod-node1-pod2");
+    assert_eq!(before.len(), 2, "one address per family");
+    lab_ok(&["del-pod", "--name", "epod", "node1-pod2"]);
+    assert!(
+        owned("epod-node1-pod2").is_empty(),
+        "DEL released the addresses"
+    );
+    assert!(!std::path::Path::new(&format!("/var/run/netns/{}", l.netns("node1-pod2"))).exists());
+    lab_ok(&["add-pod", "--name", "epod", "node1", "--number", "3"]);
+    l.check();
+}
+
+#[test]
+fn kindnetd_restart_loses_no_connectivity() {
+    require_root!();
+    let l = Lab::up(
+        "erst",
+        &["--nodes", "2", "--pods-per-node", "1", "--stack", "dual"],
+    );
+    let before = routes(&l.netns("node1"));
+    // ping across nodes all through the restart: 0.05 s apart for ~4 s
+    let from = l.netns("node1-pod1");
+    let pinger = std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &from,
+                "ping",
+                "-c",
+                "80",
+                "-i",
+                "0.05",
+                "-q",
+                "10.244.2.2",
+            ])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    lab_ok(&["restart-kindnetd", "--name", "erst", "node1"]);
+    let out = pinger.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("80 received"),
+        "packets lost during the restart: {text}"
+    );
+    // the restart did not churn correct routes
+    eventually("routes settle", Duration::from_secs(3), || {
+        routes(&l.netns("node1")) == before
+    });
+    l.check();
+}
