@@ -45,6 +45,12 @@ pub fn parse_owner(alias: &str) -> Option<(&str, &str, &str)> {
     it.next().is_none().then_some(owner)
 }
 
+/// Whether `link` (named after our attachment) is ours: a veth tagged with
+/// our alias, or untagged — an ADD killed between creating and tagging it.
+fn is_ours(link: &Link, alias: &str) -> bool {
+    link.kind.as_deref() == Some("veth") && link.alias.as_deref().is_none_or(|a| a == alias)
+}
+
 /// Creates the veth pair: `host_name` here, `ifname` inside `pod_ns`, and
 /// tags the host end. A leftover host end of the same attachment (an ADD
 /// killed midway) is removed first. Returns the host end.
@@ -65,7 +71,7 @@ pub fn create_veth(
                 .link_by_name(&name)
                 .map_err(nl_err(format!("look up {name}")))?;
             match old {
-                Some(old) if old.alias.as_deref() == Some(alias.as_str()) => {
+                Some(old) if is_ours(&old, &alias) => {
                     h.delete_link(old.index)
                         .map_err(nl_err(format!("remove leftover {name}")))?;
                     h.create_veth(&name, ifname, Some(pod_ns), mtu)
@@ -106,7 +112,7 @@ pub fn remove(
     if let Some(l) = h
         .link_by_name(&name)
         .map_err(nl_err(format!("look up {name}")))?
-        && l.alias.as_deref() == Some(alias.as_str())
+        && is_ours(&l, &alias)
     {
         match h.delete_link(l.index) {
             Err(e) if !e.is_not_found() => return Err(nl_err(format!("delete {name}"))(e)),

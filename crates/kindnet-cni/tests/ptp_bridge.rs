@@ -444,3 +444,49 @@ fn status_reports_ready_and_exhaustion() {
     let c = call(Some(&node), "ptp", "STATUS", &Args::new("", ""), &conf);
     assert_eq!(c.err_code(), 50, "{}", c.stdout);
 }
+
+#[test]
+fn add_replaces_the_leftover_of_a_killed_add_but_never_a_foreign_link() {
+    require_root!();
+    let node = Ns::new("node");
+    let data = TempDir::new("ipam");
+    let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
+    // an ADD killed after creating its veth, before tagging it
+    let name = kindnet_cni::hostlink::host_veth_name("kindnet-test", "retry", "eth0");
+    node.run_ok(&[
+        "ip", "link", "add", &name, "type", "veth", "peer", "name", "left0",
+    ]);
+    let pod = Ns::new("pod");
+    let res = call(
+        Some(&node),
+        "ptp",
+        "ADD",
+        &Args::new("retry", &pod.path()),
+        &conf,
+    )
+    .ok();
+    assert_eq!(res["interfaces"][0]["name"], name.as_str());
+    assert!(pod.ping("10.244.1.1"));
+    // a link with our name but someone else's alias is left alone
+    let name2 = kindnet_cni::hostlink::host_veth_name("kindnet-test", "other", "eth0");
+    node.run_ok(&[
+        "ip", "link", "add", &name2, "type", "veth", "peer", "name", "left1",
+    ]);
+    node.run_ok(&["ip", "link", "set", &name2, "alias", "not kindnet"]);
+    let pod2 = Ns::new("pod");
+    let c = call(
+        Some(&node),
+        "ptp",
+        "ADD",
+        &Args::new("other", &pod2.path()),
+        &conf,
+    );
+    assert_ne!(c.code, 0);
+    assert!(c.msg().contains("belongs to something else"), "{}", c.msg());
+    assert!(node.links().contains(&name2));
+    assert_eq!(
+        allocated(&data.str()).len(),
+        1,
+        "the failed ADD released its address"
+    );
+}
