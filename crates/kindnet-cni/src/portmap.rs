@@ -68,7 +68,14 @@ fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
 }
 
 /// The table, chains and rules; `add` of existing objects is a no-op and the
-/// rule chain is rebuilt in the same transaction, so this is idempotent.
+/// rule chains are rebuilt in the same transaction, so this is idempotent.
+///
+/// - prerouting/output: traffic to a local address (not loopback: a
+///   DNAT-ed packet from 127.0.0.1 could not leave the node) goes through
+///   the maps;
+/// - postrouting: hairpin — a pod (or a neighbour on its subnet) reaching a
+///   pod through a host port is masqueraded, so the reply comes back through
+///   the node rather than straight from the pod (as the reference's `snat`).
 fn table_script() -> String {
     format!(
         "table {FAMILY} {TABLE} {{\n\
@@ -76,25 +83,33 @@ fn table_script() -> String {
          map hostports4-ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}\n\
          map hostports6 {{ type inet_proto . inet_service : ipv6_addr . inet_service; }}\n\
          map hostports6-ip {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }}\n\
+         set hairpin4 {{ type ipv4_addr . ipv4_addr; flags interval; }}\n\
+         set hairpin6 {{ type ipv6_addr . ipv6_addr; flags interval; }}\n\
          chain prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
          chain output {{ type nat hook output priority -100; policy accept; }}\n\
+         chain postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
          chain hostports {{ }}\n\
          }}\n\
          flush chain {FAMILY} {TABLE} prerouting\n\
          flush chain {FAMILY} {TABLE} output\n\
+         flush chain {FAMILY} {TABLE} postrouting\n\
          flush chain {FAMILY} {TABLE} hostports\n\
          add rule {FAMILY} {TABLE} prerouting fib daddr type local jump hostports\n\
-         add rule {FAMILY} {TABLE} output fib daddr type local jump hostports\n\
+         add rule {FAMILY} {TABLE} output meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n\
+         add rule {FAMILY} {TABLE} output meta nfproto ipv6 ip6 daddr != ::1 fib daddr type local jump hostports\n\
          add rule {FAMILY} {TABLE} hostports meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @hostports4-ip\n\
          add rule {FAMILY} {TABLE} hostports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @hostports4\n\
          add rule {FAMILY} {TABLE} hostports meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports6-ip\n\
-         add rule {FAMILY} {TABLE} hostports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6\n"
+         add rule {FAMILY} {TABLE} hostports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6\n\
+         add rule {FAMILY} {TABLE} postrouting ct status dnat ip saddr . ip daddr @hairpin4 masquerade\n\
+         add rule {FAMILY} {TABLE} postrouting ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade\n"
     )
 }
 
 /// The script adding `maps` for the pod addresses `ips` (pure).
 pub fn add_script(maps: &[PortMapping], ips: &[IpConfig], owner: &str) -> Result<String, CniError> {
     let mut s = table_script();
+    let mut hairpin: Vec<&IpConfig> = Vec::new();
     for m in maps {
         let proto = m.protocol.to_ascii_lowercase();
         let host_ip: Option<IpAddr> = m
@@ -124,6 +139,9 @@ pub fn add_script(maps: &[PortMapping], ips: &[IpConfig], owner: &str) -> Result
                 m.container_port
             );
             mapped = true;
+            if !hairpin.contains(&c) {
+                hairpin.push(c);
+            }
         }
         if !mapped {
             return Err(CniError::invalid_config(format!(
@@ -131,6 +149,14 @@ pub fn add_script(maps: &[PortMapping], ips: &[IpConfig], owner: &str) -> Result
                 m.host_port, m.container_port, m.host_ip
             )));
         }
+    }
+    for c in hairpin {
+        let v = if c.address.addr().is_ipv4() { "4" } else { "6" };
+        s += &format!(
+            "add element {FAMILY} {TABLE} hairpin{v} {{ {} . {} comment \"{owner}\" }}\n",
+            c.address.trunc(),
+            c.address.addr()
+        );
     }
     Ok(s)
 }
@@ -303,6 +329,30 @@ mod tests {
         assert!(
             !s.contains("add element inet kindnet-portmap hostports6-ip"),
             "no v6 element for a v4 hostIP: {s}"
+        );
+    }
+
+    #[test]
+    fn hairpin_element_once_per_mapped_address() {
+        let ips = [ip("10.244.1.5/24"), ip("fd00::5/64")];
+        let maps = [pm(8080, 80, "tcp", ""), pm(8443, 443, "tcp", "")];
+        let s = add_script(&maps, &ips, "o").unwrap();
+        assert_eq!(
+            s.matches("hairpin4 { 10.244.1.0/24 . 10.244.1.5 comment")
+                .count(),
+            1,
+            "{s}"
+        );
+        assert_eq!(
+            s.matches("hairpin6 { fd00::/64 . fd00::5 comment").count(),
+            1,
+            "{s}"
+        );
+        // a v4-only hostIP maps (and hairpins) only the IPv4 address
+        let s = add_script(&[pm(80, 80, "tcp", "172.18.0.2")], &ips, "o").unwrap();
+        assert!(
+            !s.contains("add element inet kindnet-portmap hairpin6"),
+            "{s}"
         );
     }
 

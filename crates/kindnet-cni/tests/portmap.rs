@@ -115,6 +115,15 @@ fn host_port_reaches_the_pod_and_is_removed() {
         "from the node itself"
     );
     call(Some(&b.node), "portmap", "CHECK", &args, &pm).ok();
+    // hairpin: the pod reaches itself through the host port (masqueraded to
+    // the node's side, so the reply comes back the way it went)
+    assert_eq!(
+        fetch(&pod, "172.30.0.1:8080").as_deref(),
+        Some("you are 10.244.1.1"),
+        "hairpin"
+    );
+    // loopback is not mapped (a DNAT-ed packet from 127.0.0.1 cannot leave the node)
+    assert_eq!(fetch(&b.node, "127.0.0.1:8080"), None);
 
     // a second pod may not take the same host port
     let pod2 = Ns::new("pod");
@@ -173,5 +182,41 @@ fn no_mappings_cost_nothing_and_gc_removes_stale_ones() {
             .run_ok(&["nft", "list", "table", "inet", "kindnet-portmap"])
             .contains("9090"),
         "GC removed the stale mapping"
+    );
+}
+
+/// ptp's `ipMasq` (tested here because this bed has a host beyond the node):
+/// the pod reaches the other host with the node's address; DEL removes the
+/// rule's elements.
+#[test]
+fn ptp_ip_masq_rewrites_the_source_and_del_removes_it() {
+    require_root!();
+    let b = bed();
+    serve(&b.client);
+    let pod = Ns::new("pod");
+    let data = TempDir::new("ipam");
+    let mut ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    ptp["ipMasq"] = json!(true);
+    let args = Args::new("masq", &pod.path());
+    let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
+    assert_eq!(
+        fetch(&pod, "172.30.0.2:80").as_deref(),
+        Some("you are 172.30.0.1")
+    );
+    assert_eq!(
+        fetch(&pod, "[fd00:30::2]:80").as_deref(),
+        Some("you are fd00:30::1")
+    );
+    let table = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(table.contains("10.244.1.2"), "{table}");
+    call(Some(&b.node), "ptp", "DEL", &args, &with_prev(&ptp, &res)).ok();
+    let table = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(
+        !table.contains("10.244.1.2"),
+        "DEL removed the pod's elements: {table}"
     );
 }
