@@ -220,3 +220,76 @@ fn ptp_ip_masq_rewrites_the_source_and_del_removes_it() {
         "DEL removed the pod's elements: {table}"
     );
 }
+
+/// A UDP stream that started before its host port was mapped (e.g. to a
+/// deleted pod) keeps its stale conntrack entry until portmap flushes it.
+#[test]
+fn udp_mapping_flushes_stale_conntrack_entries() {
+    require_root!();
+    if std::process::Command::new("conntrack")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: the conntrack tool is not installed (apt-get install conntrack)");
+        return;
+    }
+    let b = bed();
+    let data = TempDir::new("ipam");
+    let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
+    // a first mapping makes the node track connections (the nat table exists)
+    let pod1 = Ns::new("pod");
+    let a1 = Args::new("first", &pod1.path());
+    let r1 = call(Some(&b.node), "ptp", "ADD", &a1, &ptp).ok();
+    call(
+        Some(&b.node),
+        "portmap",
+        "ADD",
+        &a1,
+        &portmap_conf(
+            &r1,
+            json!([{"hostPort": 7000, "containerPort": 7000, "protocol": "tcp"}]),
+        ),
+    )
+    .ok();
+    // UDP to a port nobody maps yet: a conntrack entry appears
+    let send = || {
+        let ns = Netns::open(b.client.path()).unwrap();
+        ns.run(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:5300").unwrap();
+            for _ in 0..3 {
+                let _ = s.send_to(b"hello", "172.30.0.1:5353");
+            }
+        })
+        .unwrap();
+    };
+    send();
+    let entries = || {
+        b.node
+            .run_ok(&["conntrack", "-L", "-p", "udp", "--orig-port-dst", "5353"])
+    };
+    assert!(
+        entries().contains("dport=5353"),
+        "an entry exists: {}",
+        entries()
+    );
+    let pod2 = Ns::new("pod");
+    let a2 = Args::new("dns", &pod2.path());
+    let r2 = call(Some(&b.node), "ptp", "ADD", &a2, &ptp).ok();
+    call(
+        Some(&b.node),
+        "portmap",
+        "ADD",
+        &a2,
+        &portmap_conf(
+            &r2,
+            json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]),
+        ),
+    )
+    .ok();
+    assert!(
+        !entries().contains("dport=5353"),
+        "ADD flushed the stale entry: {}",
+        entries()
+    );
+}
