@@ -20,12 +20,13 @@
 
 use kindnet_cni::{PLUGIN_NAMES, plugin_for};
 use kindnet_cni_spec::skeleton::dispatch;
+use kindnet_testbed::TempDir;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{Value, json};
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const PANIC_MSG: &str = "internal error: the plugin panicked";
 const NETNS: &str = "/nonexistent/kindnet-no-panic/netns";
@@ -37,24 +38,6 @@ const CNI_ARGS: &[&str] = &[
     "IP=10.244.1.9",
     "IgnoreUnknown=1;IP=fd00:10:244:1::9,10.244.1.300;K8S_POD_NAME=p",
 ];
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let p = std::env::temp_dir().join(format!("kncni-no-panic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Where `host-local` may write and what it may read.
 struct Sandbox {
@@ -521,7 +504,7 @@ fn run_case(
 #[test]
 fn mutated_configs_never_panic() {
     guard_refuses_what_would_touch_the_host();
-    let tmp = TempDir::new();
+    let tmp = TempDir::new("no-panic");
     let resolv: &Path = &tmp.0.join("resolv.conf");
     std::fs::write(
         resolv,

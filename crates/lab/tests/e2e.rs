@@ -3,23 +3,10 @@
 //! workspace's binaries (`cargo test --workspace` builds them next to this
 //! one); as non-root it skips.
 
+use kindnet_testbed::require_root;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipping: the lab needs root to create network namespaces");
-            return;
-        }
-    };
-}
 
 fn lab_bin() -> PathBuf {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_kindnet-lab"));

@@ -3,45 +3,28 @@
 //! machine's root namespace. They need root and skip otherwise.
 
 use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use kindnet_netlink::{
     AddrFlags, Family, Handle, Netns, Route, RouteEvent, RouteEvents, RouteFilter, Scope, sysctl,
 };
+use kindnet_testbed::{Ns, require_root, sh_ok};
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-/// A throwaway named namespace, deleted on drop (also when a test fails).
+/// A throwaway named namespace (the shared test bed's, deleted on drop, also
+/// when a test fails), opened.
 struct TestNs {
-    name: String,
     ns: Netns,
+    // Declared last: dropped (the namespace deleted) after `ns` is closed.
+    named: Ns,
 }
 
 impl TestNs {
     fn new() -> TestNs {
-        let name = format!(
-            "knl-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let st = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .unwrap();
-        assert!(st.success(), "ip netns add {name}");
-        // Construct the guard before anything else can fail.
-        let path = format!("/var/run/netns/{name}");
-        let ns = match Netns::open(&path) {
-            Ok(ns) => ns,
-            Err(e) => {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-                panic!("open {path}: {e}");
-            }
-        };
-        TestNs { name, ns }
+        let named = Ns::new("knl");
+        let path = named.path();
+        let ns = Netns::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        TestNs { ns, named }
     }
 
     fn handle(&self) -> Handle {
@@ -50,31 +33,10 @@ impl TestNs {
 
     /// `ip -n <ns> ...` output, as an independent view of kernel state.
     fn ip(&self, args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let mut full = vec!["ip", "-n", &self.named.name];
+        full.extend_from_slice(args);
+        sh_ok(&full)
     }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn root() -> bool {
-    // SAFETY: trivial syscall.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: needs root");
-        return false;
-    }
-    true
 }
 
 fn net(s: &str) -> IpNet {
@@ -98,9 +60,7 @@ fn veth_pair(h: &mut Handle, a: &str, b: &str) -> (u32, u32) {
 
 #[test]
 fn veth_peer_is_created_in_the_other_namespace() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let host = TestNs::new();
     let pod = TestNs::new();
     let mut hh = host.handle();
@@ -167,9 +127,7 @@ fn veth_peer_is_created_in_the_other_namespace() {
 
 #[test]
 fn addresses_and_dad() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     let mut h = t.handle();
     let (a, _b) = veth_pair(&mut h, "va", "vb");
@@ -221,9 +179,7 @@ fn addresses_and_dad() {
 
 #[test]
 fn routes_add_replace_list_delete() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     let mut h = t.handle();
     let (a, b) = veth_pair(&mut h, "va", "vb");
@@ -341,9 +297,7 @@ fn routes_add_replace_list_delete() {
 
 #[test]
 fn large_route_dump_spans_many_datagrams() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     let mut h = t.handle();
     let (a, _) = veth_pair(&mut h, "va", "vb");
@@ -379,9 +333,7 @@ fn large_route_dump_spans_many_datagrams() {
 
 #[test]
 fn bridge_master_hairpin_promisc_rename_delete() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     let mut h = t.handle();
     h.create_bridge("kbr0", Some(1400)).unwrap();
@@ -429,9 +381,7 @@ fn bridge_master_hairpin_promisc_rename_delete() {
 
 #[test]
 fn enter_switches_and_restores_the_calling_thread() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     // A dedicated thread, so the harness's threads are never moved.
     std::thread::spawn(move || {
@@ -463,9 +413,7 @@ fn enter_switches_and_restores_the_calling_thread() {
 
 #[test]
 fn sysctl_follows_the_namespace() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let a = TestNs::new();
     let b = TestNs::new();
     let key = "net/ipv6/conf/default/accept_dad";
@@ -477,9 +425,7 @@ fn sysctl_follows_the_namespace() {
 
 #[test]
 fn route_events_see_add_and_delete() {
-    if !root() {
-        return;
-    }
+    require_root!();
     let t = TestNs::new();
     let mut h = t.handle();
     let (a, _) = veth_pair(&mut h, "va", "vb");

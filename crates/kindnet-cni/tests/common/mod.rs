@@ -1,141 +1,16 @@
-//! Test bed for the plugins: network namespaces of the test's own (removed on
-//! drop, also when a test fails), the plugin names linked to the built
-//! binary, and a runner that invokes a plugin the way a runtime does.
+//! Test bed for the plugins: the plugin names linked to the built binary,
+//! and a runner that invokes a plugin the way a runtime does. Network
+//! namespaces and temporary directories come from `kindnet-testbed`.
 #![allow(dead_code)]
 
+// Not every test binary uses every item.
+#[allow(unused_imports)]
+pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, sh, sh_ok};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Returns early (skipping the test) when not root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !common::is_root() {
-            eprintln!("skipping: this test needs root to create network namespaces");
-            return;
-        }
-    };
-}
-
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
-fn unique(tag: &str) -> String {
-    format!(
-        "kncni-{tag}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-pub fn sh(args: &[&str]) -> std::process::Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
-
-pub fn sh_ok(args: &[&str]) -> String {
-    let o = sh(args);
-    assert!(
-        o.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A network namespace that exists for the life of the value.
-pub struct Ns {
-    pub name: String,
-}
-
-impl Ns {
-    pub fn new(tag: &str) -> Ns {
-        let name = unique(tag);
-        sh_ok(&["ip", "netns", "add", &name]);
-        sh_ok(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Ns { name }
-    }
-    pub fn path(&self) -> String {
-        format!("/var/run/netns/{}", self.name)
-    }
-    /// Runs a command inside the namespace.
-    pub fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        sh(&full)
-    }
-    pub fn run_ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "in {}: {args:?} failed: {}{}",
-            self.name,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-    /// `ip -j ARGS` parsed.
-    pub fn ip_json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["ip", "-j", "-n", &self.name];
-        full.extend_from_slice(args);
-        serde_json::from_str(&sh_ok(&full)).unwrap_or(Value::Null)
-    }
-    pub fn ping(&self, addr: &str) -> bool {
-        self.run(&["ping", "-c", "1", "-W", "2", "-q", addr])
-            .status
-            .success()
-    }
-    pub fn links(&self) -> Vec<String> {
-        self.ip_json(&["link", "show"])
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-    pub fn str(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A directory with every plugin name linked to the built binary (what
 /// `kindnet-cni install` makes), shared by the tests of one process.

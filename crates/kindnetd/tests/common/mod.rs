@@ -5,46 +5,13 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+// Not every test binary uses every item.
+#[allow(unused_imports)]
+pub use kindnet_testbed::{TempDir, require_root};
 pub use kindnetd::testutil::{ChildGuard, NetnsGuard, wait_for};
 use serde_json::Value;
-
-/// Skips (returns early from) a test that needs root, saying why.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !kindnetd::testutil::is_root() {
-            eprintln!("SKIPPED: this test needs root (network namespaces); run the suite as root");
-            return;
-        }
-    };
-}
-
-static DIRS: AtomicUsize = AtomicUsize::new(0);
-
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let n = DIRS.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!("kindnetd-it-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Writes a file atomically (temp + rename), as a careful tool would.
 pub fn write_atomic(path: &Path, content: &str) {
