@@ -5,11 +5,12 @@ use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
-use kindnet_cni_spec::netconf::{decode, refuse_keys};
+use kindnet_cni_spec::netconf::decode;
 use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request, RouteConfig};
 use kindnet_netlink::{AddrFlags, Handle, Link};
 use serde::Deserialize;
 use serde_json::Value;
+use std::net::IpAddr;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -49,18 +50,15 @@ const UNSUPPORTED: &[&str] = &[
 ];
 
 fn parse(req: &Request) -> Result<BridgeConf, CniError> {
-    let set: serde_json::Map<String, Value> = req
-        .conf
-        .raw
+    // A key set to its default (null, false, 0) asks for nothing we lack.
+    let is_default =
+        |v: &Value| matches!(v, Value::Null | Value::Bool(false)) || v.as_u64() == Some(0);
+    if let Some(key) = UNSUPPORTED
         .iter()
-        .filter(|(k, v)| {
-            UNSUPPORTED.contains(&k.as_str())
-                && !matches!(v, Value::Null | Value::Bool(false))
-                && v.as_u64() != Some(0)
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    refuse_keys(&set, UNSUPPORTED)?;
+        .find(|k| req.conf.raw.get(**k).is_some_and(|v| !is_default(v)))
+    {
+        return Err(CniError::unsupported_field(key));
+    }
     let mut c: BridgeConf = decode("bridge configuration", &Value::Object(req.conf.raw.clone()))?;
     if c.is_default_gateway {
         c.is_gateway = true; // as the reference: a default gateway is a gateway
@@ -123,7 +121,7 @@ impl BridgeHost<'_> {
                 .iter()
                 .filter(|a| {
                     a.addr.addr().is_ipv4() == gw.is_ipv4()
-                        && !a.addr.addr().is_ipv6_unicast_link_local_compat()
+                        && !matches!(a.addr.addr(), IpAddr::V6(v6) if v6.is_unicast_link_local())
                 })
                 .collect();
             for old in same_family {
@@ -151,16 +149,6 @@ impl BridgeHost<'_> {
             }
         }
         Ok(())
-    }
-}
-
-/// `is_ipv6_unicast_link_local` for both families (stable std only has it for v6).
-trait LinkLocal {
-    fn is_ipv6_unicast_link_local_compat(&self) -> bool;
-}
-impl LinkLocal for std::net::IpAddr {
-    fn is_ipv6_unicast_link_local_compat(&self) -> bool {
-        matches!(self, std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
     }
 }
 
@@ -235,10 +223,10 @@ impl HostSide for BridgeHost<'_> {
     }
 }
 
-fn unspecified(a: std::net::IpAddr) -> std::net::IpAddr {
+fn unspecified(a: IpAddr) -> IpAddr {
     match a {
-        std::net::IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
-        std::net::IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
     }
 }
 

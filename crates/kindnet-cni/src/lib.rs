@@ -53,6 +53,21 @@ pub(crate) fn valid_attachments(
     })
 }
 
+/// For DEL: the pod's network namespace, or None when the runtime sent none
+/// or it is already gone (DEL must still succeed then).
+pub(crate) fn open_netns_if_any(path: &str) -> Result<Option<kindnet_netlink::Netns>, CniError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    match kindnet_netlink::Netns::open(path) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(CniError::io(format!(
+            "cannot open network namespace {path:?}: {e}"
+        ))),
+    }
+}
+
 /// Opens the pod's network namespace; a missing one is code 3 (the
 /// container does not exist), so nothing was allocated yet.
 pub(crate) fn open_netns(path: &str) -> Result<kindnet_netlink::Netns, CniError> {

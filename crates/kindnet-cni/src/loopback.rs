@@ -40,13 +40,8 @@ impl Plugin for Loopback {
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        if req.env.netns.is_empty() {
+        let Some(ns) = crate::open_netns_if_any(&req.env.netns)? else {
             return Ok(());
-        }
-        let ns = match kindnet_netlink::Netns::open(&req.env.netns) {
-            Ok(ns) => ns,
-            Err(e) if e.is_not_found() => return Ok(()),
-            Err(e) => return Err(CniError::io(format!("open {}: {e}", req.env.netns))),
         };
         let mut h = Handle::in_netns(&ns).map_err(nl_err("open netlink in the pod"))?;
         let idx = lo_index(&mut h)?;

@@ -113,7 +113,8 @@ pub fn owner(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network} {container_id} {ifname}")
 }
 
-/// Deletes the elements whose owner comment matches `keep_if` false.
+/// Deletes the owned elements for whose owner comment `remove` is true;
+/// returns how many.
 pub fn delete_where(
     family: &str,
     table: &str,

@@ -148,15 +148,7 @@ pub fn del(req: &Request, opts: &Options) -> Result<(), CniError> {
     if opts.ip_masq {
         masq::teardown(&owner(req))?;
     }
-    let ns = match req.env.netns.as_str() {
-        "" => None,
-        path => match kindnet_netlink::Netns::open(path) {
-            Ok(ns) => Some(ns),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(CniError::io(format!("open {path}: {e}"))),
-        },
-    };
-    match ns {
+    match crate::open_netns_if_any(&req.env.netns)? {
         // Removing the pod end removes the host end and its routes too.
         Some(ns) => delete_pod_link_detached(&ns, &req.env.ifname),
         // No namespace: the pair died with it; remove a leftover host end.

@@ -334,6 +334,7 @@ fn bridge_refuses_a_foreign_gateway_address_unless_forced() {
         "no partial state"
     );
     conf["forceAddress"] = json!(true);
+    conf["vlan"] = json!(0); // an unimplemented option at its default is accepted
     call(
         Some(&node),
         "bridge",
