@@ -4,6 +4,7 @@
 //! that turns a process invocation into a call on a [`Plugin`], and the
 //! delegation of IPAM to another plugin binary.
 
+pub mod attachment;
 pub mod env;
 pub mod error;
 pub mod invoke;
@@ -13,6 +14,7 @@ pub mod result;
 pub mod skeleton;
 pub mod version;
 
+pub use attachment::{AttachmentId, NetworkKey, OwnerTag};
 pub use env::{Command, Env};
 pub use error::{CniError, code};
 pub use netconf::NetConf;

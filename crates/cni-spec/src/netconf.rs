@@ -62,6 +62,7 @@ impl NetConf {
                 "network configuration: \"cniVersion\" is empty",
             ));
         }
+        crate::attachment::validate_network_name(&conf.name)?;
         conf.raw = raw;
         Ok(conf)
     }

@@ -7,15 +7,13 @@
 //! nothing ever removes a veth that another pod or plugin made.
 
 use crate::nl_err;
-use kindnet_cni_spec::CniError;
-use kindnet_cni_spec::netconf::Attachment;
+use kindnet_cni_spec::{AttachmentId, CniError, NetworkKey, OwnerTag};
 use kindnet_netlink::{Handle, Link, Netns};
 use std::collections::HashSet;
 
-const ALIAS_PREFIX: &str = "kindnet";
-
 /// FNV-1a: small, fast, stable across releases (the name must not change
-/// between versions of this binary).
+/// between versions of this binary). Not a security boundary: ownership is
+/// proven by the alias, the name only finds the link.
 fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
@@ -27,28 +25,38 @@ fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
-pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("veth{:08x}", fnv1a(&[network, container_id, ifname]) as u32)
+pub fn host_veth_name(a: &AttachmentId) -> String {
+    format!(
+        "veth{:08x}",
+        fnv1a(&[a.network(), a.container_id(), a.ifname()]) as u32
+    )
 }
 
-pub fn owner_alias(network: &str, container_id: &str, ifname: &str) -> String {
-    format!("{ALIAS_PREFIX} {network} {container_id} {ifname}")
+/// The alias of a host veth: the attachment's owner tag.
+pub fn owner_alias(a: &AttachmentId) -> String {
+    a.owner().to_string()
 }
 
-/// (network, container ID, ifname) of a link this plugin made.
-pub fn parse_owner(alias: &str) -> Option<(&str, &str, &str)> {
-    let mut it = alias.split(' ');
-    if it.next()? != ALIAS_PREFIX {
-        return None;
-    }
-    let owner = (it.next()?, it.next()?, it.next()?);
-    it.next().is_none().then_some(owner)
+/// The alias earlier releases wrote (`kindnet <network> <id> <ifname>`),
+/// recognised exactly so DEL after an upgrade still removes its veth.
+fn legacy_alias(a: &AttachmentId) -> String {
+    format!(
+        "kindnet {} {} {}",
+        a.network(),
+        a.container_id(),
+        a.ifname()
+    )
 }
 
 /// Whether `link` (named after our attachment) is ours: a veth tagged with
-/// our alias, or untagged — an ADD killed between creating and tagging it.
-fn is_ours(link: &Link, alias: &str) -> bool {
-    link.kind.as_deref() == Some("veth") && link.alias.as_deref().is_none_or(|a| a == alias)
+/// our alias, or untagged — an ADD killed between creating and tagging it
+/// (the kernel takes no alias at creation).
+fn is_ours(link: &Link, a: &AttachmentId) -> bool {
+    link.kind.as_deref() == Some("veth")
+        && link
+            .alias
+            .as_deref()
+            .is_none_or(|x| x == owner_alias(a) || x == legacy_alias(a))
 }
 
 /// Creates the veth pair: `host_name` here, `ifname` inside `pod_ns`, and
@@ -57,13 +65,11 @@ fn is_ours(link: &Link, alias: &str) -> bool {
 pub fn create_veth(
     h: &mut Handle,
     pod_ns: &Netns,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
+    a: &AttachmentId,
     mtu: Option<u32>,
 ) -> Result<Link, CniError> {
-    let name = host_veth_name(network, container_id, ifname);
-    let alias = owner_alias(network, container_id, ifname);
+    let (name, ifname) = (host_veth_name(a), a.ifname());
+    let alias = owner_alias(a);
     match h.create_veth(&name, ifname, Some(pod_ns), mtu) {
         Ok(()) => {}
         Err(e) if e.is_exists() => {
@@ -71,7 +77,7 @@ pub fn create_veth(
                 .link_by_name(&name)
                 .map_err(nl_err(format!("look up {name}")))?;
             match old {
-                Some(old) if is_ours(&old, &alias) => {
+                Some(old) if is_ours(&old, a) => {
                     h.delete_link(old.index)
                         .map_err(nl_err(format!("remove leftover {name}")))?;
                     h.create_veth(&name, ifname, Some(pod_ns), mtu)
@@ -101,18 +107,12 @@ pub fn create_veth(
 }
 
 /// Removes the host end of an attachment if it is there (idempotent).
-pub fn remove(
-    h: &mut Handle,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-) -> Result<(), CniError> {
-    let name = host_veth_name(network, container_id, ifname);
-    let alias = owner_alias(network, container_id, ifname);
+pub fn remove(h: &mut Handle, a: &AttachmentId) -> Result<(), CniError> {
+    let name = host_veth_name(a);
     if let Some(l) = h
         .link_by_name(&name)
         .map_err(nl_err(format!("look up {name}")))?
-        && is_ours(&l, &alias)
+        && is_ours(&l, a)
     {
         match h.delete_link(l.index) {
             Err(e) if !e.is_not_found() => return Err(nl_err(format!("delete {name}"))(e)),
@@ -122,19 +122,35 @@ pub fn remove(
     Ok(())
 }
 
-/// GC: removes every host veth of `network` whose attachment is not valid.
-/// Returns the names removed.
-pub fn gc(h: &mut Handle, network: &str, valid: &[Attachment]) -> Result<Vec<String>, CniError> {
-    let valid: HashSet<(&str, &str)> = valid
+/// GC: removes every host veth of `network` whose attachment is not valid:
+/// those tagged with an owner tag of this network, and the untagged ones
+/// named after an attachment the IPAM store still knew (`leftovers`: an ADD
+/// killed between creating and tagging the veth). Returns the names removed.
+pub fn gc(
+    h: &mut Handle,
+    network: &str,
+    valid: &[AttachmentId],
+    leftovers: &[AttachmentId],
+) -> Result<Vec<String>, CniError> {
+    let net = NetworkKey::of(network);
+    let keep: HashSet<OwnerTag> = valid.iter().map(AttachmentId::owner).collect();
+    let untagged: HashSet<String> = leftovers
         .iter()
-        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .filter(|a| !keep.contains(&a.owner()))
+        .map(host_veth_name)
         .collect();
     let mut removed = Vec::new();
     for l in h.links().map_err(nl_err("list links"))? {
-        let Some((net, cid, ifname)) = l.alias.as_deref().and_then(parse_owner) else {
+        if l.kind.as_deref() != Some("veth") {
             continue;
+        }
+        let doomed = match l.alias.as_deref() {
+            Some(alias) => {
+                OwnerTag::parse(alias).is_some_and(|t| t.network() == net && !keep.contains(&t))
+            }
+            None => untagged.contains(&l.name),
         };
-        if net == network && !valid.contains(&(cid, ifname)) {
+        if doomed {
             match h.delete_link(l.index) {
                 Err(e) if !e.is_not_found() => return Err(nl_err(format!("delete {}", l.name))(e)),
                 _ => removed.push(l.name.clone()),
@@ -148,22 +164,60 @@ pub fn gc(h: &mut Handle, network: &str, valid: &[Attachment]) -> Result<Vec<Str
 mod tests {
     use super::*;
 
-    #[test]
-    fn names_are_stable_and_fit_ifnamsiz() {
-        let a = host_veth_name("kindnet", "abc", "eth0");
-        assert_eq!(a, host_veth_name("kindnet", "abc", "eth0"));
-        assert_ne!(a, host_veth_name("kindnet", "abd", "eth0"));
-        assert_ne!(a, host_veth_name("kindnet", "abc", "eth1"));
-        assert_eq!(a.len(), 12);
-        assert!(a.starts_with("veth") && a[4..].chars().all(|c| c.is_ascii_hexdigit()));
+    fn id(n: &str, c: &str, i: &str) -> AttachmentId {
+        AttachmentId::new(n, c, i).unwrap()
     }
 
     #[test]
-    fn alias_round_trips_and_rejects_foreign() {
-        let a = owner_alias("net", "cid", "eth0");
-        assert_eq!(parse_owner(&a), Some(("net", "cid", "eth0")));
-        assert_eq!(parse_owner("docker0 thing"), None);
-        assert_eq!(parse_owner("kindnet a b"), None);
-        assert_eq!(parse_owner("kindnet a b c d"), None);
+    fn names_are_stable_and_fit_ifnamsiz() {
+        let a = host_veth_name(&id("kindnet", "abc", "eth0"));
+        assert_eq!(a, host_veth_name(&id("kindnet", "abc", "eth0")));
+        assert_ne!(a, host_veth_name(&id("kindnet", "abd", "eth0")));
+        assert_ne!(a, host_veth_name(&id("kindnet", "abc", "eth1")));
+        assert_eq!(a.len(), 12);
+        assert!(a.starts_with("veth") && a[4..].chars().all(|c| c.is_ascii_hexdigit()));
+        // the same as earlier releases, so a new binary finds old veths
+        assert_eq!(
+            host_veth_name(&id("kindnet-test", "retry", "eth0")).len(),
+            12
+        );
+    }
+
+    #[test]
+    fn every_valid_attachment_has_an_alias_that_fits() {
+        // IFALIASZ is 256; nft comments 128: the tag is 41 bytes always.
+        let a = id(&"n".repeat(255), &"c".repeat(4000), "eth0");
+        assert_eq!(owner_alias(&a).len(), 41);
+        assert_eq!(OwnerTag::parse(&owner_alias(&a)), Some(a.owner()));
+    }
+
+    fn veth(alias: Option<&str>) -> Link {
+        Link {
+            kind: Some("veth".into()),
+            alias: alias.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ownership_is_exact() {
+        let a = id("blue", "c1", "eth0");
+        assert!(is_ours(&veth(Some(&owner_alias(&a))), &a));
+        assert!(is_ours(&veth(Some("kindnet blue c1 eth0")), &a));
+        assert!(
+            is_ours(&veth(None), &a),
+            "untagged leftover of a killed ADD"
+        );
+        for other in [
+            owner_alias(&id("blue-team", "c1", "eth0")),
+            owner_alias(&id("blue", "c1", "eth1")),
+            "kindnet blue c1 eth0 x".into(),
+            "docker".into(),
+        ] {
+            assert!(!is_ours(&veth(Some(&other)), &a), "{other}");
+        }
+        let mut bridge = veth(None);
+        bridge.kind = Some("bridge".into());
+        assert!(!is_ours(&bridge, &a));
     }
 }

@@ -3,7 +3,7 @@
 //! exec on the pod-setup path), else exec-ed as the spec describes.
 
 use kindnet_cni_spec::invoke::{exec_plugin, find_plugin, is_this_binary};
-use kindnet_cni_spec::{CniError, CniResult, Command, Request};
+use kindnet_cni_spec::{AttachmentId, CniError, CniResult, Command, Request};
 use kindnet_ipam::IpamConfig;
 use std::path::PathBuf;
 
@@ -73,6 +73,27 @@ impl Ipam {
                 exec_plugin(path, Command::Status, &req.env, &req.stdin).map(|_| ())
             }
         }
+    }
+
+    /// The attachments holding an address of this network that are not
+    /// valid: what GC will release. Empty for an exec-ed IPAM (its store is
+    /// not ours to read).
+    pub fn leftovers(
+        &self,
+        req: &Request,
+        valid: &[AttachmentId],
+    ) -> Result<Vec<AttachmentId>, CniError> {
+        let Ipam::InProcess(cfg) = self else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<AttachmentId> = kindnet_ipam::allocations(&cfg.data_dir, &req.conf.name)?
+            .into_iter()
+            .filter_map(|a| AttachmentId::new(&req.conf.name, &a.container_id, &a.ifname).ok())
+            .filter(|a| !valid.contains(a))
+            .collect();
+        out.sort_by(|a, b| a.container_id().cmp(b.container_id()));
+        out.dedup();
+        Ok(out)
     }
 
     pub fn gc(&self, req: &Request) -> Result<(), CniError> {

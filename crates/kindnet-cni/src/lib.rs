@@ -3,7 +3,7 @@
 //! - `ptp` and `bridge` build the pod's interface (see [`pod`] for the pod
 //!   side, [`hostlink`] for the host side) and get addresses through [`ipam`];
 //! - `host-local` is the IPAM of the `kindnet-ipam` crate;
-//! - `portmap` programs host ports with nftables ([`nft`]);
+//! - `portmap` programs host ports with nftables (crate `kindnet-nft`);
 //! - `loopback` brings `lo` up.
 
 pub mod bridge;
@@ -12,7 +12,6 @@ pub mod install;
 pub mod ipam;
 pub mod loopback;
 pub mod masq;
-pub mod nft;
 pub mod pod;
 pub mod portmap;
 pub mod ptp;
@@ -54,31 +53,56 @@ pub(crate) fn valid_attachments(
 }
 
 /// For DEL: the pod's network namespace, or None when the runtime sent none
-/// or it is already gone (DEL must still succeed then).
+/// or it is already gone (DEL must still succeed then). A path that exists
+/// but is not a pod's network namespace is refused, as for ADD.
 pub(crate) fn open_netns_if_any(path: &str) -> Result<Option<kindnet_netlink::Netns>, CniError> {
     if path.is_empty() {
         return Ok(None);
     }
-    match kindnet_netlink::Netns::open(path) {
+    match open_netns(path) {
         Ok(ns) => Ok(Some(ns)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(CniError::io(format!(
-            "cannot open network namespace {path:?}: {e}"
-        ))),
+        Err(e) if e.code == kindnet_cni_spec::code::UNKNOWN_CONTAINER => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
-/// Opens the pod's network namespace; a missing one is code 3 (the
-/// container does not exist), so nothing was allocated yet.
+/// Opens the pod's network namespace, before anything else is done: a
+/// missing one is code 3 (the container does not exist); a path that is not
+/// a network namespace, or is the node's own, is code 4 (CNI_NETNS invalid).
 pub(crate) fn open_netns(path: &str) -> Result<kindnet_netlink::Netns, CniError> {
-    kindnet_netlink::Netns::open(path).map_err(|e| {
-        if e.is_not_found() {
-            CniError::new(
-                kindnet_cni_spec::code::UNKNOWN_CONTAINER,
-                format!("network namespace {path:?} does not exist"),
-            )
-        } else {
-            CniError::io(format!("cannot open network namespace {path:?}: {e}"))
-        }
+    kindnet_netlink::Netns::open_pod(path).map_err(|e| match e {
+        kindnet_netlink::Error::Invalid(why) => CniError::invalid_env(format!("CNI_NETNS: {why}")),
+        e if e.is_not_found() => CniError::new(
+            kindnet_cni_spec::code::UNKNOWN_CONTAINER,
+            format!("network namespace {path:?} does not exist"),
+        ),
+        e => CniError::io(format!("cannot open network namespace {path:?}: {e}")),
     })
+}
+
+/// Where plugin invocations lock the nftables tables they share.
+pub const NFT_LOCK_DIR: &str = "/run/kindnet";
+
+/// The real nft, locking shared tables across plugin invocations.
+pub(crate) fn host_nft() -> kindnet_nft::NftCli {
+    kindnet_nft::NftCli {
+        lock_dir: Some(NFT_LOCK_DIR.into()),
+    }
+}
+
+/// Maps an nftables failure to a CNI error saying what was being done.
+pub(crate) fn nft_err(
+    what: impl std::fmt::Display,
+) -> impl FnOnce(kindnet_nft::NftError) -> CniError {
+    move |e| CniError::internal(format!("{what}: {e}"))
+}
+
+/// The attachments GC keeps, validated.
+pub(crate) fn valid_ids(
+    req: &kindnet_cni_spec::Request,
+) -> Result<Vec<kindnet_cni_spec::AttachmentId>, CniError> {
+    valid_attachments(req)?
+        .iter()
+        .map(|a| kindnet_cni_spec::AttachmentId::valid(&req.conf.name, a))
+        .collect()
 }

@@ -3,80 +3,248 @@
 //! plugins do. One nftables table; each pod's address is an element owned
 //! by its attachment, so DEL and GC remove exactly that.
 
-use crate::nft;
-use kindnet_cni_spec::{CniError, IpConfig};
+use crate::nft_err;
+use kindnet_cni_spec::{CniError, IpConfig, NetworkKey, OwnerTag};
+use kindnet_nft::owned::{self, Wanted};
+use kindnet_nft::{
+    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs,
+    Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+};
+use std::collections::HashSet;
 
-pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "kindnet-ipmasq";
 
-fn table_script() -> String {
-    format!(
-        "table {FAMILY} {TABLE} {{\n\
-         set pods4 {{ type ipv4_addr; }}\n\
-         set pods6 {{ type ipv6_addr; }}\n\
-         set subnets4 {{ type ipv4_addr . ipv4_addr; flags interval; }}\n\
-         set subnets6 {{ type ipv6_addr . ipv6_addr; flags interval; }}\n\
-         chain postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
-         }}\n\
-         flush chain {FAMILY} {TABLE} postrouting\n\
-         add rule {FAMILY} {TABLE} postrouting ip saddr . ip daddr @subnets4 return\n\
-         add rule {FAMILY} {TABLE} postrouting ip6 saddr . ip6 daddr @subnets6 return\n\
-         add rule {FAMILY} {TABLE} postrouting ip saddr @pods4 ip daddr != 224.0.0.0/4 masquerade\n\
-         add rule {FAMILY} {TABLE} postrouting ip6 saddr @pods6 ip6 daddr != ff00::/8 masquerade\n"
-    )
+fn table() -> TableRef {
+    TableRef {
+        family: Family::Inet,
+        name: name(TABLE),
+    }
 }
 
-/// The script that masquerades `ips` for one attachment (pure).
-pub fn setup_script(ips: &[IpConfig], owner: &str) -> String {
-    let mut s = table_script();
-    for c in ips {
-        let (v, ip, net) = (
-            if c.address.addr().is_ipv4() { "4" } else { "6" },
-            c.address.addr(),
-            c.address.trunc(),
-        );
-        s += &format!("add element {FAMILY} {TABLE} pods{v} {{ {ip} comment \"{owner}\" }}\n");
-        s += &format!(
-            "add element {FAMILY} {TABLE} subnets{v} {{ {ip} . {net} comment \"{owner}\" }}\n"
+/// Names in this module are constants that pass validation.
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+fn fam(v6: bool) -> &'static str {
+    if v6 { "6" } else { "4" }
+}
+
+fn pods(v6: bool) -> Name {
+    name(&format!("pods{}", fam(v6)))
+}
+
+fn subnets(v6: bool) -> Name {
+    name(&format!("subnets{}", fam(v6)))
+}
+
+/// The table, sets, chain and rules; idempotent (adds of existing objects
+/// are no-ops, the chain is rebuilt in the same transaction).
+fn skeleton(b: &mut Batch) {
+    let t = table();
+    let post = name("postrouting");
+    b.add_table(&t);
+    for v6 in [false, true] {
+        let a = KeyType::addr(v6);
+        b.add_set(&t, SetDef::set(pods(v6), vec![a]));
+        b.add_set(&t, SetDef::set(subnets(v6), vec![a, a]).interval());
+    }
+    b.add_chain(
+        &t,
+        ChainDef {
+            name: post.clone(),
+            base: Some(BaseChain {
+                ty: ChainType::Nat,
+                hook: Hook::Postrouting,
+                prio: 100,
+                policy: Policy::Accept,
+            }),
+        },
+    );
+    b.flush_chain(&t, &post);
+    for v6 in [false, true] {
+        let pair = Lhs::Concat(vec![Lhs::Saddr { v6 }, Lhs::Daddr { v6 }]);
+        b.add_rule(
+            &t,
+            RuleDef::new(
+                &post,
+                vec![Expr::eq(pair, Rhs::Set(subnets(v6))), Expr::Return],
+            ),
         );
     }
-    s
+    for (v6, multicast) in [(false, "224.0.0.0/4"), (true, "ff00::/8")] {
+        let mc = Value::Prefix(multicast.parse().unwrap_or_else(|e| unreachable!("{e}")));
+        b.add_rule(
+            &t,
+            RuleDef::new(
+                &post,
+                vec![
+                    Expr::eq(Lhs::Saddr { v6 }, Rhs::Set(pods(v6))),
+                    Expr::ne(Lhs::Daddr { v6 }, Rhs::Value(mc)),
+                    Expr::Masquerade,
+                ],
+            ),
+        );
+    }
 }
 
-pub fn setup(ips: &[IpConfig], owner: &str) -> Result<(), CniError> {
-    nft::apply(&setup_script(ips, owner)).map_err(|e| e.context("ipMasq"))
+/// The elements that masquerade `ips` for `owner` (pure).
+pub fn wanted(ips: &[IpConfig], owner: &Comment) -> Vec<Wanted> {
+    let mut out = Vec::new();
+    for c in ips {
+        let (ip, v6) = (c.address.addr(), c.address.addr().is_ipv6());
+        out.push(Wanted {
+            set: pods(v6),
+            elem: Elem::owned(Value::Addr(ip), None, owner),
+        });
+        out.push(Wanted {
+            set: subnets(v6),
+            elem: Elem::owned(
+                Value::Concat(vec![Value::Addr(ip), Value::net(c.address.trunc())]),
+                None,
+                owner,
+            ),
+        });
+    }
+    out
 }
 
-pub fn teardown(owner: &str) -> Result<(), CniError> {
-    nft::delete_where(FAMILY, TABLE, |c| c == owner)
-        .map(|_| ())
-        .map_err(|e| e.context("ipMasq teardown"))
+/// The batch for ADD, given the table as it is (pure).
+pub fn setup_batch(listing: Option<&Listing>, ips: &[IpConfig], owner: &Comment) -> Batch {
+    let mut b = Batch::new();
+    skeleton(&mut b);
+    owned::upsert(&mut b, &table(), listing, &wanted(ips, owner));
+    b
+}
+
+pub fn owner_comment(tag: &OwnerTag) -> Result<Comment, CniError> {
+    Comment::new(tag.to_string()).map_err(nft_err("owner tag"))
+}
+
+pub fn setup(nft: &mut dyn Nft, ips: &[IpConfig], owner: &Comment) -> Result<(), CniError> {
+    let t = table();
+    let _lock = nft.lock(&t).map_err(nft_err("ipMasq"))?;
+    let listing = nft.list(&t).map_err(nft_err("ipMasq"))?;
+    nft.apply(&setup_batch(listing.as_ref(), ips, owner))
+        .map_err(nft_err("ipMasq"))
+}
+
+/// Removes what `owns` accepts, in one transaction.
+fn remove(nft: &mut dyn Nft, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
+    let t = table();
+    let _lock = nft.lock(&t).map_err(nft_err("ipMasq"))?;
+    let listing = nft.list(&t).map_err(nft_err("ipMasq teardown"))?;
+    let mut b = Batch::new();
+    let n = owned::remove_where(&mut b, &t, listing.as_ref(), |e| {
+        e.comment.as_deref().is_some_and(&owns)
+    });
+    nft.apply(&b).map_err(nft_err("ipMasq teardown"))?;
+    Ok(n)
+}
+
+/// DEL: removes exactly `owner`'s elements (`legacy`: the comment earlier
+/// releases wrote for the same attachment).
+pub fn teardown(nft: &mut dyn Nft, owner: &Comment, legacy: &str) -> Result<(), CniError> {
+    remove(nft, |c| c == owner.as_str() || c == legacy).map(|_| ())
+}
+
+/// GC: removes the elements of `network` whose owner is not kept.
+pub fn gc(
+    nft: &mut dyn Nft,
+    network: NetworkKey,
+    keep: &HashSet<OwnerTag>,
+) -> Result<usize, CniError> {
+    remove(nft, |c| {
+        OwnerTag::parse(c).is_some_and(|t| t.network() == network && !keep.contains(&t))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kindnet_cni_spec::AttachmentId;
+    use kindnet_nft::FakeNft;
+
+    fn ipc(a: &str) -> IpConfig {
+        IpConfig {
+            address: a.parse().unwrap(),
+            gateway: None,
+            interface: None,
+        }
+    }
+
+    fn tag(c: &str) -> Comment {
+        owner_comment(&AttachmentId::new("net", c, "eth0").unwrap().owner()).unwrap()
+    }
 
     #[test]
-    fn script_adds_owned_elements_per_family() {
-        let ips = [
-            IpConfig {
-                address: "10.244.1.5/24".parse().unwrap(),
-                gateway: None,
-                interface: None,
-            },
-            IpConfig {
-                address: "fd00::5/64".parse().unwrap(),
-                gateway: None,
-                interface: None,
-            },
-        ];
-        let s = setup_script(&ips, "net c1 eth0");
-        assert!(s.contains(
-            "add element inet kindnet-ipmasq pods4 { 10.244.1.5 comment \"net c1 eth0\" }"
-        ));
-        assert!(s.contains("subnets4 { 10.244.1.5 . 10.244.1.0/24 comment"));
-        assert!(s.contains("pods6 { fd00::5 comment"));
-        assert!(s.contains("subnets6 { fd00::5 . fd00::/64 comment"));
+    fn owned_elements_per_family() {
+        let w = wanted(&[ipc("10.244.1.5/24"), ipc("fd00::5/64")], &tag("c1"));
+        let shown: Vec<(String, Value)> = w
+            .iter()
+            .map(|w| (w.set.to_string(), w.elem.key.clone()))
+            .collect();
+        assert_eq!(
+            shown[0],
+            ("pods4".into(), Value::Addr("10.244.1.5".parse().unwrap()))
+        );
+        assert_eq!(
+            shown[1],
+            (
+                "subnets4".into(),
+                Value::Concat(vec![
+                    Value::Addr("10.244.1.5".parse().unwrap()),
+                    Value::Prefix("10.244.1.0/24".parse().unwrap())
+                ])
+            )
+        );
+        assert_eq!(shown[2].0, "pods6");
+        assert_eq!(shown[3].0, "subnets6");
+        assert!(w.iter().all(|w| w.elem.comment == Some(tag("c1"))));
+    }
+
+    #[test]
+    fn del_of_an_old_pod_never_removes_the_new_holder_of_its_address() {
+        let mut nft = FakeNft::default();
+        let ips = [ipc("10.244.1.2/30")];
+        let mut b = setup_batch(None, &ips, &tag("old"));
+        nft.apply(&b).unwrap();
+        // the old pod's DEL died after releasing nothing; a new pod gets the IP
+        let l = nft.list(&table()).unwrap();
+        b = setup_batch(l.as_ref(), &ips, &tag("new"));
+        nft.apply(&b).unwrap();
+        teardown(&mut nft, &tag("old"), "net old eth0").unwrap();
+        let l = nft.list(&table()).unwrap().unwrap();
+        assert_eq!(l.elements.len(), 2);
+        assert!(l.elements.iter().all(|e| e.owned_by(&tag("new"))));
+    }
+
+    #[test]
+    fn gc_is_exact_per_network() {
+        let mut nft = FakeNft::default();
+        let mine = AttachmentId::new("blue", "c1", "eth0").unwrap();
+        let gone = AttachmentId::new("blue", "c2", "eth0").unwrap();
+        let other_net = AttachmentId::new("blue-team", "c3", "eth0").unwrap();
+        for (a, ip) in [
+            (&mine, "10.0.0.2/24"),
+            (&gone, "10.0.0.3/24"),
+            (&other_net, "10.0.1.4/24"),
+        ] {
+            let l = nft.list(&table()).unwrap();
+            let b = setup_batch(l.as_ref(), &[ipc(ip)], &owner_comment(&a.owner()).unwrap());
+            nft.apply(&b).unwrap();
+        }
+        let keep: HashSet<OwnerTag> = [mine.owner()].into();
+        assert_eq!(gc(&mut nft, NetworkKey::of("blue"), &keep).unwrap(), 2);
+        let l = nft.list(&table()).unwrap().unwrap();
+        let owners: HashSet<String> = l
+            .elements
+            .iter()
+            .filter_map(|e| e.comment.clone())
+            .collect();
+        assert_eq!(
+            owners,
+            [mine.owner().to_string(), other_net.owner().to_string()].into()
+        );
     }
 }

@@ -6,14 +6,21 @@
 //! the rules never change per pod: ADD adds elements, DEL and GC delete the
 //! elements of an owner. A pod without mappings costs no nft call at all.
 
-use crate::nft;
+use crate::nft_err;
 use kindnet_cni_spec::netconf::{decode, refuse_keys};
-use kindnet_cni_spec::{CniError, CniResult, IpConfig, Plugin, Request, code, log_warn};
+use kindnet_cni_spec::{
+    AttachmentId, CniError, CniResult, IpConfig, NetworkKey, OwnerTag, Plugin, Request, code,
+    log_warn,
+};
+use kindnet_nft::owned::{self, Wanted};
+use kindnet_nft::{
+    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto,
+    Lhs, Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-pub const FAMILY: &str = "inet";
 pub const TABLE: &str = "kindnet-portmap";
 
 /// Reference portmap options this plugin does not implement.
@@ -24,19 +31,58 @@ const UNSUPPORTED: &[&str] = &[
     "markMasqBit",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// Which host addresses a mapping publishes the port on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostIp {
+    /// No `hostIP`: every local address of both families.
+    Any,
+    /// `0.0.0.0` or `::`: every local address of that family only, as the
+    /// reference does.
+    AnyOf { v6: bool },
+    /// One address (an IPv4-mapped IPv6 address is its IPv4 address).
+    Addr(IpAddr),
+}
+
+impl HostIp {
+    fn parse(s: &str) -> Option<HostIp> {
+        if s.is_empty() {
+            return Some(HostIp::Any);
+        }
+        let ip = s.parse::<IpAddr>().ok()?.to_canonical();
+        Some(if ip.is_unspecified() {
+            HostIp::AnyOf { v6: ip.is_ipv6() }
+        } else {
+            HostIp::Addr(ip)
+        })
+    }
+
+    fn covers(self, v6: bool) -> bool {
+        match self {
+            HostIp::Any => true,
+            HostIp::AnyOf { v6: f } => f == v6,
+            HostIp::Addr(a) => a.is_ipv6() == v6,
+        }
+    }
+}
+
+/// One entry of `runtimeConfig.portMappings`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,
-    #[serde(default = "tcp")]
-    pub protocol: String,
-    #[serde(rename = "hostIP", default)]
-    pub host_ip: String,
+    pub protocol: L4Proto,
+    pub host_ip: HostIp,
 }
 
-fn tcp() -> String {
-    "tcp".into()
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMapping {
+    host_port: u16,
+    container_port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+    #[serde(rename = "hostIP", default)]
+    host_ip: Option<String>,
 }
 
 fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
@@ -44,31 +90,71 @@ fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
     let Some(v) = req.conf.runtime("portMappings") else {
         return Ok(Vec::new());
     };
-    let list: Vec<PortMapping> = decode("runtimeConfig.portMappings", v)?;
-    for (i, m) in list.iter().enumerate() {
-        let bad = |what: String| {
-            Err(CniError::invalid_config(format!(
-                "runtimeConfig.portMappings[{i}]: {what}"
-            )))
-        };
-        if m.host_port == 0 || m.container_port == 0 {
-            return bad("hostPort and containerPort must be 1-65535".into());
-        }
-        if !matches!(
-            m.protocol.to_ascii_lowercase().as_str(),
-            "tcp" | "udp" | "sctp"
-        ) {
-            return bad(format!("protocol {:?} is not tcp, udp or sctp", m.protocol));
-        }
-        if !m.host_ip.is_empty() && m.host_ip.parse::<IpAddr>().is_err() {
-            return bad(format!("hostIP {:?} is not an IP address", m.host_ip));
-        }
-    }
-    Ok(list)
+    let list: Vec<RawMapping> = decode("runtimeConfig.portMappings", v)?;
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let bad = |what: String| {
+                CniError::invalid_config(format!("runtimeConfig.portMappings[{i}]: {what}"))
+            };
+            if m.host_port == 0 || m.container_port == 0 {
+                return Err(bad("hostPort and containerPort must be 1-65535".into()));
+            }
+            let proto = m.protocol.as_deref().unwrap_or("tcp");
+            let protocol = L4Proto::parse(proto)
+                .ok_or_else(|| bad(format!("protocol {proto:?} is not tcp, udp or sctp")))?;
+            let host = m.host_ip.as_deref().unwrap_or("");
+            let host_ip = HostIp::parse(host)
+                .ok_or_else(|| bad(format!("hostIP {host:?} is not an IP address")))?;
+            Ok(PortMapping {
+                host_port: m.host_port,
+                container_port: m.container_port,
+                protocol,
+                host_ip,
+            })
+        })
+        .collect()
 }
 
-/// The table, chains and rules; `add` of existing objects is a no-op and the
-/// rule chains are rebuilt in the same transaction, so this is idempotent.
+fn table() -> TableRef {
+    TableRef {
+        family: Family::Inet,
+        name: name(TABLE),
+    }
+}
+
+/// Names in this module are constants that pass validation.
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+/// The two maps of one family, with or without a host IP in the key: one
+/// yields the pod address, one the container port (nft 1.0.6 cannot take a
+/// map yielding both from JSON).
+fn maps(v6: bool, with_ip: bool) -> (Name, Name) {
+    let base = format!(
+        "hostports{}{}",
+        if v6 { "6" } else { "4" },
+        if with_ip { "-ip" } else { "" }
+    );
+    (name(&format!("{base}-addr")), name(&format!("{base}-port")))
+}
+
+fn hairpin(v6: bool) -> Name {
+    name(if v6 { "hairpin6" } else { "hairpin4" })
+}
+
+fn nfproto(v6: bool) -> Expr {
+    Expr::eq(Lhs::NfProto, Rhs::Keyword(if v6 { "ipv6" } else { "ipv4" }))
+}
+
+fn parse_net(s: &str) -> Value {
+    Value::net(s.parse().unwrap_or_else(|e| unreachable!("{e}")))
+}
+
+/// The table, maps, chains and rules; `add` of existing objects is a no-op
+/// and the rule chains are rebuilt in the same transaction, so this is
+/// idempotent.
 ///
 /// - prerouting/output: traffic to a local address (not loopback: a
 ///   DNAT-ed packet from 127.0.0.1 could not leave the node) goes through
@@ -76,99 +162,204 @@ fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
 /// - postrouting: hairpin — a pod (or a neighbour on its subnet) reaching a
 ///   pod through a host port is masqueraded, so the reply comes back through
 ///   the node rather than straight from the pod (as the reference's `snat`).
-fn table_script() -> String {
-    format!(
-        "table {FAMILY} {TABLE} {{\n\
-         map hostports4 {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}\n\
-         map hostports4-ip {{ type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }}\n\
-         map hostports6 {{ type inet_proto . inet_service : ipv6_addr . inet_service; }}\n\
-         map hostports6-ip {{ type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }}\n\
-         set hairpin4 {{ type ipv4_addr . ipv4_addr; flags interval; }}\n\
-         set hairpin6 {{ type ipv6_addr . ipv6_addr; flags interval; }}\n\
-         chain prerouting {{ type nat hook prerouting priority -100; policy accept; }}\n\
-         chain output {{ type nat hook output priority -100; policy accept; }}\n\
-         chain postrouting {{ type nat hook postrouting priority 100; policy accept; }}\n\
-         chain hostports {{ }}\n\
-         }}\n\
-         flush chain {FAMILY} {TABLE} prerouting\n\
-         flush chain {FAMILY} {TABLE} output\n\
-         flush chain {FAMILY} {TABLE} postrouting\n\
-         flush chain {FAMILY} {TABLE} hostports\n\
-         add rule {FAMILY} {TABLE} prerouting fib daddr type local jump hostports\n\
-         add rule {FAMILY} {TABLE} output meta nfproto ipv4 ip daddr != 127.0.0.0/8 fib daddr type local jump hostports\n\
-         add rule {FAMILY} {TABLE} output meta nfproto ipv6 ip6 daddr != ::1 fib daddr type local jump hostports\n\
-         add rule {FAMILY} {TABLE} hostports meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @hostports4-ip\n\
-         add rule {FAMILY} {TABLE} hostports meta nfproto ipv4 dnat ip to meta l4proto . th dport map @hostports4\n\
-         add rule {FAMILY} {TABLE} hostports meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @hostports6-ip\n\
-         add rule {FAMILY} {TABLE} hostports meta nfproto ipv6 dnat ip6 to meta l4proto . th dport map @hostports6\n\
-         add rule {FAMILY} {TABLE} postrouting ct status dnat ip saddr . ip daddr @hairpin4 masquerade\n\
-         add rule {FAMILY} {TABLE} postrouting ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade\n"
-    )
+fn skeleton(b: &mut Batch) {
+    let t = table();
+    b.add_table(&t);
+    let key = |with_ip: bool, v6: bool| {
+        let mut k = Vec::new();
+        if with_ip {
+            k.push(KeyType::addr(v6));
+        }
+        k.extend([KeyType::InetProto, KeyType::InetService]);
+        k
+    };
+    for v6 in [false, true] {
+        for with_ip in [false, true] {
+            let (addrs, ports) = maps(v6, with_ip);
+            b.add_set(
+                &t,
+                SetDef::map(
+                    addrs,
+                    key(with_ip, v6),
+                    kindnet_nft::MapData::Type(KeyType::addr(v6)),
+                ),
+            );
+            b.add_set(
+                &t,
+                SetDef::map(
+                    ports,
+                    key(with_ip, v6),
+                    kindnet_nft::MapData::Type(KeyType::InetService),
+                ),
+            );
+        }
+        let a = KeyType::addr(v6);
+        b.add_set(&t, SetDef::set(hairpin(v6), vec![a, a]).interval());
+    }
+    let chain = |n: &str, hook: Hook, prio: i32| ChainDef {
+        name: name(n),
+        base: Some(BaseChain {
+            ty: ChainType::Nat,
+            hook,
+            prio,
+            policy: Policy::Accept,
+        }),
+    };
+    let (pre, out, post, hp) = (
+        name("prerouting"),
+        name("output"),
+        name("postrouting"),
+        name("hostports"),
+    );
+    b.add_chain(&t, chain("prerouting", Hook::Prerouting, -100));
+    b.add_chain(&t, chain("output", Hook::Output, -100));
+    b.add_chain(&t, chain("postrouting", Hook::Postrouting, 100));
+    b.add_chain(
+        &t,
+        ChainDef {
+            name: hp.clone(),
+            base: None,
+        },
+    );
+    for c in [&pre, &out, &post, &hp] {
+        b.flush_chain(&t, c);
+    }
+    let local = Expr::eq(Lhs::FibDaddrType, Rhs::Keyword("local"));
+    b.add_rule(
+        &t,
+        RuleDef::new(&pre, vec![local.clone(), Expr::Jump(hp.clone())]),
+    );
+    for (v6, lo) in [(false, "127.0.0.0/8"), (true, "::1/128")] {
+        b.add_rule(
+            &t,
+            RuleDef::new(
+                &out,
+                vec![
+                    nfproto(v6),
+                    Expr::ne(Lhs::Daddr { v6 }, Rhs::Value(parse_net(lo))),
+                    local.clone(),
+                    Expr::Jump(hp.clone()),
+                ],
+            ),
+        );
+    }
+    for v6 in [false, true] {
+        for with_ip in [true, false] {
+            let (addrs, ports) = maps(v6, with_ip);
+            let mut k = Vec::new();
+            if with_ip {
+                k.push(Lhs::Daddr { v6 });
+            }
+            k.extend([Lhs::L4Proto, Lhs::ThDport]);
+            b.add_rule(
+                &t,
+                RuleDef::new(
+                    &hp,
+                    vec![
+                        nfproto(v6),
+                        Expr::DnatMap {
+                            v6,
+                            key: Lhs::Concat(k),
+                            addrs,
+                            ports,
+                        },
+                    ],
+                ),
+            );
+        }
+        b.add_rule(
+            &t,
+            RuleDef::new(
+                &post,
+                vec![
+                    Expr::Match {
+                        left: Lhs::CtStatus,
+                        op: kindnet_nft::Op::In,
+                        right: Rhs::Keyword("dnat"),
+                    },
+                    Expr::eq(
+                        Lhs::Concat(vec![Lhs::Saddr { v6 }, Lhs::Daddr { v6 }]),
+                        Rhs::Set(hairpin(v6)),
+                    ),
+                    Expr::Masquerade,
+                ],
+            ),
+        );
+    }
 }
 
-/// The script adding `maps` for the pod addresses `ips` (pure).
-pub fn add_script(maps: &[PortMapping], ips: &[IpConfig], owner: &str) -> Result<String, CniError> {
-    let mut s = table_script();
-    let mut hairpin: Vec<&IpConfig> = Vec::new();
-    for m in maps {
-        let proto = m.protocol.to_ascii_lowercase();
-        let host_ip: Option<IpAddr> = m
-            .host_ip
-            .parse()
-            .ok()
-            .filter(|ip: &IpAddr| !ip.is_unspecified());
+/// The elements that program `maps` for the pod addresses `ips` (pure).
+/// A mapping whose host IP is of a family the pod has no address of is an
+/// error (code 7): it could never be reached.
+pub fn wanted(
+    maps_: &[PortMapping],
+    ips: &[IpConfig],
+    owner: &Comment,
+) -> Result<Vec<Wanted>, CniError> {
+    let mut out: Vec<Wanted> = Vec::new();
+    let mut hairpins: Vec<Wanted> = Vec::new();
+    for m in maps_ {
         let mut mapped = false;
         for c in ips {
             let pod = c.address.addr();
-            if host_ip.is_some_and(|h| h.is_ipv4() != pod.is_ipv4()) {
+            let v6 = pod.is_ipv6();
+            if !m.host_ip.covers(v6) {
                 continue;
             }
-            let v = if pod.is_ipv4() { "4" } else { "6" };
-            let (map, key) = match host_ip {
-                Some(h) => (
-                    format!("hostports{v}-ip"),
-                    format!("{h} . {proto} . {}", m.host_port),
-                ),
-                None => (
-                    format!("hostports{v}"),
-                    format!("{proto} . {}", m.host_port),
+            let proto_port = [Value::Proto(m.protocol), Value::Port(m.host_port)];
+            let (key, (addrs, ports)) = match m.host_ip {
+                HostIp::Addr(h) => {
+                    let mut k = vec![Value::Addr(h)];
+                    k.extend(proto_port);
+                    (Value::Concat(k), maps(v6, true))
+                }
+                _ => (Value::Concat(proto_port.to_vec()), maps(v6, false)),
+            };
+            out.push(Wanted {
+                set: addrs,
+                elem: Elem::owned(key.clone(), Some(Value::Addr(pod)), owner),
+            });
+            out.push(Wanted {
+                set: ports,
+                elem: Elem::owned(key, Some(Value::Port(m.container_port)), owner),
+            });
+            mapped = true;
+            let hp = Wanted {
+                set: hairpin(v6),
+                elem: Elem::owned(
+                    Value::Concat(vec![Value::net(c.address.trunc()), Value::Addr(pod)]),
+                    None,
+                    owner,
                 ),
             };
-            s += &format!(
-                "add element {FAMILY} {TABLE} {map} {{ {key} comment \"{owner}\" : {pod} . {} }}\n",
-                m.container_port
-            );
-            mapped = true;
-            if !hairpin.contains(&c) {
-                hairpin.push(c);
+            if !hairpins.contains(&hp) {
+                hairpins.push(hp);
             }
         }
         if !mapped {
             return Err(CniError::invalid_config(format!(
-                "port mapping {}:{}/{proto}: the pod has no address of the family of hostIP {:?}",
-                m.host_port, m.container_port, m.host_ip
+                "port mapping {}:{}/{}: the pod has no address of the family of hostIP {:?}",
+                m.host_port, m.container_port, m.protocol, m.host_ip
             )));
         }
     }
-    for c in hairpin {
-        let v = if c.address.addr().is_ipv4() { "4" } else { "6" };
-        s += &format!(
-            "add element {FAMILY} {TABLE} hairpin{v} {{ {} . {} comment \"{owner}\" }}\n",
-            c.address.trunc(),
-            c.address.addr()
-        );
-    }
-    Ok(s)
+    out.extend(hairpins);
+    Ok(out)
+}
+
+/// The batch for ADD, given the table as it is (pure).
+pub fn add_batch(listing: Option<&Listing>, wanted: &[Wanted]) -> Batch {
+    let mut b = Batch::new();
+    skeleton(&mut b);
+    owned::upsert(&mut b, &table(), listing, wanted);
+    b
 }
 
 /// Flushes conntrack entries of mapped UDP ports, so a stream that was
 /// flowing before the mapping existed (or to a deleted pod) is not stuck on
 /// a stale entry.
 fn flush_udp_conntrack(maps: &[PortMapping]) {
-    for m in maps
-        .iter()
-        .filter(|m| m.protocol.eq_ignore_ascii_case("udp"))
-    {
+    for m in maps.iter().filter(|m| m.protocol == L4Proto::Udp) {
         let port = m.host_port.to_string();
         match std::process::Command::new("conntrack")
             .args(["-D", "-p", "udp", "--orig-port-dst", &port])
@@ -182,8 +373,15 @@ fn flush_udp_conntrack(maps: &[PortMapping]) {
     }
 }
 
-fn owner(req: &Request) -> String {
-    nft::owner(&req.conf.name, &req.env.container_id, &req.env.ifname)
+fn attachment(req: &Request) -> Result<(AttachmentId, Comment), CniError> {
+    let a = AttachmentId::of(&req.conf, &req.env)?;
+    let c = crate::masq::owner_comment(&a.owner())?;
+    Ok((a, c))
+}
+
+/// The comment earlier releases tagged an attachment's elements with.
+fn legacy_comment(a: &AttachmentId) -> String {
+    format!("{} {} {}", a.network(), a.container_id(), a.ifname())
 }
 
 /// The pod's addresses from the chained prevResult.
@@ -202,89 +400,132 @@ fn pod_ips(prev: &CniResult) -> Vec<IpConfig> {
         .collect()
 }
 
+fn need_prev(req: &Request, what: &str) -> Result<CniResult, CniError> {
+    req.prev_result()?.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            format!("portmap {what} must be chained after a plugin that returns a result (no \"prevResult\")"),
+        )
+    })
+}
+
+/// Removes what `owns` accepts, in one transaction under the table lock.
+fn remove(nft: &mut dyn Nft, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
+    let t = table();
+    let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
+    let listing = nft.list(&t).map_err(nft_err("portmap"))?;
+    let mut b = Batch::new();
+    let n = owned::remove_where(&mut b, &t, listing.as_ref(), |e| {
+        e.comment.as_deref().is_some_and(&owns)
+    });
+    nft.apply(&b).map_err(nft_err("portmap"))?;
+    Ok(n)
+}
+
+/// The plugin against any nftables backend (a fake in unit tests).
+pub fn add(nft: &mut dyn Nft, req: &Request) -> Result<CniResult, CniError> {
+    let maps_ = mappings(req)?;
+    let prev = need_prev(req, "ADD")?;
+    if maps_.is_empty() {
+        return Ok(prev);
+    }
+    let (_, owner) = attachment(req)?;
+    let want = wanted(&maps_, &pod_ips(&prev), &owner)?;
+    let t = table();
+    let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
+    let listing = nft.list(&t).map_err(nft_err("portmap"))?;
+    // A host port held by another attachment is theirs (the runtime keeps
+    // host ports unique; a leftover is GC's to remove, not ours to steal).
+    let ports: Vec<Wanted> = want
+        .iter()
+        .filter(|w| w.set.as_str().starts_with("hostports"))
+        .cloned()
+        .collect();
+    if let Some((w, holder)) = owned::held_by_others(listing.as_ref(), &ports).first() {
+        return Err(CniError::internal(format!(
+            "portmap: host port {:?} is already mapped to {:?} by another attachment ({})",
+            w.elem.key,
+            holder.data,
+            holder.comment.as_deref().unwrap_or("no owner")
+        )));
+    }
+    nft.apply(&add_batch(listing.as_ref(), &want))
+        .map_err(nft_err("portmap"))?;
+    flush_udp_conntrack(&maps_);
+    Ok(prev)
+}
+
+pub fn del(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
+    let maps_ = mappings(req)?;
+    if maps_.is_empty() {
+        return Ok(());
+    }
+    let (a, owner) = attachment(req)?;
+    let legacy = legacy_comment(&a);
+    remove(nft, |c| c == owner.as_str() || c == legacy)?;
+    flush_udp_conntrack(&maps_);
+    Ok(())
+}
+
+/// CHECK: every expected (protocol, host IP, host port) → (pod address,
+/// container port) is programmed, owned by this attachment.
+pub fn check(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
+    let maps_ = mappings(req)?;
+    let prev = need_prev(req, "CHECK")?;
+    if maps_.is_empty() {
+        return Ok(());
+    }
+    let (_, owner) = attachment(req)?;
+    let want = wanted(&maps_, &pod_ips(&prev), &owner)?;
+    let listing = nft.list(&table()).map_err(nft_err("portmap CHECK"))?;
+    let missing = owned::missing(listing.as_ref(), &want);
+    match missing.first() {
+        None => Ok(()),
+        Some(w) => Err(CniError::internal(format!(
+            "CHECK: {} of {} port-mapping elements are not programmed as expected (first: {} {:?} -> {:?})",
+            missing.len(),
+            want.len(),
+            w.set,
+            w.elem.key,
+            w.elem.data
+        ))),
+    }
+}
+
+pub fn gc(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
+    refuse_keys(&req.conf.raw, UNSUPPORTED)?;
+    let keep: HashSet<OwnerTag> = crate::valid_ids(req)?
+        .iter()
+        .map(AttachmentId::owner)
+        .collect();
+    let net = NetworkKey::of(&req.conf.name);
+    remove(nft, |c| {
+        OwnerTag::parse(c).is_some_and(|t| t.network() == net && !keep.contains(&t))
+    })
+    .map(|_| ())
+}
+
 pub struct Portmap;
 
 impl Plugin for Portmap {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let maps = mappings(req)?;
-        let prev = req.prev_result()?.ok_or_else(|| {
-            CniError::new(
-                code::INVALID_CONFIG,
-                "portmap must be chained after a plugin that returns a result (no \"prevResult\")",
-            )
-        })?;
-        if maps.is_empty() {
-            return Ok(prev);
-        }
-        let ips = pod_ips(&prev);
-        nft::apply(&add_script(&maps, &ips, &owner(req))?).map_err(|e| e.context("portmap"))?;
-        flush_udp_conntrack(&maps);
-        Ok(prev)
+        add(&mut crate::host_nft(), req)
     }
-
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        let maps = mappings(req)?;
-        if maps.is_empty() {
-            return Ok(());
-        }
-        let me = owner(req);
-        nft::delete_where(FAMILY, TABLE, |c| c == me)?;
-        flush_udp_conntrack(&maps);
-        Ok(())
+        del(&mut crate::host_nft(), req)
     }
-
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let maps = mappings(req)?;
-        if maps.is_empty() {
-            return Ok(());
-        }
-        let me = owner(req);
-        let want: usize = {
-            let prev = req.prev_result()?.unwrap_or_default();
-            let ips = pod_ips(&prev);
-            maps.iter()
-                .map(|m| {
-                    let h: Option<IpAddr> = m
-                        .host_ip
-                        .parse()
-                        .ok()
-                        .filter(|ip: &IpAddr| !ip.is_unspecified());
-                    ips.iter()
-                        .filter(|c| h.is_none_or(|h| h.is_ipv4() == c.address.addr().is_ipv4()))
-                        .count()
-                })
-                .sum()
-        };
-        let have = nft::elements(FAMILY, TABLE)?
-            .into_iter()
-            .filter(|e| e.comment == me)
-            .count();
-        if have < want {
-            return Err(CniError::internal(format!(
-                "CHECK: {have} of {want} port mappings are programmed"
-            )));
-        }
-        Ok(())
+        check(&mut crate::host_nft(), req)
     }
-
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        refuse_keys(&req.conf.raw, UNSUPPORTED)?;
-        let valid = crate::valid_attachments(req)?;
-        let keep: HashSet<String> = valid
-            .iter()
-            .map(|a| nft::owner(&req.conf.name, &a.container_id, &a.ifname))
-            .collect();
-        let prefix = format!("{} ", req.conf.name);
-        nft::delete_where(FAMILY, TABLE, |c| {
-            c.starts_with(&prefix) && !keep.contains(c)
-        })
-        .map(|_| ())
+        gc(&mut crate::host_nft(), req)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kindnet_nft::FakeNft;
 
     fn ip(a: &str) -> IpConfig {
         IpConfig {
@@ -294,72 +535,116 @@ mod tests {
         }
     }
 
-    fn pm(h: u16, c: u16, proto: &str, host_ip: &str) -> PortMapping {
+    fn pm(h: u16, c: u16, proto: L4Proto, host_ip: &str) -> PortMapping {
         PortMapping {
             host_port: h,
             container_port: c,
-            protocol: proto.into(),
-            host_ip: host_ip.into(),
+            protocol: proto,
+            host_ip: HostIp::parse(host_ip).unwrap(),
         }
     }
 
+    fn owner() -> Comment {
+        Comment::new("kindnet:0000000000000001:0000000000000002").unwrap()
+    }
+
+    fn sets(w: &[Wanted]) -> Vec<String> {
+        w.iter().map(|w| w.set.to_string()).collect()
+    }
+
     #[test]
-    fn elements_per_family_and_host_ip() {
+    fn host_ip_keeps_to_its_family() {
         let ips = [ip("10.244.1.5/24"), ip("fd00::5/64")];
-        let s = add_script(
-            &[pm(8080, 80, "TCP", ""), pm(5353, 53, "udp", "172.18.0.2")],
+        let w = wanted(&[pm(80, 80, L4Proto::Tcp, "0.0.0.0")], &ips, &owner()).unwrap();
+        assert_eq!(sets(&w), ["hostports4-addr", "hostports4-port", "hairpin4"]);
+        let w = wanted(&[pm(80, 80, L4Proto::Tcp, "::")], &ips, &owner()).unwrap();
+        assert_eq!(sets(&w), ["hostports6-addr", "hostports6-port", "hairpin6"]);
+        let w = wanted(&[pm(80, 80, L4Proto::Tcp, "")], &ips, &owner()).unwrap();
+        assert_eq!(
+            sets(&w),
+            [
+                "hostports4-addr",
+                "hostports4-port",
+                "hostports6-addr",
+                "hostports6-port",
+                "hairpin4",
+                "hairpin6"
+            ]
+        );
+        // an IPv4-mapped IPv6 host IP is its IPv4 address
+        let w = wanted(
+            &[pm(80, 8080, L4Proto::Udp, "::ffff:172.18.0.2")],
             &ips,
-            "n c eth0",
+            &owner(),
         )
         .unwrap();
-        assert!(
-            s.contains("hostports4 { tcp . 8080 comment \"n c eth0\" : 10.244.1.5 . 80 }"),
-            "{s}"
+        assert_eq!(
+            sets(&w),
+            ["hostports4-ip-addr", "hostports4-ip-port", "hairpin4"]
         );
-        assert!(
-            s.contains("hostports6 { tcp . 8080 comment \"n c eth0\" : fd00::5 . 80 }"),
-            "{s}"
+        assert_eq!(
+            w[0].elem.key,
+            Value::Concat(vec![
+                Value::Addr("172.18.0.2".parse().unwrap()),
+                Value::Proto(L4Proto::Udp),
+                Value::Port(80)
+            ])
         );
-        assert!(
-            s.contains(
-                "hostports4-ip { 172.18.0.2 . udp . 5353 comment \"n c eth0\" : 10.244.1.5 . 53 }"
-            ),
-            "{s}"
+        assert_eq!(
+            w[0].elem.data,
+            Some(Value::Addr("10.244.1.5".parse().unwrap()))
         );
-        assert!(
-            !s.contains("add element inet kindnet-portmap hostports6-ip"),
-            "no v6 element for a v4 hostIP: {s}"
-        );
+        assert_eq!(w[1].elem.data, Some(Value::Port(8080)));
     }
 
     #[test]
     fn hairpin_element_once_per_mapped_address() {
         let ips = [ip("10.244.1.5/24"), ip("fd00::5/64")];
-        let maps = [pm(8080, 80, "tcp", ""), pm(8443, 443, "tcp", "")];
-        let s = add_script(&maps, &ips, "o").unwrap();
+        let maps_ = [
+            pm(8080, 80, L4Proto::Tcp, ""),
+            pm(8443, 443, L4Proto::Tcp, ""),
+        ];
+        let w = wanted(&maps_, &ips, &owner()).unwrap();
         assert_eq!(
-            s.matches("hairpin4 { 10.244.1.0/24 . 10.244.1.5 comment")
-                .count(),
-            1,
-            "{s}"
-        );
-        assert_eq!(
-            s.matches("hairpin6 { fd00::/64 . fd00::5 comment").count(),
-            1,
-            "{s}"
-        );
-        // a v4-only hostIP maps (and hairpins) only the IPv4 address
-        let s = add_script(&[pm(80, 80, "tcp", "172.18.0.2")], &ips, "o").unwrap();
-        assert!(
-            !s.contains("add element inet kindnet-portmap hairpin6"),
-            "{s}"
+            sets(&w).iter().filter(|s| s.starts_with("hairpin")).count(),
+            2
         );
     }
 
     #[test]
     fn host_ip_of_a_family_the_pod_lacks_is_an_error() {
-        let e =
-            add_script(&[pm(80, 80, "tcp", "fd00::1")], &[ip("10.244.1.5/24")], "o").unwrap_err();
-        assert_eq!(e.code, 7);
+        for h in ["fd00::1", "::"] {
+            let e = wanted(
+                &[pm(80, 80, L4Proto::Tcp, h)],
+                &[ip("10.244.1.5/24")],
+                &owner(),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, 7, "{h}");
+        }
+    }
+
+    #[test]
+    fn check_sees_every_missing_or_foreign_element() {
+        let ips = [ip("10.244.1.5/24")];
+        let maps_ = [pm(8080, 80, L4Proto::Tcp, ""), pm(53, 53, L4Proto::Udp, "")];
+        let want = wanted(&maps_, &ips, &owner()).unwrap();
+        let mut nft = FakeNft::default();
+        nft.apply(&add_batch(None, &want)).unwrap();
+        let l = nft.list(&table()).unwrap();
+        assert!(owned::missing(l.as_ref(), &want).is_empty());
+        // an element deleted by hand
+        let mut b = Batch::new();
+        b.delete_elements(&table(), &want[1].set, vec![want[1].elem.key.clone()]);
+        nft.apply(&b).unwrap();
+        let l = nft.list(&table()).unwrap();
+        assert_eq!(owned::missing(l.as_ref(), &want).len(), 1);
+        // a port that was never mapped
+        let more = wanted(&[pm(9999, 99, L4Proto::Tcp, "")], &ips, &owner()).unwrap();
+        assert_eq!(
+            owned::missing(l.as_ref(), &more).len(),
+            2,
+            "the hairpin is there"
+        );
     }
 }

@@ -10,13 +10,14 @@
 use crate::hostlink;
 use crate::ipam::Ipam;
 use crate::masq;
-use crate::nft;
 use crate::pod::{self, Layout};
 use crate::{nl_err, open_netns};
 use kindnet_cni_spec::{
-    CniError, CniResult, Interface, IpConfig, Request, RouteConfig, code, log_warn,
+    AttachmentId, CniError, CniResult, Interface, IpConfig, NetworkKey, OwnerTag, Request,
+    RouteConfig, code, log_warn,
 };
 use kindnet_netlink::{Handle, Link, Netns, sysctl};
+use kindnet_nft::Comment;
 
 /// What a plugin does on the host side of the veth.
 pub trait HostSide {
@@ -41,8 +42,16 @@ pub struct Options {
     pub ip_masq: bool,
 }
 
-fn owner(req: &Request) -> String {
-    nft::owner(&req.conf.name, &req.env.container_id, &req.env.ifname)
+/// The attachment of a request and its owner comment for nftables.
+fn attachment(req: &Request) -> Result<(AttachmentId, Comment), CniError> {
+    let a = AttachmentId::of(&req.conf, &req.env)?;
+    let c = masq::owner_comment(&a.owner())?;
+    Ok((a, c))
+}
+
+/// The masquerade comment earlier releases wrote.
+fn legacy_comment(a: &AttachmentId) -> String {
+    format!("{} {} {}", a.network(), a.container_id(), a.ifname())
 }
 
 /// Turns on forwarding for the families the pod uses (the node routes for it).
@@ -70,9 +79,11 @@ pub(crate) fn no_dad(link: &str) -> Result<(), CniError> {
 }
 
 pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResult, CniError> {
+    let (a, owner) = attachment(req)?;
     let ipam = Ipam::resolve(req)?;
     let ns = open_netns(&req.env.netns)?;
     let mut h = Handle::new().map_err(nl_err("open netlink"))?;
+    let mut nft = crate::host_nft();
     let mut res = ipam.add(req)?;
     let built = (|| {
         if res.ips.is_empty() {
@@ -80,21 +91,14 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
         }
         enable_forwarding(&res.ips)?;
         side.adjust_routes(&res.ips, &mut res.routes);
-        let host = hostlink::create_veth(
-            &mut h,
-            &ns,
-            &req.conf.name,
-            &req.env.container_id,
-            &req.env.ifname,
-            opts.mtu,
-        )?;
+        let host = hostlink::create_veth(&mut h, &ns, &a, opts.mtu)?;
         if res.ips.iter().any(|c| c.address.addr().is_ipv6()) {
             no_dad(&host.name)?;
         }
         let pod = pod::setup(&ns, &req.env.ifname, side.layout(), &res.ips, &res.routes)?;
         let mut interfaces = side.setup(&mut h, &host, &res.ips)?;
         if opts.ip_masq {
-            masq::setup(&res.ips, &owner(req))?;
+            masq::setup(&mut nft, &res.ips, &owner)?;
         }
         interfaces.push(Interface {
             name: host.name.clone(),
@@ -125,43 +129,36 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
         Err(e) => {
             // Undo in reverse; report the original error, log the rest.
             if opts.ip_masq {
-                let _ = masq::teardown(&owner(req)).map_err(|u| log_warn!("rollback: {u}"));
+                let _ = masq::teardown(&mut nft, &owner, &legacy_comment(&a))
+                    .map_err(|u| log_warn!("rollback: {u}"));
             }
-            let _ = hostlink::remove(
-                &mut h,
-                &req.conf.name,
-                &req.env.container_id,
-                &req.env.ifname,
-            )
-            .map_err(|u| log_warn!("rollback: {u}"));
+            let _ = hostlink::remove(&mut h, &a).map_err(|u| log_warn!("rollback: {u}"));
             let _ = ipam.del(req).map_err(|u| log_warn!("rollback: {u}"));
             Err(e)
         }
     }
 }
 
-/// DEL: releases the addresses first (also when the namespace is gone), then
-/// removes the veth. Idempotent.
+/// DEL, in the reverse order of ADD: the masquerade elements, the veth,
+/// then the addresses — so an address is free only once nothing of the old
+/// pod refers to it. Idempotent; succeeds when the namespace is gone.
 pub fn del(req: &Request, opts: &Options) -> Result<(), CniError> {
+    let (a, owner) = attachment(req)?;
     let ipam = Ipam::resolve(req)?;
-    ipam.del(req)?;
+    let ns = crate::open_netns_if_any(&req.env.netns)?;
     if opts.ip_masq {
-        masq::teardown(&owner(req))?;
+        masq::teardown(&mut crate::host_nft(), &owner, &legacy_comment(&a))?;
     }
-    match crate::open_netns_if_any(&req.env.netns)? {
+    match ns {
         // Removing the pod end removes the host end and its routes too.
-        Some(ns) => delete_pod_link_detached(&ns, &req.env.ifname),
+        Some(ns) => delete_pod_link_detached(&ns, &req.env.ifname)?,
         // No namespace: the pair died with it; remove a leftover host end.
         None => {
             let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-            hostlink::remove(
-                &mut h,
-                &req.conf.name,
-                &req.env.container_id,
-                &req.env.ifname,
-            )
+            hostlink::remove(&mut h, &a)?;
         }
     }
+    ipam.del(req)
 }
 
 /// Deletes the pod's interface without making the runtime wait for it. The
@@ -211,12 +208,13 @@ fn detach_stdio() {
 }
 
 pub fn check(req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
+    let (a, _) = attachment(req)?;
+    let ns = open_netns(&req.env.netns)?;
     let prev = req
         .prev_result()?
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs \"prevResult\""))?;
     let ipam = Ipam::resolve(req)?;
     ipam.check(req)?;
-    let ns = open_netns(&req.env.netns)?;
     let (pod_idx, pod_if) = prev
         .interfaces
         .iter()
@@ -249,7 +247,7 @@ pub fn check(req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
         &prev.routes,
     )?;
     let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-    let name = hostlink::host_veth_name(&req.conf.name, &req.env.container_id, &req.env.ifname);
+    let name = hostlink::host_veth_name(&a);
     let host = h
         .link_by_name(&name)
         .map_err(nl_err(format!("look up {name}")))?
@@ -266,22 +264,24 @@ pub fn status(req: &Request) -> Result<(), CniError> {
     Ipam::resolve(req)?.status(req)
 }
 
-/// GC: every allocation, host veth and masquerade element of this network
-/// whose attachment is not in `cni.dev/valid-attachments`.
+/// GC: every masquerade element, host veth and allocation of this network
+/// whose attachment is not in `cni.dev/valid-attachments` (in the reverse
+/// order of ADD; untagged veths are recognised by the allocations GC is
+/// about to release).
 pub fn gc(req: &Request, opts: &Options) -> Result<(), CniError> {
-    let valid = crate::valid_attachments(req)?;
-    Ipam::resolve(req)?.gc(req)?;
-    let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-    hostlink::gc(&mut h, &req.conf.name, valid)?;
+    let valid = crate::valid_ids(req)?;
+    let ipam = Ipam::resolve(req)?;
     if opts.ip_masq {
-        let keep: std::collections::HashSet<String> = valid
-            .iter()
-            .map(|a| nft::owner(&req.conf.name, &a.container_id, &a.ifname))
-            .collect();
-        let prefix = format!("{} ", req.conf.name);
-        nft::delete_where(masq::FAMILY, masq::TABLE, |c| {
-            c.starts_with(&prefix) && !keep.contains(c)
-        })?;
+        let keep: std::collections::HashSet<OwnerTag> =
+            valid.iter().map(AttachmentId::owner).collect();
+        masq::gc(
+            &mut crate::host_nft(),
+            NetworkKey::of(&req.conf.name),
+            &keep,
+        )?;
     }
-    Ok(())
+    let leftovers = ipam.leftovers(req, &valid)?;
+    let mut h = Handle::new().map_err(nl_err("open netlink"))?;
+    hostlink::gc(&mut h, &req.conf.name, &valid, &leftovers)?;
+    ipam.gc(req)
 }

@@ -453,7 +453,9 @@ fn add_replaces_the_leftover_of_a_killed_add_but_never_a_foreign_link() {
     let data = TempDir::new("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     // an ADD killed after creating its veth, before tagging it
-    let name = kindnet_cni::hostlink::host_veth_name("kindnet-test", "retry", "eth0");
+    let name = kindnet_cni::hostlink::host_veth_name(
+        &kindnet_cni_spec::AttachmentId::new("kindnet-test", "retry", "eth0").unwrap(),
+    );
     node.run_ok(&[
         "ip", "link", "add", &name, "type", "veth", "peer", "name", "left0",
     ]);
@@ -469,7 +471,9 @@ fn add_replaces_the_leftover_of_a_killed_add_but_never_a_foreign_link() {
     assert_eq!(res["interfaces"][0]["name"], name.as_str());
     assert!(pod.ping("10.244.1.1"));
     // a link with our name but someone else's alias is left alone
-    let name2 = kindnet_cni::hostlink::host_veth_name("kindnet-test", "other", "eth0");
+    let name2 = kindnet_cni::hostlink::host_veth_name(
+        &kindnet_cni_spec::AttachmentId::new("kindnet-test", "other", "eth0").unwrap(),
+    );
     node.run_ok(&[
         "ip", "link", "add", &name2, "type", "veth", "peer", "name", "left1",
     ]);

@@ -30,7 +30,7 @@ const IFLA_BRPORT_MODE: u16 = 4;
 const IFNAMSIZ: usize = 16;
 
 /// What `ip link` shows about an interface, minus statistics.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Link {
     pub index: u32,
     pub name: String,

@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+/// `NSFS_MAGIC` of linux/magic.h.
+const NSFS_MAGIC: i64 = 0x6e73_6673;
+/// `NS_GET_NSTYPE` of linux/nsfs.h: `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
+
 /// An open network namespace file (/var/run/netns/X, /proc/PID/ns/net, ...).
 /// Holding the fd keeps the namespace alive.
 #[derive(Debug)]
@@ -40,6 +45,42 @@ impl Netns {
             fd: f.into(),
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens what a runtime passed as a pod's network namespace, and
+    /// proves it is one: a file of the namespace filesystem (not a regular
+    /// file, a directory or `/dev/null`), of a *network* namespace (not
+    /// `/proc/PID/ns/mnt`), and not the namespace this thread is in (the
+    /// node's own). Each refusal is `Error::Invalid` naming the reason.
+    pub fn open_pod(path: impl AsRef<Path>) -> Result<Netns> {
+        let ns = Netns::open(path)?;
+        let shown = ns.path.display().to_string();
+        // SAFETY: fstatfs on a valid fd into a zeroed struct it fills.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstatfs(ns.fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(Error::os(
+                format!("statfs {shown}"),
+                io::Error::last_os_error(),
+            ));
+        }
+        if st.f_type as i64 != NSFS_MAGIC {
+            return Err(Error::Invalid(format!(
+                "{shown} is not a network namespace (not a file of the namespace filesystem)"
+            )));
+        }
+        // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+        let ty = unsafe { libc::ioctl(ns.fd.as_raw_fd(), NS_GET_NSTYPE) };
+        if ty != libc::CLONE_NEWNET {
+            return Err(Error::Invalid(format!(
+                "{shown} is a namespace, but not a network namespace"
+            )));
+        }
+        if ns.is_same(&Netns::current()?)? {
+            return Err(Error::Invalid(format!(
+                "{shown} is the node's own network namespace"
+            )));
+        }
+        Ok(ns)
     }
 
     /// The calling thread's current network namespace.

@@ -1,0 +1,240 @@
+//! Who owns what a plugin creates: the validated identity of one attachment
+//! (network name, container ID, interface name) and the owner tag derived
+//! from it, in one place.
+//!
+//! The tag is `kindnet:<network>:<attachment>`, each part the first 64 bits
+//! of a SHA-256, in hex: 41 bytes whatever the lengths of the name and ID,
+//! so it fits a link alias and an nftables comment (128 bytes) for every
+//! valid input; the network part lets GC pick out exactly its own network's
+//! objects, and a crafted name cannot forge another's tag.
+
+use crate::error::CniError;
+use crate::netconf::NetConf;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+const TAG_PREFIX: &str = "kindnet:";
+
+/// The longest network name: it names a directory of the IPAM store.
+pub const MAX_NETWORK_NAME: usize = 255;
+
+/// Spec (and the reference libcni): a network name starts with a letter or
+/// digit, then letters, digits, `_`, `.` and `-`. Code 7 otherwise.
+pub fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if name.is_empty() {
+        Err(CniError::invalid_config(
+            "network configuration: \"name\" is empty",
+        ))
+    } else if !first_ok || !rest_ok || name == "." || name == ".." {
+        Err(CniError::invalid_config(format!(
+            "network configuration: \"name\" {name:?} is invalid: use letters, digits, '_', '.', '-', starting with a letter or digit"
+        )))
+    } else if name.len() > MAX_NETWORK_NAME {
+        Err(CniError::invalid_config(format!(
+            "network configuration: \"name\" is {} bytes long, more than {MAX_NETWORK_NAME}",
+            name.len()
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn digest64(parts: &[&str]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        // length-prefixed, so ("ab","c") and ("a","bc") differ
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    let d = h.finalize();
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// The network part of owner tags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NetworkKey(u64);
+
+impl NetworkKey {
+    pub fn of(network: &str) -> NetworkKey {
+        NetworkKey(digest64(&["network", network]))
+    }
+}
+
+/// An owner tag, compared exactly (never by prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OwnerTag {
+    network: u64,
+    attachment: u64,
+}
+
+impl OwnerTag {
+    pub fn network(&self) -> NetworkKey {
+        NetworkKey(self.network)
+    }
+
+    /// Reads a tag; `None` for anything that is not exactly one.
+    pub fn parse(s: &str) -> Option<OwnerTag> {
+        let rest = s.strip_prefix(TAG_PREFIX)?;
+        let (n, a) = rest.split_once(':')?;
+        let hex = |p: &str| {
+            (p.len() == 16 && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+                .then(|| u64::from_str_radix(p, 16).ok())
+                .flatten()
+        };
+        Some(OwnerTag {
+            network: hex(n)?,
+            attachment: hex(a)?,
+        })
+    }
+}
+
+impl fmt::Display for OwnerTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{TAG_PREFIX}{:016x}:{:016x}",
+            self.network, self.attachment
+        )
+    }
+}
+
+/// One attachment: validated when made, so everything derived from it
+/// (owner tag, host veth name) is well-formed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttachmentId {
+    network: String,
+    container_id: String,
+    ifname: String,
+}
+
+impl AttachmentId {
+    pub fn new(network: &str, container_id: &str, ifname: &str) -> Result<AttachmentId, CniError> {
+        validate_network_name(network)?;
+        crate::env::validate_container_id(container_id)?;
+        crate::env::validate_ifname(ifname)?;
+        Ok(AttachmentId {
+            network: network.to_string(),
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        })
+    }
+
+    /// The attachment of a request (ADD, DEL, CHECK).
+    pub fn of(conf: &NetConf, env: &crate::Env) -> Result<AttachmentId, CniError> {
+        AttachmentId::new(&conf.name, &env.container_id, &env.ifname)
+    }
+
+    /// A GC's valid attachment of `network`.
+    pub fn valid(network: &str, a: &crate::netconf::Attachment) -> Result<AttachmentId, CniError> {
+        AttachmentId::new(network, &a.container_id, &a.ifname)
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn owner(&self) -> OwnerTag {
+        OwnerTag {
+            network: NetworkKey::of(&self.network).0,
+            attachment: digest64(&[
+                "attachment",
+                &self.network,
+                &self.container_id,
+                &self.ifname,
+            ]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "blue team",
+            "a\"b",
+            "a;b",
+            "a}b",
+            "a\nb",
+            "-a",
+            ".",
+            "..",
+            "_a",
+            "a/b",
+            "é",
+            "a\u{0}",
+        ] {
+            let e = validate_network_name(bad).unwrap_err();
+            assert_eq!(e.code, 7, "{bad:?}");
+            assert!(e.msg.contains("name"), "{e}");
+        }
+        assert_eq!(validate_network_name(&"a".repeat(256)).unwrap_err().code, 7);
+        for good in ["kindnet", "a", "1", "my-net.v2_x", &"a".repeat(255)] {
+            validate_network_name(good).unwrap();
+        }
+    }
+
+    #[test]
+    fn owner_tags_are_fixed_length_exact_and_per_network() {
+        let long_net = "n".repeat(255);
+        let long_id = "c".repeat(1000);
+        let a = AttachmentId::new(&long_net, &long_id, "eth0").unwrap();
+        let t = a.owner().to_string();
+        assert_eq!(t.len(), 41);
+        assert_eq!(OwnerTag::parse(&t), Some(a.owner()));
+        let blue = AttachmentId::new("blue", "c1", "eth0").unwrap().owner();
+        let blue2 = AttachmentId::new("blue", "c1", "eth1").unwrap().owner();
+        let other = AttachmentId::new("blue-team", "c1", "eth0")
+            .unwrap()
+            .owner();
+        assert_ne!(blue, blue2);
+        assert_eq!(blue.network(), blue2.network());
+        assert_ne!(blue.network(), other.network());
+        assert_eq!(blue.network(), NetworkKey::of("blue"));
+        // the parts are length-prefixed
+        assert_ne!(
+            AttachmentId::new("ab", "c", "eth0").unwrap().owner(),
+            AttachmentId::new("a", "bc", "eth0").unwrap().owner()
+        );
+    }
+
+    #[test]
+    fn tag_parse_is_strict() {
+        let t = AttachmentId::new("n", "c", "eth0")
+            .unwrap()
+            .owner()
+            .to_string();
+        for bad in [
+            "",
+            "kindnet",
+            "kindnet n c eth0",
+            &format!("{t}x"),
+            &format!("x{t}"),
+            &t.to_uppercase(),
+            &t[..40],
+            "kindnet:0123456789abcdef:0123456789abcdeg",
+        ] {
+            assert_eq!(OwnerTag::parse(bad), None, "{bad:?}");
+        }
+    }
+}

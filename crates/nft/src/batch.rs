@@ -1,0 +1,334 @@
+//! A batch of commands, applied by nft as one transaction.
+
+use serde_json::{Value as Json, json};
+
+use crate::expr::Expr;
+use crate::types::{Comment, Elem, KeyType, Name, TableRef, Value};
+
+/// What a map yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapData {
+    Type(KeyType),
+    Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetFlag {
+    Interval,
+}
+
+/// A set, or a map when `data` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: Name,
+    pub key: Vec<KeyType>,
+    /// A map's data. One type only: nft 1.0.6 (Debian 12) reads a
+    /// concatenated data type in JSON as a plain set.
+    pub data: Option<MapData>,
+    pub flags: Vec<SetFlag>,
+    pub elements: Vec<Elem>,
+}
+
+impl SetDef {
+    pub fn set(name: Name, key: Vec<KeyType>) -> SetDef {
+        SetDef {
+            name,
+            key,
+            data: None,
+            flags: Vec::new(),
+            elements: Vec::new(),
+        }
+    }
+
+    pub fn map(name: Name, key: Vec<KeyType>, data: MapData) -> SetDef {
+        SetDef {
+            data: Some(data),
+            ..SetDef::set(name, key)
+        }
+    }
+
+    pub fn interval(mut self) -> SetDef {
+        self.flags.push(SetFlag::Interval);
+        self
+    }
+
+    pub fn with_elements(mut self, e: Vec<Elem>) -> SetDef {
+        self.elements = e;
+        self
+    }
+}
+
+fn type_json(t: &[KeyType]) -> Json {
+    match t {
+        [one] => json!(one.as_str()),
+        many => json!(many.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainType {
+    Nat,
+    Filter,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting,
+    Input,
+    Forward,
+    Output,
+    Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    Accept,
+    Drop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    pub ty: ChainType,
+    pub hook: Hook,
+    pub prio: i32,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainDef {
+    pub name: Name,
+    /// `None` for a regular chain (a jump target).
+    pub base: Option<BaseChain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleDef {
+    pub chain: Name,
+    pub exprs: Vec<Expr>,
+    pub comment: Option<Comment>,
+}
+
+impl RuleDef {
+    pub fn new(chain: &Name, exprs: Vec<Expr>) -> RuleDef {
+        RuleDef {
+            chain: chain.clone(),
+            exprs,
+            comment: None,
+        }
+    }
+
+    pub fn comment(mut self, c: Comment) -> RuleDef {
+        self.comment = Some(c);
+        self
+    }
+}
+
+/// One command of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cmd {
+    AddTable(TableRef),
+    DeleteTable(TableRef),
+    AddChain(TableRef, ChainDef),
+    FlushChain(TableRef, Name),
+    AddSet(TableRef, SetDef),
+    AddRule(TableRef, RuleDef),
+    AddElements(TableRef, Name, Vec<Elem>),
+    DeleteElements(TableRef, Name, Vec<Value>),
+}
+
+/// Commands applied as one transaction: all or nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub cmds: Vec<Cmd>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cmds.is_empty()
+    }
+
+    pub fn push(&mut self, c: Cmd) -> &mut Batch {
+        self.cmds.push(c);
+        self
+    }
+
+    /// Creates the table if absent (a no-op otherwise).
+    pub fn add_table(&mut self, t: &TableRef) -> &mut Batch {
+        self.push(Cmd::AddTable(t.clone()))
+    }
+
+    /// Deletes the table, also when it is absent: `add` first makes sure
+    /// there is something to delete, in the same transaction.
+    pub fn remove_table(&mut self, t: &TableRef) -> &mut Batch {
+        self.push(Cmd::AddTable(t.clone()));
+        self.push(Cmd::DeleteTable(t.clone()))
+    }
+
+    pub fn add_chain(&mut self, t: &TableRef, c: ChainDef) -> &mut Batch {
+        self.push(Cmd::AddChain(t.clone(), c))
+    }
+
+    pub fn flush_chain(&mut self, t: &TableRef, c: &Name) -> &mut Batch {
+        self.push(Cmd::FlushChain(t.clone(), c.clone()))
+    }
+
+    pub fn add_set(&mut self, t: &TableRef, s: SetDef) -> &mut Batch {
+        self.push(Cmd::AddSet(t.clone(), s))
+    }
+
+    pub fn add_rule(&mut self, t: &TableRef, r: RuleDef) -> &mut Batch {
+        self.push(Cmd::AddRule(t.clone(), r))
+    }
+
+    pub fn add_elements(&mut self, t: &TableRef, set: &Name, e: Vec<Elem>) -> &mut Batch {
+        if e.is_empty() {
+            return self;
+        }
+        self.push(Cmd::AddElements(t.clone(), set.clone(), e))
+    }
+
+    pub fn delete_elements(&mut self, t: &TableRef, set: &Name, keys: Vec<Value>) -> &mut Batch {
+        if keys.is_empty() {
+            return self;
+        }
+        self.push(Cmd::DeleteElements(t.clone(), set.clone(), keys))
+    }
+
+    /// The batch in nft's JSON schema (`nft -j -f -`).
+    pub fn to_json(&self) -> Json {
+        let cmds: Vec<Json> = self.cmds.iter().map(cmd_json).collect();
+        json!({ "nftables": cmds })
+    }
+}
+
+fn table_json(t: &TableRef) -> Json {
+    json!({"family": t.family.as_str(), "name": t.name.as_str()})
+}
+
+fn cmd_json(c: &Cmd) -> Json {
+    match c {
+        Cmd::AddTable(t) => json!({"add": {"table": table_json(t)}}),
+        Cmd::DeleteTable(t) => json!({"delete": {"table": table_json(t)}}),
+        Cmd::AddChain(t, c) => {
+            let mut o = json!({"family": t.family.as_str(), "table": t.name.as_str(), "name": c.name.as_str()});
+            if let Some(b) = &c.base {
+                o["type"] = json!(match b.ty {
+                    ChainType::Nat => "nat",
+                    ChainType::Filter => "filter",
+                });
+                o["hook"] = json!(match b.hook {
+                    Hook::Prerouting => "prerouting",
+                    Hook::Input => "input",
+                    Hook::Forward => "forward",
+                    Hook::Output => "output",
+                    Hook::Postrouting => "postrouting",
+                });
+                o["prio"] = json!(b.prio);
+                o["policy"] = json!(match b.policy {
+                    Policy::Accept => "accept",
+                    Policy::Drop => "drop",
+                });
+            }
+            json!({"add": {"chain": o}})
+        }
+        Cmd::FlushChain(t, c) => json!({"flush": {"chain": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": c.as_str()}}}),
+        Cmd::AddSet(t, s) => {
+            let mut o = json!({"family": t.family.as_str(), "table": t.name.as_str(),
+                "name": s.name.as_str(), "type": type_json(&s.key)});
+            if !s.flags.is_empty() {
+                o["flags"] = json!(s.flags.iter().map(|_| "interval").collect::<Vec<_>>());
+            }
+            if !s.elements.is_empty() {
+                o["elem"] = json!(s.elements.iter().map(Elem::to_json).collect::<Vec<_>>());
+            }
+            match &s.data {
+                None => json!({"add": {"set": o}}),
+                Some(d) => {
+                    o["map"] = match d {
+                        MapData::Verdict => json!("verdict"),
+                        MapData::Type(t) => json!(t.as_str()),
+                    };
+                    json!({"add": {"map": o}})
+                }
+            }
+        }
+        Cmd::AddRule(t, r) => {
+            let mut o = json!({"family": t.family.as_str(), "table": t.name.as_str(),
+                "chain": r.chain.as_str(), "expr": r.exprs.iter().map(Expr::to_json).collect::<Vec<_>>()});
+            if let Some(c) = &r.comment {
+                o["comment"] = json!(c.as_str());
+            }
+            json!({"add": {"rule": o}})
+        }
+        Cmd::AddElements(t, set, e) => json!({"add": {"element": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
+            "elem": e.iter().map(Elem::to_json).collect::<Vec<_>>()}}}),
+        Cmd::DeleteElements(t, set, keys) => json!({"delete": {"element": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
+            "elem": keys.iter().map(Value::to_json).collect::<Vec<_>>()}}}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{Family, L4Proto};
+
+    #[test]
+    fn hostile_text_only_ever_lands_inside_json_strings() {
+        // A comment full of nft syntax stays one JSON string value.
+        let t = TableRef::new(Family::Inet, "t").unwrap();
+        let c = Comment::new("x\" ; delete table inet foo ; }").unwrap();
+        let mut b = Batch::new();
+        b.add_elements(
+            &t,
+            &Name::new("s").unwrap(),
+            vec![Elem::owned(Value::Port(1), None, &c)],
+        );
+        let j = b.to_json();
+        assert_eq!(
+            j["nftables"][0]["add"]["element"]["elem"][0]["elem"]["comment"],
+            json!(c.as_str())
+        );
+        let text = j.to_string();
+        assert!(text.contains(r#"x\" ; delete table"#), "{text}");
+    }
+
+    #[test]
+    fn map_and_interval_set_shapes() {
+        let t = TableRef::new(Family::Inet, "t").unwrap();
+        let mut b = Batch::new();
+        b.add_set(
+            &t,
+            SetDef::map(
+                Name::new("m").unwrap(),
+                vec![KeyType::InetProto, KeyType::InetService],
+                MapData::Type(KeyType::Ipv4Addr),
+            ),
+        );
+        b.add_set(
+            &t,
+            SetDef::set(Name::new("s").unwrap(), vec![KeyType::Ipv4Addr])
+                .interval()
+                .with_elements(vec![Elem::key(Value::Prefix(
+                    "10.0.0.0/8".parse().unwrap(),
+                ))]),
+        );
+        b.remove_table(&t);
+        let j = b.to_json();
+        assert_eq!(j["nftables"][0]["add"]["map"]["map"], json!("ipv4_addr"));
+        assert_eq!(j["nftables"][1]["add"]["set"]["flags"], json!(["interval"]));
+        assert_eq!(
+            j["nftables"][1]["add"]["set"]["elem"][0],
+            json!({"prefix": {"addr": "10.0.0.0", "len": 8}})
+        );
+        assert!(j["nftables"][2]["add"]["table"].is_object());
+        assert!(j["nftables"][3]["delete"]["table"].is_object());
+        let _ = L4Proto::Tcp;
+    }
+}

@@ -1,0 +1,173 @@
+//! Rule expressions: the matches and statements kindnet's rules use, as
+//! types. Keywords are `&'static str` chosen in code, never input.
+
+use serde_json::{Value as Json, json};
+
+use crate::types::{Name, Value};
+
+/// What a match reads from the packet or its metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lhs {
+    /// `ip saddr` / `ip6 saddr`.
+    Saddr {
+        v6: bool,
+    },
+    /// `ip daddr` / `ip6 daddr`.
+    Daddr {
+        v6: bool,
+    },
+    /// `th dport`: the transport header's destination port.
+    ThDport,
+    /// `meta l4proto`.
+    L4Proto,
+    /// `meta nfproto` (`ipv4` / `ipv6`).
+    NfProto,
+    /// `meta iifname` / `meta oifname`.
+    IifName,
+    OifName,
+    /// `fib daddr type`.
+    FibDaddrType,
+    /// `ct status` / `ct state`.
+    CtStatus,
+    CtState,
+    Concat(Vec<Lhs>),
+}
+
+impl Lhs {
+    fn to_json(&self) -> Json {
+        let payload =
+            |proto: &str, field: &str| json!({"payload": {"protocol": proto, "field": field}});
+        let ip = |v6: bool| if v6 { "ip6" } else { "ip" };
+        match self {
+            Lhs::Saddr { v6 } => payload(ip(*v6), "saddr"),
+            Lhs::Daddr { v6 } => payload(ip(*v6), "daddr"),
+            Lhs::ThDport => payload("th", "dport"),
+            Lhs::L4Proto => json!({"meta": {"key": "l4proto"}}),
+            Lhs::NfProto => json!({"meta": {"key": "nfproto"}}),
+            Lhs::IifName => json!({"meta": {"key": "iifname"}}),
+            Lhs::OifName => json!({"meta": {"key": "oifname"}}),
+            Lhs::FibDaddrType => json!({"fib": {"result": "type", "flags": ["daddr"]}}),
+            Lhs::CtStatus => json!({"ct": {"key": "status"}}),
+            Lhs::CtState => json!({"ct": {"key": "state"}}),
+            Lhs::Concat(parts) => {
+                json!({"concat": parts.iter().map(Lhs::to_json).collect::<Vec<_>>()})
+            }
+        }
+    }
+}
+
+/// What a match compares with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rhs {
+    Value(Value),
+    /// A named set of the same table (`@name`).
+    Set(Name),
+    /// A keyword of nft's grammar: `local`, `ipv4`, `dnat`, `established`…
+    Keyword(&'static str),
+    /// Several keywords (`ct state { established, related }`).
+    Keywords(&'static [&'static str]),
+}
+
+impl Rhs {
+    fn to_json(&self) -> Json {
+        match self {
+            Rhs::Value(v) => v.to_json(),
+            Rhs::Set(n) => json!(format!("@{n}")),
+            Rhs::Keyword(k) => json!(k),
+            Rhs::Keywords(k) => json!({"set": k}),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Eq,
+    Ne,
+    /// Bit test (`ct status dnat`).
+    In,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Eq => "==",
+            Op::Ne => "!=",
+            Op::In => "in",
+        }
+    }
+}
+
+/// One expression of a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Match {
+        left: Lhs,
+        op: Op,
+        right: Rhs,
+    },
+    Counter,
+    Masquerade,
+    Return,
+    Accept,
+    Drop,
+    Jump(Name),
+    Goto(Name),
+    /// `dnat ip|ip6 to KEY map @ADDRS : KEY map @PORTS`: two lookups of
+    /// one key (nft 1.0.6 crashes on a JSON dnat whose map yields
+    /// address . port).
+    DnatMap {
+        v6: bool,
+        key: Lhs,
+        addrs: Name,
+        ports: Name,
+    },
+    /// `KEY vmap @MAP`: a verdict looked up in a map.
+    VerdictMap {
+        key: Lhs,
+        map: Name,
+    },
+}
+
+impl Expr {
+    pub fn eq(left: Lhs, right: Rhs) -> Expr {
+        Expr::Match {
+            left,
+            op: Op::Eq,
+            right,
+        }
+    }
+
+    pub fn ne(left: Lhs, right: Rhs) -> Expr {
+        Expr::Match {
+            left,
+            op: Op::Ne,
+            right,
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> Json {
+        match self {
+            Expr::Match { left, op, right } => json!({"match": {
+                "op": op.as_str(), "left": left.to_json(), "right": right.to_json()}}),
+            Expr::Counter => json!({"counter": null}),
+            Expr::Masquerade => json!({"masquerade": null}),
+            Expr::Return => json!({"return": null}),
+            Expr::Accept => json!({"accept": null}),
+            Expr::Drop => json!({"drop": null}),
+            Expr::Jump(t) => json!({"jump": {"target": t.as_str()}}),
+            Expr::Goto(t) => json!({"goto": {"target": t.as_str()}}),
+            Expr::DnatMap {
+                v6,
+                key,
+                addrs,
+                ports,
+            } => json!({"dnat": {
+                "family": if *v6 { "ip6" } else { "ip" },
+                "addr": {"map": {"key": key.to_json(), "data": format!("@{addrs}")}},
+                "port": {"map": {"key": key.to_json(), "data": format!("@{ports}")}}}}),
+            Expr::VerdictMap { key, map } => {
+                json!({"vmap": {"key": key.to_json(), "data": format!("@{map}")}})
+            }
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Running batches: the real `nft` binary, a lock for read-modify-write of
+//! a shared table, and a fake for unit tests.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::batch::{Batch, Cmd};
+use crate::listing::{Listed, Listing};
+use crate::types::{Family, TableRef};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot run nft (is the nftables package installed?): {0}")]
+    Spawn(std::io::Error),
+    #[error("nft failed: {0}")]
+    Failed(String),
+    #[error("nft printed output that is not nftables JSON: {0}")]
+    BadOutput(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("nft lock {path}: {err}")]
+    Lock { path: String, err: std::io::Error },
+}
+
+/// The seam every nftables user goes through.
+pub trait Nft {
+    /// Applies `batch` as one transaction.
+    fn apply(&mut self, batch: &Batch) -> Result<(), NftError>;
+    /// The table's sets and elements; `None` when the table does not exist.
+    fn list(&mut self, table: &TableRef) -> Result<Option<Listing>, NftError>;
+    /// Locks `table` against other processes' read-modify-write until the
+    /// returned guard is dropped; `None` where nothing is shared (fakes,
+    /// callers that replace whole tables).
+    fn lock(&mut self, _table: &TableRef) -> Result<Option<TableLock>, NftError> {
+        Ok(None)
+    }
+}
+
+/// Where the `nft` binary is: the usual sbin paths first (a plugin's PATH
+/// is the runtime's and often lacks them), then `$PATH`.
+pub fn nft_binary() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("nft")
+}
+
+/// The real `nft`.
+#[derive(Debug, Default)]
+pub struct NftCli {
+    /// Where [`Nft::lock`] keeps its lock files; `None`: no locking.
+    pub lock_dir: Option<std::path::PathBuf>,
+}
+
+impl NftCli {
+    fn run(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
+        let mut child = Command::new(nft_binary())
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(NftError::Spawn)?;
+        if let (Some(mut w), Some(input)) = (child.stdin.take(), input) {
+            w.write_all(input.as_bytes()).map_err(NftError::Spawn)?;
+        }
+        let out = child.wait_with_output().map_err(NftError::Spawn)?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            return Err(NftError::Failed(err.trim().to_string()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Nft for NftCli {
+    fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        NftCli::run(&["-j", "-f", "-"], Some(&batch.to_json().to_string())).map(|_| ())
+    }
+
+    fn list(&mut self, t: &TableRef) -> Result<Option<Listing>, NftError> {
+        // (`nft -j -f -` prints nothing for a list command: pass arguments)
+        let text = match NftCli::run(
+            &["-j", "list", "table", t.family.as_str(), t.name.as_str()],
+            None,
+        ) {
+            Ok(t) => t,
+            Err(NftError::Failed(e)) if e.contains("No such file or directory") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| NftError::BadOutput(e.to_string()))?;
+        Ok(Some(Listing::parse(&doc)))
+    }
+
+    fn lock(&mut self, t: &TableRef) -> Result<Option<TableLock>, NftError> {
+        match &self.lock_dir {
+            Some(dir) => TableLock::acquire(dir, t).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// An exclusive lock held while a table is read, decided on and changed,
+/// so two plugin invocations never interleave their read-modify-write.
+pub struct TableLock {
+    _file: File,
+}
+
+impl TableLock {
+    /// Locks `dir/nft-<family>-<table>.lock`, creating `dir` if needed.
+    pub fn acquire(dir: &Path, t: &TableRef) -> Result<TableLock, NftError> {
+        let path = dir.join(format!("nft-{}-{}.lock", t.family.as_str(), t.name));
+        let err = |err| NftError::Lock {
+            path: path.display().to_string(),
+            err,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(err)?;
+        file.lock().map_err(err)?;
+        Ok(TableLock { _file: file })
+    }
+}
+
+/// A fake nft: applies batches to an in-memory model with the kernel's
+/// element semantics (adding an existing set element is a no-op, adding a
+/// map key with other data fails, deleting an absent element fails), and
+/// can be told to fail the n-th apply.
+#[derive(Debug, Default)]
+pub struct FakeNft {
+    pub tables: HashMap<(Family, String), Listing>,
+    pub applied: Vec<Batch>,
+    pub lists: usize,
+    /// Fail the apply with this index (0 = the first).
+    pub fail_apply: Option<usize>,
+}
+
+impl FakeNft {
+    pub fn table(&self, family: Family, name: &str) -> Option<&Listing> {
+        self.tables.get(&(family, name.to_string()))
+    }
+
+    fn model(&self, batch: &Batch) -> Result<HashMap<(Family, String), Listing>, NftError> {
+        let mut tables = self.tables.clone();
+        let key = |t: &TableRef| (t.family, t.name.as_str().to_string());
+        for c in &batch.cmds {
+            match c {
+                Cmd::AddTable(t) => {
+                    tables.entry(key(t)).or_default();
+                }
+                Cmd::DeleteTable(t) => {
+                    tables
+                        .remove(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                }
+                Cmd::AddChain(t, _) | Cmd::FlushChain(t, _) | Cmd::AddRule(t, _) => {
+                    if !tables.contains_key(&key(t)) {
+                        return Err(NftError::Failed(format!("no table {}", t.name)));
+                    }
+                }
+                Cmd::AddSet(t, s) => {
+                    let l = tables
+                        .get_mut(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                    if !l.sets.iter().any(|n| n == s.name.as_str()) {
+                        l.sets.push(s.name.to_string());
+                    }
+                    add_elements(l, s.name.as_str(), &s.elements)?;
+                }
+                Cmd::AddElements(t, set, e) => {
+                    let l = tables
+                        .get_mut(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                    add_elements(l, set.as_str(), e)?;
+                }
+                Cmd::DeleteElements(t, set, keys) => {
+                    let l = tables
+                        .get_mut(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                    for k in keys {
+                        let i = l
+                            .elements
+                            .iter()
+                            .position(|e| e.set == set.as_str() && &e.key == k)
+                            .ok_or_else(|| {
+                                NftError::Failed(format!("no element {k:?} in {set}"))
+                            })?;
+                        l.elements.remove(i);
+                    }
+                }
+            }
+        }
+        Ok(tables)
+    }
+}
+
+fn add_elements(l: &mut Listing, set: &str, elems: &[crate::types::Elem]) -> Result<(), NftError> {
+    if !l.sets.iter().any(|n| n == set) {
+        return Err(NftError::Failed(format!("no set {set}")));
+    }
+    for e in elems {
+        match l.elements.iter().find(|x| x.set == set && x.key == e.key) {
+            Some(x) if x.data != e.data => {
+                return Err(NftError::Failed(format!(
+                    "File exists: {:?} in {set}",
+                    e.key
+                )));
+            }
+            Some(_) => {}
+            None => l.elements.push(Listed {
+                set: set.to_string(),
+                key: e.key.clone(),
+                data: e.data.clone(),
+                comment: e.comment.as_ref().map(|c| c.as_str().to_string()),
+            }),
+        }
+    }
+    Ok(())
+}
+
+impl Nft for FakeNft {
+    fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
+        let n = self.applied.len();
+        self.applied.push(batch.clone());
+        if self.fail_apply == Some(n) {
+            return Err(NftError::Failed("injected failure".into()));
+        }
+        self.tables = self.model(batch)?;
+        Ok(())
+    }
+
+    fn list(&mut self, t: &TableRef) -> Result<Option<Listing>, NftError> {
+        self.lists += 1;
+        Ok(self.tables.get(&(t.family, t.name.to_string())).cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{MapData, SetDef};
+    use crate::types::{Comment, Elem, KeyType, Name, Value};
+
+    #[test]
+    fn fake_has_kernel_element_semantics() {
+        let t = TableRef::new(Family::Inet, "t").unwrap();
+        let (s, m) = (Name::new("s").unwrap(), Name::new("m").unwrap());
+        let o = Comment::new("o").unwrap();
+        let mut nft = FakeNft::default();
+        let mut b = Batch::new();
+        b.add_table(&t)
+            .add_set(&t, SetDef::set(s.clone(), vec![KeyType::Ipv4Addr]))
+            .add_set(
+                &t,
+                SetDef::map(
+                    m.clone(),
+                    vec![KeyType::InetService],
+                    MapData::Type(KeyType::InetService),
+                ),
+            );
+        nft.apply(&b).unwrap();
+        let one = Value::Addr("10.0.0.1".parse().unwrap());
+        let mut add = Batch::new();
+        add.add_elements(&t, &s, vec![Elem::owned(one.clone(), None, &o)]);
+        nft.apply(&add).unwrap();
+        nft.apply(&add).unwrap(); // a set element again: no-op
+        assert_eq!(nft.list(&t).unwrap().unwrap().elements.len(), 1);
+        let mut m1 = Batch::new();
+        m1.add_elements(
+            &t,
+            &m,
+            vec![Elem::owned(Value::Port(1), Some(Value::Port(2)), &o)],
+        );
+        nft.apply(&m1).unwrap();
+        let mut m2 = Batch::new();
+        m2.add_elements(
+            &t,
+            &m,
+            vec![Elem::owned(Value::Port(1), Some(Value::Port(3)), &o)],
+        );
+        assert!(nft.apply(&m2).is_err(), "map key with other data");
+        let mut del = Batch::new();
+        del.delete_elements(&t, &s, vec![one.clone()]);
+        nft.apply(&del).unwrap();
+        assert!(nft.apply(&del).is_err(), "absent element");
+        // a failed batch changes nothing
+        assert_eq!(nft.list(&t).unwrap().unwrap().elements.len(), 1);
+        let mut gone = Batch::new();
+        gone.remove_table(&t);
+        nft.apply(&gone).unwrap();
+        assert!(nft.list(&t).unwrap().is_none());
+    }
+}

@@ -1,0 +1,353 @@
+//! The values a batch is made of, each validated where it is made.
+
+use ipnet::IpNet;
+use serde_json::{Value as Json, json};
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::NftError;
+
+/// nftables address families kindnet uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    Inet,
+    Ip,
+    Ip6,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Ip => "ip",
+            Family::Ip6 => "ip6",
+        }
+    }
+}
+
+/// A table, chain, set or map name: `[A-Za-z][A-Za-z0-9_-]*`, at most 64
+/// bytes (nft's identifier grammar, minus the characters that would need
+/// quoting anywhere).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(String);
+
+impl Name {
+    pub fn new(s: impl Into<String>) -> Result<Name, NftError> {
+        let s = s.into();
+        let ok = s.len() <= 64
+            && s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(NftError::Invalid(format!(
+                "nftables name {s:?}: use letters, digits, '_' and '-', starting with a letter, at most 64 bytes"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A rule or element comment: printable ASCII, at most
+/// [`Comment::MAX_LEN`] bytes (the kernel's user-data limit for comments).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comment(String);
+
+impl Comment {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn new(s: impl Into<String>) -> Result<Comment, NftError> {
+        let s = s.into();
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return Err(NftError::Invalid(format!(
+                "nftables comment {s:?}: 1-{} printable ASCII characters",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(Comment(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A table and its family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TableRef {
+    pub family: Family,
+    pub name: Name,
+}
+
+impl TableRef {
+    pub fn new(family: Family, name: &str) -> Result<TableRef, NftError> {
+        Ok(TableRef {
+            family,
+            name: Name::new(name)?,
+        })
+    }
+}
+
+/// Layer-4 protocols of port mappings and policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum L4Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl L4Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Proto::Tcp => "tcp",
+            L4Proto::Udp => "udp",
+            L4Proto::Sctp => "sctp",
+        }
+    }
+
+    /// Case-insensitive, as runtimes send `TCP` or `tcp`.
+    pub fn parse(s: &str) -> Option<L4Proto> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Some(L4Proto::Tcp),
+            "udp" => Some(L4Proto::Udp),
+            "sctp" => Some(L4Proto::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for L4Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Key and data types of sets and maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Ipv4Addr,
+    Ipv6Addr,
+    InetProto,
+    InetService,
+}
+
+impl KeyType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyType::Ipv4Addr => "ipv4_addr",
+            KeyType::Ipv6Addr => "ipv6_addr",
+            KeyType::InetProto => "inet_proto",
+            KeyType::InetService => "inet_service",
+        }
+    }
+
+    /// The address type of a family (`v6` or not).
+    pub fn addr(v6: bool) -> KeyType {
+        if v6 {
+            KeyType::Ipv6Addr
+        } else {
+            KeyType::Ipv4Addr
+        }
+    }
+}
+
+/// A value in a set element, a map's data or a rule's right-hand side.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Value {
+    Addr(IpAddr),
+    Prefix(IpNet),
+    Port(u16),
+    /// An inclusive port range (`endPort` of a NetworkPolicy).
+    PortRange(u16, u16),
+    Proto(L4Proto),
+    Concat(Vec<Value>),
+}
+
+impl Value {
+    /// A prefix, or the address itself when it is a whole /32 or /128 (as
+    /// nft lists it).
+    pub fn net(n: IpNet) -> Value {
+        if n.prefix_len() == n.max_prefix_len() {
+            Value::Addr(n.addr())
+        } else {
+            Value::Prefix(n.trunc())
+        }
+    }
+
+    pub fn to_json(&self) -> Json {
+        match self {
+            Value::Addr(a) => json!(a.to_string()),
+            Value::Prefix(n) => {
+                json!({"prefix": {"addr": n.network().to_string(), "len": n.prefix_len()}})
+            }
+            Value::Port(p) => json!(p),
+            Value::PortRange(a, b) => json!({"range": [a, b]}),
+            Value::Proto(p) => json!(p.as_str()),
+            Value::Concat(v) => json!({"concat": v.iter().map(Value::to_json).collect::<Vec<_>>()}),
+        }
+    }
+
+    /// Reads a value as nft lists it; `None` for anything kindnet never
+    /// writes.
+    pub fn from_json(j: &Json) -> Option<Value> {
+        match j {
+            Json::Number(n) => n
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .map(Value::Port),
+            Json::String(s) => s
+                .parse::<IpAddr>()
+                .ok()
+                .map(Value::Addr)
+                .or_else(|| L4Proto::parse(s).map(Value::Proto)),
+            Json::Object(o) => {
+                if let Some(c) = o.get("concat") {
+                    let parts = c.as_array()?;
+                    return parts
+                        .iter()
+                        .map(Value::from_json)
+                        .collect::<Option<Vec<_>>>()
+                        .map(Value::Concat);
+                }
+                if let Some(p) = o.get("prefix") {
+                    let addr: IpAddr = p.get("addr")?.as_str()?.parse().ok()?;
+                    let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
+                    return IpNet::new(addr, len).ok().map(Value::net);
+                }
+                if let Some(r) = o.get("range") {
+                    let r = r.as_array()?;
+                    let port = |j: &Json| j.as_u64().and_then(|n| u16::try_from(n).ok());
+                    if let [a, b] = r.as_slice() {
+                        return Some(Value::PortRange(port(a)?, port(b)?));
+                    }
+                }
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One element: a key, a map's data, and the owner comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Elem {
+    pub key: Value,
+    pub data: Option<Value>,
+    pub comment: Option<Comment>,
+}
+
+impl Elem {
+    pub fn key(key: Value) -> Elem {
+        Elem {
+            key,
+            data: None,
+            comment: None,
+        }
+    }
+
+    pub fn owned(key: Value, data: Option<Value>, comment: &Comment) -> Elem {
+        Elem {
+            key,
+            data,
+            comment: Some(comment.clone()),
+        }
+    }
+
+    /// The element as `add` takes it.
+    pub(crate) fn to_json(&self) -> Json {
+        let key = match &self.comment {
+            Some(c) => json!({"elem": {"val": self.key.to_json(), "comment": c.as_str()}}),
+            None => self.key.to_json(),
+        };
+        match &self.data {
+            Some(d) => json!([key, d.to_json()]),
+            None => key,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_refuse_everything_that_could_escape() {
+        for bad in [
+            "",
+            "1a",
+            "a b",
+            "a\"b",
+            "a;b",
+            "a}b",
+            "a\nb",
+            "a/b",
+            "a.b",
+            "é",
+            &"a".repeat(65),
+        ] {
+            assert!(Name::new(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "kindnet-masq",
+            "pods4",
+            "hostports6-ip",
+            "a_b",
+            &"a".repeat(64),
+        ] {
+            assert!(Name::new(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn comments_are_bounded_and_printable() {
+        assert!(Comment::new("kindnet:0123").is_ok());
+        assert!(Comment::new("x".repeat(128)).is_ok());
+        for bad in [
+            String::new(),
+            "x".repeat(129),
+            "a\nb".into(),
+            "a\u{7f}".into(),
+            "é".into(),
+        ] {
+            assert!(Comment::new(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn values_round_trip_through_nft_json() {
+        let vals = [
+            Value::Addr("10.0.0.1".parse().unwrap()),
+            Value::Addr("fd00::5".parse().unwrap()),
+            Value::Prefix("10.244.1.0/24".parse().unwrap()),
+            Value::Port(8080),
+            Value::PortRange(80, 90),
+            Value::Proto(L4Proto::Sctp),
+            Value::Concat(vec![Value::Proto(L4Proto::Tcp), Value::Port(53)]),
+        ];
+        for v in vals {
+            assert_eq!(Value::from_json(&v.to_json()), Some(v.clone()), "{v:?}");
+        }
+        // a whole-length prefix is listed (and compared) as its address
+        assert_eq!(
+            Value::net("10.0.0.1/32".parse().unwrap()),
+            Value::Addr("10.0.0.1".parse().unwrap())
+        );
+        assert_eq!(
+            Value::from_json(&json!({"prefix": {"addr": "10.0.0.0", "len": 8}})),
+            Some(Value::Prefix("10.0.0.0/8".parse().unwrap()))
+        );
+        assert_eq!(Value::from_json(&json!("bogus")), None);
+        assert_eq!(Value::from_json(&json!(70000)), None);
+    }
+}
