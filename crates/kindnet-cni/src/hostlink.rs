@@ -59,19 +59,48 @@ fn is_ours(link: &Link, a: &AttachmentId) -> bool {
             .is_none_or(|x| x == owner_alias(a) || x == legacy_alias(a))
 }
 
-/// Creates the veth pair: `host_name` here, `ifname` inside `pod_ns`, and
-/// tags the host end. A leftover host end of the same attachment (an ADD
-/// killed midway) is removed first. Returns the host end.
+/// The two ends of a new pod veth.
+pub struct Veth {
+    pub host: Link,
+    /// The pod end's ifindex inside the pod's namespace.
+    pub pod_index: u32,
+    pub pod_mac: [u8; 6],
+}
+
+/// A random locally administered unicast MAC, as the kernel would pick;
+/// chosen here so the pod end needs no lookup after creation.
+fn random_mac() -> [u8; 6] {
+    let mut m = [0u8; 6];
+    // SAFETY: getrandom writes at most len bytes into our buffer.
+    let n = unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
+    if n != 6 {
+        // No entropy syscall: fall back on the clock, still unique enough
+        // for a link-local MAC of one veth.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        m.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    m[0] = (m[0] & 0xfe) | 0x02;
+    m
+}
+
+/// Creates the veth pair: the host end here, `ifname` inside `pod_ns`, and
+/// tags the host end at once. A leftover host end of the same attachment
+/// (an ADD killed midway) is removed first.
 pub fn create_veth(
     h: &mut Handle,
     pod_ns: &Netns,
     a: &AttachmentId,
     mtu: Option<u32>,
-) -> Result<Link, CniError> {
+) -> Result<Veth, CniError> {
     let (name, ifname) = (host_veth_name(a), a.ifname());
-    let alias = owner_alias(a);
-    match h.create_veth(&name, ifname, Some(pod_ns), mtu) {
-        Ok(()) => {}
+    let pod_mac = random_mac();
+    let create =
+        |h: &mut Handle| h.create_veth_echo(&name, ifname, Some(pod_ns), mtu, Some(pod_mac));
+    let created = match create(h) {
+        Ok(l) => l,
         Err(e) if e.is_exists() => {
             let old = h
                 .link_by_name(&name)
@@ -80,8 +109,7 @@ pub fn create_veth(
                 Some(old) if is_ours(&old, a) => {
                     h.delete_link(old.index)
                         .map_err(nl_err(format!("remove leftover {name}")))?;
-                    h.create_veth(&name, ifname, Some(pod_ns), mtu)
-                        .map_err(nl_err(format!("create veth {name} / {ifname}")))?;
+                    create(h).map_err(nl_err(format!("create veth {name} / {ifname}")))?
                 }
                 Some(_) => {
                     return Err(CniError::internal(format!(
@@ -96,14 +124,19 @@ pub fn create_veth(
             }
         }
         Err(e) => return Err(nl_err(format!("create veth {name} / {ifname}"))(e)),
-    }
-    let link = h
-        .link_by_name(&name)
-        .map_err(nl_err(format!("look up {name}")))?
+    };
+    let host = created
         .ok_or_else(|| CniError::internal(format!("veth {name} vanished after creation")))?;
-    h.set_alias(link.index, &alias)
+    h.set_alias(host.index, &owner_alias(a))
         .map_err(nl_err(format!("tag {name}")))?;
-    Ok(link)
+    let pod_index = host
+        .peer_index
+        .ok_or_else(|| CniError::internal(format!("veth {name}: the kernel named no peer")))?;
+    Ok(Veth {
+        host,
+        pod_index,
+        pod_mac,
+    })
 }
 
 /// Removes the host end of an attachment if it is there (idempotent).

@@ -1,5 +1,7 @@
 //! The plugins of `kindnet-cni`, each a [`Plugin`] of the CNI skeleton.
 //!
+//! - `kindnet` is the whole pod in one exec ([`kindnet`]): a veth as
+//!   `ptp` or `bridge` lays it out, IPAM in-process, and port mappings;
 //! - `ptp` and `bridge` build the pod's interface (see [`pod`] for the pod
 //!   side, [`hostlink`] for the host side) and get addresses through [`ipam`];
 //! - `host-local` is the IPAM of the `kindnet-ipam` crate;
@@ -10,20 +12,30 @@ pub mod bridge;
 pub mod hostlink;
 pub mod install;
 pub mod ipam;
+pub mod kindnet;
 pub mod loopback;
 pub mod masq;
 pub mod pod;
 pub mod portmap;
 pub mod ptp;
+pub mod timing;
 pub mod veth;
 
 use kindnet_cni_spec::{CniError, Plugin};
 
 /// The names this binary answers to.
-pub const PLUGIN_NAMES: &[&str] = &["ptp", "bridge", "host-local", "portmap", "loopback"];
+pub const PLUGIN_NAMES: &[&str] = &[
+    "kindnet",
+    "ptp",
+    "bridge",
+    "host-local",
+    "portmap",
+    "loopback",
+];
 
 pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {
+        "kindnet" => Box::new(kindnet::Kindnet),
         "ptp" => Box::new(ptp::Ptp),
         "bridge" => Box::new(bridge::Bridge),
         "host-local" => Box::new(kindnet_ipam::HostLocal),

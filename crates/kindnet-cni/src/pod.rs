@@ -10,7 +10,7 @@
 use crate::nl_err;
 use ipnet::IpNet;
 use kindnet_cni_spec::{CniError, IpConfig, RouteConfig};
-use kindnet_netlink::{AddrFlags, Handle, Netns, Route, Scope, sysctl};
+use kindnet_netlink::{AddrFlags, Batch, Handle, Netns, Route, Scope, sysctl};
 use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,13 +84,6 @@ pub fn pod_routes(
     out
 }
 
-/// What the pod end looks like after setup.
-pub struct PodLink {
-    pub index: u32,
-    pub mac: String,
-    pub mtu: u32,
-}
-
 pub fn format_mac(mac: Option<[u8; 6]>) -> String {
     mac.map(|m| {
         m.iter()
@@ -101,22 +94,20 @@ pub fn format_mac(mac: Option<[u8; 6]>) -> String {
     .unwrap_or_default()
 }
 
-/// Configures `ifname` inside `ns`. Runs on this thread inside the
-/// namespace (the plugin is single-threaded), because `/proc/sys/net`
-/// follows the namespace of the thread that opens it.
+/// Configures the pod end (`ifname`, ifindex `index` inside `ns`, known
+/// from the veth's creation) in one netlink round trip: every address, up,
+/// every route. Runs on this thread inside the namespace (the plugin is
+/// single-threaded), because `/proc/sys/net` follows the namespace of the
+/// thread that opens it.
 pub fn setup(
     ns: &Netns,
     ifname: &str,
+    index: u32,
     layout: Layout,
     ips: &[IpConfig],
     ipam_routes: &[RouteConfig],
-) -> Result<PodLink, CniError> {
-    ns.enter(|| -> Result<PodLink, CniError> {
-        let mut h = Handle::new().map_err(nl_err("open netlink in the pod"))?;
-        let link = h
-            .link_by_name(ifname)
-            .map_err(nl_err(format!("look up {ifname}")))?
-            .ok_or_else(|| CniError::internal(format!("{ifname} is missing in the pod")))?;
+) -> Result<(), CniError> {
+    ns.enter(|| -> Result<(), CniError> {
         if ips.iter().any(|c| c.address.addr().is_ipv6()) {
             // Usable at once: no duplicate address detection (the reference
             // waits ~1.8 s for it) and no router advertisements.
@@ -125,33 +116,22 @@ pub fn setup(
                     .map_err(|e| CniError::io(format!("set net.ipv6.conf.{ifname}.{key}: {e}")))?;
             }
         }
+        let mut h = Handle::new().map_err(nl_err("open netlink in the pod"))?;
         let flags = AddrFlags {
             nodad: true,
             noprefixroute: layout == Layout::PointToPoint,
         };
+        let mut b = Batch::new();
         for c in ips {
-            match h.add_address(link.index, c.address, flags) {
-                Err(e) if !e.is_exists() => {
-                    return Err(nl_err(format!("add {} to {ifname}", c.address))(e));
-                }
-                _ => {}
-            }
+            b.ensure_address(index, c.address, flags);
         }
-        h.set_up(link.index)
-            .map_err(nl_err(format!("set {ifname} up")))?;
-        for r in pod_routes(layout, ips, ipam_routes, link.index) {
-            match h.add_route(&r) {
-                Err(e) if !e.is_exists() => {
-                    return Err(nl_err(format!("add route {} in the pod", r.dst))(e));
-                }
-                _ => {}
-            }
+        b.set_up(index);
+        for r in pod_routes(layout, ips, ipam_routes, index) {
+            b.ensure_route(&r)
+                .map_err(nl_err(format!("route {} in the pod", r.dst)))?;
         }
-        Ok(PodLink {
-            index: link.index,
-            mac: format_mac(link.mac),
-            mtu: link.mtu,
-        })
+        h.apply(b)
+            .map_err(nl_err(format!("configure {ifname} in the pod")))
     })
     .map_err(nl_err("enter the pod's network namespace"))?
 }

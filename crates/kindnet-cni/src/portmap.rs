@@ -85,7 +85,7 @@ struct RawMapping {
     host_ip: Option<String>,
 }
 
-fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
+pub fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
     refuse_keys(&req.conf.raw, UNSUPPORTED)?;
     let Some(v) = req.conf.runtime("portMappings") else {
         return Ok(Vec::new());
@@ -426,11 +426,24 @@ fn remove(nft: &mut dyn Nft, owns: impl Fn(&str) -> bool) -> Result<usize, CniEr
 pub fn add(nft: &mut dyn Nft, req: &Request) -> Result<CniResult, CniError> {
     let maps_ = mappings(req)?;
     let prev = need_prev(req, "ADD")?;
+    map_ports(nft, req, &maps_, &prev)?;
+    Ok(prev)
+}
+
+/// Programs `maps_` for the pod of `res` (the chained prevResult, or the
+/// result of the same process's ADD for the `kindnet` plugin). No nft call
+/// at all without mappings.
+pub fn map_ports(
+    nft: &mut dyn Nft,
+    req: &Request,
+    maps_: &[PortMapping],
+    res: &CniResult,
+) -> Result<(), CniError> {
     if maps_.is_empty() {
-        return Ok(prev);
+        return Ok(());
     }
     let (_, owner) = attachment(req)?;
-    let want = wanted(&maps_, &pod_ips(&prev), &owner)?;
+    let want = wanted(maps_, &pod_ips(res), &owner)?;
     let t = table();
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
     let listing = nft.list(&t).map_err(nft_err("portmap"))?;
@@ -451,19 +464,27 @@ pub fn add(nft: &mut dyn Nft, req: &Request) -> Result<CniResult, CniError> {
     }
     nft.apply(&add_batch(listing.as_ref(), &want))
         .map_err(nft_err("portmap"))?;
-    flush_udp_conntrack(&maps_);
-    Ok(prev)
+    flush_udp_conntrack(maps_);
+    Ok(())
 }
 
 pub fn del(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
-    let maps_ = mappings(req)?;
+    unmap_ports(nft, req, &mappings(req)?)
+}
+
+/// DEL of the mappings of this attachment (exactly its own elements).
+pub fn unmap_ports(
+    nft: &mut dyn Nft,
+    req: &Request,
+    maps_: &[PortMapping],
+) -> Result<(), CniError> {
     if maps_.is_empty() {
         return Ok(());
     }
     let (a, owner) = attachment(req)?;
     let legacy = legacy_comment(&a);
     remove(nft, |c| c == owner.as_str() || c == legacy)?;
-    flush_udp_conntrack(&maps_);
+    flush_udp_conntrack(maps_);
     Ok(())
 }
 
@@ -472,11 +493,21 @@ pub fn del(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
 pub fn check(nft: &mut dyn Nft, req: &Request) -> Result<(), CniError> {
     let maps_ = mappings(req)?;
     let prev = need_prev(req, "CHECK")?;
+    check_ports(nft, req, &maps_, &prev)
+}
+
+/// CHECK of `maps_` against the pod of `prev`.
+pub fn check_ports(
+    nft: &mut dyn Nft,
+    req: &Request,
+    maps_: &[PortMapping],
+    prev: &CniResult,
+) -> Result<(), CniError> {
     if maps_.is_empty() {
         return Ok(());
     }
     let (_, owner) = attachment(req)?;
-    let want = wanted(&maps_, &pod_ips(&prev), &owner)?;
+    let want = wanted(maps_, &pod_ips(prev), &owner)?;
     let listing = nft.list(&table()).map_err(nft_err("portmap CHECK"))?;
     let missing = owned::missing(listing.as_ref(), &want);
     match missing.first() {

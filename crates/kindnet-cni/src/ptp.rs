@@ -8,7 +8,7 @@ use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
 use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request};
-use kindnet_netlink::{AddrFlags, Family, Handle, Link, Route, RouteFilter, Scope};
+use kindnet_netlink::{AddrFlags, Batch, Family, Handle, Link, Route, RouteFilter, Scope};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -67,22 +67,22 @@ impl HostSide for PtpHost {
             nodad: true,
             noprefixroute: true,
         };
+        // One round trip: the gateway(s), up, one host route per address.
+        let mut b = Batch::new();
         for gw in gateways(ips) {
-            match h.add_address(host.index, gw, flags) {
-                Err(e) if !e.is_exists() => {
-                    return Err(nl_err(format!("add {gw} to {}", host.name))(e));
-                }
-                _ => {}
-            }
+            b.ensure_address(host.index, gw, flags);
         }
-        h.set_up(host.index)
-            .map_err(nl_err(format!("set {} up", host.name)))?;
+        b.set_up(host.index);
         for ip in ips {
-            let r = host_route(host, ip);
-            if let Err(e) = h.replace_route(&r) {
-                return Err(nl_err(format!("add route {} dev {}", r.dst, host.name))(e));
-            }
+            b.replace_route(&host_route(host, ip))
+                .map_err(nl_err(format!(
+                    "route {} dev {}",
+                    ip.address.addr(),
+                    host.name
+                )))?;
         }
+        h.apply(b)
+            .map_err(nl_err(format!("configure host end {}", host.name)))?;
         Ok(Vec::new())
     }
 

@@ -79,24 +79,40 @@ pub(crate) fn no_dad(link: &str) -> Result<(), CniError> {
 }
 
 pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResult, CniError> {
+    let mut t = crate::timing::Steps::start();
     let (a, owner) = attachment(req)?;
     let ipam = Ipam::resolve(req)?;
+    t.mark("resolve");
     let ns = open_netns(&req.env.netns)?;
     let mut h = Handle::new().map_err(nl_err("open netlink"))?;
     let mut nft = crate::host_nft();
+    t.mark("netns");
     let mut res = ipam.add(req)?;
+    t.mark("ipam");
     let built = (|| {
         if res.ips.is_empty() {
             return Err(CniError::internal("IPAM returned no addresses"));
         }
         enable_forwarding(&res.ips)?;
+        t.mark("forwarding");
         side.adjust_routes(&res.ips, &mut res.routes);
-        let host = hostlink::create_veth(&mut h, &ns, &a, opts.mtu)?;
+        let veth = hostlink::create_veth(&mut h, &ns, &a, opts.mtu)?;
+        let host = &veth.host;
+        t.mark("veth");
         if res.ips.iter().any(|c| c.address.addr().is_ipv6()) {
             no_dad(&host.name)?;
         }
-        let pod = pod::setup(&ns, &req.env.ifname, side.layout(), &res.ips, &res.routes)?;
-        let mut interfaces = side.setup(&mut h, &host, &res.ips)?;
+        pod::setup(
+            &ns,
+            &req.env.ifname,
+            veth.pod_index,
+            side.layout(),
+            &res.ips,
+            &res.routes,
+        )?;
+        t.mark("pod");
+        let mut interfaces = side.setup(&mut h, host, &res.ips)?;
+        t.mark("host");
         if opts.ip_masq {
             masq::setup(&mut nft, &res.ips, &owner)?;
         }
@@ -107,8 +123,9 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
         });
         interfaces.push(Interface {
             name: req.env.ifname.clone(),
-            mac: pod.mac,
-            mtu: Some(pod.mtu),
+            mac: pod::format_mac(Some(veth.pod_mac)),
+            // both ends of a veth are born with the same MTU
+            mtu: Some(host.mtu),
             sandbox: req.env.netns.clone(),
             ..Default::default()
         });

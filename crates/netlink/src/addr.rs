@@ -136,6 +136,19 @@ fn addr_msg(index: u32, addr: IpNet, flags: u32) -> AddressMessage {
     m
 }
 
+impl crate::socket::Batch {
+    /// Adds an address; one that is already there is fine.
+    pub fn ensure_address(&mut self, index: u32, addr: IpNet, flags: AddrFlags) -> &mut Self {
+        let m = addr_msg(index, addr, flags.bits());
+        self.push(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            true,
+            format!("add address {addr} to link #{index}"),
+        )
+    }
+}
+
 impl Handle {
     /// Adds an address; an existing one fails with `is_exists()`.
     pub fn add_address(&mut self, index: u32, addr: IpNet, flags: AddrFlags) -> Result<()> {

@@ -27,7 +27,7 @@ pub use route::{
     Family, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_STATIC, Route,
     RouteFilter, Scope,
 };
-pub use socket::Handle;
+pub use socket::{Batch, Handle};
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,9 @@
 
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NlasIterator};
+use netlink_packet_core::{
+    DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NlasIterator,
+};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
     LinkProtoInfoBridge,
@@ -133,6 +135,21 @@ fn veth_peer(name: &str, ns: Option<&Netns>, mtu: Option<u32>) -> LinkMessage {
     peer
 }
 
+impl crate::socket::Batch {
+    /// Sets the link up.
+    pub fn set_up(&mut self, index: u32) -> &mut Self {
+        let mut m = link_msg(index);
+        m.header.change_mask = LinkFlags::Up;
+        m.header.flags = LinkFlags::Up;
+        self.push(
+            RouteNetlinkMessage::SetLink(m),
+            0,
+            false,
+            format!("set link #{index} up"),
+        )
+    }
+}
+
 impl Handle {
     /// Looks a link up by name; Ok(None) if there is none.
     pub fn link_by_name(&mut self, name: &str) -> Result<Option<Link>> {
@@ -185,6 +202,22 @@ impl Handle {
         peer_ns: Option<&Netns>,
         mtu: Option<u32>,
     ) -> Result<()> {
+        self.create_veth_echo(name, peer_name, peer_ns, mtu, None)
+            .map(drop)
+    }
+
+    /// [`Handle::create_veth`], optionally with the peer's MAC set at
+    /// creation, returning the host end as the kernel echoes it back
+    /// (NLM_F_ECHO; one lookup instead on a kernel that does not echo).
+    /// The host end's `peer_index` is the peer's ifindex in `peer_ns`.
+    pub fn create_veth_echo(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_ns: Option<&Netns>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<Option<Link>> {
         check_name(name)?;
         check_name(peer_name)?;
         let mut m = LinkMessage::default();
@@ -192,17 +225,25 @@ impl Handle {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        let mut peer = veth_peer(peer_name, peer_ns, mtu);
+        if let Some(mac) = peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
-            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(veth_peer(
-                peer_name, peer_ns, mtu,
-            )))),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
         ]));
-        self.sock.ack(
+        let echoed = self.sock.collect(
             RouteNetlinkMessage::NewLink(m),
-            NLM_F_CREATE | NLM_F_EXCL,
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            false,
             || format!("create veth {name} peer {peer_name}"),
-        )
+            |kind, p| (kind == RTM_NEWLINK).then(|| Link::parse(p)).flatten(),
+        )?;
+        match echoed.into_iter().find(|l| l.name == name) {
+            Some(l) => Ok(Some(l)),
+            None => self.link_by_name(name),
+        }
     }
 
     /// Creates a bridge; an existing one fails with `is_exists()`.

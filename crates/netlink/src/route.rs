@@ -288,6 +288,32 @@ impl RouteFilter {
     }
 }
 
+impl crate::socket::Batch {
+    /// Adds a route; one that is already there is fine.
+    pub fn ensure_route(&mut self, r: &Route) -> Result<&mut Self> {
+        r.validate()?;
+        let msg = RouteNetlinkMessage::NewRoute(r.to_message(false));
+        Ok(self.push(
+            msg,
+            NLM_F_CREATE | NLM_F_EXCL,
+            true,
+            format!("add route {r}"),
+        ))
+    }
+
+    /// Adds or replaces the route with the same destination/table/metric.
+    pub fn replace_route(&mut self, r: &Route) -> Result<&mut Self> {
+        r.validate()?;
+        let msg = RouteNetlinkMessage::NewRoute(r.to_message(false));
+        Ok(self.push(
+            msg,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            false,
+            format!("replace route {r}"),
+        ))
+    }
+}
+
 impl Handle {
     /// Adds a route; fails with `is_exists()` if it is already there.
     pub fn add_route(&mut self, r: &Route) -> Result<()> {

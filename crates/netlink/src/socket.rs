@@ -104,6 +104,15 @@ fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
     }
 }
 
+/// One request of a [`Socket::batch`].
+pub(crate) struct BatchReq {
+    pub msg: RouteNetlinkMessage,
+    pub flags: u16,
+    /// EEXIST is success (an address or route that is already there).
+    pub tolerate_exists: bool,
+    pub context: String,
+}
+
 /// A bound NETLINK_ROUTE socket with its buffers and sequence counter.
 pub(crate) struct Socket {
     sock: NlSocket,
@@ -292,6 +301,65 @@ impl Socket {
         Ok(out)
     }
 
+    /// Sends several modifications in one datagram and waits for all their
+    /// ACKs; the kernel handles them in order, each on its own. Returns the
+    /// first failure (in request order), skipping EEXIST where tolerated.
+    pub(crate) fn batch(&mut self, reqs: Vec<BatchReq>) -> Result<()> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let mut buf = Vec::with_capacity(reqs.len() * 96);
+        let mut seqs = Vec::with_capacity(reqs.len());
+        for r in &reqs {
+            self.serialize(r.msg.clone(), r.flags);
+            let seq = self.next_seq();
+            if let Some(b) = self.send_buf.get_mut(8..12) {
+                b.copy_from_slice(&seq.to_ne_bytes());
+            }
+            buf.extend_from_slice(&self.send_buf);
+            seqs.push(seq);
+        }
+        let kernel = SocketAddr::new(0, 0);
+        let ctx = |i: usize| reqs.get(i).map(|r| r.context.clone()).unwrap_or_default();
+        loop {
+            match self.sock.send_to(&buf, &kernel, 0) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::os(ctx(0), e)),
+            }
+        }
+        let mut results: Vec<Option<Result<()>>> = (0..reqs.len()).map(|_| None).collect();
+        let mut pending = reqs.len();
+        while pending > 0 {
+            let n = self.recv(0).map_err(|e| Error::os(ctx(0), e))?;
+            let n = n.min(self.recv_buf.len());
+            for (hdr, payload) in messages(&self.recv_buf[..n]) {
+                if hdr.kind != NLMSG_ERROR {
+                    continue;
+                }
+                let Some(i) = seqs.iter().position(|s| *s == hdr.seq) else {
+                    continue; // a stale reply to an earlier request
+                };
+                let Some(slot) = results.get_mut(i).filter(|s| s.is_none()) else {
+                    continue;
+                };
+                let code = leading_i32(payload);
+                let tolerated = code == -libc::EEXIST && reqs[i].tolerate_exists;
+                *slot = Some(if code == 0 || tolerated {
+                    Ok(())
+                } else {
+                    Err(netlink_error(code, ctx(i), ext_ack_msg(hdr.flags, payload)))
+                });
+                pending -= 1;
+            }
+        }
+        results
+            .into_iter()
+            .flatten()
+            .collect::<Result<Vec<()>>>()
+            .map(drop)
+    }
+
     /// Sends a modification and waits for its ACK.
     pub(crate) fn ack(
         &mut self,
@@ -312,7 +380,50 @@ pub struct Handle {
     pub(crate) sock: Socket,
 }
 
+/// Changes to send together: one datagram, one round trip, each change
+/// acknowledged on its own (see [`Handle::apply`]).
+#[derive(Default)]
+pub struct Batch {
+    pub(crate) reqs: Vec<BatchReq>,
+}
+
+impl Batch {
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.reqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.reqs.is_empty()
+    }
+
+    pub(crate) fn push(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        tolerate_exists: bool,
+        context: String,
+    ) -> &mut Batch {
+        self.reqs.push(BatchReq {
+            msg,
+            flags,
+            tolerate_exists,
+            context,
+        });
+        self
+    }
+}
+
 impl Handle {
+    /// Sends `batch` in one datagram; the first failure in request order is
+    /// returned once every change has been answered.
+    pub fn apply(&mut self, batch: Batch) -> Result<()> {
+        self.sock.batch(batch.reqs)
+    }
+
     /// Opens a handle in the calling thread's network namespace.
     pub fn new() -> Result<Handle> {
         Ok(Handle {
