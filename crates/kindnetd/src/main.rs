@@ -61,7 +61,37 @@ fn main() -> ExitCode {
     rt.block_on(run(flags))
 }
 
+/// The signals kindnetd handles. Installed first thing, so that none of
+/// them can kill the daemon by its default action once it runs: SIGTERM and
+/// SIGINT end it cleanly; SIGHUP, SIGUSR1 and SIGUSR2 (whose default action
+/// would kill it silently) are logged and ignored.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+fn signals() -> std::io::Result<Signals> {
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+        usr1: signal(SignalKind::user_defined1())?,
+        usr2: signal(SignalKind::user_defined2())?,
+    })
+}
+
 async fn run(flags: Flags) -> ExitCode {
+    let mut signals = match signals() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     // validate() checked that a node name can be found.
     let node_name = flags.resolved_node_name().unwrap_or_default();
     let status = Arc::new(Status::new());
@@ -157,19 +187,28 @@ async fn run(flags: Flags) -> ExitCode {
         });
     }
 
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot handle SIGTERM");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: exiting, routes and rules stay in place"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, routes and rules stay in place"),
-        r = source_task => {
-            tracing::error!(result = ?r.err(), "node source stopped");
-            return ExitCode::FAILURE;
+    let mut source_task = source_task;
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => {
+                tracing::info!("SIGTERM: exiting, routes and rules stay in place");
+                break;
+            }
+            _ = signals.int.recv() => {
+                tracing::info!("SIGINT: exiting, routes and rules stay in place");
+                break;
+            }
+            _ = signals.hup.recv() => {
+                // A terminal closing, or a supervisor's "reload": there is
+                // nothing to reload (the nodes file is watched), so carry on.
+                tracing::info!("SIGHUP ignored: kindnetd has no configuration to reload");
+            }
+            _ = signals.usr1.recv() => tracing::info!("SIGUSR1 ignored"),
+            _ = signals.usr2.recv() => tracing::info!("SIGUSR2 ignored"),
+            r = &mut source_task => {
+                tracing::error!(result = ?r.err(), "node source stopped");
+                return ExitCode::FAILURE;
+            }
         }
     }
     // Routes, rules and the conflist are deliberately left as they are:

@@ -566,3 +566,61 @@ fn kubernetes_source_end_to_end() {
     )
     .unwrap_or_else(|e| fail(e));
 }
+
+#[test]
+fn stray_signals_are_logged_and_ignored() {
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("signals");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])]),
+    );
+    let mut d = Daemon::start(
+        &ns,
+        &daemon_args(nodes_path.to_str().unwrap(), cni.to_str().unwrap(), &[]),
+        dir.path().join("log"),
+    );
+    wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    // Each of these kills a process that does not handle it.
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+    ] {
+        d.child.signal(sig).unwrap();
+        let exited = d.child.wait_timeout(Duration::from_millis(300)).unwrap();
+        assert!(
+            exited.is_none(),
+            "{name} killed kindnetd: {exited:?}\n{}",
+            d.log()
+        );
+        let logged = wait_for(Duration::from_secs(2), || {
+            d.log().contains(&format!("{name} ignored")).then_some(())
+        });
+        assert!(logged.is_some(), "no log line for {name}:\n{}", d.log());
+        let health = http_get(&ns, "127.0.0.1:19080", "/healthz");
+        assert_eq!(health.map(|h| h.0), Some(200), "{name}");
+    }
+    // The daemon still works: a new peer is routed.
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
+            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
+        ]),
+    );
+    wait_routes(
+        &ns,
+        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    d.child.signal(libc::SIGTERM).unwrap();
+    let st = d.child.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", d.log());
+}
