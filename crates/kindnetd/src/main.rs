@@ -142,6 +142,8 @@ async fn run(flags: Flags) -> ExitCode {
         route_opts: RouteOptions {
             ipv6_prefix: flags.ipv6_prefix,
             own_ips: flags.own_ips(),
+            // Filled from `pod_subnet` by the reconciler.
+            pod_subnet: Vec::new(),
         },
         pod_subnet: flags.pod_subnet.0.clone(),
         no_masquerade: flags.no_masquerade(),

@@ -74,7 +74,14 @@ pub struct PassReport {
 }
 
 impl<D: Dataplane> Reconciler<D> {
-    pub fn new(cfg: Settings, dp: D, store: Arc<Mutex<NodeStore>>, status: Arc<Status>) -> Self {
+    pub fn new(
+        mut cfg: Settings,
+        dp: D,
+        store: Arc<Mutex<NodeStore>>,
+        status: Arc<Status>,
+    ) -> Self {
+        // One source of truth for --pod-subnet: the route decisions use it too.
+        cfg.route_opts.pod_subnet = cfg.pod_subnet.clone();
         Reconciler {
             cfg,
             dp,
@@ -140,7 +147,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
 
         // Decide, holding the store lock only for the pure computation.
-        let (synced, desired, all_cidrs, nodes_known) = {
+        let (synced, desired, nodes_known) = {
             let store = match self.store.lock() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
@@ -151,13 +158,7 @@ impl<D: Dataplane> Reconciler<D> {
                 &self.cfg.route_opts,
                 &view.topology,
             );
-            let mut all: Vec<IpNet> = store
-                .iter()
-                .flat_map(|s| s.node.pod_cidrs.iter().copied())
-                .collect();
-            all.sort();
-            all.dedup();
-            (store.synced(), d, all, store.len())
+            (store.synced(), d, store.len())
         };
         m.nodes.set(nodes_known as i64);
 
@@ -174,7 +175,8 @@ impl<D: Dataplane> Reconciler<D> {
         if synced {
             self.routes(&view, &desired, &mut report);
             if self.cfg.masquerading {
-                self.masquerade(full, &own_cidrs, &all_cidrs, &mut report);
+                let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
+                self.masquerade(full, &own_cidrs, &routed, &mut report);
             }
         }
         if !self.cfg.masquerading && !self.masq_removed {
@@ -334,17 +336,13 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
-    fn masquerade(&mut self, full: bool, own: &[IpNet], all: &[IpNet], report: &mut PassReport) {
-        let mut sources: Vec<IpNet> = own.to_vec();
-        sources.extend(&self.cfg.pod_subnet);
-        let mut no_masq: Vec<IpNet> = all.to_vec();
-        no_masq.extend(&self.cfg.pod_subnet);
-        no_masq.extend(own);
-        no_masq.extend(&self.cfg.no_masquerade);
-        let script = masq::ruleset(&MasqInputs {
-            pod_sources: sources,
-            no_masquerade: no_masq,
-        });
+    fn masquerade(&mut self, full: bool, own: &[IpNet], routed: &[IpNet], report: &mut PassReport) {
+        let script = masq::ruleset(&masquerade_inputs(
+            own,
+            routed,
+            &self.cfg.pod_subnet,
+            &self.cfg.no_masquerade,
+        ));
         if !full && self.last_masq.as_deref() == Some(script.as_str()) {
             return;
         }
@@ -379,6 +377,30 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         self.logged_skips = now;
+    }
+}
+
+/// What masquerade gets: pod sources are this node's CIDRs and
+/// --pod-subnet; destinations exempt from masquerade are only what kindnetd
+/// accepted: this node's CIDRs, the peer CIDRs it routes, --pod-subnet and
+/// --no-masquerade-cidr. A peer CIDR that was refused (or is not routed for
+/// any reason) never exempts traffic: a Node claiming `0.0.0.0/1` must not
+/// stop the masquerade of pod egress to half of IPv4.
+pub fn masquerade_inputs(
+    own: &[IpNet],
+    routed_peers: &[IpNet],
+    pod_subnet: &[IpNet],
+    no_masquerade: &[IpNet],
+) -> MasqInputs {
+    let mut pod_sources: Vec<IpNet> = own.to_vec();
+    pod_sources.extend(pod_subnet);
+    let mut exempt: Vec<IpNet> = routed_peers.to_vec();
+    exempt.extend(pod_subnet);
+    exempt.extend(own);
+    exempt.extend(no_masquerade);
+    MasqInputs {
+        pod_sources,
+        no_masquerade: exempt,
     }
 }
 
@@ -652,6 +674,70 @@ mod tests {
         assert!(conf.contains("\"subnet\": \"10.244.0.0/16\""));
         let ready = r.status.readiness();
         assert!(ready.cidrs_from_pod_subnet && ready.ready());
+    }
+
+    /// The `elements = { ... }` of one nft set in a ruleset.
+    fn set_elements(script: &str, set: &str) -> String {
+        let start = script.find(&format!("set {set} {{")).unwrap();
+        let body = &script[start..];
+        let body = &body[..body.find("\n\t}").unwrap()];
+        body.lines()
+            .find_map(|l| l.trim().strip_prefix("elements = "))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn refused_peer_cidrs_never_exempt_traffic_from_masquerade() {
+        for (evil, evil_ip) in [
+            ("0.0.0.0/1", "172.18.0.66"),
+            ("128.0.0.0/1", "172.18.0.66"),
+            ("192.0.0.0/2", "172.18.0.66"),
+            ("172.18.0.0/17", "172.18.0.66"),
+            ("::/1", "fc00::66"),
+            ("2000::/3", "fc00::66"),
+        ] {
+            let (mut r, store, _dir) = setup("masq-refused");
+            r.cfg.no_masquerade = vec!["192.168.0.0/16".parse().unwrap()];
+            store.lock().unwrap().replace_all(&[
+                raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+                raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")]),
+                raw("evil", &[evil], &[("InternalIP", evil_ip)]),
+            ]);
+            r.pass(true);
+            let script = r.dp.nft.last().cloned().unwrap_or_default();
+            assert_eq!(
+                set_elements(&script, "no-masquerade-v4"),
+                "{ 10.244.0.0/16, 192.168.0.0/16 }",
+                "{evil}:\n{script}"
+            );
+            assert_eq!(set_elements(&script, "no-masquerade-v6"), "", "{evil}");
+            let ready = r.status.readiness();
+            assert!(
+                ready.skipped.iter().any(|l| l.contains("node evil")),
+                "{evil}: {:?}",
+                ready.skipped
+            );
+        }
+    }
+
+    #[test]
+    fn only_routed_peers_are_exempt_without_pod_subnet() {
+        let inputs = masquerade_inputs(
+            &["10.244.0.0/24".parse().unwrap()],
+            &["10.244.1.0/24".parse().unwrap()],
+            &[],
+            &["192.168.0.0/16".parse().unwrap()],
+        );
+        let want: Vec<IpNet> = ["10.244.1.0/24", "10.244.0.0/24", "192.168.0.0/16"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(inputs.no_masquerade, want);
+        assert_eq!(
+            inputs.pod_sources,
+            vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]
