@@ -35,10 +35,17 @@ pub struct Flags {
     #[arg(long, env = "POD_IP", value_parser = parse_ip_list, default_value = "")]
     pub pod_ip: IpList,
 
-    /// Cluster pod CIDR(s), comma-separated. Never masqueraded, and used as the
-    /// node's pod ranges when its Node object has no podCIDRs.
+    /// Cluster pod CIDR(s), comma-separated. Never masqueraded; when set,
+    /// every pod CIDR a Node claims must lie inside it (else it is refused).
+    /// Never used as a node's own range.
     #[arg(long, env = "POD_SUBNET", value_parser = parse_cidr_list, default_value = "")]
     pub pod_subnet: CidrList,
+
+    /// This node's own pod range(s) — never the cluster range — for clusters
+    /// without node IPAM: used instead of the Node's podCIDRs (at most one
+    /// per family).
+    #[arg(long, env = "KINDNET_STATIC_POD_CIDRS", value_parser = parse_cidr_list, default_value = "")]
+    pub static_pod_cidrs: CidrList,
 
     /// Use the bridge plugin instead of ptp. "true"/"1" selects the bridge
     /// named "kind-br"; any other interface name selects that name; empty,
@@ -172,6 +179,32 @@ impl Flags {
         {
             return Err(format!(
                 "--control-plane-endpoint {p:?}: expected host:port"
+            ));
+        }
+        let st = &self.static_pod_cidrs.0;
+        for fam in [false, true] {
+            if st.iter().filter(|c| c.addr().is_ipv6() == fam).count() > 1 {
+                return Err(format!(
+                    "--static-pod-cidrs: at most one CIDR per family, got {}",
+                    st.iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+        }
+        if let Some(c) = st.iter().find(|c| c.prefix_len() == 0) {
+            return Err(format!(
+                "--static-pod-cidrs {c}: a /0 is not a node's range"
+            ));
+        }
+        if !self.pod_subnet.0.is_empty()
+            && let Some(c) = st
+                .iter()
+                .find(|c| self.pod_subnet.0.iter().any(|p| p == *c))
+        {
+            return Err(format!(
+                "--static-pod-cidrs {c} is the whole --pod-subnet: give this node's own range"
             ));
         }
         if !self.ipam_data_dir.is_absolute() {
@@ -389,6 +422,29 @@ mod tests {
         assert!(f.validate().unwrap_err().contains("--mtu"));
         let f = parse(&["--node-name=n", "--ipam-data-dir=relative"]).unwrap();
         assert!(f.validate().unwrap_err().contains("--ipam-data-dir"));
+        for bad in [
+            &["--static-pod-cidrs=10.244.1.0/24,10.244.2.0/24"][..],
+            &["--static-pod-cidrs=0.0.0.0/0"],
+            &[
+                "--pod-subnet=10.244.0.0/16",
+                "--static-pod-cidrs=10.244.0.0/16",
+            ],
+        ] {
+            let mut args = vec!["--node-name=n"];
+            args.extend_from_slice(bad);
+            let f = parse(&args).unwrap();
+            assert!(
+                f.validate().unwrap_err().contains("--static-pod-cidrs"),
+                "{bad:?}"
+            );
+        }
+        let f = parse(&[
+            "--node-name=n",
+            "--pod-subnet=10.244.0.0/16",
+            "--static-pod-cidrs=10.244.3.0/24,fd00:10:244:3::/64",
+        ])
+        .unwrap();
+        assert!(f.validate().is_ok());
     }
 
     #[test]

@@ -146,6 +146,7 @@ async fn run(flags: Flags) -> ExitCode {
             pod_subnet: Vec::new(),
         },
         pod_subnet: flags.pod_subnet.0.clone(),
+        static_pod_cidrs: flags.static_pod_cidrs.0.clone(),
         no_masquerade: flags.no_masquerade(),
         masquerading: flags.masquerading,
         configure_sysctls: flags.configure_sysctls,

@@ -20,7 +20,7 @@ use crate::cniconf::{self, CniInputs};
 use crate::dataplane::{Dataplane, HostView};
 use crate::masq::{self, MasqInputs};
 use crate::metrics::{FamilyLabel, OpLabel, ReasonLabel};
-use crate::routes::{self, Desired, RouteOp, RouteOptions, SkipReason};
+use crate::routes::{self, Desired, NodeNetwork, RouteOp, RouteOptions, SkipReason};
 use crate::status::{Readiness, Status};
 use crate::store::NodeStore;
 use crate::sysctl::{self, SysctlView};
@@ -41,6 +41,9 @@ pub struct Settings {
     pub own_name: String,
     pub route_opts: RouteOptions,
     pub pod_subnet: Vec<IpNet>,
+    /// --static-pod-cidrs: this node's own range(s), used instead of its
+    /// Node's podCIDRs. Never the cluster range.
+    pub static_pod_cidrs: Vec<IpNet>,
     pub no_masquerade: Vec<IpNet>,
     pub masquerading: bool,
     pub configure_sysctls: bool,
@@ -61,6 +64,11 @@ pub struct Reconciler<D: Dataplane> {
     masq_removed: bool,
     /// Skips already logged, so each is logged once while it lasts.
     logged_skips: HashSet<(String, IpNet, &'static str)>,
+    /// This node's last known good pod CIDRs (from its Node, or at start from
+    /// the conflist on disk): kept when the Node disappears or loses them.
+    last_own: Vec<IpNet>,
+    /// The own-CIDR note last logged.
+    logged_own: Option<Option<String>>,
 }
 
 /// What one pass did, for tests and logs.
@@ -82,7 +90,15 @@ impl<D: Dataplane> Reconciler<D> {
     ) -> Self {
         // One source of truth for --pod-subnet: the route decisions use it too.
         cfg.route_opts.pod_subnet = cfg.pod_subnet.clone();
+        let on_disk = std::fs::read_to_string(cfg.cni_conf_dir.join(cniconf::CONFLIST_NAME))
+            .map(|c| cniconf::ranges_of(&c))
+            .unwrap_or_default();
+        if !on_disk.is_empty() {
+            tracing::info!(pod_cidrs = ?on_disk, "last known own pod CIDRs read from the existing CNI config");
+        }
         Reconciler {
+            last_own: on_disk,
+            logged_own: None,
             cfg,
             dp,
             store,
@@ -147,30 +163,68 @@ impl<D: Dataplane> Reconciler<D> {
         }
 
         // Decide, holding the store lock only for the pure computation.
-        let (synced, desired, nodes_known) = {
+        let (synced, desired, nodes_known, own, duplicates) = {
             let store = match self.store.lock() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
             };
-            let d = routes::desired_routes(
-                &self.cfg.own_name,
-                store.iter(),
+            let nodes: Vec<&crate::store::StoredNode> = store.iter().collect();
+            let net = NodeNetwork::new(
+                &view.topology,
+                &self.cfg.route_opts.own_ips,
+                nodes.iter().map(|s| &s.node),
+            );
+            let name = &self.cfg.own_name;
+            let own_node = if !store.synced() {
+                OwnNode::NotSynced
+            } else if store.duplicates().contains(name) {
+                OwnNode::Duplicate
+            } else {
+                match store.get(name) {
+                    None => OwnNode::Missing,
+                    Some(n) if n.pod_cidrs.is_empty() => OwnNode::NoCidrs,
+                    Some(n) => OwnNode::Cidrs(n.pod_cidrs.clone()),
+                }
+            };
+            let own = decide_own_cidrs(
+                name,
+                &own_node,
+                &self.cfg.static_pod_cidrs,
+                &self.last_own,
+                &self.cfg.pod_subnet,
+                &net,
+            );
+            let d = routes::desired_routes_in(
+                name,
+                &own.cidrs,
+                nodes,
                 &self.cfg.route_opts,
                 &view.topology,
+                &net,
             );
-            (store.synced(), d, store.len())
+            let dups: Vec<String> = store.duplicates().iter().cloned().collect();
+            (store.synced(), d, store.len(), own, dups)
         };
         m.nodes.set(nodes_known as i64);
+        if own.current {
+            self.last_own = own.cidrs.clone();
+        }
+        if self.logged_own.as_ref() != Some(&own.note) {
+            match &own.note {
+                Some(n) if !own.current => {
+                    tracing::warn!(pod_cidrs = ?own.cidrs, "own pod CIDRs: {n}")
+                }
+                _ => {
+                    tracing::info!(pod_cidrs = ?own.cidrs, note = own.note.as_deref().unwrap_or(""), "own pod CIDRs")
+                }
+            }
+            self.logged_own = Some(own.note.clone());
+        }
+        let own_cidrs = own.cidrs.clone();
 
-        let (own_cidrs, from_pod_subnet) = if !desired.own_cidrs.is_empty() {
-            (desired.own_cidrs.clone(), false)
-        } else if synced && !self.cfg.pod_subnet.is_empty() {
-            (self.cfg.pod_subnet.clone(), true)
-        } else {
-            (Vec::new(), false)
-        };
-
-        let conflist_ok = self.conflist(&view, &own_cidrs, &mut report);
+        // No conflist before the node list is read, nor without own CIDRs:
+        // never the cluster range.
+        let conflist_ok = synced && self.conflist(&view, &own_cidrs, &mut report);
 
         if synced {
             self.routes(&view, &desired, &mut report);
@@ -215,8 +269,10 @@ impl<D: Dataplane> Reconciler<D> {
         self.status.set_readiness(Readiness {
             synced,
             own_cidrs,
-            cidrs_from_pod_subnet: from_pod_subnet,
+            own_current: own.current,
+            own_note: own.note,
             conflist_written: conflist_ok,
+            duplicates,
             skipped,
             last_error: report.errors.last().cloned(),
         });
@@ -380,6 +436,102 @@ impl<D: Dataplane> Reconciler<D> {
     }
 }
 
+/// What the node list says about this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnNode {
+    /// No complete node list yet.
+    NotSynced,
+    /// The list does not have this node.
+    Missing,
+    /// The list names this node more than once: ambiguous.
+    Duplicate,
+    /// The node has no podCIDRs.
+    NoCidrs,
+    Cidrs(Vec<IpNet>),
+}
+
+/// This node's pod CIDRs as decided for one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnCidrs {
+    /// The ranges used for the conflist, masquerade and the overlap check;
+    /// empty = none known (no conflist is written).
+    pub cidrs: Vec<IpNet>,
+    /// They are what the Node (or --static-pod-cidrs) says now.
+    pub current: bool,
+    /// Where they come from or why they are not current (for /readyz).
+    pub note: Option<String>,
+}
+
+fn list(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decides this node's pod CIDRs. --static-pod-cidrs wins; else the Node's
+/// podCIDRs when they pass [`routes::refuse_own_cidr`]; else (Node missing,
+/// duplicated, without podCIDRs, or claiming a refused range) the last known
+/// good ones are kept and reported as not current. Never the cluster range:
+/// `--pod-subnet` only bounds what is accepted.
+pub fn decide_own_cidrs(
+    own_name: &str,
+    node: &OwnNode,
+    static_cidrs: &[IpNet],
+    last_known: &[IpNet],
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> OwnCidrs {
+    if !static_cidrs.is_empty() {
+        return OwnCidrs {
+            cidrs: static_cidrs.to_vec(),
+            current: true,
+            note: Some("from --static-pod-cidrs".into()),
+        };
+    }
+    let problem = match node {
+        OwnNode::Cidrs(v) => {
+            let refused = v
+                .iter()
+                .find_map(|c| routes::refuse_own_cidr(c, pod_subnet, net).map(|r| (c, r)));
+            match refused {
+                None => {
+                    return OwnCidrs {
+                        cidrs: v.clone(),
+                        current: true,
+                        note: None,
+                    };
+                }
+                Some((c, r)) => format!("Node {own_name} claims pod CIDR {c}, refused: {r}"),
+            }
+        }
+        OwnNode::NotSynced => "the node list has not been read yet".to_string(),
+        OwnNode::Missing => format!("Node {own_name} is not in the node list"),
+        OwnNode::Duplicate => {
+            format!("Node {own_name} is listed more than once: ambiguous")
+        }
+        OwnNode::NoCidrs => {
+            format!("Node {own_name} has no podCIDRs (node IPAM off? see --static-pod-cidrs)")
+        }
+    };
+    let kept: Vec<IpNet> = last_known
+        .iter()
+        .filter(|c| routes::refuse_own_cidr(c, pod_subnet, net).is_none())
+        .copied()
+        .collect();
+    let note = if kept.is_empty() {
+        format!("{problem}; no CNI config is written")
+    } else {
+        format!("{problem}; keeping the last known {}", list(&kept))
+    };
+    OwnCidrs {
+        cidrs: kept,
+        current: false,
+        note: Some(note),
+    }
+}
+
 /// What masquerade gets: pod sources are this node's CIDRs and
 /// --pod-subnet; destinations exempt from masquerade are only what kindnetd
 /// accepted: this node's CIDRs, the peer CIDRs it routes, --pod-subnet and
@@ -513,6 +665,7 @@ mod tests {
             own_name: "me".into(),
             route_opts: RouteOptions::default(),
             pod_subnet: vec!["10.244.0.0/16".parse().unwrap()],
+            static_pod_cidrs: vec![],
             no_masquerade: vec![],
             masquerading: true,
             configure_sysctls: true,
@@ -662,18 +815,168 @@ mod tests {
         );
     }
 
+    fn conflist_text(dir: &TmpDir) -> Option<String> {
+        std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).ok()
+    }
+
+    fn own_ranges(dir: &TmpDir) -> Vec<String> {
+        conflist_text(dir)
+            .map(|c| {
+                cniconf::ranges_of(&c)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn b() -> crate::node::RawNode {
+        raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")])
+    }
+
+    /// Node lists in which this node ("me") has no usable pod CIDRs.
+    fn lists_without_own_cidrs() -> Vec<(&'static str, Vec<crate::node::RawNode>)> {
+        let me = |cidrs: &[&str]| raw("me", cidrs, &[("InternalIP", "172.18.0.2")]);
+        vec![
+            ("missing", vec![b()]),
+            ("no podCIDRs", vec![me(&[]), b()]),
+            (
+                "listed twice",
+                vec![me(&["10.244.9.0/24"]), me(&["10.244.0.0/24"]), b()],
+            ),
+            ("half of IPv4", vec![me(&["0.0.0.0/1"]), b()]),
+            ("outside --pod-subnet", vec![me(&["10.99.0.0/24"]), b()]),
+            ("the node segment", vec![me(&["172.18.0.0/16"]), b()]),
+            ("a peer's address", vec![me(&["172.18.0.0/30"]), b()]),
+        ]
+    }
+
     #[test]
-    fn pod_subnet_is_the_fallback_for_a_node_without_cidrs() {
-        let (mut r, store, dir) = setup("fallback");
+    fn no_conflist_and_not_ready_until_this_node_has_pod_cidrs() {
+        for (what, list) in lists_without_own_cidrs() {
+            let (mut r, store, dir) = setup("noown");
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(conflist_text(&dir), None, "{what}: never the cluster range");
+            let ready = r.status.readiness();
+            assert!(!ready.ready(), "{what}: {}", ready.report());
+            assert!(ready.own_cidrs.is_empty(), "{what}");
+            let report = ready.report();
+            assert!(
+                report.contains("no CNI config is written") && report.contains("Node me"),
+                "{what}: {report}"
+            );
+            // Peers are routed all the same.
+            assert_eq!(r.dp.installed.len(), 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn last_known_own_cidrs_are_kept_when_the_node_loses_them() {
+        for (what, list) in lists_without_own_cidrs() {
+            let (mut r, store, dir) = setup("lastknown");
+            store.lock().unwrap().replace_all(&[
+                raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+                b(),
+            ]);
+            r.pass(true);
+            assert!(r.status.readiness().ready());
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(own_ranges(&dir), vec!["10.244.0.0/24"], "{what}");
+            let ready = r.status.readiness();
+            assert_eq!(
+                ready.own_cidrs,
+                vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]
+            );
+            assert!(!ready.ready(), "{what}: {}", ready.report());
+            assert!(
+                ready
+                    .report()
+                    .contains("keeping the last known 10.244.0.0/24"),
+                "{what}: {}",
+                ready.report()
+            );
+            // The kept range still protects: masquerade and overlap checks use it.
+            let script = r.dp.nft.last().cloned().unwrap_or_default();
+            assert!(set_elements(&script, "pod-sources-v4").contains("10.244.0.0/16"));
+        }
+    }
+
+    #[test]
+    fn last_known_own_cidrs_come_from_the_conflist_on_disk_at_start() {
+        let dir = TmpDir::new("ondisk");
+        let before = cniconf::render(&CniInputs {
+            pod_cidrs: vec!["10.244.5.0/24".parse().unwrap()],
+            mtu: 1400,
+            bridge: None,
+            ipam_data_dir: "/run/cni-ipam-state".into(),
+        });
+        cniconf::write_if_changed(&dir.0, cniconf::CONFLIST_NAME, &before).unwrap();
+        let store = Arc::new(Mutex::new(NodeStore::new()));
+        let mut r = Reconciler::new(
+            settings(&dir.0),
+            Fake::default(),
+            store.clone(),
+            Arc::new(Status::new()),
+        );
+        store.lock().unwrap().replace_all(&[b()]);
+        r.pass(true);
+        assert_eq!(conflist_text(&dir).as_deref(), Some(before.as_str()));
+        let ready = r.status.readiness();
+        assert!(!ready.ready());
+        assert!(
+            ready
+                .report()
+                .contains("keeping the last known 10.244.5.0/24")
+        );
+        // The Node comes back with its range: current again, ready.
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.5.0/24"], &[("InternalIP", "172.18.0.2")]),
+            b(),
+        ]);
+        r.pass(true);
+        assert!(r.status.readiness().ready());
+    }
+
+    #[test]
+    fn static_pod_cidrs_are_this_nodes_range() {
+        let (mut r, store, dir) = setup("static");
+        r.cfg.static_pod_cidrs = vec!["10.244.7.0/24".parse().unwrap()];
         store
             .lock()
             .unwrap()
             .replace_all(&[raw("me", &[], &[("InternalIP", "172.18.0.2")])]);
         r.pass(true);
-        let conf = std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).unwrap();
-        assert!(conf.contains("\"subnet\": \"10.244.0.0/16\""));
+        assert_eq!(own_ranges(&dir), vec!["10.244.7.0/24"]);
         let ready = r.status.readiness();
-        assert!(ready.cidrs_from_pod_subnet && ready.ready());
+        assert!(ready.ready(), "{}", ready.report());
+        assert!(ready.report().contains("from --static-pod-cidrs"));
+    }
+
+    #[test]
+    fn duplicate_names_are_reported_and_never_switch_own_ranges() {
+        let (mut r, store, dir) = setup("dups");
+        let me = |c: &str| raw("me", &[c], &[("InternalIP", "172.18.0.2")]);
+        store
+            .lock()
+            .unwrap()
+            .replace_all(&[me("10.244.0.0/24"), b()]);
+        r.pass(true);
+        for list in [
+            vec![me("10.244.9.0/24"), me("10.244.0.0/24"), b()],
+            vec![me("10.244.0.0/24"), me("10.244.9.0/24"), b()],
+            vec![me("10.244.0.0/24"), b(), b()],
+        ] {
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(own_ranges(&dir), vec!["10.244.0.0/24"]);
+            let ready = r.status.readiness();
+            assert!(!ready.duplicates.is_empty(), "{}", ready.report());
+            assert!(ready.report().contains("listed more than once"));
+            // b keeps its route whether or not it is the duplicate.
+            assert_eq!(r.dp.installed.len(), 1);
+        }
     }
 
     /// The `elements = { ... }` of one nft set in a ruleset.

@@ -267,18 +267,26 @@ pub struct RouteOptions {
 }
 
 /// What pod CIDRs must stay clear of: the node network as this host sees
-/// it (its connected subnets and default gateways) and every node address
-/// (this host's, the flags', and every Node's).
+/// it (its connected subnets, default gateways and own addresses) and every
+/// node address (the flags', and every Node's).
 #[derive(Debug, Clone, Default)]
 pub struct NodeNetwork {
     connected: Vec<IpNet>,
     gateways: Vec<IpAddr>,
-    /// Sorted by address; the owner names where it came from.
-    addresses: Vec<(IpAddr, String)>,
+    /// This host's addresses (including pod gateways on its veths), sorted.
+    local: Vec<IpAddr>,
+    /// Node addresses (flags, Nodes), sorted; the owner names their source.
+    node_ips: Vec<(IpAddr, String)>,
 }
 
 /// The owner named for this host's own addresses.
 pub const THIS_NODE: &str = "this node";
+
+fn first_in<'a, T>(sorted: &'a [T], cidr: &IpNet, key: impl Fn(&T) -> IpAddr) -> Option<&'a T> {
+    let start = cidr.network();
+    let i = sorted.partition_point(|t| key(t) < start);
+    sorted.get(i).filter(|t| key(t) <= cidr.broadcast())
+}
 
 impl NodeNetwork {
     pub fn new<'a>(
@@ -286,17 +294,15 @@ impl NodeNetwork {
         own_ips: &[IpAddr],
         nodes: impl IntoIterator<Item = &'a crate::node::Node>,
     ) -> NodeNetwork {
-        let mut addresses: Vec<(IpAddr, String)> = topo
-            .local_addresses()
+        let mut node_ips: Vec<(IpAddr, String)> = own_ips
             .iter()
-            .chain(own_ips)
             .map(|a| (*a, THIS_NODE.to_string()))
             .collect();
         for n in nodes {
-            addresses.extend(n.addresses().map(|a| (*a, format!("node {}", n.name))));
+            node_ips.extend(n.addresses().map(|a| (*a, format!("node {}", n.name))));
         }
-        addresses.sort();
-        addresses.dedup_by(|a, b| a.0 == b.0);
+        node_ips.sort();
+        node_ips.dedup_by(|a, b| a.0 == b.0);
         let mut connected: Vec<IpNet> = topo.connected_subnets().copied().collect();
         connected.sort();
         connected.dedup();
@@ -306,47 +312,71 @@ impl NodeNetwork {
         NodeNetwork {
             connected,
             gateways,
-            addresses,
+            local: topo.local_addresses().to_vec(),
+            node_ips,
         }
     }
 
-    /// The first node address inside `cidr`, in O(log n).
-    fn address_in(&self, cidr: &IpNet) -> Option<&(IpAddr, String)> {
-        let start = cidr.network();
-        let i = self.addresses.partition_point(|(a, _)| *a < start);
-        self.addresses
-            .get(i)
-            .filter(|(a, _)| *a <= cidr.broadcast())
+    /// The first node address inside `cidr` and its owner, in O(log n).
+    fn node_ip_in(&self, cidr: &IpNet) -> Option<(IpAddr, String)> {
+        first_in(&self.node_ips, cidr, |(a, _)| *a).cloned()
+    }
+
+    fn local_in(&self, cidr: &IpNet) -> Option<IpAddr> {
+        first_in(&self.local, cidr, |a| *a).copied()
     }
 }
 
-/// Whether a pod CIDR claimed by a Node may be used at all: it must lie
-/// inside --pod-subnet (when set) and stay clear of the node network: no
-/// node address, no default gateway, no overlap with a connected subnet.
-/// Pure: the node network and --pod-subnet are inputs.
-pub fn refuse_pod_cidr(
-    cidr: &IpNet,
-    pod_subnet: &[IpNet],
-    net: &NodeNetwork,
-) -> Option<SkipReason> {
+fn refuse_common(cidr: &IpNet, pod_subnet: &[IpNet], net: &NodeNetwork) -> Option<SkipReason> {
     if !pod_subnet.is_empty() && !pod_subnet.iter().any(|p| p.contains(cidr)) {
         return Some(SkipReason::OutsidePodSubnet {
             pod_subnet: pod_subnet.to_vec(),
         });
     }
-    if let Some((addr, owner)) = net.address_in(cidr) {
-        return Some(SkipReason::ContainsNodeAddress {
-            addr: *addr,
-            owner: owner.clone(),
-        });
+    if let Some((addr, owner)) = net.node_ip_in(cidr) {
+        return Some(SkipReason::ContainsNodeAddress { addr, owner });
     }
     if let Some(gw) = net.gateways.iter().find(|g| cidr.contains(*g)) {
         return Some(SkipReason::ContainsGateway { gateway: *gw });
+    }
+    None
+}
+
+/// Whether a peer's pod CIDR may be routed at all: it must lie inside
+/// --pod-subnet (when set) and stay clear of the node network: no node
+/// address (any Node's, the flags', this host's), no default gateway, no
+/// overlap with a connected subnet. Pure: the node network and --pod-subnet
+/// are inputs.
+pub fn refuse_pod_cidr(
+    cidr: &IpNet,
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> Option<SkipReason> {
+    if let Some(r) = refuse_common(cidr, pod_subnet, net) {
+        return Some(r);
+    }
+    if let Some(addr) = net.local_in(cidr) {
+        return Some(SkipReason::ContainsNodeAddress {
+            addr,
+            owner: THIS_NODE.to_string(),
+        });
     }
     if let Some(subnet) = net.connected.iter().find(|c| overlaps(c, cidr)) {
         return Some(SkipReason::OverlapsNodeNetwork { subnet: *subnet });
     }
     None
+}
+
+/// Whether this node's own pod CIDR (from its Node, or the last known one)
+/// may be used. As for peers, except that this host's own addresses and
+/// connected subnets inside it are expected: the pod gateway sits on the
+/// host veths (ptp) or the bridge, whose subnet is connected (bridge).
+pub fn refuse_own_cidr(
+    cidr: &IpNet,
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> Option<SkipReason> {
+    refuse_common(cidr, pod_subnet, net)
 }
 
 /// `prefix` + the IPv4 address in the low 32 bits.
@@ -384,7 +414,8 @@ impl Claims {
     }
 }
 
-/// Computes the routes this node should have.
+/// Computes the routes this node should have, taking this node's pod CIDRs
+/// from its Node in `nodes` (see [`desired_routes_in`]).
 pub fn desired_routes<'a>(
     own_name: &str,
     nodes: impl IntoIterator<Item = &'a StoredNode>,
@@ -393,12 +424,28 @@ pub fn desired_routes<'a>(
 ) -> Desired {
     let nodes: Vec<&'a StoredNode> = nodes.into_iter().collect();
     let net = NodeNetwork::new(topo, &opts.own_ips, nodes.iter().map(|s| &s.node));
-    let mut own_cidrs = Vec::new();
+    let own: Vec<IpNet> = nodes
+        .iter()
+        .find(|s| s.node.name == own_name)
+        .map(|s| s.node.pod_cidrs.clone())
+        .unwrap_or_default();
+    desired_routes_in(own_name, &own, nodes, opts, topo, &net)
+}
+
+/// Computes the routes this node should have, given this node's (decided)
+/// pod CIDRs and the node network. The Node named `own_name` is never a peer.
+pub fn desired_routes_in<'a>(
+    own_name: &str,
+    own_cidrs: &[IpNet],
+    nodes: impl IntoIterator<Item = &'a StoredNode>,
+    opts: &RouteOptions,
+    topo: &Topology,
+    net: &NodeNetwork,
+) -> Desired {
     // (rev, name, cidr, node)
     let mut claims: Vec<(u64, &str, IpNet, &'a StoredNode)> = Vec::new();
     for s in nodes {
         if s.node.name == own_name {
-            own_cidrs = s.node.pod_cidrs.clone();
             continue;
         }
         for c in &s.node.pod_cidrs {
@@ -408,7 +455,7 @@ pub fn desired_routes<'a>(
     claims.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
 
     let mut out = Desired {
-        own_cidrs: own_cidrs.clone(),
+        own_cidrs: own_cidrs.to_vec(),
         ..Default::default()
     };
     let mut held = Claims::default();
@@ -420,7 +467,7 @@ pub fn desired_routes<'a>(
             reason,
         };
         // Refused CIDRs hold no claim: they cannot block a real peer.
-        if let Some(reason) = refuse_pod_cidr(&cidr, &opts.pod_subnet, &net) {
+        if let Some(reason) = refuse_pod_cidr(&cidr, &opts.pod_subnet, net) {
             out.skipped.push(skip(reason));
             continue;
         }
@@ -880,7 +927,7 @@ mod tests {
             ("10.244.1.0/24", None),
             ("192.168.5.0/24", Some("contains-node-address")),
             ("192.168.4.0/24", None),
-            ("172.18.0.0/16", Some("contains-node-address")),
+            ("172.18.0.0/16", Some("contains-default-gateway")),
             ("172.18.77.0/24", Some("overlaps-node-network")),
             ("fc00::/64", Some("contains-node-address")),
             ("192.0.2.0/25", None), // a blackhole route is not on-link

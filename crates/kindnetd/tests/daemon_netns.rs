@@ -327,7 +327,8 @@ fn bridge_mode_conflist_and_masquerade_off() {
     let dir = TempDir::new("bridge");
     let nodes_path = dir.path().join("nodes.yaml");
     let cni = dir.path().join("net.d");
-    // YAML this time, and a node without pod CIDRs: POD_SUBNET is used.
+    // YAML this time, and a node without pod CIDRs: --static-pod-cidrs is
+    // this node's range (never the cluster's POD_SUBNET).
     std::fs::write(
         &nodes_path,
         "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: me}\n  status:\n    addresses: [{type: InternalIP, address: 10.0.0.1}]\n",
@@ -354,6 +355,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
             "--cni-conf-dir",
             cni.to_str().unwrap(),
             "--pod-subnet=10.244.0.0/16",
+            "--static-pod-cidrs=10.244.7.0/24",
             "--cni-bridge=true",
             "--masquerading=false",
             "--mtu=1400",
@@ -364,7 +366,10 @@ fn bridge_mode_conflist_and_masquerade_off() {
     );
     let body =
         wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
-    assert!(body.contains("10.244.0.0/16 (from POD_SUBNET)"), "{body}");
+    assert!(
+        body.contains("10.244.7.0/24 (from --static-pod-cidrs)"),
+        "{body}"
+    );
     let conf: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
@@ -375,7 +380,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
     assert_eq!(p["ipam"]["dataDir"], "/run/test-ipam");
     assert_eq!(
         p["ipam"]["ranges"],
-        serde_json::json!([[{"subnet": "10.244.0.0/16"}]])
+        serde_json::json!([[{"subnet": "10.244.7.0/24"}]])
     );
     let tables = wait_for(Duration::from_secs(3), || {
         let t = ns.exec(&["nft", "list", "tables"]).unwrap_or_default();
