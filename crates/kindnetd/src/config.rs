@@ -12,6 +12,9 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use ipnet::{IpNet, Ipv6Net};
 
+/// The port of /metrics, /healthz and /readyz unless configured.
+pub const DEFAULT_METRICS_PORT: u16 = 19080;
+
 /// The bridge name kind uses when `CNI_BRIDGE` is set to a boolean.
 pub const DEFAULT_BRIDGE: &str = "kind-br";
 
@@ -109,10 +112,11 @@ pub struct Flags {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub configure_sysctls: bool,
 
-    /// Address of the /metrics, /healthz and /readyz endpoints (":PORT" = all
-    /// addresses). Empty disables the endpoints.
-    #[arg(long, env = "KINDNET_METRICS_BIND_ADDRESS", value_parser = parse_bind, default_value = ":19080")]
-    pub metrics_bind_address: BindAddress,
+    /// Address of the /metrics, /healthz and /readyz endpoints. Default: the
+    /// first --host-ip (HOST_IP) on port 19080, else 127.0.0.1:19080.
+    /// ":PORT" = every address; empty disables the endpoints.
+    #[arg(long, env = "KINDNET_METRICS_BIND_ADDRESS", value_parser = parse_bind)]
+    pub metrics_bind_address: Option<BindAddress>,
 
     /// Only set the forwarding sysctls (and accept_ra) once, then exit: for
     /// a privileged init container, so the daemon itself needs no privilege.
@@ -137,6 +141,25 @@ impl Flags {
             .iter()
             .flat_map(|l| l.0.iter().copied())
             .collect()
+    }
+
+    /// Where the HTTP endpoints listen: --metrics-bind-address if given
+    /// (None = disabled), else the node's address (first --host-ip) on
+    /// [`DEFAULT_METRICS_PORT`] (what kubelet probes for a host-network
+    /// pod), else loopback.
+    pub fn metrics_bind(&self) -> Option<SocketAddr> {
+        match &self.metrics_bind_address {
+            Some(b) => b.0,
+            None => {
+                let ip = self
+                    .host_ip
+                    .0
+                    .first()
+                    .copied()
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                Some(SocketAddr::new(ip, DEFAULT_METRICS_PORT))
+            }
+        }
     }
 
     /// HOST_IP and POD_IP together: addresses of this node given by flags.
@@ -365,11 +388,28 @@ mod tests {
         assert_eq!(f.resync_period, Duration::from_secs(10));
         assert!(f.masquerading);
         assert_eq!(f.cni_bridge, Bridge(None));
-        assert_eq!(
-            f.metrics_bind_address,
-            BindAddress(Some("[::]:19080".parse().unwrap()))
-        );
+        assert_eq!(f.metrics_bind_address, None);
+        assert_eq!(f.metrics_bind(), Some("127.0.0.1:19080".parse().unwrap()));
         assert!(f.validate().is_ok());
+        for (args, want) in [
+            (&["--host-ip=172.18.0.2"][..], Some("172.18.0.2:19080")),
+            (&["--host-ip=fc00::2,172.18.0.2"], Some("[fc00::2]:19080")),
+            (
+                &["--host-ip=172.18.0.2", "--metrics-bind-address=:19080"],
+                Some("[::]:19080"),
+            ),
+            (&["--host-ip=172.18.0.2", "--metrics-bind-address="], None),
+            (&["--metrics-bind-address=127.0.0.1:9"], Some("127.0.0.1:9")),
+        ] {
+            let mut v = vec!["--node-name=n"];
+            v.extend_from_slice(args);
+            let f = parse(&v).unwrap();
+            assert_eq!(
+                f.metrics_bind(),
+                want.map(|w| w.parse::<SocketAddr>().unwrap()),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

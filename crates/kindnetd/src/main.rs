@@ -46,6 +46,15 @@ fn main() -> ExitCode {
     if flags.sysctls_only {
         return sysctls_only();
     }
+    // Descriptors: sockets, netlink, the nodes file, nft children. A 1024
+    // soft limit is common and too low to ride out a connection flood.
+    match kindnetd::http::raise_nofile_limit() {
+        Ok((old, new)) if new != old => {
+            tracing::info!(old, new, "raised the soft limit of open files")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the soft limit of open files"),
+    }
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,7 +181,7 @@ async fn run(flags: Flags) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    if let Some(addr) = flags.metrics_bind_address.0 {
+    if let Some(addr) = flags.metrics_bind() {
         let listener = match kindnetd::http::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -183,8 +192,10 @@ async fn run(flags: Flags) -> ExitCode {
         let max_silence = (flags.resync_period * 3).max(Duration::from_secs(30));
         let app = kindnetd::http::router(status.clone(), max_silence);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz");
+        let st = status.clone();
         tokio::spawn(async move {
-            if let Err(e) = kindnetd::http::serve(listener, app).await {
+            let limits = kindnetd::http::Limits::default();
+            if let Err(e) = kindnetd::http::serve(listener, app, limits, st).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub masquerade_syncs: Counter,
     pub masquerade_errors: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
+    pub http_connections_refused: Counter,
     pub build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -76,6 +77,7 @@ impl Metrics {
             masquerade_syncs: Counter::default(),
             masquerade_errors: Counter::default(),
             source_errors: Family::default(),
+            http_connections_refused: Counter::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -135,6 +137,11 @@ impl Metrics {
             "source_errors",
             "Errors reading nodes (file unreadable or invalid, watch errors)",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because the connection cap was reached",
+            m.http_connections_refused.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.build_info
