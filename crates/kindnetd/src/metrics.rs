@@ -51,6 +51,7 @@ pub struct Metrics {
     pub masquerade_errors: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_refused: Counter,
+    pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -78,6 +79,7 @@ impl Metrics {
             masquerade_errors: Counter::default(),
             source_errors: Family::default(),
             http_connections_refused: Counter::default(),
+            foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -142,6 +144,11 @@ impl Metrics {
             "http_connections_refused",
             "HTTP connections closed at once because the connection cap was reached",
             m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "foreign_proto_routes",
+            "Main-table routes with kindnetd's protocol that kindnetd did not make (outside --pod-subnet, not a peer CIDR): left in place",
+            m.foreign_proto_routes.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.build_info

@@ -4,7 +4,9 @@
 //!
 //! Safety rules:
 //! - nothing is removed before the node source delivered a complete view;
-//! - only routes with kindnetd's protocol number are ever deleted;
+//! - only routes with kindnetd's protocol number are ever deleted, and of
+//!   those only the ones it owns: inside --pod-subnet, or a peer CIDR it
+//!   wants or routed before ([`routes::split_owned`]); others are reported;
 //! - correct routes are never touched, so a restart changes nothing.
 
 use std::collections::{BTreeSet, HashSet};
@@ -69,6 +71,11 @@ pub struct Reconciler<D: Dataplane> {
     last_own: Vec<IpNet>,
     /// The own-CIDR note last logged.
     logged_own: Option<Option<String>>,
+    /// Peer CIDRs kindnetd routed (until their route is deleted): a
+    /// protocol-217 route at one of them is ours even outside --pod-subnet.
+    known_peer_cidrs: HashSet<IpNet>,
+    /// Protocol-217 routes left alone (not ours), as last logged.
+    logged_foreign: Vec<IpNet>,
 }
 
 /// What one pass did, for tests and logs.
@@ -99,6 +106,8 @@ impl<D: Dataplane> Reconciler<D> {
         Reconciler {
             last_own: on_disk,
             logged_own: None,
+            known_peer_cidrs: HashSet::new(),
+            logged_foreign: Vec::new(),
             cfg,
             dp,
             store,
@@ -247,6 +256,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
 
         self.log_skips(&desired);
+        let foreign_routes = self.foreign_routes(&view, &desired);
         let mut skipped: Vec<String> = desired
             .skipped
             .iter()
@@ -273,6 +283,7 @@ impl<D: Dataplane> Reconciler<D> {
             own_note: own.note,
             conflist_written: conflist_ok,
             duplicates,
+            foreign_routes,
             skipped,
             last_error: report.errors.last().cloned(),
         });
@@ -345,10 +356,50 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
+    /// Protocol-217 routes that are not kindnetd's: counted, logged once per
+    /// change, listed in /readyz; never touched.
+    fn foreign_routes(&mut self, view: &HostView, desired: &Desired) -> Vec<String> {
+        let (_, foreign) = routes::split_owned(
+            &view.ours,
+            &desired.routes,
+            &self.cfg.pod_subnet,
+            &self.known_peer_cidrs,
+        );
+        self.status
+            .metrics
+            .foreign_proto_routes
+            .set(foreign.len() as i64);
+        let mut dsts: Vec<IpNet> = foreign.iter().map(|r| r.dst).collect();
+        dsts.sort();
+        if dsts != self.logged_foreign {
+            for r in &foreign {
+                if !self.logged_foreign.contains(&r.dst) {
+                    tracing::warn!(dst = %r.dst, via = ?r.gateway, protocol = routes::ROUTE_PROTOCOL,
+                        "a route with kindnetd's protocol that kindnetd did not make (outside --pod-subnet, not a peer CIDR): left in place");
+                }
+            }
+            self.logged_foreign = dsts;
+        }
+        foreign
+            .iter()
+            .map(|r| match r.gateway {
+                Some(gw) => format!("{} via {gw}", r.dst),
+                None => r.dst.to_string(),
+            })
+            .collect()
+    }
+
     fn routes(&mut self, view: &HostView, desired: &Desired, report: &mut PassReport) {
         let status = self.status.clone();
         let m = &status.metrics;
-        let ops = routes::diff(&desired.routes, &view.ours);
+        self.known_peer_cidrs.extend(desired.routes.keys().copied());
+        let (owned, _) = routes::split_owned(
+            &view.ours,
+            &desired.routes,
+            &self.cfg.pod_subnet,
+            &self.known_peer_cidrs,
+        );
+        let ops = routes::diff(&desired.routes, &owned);
         let mut failed: BTreeSet<IpNet> = BTreeSet::new();
         for op in &ops {
             let (label, what) = match op {
@@ -365,6 +416,9 @@ impl<D: Dataplane> Reconciler<D> {
                         }
                         RouteOp::Delete(r) => {
                             report.deleted += 1;
+                            if !desired.routes.contains_key(&r.dst) {
+                                self.known_peer_cidrs.remove(&r.dst);
+                            }
                             tracing::debug!(dst = %r.dst, via = ?r.gateway, "route deleted");
                         }
                     }
@@ -977,6 +1031,84 @@ mod tests {
             // b keeps its route whether or not it is the duplicate.
             assert_eq!(r.dp.installed.len(), 1);
         }
+    }
+
+    fn ours(dst: &str, gw: &str) -> InstalledRoute {
+        InstalledRoute {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(2),
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn protocol_217_routes_kindnetd_did_not_make_are_left_and_reported() {
+        let foreign = [
+            ("192.168.50.0/24", "172.18.0.9"),
+            ("0.0.0.0/0", "172.18.0.1"),
+            ("10.0.0.0/8", "172.18.0.9"),
+            ("10.245.0.0/24", "172.18.0.9"),
+            ("fd00:99::/64", "fc00::9"),
+        ];
+        let (mut r, store, _dir) = setup("foreign");
+        for (d, g) in foreign {
+            r.dp.installed.push(ours(d, g));
+        }
+        // A stale route of ours inside --pod-subnet goes.
+        r.dp.installed.push(ours("10.244.9.0/24", "172.18.0.9"));
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            b(),
+        ]);
+        let rep = r.pass(true);
+        assert_eq!(rep.deleted, 1, "{:?}", r.dp.applied);
+        assert!(
+            r.dp.applied
+                .contains(&RouteOp::Delete(ours("10.244.9.0/24", "172.18.0.9")))
+        );
+        for (d, _) in foreign {
+            assert!(
+                r.dp.installed.iter().any(|i| i.dst.to_string() == d),
+                "{d} was deleted"
+            );
+        }
+        let ready = r.status.readiness();
+        assert_eq!(
+            ready.foreign_routes.len(),
+            foreign.len(),
+            "{:?}",
+            ready.foreign_routes
+        );
+        assert!(ready.report().contains("192.168.50.0/24 via 172.18.0.9"));
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_foreign_proto_routes 5")
+        );
+    }
+
+    #[test]
+    fn routes_of_known_peers_outside_pod_subnet_are_removed_when_they_go() {
+        let (mut r, store, _dir) = setup("known");
+        r.cfg.pod_subnet.clear();
+        r.cfg.route_opts.pod_subnet.clear();
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.50.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            raw("c", &["10.51.0.0/24"], &[("InternalIP", "172.18.0.4")]),
+        ]);
+        r.dp.installed.push(ours("192.168.50.0/24", "172.18.0.9"));
+        r.pass(true);
+        assert_eq!(r.dp.installed.len(), 2);
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.50.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        r.pass(true);
+        let left: Vec<String> = r.dp.installed.iter().map(|i| i.dst.to_string()).collect();
+        assert_eq!(left, vec!["192.168.50.0/24"]);
     }
 
     /// The `elements = { ... }` of one nft set in a ruleset.

@@ -566,6 +566,24 @@ pub enum RouteOp {
     Delete(InstalledRoute),
 }
 
+/// Splits the routes with kindnetd's protocol into those kindnetd owns and
+/// the rest. kindnetd owns a protocol-217 route when its destination is a
+/// peer CIDR it wants now, lies inside --pod-subnet, or is a peer CIDR it
+/// routed before (`known`). The rest (someone else's use of protocol 217,
+/// e.g. a default route) is left in place and reported, never deleted.
+pub fn split_owned(
+    installed: &[InstalledRoute],
+    desired: &BTreeMap<IpNet, PeerRoute>,
+    pod_subnet: &[IpNet],
+    known: &std::collections::HashSet<IpNet>,
+) -> (Vec<InstalledRoute>, Vec<InstalledRoute>) {
+    installed.iter().cloned().partition(|r| {
+        desired.contains_key(&r.dst)
+            || known.contains(&r.dst)
+            || pod_subnet.iter().any(|p| p.contains(&r.dst))
+    })
+}
+
 /// The operations that turn `installed` (kindnetd's routes in the kernel)
 /// into `desired`. Correct routes are left alone, so a restart changes
 /// nothing. Replacements come first, deletions last.

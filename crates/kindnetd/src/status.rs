@@ -22,6 +22,8 @@ pub struct Readiness {
     pub conflist_written: bool,
     /// Names listed more than once in the node list (none of them used).
     pub duplicates: Vec<String>,
+    /// Routes with kindnetd's protocol that are not kindnetd's (left alone).
+    pub foreign_routes: Vec<String>,
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
@@ -113,6 +115,12 @@ impl Readiness {
             s.push_str(&format!(
                 "[!] node names listed more than once (entries ignored): {}\n",
                 self.duplicates.join(", ")
+            ));
+        }
+        if !self.foreign_routes.is_empty() {
+            s.push_str(&format!(
+                "[!] routes with protocol 217 not made by kindnetd, left in place: {}\n",
+                self.foreign_routes.join(", ")
             ));
         }
         if let Some(e) = &self.last_error {
