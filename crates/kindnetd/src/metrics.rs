@@ -51,6 +51,7 @@ pub struct Metrics {
     pub masquerade_errors: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_refused: Counter,
+    pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
 }
@@ -79,6 +80,7 @@ impl Metrics {
             masquerade_errors: Counter::default(),
             source_errors: Family::default(),
             http_connections_refused: Counter::default(),
+            source_stale: Family::default(),
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
             registry: Registry::default(),
@@ -144,6 +146,11 @@ impl Metrics {
             "http_connections_refused",
             "HTTP connections closed at once because the connection cap was reached",
             m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "source_stale",
+            "1 while the node source's last read failed (the nodes known may be stale)",
+            m.source_stale.clone(),
         );
         registry.register(
             "foreign_proto_routes",

@@ -284,6 +284,8 @@ impl<D: Dataplane> Reconciler<D> {
             conflist_written: conflist_ok,
             duplicates,
             foreign_routes,
+            // Filled in by Status::readiness from the node source.
+            source_stale: None,
             skipped,
             last_error: report.errors.last().cloned(),
         });

@@ -24,6 +24,8 @@ pub struct Readiness {
     pub duplicates: Vec<String>,
     /// Routes with kindnetd's protocol that are not kindnetd's (left alone).
     pub foreign_routes: Vec<String>,
+    /// Why the node source's last read failed (the nodes known may be stale).
+    pub source_stale: Option<String>,
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
@@ -32,6 +34,7 @@ pub struct Readiness {
 pub struct Status {
     pub metrics: Metrics,
     readiness: Mutex<Readiness>,
+    source_stale: Mutex<Option<String>>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -47,6 +50,7 @@ impl Status {
         Status {
             metrics: Metrics::new(),
             readiness: Mutex::new(Readiness::default()),
+            source_stale: Mutex::new(None),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -58,8 +62,17 @@ impl Status {
         }
     }
 
+    /// The reconciler's last readiness, with the node source's staleness.
     pub fn readiness(&self) -> Readiness {
-        self.readiness.lock().map(|g| g.clone()).unwrap_or_default()
+        let mut r = self.readiness.lock().map(|g| g.clone()).unwrap_or_default();
+        r.source_stale = self.source_stale.lock().ok().and_then(|g| g.clone());
+        r
+    }
+
+    pub fn set_source_stale(&self, why: Option<String>) {
+        if let Ok(mut g) = self.source_stale.lock() {
+            *g = why;
+        }
     }
 
     /// Called by the reconciler after every pass and idle wake-up.
@@ -84,7 +97,11 @@ impl Status {
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.synced && !self.own_cidrs.is_empty() && self.own_current && self.conflist_written
+        self.synced
+            && !self.own_cidrs.is_empty()
+            && self.own_current
+            && self.conflist_written
+            && self.source_stale.is_none()
     }
 
     /// Human-readable detail for /readyz.
@@ -92,6 +109,11 @@ impl Readiness {
         let mut s = String::new();
         let mark = |b: bool| if b { "[+]" } else { "[-]" };
         s.push_str(&format!("{} nodes synced\n", mark(self.synced)));
+        if let Some(why) = &self.source_stale {
+            s.push_str(&format!(
+                "[-] node source up to date: no, last read failed ({why}); using the nodes read before\n"
+            ));
+        }
         let note = self
             .own_note
             .as_deref()
