@@ -184,6 +184,41 @@ pub fn pick_mtu(
         .unwrap_or(1500)
 }
 
+/// The pod ranges of a conflist kindnetd wrote (the `subnet` of every IPAM
+/// range of the first plugin). Empty when the content is not such a
+/// conflist, or a range is not a CIDR, or there are two of one family: the
+/// result is a hint for the last known ranges, never trusted beyond that.
+pub fn ranges_of(content: &str) -> Vec<IpNet> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(content) else {
+        return Vec::new();
+    };
+    if v.get("name").and_then(|n| n.as_str()) != Some(NETWORK_NAME) {
+        return Vec::new();
+    }
+    let ranges = v
+        .pointer("/plugins/0/ipam/ranges")
+        .and_then(|r| r.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut out: Vec<IpNet> = Vec::new();
+    for set in ranges {
+        let Some(subnet) = set.pointer("/0/subnet").and_then(|s| s.as_str()) else {
+            return Vec::new();
+        };
+        match subnet.parse::<IpNet>() {
+            Ok(n)
+                if n.trunc() == n
+                    && n.prefix_len() > 0
+                    && !out.iter().any(|o| o.addr().is_ipv6() == n.addr().is_ipv6()) =>
+            {
+                out.push(n)
+            }
+            _ => return Vec::new(),
+        }
+    }
+    out
+}
+
 /// Writes `content` to `dir/name` if it differs from what is there: a
 /// temporary file in the same directory (whose name CNI runtimes ignore),
 /// fsync, rename over the target, fsync the directory. Returns whether it wrote.
@@ -233,6 +268,32 @@ mod tests {
             mtu: 1450,
             bridge: bridge.map(str::to_string),
             ipam_data_dir: "/run/cni-ipam-state".into(),
+        }
+    }
+
+    #[test]
+    fn ranges_of_reads_back_what_render_wrote_and_nothing_else() {
+        for cidrs in [
+            &["10.244.1.0/24"][..],
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["fd00:10:244:1::/64"],
+        ] {
+            for bridge in [None, Some("kind-br")] {
+                let text = render(&inputs(cidrs, bridge));
+                let got: Vec<String> = ranges_of(&text).iter().map(|c| c.to_string()).collect();
+                assert_eq!(got, cidrs.to_vec());
+            }
+        }
+        for junk in [
+            "",
+            "{",
+            r#"{"name":"other","plugins":[{"ipam":{"ranges":[[{"subnet":"10.244.1.0/24"}]]}}]}"#,
+            r#"{"name":"kindnet","plugins":[{"ipam":{"ranges":[[{"subnet":"10.244.1.1/24"}]]}}]}"#,
+            r#"{"name":"kindnet","plugins":[{"ipam":{"ranges":[[{"subnet":"0.0.0.0/0"}]]}}]}"#,
+            r#"{"name":"kindnet","plugins":[{"ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}],[{"subnet":"10.2.0.0/24"}]]}}]}"#,
+            r#"{"name":"kindnet","plugins":[{"ipam":{"ranges":[[{"nope":1}]]}}]}"#,
+        ] {
+            assert!(ranges_of(junk).is_empty(), "{junk}");
         }
     }
 

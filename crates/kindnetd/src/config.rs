@@ -12,6 +12,9 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 use ipnet::{IpNet, Ipv6Net};
 
+/// The port of /metrics, /healthz and /readyz unless configured.
+pub const DEFAULT_METRICS_PORT: u16 = 19080;
+
 /// The bridge name kind uses when `CNI_BRIDGE` is set to a boolean.
 pub const DEFAULT_BRIDGE: &str = "kind-br";
 
@@ -35,10 +38,17 @@ pub struct Flags {
     #[arg(long, env = "POD_IP", value_parser = parse_ip_list, default_value = "")]
     pub pod_ip: IpList,
 
-    /// Cluster pod CIDR(s), comma-separated. Never masqueraded, and used as the
-    /// node's pod ranges when its Node object has no podCIDRs.
+    /// Cluster pod CIDR(s), comma-separated. Never masqueraded; when set,
+    /// every pod CIDR a Node claims must lie inside it (else it is refused).
+    /// Never used as a node's own range.
     #[arg(long, env = "POD_SUBNET", value_parser = parse_cidr_list, default_value = "")]
     pub pod_subnet: CidrList,
+
+    /// This node's own pod range(s) — never the cluster range — for clusters
+    /// without node IPAM: used instead of the Node's podCIDRs (at most one
+    /// per family).
+    #[arg(long, env = "KINDNET_STATIC_POD_CIDRS", value_parser = parse_cidr_list, default_value = "")]
+    pub static_pod_cidrs: CidrList,
 
     /// Use the bridge plugin instead of ptp. "true"/"1" selects the bridge
     /// named "kind-br"; any other interface name selects that name; empty,
@@ -102,10 +112,11 @@ pub struct Flags {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub configure_sysctls: bool,
 
-    /// Address of the /metrics, /healthz and /readyz endpoints (":PORT" = all
-    /// addresses). Empty disables the endpoints.
-    #[arg(long, env = "KINDNET_METRICS_BIND_ADDRESS", value_parser = parse_bind, default_value = ":19080")]
-    pub metrics_bind_address: BindAddress,
+    /// Address of the /metrics, /healthz and /readyz endpoints. Default: the
+    /// first --host-ip (HOST_IP) on port 19080, else 127.0.0.1:19080.
+    /// ":PORT" = every address; empty disables the endpoints.
+    #[arg(long, env = "KINDNET_METRICS_BIND_ADDRESS", value_parser = parse_bind)]
+    pub metrics_bind_address: Option<BindAddress>,
 
     /// Only set the forwarding sysctls (and accept_ra) once, then exit: for
     /// a privileged init container, so the daemon itself needs no privilege.
@@ -130,6 +141,25 @@ impl Flags {
             .iter()
             .flat_map(|l| l.0.iter().copied())
             .collect()
+    }
+
+    /// Where the HTTP endpoints listen: --metrics-bind-address if given
+    /// (None = disabled), else the node's address (first --host-ip) on
+    /// [`DEFAULT_METRICS_PORT`] (what kubelet probes for a host-network
+    /// pod), else loopback.
+    pub fn metrics_bind(&self) -> Option<SocketAddr> {
+        match &self.metrics_bind_address {
+            Some(b) => b.0,
+            None => {
+                let ip = self
+                    .host_ip
+                    .0
+                    .first()
+                    .copied()
+                    .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                Some(SocketAddr::new(ip, DEFAULT_METRICS_PORT))
+            }
+        }
     }
 
     /// HOST_IP and POD_IP together: addresses of this node given by flags.
@@ -172,6 +202,32 @@ impl Flags {
         {
             return Err(format!(
                 "--control-plane-endpoint {p:?}: expected host:port"
+            ));
+        }
+        let st = &self.static_pod_cidrs.0;
+        for fam in [false, true] {
+            if st.iter().filter(|c| c.addr().is_ipv6() == fam).count() > 1 {
+                return Err(format!(
+                    "--static-pod-cidrs: at most one CIDR per family, got {}",
+                    st.iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ));
+            }
+        }
+        if let Some(c) = st.iter().find(|c| c.prefix_len() == 0) {
+            return Err(format!(
+                "--static-pod-cidrs {c}: a /0 is not a node's range"
+            ));
+        }
+        if !self.pod_subnet.0.is_empty()
+            && let Some(c) = st
+                .iter()
+                .find(|c| self.pod_subnet.0.iter().any(|p| p == *c))
+        {
+            return Err(format!(
+                "--static-pod-cidrs {c} is the whole --pod-subnet: give this node's own range"
             ));
         }
         if !self.ipam_data_dir.is_absolute() {
@@ -332,11 +388,28 @@ mod tests {
         assert_eq!(f.resync_period, Duration::from_secs(10));
         assert!(f.masquerading);
         assert_eq!(f.cni_bridge, Bridge(None));
-        assert_eq!(
-            f.metrics_bind_address,
-            BindAddress(Some("[::]:19080".parse().unwrap()))
-        );
+        assert_eq!(f.metrics_bind_address, None);
+        assert_eq!(f.metrics_bind(), Some("127.0.0.1:19080".parse().unwrap()));
         assert!(f.validate().is_ok());
+        for (args, want) in [
+            (&["--host-ip=172.18.0.2"][..], Some("172.18.0.2:19080")),
+            (&["--host-ip=fc00::2,172.18.0.2"], Some("[fc00::2]:19080")),
+            (
+                &["--host-ip=172.18.0.2", "--metrics-bind-address=:19080"],
+                Some("[::]:19080"),
+            ),
+            (&["--host-ip=172.18.0.2", "--metrics-bind-address="], None),
+            (&["--metrics-bind-address=127.0.0.1:9"], Some("127.0.0.1:9")),
+        ] {
+            let mut v = vec!["--node-name=n"];
+            v.extend_from_slice(args);
+            let f = parse(&v).unwrap();
+            assert_eq!(
+                f.metrics_bind(),
+                want.map(|w| w.parse::<SocketAddr>().unwrap()),
+                "{args:?}"
+            );
+        }
     }
 
     #[test]
@@ -389,6 +462,29 @@ mod tests {
         assert!(f.validate().unwrap_err().contains("--mtu"));
         let f = parse(&["--node-name=n", "--ipam-data-dir=relative"]).unwrap();
         assert!(f.validate().unwrap_err().contains("--ipam-data-dir"));
+        for bad in [
+            &["--static-pod-cidrs=10.244.1.0/24,10.244.2.0/24"][..],
+            &["--static-pod-cidrs=0.0.0.0/0"],
+            &[
+                "--pod-subnet=10.244.0.0/16",
+                "--static-pod-cidrs=10.244.0.0/16",
+            ],
+        ] {
+            let mut args = vec!["--node-name=n"];
+            args.extend_from_slice(bad);
+            let f = parse(&args).unwrap();
+            assert!(
+                f.validate().unwrap_err().contains("--static-pod-cidrs"),
+                "{bad:?}"
+            );
+        }
+        let f = parse(&[
+            "--node-name=n",
+            "--pod-subnet=10.244.0.0/16",
+            "--static-pod-cidrs=10.244.3.0/24,fd00:10:244:3::/64",
+        ])
+        .unwrap();
+        assert!(f.validate().is_ok());
     }
 
     #[test]

@@ -46,6 +46,15 @@ fn main() -> ExitCode {
     if flags.sysctls_only {
         return sysctls_only();
     }
+    // Descriptors: sockets, netlink, the nodes file, nft children. A 1024
+    // soft limit is common and too low to ride out a connection flood.
+    match kindnetd::http::raise_nofile_limit() {
+        Ok((old, new)) if new != old => {
+            tracing::info!(old, new, "raised the soft limit of open files")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the soft limit of open files"),
+    }
 
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -61,7 +70,37 @@ fn main() -> ExitCode {
     rt.block_on(run(flags))
 }
 
+/// The signals kindnetd handles. Installed first thing, so that none of
+/// them can kill the daemon by its default action once it runs: SIGTERM and
+/// SIGINT end it cleanly; SIGHUP, SIGUSR1 and SIGUSR2 (whose default action
+/// would kill it silently) are logged and ignored.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+fn signals() -> std::io::Result<Signals> {
+    use tokio::signal::unix::{SignalKind, signal};
+    Ok(Signals {
+        term: signal(SignalKind::terminate())?,
+        int: signal(SignalKind::interrupt())?,
+        hup: signal(SignalKind::hangup())?,
+        usr1: signal(SignalKind::user_defined1())?,
+        usr2: signal(SignalKind::user_defined2())?,
+    })
+}
+
 async fn run(flags: Flags) -> ExitCode {
+    let mut signals = match signals() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install the signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     // validate() checked that a node name can be found.
     let node_name = flags.resolved_node_name().unwrap_or_default();
     let status = Arc::new(Status::new());
@@ -112,8 +151,11 @@ async fn run(flags: Flags) -> ExitCode {
         route_opts: RouteOptions {
             ipv6_prefix: flags.ipv6_prefix,
             own_ips: flags.own_ips(),
+            // Filled from `pod_subnet` by the reconciler.
+            pod_subnet: Vec::new(),
         },
         pod_subnet: flags.pod_subnet.0.clone(),
+        static_pod_cidrs: flags.static_pod_cidrs.0.clone(),
         no_masquerade: flags.no_masquerade(),
         masquerading: flags.masquerading,
         configure_sysctls: flags.configure_sysctls,
@@ -139,7 +181,7 @@ async fn run(flags: Flags) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    if let Some(addr) = flags.metrics_bind_address.0 {
+    if let Some(addr) = flags.metrics_bind() {
         let listener = match kindnetd::http::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
@@ -150,26 +192,37 @@ async fn run(flags: Flags) -> ExitCode {
         let max_silence = (flags.resync_period * 3).max(Duration::from_secs(30));
         let app = kindnetd::http::router(status.clone(), max_silence);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz");
+        let st = status.clone();
         tokio::spawn(async move {
-            if let Err(e) = kindnetd::http::serve(listener, app).await {
+            let limits = kindnetd::http::Limits::default();
+            if let Err(e) = kindnetd::http::serve(listener, app, limits, st).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
     }
 
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot handle SIGTERM");
-            return ExitCode::FAILURE;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: exiting, routes and rules stay in place"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting, routes and rules stay in place"),
-        r = source_task => {
-            tracing::error!(result = ?r.err(), "node source stopped");
-            return ExitCode::FAILURE;
+    let mut source_task = source_task;
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => {
+                tracing::info!("SIGTERM: exiting, routes and rules stay in place");
+                break;
+            }
+            _ = signals.int.recv() => {
+                tracing::info!("SIGINT: exiting, routes and rules stay in place");
+                break;
+            }
+            _ = signals.hup.recv() => {
+                // A terminal closing, or a supervisor's "reload": there is
+                // nothing to reload (the nodes file is watched), so carry on.
+                tracing::info!("SIGHUP ignored: kindnetd has no configuration to reload");
+            }
+            _ = signals.usr1.recv() => tracing::info!("SIGUSR1 ignored"),
+            _ = signals.usr2.recv() => tracing::info!("SIGUSR2 ignored"),
+            r = &mut source_task => {
+                tracing::error!(result = ?r.err(), "node source stopped");
+                return ExitCode::FAILURE;
+            }
         }
     }
     // Routes, rules and the conflist are deliberately left as they are:

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub masquerade_syncs: Counter,
     pub masquerade_errors: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
+    pub http_connections_refused: Counter,
+    pub source_stale: Family<SourceLabel, Gauge>,
+    pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
 }
 
@@ -76,6 +79,9 @@ impl Metrics {
             masquerade_syncs: Counter::default(),
             masquerade_errors: Counter::default(),
             source_errors: Family::default(),
+            http_connections_refused: Counter::default(),
+            source_stale: Family::default(),
+            foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
             registry: Registry::default(),
         };
@@ -135,6 +141,21 @@ impl Metrics {
             "source_errors",
             "Errors reading nodes (file unreadable or invalid, watch errors)",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed at once because the connection cap was reached",
+            m.http_connections_refused.clone(),
+        );
+        registry.register(
+            "source_stale",
+            "1 while the node source's last read failed (the nodes known may be stale)",
+            m.source_stale.clone(),
+        );
+        registry.register(
+            "foreign_proto_routes",
+            "Main-table routes with kindnetd's protocol that kindnetd did not make (outside --pod-subnet, not a peer CIDR): left in place",
+            m.foreign_proto_routes.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.build_info

@@ -93,8 +93,14 @@ pub enum Rejection {
     Malformed(String),
     NoName,
     NotANode(String),
-    BadPodCidr { value: String, why: &'static str },
+    BadPodCidr {
+        value: String,
+        why: &'static str,
+    },
     TwoCidrsOneFamily(IpNet, IpNet),
+    /// The name appears this many times in one node list: which entry is
+    /// the node is ambiguous, so none is used.
+    DuplicateName(usize),
 }
 
 impl Rejection {
@@ -106,6 +112,7 @@ impl Rejection {
             Rejection::NotANode(_) => "not-a-node",
             Rejection::BadPodCidr { .. } => "malformed-pod-cidr",
             Rejection::TwoCidrsOneFamily(..) => "two-pod-cidrs-one-family",
+            Rejection::DuplicateName(_) => "duplicate-name",
         }
     }
 }
@@ -120,6 +127,10 @@ impl fmt::Display for Rejection {
             Rejection::TwoCidrsOneFamily(a, b) => {
                 write!(f, "two pod CIDRs of one family: {a} and {b}")
             }
+            Rejection::DuplicateName(n) => write!(
+                f,
+                "the name appears {n} times in the node list; none of them is used"
+            ),
         }
     }
 }

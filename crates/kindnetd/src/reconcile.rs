@@ -4,7 +4,9 @@
 //!
 //! Safety rules:
 //! - nothing is removed before the node source delivered a complete view;
-//! - only routes with kindnetd's protocol number are ever deleted;
+//! - only routes with kindnetd's protocol number are ever deleted, and of
+//!   those only the ones it owns: inside --pod-subnet, or a peer CIDR it
+//!   wants or routed before ([`routes::split_owned`]); others are reported;
 //! - correct routes are never touched, so a restart changes nothing.
 
 use std::collections::{BTreeSet, HashSet};
@@ -20,7 +22,7 @@ use crate::cniconf::{self, CniInputs};
 use crate::dataplane::{Dataplane, HostView};
 use crate::masq::{self, MasqInputs};
 use crate::metrics::{FamilyLabel, OpLabel, ReasonLabel};
-use crate::routes::{self, Desired, RouteOp, RouteOptions, SkipReason};
+use crate::routes::{self, Desired, NodeNetwork, RouteOp, RouteOptions, SkipReason};
 use crate::status::{Readiness, Status};
 use crate::store::NodeStore;
 use crate::sysctl::{self, SysctlView};
@@ -41,6 +43,9 @@ pub struct Settings {
     pub own_name: String,
     pub route_opts: RouteOptions,
     pub pod_subnet: Vec<IpNet>,
+    /// --static-pod-cidrs: this node's own range(s), used instead of its
+    /// Node's podCIDRs. Never the cluster range.
+    pub static_pod_cidrs: Vec<IpNet>,
     pub no_masquerade: Vec<IpNet>,
     pub masquerading: bool,
     pub configure_sysctls: bool,
@@ -61,6 +66,16 @@ pub struct Reconciler<D: Dataplane> {
     masq_removed: bool,
     /// Skips already logged, so each is logged once while it lasts.
     logged_skips: HashSet<(String, IpNet, &'static str)>,
+    /// This node's last known good pod CIDRs (from its Node, or at start from
+    /// the conflist on disk): kept when the Node disappears or loses them.
+    last_own: Vec<IpNet>,
+    /// The own-CIDR note last logged.
+    logged_own: Option<Option<String>>,
+    /// Peer CIDRs kindnetd routed (until their route is deleted): a
+    /// protocol-217 route at one of them is ours even outside --pod-subnet.
+    known_peer_cidrs: HashSet<IpNet>,
+    /// Protocol-217 routes left alone (not ours), as last logged.
+    logged_foreign: Vec<IpNet>,
 }
 
 /// What one pass did, for tests and logs.
@@ -74,8 +89,25 @@ pub struct PassReport {
 }
 
 impl<D: Dataplane> Reconciler<D> {
-    pub fn new(cfg: Settings, dp: D, store: Arc<Mutex<NodeStore>>, status: Arc<Status>) -> Self {
+    pub fn new(
+        mut cfg: Settings,
+        dp: D,
+        store: Arc<Mutex<NodeStore>>,
+        status: Arc<Status>,
+    ) -> Self {
+        // One source of truth for --pod-subnet: the route decisions use it too.
+        cfg.route_opts.pod_subnet = cfg.pod_subnet.clone();
+        let on_disk = std::fs::read_to_string(cfg.cni_conf_dir.join(cniconf::CONFLIST_NAME))
+            .map(|c| cniconf::ranges_of(&c))
+            .unwrap_or_default();
+        if !on_disk.is_empty() {
+            tracing::info!(pod_cidrs = ?on_disk, "last known own pod CIDRs read from the existing CNI config");
+        }
         Reconciler {
+            last_own: on_disk,
+            logged_own: None,
+            known_peer_cidrs: HashSet::new(),
+            logged_foreign: Vec::new(),
             cfg,
             dp,
             store,
@@ -140,41 +172,74 @@ impl<D: Dataplane> Reconciler<D> {
         }
 
         // Decide, holding the store lock only for the pure computation.
-        let (synced, desired, all_cidrs, nodes_known) = {
+        let (synced, desired, nodes_known, own, duplicates) = {
             let store = match self.store.lock() {
                 Ok(s) => s,
                 Err(p) => p.into_inner(),
             };
-            let d = routes::desired_routes(
-                &self.cfg.own_name,
-                store.iter(),
+            let nodes: Vec<&crate::store::StoredNode> = store.iter().collect();
+            let net = NodeNetwork::new(
+                &view.topology,
+                &self.cfg.route_opts.own_ips,
+                nodes.iter().map(|s| &s.node),
+            );
+            let name = &self.cfg.own_name;
+            let own_node = if !store.synced() {
+                OwnNode::NotSynced
+            } else if store.duplicates().contains(name) {
+                OwnNode::Duplicate
+            } else {
+                match store.get(name) {
+                    None => OwnNode::Missing,
+                    Some(n) if n.pod_cidrs.is_empty() => OwnNode::NoCidrs,
+                    Some(n) => OwnNode::Cidrs(n.pod_cidrs.clone()),
+                }
+            };
+            let own = decide_own_cidrs(
+                name,
+                &own_node,
+                &self.cfg.static_pod_cidrs,
+                &self.last_own,
+                &self.cfg.pod_subnet,
+                &net,
+            );
+            let d = routes::desired_routes_in(
+                name,
+                &own.cidrs,
+                nodes,
                 &self.cfg.route_opts,
                 &view.topology,
+                &net,
             );
-            let mut all: Vec<IpNet> = store
-                .iter()
-                .flat_map(|s| s.node.pod_cidrs.iter().copied())
-                .collect();
-            all.sort();
-            all.dedup();
-            (store.synced(), d, all, store.len())
+            let dups: Vec<String> = store.duplicates().iter().cloned().collect();
+            (store.synced(), d, store.len(), own, dups)
         };
         m.nodes.set(nodes_known as i64);
+        if own.current {
+            self.last_own = own.cidrs.clone();
+        }
+        if self.logged_own.as_ref() != Some(&own.note) {
+            match &own.note {
+                Some(n) if !own.current => {
+                    tracing::warn!(pod_cidrs = ?own.cidrs, "own pod CIDRs: {n}")
+                }
+                _ => {
+                    tracing::info!(pod_cidrs = ?own.cidrs, note = own.note.as_deref().unwrap_or(""), "own pod CIDRs")
+                }
+            }
+            self.logged_own = Some(own.note.clone());
+        }
+        let own_cidrs = own.cidrs.clone();
 
-        let (own_cidrs, from_pod_subnet) = if !desired.own_cidrs.is_empty() {
-            (desired.own_cidrs.clone(), false)
-        } else if synced && !self.cfg.pod_subnet.is_empty() {
-            (self.cfg.pod_subnet.clone(), true)
-        } else {
-            (Vec::new(), false)
-        };
-
-        let conflist_ok = self.conflist(&view, &own_cidrs, &mut report);
+        // No conflist before the node list is read, nor without own CIDRs:
+        // never the cluster range.
+        let conflist_ok = synced && self.conflist(&view, &own_cidrs, &mut report);
 
         if synced {
             self.routes(&view, &desired, &mut report);
             if self.cfg.masquerading {
-                self.masquerade(full, &own_cidrs, &all_cidrs, &mut report);
+                let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
+                self.masquerade(full, &own_cidrs, &routed, &mut report);
             }
         }
         if !self.cfg.masquerading && !self.masq_removed {
@@ -191,6 +256,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
 
         self.log_skips(&desired);
+        let foreign_routes = self.foreign_routes(&view, &desired);
         let mut skipped: Vec<String> = desired
             .skipped
             .iter()
@@ -213,8 +279,13 @@ impl<D: Dataplane> Reconciler<D> {
         self.status.set_readiness(Readiness {
             synced,
             own_cidrs,
-            cidrs_from_pod_subnet: from_pod_subnet,
+            own_current: own.current,
+            own_note: own.note,
             conflist_written: conflist_ok,
+            duplicates,
+            foreign_routes,
+            // Filled in by Status::readiness from the node source.
+            source_stale: None,
             skipped,
             last_error: report.errors.last().cloned(),
         });
@@ -287,10 +358,50 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
+    /// Protocol-217 routes that are not kindnetd's: counted, logged once per
+    /// change, listed in /readyz; never touched.
+    fn foreign_routes(&mut self, view: &HostView, desired: &Desired) -> Vec<String> {
+        let (_, foreign) = routes::split_owned(
+            &view.ours,
+            &desired.routes,
+            &self.cfg.pod_subnet,
+            &self.known_peer_cidrs,
+        );
+        self.status
+            .metrics
+            .foreign_proto_routes
+            .set(foreign.len() as i64);
+        let mut dsts: Vec<IpNet> = foreign.iter().map(|r| r.dst).collect();
+        dsts.sort();
+        if dsts != self.logged_foreign {
+            for r in &foreign {
+                if !self.logged_foreign.contains(&r.dst) {
+                    tracing::warn!(dst = %r.dst, via = ?r.gateway, protocol = routes::ROUTE_PROTOCOL,
+                        "a route with kindnetd's protocol that kindnetd did not make (outside --pod-subnet, not a peer CIDR): left in place");
+                }
+            }
+            self.logged_foreign = dsts;
+        }
+        foreign
+            .iter()
+            .map(|r| match r.gateway {
+                Some(gw) => format!("{} via {gw}", r.dst),
+                None => r.dst.to_string(),
+            })
+            .collect()
+    }
+
     fn routes(&mut self, view: &HostView, desired: &Desired, report: &mut PassReport) {
         let status = self.status.clone();
         let m = &status.metrics;
-        let ops = routes::diff(&desired.routes, &view.ours);
+        self.known_peer_cidrs.extend(desired.routes.keys().copied());
+        let (owned, _) = routes::split_owned(
+            &view.ours,
+            &desired.routes,
+            &self.cfg.pod_subnet,
+            &self.known_peer_cidrs,
+        );
+        let ops = routes::diff(&desired.routes, &owned);
         let mut failed: BTreeSet<IpNet> = BTreeSet::new();
         for op in &ops {
             let (label, what) = match op {
@@ -307,6 +418,9 @@ impl<D: Dataplane> Reconciler<D> {
                         }
                         RouteOp::Delete(r) => {
                             report.deleted += 1;
+                            if !desired.routes.contains_key(&r.dst) {
+                                self.known_peer_cidrs.remove(&r.dst);
+                            }
                             tracing::debug!(dst = %r.dst, via = ?r.gateway, "route deleted");
                         }
                     }
@@ -334,17 +448,13 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
-    fn masquerade(&mut self, full: bool, own: &[IpNet], all: &[IpNet], report: &mut PassReport) {
-        let mut sources: Vec<IpNet> = own.to_vec();
-        sources.extend(&self.cfg.pod_subnet);
-        let mut no_masq: Vec<IpNet> = all.to_vec();
-        no_masq.extend(&self.cfg.pod_subnet);
-        no_masq.extend(own);
-        no_masq.extend(&self.cfg.no_masquerade);
-        let script = masq::ruleset(&MasqInputs {
-            pod_sources: sources,
-            no_masquerade: no_masq,
-        });
+    fn masquerade(&mut self, full: bool, own: &[IpNet], routed: &[IpNet], report: &mut PassReport) {
+        let script = masq::ruleset(&masquerade_inputs(
+            own,
+            routed,
+            &self.cfg.pod_subnet,
+            &self.cfg.no_masquerade,
+        ));
         if !full && self.last_masq.as_deref() == Some(script.as_str()) {
             return;
         }
@@ -379,6 +489,126 @@ impl<D: Dataplane> Reconciler<D> {
             }
         }
         self.logged_skips = now;
+    }
+}
+
+/// What the node list says about this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnNode {
+    /// No complete node list yet.
+    NotSynced,
+    /// The list does not have this node.
+    Missing,
+    /// The list names this node more than once: ambiguous.
+    Duplicate,
+    /// The node has no podCIDRs.
+    NoCidrs,
+    Cidrs(Vec<IpNet>),
+}
+
+/// This node's pod CIDRs as decided for one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnCidrs {
+    /// The ranges used for the conflist, masquerade and the overlap check;
+    /// empty = none known (no conflist is written).
+    pub cidrs: Vec<IpNet>,
+    /// They are what the Node (or --static-pod-cidrs) says now.
+    pub current: bool,
+    /// Where they come from or why they are not current (for /readyz).
+    pub note: Option<String>,
+}
+
+fn list(cidrs: &[IpNet]) -> String {
+    cidrs
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decides this node's pod CIDRs. --static-pod-cidrs wins; else the Node's
+/// podCIDRs when they pass [`routes::refuse_own_cidr`]; else (Node missing,
+/// duplicated, without podCIDRs, or claiming a refused range) the last known
+/// good ones are kept and reported as not current. Never the cluster range:
+/// `--pod-subnet` only bounds what is accepted.
+pub fn decide_own_cidrs(
+    own_name: &str,
+    node: &OwnNode,
+    static_cidrs: &[IpNet],
+    last_known: &[IpNet],
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> OwnCidrs {
+    if !static_cidrs.is_empty() {
+        return OwnCidrs {
+            cidrs: static_cidrs.to_vec(),
+            current: true,
+            note: Some("from --static-pod-cidrs".into()),
+        };
+    }
+    let problem = match node {
+        OwnNode::Cidrs(v) => {
+            let refused = v
+                .iter()
+                .find_map(|c| routes::refuse_own_cidr(c, pod_subnet, net).map(|r| (c, r)));
+            match refused {
+                None => {
+                    return OwnCidrs {
+                        cidrs: v.clone(),
+                        current: true,
+                        note: None,
+                    };
+                }
+                Some((c, r)) => format!("Node {own_name} claims pod CIDR {c}, refused: {r}"),
+            }
+        }
+        OwnNode::NotSynced => "the node list has not been read yet".to_string(),
+        OwnNode::Missing => format!("Node {own_name} is not in the node list"),
+        OwnNode::Duplicate => {
+            format!("Node {own_name} is listed more than once: ambiguous")
+        }
+        OwnNode::NoCidrs => {
+            format!("Node {own_name} has no podCIDRs (node IPAM off? see --static-pod-cidrs)")
+        }
+    };
+    let kept: Vec<IpNet> = last_known
+        .iter()
+        .filter(|c| routes::refuse_own_cidr(c, pod_subnet, net).is_none())
+        .copied()
+        .collect();
+    let note = if kept.is_empty() {
+        format!("{problem}; no CNI config is written")
+    } else {
+        format!("{problem}; keeping the last known {}", list(&kept))
+    };
+    OwnCidrs {
+        cidrs: kept,
+        current: false,
+        note: Some(note),
+    }
+}
+
+/// What masquerade gets: pod sources are this node's CIDRs and
+/// --pod-subnet; destinations exempt from masquerade are only what kindnetd
+/// accepted: this node's CIDRs, the peer CIDRs it routes, --pod-subnet and
+/// --no-masquerade-cidr. A peer CIDR that was refused (or is not routed for
+/// any reason) never exempts traffic: a Node claiming `0.0.0.0/1` must not
+/// stop the masquerade of pod egress to half of IPv4.
+pub fn masquerade_inputs(
+    own: &[IpNet],
+    routed_peers: &[IpNet],
+    pod_subnet: &[IpNet],
+    no_masquerade: &[IpNet],
+) -> MasqInputs {
+    let mut pod_sources: Vec<IpNet> = own.to_vec();
+    pod_sources.extend(pod_subnet);
+    let mut exempt: Vec<IpNet> = routed_peers.to_vec();
+    exempt.extend(pod_subnet);
+    exempt.extend(own);
+    exempt.extend(no_masquerade);
+    MasqInputs {
+        pod_sources,
+        no_masquerade: exempt,
     }
 }
 
@@ -491,6 +721,7 @@ mod tests {
             own_name: "me".into(),
             route_opts: RouteOptions::default(),
             pod_subnet: vec!["10.244.0.0/16".parse().unwrap()],
+            static_pod_cidrs: vec![],
             no_masquerade: vec![],
             masquerading: true,
             configure_sysctls: true,
@@ -640,18 +871,310 @@ mod tests {
         );
     }
 
+    fn conflist_text(dir: &TmpDir) -> Option<String> {
+        std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).ok()
+    }
+
+    fn own_ranges(dir: &TmpDir) -> Vec<String> {
+        conflist_text(dir)
+            .map(|c| {
+                cniconf::ranges_of(&c)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn b() -> crate::node::RawNode {
+        raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")])
+    }
+
+    /// Node lists in which this node ("me") has no usable pod CIDRs.
+    fn lists_without_own_cidrs() -> Vec<(&'static str, Vec<crate::node::RawNode>)> {
+        let me = |cidrs: &[&str]| raw("me", cidrs, &[("InternalIP", "172.18.0.2")]);
+        vec![
+            ("missing", vec![b()]),
+            ("no podCIDRs", vec![me(&[]), b()]),
+            (
+                "listed twice",
+                vec![me(&["10.244.9.0/24"]), me(&["10.244.0.0/24"]), b()],
+            ),
+            ("half of IPv4", vec![me(&["0.0.0.0/1"]), b()]),
+            ("outside --pod-subnet", vec![me(&["10.99.0.0/24"]), b()]),
+            ("the node segment", vec![me(&["172.18.0.0/16"]), b()]),
+            ("a peer's address", vec![me(&["172.18.0.0/30"]), b()]),
+        ]
+    }
+
     #[test]
-    fn pod_subnet_is_the_fallback_for_a_node_without_cidrs() {
-        let (mut r, store, dir) = setup("fallback");
+    fn no_conflist_and_not_ready_until_this_node_has_pod_cidrs() {
+        for (what, list) in lists_without_own_cidrs() {
+            let (mut r, store, dir) = setup("noown");
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(conflist_text(&dir), None, "{what}: never the cluster range");
+            let ready = r.status.readiness();
+            assert!(!ready.ready(), "{what}: {}", ready.report());
+            assert!(ready.own_cidrs.is_empty(), "{what}");
+            let report = ready.report();
+            assert!(
+                report.contains("no CNI config is written") && report.contains("Node me"),
+                "{what}: {report}"
+            );
+            // Peers are routed all the same.
+            assert_eq!(r.dp.installed.len(), 1, "{what}");
+        }
+    }
+
+    #[test]
+    fn last_known_own_cidrs_are_kept_when_the_node_loses_them() {
+        for (what, list) in lists_without_own_cidrs() {
+            let (mut r, store, dir) = setup("lastknown");
+            store.lock().unwrap().replace_all(&[
+                raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+                b(),
+            ]);
+            r.pass(true);
+            assert!(r.status.readiness().ready());
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(own_ranges(&dir), vec!["10.244.0.0/24"], "{what}");
+            let ready = r.status.readiness();
+            assert_eq!(
+                ready.own_cidrs,
+                vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]
+            );
+            assert!(!ready.ready(), "{what}: {}", ready.report());
+            assert!(
+                ready
+                    .report()
+                    .contains("keeping the last known 10.244.0.0/24"),
+                "{what}: {}",
+                ready.report()
+            );
+            // The kept range still protects: masquerade and overlap checks use it.
+            let script = r.dp.nft.last().cloned().unwrap_or_default();
+            assert!(set_elements(&script, "pod-sources-v4").contains("10.244.0.0/16"));
+        }
+    }
+
+    #[test]
+    fn last_known_own_cidrs_come_from_the_conflist_on_disk_at_start() {
+        let dir = TmpDir::new("ondisk");
+        let before = cniconf::render(&CniInputs {
+            pod_cidrs: vec!["10.244.5.0/24".parse().unwrap()],
+            mtu: 1400,
+            bridge: None,
+            ipam_data_dir: "/run/cni-ipam-state".into(),
+        });
+        cniconf::write_if_changed(&dir.0, cniconf::CONFLIST_NAME, &before).unwrap();
+        let store = Arc::new(Mutex::new(NodeStore::new()));
+        let mut r = Reconciler::new(
+            settings(&dir.0),
+            Fake::default(),
+            store.clone(),
+            Arc::new(Status::new()),
+        );
+        store.lock().unwrap().replace_all(&[b()]);
+        r.pass(true);
+        assert_eq!(conflist_text(&dir).as_deref(), Some(before.as_str()));
+        let ready = r.status.readiness();
+        assert!(!ready.ready());
+        assert!(
+            ready
+                .report()
+                .contains("keeping the last known 10.244.5.0/24")
+        );
+        // The Node comes back with its range: current again, ready.
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.5.0/24"], &[("InternalIP", "172.18.0.2")]),
+            b(),
+        ]);
+        r.pass(true);
+        assert!(r.status.readiness().ready());
+    }
+
+    #[test]
+    fn static_pod_cidrs_are_this_nodes_range() {
+        let (mut r, store, dir) = setup("static");
+        r.cfg.static_pod_cidrs = vec!["10.244.7.0/24".parse().unwrap()];
         store
             .lock()
             .unwrap()
             .replace_all(&[raw("me", &[], &[("InternalIP", "172.18.0.2")])]);
         r.pass(true);
-        let conf = std::fs::read_to_string(dir.0.join(cniconf::CONFLIST_NAME)).unwrap();
-        assert!(conf.contains("\"subnet\": \"10.244.0.0/16\""));
+        assert_eq!(own_ranges(&dir), vec!["10.244.7.0/24"]);
         let ready = r.status.readiness();
-        assert!(ready.cidrs_from_pod_subnet && ready.ready());
+        assert!(ready.ready(), "{}", ready.report());
+        assert!(ready.report().contains("from --static-pod-cidrs"));
+    }
+
+    #[test]
+    fn duplicate_names_are_reported_and_never_switch_own_ranges() {
+        let (mut r, store, dir) = setup("dups");
+        let me = |c: &str| raw("me", &[c], &[("InternalIP", "172.18.0.2")]);
+        store
+            .lock()
+            .unwrap()
+            .replace_all(&[me("10.244.0.0/24"), b()]);
+        r.pass(true);
+        for list in [
+            vec![me("10.244.9.0/24"), me("10.244.0.0/24"), b()],
+            vec![me("10.244.0.0/24"), me("10.244.9.0/24"), b()],
+            vec![me("10.244.0.0/24"), b(), b()],
+        ] {
+            store.lock().unwrap().replace_all(&list);
+            r.pass(true);
+            assert_eq!(own_ranges(&dir), vec!["10.244.0.0/24"]);
+            let ready = r.status.readiness();
+            assert!(!ready.duplicates.is_empty(), "{}", ready.report());
+            assert!(ready.report().contains("listed more than once"));
+            // b keeps its route whether or not it is the duplicate.
+            assert_eq!(r.dp.installed.len(), 1);
+        }
+    }
+
+    fn ours(dst: &str, gw: &str) -> InstalledRoute {
+        InstalledRoute {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif: Some(2),
+            priority: 0,
+        }
+    }
+
+    #[test]
+    fn protocol_217_routes_kindnetd_did_not_make_are_left_and_reported() {
+        let foreign = [
+            ("192.168.50.0/24", "172.18.0.9"),
+            ("0.0.0.0/0", "172.18.0.1"),
+            ("10.0.0.0/8", "172.18.0.9"),
+            ("10.245.0.0/24", "172.18.0.9"),
+            ("fd00:99::/64", "fc00::9"),
+        ];
+        let (mut r, store, _dir) = setup("foreign");
+        for (d, g) in foreign {
+            r.dp.installed.push(ours(d, g));
+        }
+        // A stale route of ours inside --pod-subnet goes.
+        r.dp.installed.push(ours("10.244.9.0/24", "172.18.0.9"));
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            b(),
+        ]);
+        let rep = r.pass(true);
+        assert_eq!(rep.deleted, 1, "{:?}", r.dp.applied);
+        assert!(
+            r.dp.applied
+                .contains(&RouteOp::Delete(ours("10.244.9.0/24", "172.18.0.9")))
+        );
+        for (d, _) in foreign {
+            assert!(
+                r.dp.installed.iter().any(|i| i.dst.to_string() == d),
+                "{d} was deleted"
+            );
+        }
+        let ready = r.status.readiness();
+        assert_eq!(
+            ready.foreign_routes.len(),
+            foreign.len(),
+            "{:?}",
+            ready.foreign_routes
+        );
+        assert!(ready.report().contains("192.168.50.0/24 via 172.18.0.9"));
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_foreign_proto_routes 5")
+        );
+    }
+
+    #[test]
+    fn routes_of_known_peers_outside_pod_subnet_are_removed_when_they_go() {
+        let (mut r, store, _dir) = setup("known");
+        r.cfg.pod_subnet.clear();
+        r.cfg.route_opts.pod_subnet.clear();
+        store.lock().unwrap().replace_all(&[
+            raw("me", &["10.50.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+            raw("c", &["10.51.0.0/24"], &[("InternalIP", "172.18.0.4")]),
+        ]);
+        r.dp.installed.push(ours("192.168.50.0/24", "172.18.0.9"));
+        r.pass(true);
+        assert_eq!(r.dp.installed.len(), 2);
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.50.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        r.pass(true);
+        let left: Vec<String> = r.dp.installed.iter().map(|i| i.dst.to_string()).collect();
+        assert_eq!(left, vec!["192.168.50.0/24"]);
+    }
+
+    /// The `elements = { ... }` of one nft set in a ruleset.
+    fn set_elements(script: &str, set: &str) -> String {
+        let start = script.find(&format!("set {set} {{")).unwrap();
+        let body = &script[start..];
+        let body = &body[..body.find("\n\t}").unwrap()];
+        body.lines()
+            .find_map(|l| l.trim().strip_prefix("elements = "))
+            .unwrap_or("")
+            .to_string()
+    }
+
+    #[test]
+    fn refused_peer_cidrs_never_exempt_traffic_from_masquerade() {
+        for (evil, evil_ip) in [
+            ("0.0.0.0/1", "172.18.0.66"),
+            ("128.0.0.0/1", "172.18.0.66"),
+            ("192.0.0.0/2", "172.18.0.66"),
+            ("172.18.0.0/17", "172.18.0.66"),
+            ("::/1", "fc00::66"),
+            ("2000::/3", "fc00::66"),
+        ] {
+            let (mut r, store, _dir) = setup("masq-refused");
+            r.cfg.no_masquerade = vec!["192.168.0.0/16".parse().unwrap()];
+            store.lock().unwrap().replace_all(&[
+                raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")]),
+                raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")]),
+                raw("evil", &[evil], &[("InternalIP", evil_ip)]),
+            ]);
+            r.pass(true);
+            let script = r.dp.nft.last().cloned().unwrap_or_default();
+            assert_eq!(
+                set_elements(&script, "no-masquerade-v4"),
+                "{ 10.244.0.0/16, 192.168.0.0/16 }",
+                "{evil}:\n{script}"
+            );
+            assert_eq!(set_elements(&script, "no-masquerade-v6"), "", "{evil}");
+            let ready = r.status.readiness();
+            assert!(
+                ready.skipped.iter().any(|l| l.contains("node evil")),
+                "{evil}: {:?}",
+                ready.skipped
+            );
+        }
+    }
+
+    #[test]
+    fn only_routed_peers_are_exempt_without_pod_subnet() {
+        let inputs = masquerade_inputs(
+            &["10.244.0.0/24".parse().unwrap()],
+            &["10.244.1.0/24".parse().unwrap()],
+            &[],
+            &["192.168.0.0/16".parse().unwrap()],
+        );
+        let want: Vec<IpNet> = ["10.244.1.0/24", "10.244.0.0/24", "192.168.0.0/16"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert_eq!(inputs.no_masquerade, want);
+        assert_eq!(
+            inputs.pod_sources,
+            vec!["10.244.0.0/24".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]

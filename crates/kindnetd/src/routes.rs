@@ -88,6 +88,24 @@ impl Topology {
         self.routes.iter().find(|r| r.dst.contains(&ip))
     }
 
+    /// Subnets on a link of this host: routes without a gateway that name
+    /// an interface (connected and on-link routes), except default routes.
+    pub fn connected_subnets(&self) -> impl Iterator<Item = &IpNet> {
+        self.routes
+            .iter()
+            .filter(|r| r.gateway.is_none() && r.oif.is_some_and(|o| o != 0))
+            .filter(|r| r.dst.prefix_len() != 0)
+            .map(|r| &r.dst)
+    }
+
+    /// The gateways of the default routes.
+    pub fn default_gateways(&self) -> impl Iterator<Item = &IpAddr> {
+        self.routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .filter_map(|r| r.gateway.as_ref())
+    }
+
     pub fn lookup(&self, ip: IpAddr) -> Reach {
         if self.is_local(&ip) {
             return Reach::Local;
@@ -118,6 +136,15 @@ pub struct PeerRoute {
 /// Why a peer pod CIDR gets no route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkipReason {
+    /// --pod-subnet is set and the CIDR is not inside it.
+    OutsidePodSubnet { pod_subnet: Vec<IpNet> },
+    /// The CIDR contains the address of a node (this host's, a flag's, or
+    /// any node's): routing it would capture node traffic.
+    ContainsNodeAddress { addr: IpAddr, owner: String },
+    /// The CIDR contains a default route's gateway.
+    ContainsGateway { gateway: IpAddr },
+    /// The CIDR overlaps a subnet on one of this host's links.
+    OverlapsNodeNetwork { subnet: IpNet },
     /// The node publishes no address of the CIDR's family (and, for IPv6,
     /// no --ipv6-prefix is set).
     NoAddress { v6: bool },
@@ -140,6 +167,10 @@ impl SkipReason {
     /// A short stable label for metrics.
     pub fn label(&self) -> &'static str {
         match self {
+            SkipReason::OutsidePodSubnet { .. } => "outside-pod-subnet",
+            SkipReason::ContainsNodeAddress { .. } => "contains-node-address",
+            SkipReason::ContainsGateway { .. } => "contains-default-gateway",
+            SkipReason::OverlapsNodeNetwork { .. } => "overlaps-node-network",
             SkipReason::NoAddress { .. } => "no-address-of-family",
             SkipReason::NotOnLink { .. } => "not-on-link",
             SkipReason::NextHopLocal { .. } => "next-hop-is-local",
@@ -149,7 +180,11 @@ impl SkipReason {
         }
     }
 
-    pub const LABELS: [&'static str; 6] = [
+    pub const LABELS: [&'static str; 10] = [
+        "outside-pod-subnet",
+        "contains-node-address",
+        "contains-default-gateway",
+        "overlaps-node-network",
         "no-address-of-family",
         "not-on-link",
         "next-hop-is-local",
@@ -162,6 +197,22 @@ impl SkipReason {
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            SkipReason::OutsidePodSubnet { pod_subnet } if pod_subnet.is_empty() => {
+                write!(f, "outside --pod-subnet")
+            }
+            SkipReason::OutsidePodSubnet { pod_subnet } => {
+                let list: Vec<String> = pod_subnet.iter().map(|p| p.to_string()).collect();
+                write!(f, "outside --pod-subnet {}", list.join(","))
+            }
+            SkipReason::ContainsNodeAddress { addr, owner } => {
+                write!(f, "contains the node address {addr} ({owner})")
+            }
+            SkipReason::ContainsGateway { gateway } => {
+                write!(f, "contains the default gateway {gateway}")
+            }
+            SkipReason::OverlapsNodeNetwork { subnet } => {
+                write!(f, "overlaps the node network {subnet} (a connected subnet)")
+            }
             SkipReason::NoAddress { v6: true } => {
                 write!(f, "no IPv6 node address (set --ipv6-prefix to derive one)")
             }
@@ -207,10 +258,125 @@ pub struct Desired {
 
 #[derive(Debug, Clone, Default)]
 pub struct RouteOptions {
+    /// --pod-subnet: when set, every pod CIDR must lie inside it.
+    pub pod_subnet: Vec<IpNet>,
     /// Prefix for deriving IPv6 next hops from IPv4 node addresses (seed 004).
     pub ipv6_prefix: Option<Ipv6Net>,
     /// Addresses of this node given by flags (HOST_IP, POD_IP).
     pub own_ips: Vec<IpAddr>,
+}
+
+/// What pod CIDRs must stay clear of: the node network as this host sees
+/// it (its connected subnets, default gateways and own addresses) and every
+/// node address (the flags', and every Node's).
+#[derive(Debug, Clone, Default)]
+pub struct NodeNetwork {
+    connected: Vec<IpNet>,
+    gateways: Vec<IpAddr>,
+    /// This host's addresses (including pod gateways on its veths), sorted.
+    local: Vec<IpAddr>,
+    /// Node addresses (flags, Nodes), sorted; the owner names their source.
+    node_ips: Vec<(IpAddr, String)>,
+}
+
+/// The owner named for this host's own addresses.
+pub const THIS_NODE: &str = "this node";
+
+fn first_in<'a, T>(sorted: &'a [T], cidr: &IpNet, key: impl Fn(&T) -> IpAddr) -> Option<&'a T> {
+    let start = cidr.network();
+    let i = sorted.partition_point(|t| key(t) < start);
+    sorted.get(i).filter(|t| key(t) <= cidr.broadcast())
+}
+
+impl NodeNetwork {
+    pub fn new<'a>(
+        topo: &Topology,
+        own_ips: &[IpAddr],
+        nodes: impl IntoIterator<Item = &'a crate::node::Node>,
+    ) -> NodeNetwork {
+        let mut node_ips: Vec<(IpAddr, String)> = own_ips
+            .iter()
+            .map(|a| (*a, THIS_NODE.to_string()))
+            .collect();
+        for n in nodes {
+            node_ips.extend(n.addresses().map(|a| (*a, format!("node {}", n.name))));
+        }
+        node_ips.sort();
+        node_ips.dedup_by(|a, b| a.0 == b.0);
+        let mut connected: Vec<IpNet> = topo.connected_subnets().copied().collect();
+        connected.sort();
+        connected.dedup();
+        let mut gateways: Vec<IpAddr> = topo.default_gateways().copied().collect();
+        gateways.sort();
+        gateways.dedup();
+        NodeNetwork {
+            connected,
+            gateways,
+            local: topo.local_addresses().to_vec(),
+            node_ips,
+        }
+    }
+
+    /// The first node address inside `cidr` and its owner, in O(log n).
+    fn node_ip_in(&self, cidr: &IpNet) -> Option<(IpAddr, String)> {
+        first_in(&self.node_ips, cidr, |(a, _)| *a).cloned()
+    }
+
+    fn local_in(&self, cidr: &IpNet) -> Option<IpAddr> {
+        first_in(&self.local, cidr, |a| *a).copied()
+    }
+}
+
+fn refuse_common(cidr: &IpNet, pod_subnet: &[IpNet], net: &NodeNetwork) -> Option<SkipReason> {
+    if !pod_subnet.is_empty() && !pod_subnet.iter().any(|p| p.contains(cidr)) {
+        return Some(SkipReason::OutsidePodSubnet {
+            pod_subnet: pod_subnet.to_vec(),
+        });
+    }
+    if let Some((addr, owner)) = net.node_ip_in(cidr) {
+        return Some(SkipReason::ContainsNodeAddress { addr, owner });
+    }
+    if let Some(gw) = net.gateways.iter().find(|g| cidr.contains(*g)) {
+        return Some(SkipReason::ContainsGateway { gateway: *gw });
+    }
+    None
+}
+
+/// Whether a peer's pod CIDR may be routed at all: it must lie inside
+/// --pod-subnet (when set) and stay clear of the node network: no node
+/// address (any Node's, the flags', this host's), no default gateway, no
+/// overlap with a connected subnet. Pure: the node network and --pod-subnet
+/// are inputs.
+pub fn refuse_pod_cidr(
+    cidr: &IpNet,
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> Option<SkipReason> {
+    if let Some(r) = refuse_common(cidr, pod_subnet, net) {
+        return Some(r);
+    }
+    if let Some(addr) = net.local_in(cidr) {
+        return Some(SkipReason::ContainsNodeAddress {
+            addr,
+            owner: THIS_NODE.to_string(),
+        });
+    }
+    if let Some(subnet) = net.connected.iter().find(|c| overlaps(c, cidr)) {
+        return Some(SkipReason::OverlapsNodeNetwork { subnet: *subnet });
+    }
+    None
+}
+
+/// Whether this node's own pod CIDR (from its Node, or the last known one)
+/// may be used. As for peers, except that this host's own addresses and
+/// connected subnets inside it are expected: the pod gateway sits on the
+/// host veths (ptp) or the bridge, whose subnet is connected (bridge).
+pub fn refuse_own_cidr(
+    cidr: &IpNet,
+    pod_subnet: &[IpNet],
+    net: &NodeNetwork,
+) -> Option<SkipReason> {
+    refuse_common(cidr, pod_subnet, net)
 }
 
 /// `prefix` + the IPv4 address in the low 32 bits.
@@ -248,19 +414,38 @@ impl Claims {
     }
 }
 
-/// Computes the routes this node should have.
+/// Computes the routes this node should have, taking this node's pod CIDRs
+/// from its Node in `nodes` (see [`desired_routes_in`]).
 pub fn desired_routes<'a>(
     own_name: &str,
     nodes: impl IntoIterator<Item = &'a StoredNode>,
     opts: &RouteOptions,
     topo: &Topology,
 ) -> Desired {
-    let mut own_cidrs = Vec::new();
+    let nodes: Vec<&'a StoredNode> = nodes.into_iter().collect();
+    let net = NodeNetwork::new(topo, &opts.own_ips, nodes.iter().map(|s| &s.node));
+    let own: Vec<IpNet> = nodes
+        .iter()
+        .find(|s| s.node.name == own_name)
+        .map(|s| s.node.pod_cidrs.clone())
+        .unwrap_or_default();
+    desired_routes_in(own_name, &own, nodes, opts, topo, &net)
+}
+
+/// Computes the routes this node should have, given this node's (decided)
+/// pod CIDRs and the node network. The Node named `own_name` is never a peer.
+pub fn desired_routes_in<'a>(
+    own_name: &str,
+    own_cidrs: &[IpNet],
+    nodes: impl IntoIterator<Item = &'a StoredNode>,
+    opts: &RouteOptions,
+    topo: &Topology,
+    net: &NodeNetwork,
+) -> Desired {
     // (rev, name, cidr, node)
     let mut claims: Vec<(u64, &str, IpNet, &'a StoredNode)> = Vec::new();
     for s in nodes {
         if s.node.name == own_name {
-            own_cidrs = s.node.pod_cidrs.clone();
             continue;
         }
         for c in &s.node.pod_cidrs {
@@ -270,7 +455,7 @@ pub fn desired_routes<'a>(
     claims.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
 
     let mut out = Desired {
-        own_cidrs: own_cidrs.clone(),
+        own_cidrs: own_cidrs.to_vec(),
         ..Default::default()
     };
     let mut held = Claims::default();
@@ -281,6 +466,11 @@ pub fn desired_routes<'a>(
             cidr,
             reason,
         };
+        // Refused CIDRs hold no claim: they cannot block a real peer.
+        if let Some(reason) = refuse_pod_cidr(&cidr, &opts.pod_subnet, net) {
+            out.skipped.push(skip(reason));
+            continue;
+        }
         if let Some(own) = own_cidrs.iter().find(|o| overlaps(o, &cidr)) {
             out.skipped
                 .push(skip(SkipReason::OverlapsOwn { own: *own }));
@@ -374,6 +564,24 @@ pub enum RouteOp {
     Replace(PeerRoute),
     /// Remove exactly this route (matched on destination, next hop and metric).
     Delete(InstalledRoute),
+}
+
+/// Splits the routes with kindnetd's protocol into those kindnetd owns and
+/// the rest. kindnetd owns a protocol-217 route when its destination is a
+/// peer CIDR it wants now, lies inside --pod-subnet, or is a peer CIDR it
+/// routed before (`known`). The rest (someone else's use of protocol 217,
+/// e.g. a default route) is left in place and reported, never deleted.
+pub fn split_owned(
+    installed: &[InstalledRoute],
+    desired: &BTreeMap<IpNet, PeerRoute>,
+    pod_subnet: &[IpNet],
+    known: &std::collections::HashSet<IpNet>,
+) -> (Vec<InstalledRoute>, Vec<InstalledRoute>) {
+    installed.iter().cloned().partition(|r| {
+        desired.contains_key(&r.dst)
+            || known.contains(&r.dst)
+            || pod_subnet.iter().any(|p| p.contains(&r.dst))
+    })
 }
 
 /// The operations that turn `installed` (kindnetd's routes in the kernel)
@@ -595,7 +803,7 @@ mod tests {
                 ("blackholed".into(), "not-on-link"),
                 ("clone".into(), "next-hop-is-local"),
                 ("flagged".into(), "next-hop-is-local"),
-                ("self-contained".into(), "cidr-contains-next-hop"),
+                ("self-contained".into(), "contains-node-address"),
                 ("noaddr".into(), "no-address-of-family"),
             ]
         );
@@ -630,6 +838,121 @@ mod tests {
                 ("inside".into(), "overlaps-peer-pod-cidr"),
             ]
         );
+    }
+
+    /// Node objects are untrusted: whatever a Node claims, a pod CIDR that
+    /// would capture egress or node traffic is refused, with a reason.
+    #[test]
+    fn hostile_pod_cidrs_are_refused() {
+        let cluster: Vec<IpNet> = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ];
+        // (claimed CIDR, --pod-subnet set?, expected reason)
+        let cases: &[(&str, bool, &str)] = &[
+            ("192.0.0.0/2", true, "outside-pod-subnet"),
+            ("2000::/3", true, "outside-pod-subnet"),
+            ("0.0.0.0/1", true, "outside-pod-subnet"),
+            ("::/1", true, "outside-pod-subnet"),
+            ("172.18.0.0/17", true, "outside-pod-subnet"),
+            ("10.0.0.0/8", true, "outside-pod-subnet"),
+            ("10.244.200.0/24", true, "contains-node-address"),
+            // Without --pod-subnet the node network still protects itself.
+            ("128.0.0.0/1", false, "contains-node-address"),
+            ("0.0.0.0/1", false, "contains-node-address"),
+            ("172.18.0.0/24", false, "contains-node-address"),
+            ("10.9.0.0/16", false, "contains-node-address"),
+            ("10.244.200.0/24", false, "contains-node-address"),
+            ("fc00::/7", false, "contains-node-address"),
+            ("172.18.0.0/31", false, "contains-default-gateway"),
+            ("172.18.128.0/17", false, "overlaps-node-network"),
+            ("172.18.200.0/24", false, "overlaps-node-network"),
+            ("fc00:0:0:0:8000::/65", false, "overlaps-node-network"),
+        ];
+        for (cidr, with_subnet, want) in cases {
+            let nodes = stored(vec![
+                node("me", &["10.244.0.0/24"], &["172.18.0.2"]),
+                node("far", &[], &["10.9.9.9"]),
+                node("odd", &[], &["10.244.200.5"]),
+                node("evil", &[cidr], &["172.18.0.66", "fc00::66"]),
+            ]);
+            let opts = RouteOptions {
+                pod_subnet: if *with_subnet {
+                    cluster.clone()
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            };
+            let d = desired_routes("me", &nodes, &opts, &topo());
+            assert!(d.routes.is_empty(), "{cidr}: routed {:?}", d.routes);
+            assert_eq!(
+                reasons(&d),
+                vec![("evil".to_string(), *want)],
+                "{cidr} (pod subnet {with_subnet}): {:?}",
+                d.skipped
+            );
+            assert!(!d.skipped[0].reason.to_string().is_empty());
+        }
+    }
+
+    #[test]
+    fn refused_cidrs_hold_no_claim() {
+        // "evil" came first and claims half of IPv4 and IPv6; the real peers
+        // after it are routed all the same.
+        let nodes = stored(vec![
+            node("evil", &["0.0.0.0/1", "::/1"], &["172.18.0.66"]),
+            node("wide", &["10.0.0.0/8"], &["172.18.0.67"]),
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["172.18.0.3", "fc00::3"],
+            ),
+        ]);
+        let opts = RouteOptions {
+            pod_subnet: vec![
+                "10.244.0.0/16".parse().unwrap(),
+                "fd00:10:244::/56".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let d = desired_routes("me", &nodes, &opts, &topo());
+        assert_eq!(
+            dst(&d),
+            vec![
+                ("10.244.1.0/24".into(), "172.18.0.3".into()),
+                ("fd00:10:244:1::/64".into(), "fc00::3".into()),
+            ]
+        );
+        assert_eq!(
+            reasons(&d),
+            vec![
+                ("evil".into(), "outside-pod-subnet"),
+                ("evil".into(), "outside-pod-subnet"),
+                ("wide".into(), "outside-pod-subnet"),
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_cidr_check_is_pure_over_the_node_network() {
+        let net = NodeNetwork::new(
+            &topo(),
+            &["192.168.5.5".parse().unwrap()],
+            std::iter::empty(),
+        );
+        for (cidr, want) in [
+            ("10.244.1.0/24", None),
+            ("192.168.5.0/24", Some("contains-node-address")),
+            ("192.168.4.0/24", None),
+            ("172.18.0.0/16", Some("contains-default-gateway")),
+            ("172.18.77.0/24", Some("overlaps-node-network")),
+            ("fc00::/64", Some("contains-node-address")),
+            ("192.0.2.0/25", None), // a blackhole route is not on-link
+        ] {
+            let got = refuse_pod_cidr(&cidr.parse().unwrap(), &[], &net);
+            assert_eq!(got.as_ref().map(SkipReason::label), want, "{cidr}: {got:?}");
+        }
     }
 
     #[test]

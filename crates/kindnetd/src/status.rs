@@ -14,9 +14,18 @@ pub struct Readiness {
     pub synced: bool,
     /// The pod CIDRs the conflist was written for.
     pub own_cidrs: Vec<IpNet>,
-    /// Whether they came from POD_SUBNET because the Node had none.
-    pub cidrs_from_pod_subnet: bool,
+    /// They are what this node's Node (or --static-pod-cidrs) says now; false
+    /// while the last known ones are kept (or none are known).
+    pub own_current: bool,
+    /// Where the own CIDRs come from, or why they are not current.
+    pub own_note: Option<String>,
     pub conflist_written: bool,
+    /// Names listed more than once in the node list (none of them used).
+    pub duplicates: Vec<String>,
+    /// Routes with kindnetd's protocol that are not kindnetd's (left alone).
+    pub foreign_routes: Vec<String>,
+    /// Why the node source's last read failed (the nodes known may be stale).
+    pub source_stale: Option<String>,
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
@@ -25,6 +34,7 @@ pub struct Readiness {
 pub struct Status {
     pub metrics: Metrics,
     readiness: Mutex<Readiness>,
+    source_stale: Mutex<Option<String>>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -40,6 +50,7 @@ impl Status {
         Status {
             metrics: Metrics::new(),
             readiness: Mutex::new(Readiness::default()),
+            source_stale: Mutex::new(None),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -51,8 +62,17 @@ impl Status {
         }
     }
 
+    /// The reconciler's last readiness, with the node source's staleness.
     pub fn readiness(&self) -> Readiness {
-        self.readiness.lock().map(|g| g.clone()).unwrap_or_default()
+        let mut r = self.readiness.lock().map(|g| g.clone()).unwrap_or_default();
+        r.source_stale = self.source_stale.lock().ok().and_then(|g| g.clone());
+        r
+    }
+
+    pub fn set_source_stale(&self, why: Option<String>) {
+        if let Ok(mut g) = self.source_stale.lock() {
+            *g = why;
+        }
     }
 
     /// Called by the reconciler after every pass and idle wake-up.
@@ -77,7 +97,11 @@ impl Status {
 
 impl Readiness {
     pub fn ready(&self) -> bool {
-        self.synced && !self.own_cidrs.is_empty() && self.conflist_written
+        self.synced
+            && !self.own_cidrs.is_empty()
+            && self.own_current
+            && self.conflist_written
+            && self.source_stale.is_none()
     }
 
     /// Human-readable detail for /readyz.
@@ -85,23 +109,42 @@ impl Readiness {
         let mut s = String::new();
         let mark = |b: bool| if b { "[+]" } else { "[-]" };
         s.push_str(&format!("{} nodes synced\n", mark(self.synced)));
+        if let Some(why) = &self.source_stale {
+            s.push_str(&format!(
+                "[-] node source up to date: no, last read failed ({why}); using the nodes read before\n"
+            ));
+        }
+        let note = self
+            .own_note
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default();
         if self.own_cidrs.is_empty() {
-            s.push_str(
-                "[-] own pod CIDRs known: no (Node has no podCIDRs and POD_SUBNET is empty)\n",
-            );
+            s.push_str(&format!("[-] own pod CIDRs known: no{note}\n"));
         } else {
             let list: Vec<String> = self.own_cidrs.iter().map(|c| c.to_string()).collect();
-            let from = if self.cidrs_from_pod_subnet {
-                " (from POD_SUBNET)"
-            } else {
-                ""
-            };
-            s.push_str(&format!("[+] own pod CIDRs: {}{from}\n", list.join(", ")));
+            s.push_str(&format!(
+                "{} own pod CIDRs: {}{note}\n",
+                mark(self.own_current),
+                list.join(", ")
+            ));
         }
         s.push_str(&format!(
             "{} CNI config written\n",
             mark(self.conflist_written)
         ));
+        if !self.duplicates.is_empty() {
+            s.push_str(&format!(
+                "[!] node names listed more than once (entries ignored): {}\n",
+                self.duplicates.join(", ")
+            ));
+        }
+        if !self.foreign_routes.is_empty() {
+            s.push_str(&format!(
+                "[!] routes with protocol 217 not made by kindnetd, left in place: {}\n",
+                self.foreign_routes.join(", ")
+            ));
+        }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));
         }
@@ -133,6 +176,7 @@ mod tests {
         assert!(!r.ready());
         r.synced = true;
         r.own_cidrs = vec!["10.244.0.0/24".parse().unwrap()];
+        r.own_current = true;
         assert!(!r.ready());
         r.conflist_written = true;
         r.skipped = vec!["node b 10.244.1.0/24: not on-link".into()];

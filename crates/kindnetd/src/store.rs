@@ -6,7 +6,7 @@
 //! seen or change, so that when two nodes claim overlapping CIDRs the one
 //! that held them first keeps them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::node::{Node, RawNode, Rejection, Warning, validate};
 
@@ -66,6 +66,8 @@ pub struct NodeStore {
     /// initial list of the watch). Nothing is removed from the dataplane
     /// before that.
     synced: bool,
+    /// Names listed more than once in the last complete list.
+    duplicates: BTreeSet<String>,
 }
 
 impl NodeStore {
@@ -79,6 +81,12 @@ impl NodeStore {
 
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Names that appeared more than once in the last complete list; such a
+    /// node keeps its previous state (or stays unknown).
+    pub fn duplicates(&self) -> &BTreeSet<String> {
+        &self.duplicates
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,17 +143,46 @@ impl NodeStore {
     /// Replaces the whole view with a complete list (a file read, a re-list).
     /// Nodes missing from the list are removed; listed nodes whose entry is
     /// rejected keep their previous state. Marks the store synced.
+    /// A name listed more than once is ambiguous: none of its entries is
+    /// applied (the node keeps its previous state) and it is noted once.
     pub fn replace_all<'a>(&mut self, raws: impl IntoIterator<Item = &'a RawNode>) -> Summary {
-        let mut summary = Summary::default();
-        let mut seen: HashMap<String, ()> = HashMap::with_capacity(self.nodes.len());
-        for raw in raws {
-            let name = raw
-                .metadata
+        let raws: Vec<&RawNode> = raws.into_iter().collect();
+        let name_of = |raw: &RawNode| {
+            raw.metadata
                 .name
                 .as_deref()
                 .map(str::trim)
                 .filter(|n| !n.is_empty())
-                .map(str::to_string);
+                .map(str::to_string)
+        };
+        let mut counts: HashMap<String, usize> = HashMap::with_capacity(raws.len());
+        for raw in &raws {
+            if let Some(n) = name_of(raw) {
+                *counts.entry(n).or_default() += 1;
+            }
+        }
+        self.duplicates = counts
+            .iter()
+            .filter(|(_, c)| **c > 1)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut summary = Summary::default();
+        let mut seen: HashMap<String, ()> = HashMap::with_capacity(self.nodes.len());
+        for raw in raws {
+            let name = name_of(raw);
+            if let Some(n) = &name
+                && let Some(c) = counts.get(n).filter(|c| **c > 1)
+            {
+                let first = !seen.contains_key(n);
+                seen.insert(n.clone(), ());
+                if first {
+                    summary.notes.push(Note {
+                        node: name.clone(),
+                        outcome: Outcome::Rejected(Rejection::DuplicateName(*c)),
+                    });
+                }
+                continue;
+            }
             let outcome = self.upsert(raw);
             match &outcome {
                 Outcome::Added(_) => summary.added += 1,
@@ -229,6 +266,65 @@ mod tests {
         assert!(s.get("a").unwrap().has_addresses());
         // A new node without addresses is stored (it may be our own node).
         assert!(matches!(s.upsert(&raw("b", &[], &[])), Outcome::Added(_)));
+    }
+
+    #[test]
+    fn duplicate_names_are_refused_and_keep_the_previous_state() {
+        let a = raw("a", &["10.244.1.0/24"], &[("InternalIP", "10.0.0.1")]);
+        let a_other = raw("a", &["10.244.9.0/24"], &[("InternalIP", "10.0.0.9")]);
+        let a_same = a.clone();
+        let b = raw("b", &["10.244.2.0/24"], &[("InternalIP", "10.0.0.2")]);
+        let b_bad = raw("b", &["junk"], &[("InternalIP", "10.0.0.2")]);
+        // Each list names "a" (and in one case "b") more than once.
+        let lists: Vec<Vec<&RawNode>> = vec![
+            vec![&a_other, &a, &b],
+            vec![&a, &a_other, &b],
+            vec![&b, &a_same, &a],
+            vec![&a_other, &a_other, &a_other, &b],
+            vec![&b_bad, &a, &b, &a_other],
+        ];
+        for list in lists {
+            let mut s = NodeStore::new();
+            s.replace_all([&a, &b]);
+            let sum = s.replace_all(list.iter().copied());
+            assert_eq!(
+                s.get("a").unwrap().pod_cidrs[0].to_string(),
+                "10.244.1.0/24",
+                "ambiguous data must not switch a node's ranges"
+            );
+            assert!(s.duplicates().contains("a"));
+            let dup_notes: Vec<&Note> = sum
+                .notes
+                .iter()
+                .filter(|n| {
+                    n.outcome
+                        == Outcome::Rejected(Rejection::DuplicateName(
+                            list.iter()
+                                .filter(|r| r.metadata.name.as_deref() == n.node.as_deref())
+                                .count(),
+                        ))
+                })
+                .collect();
+            assert!(
+                dup_notes.iter().any(|n| n.node.as_deref() == Some("a")),
+                "{:?}",
+                sum.notes
+            );
+            assert_eq!(sum.removed, 0);
+            // A duplicate that was never known stays unknown.
+            let mut fresh = NodeStore::new();
+            fresh.replace_all(list.iter().copied());
+            assert!(fresh.get("a").is_none());
+        }
+        // The next clean list clears the duplicate report.
+        let mut s = NodeStore::new();
+        s.replace_all([&a, &a_other]);
+        s.replace_all([&a_other]);
+        assert!(s.duplicates().is_empty());
+        assert_eq!(
+            s.get("a").unwrap().pod_cidrs[0].to_string(),
+            "10.244.9.0/24"
+        );
     }
 
     #[test]

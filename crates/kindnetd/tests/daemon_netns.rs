@@ -327,7 +327,8 @@ fn bridge_mode_conflist_and_masquerade_off() {
     let dir = TempDir::new("bridge");
     let nodes_path = dir.path().join("nodes.yaml");
     let cni = dir.path().join("net.d");
-    // YAML this time, and a node without pod CIDRs: POD_SUBNET is used.
+    // YAML this time, and a node without pod CIDRs: --static-pod-cidrs is
+    // this node's range (never the cluster's POD_SUBNET).
     std::fs::write(
         &nodes_path,
         "apiVersion: v1\nkind: NodeList\nitems:\n- metadata: {name: me}\n  status:\n    addresses: [{type: InternalIP, address: 10.0.0.1}]\n",
@@ -354,6 +355,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
             "--cni-conf-dir",
             cni.to_str().unwrap(),
             "--pod-subnet=10.244.0.0/16",
+            "--static-pod-cidrs=10.244.7.0/24",
             "--cni-bridge=true",
             "--masquerading=false",
             "--mtu=1400",
@@ -364,7 +366,10 @@ fn bridge_mode_conflist_and_masquerade_off() {
     );
     let body =
         wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
-    assert!(body.contains("10.244.0.0/16 (from POD_SUBNET)"), "{body}");
+    assert!(
+        body.contains("10.244.7.0/24 (from --static-pod-cidrs)"),
+        "{body}"
+    );
     let conf: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
@@ -375,7 +380,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
     assert_eq!(p["ipam"]["dataDir"], "/run/test-ipam");
     assert_eq!(
         p["ipam"]["ranges"],
-        serde_json::json!([[{"subnet": "10.244.0.0/16"}]])
+        serde_json::json!([[{"subnet": "10.244.7.0/24"}]])
     );
     let tables = wait_for(Duration::from_secs(3), || {
         let t = ns.exec(&["nft", "list", "tables"]).unwrap_or_default();
@@ -565,4 +570,180 @@ fn kubernetes_source_end_to_end() {
         Duration::from_secs(20),
     )
     .unwrap_or_else(|e| fail(e));
+}
+
+#[test]
+fn stray_signals_are_logged_and_ignored() {
+    require_root!();
+    let ns = node_ns();
+    let dir = TempDir::new("signals");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])]),
+    );
+    let mut d = Daemon::start(
+        &ns,
+        &daemon_args(nodes_path.to_str().unwrap(), cni.to_str().unwrap(), &[]),
+        dir.path().join("log"),
+    );
+    wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    // Each of these kills a process that does not handle it.
+    for (sig, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+    ] {
+        d.child.signal(sig).unwrap();
+        let exited = d.child.wait_timeout(Duration::from_millis(300)).unwrap();
+        assert!(
+            exited.is_none(),
+            "{name} killed kindnetd: {exited:?}\n{}",
+            d.log()
+        );
+        let logged = wait_for(Duration::from_secs(2), || {
+            d.log().contains(&format!("{name} ignored")).then_some(())
+        });
+        assert!(logged.is_some(), "no log line for {name}:\n{}", d.log());
+        let health = http_get(&ns, "127.0.0.1:19080", "/healthz");
+        assert_eq!(health.map(|h| h.0), Some(200), "{name}");
+    }
+    // The daemon still works: a new peer is routed.
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
+            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
+        ]),
+    );
+    wait_routes(
+        &ns,
+        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
+        Duration::from_secs(3),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    d.child.signal(libc::SIGTERM).unwrap();
+    let st = d.child.wait_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", d.log());
+}
+
+/// 1,500 idle TCP connections to the HTTP endpoint of a kindnetd limited
+/// to 1,024 descriptors: /healthz keeps answering, reconcile keeps working.
+#[test]
+fn http_endpoint_survives_a_flood_of_idle_connections() {
+    require_root!();
+    const FLOOD: usize = 1500;
+    // This test process holds the flood's client ends.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 4096 {
+            lim.rlim_cur = lim.rlim_max.min(4096);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    let ns = node_ns();
+    let dir = TempDir::new("flood");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])]),
+    );
+    let log = dir.path().join("log");
+    let f = std::fs::File::create(&log).unwrap();
+    // No --metrics-bind-address: the default is the node's address.
+    let mut cmd = ns.command("prlimit");
+    cmd.args(["--nofile=1024:1024", env!("CARGO_BIN_EXE_kindnetd")])
+        .args([
+            "--node-name=me",
+            "--host-ip=10.0.0.1",
+            "--nodes-file",
+            nodes_path.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--pod-subnet=10.244.0.0/16,fd00:10:244::/56",
+            "--resync-period=1s",
+        ])
+        .env_remove("KINDNET_METRICS_BIND_ADDRESS")
+        .env_remove("HOST_IP")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(f);
+    let d = Daemon {
+        child: ChildGuard::spawn(&mut cmd).unwrap(),
+        log,
+    };
+    const EP: &str = "10.0.0.1:19080";
+    let healthy = || http_get(&ns, EP, "/healthz").map(|r| r.0) == Some(200);
+    assert!(
+        wait_for(Duration::from_secs(5), || healthy().then_some(())).is_some(),
+        "{}",
+        d.log()
+    );
+    // Not on loopback: only where kubelet probes (the node's address).
+    assert!(http_get(&ns, "127.0.0.1:19080", "/healthz").is_none());
+
+    let netns = Netns::open(ns.path()).unwrap();
+    let addr: std::net::SocketAddr = EP.parse().unwrap();
+    let flood: Vec<std::net::TcpStream> = netns
+        .run(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut v = Vec::with_capacity(FLOOD);
+            while v.len() < FLOOD && std::time::Instant::now() < deadline {
+                if let Ok(s) =
+                    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                {
+                    v.push(s);
+                }
+            }
+            v
+        })
+        .unwrap();
+    assert!(
+        flood.len() >= 1200,
+        "only {} connections opened",
+        flood.len()
+    );
+
+    // While every one of them is held open by the client:
+    let answered = wait_for(Duration::from_secs(10), || healthy().then_some(()));
+    assert!(
+        answered.is_some(),
+        "/healthz stalled under the flood\n{}",
+        d.log()
+    );
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(healthy(), "/healthz failed on check {i}\n{}", d.log());
+    }
+    // Reconcile still works: a new peer is routed, the file re-read.
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            me(),
+            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
+            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
+        ]),
+    );
+    wait_routes(
+        &ns,
+        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let (_, metrics) = http_get(&ns, EP, "/metrics").unwrap();
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kindnet_http_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused > 1000.0, "refused {refused}");
+    drop(flood);
 }

@@ -149,7 +149,7 @@ fn check_manifest(rel: &str, bridge: bool) {
     };
 
     let defaults = Flags::try_parse_from(["kindnetd", "--node-name=x"]).unwrap();
-    let port = defaults.metrics_bind_address.0.unwrap().port();
+    let port = defaults.metrics_bind().unwrap().port();
 
     // Init containers: plugins onto the host; sysctls (privileged, one shot).
     let inits = pod["initContainers"].as_array().unwrap();
@@ -200,7 +200,26 @@ fn check_manifest(rel: &str, bridge: bool) {
         .collect();
     caps.sort();
     assert_eq!(caps, vec!["NET_ADMIN", "NET_RAW"]);
+    // kindnetd listens on HOST_IP (status.hostIP) by default; kubelet probes
+    // the pod IP, which for a host-network pod is the node's IP: no `host`.
+    assert!(c["hostNetwork"].is_null(), "hostNetwork is a pod field");
+    assert_eq!(pod["hostNetwork"], true);
+    let env = c["env"].as_array().unwrap();
+    let host_ip = env.iter().find(|e| e["name"] == "HOST_IP").unwrap();
+    assert_eq!(
+        host_ip["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    assert!(
+        env.iter()
+            .all(|e| e["name"] != "KINDNET_METRICS_BIND_ADDRESS"),
+        "the probes rely on the default bind address"
+    );
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert!(
+            c[probe]["httpGet"]["host"].is_null(),
+            "{probe} probes the pod (= node) IP"
+        );
         assert_eq!(c[probe]["httpGet"]["path"], path);
         assert_eq!(
             c[probe]["httpGet"]["port"], port,

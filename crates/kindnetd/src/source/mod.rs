@@ -128,6 +128,17 @@ impl Sink {
         self.wake();
     }
 
+    /// Reports (Some) or clears (None) that the source's last read failed,
+    /// so the nodes known may be stale.
+    pub fn set_stale(&self, source: &'static str, why: Option<String>) {
+        self.status
+            .metrics
+            .source_stale
+            .get_or_create(&crate::metrics::SourceLabel { source })
+            .set(i64::from(why.is_some()));
+        self.status.set_source_stale(why);
+    }
+
     pub fn status(&self) -> &Status {
         &self.status
     }
