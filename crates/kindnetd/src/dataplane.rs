@@ -8,7 +8,6 @@ use std::net::IpAddr;
 
 use kindnet_netlink::{Family, Handle, RT_TABLE_MAIN, Route, RouteFilter, Scope};
 
-use crate::masq;
 use crate::routes::{InstalledRoute, KernelRoute, ROUTE_PROTOCOL, RouteOp, Topology};
 
 /// RTPROT_RA: routes learned from IPv6 router advertisements.
@@ -35,7 +34,7 @@ pub struct HostView {
 pub trait Dataplane: Send {
     fn view(&mut self) -> Result<HostView, String>;
     fn apply(&mut self, op: &RouteOp) -> Result<(), String>;
-    fn nft(&mut self, script: &str) -> Result<(), String>;
+    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String>;
     fn sysctl_get(&mut self, key: &str) -> Option<String>;
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String>;
 }
@@ -145,8 +144,11 @@ impl Dataplane for Netlink {
         }
     }
 
-    fn nft(&mut self, script: &str) -> Result<(), String> {
-        masq::apply(script).map_err(|e| e.to_string())
+    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String> {
+        use kindnet_nft::Nft;
+        kindnet_nft::NftCli::default()
+            .apply(batch)
+            .map_err(|e| e.to_string())
     }
 
     fn sysctl_get(&mut self, key: &str) -> Option<String> {

@@ -1,16 +1,16 @@
 //! Masquerade of pod traffic leaving the cluster, as an nftables table of
 //! kindnetd's own (`table inet kindnet-masq`).
 //!
-//! The ruleset is pure text built from the pod CIDRs; it is applied with
-//! `nft -f -` as one transaction that deletes and recreates the table, so
-//! the rules are replaced atomically and nothing else is touched.
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+//! The ruleset is a typed batch (crate `kindnet-nft`) built from the pod
+//! CIDRs; it deletes and recreates the table in one transaction, so the
+//! rules are replaced atomically and nothing else is touched.
 
 use ipnet::IpNet;
+use kindnet_nft::{
+    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs, Name,
+    Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+};
 
-pub const TABLE_FAMILY: &str = "inet";
 pub const TABLE_NAME: &str = "kindnet-masq";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -18,9 +18,26 @@ pub struct MasqInputs {
     /// Sources to masquerade: this node's pod CIDRs and the cluster pod
     /// subnet(s) (POD_SUBNET).
     pub pod_sources: Vec<IpNet>,
-    /// Destinations never masqueraded: every node's pod CIDR, POD_SUBNET and
-    /// --no-masquerade-cidr. Local destinations are excluded by a fib rule.
+    /// Destinations never masqueraded: routed peers' pod CIDRs, own CIDRs,
+    /// POD_SUBNET and --no-masquerade-cidr. Local destinations are excluded
+    /// by a fib rule.
     pub no_masquerade: Vec<IpNet>,
+}
+
+/// Names here are constants that pass validation.
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
+}
+
+fn comment(s: &str) -> Option<Comment> {
+    Comment::new(s).ok()
+}
+
+pub fn table() -> TableRef {
+    TableRef {
+        family: Family::Inet,
+        name: name(TABLE_NAME),
+    }
 }
 
 fn split(nets: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
@@ -28,79 +45,86 @@ fn split(nets: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
     agg.into_iter().partition(|n| n.addr().is_ipv4())
 }
 
-fn set(out: &mut String, name: &str, ty: &str, elems: &[IpNet]) {
-    out.push_str(&format!(
-        "\tset {name} {{\n\t\ttype {ty}\n\t\tflags interval\n"
-    ));
-    if !elems.is_empty() {
-        let list: Vec<String> = elems.iter().map(|e| e.to_string()).collect();
-        out.push_str(&format!("\t\telements = {{ {} }}\n", list.join(", ")));
-    }
-    out.push_str("\t}\n");
+fn interval_set(set: &str, v6: bool, elems: &[IpNet]) -> SetDef {
+    SetDef::set(name(set), vec![KeyType::addr(v6)])
+        .interval()
+        .with_elements(elems.iter().map(|n| Elem::key(Value::net(*n))).collect())
 }
 
-/// The nft script that (re)creates the table. CIDRs are aggregated first,
-/// so overlapping inputs never make an invalid interval set.
-pub fn ruleset(inp: &MasqInputs) -> String {
+/// The batch that (re)creates the table. CIDRs are aggregated first, so
+/// overlapping inputs never make an invalid interval set.
+pub fn ruleset(inp: &MasqInputs) -> Batch {
     let (src4, src6) = split(&inp.pod_sources);
     let (dst4, dst6) = split(&inp.no_masquerade);
-    let mut s = String::with_capacity(1024);
-    s.push_str(&format!(
-        "table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n"
-    ));
-    s.push_str(&format!("table {TABLE_FAMILY} {TABLE_NAME} {{\n"));
-    set(&mut s, "pod-sources-v4", "ipv4_addr", &src4);
-    set(&mut s, "no-masquerade-v4", "ipv4_addr", &dst4);
-    set(&mut s, "pod-sources-v6", "ipv6_addr", &src6);
-    set(&mut s, "no-masquerade-v6", "ipv6_addr", &dst6);
-    s.push_str(concat!(
-        "\tchain postrouting {\n",
-        "\t\ttype nat hook postrouting priority srcnat; policy accept;\n",
-        "\t\tfib daddr type local return comment \"local destinations keep the pod address\"\n",
-        "\t\tip saddr @pod-sources-v4 ip daddr != @no-masquerade-v4 masquerade comment \"pod traffic leaving the cluster\"\n",
-        "\t\tip6 saddr @pod-sources-v6 ip6 daddr != @no-masquerade-v6 masquerade comment \"pod traffic leaving the cluster\"\n",
-        "\t}\n",
-        "}\n",
-    ));
-    s
-}
-
-/// The nft script that removes the table (and succeeds when it is absent).
-pub fn removal() -> String {
-    format!("table {TABLE_FAMILY} {TABLE_NAME}\ndelete table {TABLE_FAMILY} {TABLE_NAME}\n")
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("cannot run nft: {0}")]
-    Spawn(std::io::Error),
-    #[error("nft -f - failed ({status}): {stderr}")]
-    Failed { status: String, stderr: String },
-}
-
-/// Runs `nft -f -` with `script` on stdin.
-pub fn apply(script: &str) -> Result<(), NftError> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(NftError::Spawn)?;
+    let t = table();
+    let post = name("postrouting");
+    let mut b = Batch::new();
+    b.remove_table(&t).add_table(&t);
+    b.add_set(&t, interval_set("pod-sources-v4", false, &src4));
+    b.add_set(&t, interval_set("no-masquerade-v4", false, &dst4));
+    b.add_set(&t, interval_set("pod-sources-v6", true, &src6));
+    b.add_set(&t, interval_set("no-masquerade-v6", true, &dst6));
+    b.add_chain(
+        &t,
+        ChainDef {
+            name: post.clone(),
+            base: Some(BaseChain {
+                ty: ChainType::Nat,
+                hook: Hook::Postrouting,
+                prio: 100, // srcnat
+                policy: Policy::Accept,
+            }),
+        },
+    );
+    let mut local = RuleDef::new(
+        &post,
+        vec![
+            Expr::eq(Lhs::FibDaddrType, Rhs::Keyword("local")),
+            Expr::Return,
+        ],
+    );
+    local.comment = comment("local destinations keep the pod address");
+    b.add_rule(&t, local);
+    for (v6, src, dst) in [
+        (false, "pod-sources-v4", "no-masquerade-v4"),
+        (true, "pod-sources-v6", "no-masquerade-v6"),
+    ] {
+        let mut r = RuleDef::new(
+            &post,
+            vec![
+                Expr::eq(Lhs::Saddr { v6 }, Rhs::Set(name(src))),
+                Expr::ne(Lhs::Daddr { v6 }, Rhs::Set(name(dst))),
+                Expr::Masquerade,
+            ],
+        );
+        r.comment = comment("pod traffic leaving the cluster");
+        b.add_rule(&t, r);
     }
-    let out = child.wait_with_output().map_err(NftError::Spawn)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Failed {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    b
+}
+
+/// The batch that removes the table (and succeeds when it is absent).
+pub fn removal() -> Batch {
+    let mut b = Batch::new();
+    b.remove_table(&table());
+    b
+}
+
+/// The elements of one set of a ruleset, for tests and logs.
+pub fn set_elements(b: &Batch, set: &str) -> Vec<IpNet> {
+    b.cmds
+        .iter()
+        .filter_map(|c| match c {
+            kindnet_nft::Cmd::AddSet(_, s) if s.name.as_str() == set => Some(&s.elements),
+            _ => None,
         })
-    }
+        .flatten()
+        .filter_map(|e| match e.key {
+            Value::Prefix(n) => Some(n),
+            Value::Addr(a) => Some(IpNet::from(a)),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -113,7 +137,7 @@ mod tests {
 
     #[test]
     fn ruleset_for_dual_stack() {
-        let s = ruleset(&MasqInputs {
+        let b = ruleset(&MasqInputs {
             pod_sources: nets(&["10.244.1.0/24", "fd00:10:244:1::/64", "10.244.0.0/16"]),
             no_masquerade: nets(&[
                 "10.244.1.0/24",
@@ -123,25 +147,41 @@ mod tests {
                 "fd00:10:244::/56",
             ]),
         });
-        assert!(s.starts_with("table inet kindnet-masq\ndelete table inet kindnet-masq\n"));
+        // Replaces the table atomically: add, delete, add again.
+        assert!(matches!(b.cmds[0], kindnet_nft::Cmd::AddTable(_)));
+        assert!(matches!(b.cmds[1], kindnet_nft::Cmd::DeleteTable(_)));
         // Aggregated: the /24s inside the /16 disappear.
-        assert!(s.contains("set pod-sources-v4 {\n\t\ttype ipv4_addr\n\t\tflags interval\n\t\telements = { 10.244.0.0/16 }"), "{s}");
-        assert!(
-            s.contains("elements = { 10.244.0.0/16, 192.168.0.0/16 }"),
-            "{s}"
+        assert_eq!(set_elements(&b, "pod-sources-v4"), nets(&["10.244.0.0/16"]));
+        assert_eq!(
+            set_elements(&b, "no-masquerade-v4"),
+            nets(&["10.244.0.0/16", "192.168.0.0/16"])
         );
-        assert!(s.contains("elements = { fd00:10:244:1::/64 }"), "{s}");
-        assert!(s.contains("elements = { fd00:10:244::/56 }"), "{s}");
-        assert!(s.contains("ip saddr @pod-sources-v4 ip daddr != @no-masquerade-v4 masquerade"));
-        assert!(s.contains("ip6 saddr @pod-sources-v6 ip6 daddr != @no-masquerade-v6 masquerade"));
-        assert!(s.contains("fib daddr type local return"));
+        assert_eq!(
+            set_elements(&b, "pod-sources-v6"),
+            nets(&["fd00:10:244:1::/64"])
+        );
+        assert_eq!(
+            set_elements(&b, "no-masquerade-v6"),
+            nets(&["fd00:10:244::/56"])
+        );
+        let j = b.to_json().to_string();
+        assert!(j.contains(r#""masquerade":null"#), "{j}");
+        assert!(j.contains(r#""right":"@no-masquerade-v6""#), "{j}");
+        assert!(j.contains(r#""right":"local""#), "{j}");
     }
 
     #[test]
-    fn empty_sets_have_no_elements_line() {
-        let s = ruleset(&MasqInputs::default());
-        assert!(!s.contains("elements"));
-        assert_eq!(s.matches("\tset ").count(), 4);
+    fn empty_sets_have_no_elements() {
+        let b = ruleset(&MasqInputs::default());
+        for s in [
+            "pod-sources-v4",
+            "no-masquerade-v4",
+            "pod-sources-v6",
+            "no-masquerade-v6",
+        ] {
+            assert!(set_elements(&b, s).is_empty());
+        }
+        assert!(!b.to_json().to_string().contains("\"elem\""));
     }
 
     #[test]
@@ -159,9 +199,9 @@ mod tests {
 
     #[test]
     fn removal_tolerates_absence() {
-        assert_eq!(
-            removal(),
-            "table inet kindnet-masq\ndelete table inet kindnet-masq\n"
-        );
+        let b = removal();
+        assert_eq!(b.cmds.len(), 2);
+        assert!(matches!(b.cmds[0], kindnet_nft::Cmd::AddTable(_)));
+        assert!(matches!(b.cmds[1], kindnet_nft::Cmd::DeleteTable(_)));
     }
 }

@@ -62,7 +62,7 @@ pub struct Reconciler<D: Dataplane> {
     dp: D,
     store: Arc<Mutex<NodeStore>>,
     status: Arc<Status>,
-    last_masq: Option<String>,
+    last_masq: Option<kindnet_nft::Batch>,
     masq_removed: bool,
     /// Skips already logged, so each is logged once while it lasts.
     logged_skips: HashSet<(String, IpNet, &'static str)>,
@@ -455,14 +455,14 @@ impl<D: Dataplane> Reconciler<D> {
             &self.cfg.pod_subnet,
             &self.cfg.no_masquerade,
         ));
-        if !full && self.last_masq.as_deref() == Some(script.as_str()) {
+        if !full && self.last_masq.as_ref() == Some(&script) {
             return;
         }
         match self.dp.nft(&script) {
             Ok(()) => {
                 self.status.metrics.masquerade_syncs.inc();
                 report.masquerade_applied = true;
-                if self.last_masq.as_deref() != Some(script.as_str()) {
+                if self.last_masq.as_ref() != Some(&script) {
                     tracing::info!(table = masq::TABLE_NAME, "masquerade rules applied");
                 }
                 self.last_masq = Some(script);
@@ -650,7 +650,7 @@ mod tests {
     struct Fake {
         installed: Vec<InstalledRoute>,
         applied: Vec<RouteOp>,
-        nft: Vec<String>,
+        nft: Vec<kindnet_nft::Batch>,
         sysctls: std::collections::HashMap<String, String>,
         fail_view: bool,
     }
@@ -703,8 +703,8 @@ mod tests {
             }
             Ok(())
         }
-        fn nft(&mut self, script: &str) -> Result<(), String> {
-            self.nft.push(script.to_string());
+        fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String> {
+            self.nft.push(batch.clone());
             Ok(())
         }
         fn sysctl_get(&mut self, key: &str) -> Option<String> {
@@ -806,7 +806,10 @@ mod tests {
         assert!(conf.contains("\"subnet\": \"10.244.0.0/24\""));
         assert!(conf.contains("\"mtu\": 1400"));
         assert_eq!(r.dp.nft.len(), 1);
-        assert!(r.dp.nft[0].contains("10.244.0.0/16"));
+        assert!(
+            masq::set_elements(&r.dp.nft[0], "pod-sources-v4")
+                .contains(&"10.244.0.0/16".parse().unwrap())
+        );
         let ready = r.status.readiness();
         assert!(ready.ready(), "{}", ready.report());
         assert_eq!(ready.skipped.len(), 1);
@@ -1114,14 +1117,17 @@ mod tests {
     }
 
     /// The `elements = { ... }` of one nft set in a ruleset.
-    fn set_elements(script: &str, set: &str) -> String {
-        let start = script.find(&format!("set {set} {{")).unwrap();
-        let body = &script[start..];
-        let body = &body[..body.find("\n\t}").unwrap()];
-        body.lines()
-            .find_map(|l| l.trim().strip_prefix("elements = "))
-            .unwrap_or("")
-            .to_string()
+    /// The elements of a set of a masquerade batch, as `{ a, b }`.
+    fn set_elements(b: &kindnet_nft::Batch, set: &str) -> String {
+        let e: Vec<String> = masq::set_elements(b, set)
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        if e.is_empty() {
+            String::new()
+        } else {
+            format!("{{ {} }}", e.join(", "))
+        }
     }
 
     #[test]
@@ -1146,7 +1152,7 @@ mod tests {
             assert_eq!(
                 set_elements(&script, "no-masquerade-v4"),
                 "{ 10.244.0.0/16, 192.168.0.0/16 }",
-                "{evil}:\n{script}"
+                "{evil}:\n{script:?}"
             );
             assert_eq!(set_elements(&script, "no-masquerade-v6"), "", "{evil}");
             let ready = r.status.readiness();

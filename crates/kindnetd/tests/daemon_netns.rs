@@ -339,7 +339,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
         pod_sources: vec!["10.244.0.0/16".parse().unwrap()],
         no_masquerade: vec![],
     });
-    nft_apply(&ns, &leftover);
+    nft_apply_batch(&ns, &leftover);
     assert!(
         ns.exec(&["nft", "list", "tables"])
             .unwrap()

@@ -186,10 +186,12 @@ pub fn sysctl_get(ns: &NetnsGuard, key: &str) -> String {
 }
 
 /// Runs `nft -f -` with `script` inside the namespace.
-pub fn nft_apply(ns: &NetnsGuard, script: &str) {
+/// Applies a typed batch with `nft -j -f -` inside `ns`.
+pub fn nft_apply_batch(ns: &NetnsGuard, batch: &kindnet_nft::Batch) {
+    let json = batch.to_json().to_string();
     let mut child = ns
         .command("nft")
-        .args(["-f", "-"])
+        .args(["-j", "-f", "-"])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -197,10 +199,10 @@ pub fn nft_apply(ns: &NetnsGuard, script: &str) {
         .stdin
         .take()
         .unwrap()
-        .write_all(script.as_bytes())
+        .write_all(json.as_bytes())
         .unwrap();
     assert!(
         child.wait().unwrap().success(),
-        "nft -f - failed for:\n{script}"
+        "nft -j -f - failed for:\n{json}"
     );
 }
