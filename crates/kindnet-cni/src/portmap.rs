@@ -455,10 +455,14 @@ pub fn map_ports(
         .cloned()
         .collect();
     if let Some((w, holder)) = owned::held_by_others(listing.as_ref(), &ports).first() {
+        let to = holder
+            .data
+            .as_ref()
+            .map(|d| format!(" to {d}"))
+            .unwrap_or_default();
         return Err(CniError::internal(format!(
-            "portmap: host port {:?} is already mapped to {:?} by another attachment ({})",
+            "portmap: host port {} is already mapped{to} by another attachment ({})",
             w.elem.key,
-            holder.data,
             holder.comment.as_deref().unwrap_or("no owner")
         )));
     }
@@ -513,12 +517,16 @@ pub fn check_ports(
     match missing.first() {
         None => Ok(()),
         Some(w) => Err(CniError::internal(format!(
-            "CHECK: {} of {} port-mapping elements are not programmed as expected (first: {} {:?} -> {:?})",
+            "CHECK: {} of {} port-mapping elements are not programmed as expected (first: {} {}{})",
             missing.len(),
             want.len(),
             w.set,
             w.elem.key,
-            w.elem.data
+            w.elem
+                .data
+                .as_ref()
+                .map(|d| format!(" : {d}"))
+                .unwrap_or_default()
         ))),
     }
 }

@@ -1,9 +1,12 @@
 //! The CNI network configuration kindnetd writes for its node: pure
 //! rendering, plus an atomic write that happens only when the content changes.
 //!
-//! The chain is kind's: `ptp` (or `bridge` when CNI_BRIDGE is set) with
-//! host-local IPAM over every pod CIDR of the node, then `portmap`.
-//! `ipMasq` is off because kindnetd masquerades itself.
+//! By default one plugin, `kindnet`, does the whole pod in one exec (veth
+//! as ptp lays it out, or bridge when CNI_BRIDGE is set; host-local IPAM
+//! over every pod CIDR of the node; the `portMappings` capability). With
+//! `--cni-chain=classic` it is kind's chain: `ptp` (or `bridge`), then
+//! `portmap`. Both keep the same state, so switching is safe under running
+//! pods. `ipMasq` is off because kindnetd masquerades itself.
 
 use std::fs;
 use std::io::{self, Write};
@@ -22,8 +25,29 @@ pub const CNI_VERSION: &str = "1.0.0";
 /// Every version our plugins speak; newer libcni picks the highest it knows.
 pub const CNI_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
+/// Which plugins the conflist chains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CniChain {
+    /// `kindnet`: the whole pod in one exec.
+    #[default]
+    Single,
+    /// kind's `ptp`/`bridge` + `portmap`.
+    Classic,
+}
+
+impl CniChain {
+    pub fn parse(s: &str) -> Option<CniChain> {
+        match s {
+            "single" | "kindnet" => Some(CniChain::Single),
+            "classic" => Some(CniChain::Classic),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CniInputs {
+    pub chain: CniChain,
     /// The node's pod CIDRs (one per family), in the Node's order.
     pub pod_cidrs: Vec<IpNet>,
     pub mtu: u32,
@@ -38,7 +62,14 @@ struct Conflist<'a> {
     cni_version: &'a str,
     cni_versions: &'a [&'a str],
     name: &'a str,
-    plugins: (MainPlugin<'a>, Portmap),
+    plugins: Vec<PluginEntry<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum PluginEntry<'a> {
+    Main(MainPlugin<'a>),
+    Portmap(Portmap),
 }
 
 #[derive(Serialize)]
@@ -46,6 +77,8 @@ struct Conflist<'a> {
 struct MainPlugin<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capabilities: Option<PortmapCaps>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bridge: Option<&'a str>,
     ip_masq: bool,
@@ -123,8 +156,16 @@ pub fn render(inp: &CniInputs) -> String {
         })
         .collect();
     let bridge = inp.bridge.as_deref();
+    let single = inp.chain == CniChain::Single;
     let main = MainPlugin {
-        kind: if bridge.is_some() { "bridge" } else { "ptp" },
+        kind: match (single, bridge.is_some()) {
+            (true, _) => "kindnet",
+            (false, true) => "bridge",
+            (false, false) => "ptp",
+        },
+        capabilities: single.then_some(PortmapCaps {
+            port_mappings: true,
+        }),
         bridge,
         ip_masq: false,
         is_gateway: bridge.map(|_| true),
@@ -146,15 +187,19 @@ pub fn render(inp: &CniInputs) -> String {
         cni_version: CNI_VERSION,
         cni_versions: &CNI_VERSIONS,
         name: NETWORK_NAME,
-        plugins: (
-            main,
-            Portmap {
-                kind: "portmap",
-                capabilities: PortmapCaps {
-                    port_mappings: true,
-                },
-            },
-        ),
+        plugins: if single {
+            vec![PluginEntry::Main(main)]
+        } else {
+            vec![
+                PluginEntry::Main(main),
+                PluginEntry::Portmap(Portmap {
+                    kind: "portmap",
+                    capabilities: PortmapCaps {
+                        port_mappings: true,
+                    },
+                }),
+            ]
+        },
     };
     // Serializing plain structs of strings and numbers cannot fail.
     let mut s = serde_json::to_string_pretty(&conf).unwrap_or_default();
@@ -264,6 +309,7 @@ mod tests {
 
     fn inputs(cidrs: &[&str], bridge: Option<&str>) -> CniInputs {
         CniInputs {
+            chain: CniChain::Classic,
             pod_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
             mtu: 1450,
             bridge: bridge.map(str::to_string),
@@ -351,6 +397,31 @@ mod tests {
         assert!(p["ipam"].get("routes").is_none());
         assert_eq!(p["ipam"]["ranges"], json!([[{"subnet": "10.244.1.0/24"}]]));
         assert_eq!(v["plugins"][1]["type"], "portmap");
+    }
+
+    #[test]
+    fn single_chain_is_one_kindnet_plugin_with_port_mappings() {
+        for (bridge, want_bridge) in [(None, None), (Some("kind-br"), Some("kind-br"))] {
+            let mut i = inputs(&["10.244.1.0/24", "fd00:10:244:1::/64"], bridge);
+            i.chain = CniChain::Single;
+            let v: Value = serde_json::from_str(&render(&i)).unwrap();
+            let plugins = v["plugins"].as_array().unwrap();
+            assert_eq!(plugins.len(), 1, "{v}");
+            let p = &plugins[0];
+            assert_eq!(p["type"], "kindnet");
+            assert_eq!(p["capabilities"], json!({"portMappings": true}));
+            assert_eq!(p["bridge"].as_str(), want_bridge);
+            assert_eq!(p["ipMasq"], false);
+            assert_eq!(p["ipam"]["type"], "host-local");
+            assert_eq!(
+                ranges_of(&render(&i)),
+                i.pod_cidrs,
+                "read back as the classic one"
+            );
+        }
+        assert_eq!(CniChain::parse("classic"), Some(CniChain::Classic));
+        assert_eq!(CniChain::parse("single"), Some(CniChain::Single));
+        assert_eq!(CniChain::parse("both"), None);
     }
 
     #[test]

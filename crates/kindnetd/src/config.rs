@@ -56,6 +56,11 @@ pub struct Flags {
     #[arg(long, env = "CNI_BRIDGE", value_parser = parse_bridge, default_value = "")]
     pub cni_bridge: Bridge,
 
+    /// The conflist's plugins: "single" (default) = the `kindnet` plugin,
+    /// the whole pod in one exec; "classic" = kind's ptp/bridge + portmap.
+    #[arg(long, env = "KINDNET_CNI_CHAIN", value_parser = parse_cni_chain, default_value = "single")]
+    pub cni_chain: crate::cniconf::CniChain,
+
     /// API server host:port used instead of the in-cluster service address
     /// (as kind does, so kindnetd does not wait for kube-proxy).
     #[arg(long, env = "CONTROL_PLANE_ENDPOINT")]
@@ -306,6 +311,10 @@ pub fn parse_ipv6_prefix(s: &str) -> Result<Ipv6Net, String> {
         return Err(format!("{s:?} has bits set after the prefix"));
     }
     Ok(n)
+}
+
+pub fn parse_cni_chain(s: &str) -> Result<crate::cniconf::CniChain, String> {
+    crate::cniconf::CniChain::parse(s).ok_or_else(|| format!("{s:?}: expected single or classic"))
 }
 
 pub fn parse_bridge(s: &str) -> Result<Bridge, String> {

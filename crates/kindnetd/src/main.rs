@@ -161,6 +161,7 @@ async fn run(flags: Flags) -> ExitCode {
         configure_sysctls: flags.configure_sysctls,
         cni_conf_dir: flags.cni_conf_dir.clone(),
         bridge: flags.cni_bridge.0.clone(),
+        cni_chain: flags.cni_chain,
         ipam_data_dir: flags.ipam_data_dir.clone(),
         mtu: flags.mtu,
         resync_period: flags.resync_period,

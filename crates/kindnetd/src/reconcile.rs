@@ -51,6 +51,7 @@ pub struct Settings {
     pub configure_sysctls: bool,
     pub cni_conf_dir: PathBuf,
     pub bridge: Option<String>,
+    pub cni_chain: cniconf::CniChain,
     pub ipam_data_dir: PathBuf,
     /// 0 = from the default-route interface.
     pub mtu: u32,
@@ -329,6 +330,7 @@ impl<D: Dataplane> Reconciler<D> {
             )
         };
         let content = cniconf::render(&CniInputs {
+            chain: self.cfg.cni_chain,
             pod_cidrs: own.to_vec(),
             mtu,
             bridge: self.cfg.bridge.clone(),
@@ -727,6 +729,7 @@ mod tests {
             configure_sysctls: true,
             cni_conf_dir: dir.to_path_buf(),
             bridge: None,
+            cni_chain: cniconf::CniChain::Single,
             ipam_data_dir: "/run/cni-ipam-state".into(),
             mtu: 0,
             resync_period: Duration::from_secs(10),
@@ -966,6 +969,7 @@ mod tests {
     fn last_known_own_cidrs_come_from_the_conflist_on_disk_at_start() {
         let dir = TmpDir::new("ondisk");
         let before = cniconf::render(&CniInputs {
+            chain: cniconf::CniChain::Single,
             pod_cidrs: vec!["10.244.5.0/24".parse().unwrap()],
             mtu: 1400,
             bridge: None,

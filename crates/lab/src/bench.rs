@@ -6,7 +6,7 @@
 //! per measurement and a summary line with medians and ratios.
 
 use crate::cluster::{self, Binaries, Lab};
-use crate::plan::{Family, Mode, Spec, Stack};
+use crate::plan::{Chain, Family, Mode, Spec, Stack};
 use crate::sys::{self, Result};
 use serde_json::{Value, json};
 use std::net::IpAddr;
@@ -199,6 +199,12 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
                 stack: b.stack,
                 mode: Mode::Ptp,
                 pods_per_node: 1,
+                // the reference plugins have no `kindnet`: kind's chain
+                cni_chain: if label == "reference" {
+                    Chain::Classic
+                } else {
+                    Chain::Single
+                },
                 host_ports: false,
             };
             let max_cni_version = (label == "reference").then(|| "1.0.0".to_string());

@@ -220,7 +220,9 @@ impl Lab {
             .arg("--metrics-bind-address")
             .arg("127.0.0.1:19080")
             .arg("--resync-period")
-            .arg("2s");
+            .arg("2s")
+            .arg("--cni-chain")
+            .arg(self.spec.cni_chain.flag());
         if self.spec.mode == Mode::Bridge {
             cmd.arg("--cni-bridge").arg("true");
         }

@@ -36,6 +36,9 @@ struct UpArgs {
     mode: Mode,
     #[arg(long, default_value_t = 2)]
     pods_per_node: usize,
+    /// The conflist kindnetd writes: one `kindnet` plugin, or kind's chain.
+    #[arg(long, value_enum, default_value = "single")]
+    cni_chain: plan::Chain,
     #[arg(long, default_value = "kindnet")]
     name: String,
     /// Directory with kindnetd and kindnet-cni (default: next to this binary).
@@ -138,6 +141,7 @@ fn spec(a: &UpArgs) -> Spec {
         stack: a.stack,
         mode: a.mode,
         pods_per_node: a.pods_per_node,
+        cni_chain: a.cni_chain,
         host_ports: true,
     }
 }

@@ -32,6 +32,26 @@ pub enum Mode {
     Bridge,
 }
 
+/// The CNI chain kindnetd writes (its `--cni-chain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Chain {
+    /// One plugin, `kindnet`: the whole pod in one exec.
+    #[default]
+    Single,
+    /// kind's `ptp`/`bridge` + `portmap`.
+    Classic,
+}
+
+impl Chain {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Chain::Single => "single",
+            Chain::Classic => "classic",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Family {
     V4,
@@ -58,6 +78,8 @@ pub struct Spec {
     pub stack: Stack,
     pub mode: Mode,
     pub pods_per_node: usize,
+    #[serde(default)]
+    pub cni_chain: Chain,
     /// Whether the first pod of each node publishes HOST_PORT (the
     /// reference portmap needs iptables for that, so the benchmark's
     /// reference lab turns it off).
@@ -261,6 +283,7 @@ mod tests {
             stack,
             mode: Mode::Ptp,
             pods_per_node: 2,
+            cni_chain: Chain::Single,
             host_ports: true,
         }
     }

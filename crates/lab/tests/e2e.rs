@@ -80,6 +80,10 @@ impl Drop for Lab {
 }
 
 fn matrix(name: &str, stack: &str, mode: &str) {
+    matrix_chain(name, stack, mode, "single");
+}
+
+fn matrix_chain(name: &str, stack: &str, mode: &str, chain: &str) {
     require_root!();
     let l = Lab::up(
         name,
@@ -92,8 +96,20 @@ fn matrix(name: &str, stack: &str, mode: &str) {
             stack,
             "--mode",
             mode,
+            "--cni-chain",
+            chain,
         ],
     );
+    let conflist = std::fs::read_to_string(format!(
+        "/run/kindnet-lab/{name}/node1/net.d/10-kindnet.conflist"
+    ))
+    .unwrap_or_default();
+    let want = if chain == "single" {
+        "\"kindnet\""
+    } else {
+        "\"portmap\""
+    };
+    assert!(conflist.contains(want), "{chain}: {conflist}");
     let out = l.check();
     for group in [
         "pod -> pod",
@@ -129,6 +145,14 @@ fn ipv6_ptp() {
 #[test]
 fn dual_ptp() {
     matrix("edp", "dual", "ptp");
+}
+#[test]
+fn dual_ptp_classic_chain() {
+    matrix_chain("edpc", "dual", "ptp", "classic");
+}
+#[test]
+fn dual_bridge_classic_chain() {
+    matrix_chain("edbc", "dual", "bridge", "classic");
 }
 #[test]
 fn ipv4_bridge() {

@@ -239,6 +239,28 @@ impl Value {
     }
 }
 
+/// nft's own notation (`tcp . 8080`, `10.244.1.0/24`), for messages.
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::Addr(a) => write!(f, "{a}"),
+            Value::Prefix(n) => write!(f, "{n}"),
+            Value::Port(p) => write!(f, "{p}"),
+            Value::PortRange(a, b) => write!(f, "{a}-{b}"),
+            Value::Proto(p) => write!(f, "{p}"),
+            Value::Concat(v) => {
+                for (i, x) in v.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(" . ")?;
+                    }
+                    write!(f, "{x}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One element: a key, a map's data, and the owner comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elem {
@@ -348,6 +370,10 @@ mod tests {
             Some(Value::Prefix("10.0.0.0/8".parse().unwrap()))
         );
         assert_eq!(Value::from_json(&json!("bogus")), None);
+        assert_eq!(
+            Value::Concat(vec![Value::Proto(L4Proto::Udp), Value::Port(53)]).to_string(),
+            "udp . 53"
+        );
         assert_eq!(Value::from_json(&json!(70000)), None);
     }
 }
