@@ -359,17 +359,27 @@ pub fn add_batch(listing: Option<&Listing>, wanted: &[Wanted]) -> Batch {
 /// flowing before the mapping existed (or to a deleted pod) is not stuck on
 /// a stale entry.
 fn flush_udp_conntrack(maps: &[PortMapping]) {
-    for m in maps.iter().filter(|m| m.protocol == L4Proto::Udp) {
-        let port = m.host_port.to_string();
-        match std::process::Command::new("conntrack")
-            .args(["-D", "-p", "udp", "--orig-port-dst", &port])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-        {
-            Ok(_) => {} // exit 1 means "no entries": fine
-            Err(e) => log_warn!("cannot flush UDP conntrack for port {port}: {e}"),
+    use kindnet_netlink::conntrack::{Conntrack, CtProto};
+    let ports: Vec<u16> = maps
+        .iter()
+        .filter(|m| m.protocol == L4Proto::Udp)
+        .map(|m| m.host_port)
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    // The mapping itself is in place; a stale entry only delays a stream
+    // that existed before it, so a failure is logged, not fatal (as the
+    // reference does).
+    match Conntrack::open() {
+        Ok(mut ct) => {
+            for port in ports {
+                if let Err(e) = ct.delete_by_dport(CtProto::Udp, port) {
+                    log_warn!("cannot flush UDP conntrack entries of host port {port}: {e}");
+                }
+            }
         }
+        Err(e) => log_warn!("cannot open ctnetlink to flush UDP conntrack entries: {e}"),
     }
 }
 

@@ -7,6 +7,7 @@
 //! with the positive errno and what we were doing.
 
 mod addr;
+pub mod conntrack;
 mod error;
 mod events;
 mod link;

@@ -485,3 +485,59 @@ fn missing_netns_is_not_found() {
     let e = Netns::open(format!("/var/run/netns/knl-missing-{}", std::process::id())).unwrap_err();
     assert!(e.is_not_found(), "{e}");
 }
+
+#[test]
+fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
+    require_root!();
+    let t = TestNs::new();
+    let ct = |args: &[&str]| {
+        let mut full = vec!["ip", "netns", "exec", &t.named.name, "conntrack"];
+        full.extend_from_slice(args);
+        kindnet_testbed::sh(&full)
+    };
+    for (src, dst, proto, dport) in [
+        ("10.1.0.1", "10.1.0.2", "udp", "5353"),
+        ("fd00::1", "fd00::2", "udp", "5353"),
+        ("10.1.0.1", "10.1.0.2", "udp", "53"),
+        ("10.1.0.1", "10.1.0.2", "tcp", "5353"),
+    ] {
+        let mut args = vec![
+            "-I", "-p", proto, "-s", src, "-d", dst, "--sport", "40000", "--dport", dport, "-t",
+            "120",
+        ];
+        if proto == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        let o = ct(&args);
+        assert!(
+            o.status.success(),
+            "conntrack -I: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let n =
+        t.ns.run(|| {
+            kindnet_netlink::conntrack::Conntrack::open()
+                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 2, "the UDP 5353 entries of both families");
+    let left = String::from_utf8_lossy(&ct(&["-L", "-f", "ipv4"]).stdout).to_string()
+        + &String::from_utf8_lossy(&ct(&["-L", "-f", "ipv6"]).stdout);
+    assert!(left.contains("dport=53 "), "{left}");
+    assert!(
+        left.contains("tcp") && left.contains("dport=5353"),
+        "{left}"
+    );
+    assert!(!left.contains("fd00::1"), "{left}");
+    // nothing more to delete: 0, no error
+    let again =
+        t.ns.run(|| {
+            kindnet_netlink::conntrack::Conntrack::open()
+                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, 0);
+}
