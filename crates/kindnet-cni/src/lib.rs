@@ -9,6 +9,7 @@
 //! - `loopback` brings `lo` up.
 
 pub mod bridge;
+pub mod host;
 pub mod hostlink;
 pub mod install;
 pub mod ipam;
