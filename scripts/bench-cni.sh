@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Pod network setup benchmark: kind's conflist (ptp + host-local + portmap),
-# IPv4 and dual-stack, driven through libcni (cnidrive bench) with our
+# IPv4 and dual-stack, driven through libcni (target/libcni-driver bench,
+# built from tools/libcni-driver by scripts/setup.sh) with our
 # plugins and with the reference plugins (/usr/lib/cni) side by side, inside
 # a network namespace of its own. Prints one JSON line per run and one per
 # comparison (ratios: reference / ours, so > 1 means we are faster).
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 serial=${1:-50} many=${2:-100} par=${3:-8}
 [ "$(id -u)" = 0 ] || { echo "bench-cni: needs root (network namespaces)" >&2; exit 1; }
 scripts/setup.sh >&2
-command -v cnidrive >/dev/null || { echo "bench-cni: cnidrive missing" >&2; exit 1; }
+driver=$PWD/target/libcni-driver
+[ -x "$driver" ] || { echo "bench-cni: $driver missing (tools/libcni-driver/build.sh)" >&2; exit 1; }
 [ -x /usr/lib/cni/ptp ] || { echo "bench-cni: reference plugins missing (containernetworking-plugins)" >&2; exit 1; }
 scripts/build.sh cni >&2
 
@@ -46,7 +48,7 @@ run() { # IMPL STACK PODS PAR -> JSON line
   local dir=/usr/lib/cni; [ "$1" = ours ] && dir="$work/ours"
   conflist "$1" "$2" > "$work/$1-$2.conflist"
   local out
-  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$1" ip netns exec "$node" cnidrive bench "$work/$1-$2.conflist" "$3" "$4")
+  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$1" ip netns exec "$node" "$driver" bench "$work/$1-$2.conflist" "$3" "$4")
   echo "{\"impl\":\"$1\",\"stack\":\"$2\",${out#\{}"
 }
 

@@ -198,13 +198,10 @@ fn same_attachment_twice_gets_the_same_addresses() {
 
 #[test]
 fn reference_binary_reads_our_store_and_we_read_its() {
-    let reference = std::path::Path::new("/usr/lib/cni/host-local");
-    if !reference.exists() {
-        eprintln!(
-            "skipping: reference host-local not installed (apt-get install containernetworking-plugins)"
-        );
-        return;
-    }
+    let reference = require_tool!(
+        "/usr/lib/cni/host-local",
+        "the reference plugin: apt-get install containernetworking-plugins"
+    );
     let data = TempDir::new("ipam");
     let mut c = conf(&data.str());
     c["cniVersion"] = json!("1.0.0");
@@ -219,7 +216,7 @@ fn reference_binary_reads_our_store_and_we_read_its() {
         .ok(),
     );
     let run_ref = |cmd: &str, id: &str| {
-        let mut ch = Command::new(reference)
+        let mut ch = Command::new(&reference)
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", "/dev/null")

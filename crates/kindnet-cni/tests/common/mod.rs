@@ -5,7 +5,7 @@
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, sh, sh_ok};
+pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, require_tool, sh, sh_ok};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
