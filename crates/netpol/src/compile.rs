@@ -1,0 +1,565 @@
+//! The compiler: a [`Cluster`] and a node's context in, one atomic
+//! replacement of table `inet kindnet-netpol` out (see the crate docs for
+//! the layout).
+
+use kindnet_nft::{
+    BaseChain, Batch, ChainDef, ChainType, Cmd, Comment, Elem, Expr, Family, Hook, KeyType,
+    L4Proto, Lhs, LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef,
+    Value,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::cidr::Ranges;
+use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
+
+pub const TABLE: &str = "kindnet-netpol";
+/// The base chain (hook forward, priority filter).
+pub const FORWARD_CHAIN: &str = "forward";
+/// The chain holding the ingress dispatch, reached after egress allowed.
+pub const INGRESS_CHAIN: &str = "ingress";
+/// Named counters of packets dropped per direction (for metrics).
+pub const DENIED_INGRESS_COUNTER: &str = "denied-ingress";
+pub const DENIED_EGRESS_COUNTER: &str = "denied-egress";
+
+/// Log lines of denied packets, per pod chain.
+const LOG_RATE_PER_SECOND: u32 = 10;
+const LOG_BURST: u32 = 20;
+
+/// A name made here from constants and hex digits.
+fn name(s: &str) -> Name {
+    Name::new(s).unwrap_or_else(|e| unreachable!("generated nft name {s:?}: {e}"))
+}
+
+/// `inet kindnet-netpol`.
+pub fn table() -> TableRef {
+    TableRef {
+        family: Family::Inet,
+        name: name(TABLE),
+    }
+}
+
+/// The dispatch map of a direction and family: `ingress4`, `egress6`…
+pub fn dispatch_map(d: Direction, v6: bool) -> Name {
+    name(&format!("{}{}", d.as_str(), if v6 { 6 } else { 4 }))
+}
+
+fn node_set(v6: bool) -> Name {
+    name(if v6 { "node-ips6" } else { "node-ips4" })
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// 16 hex digits of SHA-256 of `namespace/name`: the pod's part of its
+/// chain names, stable across restarts and nodes.
+pub fn pod_hash(namespace: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(namespace.as_bytes());
+    h.update(b"/");
+    h.update(name.as_bytes());
+    hex16(&h.finalize())
+}
+
+/// The pod's chain for a direction: `ing-<16hex>` / `egr-<16hex>`.
+/// kindnetd creates both for every local pod it knows, before the pod's
+/// sandbox exists, so the CNI plugin can point the dispatch maps at them.
+pub fn pod_chain(namespace: &str, pod: &str, d: Direction) -> Name {
+    let tag = match d {
+        Direction::Ingress => "ing",
+        Direction::Egress => "egr",
+    };
+    name(&format!("{tag}-{}", pod_hash(namespace, pod)))
+}
+
+fn dispatch_elems(namespace: &str, pod: &str, d: Direction, ips: &[IpAddr], v6: bool) -> Vec<Elem> {
+    let chain = pod_chain(namespace, pod, d);
+    ips.iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| Elem {
+            key: Value::Addr(*a),
+            data: Some(Value::Goto(chain.clone())),
+            comment: None,
+        })
+        .collect()
+}
+
+/// What the CNI plugin adds at ADD time: the pod's addresses in all four
+/// dispatch maps, pointing at the pod's chains (which kindnetd made from
+/// the Pod object: isolating ones when policies select the pod, pass-through
+/// ones otherwise). Fails as one transaction, changing nothing, when the
+/// table or the chains do not exist yet, or when an address is still mapped
+/// to another pod's chain (delete those elements first).
+pub fn pod_dispatch_elements(namespace: &str, pod: &str, ips: &[IpAddr]) -> Batch {
+    let t = table();
+    let mut b = Batch::new();
+    for d in [Direction::Ingress, Direction::Egress] {
+        for v6 in [false, true] {
+            b.add_elements(
+                &t,
+                &dispatch_map(d, v6),
+                dispatch_elems(namespace, pod, d, ips, v6),
+            );
+        }
+    }
+    b
+}
+
+/// Sizes of a compiled ruleset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Valid policies in the cluster.
+    pub policies: usize,
+    /// Local pods isolated in at least one direction.
+    pub selected_pods: usize,
+    /// Local pods with chains (every local pod on the pod network).
+    pub local_pods: usize,
+    pub chains: usize,
+    pub rules: usize,
+    /// Sets and maps.
+    pub sets: usize,
+    pub elements: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub batch: Batch,
+    pub stats: Stats,
+}
+
+/// One allowing rule of a pod chain, as the lookups it makes. Ordered, so
+/// chains come out the same for the same input.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Allow {
+    /// Everything.
+    All,
+    /// The peer address (saddr for ingress, daddr for egress) is in a set.
+    Peers {
+        v6: bool,
+        peers: Name,
+    },
+    /// `meta l4proto . th dport` is in a set (every peer).
+    Ports {
+        ports: Name,
+    },
+    Both {
+        v6: bool,
+        peers: Name,
+        ports: Name,
+    },
+    /// Egress to named ports, resolved per destination pod:
+    /// `ip daddr . meta l4proto . th dport`.
+    DstPorts {
+        v6: bool,
+        set: Name,
+    },
+}
+
+struct Builder<'a> {
+    c: &'a Cluster,
+    sets: BTreeMap<Name, SetDef>,
+}
+
+impl Builder<'_> {
+    /// A set named by its content, so equal sets are made once and shared
+    /// by every chain that needs them.
+    fn set(
+        &mut self,
+        prefix: &str,
+        key: Vec<KeyType>,
+        interval: bool,
+        mut elems: Vec<Value>,
+    ) -> Name {
+        elems.sort();
+        elems.dedup();
+        let mut h = Sha256::new();
+        h.update(prefix.as_bytes());
+        for e in &elems {
+            h.update(e.to_json().to_string().as_bytes());
+            h.update(b"\n");
+        }
+        let n = name(&format!("{prefix}-{}", hex16(&h.finalize())));
+        self.sets.entry(n.clone()).or_insert_with(|| {
+            let s = SetDef::set(n.clone(), key)
+                .with_elements(elems.into_iter().map(Elem::key).collect());
+            if interval { s.interval() } else { s }
+        });
+        n
+    }
+
+    fn peer_set(&mut self, r: &Ranges) -> Name {
+        let elems = r.to_nets().into_iter().map(Value::net).collect();
+        let prefix = if r.v6 { "peers6" } else { "peers4" };
+        self.set(prefix, vec![KeyType::addr(r.v6)], true, elems)
+    }
+
+    /// The addresses a rule's peers stand for, per family.
+    fn peer_ranges(&self, ns: &str, r: &RuleSel) -> [Ranges; 2] {
+        let mut out = [Ranges::empty(false), Ranges::empty(true)];
+        for sel in &r.peers {
+            match sel {
+                PeerSel::Block(b) => out[b.v6 as usize].add(b),
+                PeerSel::Pods { .. } => {
+                    for q in self.c.network_pods() {
+                        if self.c.peer_matches_pod(ns, sel, q) {
+                            for ip in &q.ips {
+                                out[ip.is_ipv6() as usize].add_addr(*ip);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn allows(&mut self, ns: &str, r: &RuleSel, d: Direction, subject: &PodInfo) -> Vec<Allow> {
+        let peers = (!r.peers.is_empty()).then(|| self.peer_ranges(ns, r));
+        if r.ports.is_empty() {
+            return match peers {
+                None => vec![Allow::All],
+                Some(p) => p
+                    .iter()
+                    .filter(|r| !r.is_empty())
+                    .map(|r| Allow::Peers {
+                        v6: r.v6,
+                        peers: self.peer_set(r),
+                    })
+                    .collect(),
+            };
+        }
+        // numeric ports (and, for ingress, named ports of the subject)
+        let mut numeric: BTreeMap<L4Proto, Vec<(u16, u16)>> = BTreeMap::new();
+        let mut named: Vec<(L4Proto, &str)> = Vec::new();
+        for ps in &r.ports {
+            match &ps.port {
+                PortMatch::All => numeric.entry(ps.proto).or_default().push((0, u16::MAX)),
+                PortMatch::Range(lo, hi) => numeric.entry(ps.proto).or_default().push((*lo, *hi)),
+                PortMatch::Named(n) if d == Direction::Ingress => {
+                    for cp in &subject.ports {
+                        if &cp.name == n && cp.proto == ps.proto {
+                            numeric
+                                .entry(ps.proto)
+                                .or_default()
+                                .push((cp.port, cp.port));
+                        }
+                    }
+                }
+                PortMatch::Named(n) => named.push((ps.proto, n)),
+            }
+        }
+        let mut out = Vec::new();
+        if !numeric.is_empty() {
+            let mut elems = Vec::new();
+            for (proto, ranges) in numeric {
+                for (lo, hi) in merge_ports(ranges) {
+                    let port = if lo == hi {
+                        Value::Port(lo)
+                    } else {
+                        Value::PortRange(lo, hi)
+                    };
+                    elems.push(Value::Concat(vec![Value::Proto(proto), port]));
+                }
+            }
+            let ports = self.set(
+                "ports",
+                vec![KeyType::InetProto, KeyType::InetService],
+                true,
+                elems,
+            );
+            match &peers {
+                None => out.push(Allow::Ports { ports }),
+                Some(p) => {
+                    for r in p.iter().filter(|r| !r.is_empty()) {
+                        out.push(Allow::Both {
+                            v6: r.v6,
+                            peers: self.peer_set(r),
+                            ports: ports.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        if !named.is_empty() {
+            for v6 in [false, true] {
+                let mut elems = Vec::new();
+                for q in self.c.network_pods() {
+                    let Some(ip) = q.ip(v6) else { continue };
+                    if peers.as_ref().is_some_and(|p| !p[v6 as usize].contains(ip)) {
+                        continue;
+                    }
+                    for (proto, n) in &named {
+                        for cp in &q.ports {
+                            if &cp.name == n && cp.proto == *proto {
+                                elems.push(Value::Concat(vec![
+                                    Value::Addr(ip),
+                                    Value::Proto(*proto),
+                                    Value::Port(cp.port),
+                                ]));
+                            }
+                        }
+                    }
+                }
+                if !elems.is_empty() {
+                    let prefix = if v6 { "dports6" } else { "dports4" };
+                    let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
+                    let set = self.set(prefix, key, false, elems);
+                    out.push(Allow::DstPorts { v6, set });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sorted, overlapping and adjacent ranges merged (interval sets refuse
+/// overlaps).
+fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    r.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
+    let peer = |v6: bool| match d {
+        Direction::Ingress => Lhs::Saddr { v6 },
+        Direction::Egress => Lhs::Daddr { v6 },
+    };
+    let proto_port = || Lhs::Concat(vec![Lhs::L4Proto, Lhs::ThDport]);
+    let set = |n: &Name| Rhs::Set(n.clone());
+    match a {
+        Allow::All => vec![],
+        Allow::Peers { v6, peers } => vec![Expr::eq(peer(*v6), set(peers))],
+        Allow::Ports { ports } => vec![Expr::eq(proto_port(), set(ports))],
+        Allow::Both { v6, peers, ports } => vec![
+            Expr::eq(peer(*v6), set(peers)),
+            Expr::eq(proto_port(), set(ports)),
+        ],
+        Allow::DstPorts { v6, set: s } => vec![Expr::eq(
+            Lhs::Concat(vec![Lhs::Daddr { v6: *v6 }, Lhs::L4Proto, Lhs::ThDport]),
+            set(s),
+        )],
+    }
+}
+
+/// Compiles the cluster for one node: the whole table, replaced in one
+/// transaction. The same input gives the same batch.
+pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
+    let t = table();
+    let ingress = name(INGRESS_CHAIN);
+    let forward = name(FORWARD_CHAIN);
+    let mut b = Builder {
+        c,
+        sets: BTreeMap::new(),
+    };
+    let mut stats = Stats {
+        policies: c.policies.len(),
+        ..Stats::default()
+    };
+    let mut chains: Vec<ChainDef> = Vec::new();
+    let mut rules: Vec<RuleDef> = Vec::new();
+    let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
+
+    for p in c.network_pods().filter(|p| p.node == ctx.node_name) {
+        stats.local_pods += 1;
+        let mut selected = false;
+        for d in [Direction::Ingress, Direction::Egress] {
+            let chain = pod_chain(&p.namespace, &p.name, d);
+            chains.push(ChainDef {
+                name: chain.clone(),
+                base: None,
+            });
+            let verdict = match d {
+                Direction::Ingress => Expr::Accept,
+                Direction::Egress => Expr::Goto(ingress.clone()),
+            };
+            let policies: Vec<_> = c.policies_for(p, d).collect();
+            if policies.is_empty() {
+                // pass-through: the pod is not isolated this way, but the
+                // chain must exist for the CNI's dispatch elements
+                rules.push(RuleDef::new(&chain, vec![verdict]));
+                continue;
+            }
+            selected = true;
+            for v6 in [false, true] {
+                maps.entry((d, v6)).or_default().extend(dispatch_elems(
+                    &p.namespace,
+                    &p.name,
+                    d,
+                    &p.ips,
+                    v6,
+                ));
+            }
+            let mut allows = BTreeSet::new();
+            for pol in policies {
+                for r in pol.rules(d).unwrap_or_default() {
+                    allows.extend(b.allows(&pol.namespace, r, d, p));
+                }
+            }
+            if allows.contains(&Allow::All) {
+                rules.push(RuleDef::new(&chain, vec![verdict]));
+                continue;
+            }
+            for a in &allows {
+                let mut e = allow_exprs(a, d);
+                e.push(verdict.clone());
+                rules.push(RuleDef::new(&chain, e));
+            }
+            if ctx.log_denied {
+                let prefix = LogPrefix::new(format!(
+                    "kindnet-netpol {d} drop {}/{}: ",
+                    p.namespace, p.name
+                ))
+                .unwrap_or_else(|_| {
+                    LogPrefix::new(format!("kindnet-netpol {d} drop {chain}: "))
+                        .unwrap_or_else(|e| unreachable!("{e}"))
+                });
+                rules.push(RuleDef::new(
+                    &chain,
+                    vec![
+                        Expr::Limit {
+                            rate: LOG_RATE_PER_SECOND,
+                            per: LimitPer::Second,
+                            burst: LOG_BURST,
+                        },
+                        Expr::Log(prefix),
+                    ],
+                ));
+            }
+            let counter = name(match d {
+                Direction::Ingress => DENIED_INGRESS_COUNTER,
+                Direction::Egress => DENIED_EGRESS_COUNTER,
+            });
+            let mut drop = RuleDef::new(
+                &chain,
+                vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
+            );
+            // names the pod in listings (names are untrusted: only when valid)
+            if let Ok(cm) = Comment::new(format!("{}/{}", p.namespace, p.name)) {
+                drop = drop.comment(cm);
+            }
+            rules.push(drop);
+        }
+        if selected {
+            stats.selected_pods += 1;
+        }
+    }
+
+    let mut batch = Batch::new();
+    // add + delete + add: replaces the table (or makes it) in one transaction
+    batch.remove_table(&t).add_table(&t);
+    for c in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
+        batch.add_counter(&t, &name(c));
+    }
+    batch.add_chain(
+        &t,
+        ChainDef {
+            name: forward.clone(),
+            base: Some(BaseChain {
+                ty: ChainType::Filter,
+                hook: Hook::Forward,
+                prio: 0,
+                policy: Policy::Accept,
+            }),
+        },
+    );
+    batch.add_chain(
+        &t,
+        ChainDef {
+            name: ingress.clone(),
+            base: None,
+        },
+    );
+    stats.chains = 2 + chains.len();
+    for ch in chains {
+        batch.add_chain(&t, ch);
+    }
+    for v6 in [false, true] {
+        let mut ips: Vec<IpAddr> = ctx
+            .node_ips
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv6() == v6)
+            .collect();
+        ips.sort();
+        ips.dedup();
+        let s = SetDef::set(node_set(v6), vec![KeyType::addr(v6)])
+            .with_elements(ips.into_iter().map(|a| Elem::key(Value::Addr(a))).collect());
+        b.sets.insert(s.name.clone(), s);
+    }
+    for d in [Direction::Ingress, Direction::Egress] {
+        for v6 in [false, true] {
+            let elems = maps.remove(&(d, v6)).unwrap_or_default();
+            let m = SetDef::map(
+                dispatch_map(d, v6),
+                vec![KeyType::addr(v6)],
+                MapData::Verdict,
+            )
+            .with_elements(elems);
+            b.sets.insert(m.name.clone(), m);
+        }
+    }
+    stats.sets = b.sets.len();
+    for s in b.sets.into_values() {
+        stats.elements += s.elements.len();
+        batch.add_set(&t, s);
+    }
+
+    let mut base = vec![
+        vec![
+            Expr::Match {
+                left: Lhs::CtState,
+                op: Op::In,
+                right: Rhs::Keywords(&["established", "related"]),
+            },
+            Expr::Accept,
+        ],
+        vec![
+            Expr::Match {
+                left: Lhs::CtState,
+                op: Op::In,
+                right: Rhs::Keyword("invalid"),
+            },
+            Expr::Drop,
+        ],
+    ];
+    for v6 in [false, true] {
+        for lhs in [Lhs::Saddr { v6 }, Lhs::Daddr { v6 }] {
+            base.push(vec![Expr::eq(lhs, Rhs::Set(node_set(v6))), Expr::Accept]);
+        }
+    }
+    for v6 in [false, true] {
+        base.push(vec![Expr::VerdictMap {
+            key: Lhs::Saddr { v6 },
+            map: dispatch_map(Direction::Egress, v6),
+        }]);
+    }
+    base.push(vec![Expr::Goto(ingress.clone())]);
+    let mut all: Vec<RuleDef> = base
+        .into_iter()
+        .map(|e| RuleDef::new(&forward, e))
+        .collect();
+    for v6 in [false, true] {
+        all.push(RuleDef::new(
+            &ingress,
+            vec![Expr::VerdictMap {
+                key: Lhs::Daddr { v6 },
+                map: dispatch_map(Direction::Ingress, v6),
+            }],
+        ));
+    }
+    all.extend(rules);
+    stats.rules = all.len();
+    for r in all {
+        batch.push(Cmd::AddRule(t.clone(), r));
+    }
+    Compiled { batch, stats }
+}
