@@ -563,3 +563,192 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     }
     Compiled { batch, stats }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Namespace, NetworkPolicy, Pod};
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, node: &str, ips: &[&str]) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+            "spec": {"nodeName": node, "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    fn ctx() -> NodeContext {
+        NodeContext {
+            node_name: "n1".into(),
+            node_ips: vec!["172.18.0.2".parse().unwrap()],
+            log_denied: false,
+        }
+    }
+
+    fn cluster(policies: serde_json::Value) -> Cluster {
+        let pods = [
+            pod("x", "a", "n1", &["10.0.1.2", "fd00::2"]),
+            pod("x", "b", "n1", &[]), // pending: no address yet
+            pod("x", "r", "n2", &["10.0.2.2"]),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(policies).unwrap();
+        let ns: Vec<Namespace> = vec![];
+        Cluster::new(&pods, &ns, &pols, &[ctx()]).0
+    }
+
+    fn deny_ingress() -> serde_json::Value {
+        json!([{"metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}}}])
+    }
+
+    #[test]
+    fn chain_names_are_stable_hashes() {
+        let n = pod_chain("x", "a", Direction::Ingress);
+        assert_eq!(n.as_str(), format!("ing-{}", pod_hash("x", "a")));
+        assert_eq!(pod_hash("x", "a").len(), 16);
+        assert_ne!(pod_hash("x", "a"), pod_hash("x", "b"));
+        // the separator keeps "x/ab" and "xa/b" apart
+        assert_ne!(pod_hash("x", "ab"), pod_hash("xa", "b"));
+        assert!(
+            pod_chain("x", "a", Direction::Egress)
+                .as_str()
+                .starts_with("egr-")
+        );
+    }
+
+    #[test]
+    fn the_table_is_replaced_in_one_batch_and_output_is_deterministic() {
+        let c = cluster(deny_ingress());
+        let a = compile(&c, &ctx());
+        assert_eq!(a, compile(&c, &ctx()));
+        let t = table();
+        assert_eq!(a.batch.cmds[0], Cmd::AddTable(t.clone()));
+        assert_eq!(a.batch.cmds[1], Cmd::DeleteTable(t.clone()));
+        assert_eq!(a.batch.cmds[2], Cmd::AddTable(t));
+        assert_eq!(a.stats.policies, 1);
+        assert_eq!(a.stats.local_pods, 2, "x/r is remote");
+        assert_eq!(a.stats.selected_pods, 2, "the pending pod too");
+    }
+
+    #[test]
+    fn only_known_addresses_of_isolated_pods_are_dispatched() {
+        let c = cluster(deny_ingress());
+        let b = compile(&c, &ctx()).batch;
+        let map = |d: Direction, v6: bool| -> Vec<Elem> {
+            b.cmds
+                .iter()
+                .find_map(|c| match c {
+                    Cmd::AddSet(_, s) if s.name == dispatch_map(d, v6) => Some(s.elements.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let ing4 = map(Direction::Ingress, false);
+        assert_eq!(ing4.len(), 1);
+        assert_eq!(ing4[0].key, Value::Addr("10.0.1.2".parse().unwrap()));
+        assert_eq!(
+            ing4[0].data,
+            Some(Value::Goto(pod_chain("x", "a", Direction::Ingress)))
+        );
+        assert_eq!(map(Direction::Ingress, true).len(), 1);
+        assert!(
+            map(Direction::Egress, false).is_empty(),
+            "not isolated for egress"
+        );
+        // the pending pod's chains exist, for the CNI's elements
+        let chains: Vec<&Name> = b
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::AddChain(_, ch) => Some(&ch.name),
+                _ => None,
+            })
+            .collect();
+        for d in [Direction::Ingress, Direction::Egress] {
+            assert!(chains.contains(&&pod_chain("x", "b", d)));
+            assert!(
+                !chains.contains(&&pod_chain("x", "r", d)),
+                "remote pods get no chains"
+            );
+        }
+    }
+
+    #[test]
+    fn dispatch_elements_for_the_cni_are_exactly_the_pods_addresses() {
+        let ips: Vec<IpAddr> = vec!["10.0.1.9".parse().unwrap(), "fd00::9".parse().unwrap()];
+        let b = pod_dispatch_elements("x", "b", &ips);
+        assert_eq!(b.cmds.len(), 4);
+        for c in &b.cmds {
+            let Cmd::AddElements(t, map, e) = c else {
+                panic!("{c:?}")
+            };
+            assert_eq!(t, &table());
+            assert_eq!(e.len(), 1);
+            let d = if map.as_str().starts_with("ingress") {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            assert_eq!(e[0].data, Some(Value::Goto(pod_chain("x", "b", d))));
+            assert_eq!(
+                e[0].key.clone(),
+                Value::Addr(ips[map.as_str().ends_with('6') as usize])
+            );
+        }
+        assert!(pod_dispatch_elements("x", "b", &[]).is_empty());
+    }
+
+    #[test]
+    fn equal_sets_are_shared_and_log_is_behind_the_flag() {
+        let c = cluster(json!([
+            {"metadata": {"namespace": "x", "name": "p1"}, "spec": {"podSelector": {},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}},
+            {"metadata": {"namespace": "x", "name": "p2"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}}
+        ]));
+        let plain = compile(&c, &ctx());
+        let sets: Vec<&Name> = plain
+            .batch
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::AddSet(_, s)
+                    if s.name.as_str().starts_with("peers")
+                        || s.name.as_str().starts_with("ports") =>
+                {
+                    Some(&s.name)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sets.len(),
+            2,
+            "one peer set and one port set for both policies: {sets:?}"
+        );
+        let has_log = |b: &Batch| {
+            b.cmds
+                .iter()
+                .any(|c| matches!(c, Cmd::AddRule(_, r) if r.exprs.iter().any(|e| matches!(e, Expr::Log(_)))))
+        };
+        assert!(!has_log(&plain.batch));
+        let logged = compile(
+            &c,
+            &NodeContext {
+                log_denied: true,
+                ..ctx()
+            },
+        );
+        assert!(has_log(&logged.batch));
+    }
+
+    #[test]
+    fn ports_merge_into_disjoint_ranges() {
+        assert_eq!(
+            merge_ports(vec![(80, 90), (85, 100), (101, 101), (200, 200)]),
+            [(80, 101), (200, 200)]
+        );
+        assert_eq!(merge_ports(vec![(0, u16::MAX), (5, 6)]), [(0, u16::MAX)]);
+    }
+}

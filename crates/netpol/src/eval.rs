@@ -244,3 +244,139 @@ fn decide(
         reason,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Namespace, NetworkPolicy, Pod};
+    use serde_json::json;
+
+    fn cluster() -> Cluster {
+        let pod = |ns: &str, name: &str, node: &str, host: bool, ip: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+                "spec": {"nodeName": node, "hostNetwork": host,
+                         "containers": [{"ports": [{"name": "web", "containerPort": 8080}]}]},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("x", "a", "n1", false, "10.0.1.2"),
+            pod("x", "b", "n2", false, "10.0.2.2"),
+            pod("x", "h", "n2", true, "172.18.0.3"),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(json!([
+            {"metadata": {"namespace": "x", "name": "only-b"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": "web"}]}]}},
+            {"metadata": {"namespace": "x", "name": "all-pods"}, "spec": {"podSelector": {}}}
+        ]))
+        .unwrap();
+        let nodes = [
+            NodeContext {
+                node_name: "n1".into(),
+                node_ips: vec!["172.18.0.2".parse().unwrap()],
+                log_denied: false,
+            },
+            NodeContext {
+                node_name: "n2".into(),
+                node_ips: vec!["172.18.0.3".parse().unwrap()],
+                log_denied: false,
+            },
+        ];
+        let ns: Vec<Namespace> = vec![];
+        Cluster::new(&pods, &ns, &pols, &nodes).0
+    }
+
+    #[test]
+    fn named_ingress_ports_resolve_on_the_destination() {
+        let c = cluster();
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "b", false),
+            &Endpoint::pod("x", "a", false),
+            8080,
+            Proto::Tcp,
+        );
+        assert!(v.allowed, "{}", v.reason);
+        assert_eq!(v.by, [("x/only-b".to_string(), Direction::Ingress)]);
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "b", false),
+            &Endpoint::pod("x", "a", false),
+            80,
+            Proto::Tcp,
+        );
+        assert!(!v.allowed);
+        assert_eq!(v.by.len(), 2, "both policies isolate x/a: {:?}", v.by);
+        assert!(
+            !evaluate(
+                &c,
+                &Endpoint::pod("x", "b", false),
+                &Endpoint::pod("x", "a", false),
+                8080,
+                Proto::Udp
+            )
+            .allowed
+        );
+        assert!(
+            !evaluate(
+                &c,
+                &Endpoint::pod("x", "b", false),
+                &Endpoint::pod("x", "a", false),
+                0,
+                Proto::Other
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn host_network_pods_are_their_node_and_nodes_reach_their_own_pods() {
+        let c = cluster();
+        // x/h is on n2: for x/a on n1 it is only an address, and no pod peer
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "h", false),
+            &Endpoint::pod("x", "a", false),
+            8080,
+            Proto::Tcp,
+        );
+        assert!(!v.allowed, "{}", v.reason);
+        assert!(
+            !c.is_isolated("x", "h", Direction::Ingress),
+            "hostNetwork pods are never selected"
+        );
+        // n1 reaches its own pod x/a, whatever the policies
+        let node1 = Endpoint::Addr("172.18.0.2".parse().unwrap());
+        let v = evaluate(&c, &node1, &Endpoint::pod("x", "a", false), 22, Proto::Tcp);
+        assert!(v.allowed, "{}", v.reason);
+        assert!(v.reason.contains("its own node"), "{}", v.reason);
+        // but not n2's pod x/b
+        assert!(!evaluate(&c, &node1, &Endpoint::pod("x", "b", false), 22, Proto::Tcp).allowed);
+        // outside the pod network nothing applies
+        let out = Endpoint::Addr("203.0.113.1".parse().unwrap());
+        assert!(evaluate(&c, &node1, &out, 1, Proto::Udp).allowed);
+    }
+
+    #[test]
+    fn each_node_enforces_its_own_pods() {
+        let c = cluster();
+        let n1 = NodeContext {
+            node_name: "n1".into(),
+            ..NodeContext::default()
+        };
+        let n2 = NodeContext {
+            node_name: "n2".into(),
+            ..NodeContext::default()
+        };
+        let (a, b) = (
+            Endpoint::pod("x", "a", false),
+            Endpoint::pod("x", "b", false),
+        );
+        // a -> b:80 is denied by b's ingress, which only n2 enforces
+        assert!(evaluate_on(&c, &n1, &a, &b, 80, Proto::Tcp).allowed);
+        assert!(!evaluate_on(&c, &n2, &a, &b, 80, Proto::Tcp).allowed);
+        assert!(!evaluate(&c, &a, &b, 80, Proto::Tcp).allowed);
+    }
+}
