@@ -8,7 +8,7 @@ use kindnet_nft::{
     Value,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use crate::cidr::Ranges;
@@ -160,7 +160,17 @@ enum Allow {
 struct Builder<'a> {
     c: &'a Cluster,
     sets: BTreeMap<Name, SetDef>,
+    /// The allows of rules that do not depend on the subject pod, by the
+    /// rule's address (the cluster is borrowed for the whole compile), so
+    /// a policy selecting many pods computes its peers once.
+    shared: HashMap<(usize, Direction), Vec<Allow>>,
+    /// A rule's peer addresses and their set names, by the rule's address.
+    peers: HashMap<usize, Peers>,
 }
+
+/// The addresses a rule's peers stand for, per family, with the names of
+/// their sets (`None`: the family has no peer address).
+type Peers = Option<[(Ranges, Option<Name>); 2]>;
 
 impl Builder<'_> {
     /// A set named by its content, so equal sets are made once and shared
@@ -216,17 +226,50 @@ impl Builder<'_> {
     }
 
     fn allows(&mut self, ns: &str, r: &RuleSel, d: Direction, subject: &PodInfo) -> Vec<Allow> {
-        let peers = (!r.peers.is_empty()).then(|| self.peer_ranges(ns, r));
+        // only ingress named ports are resolved on the subject
+        let per_subject = d == Direction::Ingress
+            && r.ports
+                .iter()
+                .any(|p| matches!(p.port, PortMatch::Named(_)));
+        if per_subject {
+            return self.compute_allows(ns, r, d, subject);
+        }
+        let key = (std::ptr::from_ref(r) as usize, d);
+        if let Some(a) = self.shared.get(&key) {
+            return a.clone();
+        }
+        let a = self.compute_allows(ns, r, d, subject);
+        self.shared.insert(key, a.clone());
+        a
+    }
+
+    fn compute_allows(
+        &mut self,
+        ns: &str,
+        r: &RuleSel,
+        d: Direction,
+        subject: &PodInfo,
+    ) -> Vec<Allow> {
+        let key = std::ptr::from_ref(r) as usize;
+        let peers: Peers = match self.peers.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = (!r.peers.is_empty()).then(|| {
+                    self.peer_ranges(ns, r).map(|r| {
+                        let n = (!r.is_empty()).then(|| self.peer_set(&r));
+                        (r, n)
+                    })
+                });
+                self.peers.insert(key, p.clone());
+                p
+            }
+        };
         if r.ports.is_empty() {
             return match peers {
                 None => vec![Allow::All],
                 Some(p) => p
                     .iter()
-                    .filter(|r| !r.is_empty())
-                    .map(|r| Allow::Peers {
-                        v6: r.v6,
-                        peers: self.peer_set(r),
-                    })
+                    .filter_map(|(r, n)| n.clone().map(|peers| Allow::Peers { v6: r.v6, peers }))
                     .collect(),
             };
         }
@@ -272,12 +315,14 @@ impl Builder<'_> {
             match &peers {
                 None => out.push(Allow::Ports { ports }),
                 Some(p) => {
-                    for r in p.iter().filter(|r| !r.is_empty()) {
-                        out.push(Allow::Both {
-                            v6: r.v6,
-                            peers: self.peer_set(r),
-                            ports: ports.clone(),
-                        });
+                    for (r, n) in p {
+                        if let Some(peers) = n {
+                            out.push(Allow::Both {
+                                v6: r.v6,
+                                peers: peers.clone(),
+                                ports: ports.clone(),
+                            });
+                        }
                     }
                 }
             }
@@ -287,7 +332,10 @@ impl Builder<'_> {
                 let mut elems = Vec::new();
                 for q in self.c.network_pods() {
                     let Some(ip) = q.ip(v6) else { continue };
-                    if peers.as_ref().is_some_and(|p| !p[v6 as usize].contains(ip)) {
+                    if peers
+                        .as_ref()
+                        .is_some_and(|p| !p[v6 as usize].0.contains(ip))
+                    {
                         continue;
                     }
                     for (proto, n) in &named {
@@ -359,6 +407,8 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let mut b = Builder {
         c,
         sets: BTreeMap::new(),
+        shared: HashMap::new(),
+        peers: HashMap::new(),
     };
     let mut stats = Stats {
         policies: c.policies.len(),
