@@ -8,6 +8,7 @@
 use crate::nl_err;
 use ipnet::IpNet;
 use kindnet_cni_spec::CniError;
+use kindnet_netlink::nftables::{ChainState, NfTables};
 use kindnet_netlink::{
     AddrFlags, Address, Batch, Family, Handle, Link, Netns, Route, RouteFilter, sysctl,
 };
@@ -83,6 +84,10 @@ pub trait Host {
     fn delete_pod_link(&mut self, pod: PodId, ifname: &str) -> Result<(), CniError>;
 
     fn nft(&mut self) -> &mut dyn Nft;
+    /// Whether `chain` of `inet table` exists, asked over netlink (no nft
+    /// process on the hot path).
+    fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError>;
+    fn sleep(&mut self, d: std::time::Duration);
 }
 
 /// The real node: one rtnetlink socket, the pod namespaces it opened, and
@@ -91,6 +96,7 @@ pub struct NetlinkHost {
     h: Handle,
     pods: Vec<Netns>,
     nft: kindnet_nft::NftCli,
+    nf_tables: Option<NfTables>,
 }
 
 impl NetlinkHost {
@@ -99,6 +105,7 @@ impl NetlinkHost {
             h: Handle::new().map_err(nl_err("open netlink"))?,
             pods: Vec::new(),
             nft: crate::host_nft(),
+            nf_tables: None,
         })
     }
 
@@ -245,6 +252,22 @@ impl Host for NetlinkHost {
 
     fn nft(&mut self) -> &mut dyn Nft {
         &mut self.nft
+    }
+
+    fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError> {
+        if self.nf_tables.is_none() {
+            self.nf_tables = Some(NfTables::open().map_err(nl_err("open nf_tables netlink"))?);
+        }
+        match self.nf_tables.as_mut() {
+            Some(n) => n
+                .chain_state(table, chain)
+                .map_err(nl_err(format!("look up nft chain {table} {chain}"))),
+            None => Err(CniError::internal("nf_tables netlink socket missing")),
+        }
+    }
+
+    fn sleep(&mut self, d: std::time::Duration) {
+        std::thread::sleep(d);
     }
 }
 

@@ -16,6 +16,7 @@ pub mod ipam;
 pub mod kindnet;
 pub mod loopback;
 pub mod masq;
+pub mod netpol;
 pub mod pod;
 pub mod portmap;
 pub mod ptp;

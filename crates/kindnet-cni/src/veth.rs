@@ -120,6 +120,9 @@ pub fn add(
         if opts.ip_masq {
             masq::setup(h.nft(), &res.ips, &owner)?;
         }
+        let addrs: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
+        crate::netpol::hand_off(h, req, &addrs)?;
+        t.mark("netpol");
         interfaces.push(Interface {
             name: host.name.clone(),
             mac: pod::format_mac(host.mac),
@@ -263,7 +266,7 @@ mod tests {
     use crate::host::fake::FakeHost;
     use crate::ptp::Ptp;
     use kindnet_cni_spec::{Command, Env, NetConf, version::Version};
-    use kindnet_nft::{Family, Nft, TableRef};
+    use kindnet_nft::{Family, Nft, TableRef, Value};
     use std::path::Path;
 
     struct Bed {
@@ -281,11 +284,26 @@ mod tests {
         }
 
         fn req(&self, command: Command, container_id: &str, ip_masq: bool) -> Request {
+            self.req_in(
+                command,
+                container_id,
+                ip_masq,
+                ["10.244.1.0/24", "fd00:1::/64"],
+            )
+        }
+
+        fn req_in(
+            &self,
+            command: Command,
+            container_id: &str,
+            ip_masq: bool,
+            subnets: [&str; 2],
+        ) -> Request {
             let data = self.dir.path().join("ipam");
             let conf = serde_json::json!({
                 "cniVersion": "1.1.0", "name": "net", "type": "ptp", "ipMasq": ip_masq,
                 "ipam": {"type": "host-local", "dataDir": data,
-                         "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:1::/64"}]],
+                         "ranges": [[{"subnet": subnets[0]}], [{"subnet": subnets[1]}]],
                          "routes": [{"dst": "0.0.0.0/0"}]},
             });
             let stdin = conf.to_string().into_bytes();
@@ -395,6 +413,161 @@ mod tests {
         gone.env.netns.clear();
         Ptp::del_on(&mut h, &gone).unwrap();
         let _ = Path::new("/");
+    }
+
+    /// A fake kindnetd table with the dispatch maps and the chains of `pods`.
+    fn netpol_host(pods: &[(&str, &str)]) -> FakeHost {
+        use kindnet_netpol::{Direction, dispatch_map, pod_chain, table};
+        let mut h = FakeHost::new();
+        let t = table();
+        let mut b = kindnet_nft::Batch::new();
+        b.add_table(&t);
+        for d in [Direction::Ingress, Direction::Egress] {
+            for v6 in [false, true] {
+                b.add_set(
+                    &t,
+                    kindnet_nft::SetDef::map(
+                        dispatch_map(d, v6),
+                        vec![kindnet_nft::KeyType::addr(v6)],
+                        kindnet_nft::MapData::Verdict,
+                    ),
+                );
+            }
+            for (ns, name) in pods {
+                h.nf_chains
+                    .push(format!("{} {}", t.name, pod_chain(ns, name, d)));
+            }
+        }
+        h.nft.apply(&b).unwrap();
+        h.nf_tables.push(t.name.to_string());
+        h
+    }
+
+    fn with_pod(mut r: Request, ns: &str, name: &str) -> Request {
+        r.env.args = vec![
+            ("K8S_POD_NAMESPACE".into(), ns.into()),
+            ("K8S_POD_NAME".into(), name.into()),
+        ];
+        r
+    }
+
+    fn dispatch(h: &mut FakeHost) -> Vec<(String, Value)> {
+        let t = kindnet_netpol::table();
+        let l = h.nft.list(&t).unwrap().unwrap_or_default();
+        let mut v: Vec<(String, Value)> = l
+            .elements
+            .iter()
+            .map(|e| (e.set.clone(), e.data.clone().unwrap_or(Value::Port(0))))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn netpol_hand_off_points_the_new_pods_addresses_at_its_chains() {
+        let bed = Bed::new();
+        // policy off: no table, no nft call at all
+        let mut h = FakeHost::new();
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c0", false), "x", "a"),
+        )
+        .unwrap();
+        assert!(h.nft.applied.is_empty() && h.sleeps == 0);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c0", false)).unwrap();
+
+        // kindnetd made the chains: one apply, all four maps
+        let mut h = netpol_host(&[("x", "a")]);
+        let before = h.nft.applied.len();
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c1", false), "x", "a"),
+        )
+        .unwrap();
+        assert_eq!(h.nft.applied.len(), before + 1);
+        let d = dispatch(&mut h);
+        let sets: Vec<&str> = d.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(sets, ["egress4", "egress6", "ingress4", "ingress6"]);
+        let ing = kindnet_netpol::pod_chain("x", "a", kindnet_netpol::Direction::Ingress);
+        assert!(d.contains(&("ingress4".into(), Value::Goto(ing))));
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+
+        // no CNI_ARGS: not a Kubernetes pod, nothing to hand off
+        let mut h = netpol_host(&[]);
+        let before = h.nft.applied.len();
+        Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", false)).unwrap();
+        assert_eq!(h.nft.applied.len(), before);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c2", false)).unwrap();
+    }
+
+    #[test]
+    fn netpol_hand_off_waits_for_kindnetd_then_fails_closed() {
+        use kindnet_netpol::{Direction, pod_chain};
+        let bed = Bed::new();
+        // the chains appear after three polls: ADD waits, then hands off
+        let mut h = netpol_host(&[]);
+        h.nf_chains_later = Some((
+            3,
+            [Direction::Ingress, Direction::Egress]
+                .map(|d| format!("kindnet-netpol {}", pod_chain("y", "b", d)))
+                .to_vec(),
+        ));
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c1", false), "y", "b"),
+        )
+        .unwrap();
+        assert_eq!(h.sleeps, 3);
+        assert_eq!(dispatch(&mut h).len(), 4);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+
+        // never: code 11 (try again later), and nothing of the pod is left
+        let mut h = netpol_host(&[]);
+        let e = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c2", false), "y", "b"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 11, "{e}");
+        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+        assert!(dispatch(&mut h).is_empty());
+
+        // malformed pod names are refused before anything is created
+        let mut h = netpol_host(&[]);
+        let e = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c3", false), "Bad_NS", "b"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 4, "{e}");
+        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+    }
+
+    #[test]
+    fn netpol_hand_off_replaces_a_reused_address_of_a_gone_pod() {
+        use kindnet_netpol::{Direction, pod_chain, pod_dispatch_elements};
+        let bed = Bed::new();
+        let mut h = netpol_host(&[("x", "old"), ("x", "new")]);
+        // one usable address per family: the new pod gets the old one's
+        let tiny = ["10.250.0.0/30", "fd00:2::/126"];
+        let ips: Vec<std::net::IpAddr> = ["10.250.0.2", "fd00:2::2"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        // the old pod's elements, left behind (kindnetd not caught up yet)
+        h.nft
+            .apply(&pod_dispatch_elements("x", "old", &ips))
+            .unwrap();
+        let res = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req_in(Command::Add, "c1", false, tiny), "x", "new"),
+        )
+        .unwrap();
+        let got: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
+        assert_eq!(got, ips);
+        let d = dispatch(&mut h);
+        assert_eq!(d.len(), 4, "{d:?}");
+        let new_ing = Value::Goto(pod_chain("x", "new", Direction::Ingress));
+        assert!(d.contains(&("ingress4".into(), new_ing)), "{d:?}");
     }
 
     #[test]

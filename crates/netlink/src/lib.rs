@@ -12,6 +12,8 @@ mod error;
 mod events;
 mod link;
 mod netns;
+mod nfnl;
+pub mod nftables;
 mod route;
 mod socket;
 pub mod sysctl;

@@ -541,3 +541,48 @@ fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
         .unwrap();
     assert_eq!(again, 0);
 }
+
+#[test]
+fn nf_tables_table_and_chain_existence_over_netlink() {
+    require_root!();
+    use kindnet_netlink::nftables::{ChainState, NfTables};
+    let t = TestNs::new();
+    let state = |chain: &str| {
+        let chain = chain.to_string();
+        t.ns.run(move || NfTables::open().and_then(|mut n| n.chain_state("kn-test", &chain)))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(state("c1"), ChainState::NoTable);
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.named.name,
+        "nft",
+        "add",
+        "table",
+        "inet",
+        "kn-test",
+    ]);
+    assert_eq!(state("c1"), ChainState::NoChain);
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.named.name,
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "kn-test",
+        "c1",
+    ]);
+    assert_eq!(state("c1"), ChainState::Present);
+    assert_eq!(state("c2"), ChainState::NoChain);
+    let has =
+        t.ns.run(|| NfTables::open().and_then(|mut n| n.has_table("kn-test")))
+            .unwrap()
+            .unwrap();
+    assert!(has);
+}

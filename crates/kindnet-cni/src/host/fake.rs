@@ -5,6 +5,7 @@
 use super::{Host, LinkChange, NlResult, PodId, PodView};
 use ipnet::IpNet;
 use kindnet_cni_spec::CniError;
+use kindnet_netlink::nftables::ChainState;
 use kindnet_netlink::{AddrFlags, Address, Batch, Error, Family, Link, Route, RouteFilter};
 use kindnet_nft::{FakeNft, Nft};
 use std::collections::HashMap;
@@ -22,6 +23,13 @@ pub struct FakeHost {
     pub addrs: Vec<(u32, IpNet)>,
     pub sysctls: HashMap<String, String>,
     pub nft: FakeNft,
+    /// nf_tables chains that exist (`table chain`); a table counts as
+    /// present when one of its chains is listed or it is in `nf_tables`.
+    pub nf_chains: Vec<String>,
+    pub nf_tables: Vec<String>,
+    /// Chains that appear after this many sleeps (kindnetd catching up).
+    pub nf_chains_later: Option<(usize, Vec<String>)>,
+    pub sleeps: usize,
     next_index: u32,
 }
 
@@ -265,5 +273,26 @@ impl Host for FakeHost {
 
     fn nft(&mut self) -> &mut dyn Nft {
         &mut self.nft
+    }
+
+    fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError> {
+        if let Some((after, chains)) = &self.nf_chains_later
+            && self.sleeps >= *after
+        {
+            self.nf_chains.extend(chains.iter().cloned());
+            self.nf_chains_later = None;
+        }
+        let full = format!("{table} {chain}");
+        Ok(if self.nf_chains.contains(&full) {
+            ChainState::Present
+        } else if self.nf_tables.iter().any(|t| t == table) {
+            ChainState::NoChain
+        } else {
+            ChainState::NoTable
+        })
+    }
+
+    fn sleep(&mut self, _d: std::time::Duration) {
+        self.sleeps += 1;
     }
 }
