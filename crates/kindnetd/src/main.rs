@@ -46,6 +46,9 @@ fn main() -> ExitCode {
     if flags.sysctls_only {
         return sysctls_only();
     }
+    if flags.print_conflist {
+        return print_conflist(&flags);
+    }
     // Descriptors: sockets, netlink, the nodes file, nft children. A 1024
     // soft limit is common and too low to ride out a connection flood.
     match kindnetd::http::raise_nofile_limit() {
@@ -228,6 +231,25 @@ async fn run(flags: Flags) -> ExitCode {
     }
     // Routes, rules and the conflist are deliberately left as they are:
     // pods keep working while the next kindnetd starts.
+    ExitCode::SUCCESS
+}
+
+/// `--print-conflist`: kindnetd's conflist for the given ranges, on stdout.
+fn print_conflist(flags: &Flags) -> ExitCode {
+    if flags.static_pod_cidrs.0.is_empty() {
+        eprintln!("--print-conflist needs --static-pod-cidrs (the node's ranges)");
+        return ExitCode::from(2);
+    }
+    print!(
+        "{}",
+        kindnetd::cniconf::render(&kindnetd::cniconf::CniInputs {
+            chain: flags.cni_chain,
+            pod_cidrs: flags.static_pod_cidrs.0.clone(),
+            mtu: if flags.mtu == 0 { 1500 } else { flags.mtu },
+            bridge: flags.cni_bridge.0.clone(),
+            ipam_data_dir: flags.ipam_data_dir.clone(),
+        })
+    );
     ExitCode::SUCCESS
 }
 

@@ -503,10 +503,8 @@ impl Lab {
         if !retry.is_empty() {
             let again = self.measure(Some(&retry), Duration::from_millis(1500));
             for (a, b, c, g) in again {
-                if g {
-                    if let Some(x) = got.iter_mut().find(|x| (x.0, x.1, x.2) == (a, b, c)) {
-                        x.3 = true;
-                    }
+                if g && let Some(x) = got.iter_mut().find(|x| (x.0, x.1, x.2) == (a, b, c)) {
+                    x.3 = true;
                 }
             }
         }
