@@ -14,8 +14,8 @@ use kindnet_cni_spec::{
 };
 use kindnet_nft::owned::{self, Wanted};
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto,
-    Lhs, Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs, Listing,
+    Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -119,13 +119,8 @@ pub fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
 fn table() -> TableRef {
     TableRef {
         family: Family::Inet,
-        name: name(TABLE),
+        name: Name::fixed(TABLE),
     }
-}
-
-/// Names in this module are constants that pass validation.
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 /// The two maps of one family, with or without a host IP in the key: one
@@ -137,11 +132,14 @@ fn maps(v6: bool, with_ip: bool) -> (Name, Name) {
         if v6 { "6" } else { "4" },
         if with_ip { "-ip" } else { "" }
     );
-    (name(&format!("{base}-addr")), name(&format!("{base}-port")))
+    (
+        Name::fixed(&format!("{base}-addr")),
+        Name::fixed(&format!("{base}-port")),
+    )
 }
 
 fn hairpin(v6: bool) -> Name {
-    name(if v6 { "hairpin6" } else { "hairpin4" })
+    Name::fixed(if v6 { "hairpin6" } else { "hairpin4" })
 }
 
 fn nfproto(v6: bool) -> Expr {
@@ -196,31 +194,19 @@ fn skeleton(b: &mut Batch) {
         let a = KeyType::addr(v6);
         b.add_set(&t, SetDef::set(hairpin(v6), vec![a, a]).interval());
     }
-    let chain = |n: &str, hook: Hook, prio: i32| ChainDef {
-        name: name(n),
-        base: Some(BaseChain {
-            ty: ChainType::Nat,
-            hook,
-            prio,
-            policy: Policy::Accept,
-        }),
+    let chain = |n: &str, hook: Hook, prio: i32| {
+        ChainDef::base(Name::fixed(n), ChainType::Nat, hook, prio, Policy::Accept)
     };
     let (pre, out, post, hp) = (
-        name("prerouting"),
-        name("output"),
-        name("postrouting"),
-        name("hostports"),
+        Name::fixed("prerouting"),
+        Name::fixed("output"),
+        Name::fixed("postrouting"),
+        Name::fixed("hostports"),
     );
     b.add_chain(&t, chain("prerouting", Hook::Prerouting, -100));
     b.add_chain(&t, chain("output", Hook::Output, -100));
     b.add_chain(&t, chain("postrouting", Hook::Postrouting, 100));
-    b.add_chain(
-        &t,
-        ChainDef {
-            name: hp.clone(),
-            base: None,
-        },
-    );
+    b.add_chain(&t, ChainDef::regular(hp.clone()));
     for c in [&pre, &out, &post, &hp] {
         b.flush_chain(&t, c);
     }

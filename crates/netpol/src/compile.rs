@@ -27,26 +27,21 @@ pub const DENIED_EGRESS_COUNTER: &str = "denied-egress";
 const LOG_RATE_PER_SECOND: u32 = 10;
 const LOG_BURST: u32 = 20;
 
-/// A name made here from constants and hex digits.
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap_or_else(|e| unreachable!("generated nft name {s:?}: {e}"))
-}
-
 /// `inet kindnet-netpol`.
 pub fn table() -> TableRef {
     TableRef {
         family: Family::Inet,
-        name: name(TABLE),
+        name: Name::fixed(TABLE),
     }
 }
 
 /// The dispatch map of a direction and family: `ingress4`, `egress6`…
 pub fn dispatch_map(d: Direction, v6: bool) -> Name {
-    name(&format!("{}{}", d.as_str(), if v6 { 6 } else { 4 }))
+    Name::fixed(&format!("{}{}", d.as_str(), if v6 { 6 } else { 4 }))
 }
 
 fn node_set(v6: bool) -> Name {
-    name(if v6 { "node-ips6" } else { "node-ips4" })
+    Name::fixed(if v6 { "node-ips6" } else { "node-ips4" })
 }
 
 fn hex16(bytes: &[u8]) -> String {
@@ -71,7 +66,7 @@ pub fn pod_chain(namespace: &str, pod: &str, d: Direction) -> Name {
         Direction::Ingress => "ing",
         Direction::Egress => "egr",
     };
-    name(&format!("{tag}-{}", pod_hash(namespace, pod)))
+    Name::fixed(&format!("{tag}-{}", pod_hash(namespace, pod)))
 }
 
 fn dispatch_elems(namespace: &str, pod: &str, d: Direction, ips: &[IpAddr], v6: bool) -> Vec<Elem> {
@@ -190,7 +185,7 @@ impl Builder<'_> {
             h.update(e.to_json().to_string().as_bytes());
             h.update(b"\n");
         }
-        let n = name(&format!("{prefix}-{}", hex16(&h.finalize())));
+        let n = Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())));
         self.sets.entry(n.clone()).or_insert_with(|| {
             let s = SetDef::set(n.clone(), key)
                 .with_elements(elems.into_iter().map(Elem::key).collect());
@@ -402,8 +397,8 @@ fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
 /// transaction. The same input gives the same batch.
 pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let t = table();
-    let ingress = name(INGRESS_CHAIN);
-    let forward = name(FORWARD_CHAIN);
+    let ingress = Name::fixed(INGRESS_CHAIN);
+    let forward = Name::fixed(FORWARD_CHAIN);
     let mut b = Builder {
         c,
         sets: BTreeMap::new(),
@@ -484,7 +479,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                     ],
                 ));
             }
-            let counter = name(match d {
+            let counter = Name::fixed(match d {
                 Direction::Ingress => DENIED_INGRESS_COUNTER,
                 Direction::Egress => DENIED_EGRESS_COUNTER,
             });
@@ -507,7 +502,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     // add + delete + add: replaces the table (or makes it) in one transaction
     batch.remove_table(&t).add_table(&t);
     for c in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
-        batch.add_counter(&t, &name(c));
+        batch.add_counter(&t, &Name::fixed(c));
     }
     batch.add_chain(
         &t,

@@ -101,6 +101,26 @@ pub struct ChainDef {
     pub base: Option<BaseChain>,
 }
 
+impl ChainDef {
+    /// A base chain on `hook`.
+    pub fn base(name: Name, ty: ChainType, hook: Hook, prio: i32, policy: Policy) -> ChainDef {
+        ChainDef {
+            name,
+            base: Some(BaseChain {
+                ty,
+                hook,
+                prio,
+                policy,
+            }),
+        }
+    }
+
+    /// A regular chain: a jump or goto target.
+    pub fn regular(name: Name) -> ChainDef {
+        ChainDef { name, base: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDef {
     pub chain: Name,

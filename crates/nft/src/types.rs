@@ -47,6 +47,12 @@ impl Name {
         }
     }
 
+    /// A name the caller builds in code from constants and hex digits.
+    /// An invalid one is a bug in that code, never input: it panics.
+    pub fn fixed(s: &str) -> Name {
+        Name::new(s).unwrap_or_else(|e| unreachable!("a name made in code: {e}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
