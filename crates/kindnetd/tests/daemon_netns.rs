@@ -114,7 +114,10 @@ fn routes_follow_the_nodes_file_and_survive_restart() {
     let conf: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
-    assert_eq!(conf["plugins"][0]["type"], "ptp");
+    // One plugin by default: the whole pod in one exec, port mappings too.
+    assert_eq!(conf["plugins"].as_array().map(Vec::len), Some(1), "{conf}");
+    assert_eq!(conf["plugins"][0]["type"], "kindnet");
+    assert_eq!(conf["plugins"][0]["capabilities"]["portMappings"], true);
     assert_eq!(conf["plugins"][0]["mtu"], 1450);
     assert_eq!(
         conf["plugins"][0]["ipam"]["ranges"],
@@ -357,6 +360,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
             "--pod-subnet=10.244.0.0/16",
             "--static-pod-cidrs=10.244.7.0/24",
             "--cni-bridge=true",
+            "--cni-chain=classic",
             "--masquerading=false",
             "--mtu=1400",
             "--ipam-data-dir=/run/test-ipam",
@@ -374,6 +378,8 @@ fn bridge_mode_conflist_and_masquerade_off() {
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
     let p = &conf["plugins"][0];
+    // --cni-chain=classic: kind's bridge + portmap
+    assert_eq!(conf["plugins"][1]["type"], "portmap", "{conf}");
     assert_eq!(p["type"], "bridge");
     assert_eq!(p["bridge"], "kind-br");
     assert_eq!(p["mtu"], 1400);
