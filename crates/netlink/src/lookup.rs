@@ -68,7 +68,7 @@ impl RouteQuery {
         Ok(fam)
     }
 
-    fn to_message(&self, fam: Family) -> RouteMessage {
+    fn to_message(self, fam: Family) -> RouteMessage {
         let mut m = RouteMessage::default();
         let h = &mut m.header;
         h.address_family = fam.af();
