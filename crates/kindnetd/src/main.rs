@@ -16,6 +16,9 @@ use kindnetd::store::NodeStore;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
+        return kindnetd::doctor::cli_main(std::env::args_os().skip(1));
+    }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) => {
@@ -176,6 +179,15 @@ async fn run(flags: Flags) -> ExitCode {
     {
         tracing::error!(error = %e, "cannot start the reconciler thread");
         return ExitCode::FAILURE;
+    }
+    // The doctor's findings in /readyz, after the first passes settled.
+    if let Err(e) = kindnetd::doctor::spawn_in_daemon(
+        &flags,
+        store.clone(),
+        status.clone(),
+        Duration::from_secs(3),
+    ) {
+        tracing::warn!(error = %e, "cannot start the doctor thread");
     }
     if let Err(e) = std::thread::Builder::new()
         .name("route-events".into())

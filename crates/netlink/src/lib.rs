@@ -1,5 +1,6 @@
 //! A thin, synchronous rtnetlink layer for kindnet: links, addresses,
-//! routes, route events, network namespaces and sysctls.
+//! routes, route lookups (`ip route get`), neighbours, route events,
+//! network namespaces and sysctls.
 //!
 //! Synchronous on purpose: the CNI plugin must start and finish in well
 //! under a millisecond, which rules out an async runtime. Every request
@@ -11,6 +12,7 @@ pub mod conntrack;
 mod error;
 mod events;
 mod link;
+mod lookup;
 mod netns;
 mod nfnl;
 pub mod nftables;
@@ -25,6 +27,10 @@ pub use addr::{
 pub use error::{Error, Result};
 pub use events::{RouteEvent, RouteEvents};
 pub use link::Link;
+pub use lookup::{
+    NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, Neighbour,
+    RouteKind, RouteLookup, RouteQuery,
+};
 pub use netns::Netns;
 pub use route::{
     Family, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_STATIC, Route,

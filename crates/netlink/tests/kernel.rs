@@ -586,3 +586,111 @@ fn nf_tables_table_and_chain_existence_over_netlink() {
             .unwrap();
     assert!(has);
 }
+
+#[test]
+fn route_get_answers_as_ip_route_get() {
+    use kindnet_netlink::{RouteKind, RouteQuery};
+    require_root!();
+    let t = TestNs::new();
+    let mut h = t.handle();
+    let (ia, ib) = veth_pair(&mut h, "rga", "rgb");
+    h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
+        .unwrap();
+    h.add_address(ib, net("10.1.0.1/24"), AddrFlags::default())
+        .unwrap();
+    h.add_address(
+        ia,
+        net("fd00:a::1/64"),
+        AddrFlags {
+            nodad: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut r = Route::new(net("10.9.0.0/16"));
+    r.gateway = Some(ip("10.0.0.2"));
+    r.protocol = 217;
+    h.add_route(&r).unwrap();
+
+    // A packet this host sends: resolved gateway, device and source.
+    let a = h.route_get(&RouteQuery::to(ip("10.9.1.1"))).unwrap();
+    assert_eq!(a.kind, RouteKind::Unicast);
+    assert_eq!(a.gateway, Some(ip("10.0.0.2")));
+    assert_eq!(a.oif, Some(ia));
+    assert_eq!(a.src, Some(ip("10.0.0.1")));
+    assert_eq!(a.table, 254);
+    let want = t.ip(&["route", "get", "10.9.1.1"]);
+    assert!(
+        want.contains("via 10.0.0.2") && want.contains("src 10.0.0.1"),
+        "{want}"
+    );
+
+    // fibmatch: the route that matched, with its protocol.
+    let m = h
+        .route_get(&RouteQuery {
+            fib_match: true,
+            ..RouteQuery::to(ip("10.9.1.1"))
+        })
+        .unwrap();
+    assert_eq!(m.dst, net("10.9.0.0/16"));
+    assert_eq!(m.protocol, 217);
+
+    // Own address: local; no route: the kernel's errno.
+    let l = h.route_get(&RouteQuery::to(ip("10.0.0.1"))).unwrap();
+    assert_eq!(l.kind, RouteKind::Local);
+    let e = h.route_get(&RouteQuery::to(ip("192.0.2.1"))).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{e}");
+    let v6 = h.route_get(&RouteQuery::to(ip("fd00:a::5"))).unwrap();
+    assert_eq!(v6.oif, Some(ia));
+
+    // A forwarded packet (iif): needs forwarding on, in this namespace only.
+    t.ns.run(|| sysctl::set("net/ipv4/ip_forward", "1"))
+        .unwrap()
+        .unwrap();
+    let fwd = RouteQuery {
+        src: Some(ip("10.1.0.5")),
+        iif: Some(ib),
+        ..RouteQuery::to(ip("10.9.1.1"))
+    };
+    let f = h.route_get(&fwd).unwrap();
+    assert_eq!(
+        (f.gateway, f.oif, f.iif),
+        (Some(ip("10.0.0.2")), Some(ia), Some(ib))
+    );
+    // A source with no way back fails reverse-path filtering when strict.
+    t.ns.run(|| sysctl::set("net/ipv4/conf/all/rp_filter", "1"))
+        .unwrap()
+        .unwrap();
+    let spoofed = RouteQuery {
+        src: Some(ip("10.0.0.7")),
+        ..fwd
+    };
+    assert!(h.route_get(&spoofed).is_err());
+}
+
+#[test]
+fn neighbours_are_listed_with_their_state() {
+    require_root!();
+    let t = TestNs::new();
+    let mut h = t.handle();
+    let (ia, _) = veth_pair(&mut h, "nba", "nbb");
+    h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
+        .unwrap();
+    t.ip(&[
+        "neigh",
+        "add",
+        "10.0.0.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "nba",
+        "nud",
+        "permanent",
+    ]);
+    let n = h.neighbours(Family::V4).unwrap();
+    let e = n.iter().find(|n| n.addr == ip("10.0.0.9")).expect("entry");
+    assert_eq!(e.index, ia);
+    assert!(e.is_resolved());
+    assert_eq!(e.state_name(), "PERMANENT");
+    assert_eq!(e.lladdr.as_deref(), Some(&[2, 0, 0, 0, 0, 9][..]));
+}
