@@ -5,6 +5,9 @@
 //! a recording fake (`host::fake`) that can fail at any step, so every
 //! rollback path is tested without root.
 
+// Raw syscalls: fork(2) for the detached veth delete, and the child's stdio.
+#![allow(unsafe_code)]
+
 use crate::nl_err;
 use ipnet::IpNet;
 use kindnet_cni_spec::CniError;

@@ -6,6 +6,9 @@
 //! alias records the owner (`kindnet <network> <containerID> <ifname>`), so
 //! nothing ever removes a veth that another pod or plugin made.
 
+// Raw syscalls: getrandom(2) for the pod end's MAC.
+#![allow(unsafe_code)]
+
 use crate::host::{Host, PodId};
 use crate::nl_err;
 use kindnet_cni_spec::{AttachmentId, CniError, NetworkKey, OwnerTag};

@@ -1,6 +1,9 @@
 //! The real kindnetd binary inside a network namespace, fed by a nodes file.
 //! Needs root; skips otherwise.
 
+// Raw syscalls: raw syscalls in test setup.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::time::Duration;

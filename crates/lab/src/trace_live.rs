@@ -3,6 +3,9 @@
 //! nftables tables), walks it (pure, [`crate::trace`]), then sends a real
 //! packet and reports what the receiver saw.
 
+// Raw syscalls: raw sockets for the traced packet.
+#![allow(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -5,6 +5,9 @@
 //! and compared with `evaluate_on`. Root only; everything happens inside
 //! namespaces this test makes.
 
+// Raw syscalls: raw syscalls in test setup.
+#![allow(unsafe_code)]
+
 mod common;
 
 use kindnet_netpol::*;

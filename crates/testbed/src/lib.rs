@@ -3,6 +3,9 @@
 //! directories and network namespaces of the test's own (removed on drop,
 //! also when a test fails), and command runners.
 
+// Raw syscalls: geteuid(2).
+#![allow(unsafe_code)]
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
