@@ -112,7 +112,7 @@ pub fn setup(
         // Usable at once: no duplicate address detection (the reference
         // waits ~1.8 s for it) and no router advertisements.
         for (key, val) in [("accept_dad", "0"), ("accept_ra", "0")] {
-            sysctls.push((format!("net/ipv6/conf/{ifname}/{key}"), val));
+            sysctls.push((kindnet_netlink::sysctl::ipv6_conf(ifname, key), val));
         }
     }
     let flags = AddrFlags {

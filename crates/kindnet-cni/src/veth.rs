@@ -16,7 +16,7 @@ use kindnet_cni_spec::{
     AttachmentId, CniError, CniResult, Interface, IpConfig, NetworkKey, OwnerTag, Request,
     RouteConfig, code, log_warn,
 };
-use kindnet_netlink::Link;
+use kindnet_netlink::{Link, sysctl};
 use kindnet_nft::Comment;
 
 /// What a plugin does on the host side of the veth.
@@ -57,8 +57,8 @@ fn legacy_comment(a: &AttachmentId) -> String {
 /// Turns on forwarding for the families the pod uses (the node routes for it).
 fn enable_forwarding(h: &mut dyn Host, ips: &[IpConfig]) -> Result<(), CniError> {
     for (v4, key) in [
-        (true, "net/ipv4/ip_forward"),
-        (false, "net/ipv6/conf/all/forwarding"),
+        (true, sysctl::IPV4_FORWARD),
+        (false, sysctl::IPV6_FORWARDING),
     ] {
         if ips.iter().any(|c| c.address.addr().is_ipv4() == v4)
             && h.sysctl_get(key).is_none_or(|v| v.trim() != "1")
@@ -73,7 +73,7 @@ fn enable_forwarding(h: &mut dyn Host, ips: &[IpConfig]) -> Result<(), CniError>
 /// kernel sends no neighbour solicitation (so forwards nothing to the pod)
 /// while the only link-local address is still tentative.
 pub(crate) fn no_dad(h: &mut dyn Host, link: &str) -> Result<(), CniError> {
-    h.sysctl_set(&format!("net/ipv6/conf/{link}/accept_dad"), "0")
+    h.sysctl_set(&sysctl::ipv6_conf(link, "accept_dad"), "0")
 }
 
 pub fn add(

@@ -4,6 +4,7 @@
 //! scratch nftables table, the CNI and IPAM directories). The daemon runs
 //! the same checks and lists warnings and failures in `/readyz`.
 
+use kindnet_netlink::sysctl;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -156,7 +157,7 @@ impl DoctorView {
 
     fn ipv6_enabled(&self) -> bool {
         self.sysctls.keys().any(|k| k.starts_with("net/ipv6/"))
-            && self.sysctl("net/ipv6/conf/all/disable_ipv6") != Some("1")
+            && self.sysctl(sysctl::IPV6_DISABLE_ALL) != Some("1")
     }
 
     fn own_node(&self) -> Option<&StoredNode> {
@@ -220,7 +221,7 @@ impl DoctorView {
 fn forwarding(v: &DoctorView) -> Vec<Check> {
     let mut out = Vec::new();
     let fix4 = "sysctl -w net.ipv4.ip_forward=1 (kindnetd sets it with --configure-sysctls=true, the default, or in the --sysctls-only init container)";
-    out.push(match v.sysctl("net/ipv4/ip_forward") {
+    out.push(match v.sysctl(sysctl::IPV4_FORWARD) {
         Some("1") => check(
             "forwarding-ipv4",
             Level::Pass,
@@ -238,7 +239,7 @@ fn forwarding(v: &DoctorView) -> Vec<Check> {
         ),
     });
     if v.wants_ipv6() && v.ipv6_enabled() {
-        out.push(match v.sysctl("net/ipv6/conf/all/forwarding") {
+        out.push(match v.sysctl(sysctl::IPV6_FORWARDING) {
             Some("1") => check(
                 "forwarding-ipv6",
                 Level::Pass,
@@ -260,7 +261,9 @@ fn forwarding(v: &DoctorView) -> Vec<Check> {
 }
 
 fn rp_filter(v: &DoctorView) -> Check {
-    let all = v.sysctl("net/ipv4/conf/all/rp_filter").unwrap_or("0");
+    let all = v
+        .sysctl(&sysctl::ipv4_conf("all", "rp_filter"))
+        .unwrap_or("0");
     let Some(up) = v.uplink() else {
         return check(
             "rp-filter",
@@ -270,7 +273,7 @@ fn rp_filter(v: &DoctorView) -> Check {
         );
     };
     let dev = v
-        .sysctl(&format!("net/ipv4/conf/{}/rp_filter", up.name))
+        .sysctl(&sysctl::ipv4_conf(&up.name, "rp_filter"))
         .unwrap_or("0");
     // The kernel uses the larger of `all` and the interface's value.
     let strict: Vec<String> = [("all", all), (up.name.as_str(), dev)]
@@ -339,7 +342,7 @@ fn accept_ra(v: &DoctorView) -> Check {
             None,
         );
     };
-    let fwd = v.sysctl("net/ipv6/conf/all/forwarding") == Some("1");
+    let fwd = v.sysctl(sysctl::IPV6_FORWARDING) == Some("1");
     let mut bad = Vec::new();
     let mut names = Vec::new();
     for oif in &host.ra_default_oifs {
@@ -348,7 +351,7 @@ fn accept_ra(v: &DoctorView) -> Check {
         };
         names.push(name.clone());
         let ra = v
-            .sysctl(&format!("net/ipv6/conf/{name}/accept_ra"))
+            .sysctl(&sysctl::ipv6_conf(name, "accept_ra"))
             .unwrap_or("?");
         if fwd && ra != "2" {
             bad.push(format!("{name} (accept_ra = {ra})"));
@@ -954,14 +957,14 @@ pub fn readyz_lines(c: &[Check]) -> Vec<String> {
 /// Sysctls the checks read, for every link.
 fn read_sysctls(links: &[LinkInfo]) -> HashMap<String, String> {
     let mut keys: Vec<String> = vec![
-        "net/ipv4/ip_forward".into(),
-        "net/ipv6/conf/all/forwarding".into(),
-        "net/ipv6/conf/all/disable_ipv6".into(),
-        "net/ipv4/conf/all/rp_filter".into(),
+        sysctl::IPV4_FORWARD.into(),
+        sysctl::IPV6_FORWARDING.into(),
+        sysctl::IPV6_DISABLE_ALL.into(),
+        sysctl::ipv4_conf("all", "rp_filter"),
     ];
     for l in links {
-        keys.push(format!("net/ipv4/conf/{}/rp_filter", l.name));
-        keys.push(format!("net/ipv6/conf/{}/accept_ra", l.name));
+        keys.push(sysctl::ipv4_conf(&l.name, "rp_filter"));
+        keys.push(sysctl::ipv6_conf(&l.name, "accept_ra"));
     }
     keys.into_iter()
         .filter_map(|k| kindnet_netlink::sysctl::get(&k).ok().map(|v| (k, v)))

@@ -5,11 +5,10 @@
 //! uplink whose IPv6 default route came from an RA would lose it when it
 //! expires, so such uplinks get accept_ra=2 first.
 
-pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
-pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
+pub use kindnet_netlink::sysctl::{IPV4_FORWARD, IPV6_FORWARDING};
 
 pub fn accept_ra_key(ifname: &str) -> String {
-    format!("net/ipv6/conf/{ifname}/accept_ra")
+    kindnet_netlink::sysctl::ipv6_conf(ifname, "accept_ra")
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -5,6 +5,21 @@
 use std::io;
 use std::path::PathBuf;
 
+/// The sysctl keys kindnet reads and writes: one home for every crate.
+pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
+pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
+pub const IPV6_DISABLE_ALL: &str = "net/ipv6/conf/all/disable_ipv6";
+
+/// `net/ipv6/conf/<ifname>/<key>` (accept_dad, accept_ra, forwarding…).
+pub fn ipv6_conf(ifname: &str, key: &str) -> String {
+    format!("net/ipv6/conf/{ifname}/{key}")
+}
+
+/// `net/ipv4/conf/<ifname>/<key>` (rp_filter…).
+pub fn ipv4_conf(ifname: &str, key: &str) -> String {
+    format!("net/ipv4/conf/{ifname}/{key}")
+}
+
 fn path(key: &str) -> io::Result<PathBuf> {
     let key = key.trim_start_matches('/');
     if key.is_empty()
