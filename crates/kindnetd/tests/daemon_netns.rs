@@ -114,7 +114,7 @@ fn routes_follow_the_nodes_file_and_survive_restart() {
     let conf: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
-    assert_eq!(conf["plugins"][0]["type"], "ptp");
+    assert_eq!(conf["plugins"][0]["type"], "kindnet");
     assert_eq!(conf["plugins"][0]["mtu"], 1450);
     assert_eq!(
         conf["plugins"][0]["ipam"]["ranges"],
@@ -357,6 +357,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
             "--pod-subnet=10.244.0.0/16",
             "--static-pod-cidrs=10.244.7.0/24",
             "--cni-bridge=true",
+            "--cni-chain=classic",
             "--masquerading=false",
             "--mtu=1400",
             "--ipam-data-dir=/run/test-ipam",
@@ -442,6 +443,7 @@ fn conflist_rewritten_atomically_only_on_change() {
     let leftovers: Vec<_> = std::fs::read_dir(&cni)
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|n| n != kindnetd::cniconf::STAGING_DIR)
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     // Someone deletes it: it is written again at the next resync.
