@@ -18,5 +18,6 @@ pub mod routes;
 pub mod source;
 pub mod status;
 pub mod store;
+pub mod streak;
 pub mod sysctl;
 pub mod testutil;

@@ -27,15 +27,18 @@ fn main() -> ExitCode {
         eprintln!("kindnetd: {msg}");
         return ExitCode::from(2);
     }
-    let filter = match EnvFilter::try_new(&flags.log_level) {
+    let filter = match EnvFilter::try_new(kindnetd::config::log_filter(&flags.log_level)) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("kindnetd: --log-level {:?}: {e}", flags.log_level);
             return ExitCode::from(2);
         }
     };
+    // Colour only for a person at a terminal: `kubectl logs` and files get
+    // plain text.
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if flags.log_json {
         sub.json().flatten_event(true).init();

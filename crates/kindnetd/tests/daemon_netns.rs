@@ -856,4 +856,27 @@ fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
         "node created 1 s after the API server returned: routed {} ms after creation",
         created.elapsed().as_millis()
     );
+
+    // Issue 10, defect 4: the log (a file, as `kubectl logs` reads it) is
+    // plain text, and the whole outage is two lines: one when the failures
+    // start, one when they end, with the count; nothing from the client.
+    let log = k.d.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{log}"
+    );
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("kube")
+                && (l.contains("WARN") || l.contains("ERROR") || l.contains("node watch"))
+        })
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains("node watch failing"), "{lines:#?}");
+    assert!(
+        lines[1].contains("node watch working again") && lines[1].contains("failures="),
+        "{lines:#?}"
+    );
+    assert!(!log.contains("kube_client"), "{log}");
 }

@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -24,6 +24,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::node::{RawMeta, RawNode, RawSpec, RawStatus};
 use crate::source::Sink;
+use crate::streak::{StreakLine, StreakLog};
 
 const SOURCE: &str = "kube";
 
@@ -310,6 +311,7 @@ fn jitter() -> f64 {
 pub async fn run(client: Client, sink: Sink) {
     let api: Api<SlimNode> = Api::all(client);
     let mut retry = Retry::default();
+    let mut streak = StreakLog::default();
     loop {
         // A fresh watcher starts with a full list.
         let cfg = watcher::Config::default().page_size(500);
@@ -323,9 +325,15 @@ pub async fn run(client: Client, sink: Sink) {
                 // Emitted before the list request: not a sign of success.
                 Ok(Event::Init) => buffer = Some(Vec::new()),
                 Ok(ev) => {
-                    let streak = retry.succeeded();
-                    if streak > 0 {
-                        tracing::info!(failures = streak, "node watch resumed");
+                    retry.succeeded();
+                    if let Some(StreakLine::Recovered { count, lasted }) =
+                        streak.success(Instant::now())
+                    {
+                        tracing::info!(
+                            failures = count,
+                            lasted_s = lasted.as_secs(),
+                            "node watch working again (routes were kept meanwhile)"
+                        );
                     }
                     match ev {
                         Event::Init => {}
@@ -351,8 +359,22 @@ pub async fn run(client: Client, sink: Sink) {
                     sink.status().metrics.source_error(SOURCE);
                     let failure = classify(&e);
                     let pause = retry.failed(failure, jitter());
-                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64,
-                        "node watch error; retrying (routes are kept)");
+                    match streak.failure(Instant::now()) {
+                        Some(StreakLine::Started) => tracing::warn!(
+                            error = %e,
+                            "node watch failing; retrying every few seconds, routes are kept \
+                             (one line per minute while it lasts)"
+                        ),
+                        Some(StreakLine::Ongoing { count, lasted }) => tracing::warn!(
+                            error = %e,
+                            failures = count,
+                            lasted_s = lasted.as_secs(),
+                            "node watch still failing; routes are kept"
+                        ),
+                        _ => {
+                            tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "node watch error")
+                        }
+                    }
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
                     }
@@ -365,7 +387,7 @@ pub async fn run(client: Client, sink: Sink) {
                 }
             }
         }
-        tracing::info!("restarting the node watch with a fresh list");
+        tracing::debug!("restarting the node watch with a fresh list");
     }
 }
 
