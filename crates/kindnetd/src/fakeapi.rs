@@ -47,6 +47,8 @@ struct Inner {
     gone_mode: Option<GoneMode>,
     pub lists: u64,
     pub watches: u64,
+    /// The User-Agent of every request, in order (None: no header).
+    user_agents: Vec<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -195,6 +197,11 @@ impl FakeApi {
         self.bump(&mut g);
     }
 
+    /// The User-Agent header of every request served so far.
+    pub fn user_agents(&self) -> Vec<Option<String>> {
+        self.lock().user_agents.clone()
+    }
+
     /// (list requests, watch requests) served so far.
     pub fn requests(&self) -> (u64, u64) {
         let g = self.lock();
@@ -333,9 +340,17 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-async fn nodes(State(api): State<FakeApi>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn nodes(
+    State(api): State<FakeApi>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let mut g = api.lock();
+    let ua = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    g.user_agents.push(ua);
     if g.down {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -28,6 +28,9 @@ use crate::streak::{StreakLine, StreakLog};
 
 const SOURCE: &str = "kube";
 
+/// The User-Agent of every request to the API server.
+pub const USER_AGENT: &str = concat!("kindnetd/", env!("CARGO_PKG_VERSION"));
+
 /// A Node with only the fields kindnetd reads.
 #[derive(Clone, Debug, Deserialize)]
 pub struct SlimNode {
@@ -152,6 +155,15 @@ pub async fn client(
     // times without a cap (minutes, during an outage); the watch loop
     // retries itself with a capped backoff instead.
     config.default_retry = false;
+    // Operators attribute requests by User-Agent (audit log, API priority
+    // and fairness); the client sends none of its own.
+    config
+        .headers
+        .retain(|(k, _)| k != http::header::USER_AGENT);
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Ok(Client::try_from(config)?)
 }
 
