@@ -1,5 +1,5 @@
 //! A thin, synchronous rtnetlink layer for kindnet: links, addresses,
-//! routes, route events, network namespaces and sysctls.
+//! routes, neighbours, route events, network namespaces and sysctls.
 //!
 //! Synchronous on purpose: the CNI plugin must start and finish in well
 //! under a millisecond, which rules out an async runtime. Every request
@@ -10,6 +10,7 @@ mod addr;
 mod error;
 mod events;
 mod link;
+mod neigh;
 mod netns;
 mod route;
 mod socket;
@@ -22,6 +23,10 @@ pub use addr::{
 pub use error::{Error, Result};
 pub use events::{RouteEvent, RouteEvents};
 pub use link::Link;
+pub use neigh::{
+    NUD_DELAY, NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_PROBE, NUD_REACHABLE,
+    NUD_STALE, Neighbour,
+};
 pub use netns::Netns;
 pub use route::{
     Family, RT_TABLE_LOCAL, RT_TABLE_MAIN, RTPROT_BOOT, RTPROT_KERNEL, RTPROT_STATIC, Route,
