@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use kindnet_netlink::{Family, Handle, RT_TABLE_MAIN, Route, RouteFilter, Scope};
 
-use crate::routes::{InstalledRoute, KernelRoute, ROUTE_PROTOCOL, RouteOp, Topology};
+use crate::routes::{InstalledRoute, KernelRoute, Neighbours, ROUTE_PROTOCOL, RouteOp, Topology};
 
 /// RTPROT_RA: routes learned from IPv6 router advertisements.
 pub const RTPROT_RA: u8 = 9;
@@ -37,6 +37,9 @@ pub trait Dataplane: Send {
     fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String>;
     fn sysctl_get(&mut self, key: &str) -> Option<String>;
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String>;
+    /// Makes the neighbour tables learn the MACs of `arp` and the IPv6
+    /// link-local addresses of the nodes on link `oif` ([`crate::solicit`]).
+    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String>;
 }
 
 /// The real host, through one rtnetlink socket.
@@ -115,10 +118,25 @@ impl Dataplane for Netlink {
             .addresses(None)
             .map_err(|e| format!("list addresses: {e}"))?;
         v.addr_links = addrs.iter().map(|a| (a.addr.addr(), a.index)).collect();
+        // Resolved neighbours only; a failed dump costs the link-local next
+        // hops of this pass, nothing else.
+        let neighbours = match self.h.neighbours(None) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list neighbours");
+                Vec::new()
+            }
+        };
         v.topology = Topology::new(
             v.foreign.clone(),
             v.addr_links.iter().map(|(a, _)| *a).collect(),
-        );
+        )
+        .with_neighbours(Neighbours::new(
+            neighbours
+                .into_iter()
+                .filter(|n| n.is_resolved())
+                .filter_map(|n| n.lladdr.map(|l| (n.index, n.addr, l))),
+        ));
         Ok(v)
     }
 
@@ -157,5 +175,13 @@ impl Dataplane for Netlink {
 
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String> {
         kindnet_netlink::sysctl::set(key, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
+    }
+
+    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String> {
+        crate::solicit::solicit(oif, arp)
+            .map(|found| {
+                tracing::debug!(oif, arp = ?arp, answered = ?found, "solicited all nodes on the uplink");
+            })
+            .map_err(|e| format!("solicit neighbours on link #{oif}: {e}"))
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod node;
 pub mod reconcile;
 pub mod routes;
+pub mod solicit;
 pub mod source;
 pub mod status;
 pub mod store;

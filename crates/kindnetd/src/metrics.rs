@@ -49,6 +49,7 @@ pub struct Metrics {
     pub cni_config_writes: Counter,
     pub masquerade_syncs: Counter,
     pub masquerade_errors: Counter,
+    pub neighbour_solicitations: Counter,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_refused: Counter,
     pub source_stale: Family<SourceLabel, Gauge>,
@@ -78,6 +79,7 @@ impl Metrics {
             cni_config_writes: Counter::default(),
             masquerade_syncs: Counter::default(),
             masquerade_errors: Counter::default(),
+            neighbour_solicitations: Counter::default(),
             source_errors: Family::default(),
             http_connections_refused: Counter::default(),
             source_stale: Family::default(),
@@ -131,6 +133,11 @@ impl Metrics {
             "masquerade_syncs",
             "Times the masquerade nftables table was applied",
             m.masquerade_syncs.clone(),
+        );
+        registry.register(
+            "neighbour_solicitations",
+            "Times the nodes on an uplink were solicited for their IPv6 link-local addresses",
+            m.neighbour_solicitations.clone(),
         );
         registry.register(
             "masquerade_errors",

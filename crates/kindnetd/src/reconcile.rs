@@ -9,7 +9,7 @@
 //!   wants or routed before ([`routes::split_owned`]); others are reported;
 //! - correct routes are never touched, so a restart changes nothing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -77,6 +77,48 @@ pub struct Reconciler<D: Dataplane> {
     known_peer_cidrs: HashSet<IpNet>,
     /// Protocol-217 routes left alone (not ours), as last logged.
     logged_foreign: Vec<IpNet>,
+    /// Per uplink: when its nodes were last solicited and the pause before
+    /// the next time (doubling while a peer's link-local stays unknown).
+    solicited: HashMap<u32, (Instant, Duration)>,
+    /// A pass is wanted at this time (after a solicitation), before the
+    /// next resync.
+    retry_at: Option<Instant>,
+}
+
+/// Pause after the first solicitation of an uplink; doubles to
+/// [`SOLICIT_MAX`] while a peer's link-local address stays unknown.
+pub const SOLICIT_MIN: Duration = Duration::from_secs(1);
+pub const SOLICIT_MAX: Duration = Duration::from_secs(60);
+/// How soon after a solicitation the neighbour table is read again.
+pub const SOLICIT_RECHECK: Duration = Duration::from_millis(300);
+
+/// Which uplinks to solicit now: those with a wanted peer whose pause has
+/// passed. Returns (oif, the peers on it whose MAC is not known). Pure.
+pub fn due_solicitations(
+    wanted: &[(u32, std::net::Ipv4Addr)],
+    last: &HashMap<u32, (Instant, Duration)>,
+    mac_known: impl Fn(u32, std::net::Ipv4Addr) -> bool,
+    now: Instant,
+) -> Vec<(u32, Vec<std::net::Ipv4Addr>)> {
+    let mut out: Vec<(u32, Vec<std::net::Ipv4Addr>)> = Vec::new();
+    for &(oif, peer) in wanted {
+        if last
+            .get(&oif)
+            .is_some_and(|(at, pause)| now.saturating_duration_since(*at) < *pause)
+        {
+            continue;
+        }
+        let arp = !mac_known(oif, peer);
+        match out.iter_mut().find(|(o, _)| *o == oif) {
+            Some((_, v)) => {
+                if arp {
+                    v.push(peer);
+                }
+            }
+            None => out.push((oif, if arp { vec![peer] } else { Vec::new() })),
+        }
+    }
+    out
 }
 
 /// What one pass did, for tests and logs.
@@ -109,6 +151,8 @@ impl<D: Dataplane> Reconciler<D> {
             logged_own: None,
             known_peer_cidrs: HashSet::new(),
             logged_foreign: Vec::new(),
+            solicited: HashMap::new(),
+            retry_at: None,
             cfg,
             dp,
             store,
@@ -126,8 +170,9 @@ impl<D: Dataplane> Reconciler<D> {
         loop {
             let now = Instant::now();
             let mut full = now >= next_full;
-            if !full {
-                match rx.recv_timeout(next_full - now) {
+            let wake = self.retry_at.map_or(next_full, |r| r.min(next_full));
+            if !full && wake > now {
+                match rx.recv_timeout(wake - now) {
                     Ok(t) => {
                         full |= t == Trigger::Resync;
                         // Coalesce everything queued meanwhile into this pass.
@@ -135,7 +180,7 @@ impl<D: Dataplane> Reconciler<D> {
                             full |= t == Trigger::Resync;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => full = true,
+                    Err(RecvTimeoutError::Timeout) => full = Instant::now() >= next_full,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
@@ -238,6 +283,7 @@ impl<D: Dataplane> Reconciler<D> {
 
         if synced {
             self.routes(&view, &desired, &mut report);
+            self.solicit(&view, &desired);
             if self.cfg.masquerading {
                 let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
                 self.masquerade(full, &own_cidrs, &routed, &mut report);
@@ -478,6 +524,48 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
+    /// Solicits the uplinks of peers whose IPv6 link-local next hop is not
+    /// known yet, and asks for a pass soon after to read the answers.
+    fn solicit(&mut self, view: &HostView, desired: &Desired) {
+        let now = Instant::now();
+        self.solicited
+            .retain(|oif, _| desired.solicit.iter().any(|(o, _)| o == oif));
+        let due = due_solicitations(
+            &desired.solicit,
+            &self.solicited,
+            |oif, peer| {
+                view.topology
+                    .neighbours()
+                    .mac_of(oif, IpAddr::V4(peer))
+                    .is_some()
+            },
+            now,
+        );
+        for (oif, arp) in due {
+            if let Err(e) = self.dp.solicit(oif, &arp) {
+                tracing::warn!(error = %e, "cannot solicit the nodes on the uplink");
+            }
+            self.status.metrics.neighbour_solicitations.inc();
+            let pause = self
+                .solicited
+                .get(&oif)
+                .map_or(SOLICIT_MIN, |(_, p)| (*p * 2).min(SOLICIT_MAX));
+            self.solicited.insert(oif, (now, pause));
+        }
+        // Read the answers soon; then keep trying at the uplinks' pace.
+        self.retry_at = self
+            .solicited
+            .values()
+            .map(|(at, pause)| {
+                if *at == now {
+                    now + SOLICIT_RECHECK
+                } else {
+                    *at + *pause
+                }
+            })
+            .min();
+    }
+
     fn log_skips(&mut self, desired: &Desired) {
         let now: HashSet<(String, IpNet, &'static str)> = desired
             .skipped
@@ -655,6 +743,8 @@ mod tests {
         nft: Vec<kindnet_nft::Batch>,
         sysctls: std::collections::HashMap<String, String>,
         fail_view: bool,
+        solicits: Vec<(u32, Vec<std::net::Ipv4Addr>)>,
+        neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
     }
 
     impl Dataplane for Fake {
@@ -678,7 +768,8 @@ mod tests {
             ];
             let local = vec!["172.18.0.2".parse().unwrap()];
             Ok(HostView {
-                topology: Topology::new(foreign.clone(), local),
+                topology: Topology::new(foreign.clone(), local)
+                    .with_neighbours(crate::routes::Neighbours::new(self.neighbours.clone())),
                 ours: self.installed.clone(),
                 foreign,
                 link_mtus: [(2, 1400)].into_iter().collect(),
@@ -714,6 +805,10 @@ mod tests {
         }
         fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String> {
             self.sysctls.insert(key.into(), value.into());
+            Ok(())
+        }
+        fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String> {
+            self.solicits.push((oif, arp.to_vec()));
             Ok(())
         }
     }
@@ -1199,6 +1294,97 @@ mod tests {
         r.pass(true);
         r.pass(true);
         assert_eq!(r.dp.nft, vec![masq::removal()]);
+    }
+
+    #[test]
+    fn ipv6_pods_on_an_ipv4_only_node_network_are_routed_via_the_peers_link_local() {
+        let (mut r, store, _dir) = setup("linklocal");
+        r.cfg.pod_subnet = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ];
+        r.cfg.route_opts.pod_subnet = r.cfg.pod_subnet.clone();
+        store.lock().unwrap().replace_all(&[
+            raw(
+                "me",
+                &["10.244.0.0/24", "fd00:10:244::/64"],
+                &[("InternalIP", "172.18.0.2")],
+            ),
+            raw(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &[("InternalIP", "172.18.0.3")],
+            ),
+        ]);
+        r.pass(true);
+        // IPv4 routed; IPv6 not yet: b's uplink is solicited, with ARP.
+        assert_eq!(r.dp.installed.len(), 1);
+        assert_eq!(
+            r.dp.solicits,
+            vec![(2, vec!["172.18.0.3".parse().unwrap()])]
+        );
+        assert!(r.retry_at.is_some(), "a pass soon to read the answers");
+        let ready = r.status.readiness();
+        assert!(
+            ready
+                .report()
+                .contains("IPv6 link-local address of 172.18.0.3 is not known"),
+            "{}",
+            ready.report()
+        );
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_peers_skipped{reason=\"ipv6-link-local-unknown\"} 1")
+        );
+        // Not again right away.
+        r.pass(false);
+        assert_eq!(r.dp.solicits.len(), 1);
+        // The answers arrive in the neighbour table.
+        let mac = vec![2u8, 0x42, 0xac, 0x12, 0, 3];
+        r.dp.neighbours = vec![
+            (2, "172.18.0.3".parse().unwrap(), mac.clone()),
+            (2, "fe80::42:acff:fe12:3".parse().unwrap(), mac),
+        ];
+        r.pass(false);
+        let v6 =
+            r.dp.installed
+                .iter()
+                .find(|i| i.dst.to_string() == "fd00:10:244:1::/64")
+                .cloned();
+        assert_eq!(
+            v6.map(|i| (i.gateway, i.oif)),
+            Some((Some("fe80::42:acff:fe12:3".parse().unwrap()), Some(2)))
+        );
+        assert!(r.retry_at.is_none(), "nothing left to solicit");
+        assert!(r.status.readiness().skipped.is_empty());
+    }
+
+    #[test]
+    fn solicitations_are_per_uplink_and_wait_their_pause() {
+        let now = Instant::now();
+        let a: std::net::Ipv4Addr = "172.18.0.3".parse().unwrap();
+        let b: std::net::Ipv4Addr = "172.18.0.4".parse().unwrap();
+        let c: std::net::Ipv4Addr = "10.1.0.5".parse().unwrap();
+        let wanted = [(2, a), (2, b), (3, c)];
+        let mut last = HashMap::new();
+        let known = |_: u32, p: std::net::Ipv4Addr| p == b;
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now),
+            vec![(2, vec![a]), (3, vec![c])],
+            "one solicitation per uplink; ARP only where the MAC is unknown"
+        );
+        last.insert(2, (now, SOLICIT_MIN));
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now + Duration::from_millis(500)),
+            vec![(3, vec![c])]
+        );
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now + SOLICIT_MIN).len(),
+            2
+        );
+        assert!(due_solicitations(&[], &last, known, now).is_empty());
     }
 
     #[test]

@@ -880,3 +880,148 @@ fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
     );
     assert!(!log.contains("kube_client"), "{log}");
 }
+
+/// Two node namespaces joined by a veth pair (`eth0` in each), with the
+/// given addresses on eth0; IPv6 DAD off so link-local addresses are usable
+/// at once.
+fn two_nodes(a_addrs: &[&str], b_addrs: &[&str]) -> (NetnsGuard, NetnsGuard) {
+    let a = NetnsGuard::new("kd-test").unwrap();
+    let b = NetnsGuard::new("kd-test").unwrap();
+    for ns in [&a, &b] {
+        sysctl_set(ns, "net.ipv6.conf.default.accept_dad", "0");
+        sysctl_set(ns, "net.ipv6.conf.all.accept_dad", "0");
+    }
+    a.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "tmp0",
+    ])
+    .unwrap();
+    a.ip(&["link", "set", "tmp0", "netns", &b.name]).unwrap();
+    b.ip(&["link", "set", "tmp0", "name", "eth0"]).unwrap();
+    for (ns, addrs) in [(&a, a_addrs), (&b, b_addrs)] {
+        for addr in addrs {
+            ns.ip(&["addr", "add", addr, "dev", "eth0", "nodad"])
+                .unwrap();
+        }
+        ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    }
+    (a, b)
+}
+
+fn link_local(ns: &NetnsGuard) -> String {
+    let v: Value = serde_json::from_str(
+        &ns.ip(&["-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"])
+            .unwrap(),
+    )
+    .unwrap();
+    v[0]["addr_info"][0]["local"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Seed 004's last resort, for real: a peer that publishes only an IPv4
+/// address gets its IPv6 pod CIDR routed via its actual link-local address
+/// (found through its MAC, after soliciting all nodes), on the uplink.
+#[test]
+fn ipv6_pod_cidr_of_an_ipv4_only_peer_goes_via_its_link_local_address() {
+    require_root!();
+    let (a, b) = two_nodes(&["10.0.0.1/24"], &["10.0.0.2/24"]);
+    let b_ll = wait_for(Duration::from_secs(3), || {
+        let l = link_local(&b);
+        (!l.is_empty()).then_some(l)
+    })
+    .expect("b has a link-local address");
+    let dir = TempDir::new("linklocal");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            node("me", &["10.244.0.0/24", "fd00:10:244::/64"], &["10.0.0.1"]),
+            node("b", &["10.244.1.0/24", "fd00:10:244:1::/64"], &["10.0.0.2"]),
+        ]),
+    );
+    // Nothing known about b beforehand: no ARP or NDP entry.
+    assert!(
+        a.ip(&["neigh", "show", "dev", "eth0"])
+            .unwrap()
+            .trim()
+            .is_empty()
+    );
+    let d = Daemon::start(
+        &a,
+        &daemon_args(nodes_path.to_str().unwrap(), cni.to_str().unwrap(), &[]),
+        dir.path().join("log"),
+    );
+    let started = std::time::Instant::now();
+    wait_routes(
+        &a,
+        &[
+            ("10.244.1.0/24", "10.0.0.2"),
+            ("fd00:10:244:1::/64", b_ll.as_str()),
+        ],
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n--- kindnetd log ---\n{}", d.log()));
+    eprintln!(
+        "IPv6 route via b's link-local {b_ll} after {} ms",
+        started.elapsed().as_millis()
+    );
+    assert!(our_routes(&a).iter().all(|(_, _, dev)| dev == "eth0"));
+    assert!(metric(&a, "kindnet_neighbour_solicitations_total").unwrap_or(0.0) >= 1.0);
+    // Settled: a restart changes nothing and solicits nothing.
+    assert_eq!(
+        metric(
+            &a,
+            "kindnet_peers_skipped{reason=\"ipv6-link-local-unknown\"}"
+        ),
+        Some(0.0)
+    );
+}
+
+/// IPv4 pods on an IPv6-only node network: the peer's IPv4 pod CIDR is
+/// routed via its IPv6 address (`via inet6`), and stays put across passes.
+#[test]
+fn ipv4_pod_cidr_of_an_ipv6_only_peer_goes_via_its_ipv6_address() {
+    require_root!();
+    let (a, _b) = two_nodes(&["fd00::1/64"], &["fd00::2/64"]);
+    let dir = TempDir::new("via-inet6");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    write_atomic(
+        &nodes_path,
+        &node_list(&[
+            node("me", &["10.244.0.0/24", "fd00:10:244::/64"], &["fd00::1"]),
+            node("b", &["10.244.1.0/24", "fd00:10:244:1::/64"], &["fd00::2"]),
+        ]),
+    );
+    let d = Daemon::start(
+        &a,
+        &daemon_args(
+            nodes_path.to_str().unwrap(),
+            cni.to_str().unwrap(),
+            &["--resync-period=200ms"],
+        ),
+        dir.path().join("log"),
+    );
+    let want = [
+        ("10.244.1.0/24", "fd00::2"),
+        ("fd00:10:244:1::/64", "fd00::2"),
+    ];
+    wait_routes(&a, &want, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}\n--- kindnetd log ---\n{}", d.log()));
+    let shown = a.ip(&["-4", "route", "show", "proto", "217"]).unwrap();
+    assert!(
+        shown.contains("10.244.1.0/24 via inet6 fd00::2 dev eth0"),
+        "{shown}"
+    );
+    // Several resyncs: the route is recognised as correct, never rewritten.
+    let changes = metric(&a, "kindnet_route_changes_total{op=\"replace\"}");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        metric(&a, "kindnet_route_changes_total{op=\"replace\"}"),
+        changes,
+        "{}",
+        d.log()
+    );
+}
