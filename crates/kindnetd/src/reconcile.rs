@@ -283,7 +283,6 @@ impl<D: Dataplane> Reconciler<D> {
 
         if synced {
             self.routes(&view, &desired, &mut report);
-            self.solicit(&view, &desired);
             if self.cfg.masquerading {
                 let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
                 self.masquerade(full, &own_cidrs, &routed, &mut report);
@@ -338,6 +337,11 @@ impl<D: Dataplane> Reconciler<D> {
         });
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        // Last: listening for the answers takes a moment, and nothing else
+        // (masquerade, the conflist, other routes) waits for it.
+        if synced {
+            self.solicit(&view, &desired);
+        }
         if report.replaced + report.deleted > 0 || !report.errors.is_empty() {
             tracing::info!(
                 replaced = report.replaced,
