@@ -207,6 +207,64 @@ pub fn render(inp: &CniInputs) -> String {
     s
 }
 
+fn spec_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    let out = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(out)
+}
+
+/// The cniVersion a libcni picks for a conflist, as libcni's
+/// `ConfListFromBytes` does. `implemented` is the newest spec version that
+/// libcni implements (`version.Current()`). A libcni that knows
+/// `cniVersions` (1.2 and later: containerd 2.x) takes the highest of
+/// `cniVersions` and `cniVersion` it implements; an older one (Debian's
+/// 1.1.2, containerd 1.6/1.7) reads `cniVersion` only. Errors are what
+/// libcni refuses to load.
+pub fn libcni_pick(
+    conflist: &str,
+    implemented: &str,
+    knows_versions: bool,
+) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(conflist)
+        .map_err(|e| format!("error parsing configuration list: {e}"))?;
+    if !v.get("name").is_some_and(|n| n.is_string()) {
+        return Err("error parsing configuration list: no name".into());
+    }
+    let current = spec_version(implemented).ok_or("bad implemented version")?;
+    let version = match v.get("cniVersion") {
+        None => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("invalid cniVersion type {other}")),
+    };
+    if !knows_versions {
+        return Ok(version);
+    }
+    let Some(list) = v.get("cniVersions") else {
+        return Ok(version);
+    };
+    let list = list.as_array().ok_or("invalid type for cniVersions")?;
+    let mut usable: Vec<(u32, u32, u32)> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let s = e
+            .as_str()
+            .ok_or(format!("invalid type for cniVersions index {i}"))?;
+        let t = spec_version(s).ok_or(format!("invalid cniVersions entry {s} at index {i}"))?;
+        if t <= current {
+            usable.push(t);
+        }
+    }
+    if !version.is_empty() {
+        let t = spec_version(&version).ok_or(format!("invalid cniVersion {version}"))?;
+        if t <= current {
+            usable.push(t);
+        }
+    }
+    Ok(match usable.iter().max() {
+        Some((a, b, c)) => format!("{a}.{b}.{c}"),
+        None => version,
+    })
+}
+
 /// The MTU for pods: that of the interface carrying the default route (IPv4
 /// first, then IPv6), else of the interface holding one of `own_ips`, else 1500.
 pub fn pick_mtu(
@@ -362,6 +420,36 @@ mod tests {
             bridge: bridge.map(str::to_string),
             ipam_data_dir: "/run/cni-ipam-state".into(),
         }
+    }
+
+    #[test]
+    fn libcni_picks_1_1_0_when_it_knows_cni_versions_and_1_0_0_when_not() {
+        for chain in [CniChain::Single, CniChain::Classic] {
+            for bridge in [None, Some("kind-br")] {
+                let mut inp = inputs(&["10.244.1.0/24", "fd00:10:244:1::/64"], bridge);
+                inp.chain = chain;
+                let text = render(&inp);
+                // containerd 2.x: libcni 1.2+ implements 1.1.0 and reads
+                // cniVersions: STATUS and GC are used.
+                assert_eq!(libcni_pick(&text, "1.1.0", true).unwrap(), "1.1.0");
+                // containerd 1.6/1.7 and Debian's libcni 1.1.2 implement
+                // 1.0.0 and read cniVersion only: it loads, at 1.0.0.
+                assert_eq!(libcni_pick(&text, "1.0.0", false).unwrap(), "1.0.0");
+                // A libcni that knows cniVersions but implements 1.0.0.
+                assert_eq!(libcni_pick(&text, "1.0.0", true).unwrap(), "1.0.0");
+                // cniVersion never exceeds what an old libcni implements.
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["cniVersion"], CNI_VERSION);
+            }
+        }
+        // What libcni refuses, we model as refused.
+        assert!(libcni_pick(r#"{"cniVersion":"1.0.0","plugins":[]}"#, "1.1.0", true).is_err());
+        assert!(libcni_pick(r#"{"name":"x","cniVersions":"1.1.0"}"#, "1.1.0", true).is_err());
+        assert!(libcni_pick(r#"{"name":"x","cniVersions":["1.x"]}"#, "1.1.0", true).is_err());
+        assert_eq!(
+            libcni_pick(r#"{"name":"x","cniVersions":["2.0.0"]}"#, "1.1.0", true).unwrap(),
+            ""
+        );
     }
 
     #[test]
