@@ -103,6 +103,13 @@ pub struct Flags {
     #[arg(long, env = "KINDNET_RESYNC_PERIOD", value_parser = parse_duration, default_value = "10s")]
     pub resync_period: Duration,
 
+    /// Release the addresses (and leftover host veths) of an attachment
+    /// whose pod namespace has been gone, with no host route and no Pod
+    /// holding its addresses, for this long (a DEL the runtime lost). 0
+    /// turns it off.
+    #[arg(long, env = "KINDNET_RECLAIM_GRACE", value_parser = parse_duration, default_value = "2m")]
+    pub reclaim_grace: Duration,
+
     /// Masquerade pod traffic leaving the cluster. false removes kindnetd's rules.
     #[arg(long, env = "KINDNET_MASQUERADING", action = ArgAction::Set, default_value_t = true,
           value_parser = clap::builder::BoolishValueParser::new())]

@@ -27,6 +27,8 @@ pub struct HostView {
     pub addr_links: Vec<(IpAddr, u32)>,
     /// Links carrying an IPv6 default route learned from an RA.
     pub ra_default_oifs: Vec<u32>,
+    /// The host's veths, with the index of their master (bridge), if any.
+    pub veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
 }
 
 /// The operations a reconcile pass needs from the host; a fake stands in
@@ -40,6 +42,20 @@ pub trait Dataplane: Send {
     /// Makes the neighbour tables learn the MACs of `arp` and the IPv6
     /// link-local addresses of the nodes on link `oif` ([`crate::solicit`]).
     fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String>;
+    /// The allocations of `network` in host-local's store at `data_dir`.
+    fn allocations(
+        &mut self,
+        data_dir: &std::path::Path,
+        network: &str,
+    ) -> Result<Vec<crate::reclaim::Allocated>, String>;
+    /// Releases a leaked attachment's addresses (those it still holds) and
+    /// removes its leftover host veths. Returns the addresses released.
+    fn reclaim(
+        &mut self,
+        data_dir: &std::path::Path,
+        network: &str,
+        leak: &crate::reclaim::Leak,
+    ) -> Result<Vec<IpAddr>, String>;
 }
 
 /// The real host, through one rtnetlink socket.
@@ -111,6 +127,18 @@ impl Dataplane for Netlink {
         let links = self.h.links().map_err(|e| format!("list links: {e}"))?;
         for l in links {
             v.link_mtus.insert(l.index, l.mtu);
+            if l.kind.as_deref() == Some("veth") {
+                v.veths.push((
+                    crate::reclaim::HostVeth {
+                        index: l.index,
+                        name: l.name.clone(),
+                        alias: l.alias.clone(),
+                        peer_elsewhere: l.link_netnsid.is_some(),
+                        on_pod_bridge: false,
+                    },
+                    l.master,
+                ));
+            }
             v.link_names.insert(l.index, l.name);
         }
         let addrs = self
@@ -183,5 +211,46 @@ impl Dataplane for Netlink {
                 tracing::debug!(oif, arp = ?arp, answered = ?found, "solicited all nodes on the uplink");
             })
             .map_err(|e| format!("solicit neighbours on link #{oif}: {e}"))
+    }
+
+    fn allocations(
+        &mut self,
+        data_dir: &std::path::Path,
+        network: &str,
+    ) -> Result<Vec<crate::reclaim::Allocated>, String> {
+        kindnet_ipam::allocations(data_dir, network)
+            .map(|v| {
+                v.into_iter()
+                    .map(|a| crate::reclaim::Allocated {
+                        ip: a.ip,
+                        container_id: a.container_id,
+                        ifname: a.ifname,
+                    })
+                    .collect()
+            })
+            .map_err(|e| e.msg)
+    }
+
+    fn reclaim(
+        &mut self,
+        data_dir: &std::path::Path,
+        network: &str,
+        leak: &crate::reclaim::Leak,
+    ) -> Result<Vec<IpAddr>, String> {
+        for index in &leak.leftover_links {
+            match self.h.delete_link(*index) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(format!("delete leftover veth #{index}: {e}")),
+            }
+        }
+        kindnet_ipam::release_attachment(
+            data_dir,
+            network,
+            &leak.container_id,
+            &leak.ifname,
+            &leak.ips,
+        )
+        .map_err(|e| e.msg)
     }
 }

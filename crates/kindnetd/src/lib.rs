@@ -13,6 +13,7 @@ pub mod http;
 pub mod masq;
 pub mod metrics;
 pub mod node;
+pub mod reclaim;
 pub mod reconcile;
 pub mod routes;
 pub mod solicit;

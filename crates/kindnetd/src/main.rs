@@ -168,6 +168,7 @@ async fn run(flags: Flags) -> ExitCode {
         ipam_data_dir: flags.ipam_data_dir.clone(),
         mtu: flags.mtu,
         resync_period: flags.resync_period,
+        reclaim_grace: flags.reclaim_grace,
     };
     let reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
     if let Err(e) = std::thread::Builder::new()

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub masquerade_syncs: Counter,
     pub masquerade_errors: Counter,
     pub neighbour_solicitations: Counter,
+    pub leaks_reclaimed: Counter,
+    pub leaked_addresses_reclaimed: Counter,
+    pub leak_candidates: Gauge,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_refused: Counter,
     pub source_stale: Family<SourceLabel, Gauge>,
@@ -80,6 +83,9 @@ impl Metrics {
             masquerade_syncs: Counter::default(),
             masquerade_errors: Counter::default(),
             neighbour_solicitations: Counter::default(),
+            leaks_reclaimed: Counter::default(),
+            leaked_addresses_reclaimed: Counter::default(),
+            leak_candidates: Gauge::default(),
             source_errors: Family::default(),
             http_connections_refused: Counter::default(),
             source_stale: Family::default(),
@@ -138,6 +144,21 @@ impl Metrics {
             "neighbour_solicitations",
             "Times the nodes on an uplink were solicited for their IPv6 link-local addresses",
             m.neighbour_solicitations.clone(),
+        );
+        registry.register(
+            "leaks_reclaimed",
+            "Attachments whose pod was gone (namespace gone, no host route, no Pod) released after the grace period",
+            m.leaks_reclaimed.clone(),
+        );
+        registry.register(
+            "leaked_addresses_reclaimed",
+            "Addresses released with those attachments",
+            m.leaked_addresses_reclaimed.clone(),
+        );
+        registry.register(
+            "leak_candidates",
+            "Attachments whose pod looks gone, waiting out the grace period",
+            m.leak_candidates.clone(),
         );
         registry.register(
             "masquerade_errors",

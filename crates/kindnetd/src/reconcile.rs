@@ -56,6 +56,9 @@ pub struct Settings {
     /// 0 = from the default-route interface.
     pub mtu: u32,
     pub resync_period: Duration,
+    /// How long an attachment must look leaked before it is reclaimed;
+    /// zero turns reclaiming off.
+    pub reclaim_grace: Duration,
 }
 
 pub struct Reconciler<D: Dataplane> {
@@ -83,6 +86,10 @@ pub struct Reconciler<D: Dataplane> {
     /// A pass is wanted at this time (after a solicitation), before the
     /// next resync.
     retry_at: Option<Instant>,
+    /// Leaked attachments waiting out the grace period.
+    leaks: crate::reclaim::Tracker,
+    /// The reason reclaiming could not decide, as last logged.
+    logged_undecidable: Option<String>,
 }
 
 /// Pause after the first solicitation of an uplink; doubles to
@@ -153,6 +160,8 @@ impl<D: Dataplane> Reconciler<D> {
             logged_foreign: Vec::new(),
             solicited: HashMap::new(),
             retry_at: None,
+            leaks: crate::reclaim::Tracker::default(),
+            logged_undecidable: None,
             cfg,
             dp,
             store,
@@ -287,6 +296,9 @@ impl<D: Dataplane> Reconciler<D> {
                 let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
                 self.masquerade(full, &own_cidrs, &routed, &mut report);
             }
+        }
+        if synced && full && !self.cfg.reclaim_grace.is_zero() {
+            self.reclaim(&view);
         }
         if !self.cfg.masquerading && !self.masq_removed {
             match self.dp.nft(&masq::removal()) {
@@ -528,6 +540,97 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
+    /// This pass's evidence about leaked attachments ([`crate::reclaim`]).
+    fn leak_findings(&mut self, view: &HostView) -> Result<crate::reclaim::Findings, String> {
+        let allocations = self
+            .dp
+            .allocations(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME)?;
+        let bridge_index = self.cfg.bridge.as_ref().and_then(|b| {
+            view.link_names
+                .iter()
+                .find(|(_, n)| *n == b)
+                .map(|(i, _)| *i)
+        });
+        let veths: Vec<crate::reclaim::HostVeth> = view
+            .veths
+            .iter()
+            .map(|(v, master)| crate::reclaim::HostVeth {
+                on_pod_bridge: bridge_index.is_some() && *master == bridge_index,
+                ..v.clone()
+            })
+            .collect();
+        Ok(crate::reclaim::find_leaks(&crate::reclaim::Evidence {
+            network: cniconf::NETWORK_NAME,
+            allocations: &allocations,
+            veths: &veths,
+            routes: &view.foreign,
+            // No Pod source yet: the nodes are all kindnetd watches.
+            pod_ips: None,
+        }))
+    }
+
+    /// Releases attachments that have looked leaked for the whole grace
+    /// period, after checking once more with a fresh look at the host.
+    fn reclaim(&mut self, view: &HostView) {
+        let status = self.status.clone();
+        let m = &status.metrics;
+        let findings = match self.leak_findings(view) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the IPAM store; nothing reclaimed");
+                return;
+            }
+        };
+        if findings.undecidable != self.logged_undecidable {
+            if let Some(why) = &findings.undecidable {
+                tracing::warn!("leaked addresses are not reclaimed: {why}");
+            }
+            self.logged_undecidable = findings.undecidable.clone();
+        }
+        let due = self
+            .leaks
+            .due(&findings.leaks, Instant::now(), self.cfg.reclaim_grace);
+        m.leak_candidates.set(self.leaks.pending() as i64);
+        if due.is_empty() {
+            return;
+        }
+        // The decision is about to become an action: look again.
+        let fresh = match self.dp.view().and_then(|v| self.leak_findings(&v)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look again; nothing reclaimed");
+                return;
+            }
+        };
+        for leak in due {
+            if !fresh.leaks.contains(&leak) {
+                continue;
+            }
+            match self
+                .dp
+                .reclaim(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME, &leak)
+            {
+                Ok(released) => {
+                    m.leaks_reclaimed.inc();
+                    m.leaked_addresses_reclaimed.inc_by(released.len() as u64);
+                    tracing::info!(
+                        container_id = %leak.container_id,
+                        ifname = %leak.ifname,
+                        addresses = ?released,
+                        leftover_veths = leak.leftover_links.len(),
+                        grace_s = self.cfg.reclaim_grace.as_secs(),
+                        "reclaimed a leaked attachment: its pod namespace is gone and nothing uses its addresses"
+                    );
+                    self.leaks.forget(&leak);
+                }
+                Err(e) => {
+                    tracing::warn!(container_id = %leak.container_id, error = %e, "cannot reclaim a leaked attachment");
+                }
+            }
+        }
+        m.leak_candidates.set(self.leaks.pending() as i64);
+    }
+
     /// Solicits the uplinks of peers whose IPv6 link-local next hop is not
     /// known yet, and asks for a pass soon after to read the answers.
     fn solicit(&mut self, view: &HostView, desired: &Desired) {
@@ -749,6 +852,10 @@ mod tests {
         fail_view: bool,
         solicits: Vec<(u32, Vec<std::net::Ipv4Addr>)>,
         neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
+        allocated: Vec<crate::reclaim::Allocated>,
+        reclaimed: Vec<crate::reclaim::Leak>,
+        veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
+        host_routes: Vec<KernelRoute>,
     }
 
     impl Dataplane for Fake {
@@ -770,6 +877,8 @@ mod tests {
                     priority: 0,
                 },
             ];
+            let mut foreign = foreign;
+            foreign.extend(self.host_routes.iter().cloned());
             let local = vec!["172.18.0.2".parse().unwrap()];
             Ok(HostView {
                 topology: Topology::new(foreign.clone(), local)
@@ -780,6 +889,7 @@ mod tests {
                 link_names: [(2, "eth0".to_string())].into_iter().collect(),
                 addr_links: vec![("172.18.0.2".parse().unwrap(), 2)],
                 ra_default_oifs: vec![],
+                veths: self.veths.clone(),
             })
         }
         fn apply(&mut self, op: &RouteOp) -> Result<(), String> {
@@ -815,6 +925,24 @@ mod tests {
             self.solicits.push((oif, arp.to_vec()));
             Ok(())
         }
+        fn allocations(
+            &mut self,
+            _data_dir: &std::path::Path,
+            _network: &str,
+        ) -> Result<Vec<crate::reclaim::Allocated>, String> {
+            Ok(self.allocated.clone())
+        }
+        fn reclaim(
+            &mut self,
+            _data_dir: &std::path::Path,
+            _network: &str,
+            leak: &crate::reclaim::Leak,
+        ) -> Result<Vec<IpAddr>, String> {
+            self.allocated
+                .retain(|a| !(a.container_id == leak.container_id && a.ifname == leak.ifname));
+            self.reclaimed.push(leak.clone());
+            Ok(leak.ips.clone())
+        }
     }
 
     fn settings(dir: &std::path::Path) -> Settings {
@@ -832,6 +960,7 @@ mod tests {
             ipam_data_dir: "/run/cni-ipam-state".into(),
             mtu: 0,
             resync_period: Duration::from_secs(10),
+            reclaim_grace: Duration::from_millis(50),
         }
     }
 
@@ -1389,6 +1518,91 @@ mod tests {
             2
         );
         assert!(due_solicitations(&[], &last, known, now).is_empty());
+    }
+
+    #[test]
+    fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
+        use crate::reclaim::{Allocated, HostVeth};
+        let (mut r, store, _dir) = setup("reclaim");
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.244.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        let a = |ip: &str, id: &str| Allocated {
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        };
+        r.dp.allocated = vec![a("10.244.0.2", "live"), a("10.244.0.3", "leaked")];
+        // The live pod: its tagged veth leads to its namespace, and its host
+        // route is there; the leaked one has neither (its namespace is gone).
+        let tag = kindnet_cni_spec::AttachmentId::new("kindnet", "live", "eth0")
+            .unwrap()
+            .owner()
+            .to_string();
+        r.dp.veths = vec![(
+            HostVeth {
+                index: 7,
+                name: "veth00000007".into(),
+                alias: Some(tag),
+                peer_elsewhere: true,
+                on_pod_bridge: false,
+            },
+            None,
+        )];
+        r.dp.host_routes = vec![KernelRoute {
+            dst: "10.244.0.2/32".parse().unwrap(),
+            gateway: None,
+            oif: Some(7),
+            priority: 0,
+        }];
+        r.pass(true);
+        assert!(r.dp.reclaimed.is_empty(), "never before the grace period");
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_leak_candidates 1")
+        );
+        // Non-full passes do not reclaim.
+        std::thread::sleep(Duration::from_millis(60));
+        r.pass(false);
+        assert!(r.dp.reclaimed.is_empty());
+        r.pass(true);
+        let ids: Vec<&str> =
+            r.dp.reclaimed
+                .iter()
+                .map(|l| l.container_id.as_str())
+                .collect();
+        assert_eq!(ids, vec!["leaked"]);
+        let metrics = r.status.metrics.encode();
+        assert!(
+            metrics.contains("kindnet_leaks_reclaimed_total 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("kindnet_leaked_addresses_reclaimed_total 1"));
+        assert!(metrics.contains("kindnet_leak_candidates 0"));
+        // Many passes later the live pod is still untouched.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(60));
+            r.pass(true);
+        }
+        assert_eq!(r.dp.reclaimed.len(), 1);
+        assert_eq!(r.dp.allocated, vec![a("10.244.0.2", "live")]);
+        // Off: nothing is even looked at.
+        let (mut off, store, _dir) = setup("reclaim-off");
+        off.cfg.reclaim_grace = Duration::ZERO;
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.244.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        off.dp.allocated = vec![a("10.244.0.3", "leaked")];
+        off.pass(true);
+        std::thread::sleep(Duration::from_millis(60));
+        off.pass(true);
+        assert!(off.dp.reclaimed.is_empty());
     }
 
     #[test]

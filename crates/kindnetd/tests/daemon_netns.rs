@@ -1025,3 +1025,153 @@ fn ipv4_pod_cidr_of_an_ipv6_only_peer_goes_via_its_ipv6_address() {
         d.log()
     );
 }
+
+fn kindnet_cni_bin() -> Option<std::path::PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
+        });
+    let p = target.join("debug").join("kindnet-cni");
+    p.is_file().then_some(p)
+}
+
+/// The owners recorded in the IPAM store (one line per address file).
+fn ipam_owners(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("kindnet"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .map(|c| c.split("\r\n").next().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Issue 10, leak reclaim: a pod whose DEL never came (its namespace
+/// deleted, as a runtime does after losing the DEL) has its addresses
+/// released by kindnetd after the grace period; a live pod that got no DEL
+/// either is never touched.
+#[test]
+fn addresses_of_a_pod_whose_del_was_lost_are_reclaimed_a_live_pod_never() {
+    require_root!();
+    let Some(cni) = kindnet_cni_bin() else {
+        eprintln!("skipping: needs target/debug/kindnet-cni (cargo build -p kindnet-cni)");
+        return;
+    };
+    let ns = node_ns();
+    let dir = TempDir::new("reclaim");
+    let bin = dir.path().join("bin");
+    let (code, _, err) = run(std::process::Command::new(&cni).arg("install").arg(&bin));
+    assert_eq!(code, 0, "{err}");
+    let nodes_path = dir.path().join("nodes.json");
+    let cni_dir = dir.path().join("net.d");
+    let ipam = dir.path().join("ipam");
+    write_atomic(&nodes_path, &node_list(&[me()]));
+    let d = Daemon::start(
+        &ns,
+        &daemon_args(
+            nodes_path.to_str().unwrap(),
+            cni_dir.to_str().unwrap(),
+            &[
+                "--resync-period=200ms",
+                "--reclaim-grace=1s",
+                "--ipam-data-dir",
+                ipam.to_str().unwrap(),
+            ],
+        ),
+        dir.path().join("log"),
+    );
+    wait_ready(&ns, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    // The network config a runtime hands the first plugin of the list.
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(cni_dir.join("10-kindnet.conflist")).unwrap(),
+    )
+    .unwrap();
+    let mut conf = list["plugins"][0].clone();
+    conf["name"] = list["name"].clone();
+    conf["cniVersion"] = list["cniVersion"].clone();
+    let add = |id: &str, pod: &NetnsGuard| {
+        use std::io::Write;
+        let mut c = ns.command(bin.join("kindnet").to_str().unwrap());
+        c.env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", pod.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &bin)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let o = child.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "ADD {id}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let live = NetnsGuard::new("kd-pod").unwrap();
+    let leaky = NetnsGuard::new("kd-pod").unwrap();
+    add("live", &live);
+    add("leaky", &leaky);
+    assert_eq!(
+        ipam_owners(&ipam),
+        vec!["leaky", "leaky", "live", "live"],
+        "two addresses each (both families)"
+    );
+    // The runtime loses leaky's DEL and removes its namespace.
+    drop(leaky);
+    let gone = std::time::Instant::now();
+    let reclaimed = wait_for(Duration::from_secs(6), || {
+        (ipam_owners(&ipam) == vec!["live", "live"]).then_some(())
+    });
+    assert!(
+        reclaimed.is_some(),
+        "not reclaimed: {:?}\n{}",
+        ipam_owners(&ipam),
+        d.log()
+    );
+    let after = gone.elapsed();
+    assert!(
+        after >= Duration::from_secs(1),
+        "before the grace period: {after:?}"
+    );
+    eprintln!(
+        "leaked attachment reclaimed {} ms after its namespace went",
+        after.as_millis()
+    );
+    assert_eq!(metric(&ns, "kindnet_leaks_reclaimed_total"), Some(1.0));
+    assert_eq!(
+        metric(&ns, "kindnet_leaked_addresses_reclaimed_total"),
+        Some(2.0)
+    );
+    assert!(
+        d.log().contains("reclaimed a leaked attachment"),
+        "{}",
+        d.log()
+    );
+    // The live pod, with no DEL either, is never touched: many grace
+    // periods later its addresses, veth and connectivity are all there.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ipam_owners(&ipam), vec!["live", "live"]);
+    assert!(
+        live.exec(&["ping", "-c", "1", "-W", "1", "10.244.0.1"])
+            .is_ok()
+    );
+    assert_eq!(metric(&ns, "kindnet_leaks_reclaimed_total"), Some(1.0));
+}
