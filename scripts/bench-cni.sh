@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Pod network setup benchmark: kind's conflist (ptp + host-local + portmap),
-# IPv4 and dual-stack, driven through libcni (cnidrive bench) with our
-# plugins and with the reference plugins (/usr/lib/cni) side by side, inside
-# a network namespace of its own. Prints one JSON line per run and one per
-# comparison (ratios: reference / ours, so > 1 means we are faster).
-#   scripts/bench-cni.sh [SERIAL_PODS] [PARALLEL_PODS] [PARALLELISM]
+# Pod network setup benchmark, through libcni (target/libcni-driver bench,
+# built from tools/libcni-driver by scripts/setup.sh), inside a network
+# namespace of its own, IPAM state on tmpfs as kind has it. Side by side and
+# interleaved in every round:
+#   ours       the conflist kindnetd writes (kindnetd --print-conflist: one
+#              `kindnet` plugin) on our binary
+#   classic    the conflist kindnetd writes with --cni-chain=classic (kind's
+#              ptp + portmap) on our binary
+#   reference  that classic conflist on the reference plugins (/usr/lib/cni)
+#   floor      libcni plus one exec of the smallest plugin (our loopback)
+# Prints one JSON line per run, then per (stack, pods) the medians over the
+# rounds and the ratios reference/ours (> 1: we are faster) and ours/floor.
+#   scripts/bench-cni.sh [SERIAL_PODS=50] [PODS=100] [PARALLEL=8] [ROUNDS=5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-serial=${1:-50} many=${2:-100} par=${3:-8}
+serial=${1:-50} many=${2:-100} par=${3:-8} rounds=${4:-5}
 [ "$(id -u)" = 0 ] || { echo "bench-cni: needs root (network namespaces)" >&2; exit 1; }
 scripts/setup.sh >&2
-command -v cnidrive >/dev/null || { echo "bench-cni: cnidrive missing" >&2; exit 1; }
+driver=$PWD/target/libcni-driver
+[ -x "$driver" ] || { echo "bench-cni: $driver missing (tools/libcni-driver/build.sh)" >&2; exit 1; }
 [ -x /usr/lib/cni/ptp ] || { echo "bench-cni: reference plugins missing (containernetworking-plugins)" >&2; exit 1; }
-scripts/build.sh cni >&2
+scripts/build.sh >&2
+kindnetd=$PWD/target/release/kindnetd
 
 # IPAM state (and libcni's cache) on tmpfs, as kind has it (/run/cni-ipam-state): run in a private
 # mount namespace so the tmpfs is ours alone and vanishes with us.
@@ -28,41 +37,61 @@ ip netns add "$node"
 ip -n "$node" link set lo up
 target/release/kindnet-cni install "$work/ours" >/dev/null
 
-conflist() { # NAME STACK
-  local ranges='[[{"subnet":"10.244.0.0/16"}]]' routes='[{"dst":"0.0.0.0/0"}]'
-  if [ "$2" = dual ]; then
-    ranges='[[{"subnet":"10.244.0.0/16"}],[{"subnet":"fd00:10:244::/64"}]]'
-    routes='[{"dst":"0.0.0.0/0"},{"dst":"::/0"}]'
-  fi
-  cat <<JSON
-{"cniVersion":"1.0.0","name":"bench-$1-$2","plugins":[
- {"type":"ptp","ipMasq":false,"mtu":1500,
-  "ipam":{"type":"host-local","dataDir":"$work/ipam-$1","ranges":$ranges,"routes":$routes}},
- {"type":"portmap","capabilities":{"portMappings":true}}]}
-JSON
+conflist() { # IMPL STACK -> the conflist file
+  local cidrs=10.244.0.0/16 f="$work/$1-$2.conflist"
+  [ "$2" = dual ] && cidrs=10.244.0.0/16,fd00:10:244::/64
+  case $1 in
+    ours) "$kindnetd" --print-conflist --static-pod-cidrs "$cidrs" --mtu 1500 \
+            --ipam-data-dir "$work/ipam-$1" > "$f" ;;
+    classic|reference) "$kindnetd" --print-conflist --cni-chain classic --static-pod-cidrs "$cidrs" \
+            --mtu 1500 --ipam-data-dir "$work/ipam-$1" > "$f" ;;
+    floor) echo '{"cniVersion":"1.0.0","name":"floor","plugins":[{"type":"loopback"}]}' > "$f" ;;
+  esac
+  echo "$f"
 }
 
-run() { # IMPL STACK PODS PAR -> JSON line
-  local dir=/usr/lib/cni; [ "$1" = ours ] && dir="$work/ours"
-  conflist "$1" "$2" > "$work/$1-$2.conflist"
-  local out
-  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$1" ip netns exec "$node" cnidrive bench "$work/$1-$2.conflist" "$3" "$4")
-  echo "{\"impl\":\"$1\",\"stack\":\"$2\",${out#\{}"
+run() { # ROUND IMPL STACK PODS PAR -> JSON line
+  local dir="$work/ours"; [ "$2" = reference ] && dir=/usr/lib/cni
+  local f out
+  f=$(conflist "$2" "$3")
+  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$2" ip netns exec "$node" "$driver" bench "$f" "$4" "$5")
+  echo "{\"round\":$1,\"impl\":\"$2\",\"stack\":\"$3\",${out#\{}"
 }
 
-field() { sed -E "s/.*\"$2\":([0-9.]+).*/\1/" <<<"$1"; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.1f", a / b; else print "null" }'; }
-
-for stack in ipv4 dual; do
-  for mode in "$serial 1" "$many $par"; do
-    set -- $mode
-    ref=$(run reference $stack "$1" "$2"); echo "$ref"
-    ours=$(run ours $stack "$1" "$2"); echo "$ours"
-    printf '{"compare":"%s","pods":%s,"parallel":%s,"add_p50_ref_over_ours":%s,"del_p50_ref_over_ours":%s,"add_wall_ref_over_ours":%s,"ours_add_p50_ms":%s,"ours_del_p50_ms":%s,"ours_errors":%s}\n' \
-      "$stack" "$1" "$2" \
-      "$(ratio "$(field "$ref" add_p50_ms)" "$(field "$ours" add_p50_ms)")" \
-      "$(ratio "$(field "$ref" del_p50_ms)" "$(field "$ours" del_p50_ms)")" \
-      "$(ratio "$(field "$ref" add_wall_ms)" "$(field "$ours" add_wall_ms)")" \
-      "$(field "$ours" add_p50_ms)" "$(field "$ours" del_p50_ms)" "$(field "$ours" errors)"
+impls=(ours classic reference floor)
+results="$work/results.jsonl"
+for round in $(seq 1 "$rounds"); do
+  for stack in ipv4 dual; do
+    for mode in "$serial 1" "$many $par"; do
+      set -- $mode
+      # rotate which implementation goes first: on a 2-core machine the
+      # first run of a round measures slower
+      for k in 0 1 2 3; do
+        impl=${impls[$(( (k + round) % 4 ))]}
+        run "$round" "$impl" "$stack" "$1" "$2" | tee -a "$results"
+      done
+    done
   done
 done
+
+python3 - "$results" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+def med(impl, stack, pods, key):
+    v = [r[key] for r in runs if r["impl"] == impl and r["stack"] == stack and r["pods"] == pods]
+    return round(statistics.median(v), 3) if v else None
+def ratio(a, b):
+    return round(a / b, 2) if a and b else None
+for stack in ("ipv4", "dual"):
+    for pods in sorted({r["pods"] for r in runs}):
+        par = next(r["parallel"] for r in runs if r["pods"] == pods)
+        out = {"summary": stack, "pods": pods, "parallel": par,
+               "rounds": len({r["round"] for r in runs}),
+               "errors": sum(r["errors"] for r in runs if r["stack"] == stack and r["pods"] == pods and r["impl"] != "floor")}
+        for key in ("add_p50_ms", "add_p99_ms", "del_p50_ms", "add_wall_ms", "del_wall_ms"):
+            vals = {i: med(i, stack, pods, key) for i in ("ours", "classic", "reference", "floor")}
+            out[key] = vals
+            out[key.replace("_ms", "") + "_ref_over_ours"] = ratio(vals["reference"], vals["ours"])
+            out[key.replace("_ms", "") + "_ours_over_floor"] = ratio(vals["ours"], vals["floor"])
+        print(json.dumps(out))
+PY

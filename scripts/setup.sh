@@ -16,13 +16,6 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq >/dev/null
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# cnidrive: a driver on libcni, the library container runtimes use.
-if ! command -v cnidrive >/dev/null 2>&1; then
-  shared=${KINDNET_SHARED:-$here/../shared}
-  if [ -x "$shared/tools/cnidrive/build.sh" ] || [ -f "$shared/tools/cnidrive/build.sh" ]; then
-    echo "setup: building cnidrive"
-    bash "$shared/tools/cnidrive/build.sh" /usr/local/bin/cnidrive >/dev/null
-  else
-    echo "setup: $shared/tools/cnidrive/build.sh not found; libcni tests will be skipped" >&2
-  fi
-fi
+# The libcni driver (tools/libcni-driver): the libcni tests and
+# scripts/bench-cni.sh run the plugins through it. Skips when up to date.
+bash "$here/tools/libcni-driver/build.sh"

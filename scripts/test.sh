@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test command: set up a fresh machine, check formatting and lints, then
 # run every test (the integration tests need root and create their own
-# network namespaces; as non-root they skip with a message).
+# network namespaces; as non-root they skip with a message). The run sets
+# KINDNET_TEST_REQUIRE_ROOT=1: here a test that would skip (not root, a tool
+# missing) fails instead, so nothing is silently left out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --locked
-cargo test --workspace --locked -- --test-threads=2
+KINDNET_TEST_REQUIRE_ROOT=1 cargo test --workspace --locked -- --test-threads=2

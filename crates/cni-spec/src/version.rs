@@ -22,6 +22,21 @@ impl Version {
     }
 }
 
+/// Whether version `v` has CHECK (0.4.0 on).
+pub fn has_check(v: &str) -> bool {
+    Version::parse(v).is_some_and(|v| v >= Version::V0_4_0)
+}
+
+/// Whether version `v` has STATUS and GC (1.1.0 on).
+pub fn has_status_gc(v: &str) -> bool {
+    Version::parse(v).is_some_and(|v| v >= Version::V1_1_0)
+}
+
+/// Whether results of version `v` carry `ips[].version` (before 1.0.0).
+pub fn has_ip_version(v: &str) -> bool {
+    Version::parse(v).is_some_and(|v| v < Version::V1_0_0)
+}
+
 /// Checks that `v` is one we speak; error code 1 otherwise.
 pub fn require_supported(v: &str) -> Result<Version, CniError> {
     if !SUPPORTED.contains(&v) {
@@ -47,6 +62,26 @@ mod tests {
         assert_eq!(Version::parse("1.0"), None);
         assert_eq!(Version::parse("1.0.0.0"), None);
         assert_eq!(Version::parse("a.b.c"), None);
+    }
+
+    #[test]
+    fn predicates_follow_the_spec() {
+        let check: Vec<&str> = SUPPORTED.iter().copied().filter(|v| has_check(v)).collect();
+        assert_eq!(check, ["0.4.0", "1.0.0", "1.1.0"]);
+        let gc: Vec<&str> = SUPPORTED
+            .iter()
+            .copied()
+            .filter(|v| has_status_gc(v))
+            .collect();
+        assert_eq!(gc, ["1.1.0"]);
+        let ipv: Vec<&str> = SUPPORTED
+            .iter()
+            .copied()
+            .filter(|v| has_ip_version(v))
+            .collect();
+        assert_eq!(ipv, ["0.3.0", "0.3.1", "0.4.0"]);
+        assert_eq!(SUPPORTED.last(), Some(&LATEST));
+        assert!(!has_check("garbage"));
     }
 
     #[test]

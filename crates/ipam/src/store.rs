@@ -33,12 +33,9 @@
 use crate::range::canonical;
 use kindnet_cni_spec::CniError;
 use std::cell::Cell;
-use std::ffi::{CStr, CString};
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -339,44 +336,15 @@ impl Store {
     /// classifies entries by name.
     pub fn scan(&self) -> Result<Scan, CniError> {
         let fail = |e: io::Error| io_err("cannot list", &self.dir, e);
-        let c = CString::new(self.dir.as_os_str().as_bytes())
-            .map_err(|e| fail(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        // SAFETY: `c` is a valid NUL-terminated path.
-        let dirp = unsafe { libc::opendir(c.as_ptr()) };
-        if dirp.is_null() {
-            return Err(fail(io::Error::last_os_error()));
-        }
-        struct Dir(*mut libc::DIR);
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                // SAFETY: opened by opendir above, closed once here.
-                unsafe { libc::closedir(self.0) };
-            }
-        }
-        let dir = Dir(dirp);
         let mut scan = Scan {
             names: String::with_capacity(8192),
             ..Scan::default()
         };
-        loop {
-            // SAFETY: errno is thread-local; readdir reports errors only
-            // through it, so clear it first.
-            unsafe { *libc::__errno_location() = 0 };
-            // SAFETY: `dir.0` is an open directory stream used by this
-            // thread only.
-            let ent = unsafe { libc::readdir(dir.0) };
-            if ent.is_null() {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error().unwrap_or(0) != 0 {
-                    return Err(fail(e));
-                }
-                break;
-            }
-            // SAFETY: readdir returned a valid entry whose d_name is
-            // NUL-terminated; it stays valid until the next readdir call.
-            let (name, ino) =
-                unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_ino as u64) };
-            if let Ok(name) = name.to_str() {
+        for ent in std::fs::read_dir(&self.dir).map_err(fail)? {
+            let ent = ent.map_err(fail)?;
+            // d_ino from the directory entry itself: no stat per file
+            let ino = std::os::unix::fs::DirEntryExt::ino(&ent);
+            if let Some(name) = ent.file_name().to_str() {
                 scan.classify(name, ino);
             }
         }
@@ -517,44 +485,26 @@ fn create_new(path: &Path, content: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Opens (creating) `dir/lock` the way go-filemutex does and takes the
-/// flock, retrying on EINTR.
+/// Opens (creating) `dir/lock` as go-filemutex does (mode 0750) and takes
+/// the flock.
 fn lock(dir: &Path, mode: LockMode) -> Result<File, CniError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(LOCK_FILE);
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| CniError::invalid_config(format!("invalid data directory {:?}", dir)))?;
-    // SAFETY: `c` is a valid NUL-terminated path; the returned descriptor is
-    // owned by the File below and closed exactly once.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_CREAT | libc::O_CLOEXEC,
-            0o750 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io_err(
-            "cannot open lock file",
-            &path,
-            io::Error::last_os_error(),
-        ));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o750)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| io_err("cannot open lock file", &path, e))?;
+    match mode {
+        LockMode::Shared => file.lock_shared(),
+        LockMode::Exclusive => file.lock(),
     }
-    // SAFETY: `fd` was just opened and is not owned by anything else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    let op = match mode {
-        LockMode::Shared => libc::LOCK_SH,
-        LockMode::Exclusive => libc::LOCK_EX,
-    };
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(file);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(io_err("cannot lock", &path, e));
-        }
-    }
+    .map_err(|e| io_err("cannot lock", &path, e))?;
+    Ok(file)
 }
 
 #[cfg(test)]

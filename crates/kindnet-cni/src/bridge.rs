@@ -1,13 +1,14 @@
 //! `bridge`: every pod's host end is a port of one bridge per node; with
 //! `isGateway` the bridge carries the gateway address of each range.
 
+use crate::host::{Host, LinkChange, NetlinkHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
 use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request, RouteConfig};
-use kindnet_netlink::{AddrFlags, Handle, Link};
+use kindnet_netlink::{AddrFlags, Link};
 use serde::Deserialize;
 use serde_json::Value;
 use std::net::IpAddr;
@@ -82,7 +83,7 @@ fn options(c: &BridgeConf) -> Options {
 struct BridgeHost<'a>(&'a BridgeConf);
 
 impl BridgeHost<'_> {
-    fn ensure_bridge(&self, h: &mut Handle) -> Result<Link, CniError> {
+    fn ensure_bridge(&self, h: &mut dyn Host) -> Result<Link, CniError> {
         let c = self.0;
         let mtu = (c.mtu > 0).then_some(c.mtu);
         match h.create_bridge(&c.bridge, mtu) {
@@ -106,7 +107,12 @@ impl BridgeHost<'_> {
 
     /// The gateway address of each range on the bridge; another address of
     /// the same family is an error unless `forceAddress`, as the reference.
-    fn ensure_gateways(&self, h: &mut Handle, br: &Link, ips: &[IpConfig]) -> Result<(), CniError> {
+    fn ensure_gateways(
+        &self,
+        h: &mut dyn Host,
+        br: &Link,
+        ips: &[IpConfig],
+    ) -> Result<(), CniError> {
         let have = h
             .addresses(Some(br.index))
             .map_err(nl_err("list bridge addresses"))?;
@@ -159,13 +165,13 @@ impl HostSide for BridgeHost<'_> {
 
     fn setup(
         &self,
-        h: &mut Handle,
+        h: &mut dyn Host,
         host: &Link,
         ips: &[IpConfig],
     ) -> Result<Vec<Interface>, CniError> {
         let br = self.ensure_bridge(h)?;
         if self.0.promisc_mode {
-            h.set_promisc(br.index, true)
+            h.change_link(br.index, LinkChange::Promisc)
                 .map_err(nl_err("set bridge promiscuous"))?;
         }
         if self.0.is_gateway {
@@ -173,18 +179,18 @@ impl HostSide for BridgeHost<'_> {
         }
         if !br.up {
             if ips.iter().any(|c| c.address.addr().is_ipv6()) {
-                veth::no_dad(&br.name)?;
+                veth::no_dad(h, &br.name)?;
             }
-            h.set_up(br.index)
+            h.change_link(br.index, LinkChange::Up)
                 .map_err(nl_err(format!("set {} up", br.name)))?;
         }
-        h.set_master(host.index, br.index)
+        h.change_link(host.index, LinkChange::Master(br.index))
             .map_err(nl_err(format!("attach {} to {}", host.name, br.name)))?;
         if self.0.hairpin_mode {
-            h.set_bridge_port_hairpin(host.index, true)
+            h.change_link(host.index, LinkChange::Hairpin)
                 .map_err(nl_err("set hairpin mode"))?;
         }
-        h.set_up(host.index)
+        h.change_link(host.index, LinkChange::Up)
             .map_err(nl_err(format!("set {} up", host.name)))?;
         Ok(vec![Interface {
             name: br.name.clone(),
@@ -206,7 +212,7 @@ impl HostSide for BridgeHost<'_> {
         }
     }
 
-    fn check(&self, h: &mut Handle, host: &Link, _ips: &[IpConfig]) -> Result<(), CniError> {
+    fn check(&self, h: &mut dyn Host, host: &Link, _ips: &[IpConfig]) -> Result<(), CniError> {
         let br = h
             .link_by_name(&self.0.bridge)
             .map_err(nl_err("look up the bridge"))?
@@ -235,20 +241,20 @@ pub struct Bridge;
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
         let c = parse(req)?;
-        veth::add(req, &options(&c), &BridgeHost(&c))
+        veth::add(&mut NetlinkHost::new()?, req, &options(&c), &BridgeHost(&c))
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        veth::del(req, &options(&parse(req)?))
+        veth::del(&mut NetlinkHost::new()?, req, &options(&parse(req)?))
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
         let c = parse(req)?;
-        veth::check(req, &BridgeHost(&c))
+        veth::check(&mut NetlinkHost::new()?, req, &BridgeHost(&c))
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         parse(req)?;
         veth::status(req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        veth::gc(req, &options(&parse(req)?))
+        veth::gc(&mut NetlinkHost::new()?, req, &options(&parse(req)?))
     }
 }

@@ -6,9 +6,13 @@
 //! alias records the owner (`kindnet <network> <containerID> <ifname>`), so
 //! nothing ever removes a veth that another pod or plugin made.
 
+// Raw syscalls: getrandom(2) for the pod end's MAC.
+#![allow(unsafe_code)]
+
+use crate::host::{Host, PodId};
 use crate::nl_err;
 use kindnet_cni_spec::{AttachmentId, CniError, NetworkKey, OwnerTag};
-use kindnet_netlink::{Handle, Link, Netns};
+use kindnet_netlink::Link;
 use std::collections::HashSet;
 
 /// FNV-1a: small, fast, stable across releases (the name must not change
@@ -86,19 +90,18 @@ fn random_mac() -> [u8; 6] {
     m
 }
 
-/// Creates the veth pair: the host end here, `ifname` inside `pod_ns`, and
+/// Creates the veth pair: the host end here, `ifname` inside `pod`, and
 /// tags the host end at once. A leftover host end of the same attachment
 /// (an ADD killed midway) is removed first.
 pub fn create_veth(
-    h: &mut Handle,
-    pod_ns: &Netns,
+    h: &mut dyn Host,
+    pod: PodId,
     a: &AttachmentId,
     mtu: Option<u32>,
 ) -> Result<Veth, CniError> {
     let (name, ifname) = (host_veth_name(a), a.ifname());
     let pod_mac = random_mac();
-    let create =
-        |h: &mut Handle| h.create_veth_echo(&name, ifname, Some(pod_ns), mtu, Some(pod_mac));
+    let create = |h: &mut dyn Host| h.create_veth(&name, ifname, pod, mtu, pod_mac);
     let created = match create(h) {
         Ok(l) => l,
         Err(e) if e.is_exists() => {
@@ -140,7 +143,7 @@ pub fn create_veth(
 }
 
 /// Removes the host end of an attachment if it is there (idempotent).
-pub fn remove(h: &mut Handle, a: &AttachmentId) -> Result<(), CniError> {
+pub fn remove(h: &mut dyn Host, a: &AttachmentId) -> Result<(), CniError> {
     let name = host_veth_name(a);
     if let Some(l) = h
         .link_by_name(&name)
@@ -160,7 +163,7 @@ pub fn remove(h: &mut Handle, a: &AttachmentId) -> Result<(), CniError> {
 /// named after an attachment the IPAM store still knew (`leftovers`: an ADD
 /// killed between creating and tagging the veth). Returns the names removed.
 pub fn gc(
-    h: &mut Handle,
+    h: &mut dyn Host,
     network: &str,
     valid: &[AttachmentId],
     leftovers: &[AttachmentId],

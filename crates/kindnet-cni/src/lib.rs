@@ -9,12 +9,14 @@
 //! - `loopback` brings `lo` up.
 
 pub mod bridge;
+pub mod host;
 pub mod hostlink;
 pub mod install;
 pub mod ipam;
 pub mod kindnet;
 pub mod loopback;
 pub mod masq;
+pub mod netpol;
 pub mod pod;
 pub mod portmap;
 pub mod ptp;

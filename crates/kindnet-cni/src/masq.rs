@@ -7,8 +7,8 @@ use crate::nft_err;
 use kindnet_cni_spec::{CniError, IpConfig, NetworkKey, OwnerTag};
 use kindnet_nft::owned::{self, Wanted};
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs,
-    Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs, Listing, Name,
+    Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use std::collections::HashSet;
 
@@ -17,13 +17,8 @@ pub const TABLE: &str = "kindnet-ipmasq";
 fn table() -> TableRef {
     TableRef {
         family: Family::Inet,
-        name: name(TABLE),
+        name: Name::fixed(TABLE),
     }
-}
-
-/// Names in this module are constants that pass validation.
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 fn fam(v6: bool) -> &'static str {
@@ -31,18 +26,18 @@ fn fam(v6: bool) -> &'static str {
 }
 
 fn pods(v6: bool) -> Name {
-    name(&format!("pods{}", fam(v6)))
+    Name::fixed(&format!("pods{}", fam(v6)))
 }
 
 fn subnets(v6: bool) -> Name {
-    name(&format!("subnets{}", fam(v6)))
+    Name::fixed(&format!("subnets{}", fam(v6)))
 }
 
 /// The table, sets, chain and rules; idempotent (adds of existing objects
 /// are no-ops, the chain is rebuilt in the same transaction).
 fn skeleton(b: &mut Batch) {
     let t = table();
-    let post = name("postrouting");
+    let post = Name::fixed("postrouting");
     b.add_table(&t);
     for v6 in [false, true] {
         let a = KeyType::addr(v6);
@@ -51,15 +46,13 @@ fn skeleton(b: &mut Batch) {
     }
     b.add_chain(
         &t,
-        ChainDef {
-            name: post.clone(),
-            base: Some(BaseChain {
-                ty: ChainType::Nat,
-                hook: Hook::Postrouting,
-                prio: 100,
-                policy: Policy::Accept,
-            }),
-        },
+        ChainDef::base(
+            post.clone(),
+            ChainType::Nat,
+            Hook::Postrouting,
+            100,
+            Policy::Accept,
+        ),
     );
     b.flush_chain(&t, &post);
     for v6 in [false, true] {

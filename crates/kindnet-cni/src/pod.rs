@@ -7,10 +7,11 @@
 //! - bridged (`bridge`): `IP/prefix` with its connected route, then the IPAM
 //!   routes via GW.
 
+use crate::host::{Host, PodId, PodView};
 use crate::nl_err;
 use ipnet::IpNet;
 use kindnet_cni_spec::{CniError, IpConfig, RouteConfig};
-use kindnet_netlink::{AddrFlags, Batch, Handle, Netns, Route, Scope, sysctl};
+use kindnet_netlink::{AddrFlags, Batch, Route, Scope};
 use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,65 +95,55 @@ pub fn format_mac(mac: Option<[u8; 6]>) -> String {
     .unwrap_or_default()
 }
 
-/// Configures the pod end (`ifname`, ifindex `index` inside `ns`, known
+/// Configures the pod end (`ifname`, ifindex `index` inside `pod`, known
 /// from the veth's creation) in one netlink round trip: every address, up,
-/// every route. Runs on this thread inside the namespace (the plugin is
-/// single-threaded), because `/proc/sys/net` follows the namespace of the
-/// thread that opens it.
+/// every route.
 pub fn setup(
-    ns: &Netns,
+    host: &mut dyn Host,
+    pod: PodId,
     ifname: &str,
     index: u32,
     layout: Layout,
     ips: &[IpConfig],
     ipam_routes: &[RouteConfig],
 ) -> Result<(), CniError> {
-    ns.enter(|| -> Result<(), CniError> {
-        if ips.iter().any(|c| c.address.addr().is_ipv6()) {
-            // Usable at once: no duplicate address detection (the reference
-            // waits ~1.8 s for it) and no router advertisements.
-            for (key, val) in [("accept_dad", "0"), ("accept_ra", "0")] {
-                sysctl::set(&format!("net/ipv6/conf/{ifname}/{key}"), val)
-                    .map_err(|e| CniError::io(format!("set net.ipv6.conf.{ifname}.{key}: {e}")))?;
-            }
+    let mut sysctls = Vec::new();
+    if ips.iter().any(|c| c.address.addr().is_ipv6()) {
+        // Usable at once: no duplicate address detection (the reference
+        // waits ~1.8 s for it) and no router advertisements.
+        for (key, val) in [("accept_dad", "0"), ("accept_ra", "0")] {
+            sysctls.push((format!("net/ipv6/conf/{ifname}/{key}"), val));
         }
-        let mut h = Handle::new().map_err(nl_err("open netlink in the pod"))?;
-        let flags = AddrFlags {
-            nodad: true,
-            noprefixroute: layout == Layout::PointToPoint,
-        };
-        let mut b = Batch::new();
-        for c in ips {
-            b.ensure_address(index, c.address, flags);
-        }
-        b.set_up(index);
-        for r in pod_routes(layout, ips, ipam_routes, index) {
-            b.ensure_route(&r)
-                .map_err(nl_err(format!("route {} in the pod", r.dst)))?;
-        }
-        h.apply(b)
-            .map_err(nl_err(format!("configure {ifname} in the pod")))
-    })
-    .map_err(nl_err("enter the pod's network namespace"))?
+    }
+    let flags = AddrFlags {
+        nodad: true,
+        noprefixroute: layout == Layout::PointToPoint,
+    };
+    let mut b = Batch::new();
+    for c in ips {
+        b.ensure_address(index, c.address, flags);
+    }
+    b.set_up(index);
+    for r in pod_routes(layout, ips, ipam_routes, index) {
+        b.ensure_route(&r)
+            .map_err(nl_err(format!("route {} in the pod", r.dst)))?;
+    }
+    host.configure_pod(pod, &sysctls, b)
 }
 
-/// CHECK of the pod end against the previous result: the interface with its
-/// MAC, every address, every route.
+/// CHECK of the pod end (as read into `view`) against the previous result:
+/// the interface with its MAC, every address, every route (pure).
 pub fn check(
-    ns: &Netns,
+    view: &PodView,
     ifname: &str,
     mac: &str,
     layout: Layout,
     ips: &[IpConfig],
     ipam_routes: &[RouteConfig],
 ) -> Result<(), CniError> {
-    let mut h = Handle::in_netns(ns).map_err(nl_err("open netlink in the pod"))?;
-    let link = h
-        .link_by_name(ifname)
-        .map_err(nl_err(format!("look up {ifname}")))?
-        .ok_or_else(|| {
-            CniError::internal(format!("CHECK: interface {ifname} is missing in the pod"))
-        })?;
+    let link = view.link.as_ref().ok_or_else(|| {
+        CniError::internal(format!("CHECK: interface {ifname} is missing in the pod"))
+    })?;
     let have_mac = format_mac(link.mac);
     if !mac.is_empty() && !have_mac.eq_ignore_ascii_case(mac) {
         return Err(CniError::internal(format!(
@@ -162,11 +153,8 @@ pub fn check(
     if !link.up {
         return Err(CniError::internal(format!("CHECK: {ifname} is down")));
     }
-    let addrs = h
-        .addresses(Some(link.index))
-        .map_err(nl_err("list addresses"))?;
     for c in ips {
-        if !addrs.iter().any(|a| a.addr == c.address) {
+        if !view.addresses.contains(&c.address) {
             return Err(CniError::internal(format!(
                 "CHECK: {ifname} is missing address {}",
                 c.address
@@ -174,20 +162,10 @@ pub fn check(
         }
     }
     for want in pod_routes(layout, ips, ipam_routes, link.index) {
-        let fam = want.family();
-        let have = h
-            .routes(
-                fam,
-                kindnet_netlink::RouteFilter {
-                    table: Some(want.table),
-                    oif: Some(link.index),
-                    ..Default::default()
-                },
-            )
-            .map_err(nl_err("list routes"))?;
-        if !have
+        if !view
+            .routes
             .iter()
-            .any(|r| r.dst == want.dst && r.gateway == want.gateway)
+            .any(|r| r.dst == want.dst && r.gateway == want.gateway && r.table == want.table)
         {
             let via = want
                 .gateway
@@ -266,6 +244,73 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].gateway, Some("10.244.2.1".parse().unwrap()));
         assert_eq!(r[1].gateway, Some("10.244.2.254".parse().unwrap()));
+    }
+
+    #[test]
+    fn check_sees_every_kind_of_drift() {
+        let ips = [ipc("10.244.2.8/24", "10.244.2.1")];
+        let routes = [RouteConfig::new("0.0.0.0/0".parse().unwrap(), None)];
+        let link = kindnet_netlink::Link {
+            index: 7,
+            name: "eth0".into(),
+            up: true,
+            mac: Some([0xaa, 0, 0, 0, 0, 1]),
+            ..Default::default()
+        };
+        let good = PodView {
+            link: Some(link.clone()),
+            addresses: vec!["10.244.2.8/24".parse().unwrap()],
+            routes: pod_routes(Layout::PointToPoint, &ips, &routes, 7),
+        };
+        let mac = "aa:00:00:00:00:01";
+        let run =
+            |v: &PodView, mac: &str| check(v, "eth0", mac, Layout::PointToPoint, &ips, &routes);
+        run(&good, mac).unwrap();
+        run(&good, "AA:00:00:00:00:01").unwrap();
+        let cases: Vec<(&str, PodView, &str)> = vec![
+            ("no link", PodView::default(), "missing in the pod"),
+            (
+                "down",
+                PodView {
+                    link: Some(kindnet_netlink::Link {
+                        up: false,
+                        ..link.clone()
+                    }),
+                    ..good.clone()
+                },
+                "is down",
+            ),
+            (
+                "no address",
+                PodView {
+                    addresses: vec![],
+                    ..good.clone()
+                },
+                "missing address 10.244.2.8/24",
+            ),
+            (
+                "no default route",
+                PodView {
+                    routes: good.routes[..2].to_vec(),
+                    ..good.clone()
+                },
+                "missing route 0.0.0.0/0 via 10.244.2.1",
+            ),
+            (
+                "no subnet route",
+                PodView {
+                    routes: vec![good.routes[0].clone(), good.routes[2].clone()],
+                    ..good.clone()
+                },
+                "missing route 10.244.2.0/24",
+            ),
+        ];
+        for (what, view, needle) in cases {
+            let e = run(&view, mac).unwrap_err();
+            assert!(e.msg.contains(needle), "{what}: {e}");
+        }
+        let e = run(&good, "aa:00:00:00:00:02").unwrap_err();
+        assert!(e.msg.contains("has MAC"), "{e}");
     }
 
     #[test]

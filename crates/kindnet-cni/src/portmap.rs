@@ -14,8 +14,8 @@ use kindnet_cni_spec::{
 };
 use kindnet_nft::owned::{self, Wanted};
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto,
-    Lhs, Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs, Listing,
+    Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -119,13 +119,8 @@ pub fn mappings(req: &Request) -> Result<Vec<PortMapping>, CniError> {
 fn table() -> TableRef {
     TableRef {
         family: Family::Inet,
-        name: name(TABLE),
+        name: Name::fixed(TABLE),
     }
-}
-
-/// Names in this module are constants that pass validation.
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
 }
 
 /// The two maps of one family, with or without a host IP in the key: one
@@ -137,11 +132,14 @@ fn maps(v6: bool, with_ip: bool) -> (Name, Name) {
         if v6 { "6" } else { "4" },
         if with_ip { "-ip" } else { "" }
     );
-    (name(&format!("{base}-addr")), name(&format!("{base}-port")))
+    (
+        Name::fixed(&format!("{base}-addr")),
+        Name::fixed(&format!("{base}-port")),
+    )
 }
 
 fn hairpin(v6: bool) -> Name {
-    name(if v6 { "hairpin6" } else { "hairpin4" })
+    Name::fixed(if v6 { "hairpin6" } else { "hairpin4" })
 }
 
 fn nfproto(v6: bool) -> Expr {
@@ -196,31 +194,19 @@ fn skeleton(b: &mut Batch) {
         let a = KeyType::addr(v6);
         b.add_set(&t, SetDef::set(hairpin(v6), vec![a, a]).interval());
     }
-    let chain = |n: &str, hook: Hook, prio: i32| ChainDef {
-        name: name(n),
-        base: Some(BaseChain {
-            ty: ChainType::Nat,
-            hook,
-            prio,
-            policy: Policy::Accept,
-        }),
+    let chain = |n: &str, hook: Hook, prio: i32| {
+        ChainDef::base(Name::fixed(n), ChainType::Nat, hook, prio, Policy::Accept)
     };
     let (pre, out, post, hp) = (
-        name("prerouting"),
-        name("output"),
-        name("postrouting"),
-        name("hostports"),
+        Name::fixed("prerouting"),
+        Name::fixed("output"),
+        Name::fixed("postrouting"),
+        Name::fixed("hostports"),
     );
     b.add_chain(&t, chain("prerouting", Hook::Prerouting, -100));
     b.add_chain(&t, chain("output", Hook::Output, -100));
     b.add_chain(&t, chain("postrouting", Hook::Postrouting, 100));
-    b.add_chain(
-        &t,
-        ChainDef {
-            name: hp.clone(),
-            base: None,
-        },
-    );
+    b.add_chain(&t, ChainDef::regular(hp.clone()));
     for c in [&pre, &out, &post, &hp] {
         b.flush_chain(&t, c);
     }
@@ -359,17 +345,27 @@ pub fn add_batch(listing: Option<&Listing>, wanted: &[Wanted]) -> Batch {
 /// flowing before the mapping existed (or to a deleted pod) is not stuck on
 /// a stale entry.
 fn flush_udp_conntrack(maps: &[PortMapping]) {
-    for m in maps.iter().filter(|m| m.protocol == L4Proto::Udp) {
-        let port = m.host_port.to_string();
-        match std::process::Command::new("conntrack")
-            .args(["-D", "-p", "udp", "--orig-port-dst", &port])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-        {
-            Ok(_) => {} // exit 1 means "no entries": fine
-            Err(e) => log_warn!("cannot flush UDP conntrack for port {port}: {e}"),
+    use kindnet_netlink::conntrack::{Conntrack, CtProto};
+    let ports: Vec<u16> = maps
+        .iter()
+        .filter(|m| m.protocol == L4Proto::Udp)
+        .map(|m| m.host_port)
+        .collect();
+    if ports.is_empty() {
+        return;
+    }
+    // The mapping itself is in place; a stale entry only delays a stream
+    // that existed before it, so a failure is logged, not fatal (as the
+    // reference does).
+    match Conntrack::open() {
+        Ok(mut ct) => {
+            for port in ports {
+                if let Err(e) = ct.delete_by_dport(CtProto::Udp, port) {
+                    log_warn!("cannot flush UDP conntrack entries of host port {port}: {e}");
+                }
+            }
         }
+        Err(e) => log_warn!("cannot open ctnetlink to flush UDP conntrack entries: {e}"),
     }
 }
 

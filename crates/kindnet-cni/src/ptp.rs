@@ -2,13 +2,14 @@
 //! address as /32 (/128) and the host has one /32 (/128) route per pod
 //! address to its veth (seed 003).
 
+use crate::host::{Host, NetlinkHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
 use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request};
-use kindnet_netlink::{AddrFlags, Batch, Family, Handle, Link, Route, RouteFilter, Scope};
+use kindnet_netlink::{AddrFlags, Batch, Family, Link, Route, RouteFilter, Scope};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -59,7 +60,7 @@ impl HostSide for PtpHost {
 
     fn setup(
         &self,
-        h: &mut Handle,
+        h: &mut dyn Host,
         host: &Link,
         ips: &[IpConfig],
     ) -> Result<Vec<Interface>, CniError> {
@@ -86,7 +87,7 @@ impl HostSide for PtpHost {
         Ok(Vec::new())
     }
 
-    fn check(&self, h: &mut Handle, host: &Link, ips: &[IpConfig]) -> Result<(), CniError> {
+    fn check(&self, h: &mut dyn Host, host: &Link, ips: &[IpConfig]) -> Result<(), CniError> {
         let addrs = h
             .addresses(Some(host.index))
             .map_err(nl_err("list addresses"))?;
@@ -125,22 +126,38 @@ impl HostSide for PtpHost {
     }
 }
 
+impl Ptp {
+    /// The plugin against any host (a fake in unit tests).
+    pub fn add_on(h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError> {
+        veth::add(h, req, &options(req)?, &PtpHost)
+    }
+    pub fn del_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        veth::del(h, req, &options(req)?)
+    }
+    pub fn check_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        options(req)?;
+        veth::check(h, req, &PtpHost)
+    }
+    pub fn gc_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        veth::gc(h, req, &options(req)?)
+    }
+}
+
 impl Plugin for Ptp {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        veth::add(req, &options(req)?, &PtpHost)
+        Ptp::add_on(&mut NetlinkHost::new()?, req)
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        veth::del(req, &options(req)?)
+        Ptp::del_on(&mut NetlinkHost::new()?, req)
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        options(req)?;
-        veth::check(req, &PtpHost)
+        Ptp::check_on(&mut NetlinkHost::new()?, req)
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         options(req)?;
         veth::status(req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        veth::gc(req, &options(req)?)
+        Ptp::gc_on(&mut NetlinkHost::new()?, req)
     }
 }

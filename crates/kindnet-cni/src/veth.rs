@@ -7,16 +7,16 @@
 //! allocated, and any failure after allocation undoes the veth, the
 //! masquerade elements and the allocation.
 
+use crate::host::Host;
 use crate::hostlink;
 use crate::ipam::Ipam;
 use crate::masq;
 use crate::pod::{self, Layout};
-use crate::{nl_err, open_netns};
 use kindnet_cni_spec::{
     AttachmentId, CniError, CniResult, Interface, IpConfig, NetworkKey, OwnerTag, Request,
     RouteConfig, code, log_warn,
 };
-use kindnet_netlink::{Handle, Link, Netns, sysctl};
+use kindnet_netlink::Link;
 use kindnet_nft::Comment;
 
 /// What a plugin does on the host side of the veth.
@@ -29,12 +29,12 @@ pub trait HostSide {
     /// end is up; returns interfaces to list before the host veth (a bridge).
     fn setup(
         &self,
-        h: &mut Handle,
+        h: &mut dyn Host,
         host: &Link,
         ips: &[IpConfig],
     ) -> Result<Vec<Interface>, CniError>;
     /// Verifies the host end for CHECK.
-    fn check(&self, h: &mut Handle, host: &Link, ips: &[IpConfig]) -> Result<(), CniError>;
+    fn check(&self, h: &mut dyn Host, host: &Link, ips: &[IpConfig]) -> Result<(), CniError>;
 }
 
 pub struct Options {
@@ -55,16 +55,15 @@ fn legacy_comment(a: &AttachmentId) -> String {
 }
 
 /// Turns on forwarding for the families the pod uses (the node routes for it).
-fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
+fn enable_forwarding(h: &mut dyn Host, ips: &[IpConfig]) -> Result<(), CniError> {
     for (v4, key) in [
         (true, "net/ipv4/ip_forward"),
         (false, "net/ipv6/conf/all/forwarding"),
     ] {
         if ips.iter().any(|c| c.address.addr().is_ipv4() == v4)
-            && sysctl::get(key).map(|v| v.trim() != "1").unwrap_or(true)
+            && h.sysctl_get(key).is_none_or(|v| v.trim() != "1")
         {
-            sysctl::set(key, "1")
-                .map_err(|e| CniError::io(format!("enable forwarding ({key}): {e}")))?;
+            h.sysctl_set(key, "1")?;
         }
     }
     Ok(())
@@ -73,19 +72,23 @@ fn enable_forwarding(ips: &[IpConfig]) -> Result<(), CniError> {
 /// Makes the link-local address of a host-side link usable at once: the
 /// kernel sends no neighbour solicitation (so forwards nothing to the pod)
 /// while the only link-local address is still tentative.
-pub(crate) fn no_dad(link: &str) -> Result<(), CniError> {
-    sysctl::set(&format!("net/ipv6/conf/{link}/accept_dad"), "0")
-        .map_err(|e| CniError::io(format!("set net.ipv6.conf.{link}.accept_dad: {e}")))
+pub(crate) fn no_dad(h: &mut dyn Host, link: &str) -> Result<(), CniError> {
+    h.sysctl_set(&format!("net/ipv6/conf/{link}/accept_dad"), "0")
 }
 
-pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResult, CniError> {
+pub fn add(
+    h: &mut dyn Host,
+    req: &Request,
+    opts: &Options,
+    side: &dyn HostSide,
+) -> Result<CniResult, CniError> {
     let mut t = crate::timing::Steps::start();
     let (a, owner) = attachment(req)?;
     let ipam = Ipam::resolve(req)?;
     t.mark("resolve");
-    let ns = open_netns(&req.env.netns)?;
-    let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-    let mut nft = crate::host_nft();
+    let pod = h
+        .open_pod(&req.env.netns, false)?
+        .ok_or_else(|| CniError::internal("no pod namespace"))?;
     t.mark("netns");
     let mut res = ipam.add(req)?;
     t.mark("ipam");
@@ -93,17 +96,18 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
         if res.ips.is_empty() {
             return Err(CniError::internal("IPAM returned no addresses"));
         }
-        enable_forwarding(&res.ips)?;
+        enable_forwarding(h, &res.ips)?;
         t.mark("forwarding");
         side.adjust_routes(&res.ips, &mut res.routes);
-        let veth = hostlink::create_veth(&mut h, &ns, &a, opts.mtu)?;
+        let veth = hostlink::create_veth(h, pod, &a, opts.mtu)?;
         let host = &veth.host;
         t.mark("veth");
         if res.ips.iter().any(|c| c.address.addr().is_ipv6()) {
-            no_dad(&host.name)?;
+            no_dad(h, &host.name)?;
         }
         pod::setup(
-            &ns,
+            h,
+            pod,
             &req.env.ifname,
             veth.pod_index,
             side.layout(),
@@ -111,11 +115,14 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
             &res.routes,
         )?;
         t.mark("pod");
-        let mut interfaces = side.setup(&mut h, host, &res.ips)?;
+        let mut interfaces = side.setup(h, host, &res.ips)?;
         t.mark("host");
         if opts.ip_masq {
-            masq::setup(&mut nft, &res.ips, &owner)?;
+            masq::setup(h.nft(), &res.ips, &owner)?;
         }
+        let addrs: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
+        crate::netpol::hand_off(h, req, &addrs)?;
+        t.mark("netpol");
         interfaces.push(Interface {
             name: host.name.clone(),
             mac: pod::format_mac(host.mac),
@@ -146,10 +153,10 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
         Err(e) => {
             // Undo in reverse; report the original error, log the rest.
             if opts.ip_masq {
-                let _ = masq::teardown(&mut nft, &owner, &legacy_comment(&a))
+                let _ = masq::teardown(h.nft(), &owner, &legacy_comment(&a))
                     .map_err(|u| log_warn!("rollback: {u}"));
             }
-            let _ = hostlink::remove(&mut h, &a).map_err(|u| log_warn!("rollback: {u}"));
+            let _ = hostlink::remove(h, &a).map_err(|u| log_warn!("rollback: {u}"));
             let _ = ipam.del(req).map_err(|u| log_warn!("rollback: {u}"));
             Err(e)
         }
@@ -159,74 +166,27 @@ pub fn add(req: &Request, opts: &Options, side: &dyn HostSide) -> Result<CniResu
 /// DEL, in the reverse order of ADD: the masquerade elements, the veth,
 /// then the addresses — so an address is free only once nothing of the old
 /// pod refers to it. Idempotent; succeeds when the namespace is gone.
-pub fn del(req: &Request, opts: &Options) -> Result<(), CniError> {
+pub fn del(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniError> {
     let (a, owner) = attachment(req)?;
     let ipam = Ipam::resolve(req)?;
-    let ns = crate::open_netns_if_any(&req.env.netns)?;
+    let pod = h.open_pod(&req.env.netns, true)?;
     if opts.ip_masq {
-        masq::teardown(&mut crate::host_nft(), &owner, &legacy_comment(&a))?;
+        masq::teardown(h.nft(), &owner, &legacy_comment(&a))?;
     }
-    match ns {
+    match pod {
         // Removing the pod end removes the host end and its routes too.
-        Some(ns) => delete_pod_link_detached(&ns, &req.env.ifname)?,
+        Some(pod) => h.delete_pod_link(pod, &req.env.ifname)?,
         // No namespace: the pair died with it; remove a leftover host end.
-        None => {
-            let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-            hostlink::remove(&mut h, &a)?;
-        }
+        None => hostlink::remove(h, &a)?,
     }
     ipam.del(req)
 }
 
-/// Deletes the pod's interface without making the runtime wait for it. The
-/// kernel's unregister of a veth holds the RTNL lock through RCU grace periods
-/// (15-50 ms here), far longer than everything else DEL does, and the
-/// addresses are already released; so a detached child does the delete, by
-/// name in one request, while DEL returns. If the runtime removes the
-/// namespace first, the kernel removes the pair itself.
-fn delete_pod_link_detached(ns: &Netns, ifname: &str) -> Result<(), CniError> {
-    let delete = || -> Result<(), CniError> {
-        let mut h = Handle::in_netns(ns).map_err(nl_err("open netlink in the pod"))?;
-        match h.delete_link_by_name(ifname) {
-            Err(e) if !e.is_not_found() => Err(nl_err(format!("delete {ifname}"))(e)),
-            _ => Ok(()),
-        }
-    };
-    // SAFETY: the plugin is single-threaded (no thread is alive here), so
-    // the child may run arbitrary code before it exits.
-    match unsafe { libc::fork() } {
-        0 => {
-            detach_stdio();
-            let rc = i32::from(delete().is_err());
-            // SAFETY: ends the child without running the parent's exit handlers.
-            unsafe { libc::_exit(rc) }
-        }
-        -1 => delete(),
-        _ => Ok(()),
-    }
-}
-
-/// Points stdin/stdout/stderr at /dev/null and leaves the session, so the
-/// runtime, which reads the plugin's stdout to EOF, does not wait for us.
-fn detach_stdio() {
-    // SAFETY: plain syscalls on fds this process owns.
-    unsafe {
-        libc::setsid();
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
-        }
-    }
-}
-
-pub fn check(req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
+pub fn check(h: &mut dyn Host, req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
     let (a, _) = attachment(req)?;
-    let ns = open_netns(&req.env.netns)?;
+    let pod = h
+        .open_pod(&req.env.netns, false)?
+        .ok_or_else(|| CniError::internal("no pod namespace"))?;
     let prev = req
         .prev_result()?
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs \"prevResult\""))?;
@@ -255,26 +215,26 @@ pub fn check(req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
             req.env.ifname
         )));
     }
+    let view = h.pod_view(pod, &req.env.ifname)?;
     pod::check(
-        &ns,
+        &view,
         &req.env.ifname,
         &pod_if.mac,
         side.layout(),
         &ips,
         &prev.routes,
     )?;
-    let mut h = Handle::new().map_err(nl_err("open netlink"))?;
     let name = hostlink::host_veth_name(&a);
     let host = h
         .link_by_name(&name)
-        .map_err(nl_err(format!("look up {name}")))?
+        .map_err(crate::nl_err(format!("look up {name}")))?
         .ok_or_else(|| CniError::internal(format!("CHECK: host interface {name} is missing")))?;
     if !host.up {
         return Err(CniError::internal(format!(
             "CHECK: host interface {name} is down"
         )));
     }
-    side.check(&mut h, &host, &ips)
+    side.check(h, &host, &ips)
 }
 
 pub fn status(req: &Request) -> Result<(), CniError> {
@@ -285,20 +245,344 @@ pub fn status(req: &Request) -> Result<(), CniError> {
 /// whose attachment is not in `cni.dev/valid-attachments` (in the reverse
 /// order of ADD; untagged veths are recognised by the allocations GC is
 /// about to release).
-pub fn gc(req: &Request, opts: &Options) -> Result<(), CniError> {
+pub fn gc(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniError> {
     let valid = crate::valid_ids(req)?;
     let ipam = Ipam::resolve(req)?;
     if opts.ip_masq {
         let keep: std::collections::HashSet<OwnerTag> =
             valid.iter().map(AttachmentId::owner).collect();
-        masq::gc(
-            &mut crate::host_nft(),
-            NetworkKey::of(&req.conf.name),
-            &keep,
-        )?;
+        masq::gc(h.nft(), NetworkKey::of(&req.conf.name), &keep)?;
     }
     let leftovers = ipam.leftovers(req, &valid)?;
-    let mut h = Handle::new().map_err(nl_err("open netlink"))?;
-    hostlink::gc(&mut h, &req.conf.name, &valid, &leftovers)?;
+    hostlink::gc(h, &req.conf.name, &valid, &leftovers)?;
     ipam.gc(req)
+}
+
+#[cfg(test)]
+mod tests {
+    //! ADD's rollback at every step, the replacement of a killed ADD's
+    //! leftover, and DEL's order — against the recording fake host, no root.
+    use super::*;
+    use crate::host::fake::FakeHost;
+    use crate::ptp::Ptp;
+    use kindnet_cni_spec::{Command, Env, NetConf, version::Version};
+    use kindnet_nft::{Family, Nft, TableRef, Value};
+    use std::path::Path;
+
+    struct Bed {
+        dir: tempfile::TempDir,
+    }
+
+    impl Bed {
+        /// A CNI_PATH whose `host-local` is this very binary (so IPAM runs
+        /// in-process) and an IPAM data dir, both temporary.
+        fn new() -> Bed {
+            let dir = tempfile::tempdir().unwrap();
+            let exe = std::fs::read_link("/proc/self/exe").unwrap();
+            std::os::unix::fs::symlink(exe, dir.path().join("host-local")).unwrap();
+            Bed { dir }
+        }
+
+        fn req(&self, command: Command, container_id: &str, ip_masq: bool) -> Request {
+            self.req_in(
+                command,
+                container_id,
+                ip_masq,
+                ["10.244.1.0/24", "fd00:1::/64"],
+            )
+        }
+
+        fn req_in(
+            &self,
+            command: Command,
+            container_id: &str,
+            ip_masq: bool,
+            subnets: [&str; 2],
+        ) -> Request {
+            let data = self.dir.path().join("ipam");
+            let conf = serde_json::json!({
+                "cniVersion": "1.1.0", "name": "net", "type": "ptp", "ipMasq": ip_masq,
+                "ipam": {"type": "host-local", "dataDir": data,
+                         "ranges": [[{"subnet": subnets[0]}], [{"subnet": subnets[1]}]],
+                         "routes": [{"dst": "0.0.0.0/0"}]},
+            });
+            let stdin = conf.to_string().into_bytes();
+            Request {
+                command,
+                env: Env {
+                    container_id: container_id.into(),
+                    netns: format!("/var/run/netns/{container_id}"),
+                    ifname: "eth0".into(),
+                    args: Vec::new(),
+                    path: vec![self.dir.path().to_path_buf()],
+                },
+                conf: NetConf::parse(&stdin).unwrap(),
+                stdin,
+                version: Version::V1_1_0,
+            }
+        }
+
+        fn allocations(&self) -> Vec<kindnet_ipam::Allocation> {
+            kindnet_ipam::allocations(&self.dir.path().join("ipam"), "net").unwrap_or_default()
+        }
+    }
+
+    fn masq_elements(h: &mut FakeHost) -> usize {
+        let t = TableRef::new(Family::Inet, masq::TABLE).unwrap();
+        h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
+    }
+
+    #[test]
+    fn add_rolls_back_completely_whichever_step_fails() {
+        let bed = Bed::new();
+        // A successful ADD, to count its steps.
+        let mut ok = FakeHost::new();
+        let res = Ptp::add_on(&mut ok, &bed.req(Command::Add, "c1", true)).unwrap();
+        assert_eq!(res.ips.len(), 2);
+        assert_eq!(masq_elements(&mut ok), 4);
+        let steps = ok.steps.len();
+        assert!(steps >= 6, "{:?}", ok.steps);
+        Ptp::del_on(&mut ok, &bed.req(Command::Del, "c1", true)).unwrap();
+        assert!(bed.allocations().is_empty());
+
+        for fail in 0..steps {
+            let mut h = FakeHost::new();
+            h.fail_at = Some(fail);
+            let e = Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", true)).unwrap_err();
+            assert!(
+                e.msg.contains("injected"),
+                "step {fail} ({}): {e}",
+                h.steps[fail]
+            );
+            assert!(
+                h.veths().is_empty(),
+                "step {fail}: veth left: {:?}",
+                h.steps
+            );
+            assert!(h.pod_links.is_empty(), "step {fail}: pod end left");
+            assert!(bed.allocations().is_empty(), "step {fail}: address left");
+            assert_eq!(masq_elements(&mut h), 0, "step {fail}: masquerade left");
+        }
+        // and a failing nft transaction (the last step of ADD)
+        let mut h = FakeHost::new();
+        h.nft.fail_apply = Some(0);
+        assert!(Ptp::add_on(&mut h, &bed.req(Command::Add, "c3", true)).is_err());
+        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+    }
+
+    #[test]
+    fn add_replaces_a_killed_adds_leftover_but_never_a_foreign_link() {
+        let bed = Bed::new();
+        let a = AttachmentId::new("net", "c1", "eth0").unwrap();
+        let name = hostlink::host_veth_name(&a);
+        // untagged: an ADD killed between creating and tagging
+        let mut h = FakeHost::new().with_link(&name, "veth", None);
+        let old = h.links[0].index;
+        Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap();
+        assert!(h.steps.iter().any(|s| s == &format!("delete link #{old}")));
+        let l = h.links.iter().find(|l| l.name == name).unwrap();
+        assert_eq!(l.alias.as_deref(), Some(a.owner().to_string().as_str()));
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+
+        // a link of the same name that someone else tagged is not ours
+        let mut h = FakeHost::new().with_link(&name, "veth", Some("someone else"));
+        let e = Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap_err();
+        assert!(e.msg.contains("belongs to something else"), "{e}");
+        assert_eq!(h.links.len(), 1, "the foreign link stays");
+        assert!(bed.allocations().is_empty(), "the address was released");
+    }
+
+    #[test]
+    fn del_tears_down_in_reverse_and_is_idempotent() {
+        let bed = Bed::new();
+        let mut h = FakeHost::new();
+        Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", true)).unwrap();
+        h.steps.clear();
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
+        assert_eq!(
+            h.steps,
+            ["delete pod link eth0"],
+            "masquerade goes first (nft), then the veth"
+        );
+        assert_eq!(masq_elements(&mut h), 0);
+        assert!(bed.allocations().is_empty());
+        assert!(h.veths().is_empty());
+        // again, and with the namespace gone
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
+        let mut gone = bed.req(Command::Del, "c1", true);
+        gone.env.netns.clear();
+        Ptp::del_on(&mut h, &gone).unwrap();
+        let _ = Path::new("/");
+    }
+
+    /// A fake kindnetd table with the dispatch maps and the chains of `pods`.
+    fn netpol_host(pods: &[(&str, &str)]) -> FakeHost {
+        use kindnet_netpol::{Direction, dispatch_map, pod_chain, table};
+        let mut h = FakeHost::new();
+        let t = table();
+        let mut b = kindnet_nft::Batch::new();
+        b.add_table(&t);
+        for d in [Direction::Ingress, Direction::Egress] {
+            for v6 in [false, true] {
+                b.add_set(
+                    &t,
+                    kindnet_nft::SetDef::map(
+                        dispatch_map(d, v6),
+                        vec![kindnet_nft::KeyType::addr(v6)],
+                        kindnet_nft::MapData::Verdict,
+                    ),
+                );
+            }
+            for (ns, name) in pods {
+                h.nf_chains
+                    .push(format!("{} {}", t.name, pod_chain(ns, name, d)));
+            }
+        }
+        h.nft.apply(&b).unwrap();
+        h.nf_tables.push(t.name.to_string());
+        h
+    }
+
+    fn with_pod(mut r: Request, ns: &str, name: &str) -> Request {
+        r.env.args = vec![
+            ("K8S_POD_NAMESPACE".into(), ns.into()),
+            ("K8S_POD_NAME".into(), name.into()),
+        ];
+        r
+    }
+
+    fn dispatch(h: &mut FakeHost) -> Vec<(String, Value)> {
+        let t = kindnet_netpol::table();
+        let l = h.nft.list(&t).unwrap().unwrap_or_default();
+        let mut v: Vec<(String, Value)> = l
+            .elements
+            .iter()
+            .map(|e| (e.set.clone(), e.data.clone().unwrap_or(Value::Port(0))))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn netpol_hand_off_points_the_new_pods_addresses_at_its_chains() {
+        let bed = Bed::new();
+        // policy off: no table, no nft call at all
+        let mut h = FakeHost::new();
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c0", false), "x", "a"),
+        )
+        .unwrap();
+        assert!(h.nft.applied.is_empty() && h.sleeps == 0);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c0", false)).unwrap();
+
+        // kindnetd made the chains: one apply, all four maps
+        let mut h = netpol_host(&[("x", "a")]);
+        let before = h.nft.applied.len();
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c1", false), "x", "a"),
+        )
+        .unwrap();
+        assert_eq!(h.nft.applied.len(), before + 1);
+        let d = dispatch(&mut h);
+        let sets: Vec<&str> = d.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(sets, ["egress4", "egress6", "ingress4", "ingress6"]);
+        let ing = kindnet_netpol::pod_chain("x", "a", kindnet_netpol::Direction::Ingress);
+        assert!(d.contains(&("ingress4".into(), Value::Goto(ing))));
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+
+        // no CNI_ARGS: not a Kubernetes pod, nothing to hand off
+        let mut h = netpol_host(&[]);
+        let before = h.nft.applied.len();
+        Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", false)).unwrap();
+        assert_eq!(h.nft.applied.len(), before);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c2", false)).unwrap();
+    }
+
+    #[test]
+    fn netpol_hand_off_waits_for_kindnetd_then_fails_closed() {
+        use kindnet_netpol::{Direction, pod_chain};
+        let bed = Bed::new();
+        // the chains appear after three polls: ADD waits, then hands off
+        let mut h = netpol_host(&[]);
+        h.nf_chains_later = Some((
+            3,
+            [Direction::Ingress, Direction::Egress]
+                .map(|d| format!("kindnet-netpol {}", pod_chain("y", "b", d)))
+                .to_vec(),
+        ));
+        Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c1", false), "y", "b"),
+        )
+        .unwrap();
+        assert_eq!(h.sleeps, 3);
+        assert_eq!(dispatch(&mut h).len(), 4);
+        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+
+        // never: code 11 (try again later), and nothing of the pod is left
+        let mut h = netpol_host(&[]);
+        let e = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c2", false), "y", "b"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 11, "{e}");
+        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+        assert!(dispatch(&mut h).is_empty());
+
+        // malformed pod names are refused before anything is created
+        let mut h = netpol_host(&[]);
+        let e = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req(Command::Add, "c3", false), "Bad_NS", "b"),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, 4, "{e}");
+        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+    }
+
+    #[test]
+    fn netpol_hand_off_replaces_a_reused_address_of_a_gone_pod() {
+        use kindnet_netpol::{Direction, pod_chain, pod_dispatch_elements};
+        let bed = Bed::new();
+        let mut h = netpol_host(&[("x", "old"), ("x", "new")]);
+        // one usable address per family: the new pod gets the old one's
+        let tiny = ["10.250.0.0/30", "fd00:2::/126"];
+        let ips: Vec<std::net::IpAddr> = ["10.250.0.2", "fd00:2::2"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        // the old pod's elements, left behind (kindnetd not caught up yet)
+        h.nft
+            .apply(&pod_dispatch_elements("x", "old", &ips))
+            .unwrap();
+        let res = Ptp::add_on(
+            &mut h,
+            &with_pod(bed.req_in(Command::Add, "c1", false, tiny), "x", "new"),
+        )
+        .unwrap();
+        let got: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
+        assert_eq!(got, ips);
+        let d = dispatch(&mut h);
+        assert_eq!(d.len(), 4, "{d:?}");
+        let new_ing = Value::Goto(pod_chain("x", "new", Direction::Ingress));
+        assert!(d.contains(&("ingress4".into(), new_ing)), "{d:?}");
+    }
+
+    #[test]
+    fn check_sees_a_missing_or_down_host_end() {
+        let bed = Bed::new();
+        let mut h = FakeHost::new();
+        let res = Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap();
+        let mut check = bed.req(Command::Check, "c1", false);
+        check.conf.prev_result = Some(res.to_version("1.1.0"));
+        // the fake's pod view has no addresses: CHECK names the first one
+        let e = Ptp::check_on(&mut h, &check).unwrap_err();
+        assert!(e.msg.contains("missing address 10.244.1."), "{e}");
+        // the pod end gone
+        h.pod_links.clear();
+        let e = Ptp::check_on(&mut h, &check).unwrap_err();
+        assert!(e.msg.contains("eth0 is missing"), "{e}");
+    }
 }

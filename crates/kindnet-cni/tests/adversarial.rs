@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// A sentinel table that no plugin may touch.
@@ -339,34 +338,6 @@ fn cni_netns_must_be_a_pods_network_namespace() {
     );
 }
 
-/// Starts an ADD and kills it after `delay`.
-fn killed_add(node: &Ns, args: &Args, conf: &Value, delay: Duration) {
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &node.name])
-        .arg(plugin_dir().join("ptp"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", &args.container_id)
-        .env("CNI_NETNS", &args.netns)
-        .env("CNI_IFNAME", &args.ifname)
-        .env("CNI_PATH", plugin_dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    let _ = child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes());
-    std::thread::sleep(delay);
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 #[test]
 fn kill_9_at_any_point_of_add_then_gc_leaks_nothing() {
     require_root!();
@@ -378,7 +349,14 @@ fn kill_9_at_any_point_of_add_then_gc_leaks_nothing() {
         let pod = &pods[(round % 4) as usize];
         let args = Args::new(&format!("k{round}"), &pod.path());
         // spread the kill over the whole ADD (a few ms)
-        killed_add(&node, &args, &conf, Duration::from_micros(150 * round));
+        call_killed(
+            Some(&node),
+            "ptp",
+            "ADD",
+            &args,
+            &conf,
+            Duration::from_micros(150 * round),
+        );
         // the runtime never learns the result and never calls DEL; the next
         // sandbox in this netns needs the name eth0 free again
         pod.run(&["ip", "link", "del", "eth0"]);

@@ -8,11 +8,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-fn has_check(v: &str) -> bool {
-    !v.starts_with("0.3")
-}
+use kindnet_cni_spec::version::{SUPPORTED as VERSIONS, has_check};
 
 fn maps() -> Value {
     json!([{"hostPort": 8080, "containerPort": 80}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp"}])

@@ -92,31 +92,11 @@ fn killed_adds_leave_no_duplicates_and_gc_reclaims_them() {
     let data = TempDir::new("ipam");
     let c = conf(&data.str());
     let mut seed = u64::from(std::process::id());
-    let bin = plugin_dir().join("host-local");
     // 40 ADDs, each killed after a random 0-4 ms
     for i in 0..40 {
-        let mut child = Command::new(&bin)
-            .env("CNI_COMMAND", "ADD")
-            .env("CNI_CONTAINERID", format!("killed{i}"))
-            .env("CNI_NETNS", "/dev/null")
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", plugin_dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let _ = child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(c.to_string().as_bytes());
-        }
-        std::thread::sleep(Duration::from_micros(lcg(&mut seed) % 4000));
-        let _ = child.kill();
-        let _ = child.wait();
+        let args = Args::new(&format!("killed{i}"), "/dev/null");
+        let delay = Duration::from_micros(lcg(&mut seed) % 4000);
+        call_killed(None, "host-local", "ADD", &args, &c, delay);
     }
     // then normal ADDs: every address they get is theirs alone
     let mut owner: HashMap<String, String> = HashMap::new();
@@ -198,13 +178,10 @@ fn same_attachment_twice_gets_the_same_addresses() {
 
 #[test]
 fn reference_binary_reads_our_store_and_we_read_its() {
-    let reference = std::path::Path::new("/usr/lib/cni/host-local");
-    if !reference.exists() {
-        eprintln!(
-            "skipping: reference host-local not installed (apt-get install containernetworking-plugins)"
-        );
-        return;
-    }
+    let reference = require_tool!(
+        "/usr/lib/cni/host-local",
+        "the reference plugin: apt-get install containernetworking-plugins"
+    );
     let data = TempDir::new("ipam");
     let mut c = conf(&data.str());
     c["cniVersion"] = json!("1.0.0");
@@ -219,7 +196,7 @@ fn reference_binary_reads_our_store_and_we_read_its() {
         .ok(),
     );
     let run_ref = |cmd: &str, id: &str| {
-        let mut ch = Command::new(reference)
+        let mut ch = Command::new(&reference)
             .env("CNI_COMMAND", cmd)
             .env("CNI_CONTAINERID", id)
             .env("CNI_NETNS", "/dev/null")

@@ -18,6 +18,9 @@
 //! same JSON parser the skeleton uses, and skips any input that breaks these
 //! rules. `PROPTEST_CASES` sets the number of cases (default 2048, ~1.5 s).
 
+// Raw syscalls: raw syscalls in test setup.
+#![allow(unsafe_code)]
+
 use kindnet_cni::{PLUGIN_NAMES, plugin_for};
 use kindnet_cni_spec::skeleton::dispatch;
 use kindnet_testbed::TempDir;

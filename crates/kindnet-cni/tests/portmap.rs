@@ -226,14 +226,7 @@ fn ptp_ip_masq_rewrites_the_source_and_del_removes_it() {
 #[test]
 fn udp_mapping_flushes_stale_conntrack_entries() {
     require_root!();
-    if std::process::Command::new("conntrack")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipping: the conntrack tool is not installed (apt-get install conntrack)");
-        return;
-    }
+    require_tool!("conntrack", "apt-get install conntrack");
     let b = bed();
     let data = TempDir::new("ipam");
     let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);

@@ -7,16 +7,7 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
-
-fn v_at_least(v: &str, min: &str) -> bool {
-    let p = |s: &str| {
-        s.split('.')
-            .map(|x| x.parse::<u32>().unwrap())
-            .collect::<Vec<_>>()
-    };
-    p(v) >= p(min)
-}
+use kindnet_cni_spec::version::{SUPPORTED as VERSIONS, has_check, has_ip_version};
 
 /// The pod's address of a family from a result.
 fn ip_of(res: &Value, v6: bool) -> (String, String) {
@@ -62,7 +53,7 @@ fn ptp_dual_stack_every_version_add_check_del() {
             assert_eq!(ip["interface"], 1);
             assert_eq!(
                 ip.get("version").is_some(),
-                !v_at_least(version, "1.0.0"),
+                has_ip_version(version),
                 "{version}: {ip}"
             );
         }
@@ -136,7 +127,7 @@ fn ptp_dual_stack_every_version_add_check_del() {
         );
 
         let with = with_prev(&conf, &res);
-        if v_at_least(version, "0.4.0") {
+        if has_check(version) {
             call(Some(&node), "ptp", "CHECK", &args, &with).ok();
         } else {
             assert_eq!(
@@ -232,7 +223,7 @@ fn del_releases_when_netns_is_gone() {
 #[test]
 fn bridge_dual_stack_pods_reach_gateway_and_each_other() {
     require_root!();
-    for version in ["0.3.1", "1.0.0", "1.1.0"] {
+    for version in VERSIONS {
         let node = Ns::new("node");
         let (a, b) = (Ns::new("pod"), Ns::new("pod"));
         let data = TempDir::new("ipam");
@@ -282,7 +273,7 @@ fn bridge_dual_stack_pods_reach_gateway_and_each_other() {
                 "{version} pod a -> pod b v6={v6}"
             );
         }
-        if v_at_least(version, "0.4.0") {
+        if has_check(version) {
             call(
                 Some(&node),
                 "bridge",

@@ -135,6 +135,12 @@ pub struct Flags {
     #[arg(long, action = ArgAction::SetTrue)]
     pub sysctls_only: bool,
 
+    /// Print the conflist kindnetd would write for --static-pod-cidrs (with
+    /// --mtu, default 1500, --ipam-data-dir, --cni-chain, --cni-bridge), then
+    /// exit: what benchmarks and tests run, so they use kindnetd's own.
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub print_conflist: bool,
+
     /// Log as JSON lines.
     #[arg(long, env = "KINDNET_LOG_JSON", action = ArgAction::Set, default_value_t = false,
           default_missing_value = "true", num_args = 0..=1,

@@ -148,13 +148,13 @@ impl Dataplane for Netlink {
         v.addr_links = addrs.iter().map(|a| (a.addr.addr(), a.index)).collect();
         // Resolved neighbours only; a failed dump costs the link-local next
         // hops of this pass, nothing else.
-        let neighbours = match self.h.neighbours(None) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot list neighbours");
-                Vec::new()
+        let mut neighbours = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            match self.h.neighbours(fam) {
+                Ok(n) => neighbours.extend(n),
+                Err(e) => tracing::debug!(error = %e, "cannot list neighbours"),
             }
-        };
+        }
         v.topology = Topology::new(
             v.foreign.clone(),
             v.addr_links.iter().map(|(a, _)| *a).collect(),

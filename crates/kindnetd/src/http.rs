@@ -1,5 +1,8 @@
 //! /metrics, /healthz and /readyz.
 
+// Raw syscalls: getrlimit/setrlimit for the open-file limit.
+#![allow(unsafe_code)]
+
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;

@@ -8,6 +8,7 @@
 pub mod cniconf;
 pub mod config;
 pub mod dataplane;
+pub mod doctor;
 pub mod fakeapi;
 pub mod http;
 pub mod masq;

@@ -16,6 +16,9 @@ use kindnetd::store::NodeStore;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
+        return kindnetd::doctor::cli_main(std::env::args_os().skip(1));
+    }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) => {
@@ -48,6 +51,9 @@ fn main() -> ExitCode {
 
     if flags.sysctls_only {
         return sysctls_only();
+    }
+    if flags.print_conflist {
+        return print_conflist(&flags);
     }
     // Descriptors: sockets, netlink, the nodes file, nft children. A 1024
     // soft limit is common and too low to ride out a connection flood.
@@ -178,6 +184,15 @@ async fn run(flags: Flags) -> ExitCode {
         tracing::error!(error = %e, "cannot start the reconciler thread");
         return ExitCode::FAILURE;
     }
+    // The doctor's findings in /readyz, after the first passes settled.
+    if let Err(e) = kindnetd::doctor::spawn_in_daemon(
+        &flags,
+        store.clone(),
+        status.clone(),
+        Duration::from_secs(3),
+    ) {
+        tracing::warn!(error = %e, "cannot start the doctor thread");
+    }
     if let Err(e) = std::thread::Builder::new()
         .name("route-events".into())
         .spawn(move || watch_route_events(tx))
@@ -232,6 +247,25 @@ async fn run(flags: Flags) -> ExitCode {
     }
     // Routes, rules and the conflist are deliberately left as they are:
     // pods keep working while the next kindnetd starts.
+    ExitCode::SUCCESS
+}
+
+/// `--print-conflist`: kindnetd's conflist for the given ranges, on stdout.
+fn print_conflist(flags: &Flags) -> ExitCode {
+    if flags.static_pod_cidrs.0.is_empty() {
+        eprintln!("--print-conflist needs --static-pod-cidrs (the node's ranges)");
+        return ExitCode::from(2);
+    }
+    print!(
+        "{}",
+        kindnetd::cniconf::render(&kindnetd::cniconf::CniInputs {
+            chain: flags.cni_chain,
+            pod_cidrs: flags.static_pod_cidrs.0.clone(),
+            mtu: if flags.mtu == 0 { 1500 } else { flags.mtu },
+            bridge: flags.cni_bridge.0.clone(),
+            ipam_data_dir: flags.ipam_data_dir.clone(),
+        })
+    );
     ExitCode::SUCCESS
 }
 

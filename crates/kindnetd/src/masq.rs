@@ -7,8 +7,8 @@
 
 use ipnet::IpNet;
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs, Name,
-    Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, Lhs, Name, Policy, Rhs,
+    RuleDef, SetDef, TableRef, Value,
 };
 
 pub const TABLE_NAME: &str = "kindnet-masq";
@@ -24,11 +24,6 @@ pub struct MasqInputs {
     pub no_masquerade: Vec<IpNet>,
 }
 
-/// Names here are constants that pass validation.
-fn name(s: &str) -> Name {
-    Name::new(s).unwrap_or_else(|e| unreachable!("{e}"))
-}
-
 fn comment(s: &str) -> Option<Comment> {
     Comment::new(s).ok()
 }
@@ -36,7 +31,7 @@ fn comment(s: &str) -> Option<Comment> {
 pub fn table() -> TableRef {
     TableRef {
         family: Family::Inet,
-        name: name(TABLE_NAME),
+        name: Name::fixed(TABLE_NAME),
     }
 }
 
@@ -46,7 +41,7 @@ fn split(nets: &[IpNet]) -> (Vec<IpNet>, Vec<IpNet>) {
 }
 
 fn interval_set(set: &str, v6: bool, elems: &[IpNet]) -> SetDef {
-    SetDef::set(name(set), vec![KeyType::addr(v6)])
+    SetDef::set(Name::fixed(set), vec![KeyType::addr(v6)])
         .interval()
         .with_elements(elems.iter().map(|n| Elem::key(Value::net(*n))).collect())
 }
@@ -57,24 +52,23 @@ pub fn ruleset(inp: &MasqInputs) -> Batch {
     let (src4, src6) = split(&inp.pod_sources);
     let (dst4, dst6) = split(&inp.no_masquerade);
     let t = table();
-    let post = name("postrouting");
+    let post = Name::fixed("postrouting");
     let mut b = Batch::new();
     b.remove_table(&t).add_table(&t);
     b.add_set(&t, interval_set("pod-sources-v4", false, &src4));
     b.add_set(&t, interval_set("no-masquerade-v4", false, &dst4));
     b.add_set(&t, interval_set("pod-sources-v6", true, &src6));
     b.add_set(&t, interval_set("no-masquerade-v6", true, &dst6));
+    // priority 100: srcnat
     b.add_chain(
         &t,
-        ChainDef {
-            name: post.clone(),
-            base: Some(BaseChain {
-                ty: ChainType::Nat,
-                hook: Hook::Postrouting,
-                prio: 100, // srcnat
-                policy: Policy::Accept,
-            }),
-        },
+        ChainDef::base(
+            post.clone(),
+            ChainType::Nat,
+            Hook::Postrouting,
+            100,
+            Policy::Accept,
+        ),
     );
     let mut local = RuleDef::new(
         &post,
@@ -92,8 +86,8 @@ pub fn ruleset(inp: &MasqInputs) -> Batch {
         let mut r = RuleDef::new(
             &post,
             vec![
-                Expr::eq(Lhs::Saddr { v6 }, Rhs::Set(name(src))),
-                Expr::ne(Lhs::Daddr { v6 }, Rhs::Set(name(dst))),
+                Expr::eq(Lhs::Saddr { v6 }, Rhs::Set(Name::fixed(src))),
+                Expr::ne(Lhs::Daddr { v6 }, Rhs::Set(Name::fixed(dst))),
                 Expr::Masquerade,
             ],
         );

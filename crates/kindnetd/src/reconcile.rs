@@ -346,6 +346,8 @@ impl<D: Dataplane> Reconciler<D> {
             source_stale: None,
             skipped,
             last_error: report.errors.last().cloned(),
+            // The doctor's findings are merged in by Status::readiness.
+            ..Default::default()
         });
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());

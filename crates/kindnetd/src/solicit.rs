@@ -4,6 +4,10 @@
 //! [`crate::routes`], and the answer is read back from the neighbour table
 //! on the next pass, never guessed.
 
+// Raw syscalls: a raw ICMPv6 socket (socket/setsockopt/sendto/recvfrom/poll
+// with sockaddr_in6 scope ids), which std does not offer.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -29,12 +29,17 @@ pub struct Readiness {
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
+    /// The doctor's warn/fail lines (see [`crate::doctor`]).
+    pub doctor: Vec<String>,
+    /// A doctor check that gates readiness failed.
+    pub doctor_blocking: bool,
 }
 
 pub struct Status {
     pub metrics: Metrics,
     readiness: Mutex<Readiness>,
     source_stale: Mutex<Option<String>>,
+    doctor: Mutex<(Vec<String>, bool)>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -51,6 +56,7 @@ impl Status {
             metrics: Metrics::new(),
             readiness: Mutex::new(Readiness::default()),
             source_stale: Mutex::new(None),
+            doctor: Mutex::new((Vec::new(), false)),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -66,7 +72,17 @@ impl Status {
     pub fn readiness(&self) -> Readiness {
         let mut r = self.readiness.lock().map(|g| g.clone()).unwrap_or_default();
         r.source_stale = self.source_stale.lock().ok().and_then(|g| g.clone());
+        if let Ok(g) = self.doctor.lock() {
+            (r.doctor, r.doctor_blocking) = g.clone();
+        }
         r
+    }
+
+    /// The doctor's latest warn/fail lines, and whether a gating check failed.
+    pub fn set_doctor(&self, lines: Vec<String>, blocking: bool) {
+        if let Ok(mut g) = self.doctor.lock() {
+            *g = (lines, blocking);
+        }
     }
 
     pub fn set_source_stale(&self, why: Option<String>) {
@@ -102,6 +118,7 @@ impl Readiness {
             && self.own_current
             && self.conflist_written
             && self.source_stale.is_none()
+            && !self.doctor_blocking
     }
 
     /// Human-readable detail for /readyz.
@@ -157,6 +174,15 @@ impl Readiness {
                 s.push_str(&format!("  ... and {} more\n", self.skipped.len() - 100));
             }
         }
+        if !self.doctor.is_empty() {
+            s.push_str(&format!(
+                "doctor ({} findings; only failed forwarding, IPv6, nftables and conflist-order checks make it not ready):\n",
+                self.doctor.len()
+            ));
+            for l in &self.doctor {
+                s.push_str(&format!("  {l}\n"));
+            }
+        }
         s.push_str(if self.ready() {
             "ready\n"
         } else {
@@ -185,6 +211,35 @@ mod tests {
         assert!(rep.contains("[+] own pod CIDRs: 10.244.0.0/24"));
         assert!(rep.contains("node b 10.244.1.0/24: not on-link"));
         assert!(rep.ends_with("ready\n"));
+    }
+
+    #[test]
+    fn doctor_findings_are_listed_and_only_gating_ones_block() {
+        let s = Status::new();
+        let mut r = Readiness {
+            synced: true,
+            own_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
+            own_current: true,
+            conflist_written: true,
+            ..Default::default()
+        };
+        s.set_readiness(r.clone());
+        s.set_doctor(vec!["[warn] rp-filter: strict".into()], false);
+        let got = s.readiness();
+        assert!(got.ready());
+        assert!(
+            got.report().contains("  [warn] rp-filter: strict\n"),
+            "{}",
+            got.report()
+        );
+        s.set_doctor(vec!["[FAIL] nftables: no masquerade".into()], true);
+        assert!(!s.readiness().ready());
+        r.doctor_blocking = false;
+        s.set_readiness(r);
+        assert!(
+            !s.readiness().ready(),
+            "the doctor's state wins over the reconciler's"
+        );
     }
 
     #[test]

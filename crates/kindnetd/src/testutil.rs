@@ -2,6 +2,9 @@
 //! removed on drop, child processes killed (by PID) on drop. Not used by the
 //! daemon.
 
+// Raw syscalls: raw syscalls in test support.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

@@ -1,6 +1,9 @@
 //! The real kindnetd binary inside a network namespace, fed by a nodes file.
 //! Needs root; skips otherwise.
 
+// Raw syscalls: raw syscalls in test setup.
+#![allow(unsafe_code)]
+
 mod common;
 
 use std::time::Duration;
@@ -114,7 +117,10 @@ fn routes_follow_the_nodes_file_and_survive_restart() {
     let conf: Value =
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
+    // One plugin by default: the whole pod in one exec, port mappings too.
+    assert_eq!(conf["plugins"].as_array().map(Vec::len), Some(1), "{conf}");
     assert_eq!(conf["plugins"][0]["type"], "kindnet");
+    assert_eq!(conf["plugins"][0]["capabilities"]["portMappings"], true);
     assert_eq!(conf["plugins"][0]["mtu"], 1450);
     assert_eq!(
         conf["plugins"][0]["ipam"]["ranges"],
@@ -375,6 +381,8 @@ fn bridge_mode_conflist_and_masquerade_off() {
         serde_json::from_str(&std::fs::read_to_string(cni.join("10-kindnet.conflist")).unwrap())
             .unwrap();
     let p = &conf["plugins"][0];
+    // --cni-chain=classic: kind's bridge + portmap
+    assert_eq!(conf["plugins"][1]["type"], "portmap", "{conf}");
     assert_eq!(p["type"], "bridge");
     assert_eq!(p["bridge"], "kind-br");
     assert_eq!(p["mtu"], 1400);

@@ -3,6 +3,9 @@
 //! `kl-<lab>-` (namespaces) or lives under its state directory, so `down`
 //! can remove it all, also after a crashed `up`.
 
+// Raw syscalls: process groups and signals of the lab's own processes.
+#![allow(unsafe_code)]
+
 use crate::plan::{self, Family, Mode, Node, Pod, Spec};
 use crate::runtime::{Attachment, Runtime, read_json, write_json};
 use crate::sys::{self, Result};

@@ -8,6 +8,8 @@ mod cluster;
 mod plan;
 mod runtime;
 mod sys;
+mod trace;
+mod trace_live;
 
 use clap::{Parser, Subcommand};
 use cluster::{Binaries, Lab};
@@ -19,7 +21,7 @@ use std::process::ExitCode;
 #[command(
     name = "kindnet-lab",
     version,
-    about = "A kindnet cluster in network namespaces: up, check, down, demo, bench"
+    about = "A kindnet cluster in network namespaces: up, check, trace, down, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -102,6 +104,8 @@ enum Cmd {
     },
     /// Dataplane benchmark: iperf3 and ping node<->node vs pod<->pod on 2-node labs.
     Bench(bench::BenchArgs),
+    /// Walk a packet hop by hop through the live lab, then send a real one.
+    Trace(trace_live::TraceArgs),
 }
 
 fn binaries(args: &UpArgs) -> Result<Binaries, String> {
@@ -244,9 +248,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let lab = up(&a)?;
             println!("\n{DEMO_CHECKS}");
             let failures = check(&lab);
+            let traced = trace_live::demo(&lab);
             println!("\nremoving the lab");
             cluster::down(&a.name)?;
-            Ok(if failures? == 0 {
+            Ok(if failures? == 0 && traced? {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -295,6 +300,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             cluster::restart_kindnetd(&mut l, &node)?;
             println!("restarted kindnetd on {node}");
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Trace(t) => {
+            preflight()?;
+            trace_live::run(&t)
         }
         Cmd::Bench(b) => {
             preflight()?;

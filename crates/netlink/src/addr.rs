@@ -121,11 +121,11 @@ fn addr_msg(index: u32, addr: IpNet, flags: u32) -> AddressMessage {
     };
     m.attributes.push(AddressAttribute::Local(ip));
     m.attributes.push(AddressAttribute::Address(ip));
-    if let IpNet::V4(v4) = addr {
-        if v4.prefix_len() < 31 {
-            m.attributes
-                .push(AddressAttribute::Broadcast(v4.broadcast()));
-        }
+    if let IpNet::V4(v4) = addr
+        && v4.prefix_len() < 31
+    {
+        m.attributes
+            .push(AddressAttribute::Broadcast(v4.broadcast()));
     }
     if flags != 0 {
         m.attributes

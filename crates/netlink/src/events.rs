@@ -1,6 +1,9 @@
 //! Route change notifications, for a daemon that repairs drift instead of
 //! polling full dumps.
 
+// Raw syscalls: poll(2) on the netlink socket.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,6 @@
 //! A thin, synchronous rtnetlink layer for kindnet: links, addresses,
-//! routes, neighbours, route events, network namespaces and sysctls.
+//! routes, route lookups (`ip route get`), neighbours, route events,
+//! network namespaces and sysctls.
 //!
 //! Synchronous on purpose: the CNI plugin must start and finish in well
 //! under a millisecond, which rules out an async runtime. Every request
@@ -7,11 +8,14 @@
 //! with the positive errno and what we were doing.
 
 mod addr;
+pub mod conntrack;
 mod error;
 mod events;
 mod link;
-mod neigh;
+mod lookup;
 mod netns;
+mod nfnl;
+pub mod nftables;
 mod route;
 mod socket;
 pub mod sysctl;
@@ -23,9 +27,9 @@ pub use addr::{
 pub use error::{Error, Result};
 pub use events::{RouteEvent, RouteEvents};
 pub use link::Link;
-pub use neigh::{
-    NUD_DELAY, NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_PROBE, NUD_REACHABLE,
-    NUD_STALE, Neighbour,
+pub use lookup::{
+    NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, Neighbour,
+    RouteKind, RouteLookup, RouteQuery,
 };
 pub use netns::Netns;
 pub use route::{

@@ -1,5 +1,8 @@
 //! Network namespace handles and the two safe ways of running code in one.
 
+// Raw syscalls: setns(2), fstatfs(2) and the nsfs ioctl.
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};

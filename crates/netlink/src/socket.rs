@@ -3,6 +3,9 @@
 //! Replies are walked in place in one reusable receive buffer, so a dump of
 //! 10,000 routes costs a few dozen `recv` calls and no per-message buffers.
 
+// Raw syscalls: recv(2) into our own buffer.
+#![allow(unsafe_code)]
+
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 

@@ -486,6 +486,215 @@ fn missing_netns_is_not_found() {
     assert!(e.is_not_found(), "{e}");
 }
 
+#[test]
+fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
+    require_root!();
+    let t = TestNs::new();
+    let ct = |args: &[&str]| {
+        let mut full = vec!["ip", "netns", "exec", &t.named.name, "conntrack"];
+        full.extend_from_slice(args);
+        kindnet_testbed::sh(&full)
+    };
+    for (src, dst, proto, dport) in [
+        ("10.1.0.1", "10.1.0.2", "udp", "5353"),
+        ("fd00::1", "fd00::2", "udp", "5353"),
+        ("10.1.0.1", "10.1.0.2", "udp", "53"),
+        ("10.1.0.1", "10.1.0.2", "tcp", "5353"),
+    ] {
+        let mut args = vec![
+            "-I", "-p", proto, "-s", src, "-d", dst, "--sport", "40000", "--dport", dport, "-t",
+            "120",
+        ];
+        if proto == "tcp" {
+            args.extend(["--state", "ESTABLISHED"]);
+        }
+        let o = ct(&args);
+        assert!(
+            o.status.success(),
+            "conntrack -I: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let n =
+        t.ns.run(|| {
+            kindnet_netlink::conntrack::Conntrack::open()
+                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 2, "the UDP 5353 entries of both families");
+    let left = String::from_utf8_lossy(&ct(&["-L", "-f", "ipv4"]).stdout).to_string()
+        + &String::from_utf8_lossy(&ct(&["-L", "-f", "ipv6"]).stdout);
+    assert!(left.contains("dport=53 "), "{left}");
+    assert!(
+        left.contains("tcp") && left.contains("dport=5353"),
+        "{left}"
+    );
+    assert!(!left.contains("fd00::1"), "{left}");
+    // nothing more to delete: 0, no error
+    let again =
+        t.ns.run(|| {
+            kindnet_netlink::conntrack::Conntrack::open()
+                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(again, 0);
+}
+
+#[test]
+fn nf_tables_table_and_chain_existence_over_netlink() {
+    require_root!();
+    use kindnet_netlink::nftables::{ChainState, NfTables};
+    let t = TestNs::new();
+    let state = |chain: &str| {
+        let chain = chain.to_string();
+        t.ns.run(move || NfTables::open().and_then(|mut n| n.chain_state("kn-test", &chain)))
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(state("c1"), ChainState::NoTable);
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.named.name,
+        "nft",
+        "add",
+        "table",
+        "inet",
+        "kn-test",
+    ]);
+    assert_eq!(state("c1"), ChainState::NoChain);
+    sh_ok(&[
+        "ip",
+        "netns",
+        "exec",
+        &t.named.name,
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        "kn-test",
+        "c1",
+    ]);
+    assert_eq!(state("c1"), ChainState::Present);
+    assert_eq!(state("c2"), ChainState::NoChain);
+    let has =
+        t.ns.run(|| NfTables::open().and_then(|mut n| n.has_table("kn-test")))
+            .unwrap()
+            .unwrap();
+    assert!(has);
+}
+
+#[test]
+fn route_get_answers_as_ip_route_get() {
+    use kindnet_netlink::{RouteKind, RouteQuery};
+    require_root!();
+    let t = TestNs::new();
+    let mut h = t.handle();
+    let (ia, ib) = veth_pair(&mut h, "rga", "rgb");
+    h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
+        .unwrap();
+    h.add_address(ib, net("10.1.0.1/24"), AddrFlags::default())
+        .unwrap();
+    h.add_address(
+        ia,
+        net("fd00:a::1/64"),
+        AddrFlags {
+            nodad: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut r = Route::new(net("10.9.0.0/16"));
+    r.gateway = Some(ip("10.0.0.2"));
+    r.protocol = 217;
+    h.add_route(&r).unwrap();
+
+    // A packet this host sends: resolved gateway, device and source.
+    let a = h.route_get(&RouteQuery::to(ip("10.9.1.1"))).unwrap();
+    assert_eq!(a.kind, RouteKind::Unicast);
+    assert_eq!(a.gateway, Some(ip("10.0.0.2")));
+    assert_eq!(a.oif, Some(ia));
+    assert_eq!(a.src, Some(ip("10.0.0.1")));
+    assert_eq!(a.table, 254);
+    let want = t.ip(&["route", "get", "10.9.1.1"]);
+    assert!(
+        want.contains("via 10.0.0.2") && want.contains("src 10.0.0.1"),
+        "{want}"
+    );
+
+    // fibmatch: the route that matched, with its protocol.
+    let m = h
+        .route_get(&RouteQuery {
+            fib_match: true,
+            ..RouteQuery::to(ip("10.9.1.1"))
+        })
+        .unwrap();
+    assert_eq!(m.dst, net("10.9.0.0/16"));
+    assert_eq!(m.protocol, 217);
+
+    // Own address: local; no route: the kernel's errno.
+    let l = h.route_get(&RouteQuery::to(ip("10.0.0.1"))).unwrap();
+    assert_eq!(l.kind, RouteKind::Local);
+    let e = h.route_get(&RouteQuery::to(ip("192.0.2.1"))).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{e}");
+    let v6 = h.route_get(&RouteQuery::to(ip("fd00:a::5"))).unwrap();
+    assert_eq!(v6.oif, Some(ia));
+
+    // A forwarded packet (iif): needs forwarding on, in this namespace only.
+    t.ns.run(|| sysctl::set("net/ipv4/ip_forward", "1"))
+        .unwrap()
+        .unwrap();
+    let fwd = RouteQuery {
+        src: Some(ip("10.1.0.5")),
+        iif: Some(ib),
+        ..RouteQuery::to(ip("10.9.1.1"))
+    };
+    let f = h.route_get(&fwd).unwrap();
+    assert_eq!(
+        (f.gateway, f.oif, f.iif),
+        (Some(ip("10.0.0.2")), Some(ia), Some(ib))
+    );
+    // A source with no way back fails reverse-path filtering when strict.
+    t.ns.run(|| sysctl::set("net/ipv4/conf/all/rp_filter", "1"))
+        .unwrap()
+        .unwrap();
+    let spoofed = RouteQuery {
+        src: Some(ip("10.0.0.7")),
+        ..fwd
+    };
+    assert!(h.route_get(&spoofed).is_err());
+}
+
+#[test]
+fn neighbours_are_listed_with_their_state() {
+    require_root!();
+    let t = TestNs::new();
+    let mut h = t.handle();
+    let (ia, _) = veth_pair(&mut h, "nba", "nbb");
+    h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
+        .unwrap();
+    t.ip(&[
+        "neigh",
+        "add",
+        "10.0.0.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "nba",
+        "nud",
+        "permanent",
+    ]);
+    let n = h.neighbours(Family::V4).unwrap();
+    let e = n.iter().find(|n| n.addr == ip("10.0.0.9")).expect("entry");
+    assert_eq!(e.index, ia);
+    assert!(e.is_resolved());
+    assert_eq!(e.state_name(), "PERMANENT");
+    assert_eq!(e.lladdr.as_deref(), Some(&[2, 0, 0, 0, 0, 9][..]));
+}
+
 /// An IPv4 route whose next hop is an IPv6 address (RTA_VIA): added,
 /// listed back with its IPv6 gateway, replaced in place, deleted.
 #[test]
@@ -551,45 +760,4 @@ fn ipv4_route_via_an_ipv6_next_hop() {
     let mut bad = Route::new(net("fd00:10::/64"));
     bad.gateway = Some(ip("10.0.0.4"));
     assert!(h.replace_route(&bad).is_err());
-}
-
-/// Neighbour entries of both families, with their link-layer addresses.
-#[test]
-fn neighbours_are_listed_with_their_macs() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
-    let (a, b) = veth_pair(&mut h, "nb0", "nb1");
-    h.add_address(a, net("10.0.0.1/24"), AddrFlags::default())
-        .unwrap();
-    t.ip(&[
-        "neigh",
-        "add",
-        "10.0.0.3",
-        "lladdr",
-        "02:00:00:00:00:03",
-        "dev",
-        "nb0",
-    ]);
-    t.ip(&[
-        "neigh",
-        "add",
-        "fe80::3",
-        "lladdr",
-        "02:00:00:00:00:03",
-        "dev",
-        "nb0",
-        "nud",
-        "stale",
-    ]);
-    let all = h.neighbours(Some(a)).unwrap();
-    let mac = vec![2u8, 0, 0, 0, 0, 3];
-    let v4 = all.iter().find(|n| n.addr == ip("10.0.0.3")).unwrap();
-    assert_eq!(v4.lladdr.as_ref(), Some(&mac));
-    assert!(v4.is_resolved());
-    assert_eq!(v4.index, a);
-    let v6 = all.iter().find(|n| n.addr == ip("fe80::3")).unwrap();
-    assert_eq!(v6.lladdr.as_ref(), Some(&mac));
-    assert!(v6.is_resolved());
-    assert!(h.neighbours(Some(b)).unwrap().iter().all(|n| n.index == b));
 }

@@ -101,6 +101,26 @@ pub struct ChainDef {
     pub base: Option<BaseChain>,
 }
 
+impl ChainDef {
+    /// A base chain on `hook`.
+    pub fn base(name: Name, ty: ChainType, hook: Hook, prio: i32, policy: Policy) -> ChainDef {
+        ChainDef {
+            name,
+            base: Some(BaseChain {
+                ty,
+                hook,
+                prio,
+                policy,
+            }),
+        }
+    }
+
+    /// A regular chain: a jump or goto target.
+    pub fn regular(name: Name) -> ChainDef {
+        ChainDef { name, base: None }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDef {
     pub chain: Name,
@@ -133,6 +153,8 @@ pub enum Cmd {
     AddSet(TableRef, SetDef),
     AddRule(TableRef, RuleDef),
     AddElements(TableRef, Name, Vec<Elem>),
+    /// A named counter object (`counter name NAME` in rules adds to it).
+    AddCounter(TableRef, Name),
     DeleteElements(TableRef, Name, Vec<Value>),
 }
 
@@ -178,6 +200,10 @@ impl Batch {
 
     pub fn add_set(&mut self, t: &TableRef, s: SetDef) -> &mut Batch {
         self.push(Cmd::AddSet(t.clone(), s))
+    }
+
+    pub fn add_counter(&mut self, t: &TableRef, name: &Name) -> &mut Batch {
+        self.push(Cmd::AddCounter(t.clone(), name.clone()))
     }
 
     pub fn add_rule(&mut self, t: &TableRef, r: RuleDef) -> &mut Batch {
@@ -265,6 +291,8 @@ fn cmd_json(c: &Cmd) -> Json {
             }
             json!({"add": {"rule": o}})
         }
+        Cmd::AddCounter(t, n) => json!({"add": {"counter": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": n.as_str()}}}),
         Cmd::AddElements(t, set, e) => json!({"add": {"element": {
             "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
             "elem": e.iter().map(Elem::to_json).collect::<Vec<_>>()}}}),
@@ -320,7 +348,31 @@ mod tests {
                 ))]),
         );
         b.remove_table(&t);
+        let pod = Name::new("pod-1").unwrap();
+        b.add_set(
+            &t,
+            SetDef::map(
+                Name::new("v").unwrap(),
+                vec![KeyType::Ipv4Addr],
+                MapData::Verdict,
+            )
+            .with_elements(vec![Elem {
+                key: Value::Addr("10.0.0.2".parse().unwrap()),
+                data: Some(Value::Goto(pod)),
+                comment: None,
+            }]),
+        );
+        b.add_counter(&t, &Name::new("drops").unwrap());
         let j = b.to_json();
+        assert_eq!(j["nftables"][4]["add"]["map"]["map"], json!("verdict"));
+        assert_eq!(
+            j["nftables"][4]["add"]["map"]["elem"][0],
+            json!(["10.0.0.2", {"goto": {"target": "pod-1"}}])
+        );
+        assert_eq!(
+            j["nftables"][5],
+            json!({"add": {"counter": {"family": "inet", "table": "t", "name": "drops"}}})
+        );
         assert_eq!(j["nftables"][0]["add"]["map"]["map"], json!("ipv4_addr"));
         assert_eq!(j["nftables"][1]["add"]["set"]["flags"], json!(["interval"]));
         assert_eq!(

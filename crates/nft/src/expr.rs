@@ -3,7 +3,7 @@
 
 use serde_json::{Value as Json, json};
 
-use crate::types::{Name, Value};
+use crate::types::{LogPrefix, Name, Value};
 
 /// What a match reads from the packet or its metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,6 +97,22 @@ impl Op {
     }
 }
 
+/// The unit of a [`Expr::Limit`] rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitPer {
+    Second,
+    Minute,
+}
+
+impl LimitPer {
+    fn as_str(self) -> &'static str {
+        match self {
+            LimitPer::Second => "second",
+            LimitPer::Minute => "minute",
+        }
+    }
+}
+
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
@@ -106,6 +122,19 @@ pub enum Expr {
         right: Rhs,
     },
     Counter,
+    /// `counter name NAME`: adds to a named counter object of the table
+    /// (declared with [`crate::Batch::add_counter`]), which can be read by
+    /// name.
+    CounterRef(Name),
+    /// `limit rate RATE/PER burst BURST packets`: matches while under the
+    /// rate, so it guards the statements after it in the same rule.
+    Limit {
+        rate: u32,
+        per: LimitPer,
+        burst: u32,
+    },
+    /// `log prefix PREFIX`.
+    Log(LogPrefix),
     Masquerade,
     Return,
     Accept,
@@ -150,6 +179,11 @@ impl Expr {
             Expr::Match { left, op, right } => json!({"match": {
                 "op": op.as_str(), "left": left.to_json(), "right": right.to_json()}}),
             Expr::Counter => json!({"counter": null}),
+            Expr::CounterRef(n) => json!({"counter": n.as_str()}),
+            Expr::Limit { rate, per, burst } => {
+                json!({"limit": {"rate": rate, "per": per.as_str(), "burst": burst}})
+            }
+            Expr::Log(p) => json!({"log": {"prefix": p.as_str()}}),
             Expr::Masquerade => json!({"masquerade": null}),
             Expr::Return => json!({"return": null}),
             Expr::Accept => json!({"accept": null}),
@@ -169,5 +203,44 @@ impl Expr {
                 json!({"vmap": {"key": key.to_json(), "data": format!("@{map}")}})
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::L4Proto;
+
+    #[test]
+    fn policy_expressions_have_nft_json_shapes() {
+        let n = Name::new("drops").unwrap();
+        assert_eq!(Expr::CounterRef(n).to_json(), json!({"counter": "drops"}));
+        assert_eq!(
+            Expr::Limit {
+                rate: 5,
+                per: LimitPer::Second,
+                burst: 10
+            }
+            .to_json(),
+            json!({"limit": {"rate": 5, "per": "second", "burst": 10}})
+        );
+        let p = LogPrefix::new("np drop ").unwrap();
+        assert_eq!(
+            Expr::Log(p).to_json(),
+            json!({"log": {"prefix": "np drop "}})
+        );
+        // `ip saddr . meta l4proto . th dport @s`
+        let key = Lhs::Concat(vec![Lhs::Saddr { v6: false }, Lhs::L4Proto, Lhs::ThDport]);
+        let m = Expr::eq(key, Rhs::Set(Name::new("s").unwrap())).to_json();
+        assert_eq!(
+            m["match"]["left"]["concat"][1],
+            json!({"meta": {"key": "l4proto"}})
+        );
+        assert_eq!(m["match"]["right"], json!("@s"));
+        // a protocol and a port range as right-hand sides
+        let r = Expr::eq(Lhs::ThDport, Rhs::Value(Value::PortRange(80, 90))).to_json();
+        assert_eq!(r["match"]["right"], json!({"range": [80, 90]}));
+        let r = Expr::eq(Lhs::L4Proto, Rhs::Value(Value::Proto(L4Proto::Sctp))).to_json();
+        assert_eq!(r["match"]["right"], json!("sctp"));
     }
 }

@@ -22,7 +22,7 @@ mod types;
 pub use batch::{
     BaseChain, Batch, ChainDef, ChainType, Cmd, Hook, MapData, Policy, RuleDef, SetDef, SetFlag,
 };
-pub use expr::{Expr, Lhs, Op, Rhs};
+pub use expr::{Expr, Lhs, LimitPer, Op, Rhs};
 pub use listing::{Listed, Listing};
 pub use run::{FakeNft, Nft, NftCli, NftError, TableLock, nft_binary};
-pub use types::{Comment, Elem, Family, KeyType, L4Proto, Name, TableRef, Value};
+pub use types::{Comment, Elem, Family, KeyType, L4Proto, LogPrefix, Name, TableRef, Value};

@@ -170,7 +170,10 @@ impl FakeNft {
                         .remove(&key(t))
                         .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
                 }
-                Cmd::AddChain(t, _) | Cmd::FlushChain(t, _) | Cmd::AddRule(t, _) => {
+                Cmd::AddChain(t, _)
+                | Cmd::FlushChain(t, _)
+                | Cmd::AddRule(t, _)
+                | Cmd::AddCounter(t, _) => {
                     if !tables.contains_key(&key(t)) {
                         return Err(NftError::Failed(format!("no table {}", t.name)));
                     }

@@ -47,6 +47,12 @@ impl Name {
         }
     }
 
+    /// A name the caller builds in code from constants and hex digits.
+    /// An invalid one is a bug in that code, never input: it panics.
+    pub fn fixed(s: &str) -> Name {
+        Name::new(s).unwrap_or_else(|e| unreachable!("a name made in code: {e}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -76,6 +82,31 @@ impl Comment {
             )));
         }
         Ok(Comment(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A `log` statement's prefix: printable ASCII, at most
+/// [`LogPrefix::MAX_LEN`] bytes (the kernel keeps 127 and a NUL).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LogPrefix(String);
+
+impl LogPrefix {
+    pub const MAX_LEN: usize = 127;
+
+    pub fn new(s: impl Into<String>) -> Result<LogPrefix, NftError> {
+        let s = s.into();
+        if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return Err(NftError::Invalid(format!(
+                "nftables log prefix {s:?}: 1-{} printable ASCII characters",
+                Self::MAX_LEN
+            )));
+        }
+        Ok(LogPrefix(s))
     }
 
     pub fn as_str(&self) -> &str {
@@ -172,6 +203,10 @@ pub enum Value {
     PortRange(u16, u16),
     Proto(L4Proto),
     Concat(Vec<Value>),
+    /// A verdict map's data: `goto CHAIN`.
+    Goto(Name),
+    /// A verdict map's data: `jump CHAIN`.
+    Jump(Name),
 }
 
 impl Value {
@@ -195,6 +230,8 @@ impl Value {
             Value::PortRange(a, b) => json!({"range": [a, b]}),
             Value::Proto(p) => json!(p.as_str()),
             Value::Concat(v) => json!({"concat": v.iter().map(Value::to_json).collect::<Vec<_>>()}),
+            Value::Goto(c) => json!({"goto": {"target": c.as_str()}}),
+            Value::Jump(c) => json!({"jump": {"target": c.as_str()}}),
         }
     }
 
@@ -225,6 +262,14 @@ impl Value {
                     let len = u8::try_from(p.get("len")?.as_u64()?).ok()?;
                     return IpNet::new(addr, len).ok().map(Value::net);
                 }
+                for (verb, make) in [
+                    ("goto", Value::Goto as fn(Name) -> Value),
+                    ("jump", Value::Jump),
+                ] {
+                    if let Some(v) = o.get(verb) {
+                        return Name::new(v.get("target")?.as_str()?).ok().map(make);
+                    }
+                }
                 if let Some(r) = o.get("range") {
                     let r = r.as_array()?;
                     let port = |j: &Json| j.as_u64().and_then(|n| u16::try_from(n).ok());
@@ -248,6 +293,8 @@ impl fmt::Display for Value {
             Value::Port(p) => write!(f, "{p}"),
             Value::PortRange(a, b) => write!(f, "{a}-{b}"),
             Value::Proto(p) => write!(f, "{p}"),
+            Value::Goto(c) => write!(f, "goto {c}"),
+            Value::Jump(c) => write!(f, "jump {c}"),
             Value::Concat(v) => {
                 for (i, x) in v.iter().enumerate() {
                     if i > 0 {
@@ -347,6 +394,15 @@ mod tests {
     }
 
     #[test]
+    fn log_prefixes_are_bounded_and_printable() {
+        assert!(LogPrefix::new("kindnet-netpol drop ").is_ok());
+        assert!(LogPrefix::new("x".repeat(127)).is_ok());
+        for bad in [String::new(), "x".repeat(128), "a\nb".into()] {
+            assert!(LogPrefix::new(bad.clone()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn values_round_trip_through_nft_json() {
         let vals = [
             Value::Addr("10.0.0.1".parse().unwrap()),
@@ -356,6 +412,8 @@ mod tests {
             Value::PortRange(80, 90),
             Value::Proto(L4Proto::Sctp),
             Value::Concat(vec![Value::Proto(L4Proto::Tcp), Value::Port(53)]),
+            Value::Goto(Name::new("pod-0123").unwrap()),
+            Value::Jump(Name::new("egress").unwrap()),
         ];
         for v in vals {
             assert_eq!(Value::from_json(&v.to_json()), Some(v.clone()), "{v:?}");
@@ -373,6 +431,10 @@ mod tests {
         assert_eq!(
             Value::Concat(vec![Value::Proto(L4Proto::Udp), Value::Port(53)]).to_string(),
             "udp . 53"
+        );
+        assert_eq!(
+            Value::from_json(&json!({"goto": {"target": "bad name"}})),
+            None
         );
         assert_eq!(Value::from_json(&json!(70000)), None);
     }

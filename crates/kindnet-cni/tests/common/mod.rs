@@ -5,7 +5,7 @@
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, sh, sh_ok};
+pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, require_tool, sh, sh_ok};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -205,4 +205,47 @@ pub fn eventually(what: &str, cond: impl Fn() -> bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Starts `plugin` for `command` like [`call`] does, without waiting for
+/// its answer, and SIGKILLs it after `delay`: an ADD (or DEL) that dies
+/// at a random point.
+#[allow(dead_code)]
+pub fn call_killed(
+    host: Option<&Ns>,
+    plugin: &str,
+    command: &str,
+    a: &Args,
+    conf: &Value,
+    delay: std::time::Duration,
+) {
+    let bin = plugin_dir().join(plugin);
+    let mut cmd = match host {
+        Some(h) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &h.name]).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = cmd
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", &a.container_id)
+        .env("CNI_NETNS", &a.netns)
+        .env("CNI_IFNAME", &a.ifname)
+        .env("CNI_ARGS", &a.cni_args)
+        .env("CNI_PATH", plugin_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn plugin");
+    if let Some(mut w) = child.stdin.take() {
+        let _ = w.write_all(conf.to_string().as_bytes());
+    }
+    std::thread::sleep(delay);
+    let _ = child.kill();
+    let _ = child.wait();
 }

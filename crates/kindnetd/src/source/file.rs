@@ -451,8 +451,16 @@ mod tests {
                     Ok(real.to_vec())
                 }
             });
-            wait(&rt, 5);
-            let r = h.status.readiness();
+            // Wait for the first (failing) read, on a condition, not a
+            // fixed time: the machine may be busy.
+            let mut r = h.status.readiness();
+            for _ in 0..400 {
+                if r.source_stale.is_some() {
+                    break;
+                }
+                wait(&rt, 5);
+                r = h.status.readiness();
+            }
             assert!(r.source_stale.is_some(), "stale while the read fails");
             assert!(r.report().contains("last read failed"), "{}", r.report());
             assert!(

@@ -1,0 +1,323 @@
+//! The seam between the veth plugins' decisions and the kernel: every
+//! effect `ptp`, `bridge` and `kindnet` have on the node and the pod —
+//! links, addresses, routes, sysctls, the pod's namespace, nftables — goes
+//! through [`Host`]. [`NetlinkHost`] is the real node; the unit tests use
+//! a recording fake (`host::fake`) that can fail at any step, so every
+//! rollback path is tested without root.
+
+// Raw syscalls: fork(2) for the detached veth delete, and the child's stdio.
+#![allow(unsafe_code)]
+
+use crate::nl_err;
+use ipnet::IpNet;
+use kindnet_cni_spec::CniError;
+use kindnet_netlink::nftables::{ChainState, NfTables};
+use kindnet_netlink::{
+    AddrFlags, Address, Batch, Family, Handle, Link, Netns, Route, RouteFilter, sysctl,
+};
+use kindnet_nft::Nft;
+
+pub type NlResult<T> = kindnet_netlink::Result<T>;
+
+/// A pod network namespace the host opened (and holds open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodId(pub usize);
+
+/// One change to a host link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChange {
+    Up,
+    Promisc,
+    /// Enslave to this bridge.
+    Master(u32),
+    Hairpin,
+}
+
+/// What CHECK reads of the pod end, in one visit to its namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodView {
+    pub link: Option<Link>,
+    pub addresses: Vec<IpNet>,
+    /// Routes of both families through the link.
+    pub routes: Vec<Route>,
+}
+
+pub trait Host {
+    /// Opens the pod's namespace, proving it is one (see
+    /// [`crate::open_netns`] for the codes). `None` with `optional` when it
+    /// is gone (DEL).
+    fn open_pod(&mut self, path: &str, optional: bool) -> Result<Option<PodId>, CniError>;
+
+    fn link_by_name(&mut self, name: &str) -> NlResult<Option<Link>>;
+    fn links(&mut self) -> NlResult<Vec<Link>>;
+    /// A veth pair, the peer born in `pod` with its name and MAC; returns
+    /// the host end (with the peer's ifindex).
+    fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        pod: PodId,
+        mtu: Option<u32>,
+        peer_mac: [u8; 6],
+    ) -> NlResult<Option<Link>>;
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> NlResult<()>;
+    fn delete_link(&mut self, index: u32) -> NlResult<()>;
+    fn set_alias(&mut self, index: u32, alias: &str) -> NlResult<()>;
+    fn change_link(&mut self, index: u32, change: LinkChange) -> NlResult<()>;
+    fn addresses(&mut self, index: Option<u32>) -> NlResult<Vec<Address>>;
+    fn add_address(&mut self, index: u32, addr: IpNet, flags: AddrFlags) -> NlResult<()>;
+    fn del_address(&mut self, index: u32, addr: IpNet) -> NlResult<()>;
+    fn routes(&mut self, family: Family, filter: RouteFilter) -> NlResult<Vec<Route>>;
+    /// Host-side changes in one round trip.
+    fn apply(&mut self, batch: Batch) -> NlResult<()>;
+
+    fn sysctl_get(&mut self, key: &str) -> Option<String>;
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), CniError>;
+
+    /// Inside the pod: `sysctls`, then `batch` in one round trip.
+    fn configure_pod(
+        &mut self,
+        pod: PodId,
+        sysctls: &[(String, &'static str)],
+        batch: Batch,
+    ) -> Result<(), CniError>;
+    fn pod_view(&mut self, pod: PodId, ifname: &str) -> Result<PodView, CniError>;
+    /// Deletes the pod end without making the runtime wait (the host end
+    /// and its routes go with it).
+    fn delete_pod_link(&mut self, pod: PodId, ifname: &str) -> Result<(), CniError>;
+
+    fn nft(&mut self) -> &mut dyn Nft;
+    /// Whether `chain` of `inet table` exists, asked over netlink (no nft
+    /// process on the hot path).
+    fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError>;
+    fn sleep(&mut self, d: std::time::Duration);
+}
+
+/// The real node: one rtnetlink socket, the pod namespaces it opened, and
+/// the nft binary.
+pub struct NetlinkHost {
+    h: Handle,
+    pods: Vec<Netns>,
+    nft: kindnet_nft::NftCli,
+    nf_tables: Option<NfTables>,
+}
+
+impl NetlinkHost {
+    pub fn new() -> Result<NetlinkHost, CniError> {
+        Ok(NetlinkHost {
+            h: Handle::new().map_err(nl_err("open netlink"))?,
+            pods: Vec::new(),
+            nft: crate::host_nft(),
+            nf_tables: None,
+        })
+    }
+
+    fn pod(&self, id: PodId) -> Result<&Netns, CniError> {
+        self.pods
+            .get(id.0)
+            .ok_or_else(|| CniError::internal("unknown pod namespace"))
+    }
+}
+
+impl Host for NetlinkHost {
+    fn open_pod(&mut self, path: &str, optional: bool) -> Result<Option<PodId>, CniError> {
+        let ns = if optional {
+            crate::open_netns_if_any(path)?
+        } else {
+            Some(crate::open_netns(path)?)
+        };
+        Ok(ns.map(|ns| {
+            self.pods.push(ns);
+            PodId(self.pods.len() - 1)
+        }))
+    }
+
+    fn link_by_name(&mut self, name: &str) -> NlResult<Option<Link>> {
+        self.h.link_by_name(name)
+    }
+    fn links(&mut self) -> NlResult<Vec<Link>> {
+        self.h.links()
+    }
+    fn create_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        pod: PodId,
+        mtu: Option<u32>,
+        peer_mac: [u8; 6],
+    ) -> NlResult<Option<Link>> {
+        let ns = self
+            .pods
+            .get(pod.0)
+            .ok_or_else(|| kindnet_netlink::Error::Invalid("unknown pod namespace".into()))?;
+        self.h
+            .create_veth_echo(name, peer, Some(ns), mtu, Some(peer_mac))
+    }
+    fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> NlResult<()> {
+        self.h.create_bridge(name, mtu)
+    }
+    fn delete_link(&mut self, index: u32) -> NlResult<()> {
+        self.h.delete_link(index)
+    }
+    fn set_alias(&mut self, index: u32, alias: &str) -> NlResult<()> {
+        self.h.set_alias(index, alias)
+    }
+    fn change_link(&mut self, index: u32, change: LinkChange) -> NlResult<()> {
+        match change {
+            LinkChange::Up => self.h.set_up(index),
+            LinkChange::Promisc => self.h.set_promisc(index, true),
+            LinkChange::Master(m) => self.h.set_master(index, m),
+            LinkChange::Hairpin => self.h.set_bridge_port_hairpin(index, true),
+        }
+    }
+    fn addresses(&mut self, index: Option<u32>) -> NlResult<Vec<Address>> {
+        self.h.addresses(index)
+    }
+    fn add_address(&mut self, index: u32, addr: IpNet, flags: AddrFlags) -> NlResult<()> {
+        self.h.add_address(index, addr, flags)
+    }
+    fn del_address(&mut self, index: u32, addr: IpNet) -> NlResult<()> {
+        self.h.del_address(index, addr)
+    }
+    fn routes(&mut self, family: Family, filter: RouteFilter) -> NlResult<Vec<Route>> {
+        self.h.routes(family, filter)
+    }
+    fn apply(&mut self, batch: Batch) -> NlResult<()> {
+        self.h.apply(batch)
+    }
+
+    fn sysctl_get(&mut self, key: &str) -> Option<String> {
+        sysctl::get(key).ok()
+    }
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), CniError> {
+        sysctl::set(key, value)
+            .map_err(|e| CniError::io(format!("set {}: {e}", key.replace('/', "."))))
+    }
+
+    /// Runs on this thread inside the namespace (the plugin is
+    /// single-threaded), because `/proc/sys/net` follows the namespace of
+    /// the thread that opens it.
+    fn configure_pod(
+        &mut self,
+        pod: PodId,
+        sysctls: &[(String, &'static str)],
+        batch: Batch,
+    ) -> Result<(), CniError> {
+        let ns = self.pod(pod)?;
+        ns.enter(|| -> Result<(), CniError> {
+            for (key, val) in sysctls {
+                sysctl::set(key, val)
+                    .map_err(|e| CniError::io(format!("set {}: {e}", key.replace('/', "."))))?;
+            }
+            let mut h = Handle::new().map_err(nl_err("open netlink in the pod"))?;
+            h.apply(batch).map_err(nl_err("configure the pod end"))
+        })
+        .map_err(nl_err("enter the pod's network namespace"))?
+    }
+
+    fn pod_view(&mut self, pod: PodId, ifname: &str) -> Result<PodView, CniError> {
+        let mut h = Handle::in_netns(self.pod(pod)?).map_err(nl_err("open netlink in the pod"))?;
+        let link = h
+            .link_by_name(ifname)
+            .map_err(nl_err(format!("look up {ifname}")))?;
+        let Some(l) = &link else {
+            return Ok(PodView::default());
+        };
+        let addresses = h
+            .addresses(Some(l.index))
+            .map_err(nl_err("list addresses"))?
+            .into_iter()
+            .map(|a| a.addr)
+            .collect();
+        let mut routes = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            routes.extend(
+                h.routes(
+                    fam,
+                    RouteFilter {
+                        oif: Some(l.index),
+                        ..Default::default()
+                    },
+                )
+                .map_err(nl_err("list routes"))?,
+            );
+        }
+        Ok(PodView {
+            link,
+            addresses,
+            routes,
+        })
+    }
+
+    fn delete_pod_link(&mut self, pod: PodId, ifname: &str) -> Result<(), CniError> {
+        delete_pod_link_detached(self.pod(pod)?, ifname)
+    }
+
+    fn nft(&mut self) -> &mut dyn Nft {
+        &mut self.nft
+    }
+
+    fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError> {
+        if self.nf_tables.is_none() {
+            self.nf_tables = Some(NfTables::open().map_err(nl_err("open nf_tables netlink"))?);
+        }
+        match self.nf_tables.as_mut() {
+            Some(n) => n
+                .chain_state(table, chain)
+                .map_err(nl_err(format!("look up nft chain {table} {chain}"))),
+            None => Err(CniError::internal("nf_tables netlink socket missing")),
+        }
+    }
+
+    fn sleep(&mut self, d: std::time::Duration) {
+        std::thread::sleep(d);
+    }
+}
+
+/// Deletes the pod's interface without making the runtime wait for it. The
+/// kernel's unregister of a veth holds the RTNL lock through RCU grace periods
+/// (15-50 ms here), far longer than everything else DEL does; so a detached
+/// child does the delete, by name in one request, while DEL returns. If the
+/// runtime removes the namespace first, the kernel removes the pair itself.
+fn delete_pod_link_detached(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let delete = || -> Result<(), CniError> {
+        let mut h = Handle::in_netns(ns).map_err(nl_err("open netlink in the pod"))?;
+        match h.delete_link_by_name(ifname) {
+            Err(e) if !e.is_not_found() => Err(nl_err(format!("delete {ifname}"))(e)),
+            _ => Ok(()),
+        }
+    };
+    // SAFETY: the plugin is single-threaded (no thread is alive here), so
+    // the child may run arbitrary code before it exits.
+    match unsafe { libc::fork() } {
+        0 => {
+            detach_stdio();
+            let rc = i32::from(delete().is_err());
+            // SAFETY: ends the child without running the parent's exit handlers.
+            unsafe { libc::_exit(rc) }
+        }
+        -1 => delete(),
+        _ => Ok(()),
+    }
+}
+
+/// Points stdin/stdout/stderr at /dev/null and leaves the session, so the
+/// runtime, which reads the plugin's stdout to EOF, does not wait for us.
+fn detach_stdio() {
+    // SAFETY: plain syscalls on fds this process owns.
+    unsafe {
+        libc::setsid();
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod fake;

@@ -1,0 +1,788 @@
+//! The validated model: what [`crate::evaluate`] and [`crate::compile`]
+//! both work from, so that they can only disagree in how they decide, never
+//! in what they read. Everything refused is listed in a [`Report`].
+
+use ipnet::IpNet;
+use kindnet_nft::L4Proto;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::cidr::Ranges;
+use crate::input::{self, Labels, Namespace, NetworkPolicy, Pod};
+use crate::selector::Selector;
+
+/// The label the API server puts on every namespace.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One node's view: which pods are local, which addresses are the node's
+/// own (traffic between a node and its pods is always allowed), and whether
+/// denied packets are logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    pub node_name: String,
+    pub node_ips: Vec<IpAddr>,
+    /// Adds a rate-limited `log` before each pod chain's drop.
+    pub log_denied: bool,
+}
+
+/// One refused object, rule or value, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// `pod x/a`, `policy x/p`, `namespace x`.
+    pub object: String,
+    /// What part was refused: `the policy`, `ingress rule 2`, `pod IP "…"`.
+    pub part: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} refused: {}", self.object, self.part, self.reason)
+    }
+}
+
+/// What validation refused. A refused rule allows nothing while its policy
+/// still isolates the pods it selects (fail closed); a policy whose
+/// selector or types cannot be read is refused whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub refused: Vec<Refusal>,
+}
+
+impl Report {
+    fn refuse(&mut self, object: String, part: impl Into<String>, reason: impl Into<String>) {
+        self.refused.push(Refusal {
+            object,
+            part: part.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// A port selector of a rule, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PortMatch {
+    /// Every port of the protocol.
+    All,
+    Range(u16, u16),
+    /// Resolved on the destination pod's container ports.
+    Named(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortSel {
+    pub proto: L4Proto,
+    pub port: PortMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PeerSel {
+    /// Pods matching `pods` in the namespaces matching `namespaces` (`None`:
+    /// the policy's own namespace).
+    Pods {
+        pods: Selector,
+        namespaces: Option<Selector>,
+    },
+    /// `cidr` minus `except`.
+    Block(Ranges),
+}
+
+/// A rule: the peers (empty = every peer) and ports (empty = every port
+/// and protocol).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RuleSel {
+    pub peers: Vec<PeerSel>,
+    pub ports: Vec<PortSel>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub selector: Selector,
+    /// `None`: the policy does not isolate this direction.
+    pub ingress: Option<Vec<RuleSel>>,
+    pub egress: Option<Vec<RuleSel>>,
+}
+
+impl Policy {
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    pub fn rules(&self, d: Direction) -> Option<&[RuleSel]> {
+        match d {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NamedPort {
+    pub name: String,
+    pub port: u16,
+    pub proto: L4Proto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub labels: Labels,
+    pub node: String,
+    pub host_network: bool,
+    /// At most one address per family.
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+}
+
+impl PodInfo {
+    pub fn ip(&self, v6: bool) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|a| a.is_ipv6() == v6)
+    }
+}
+
+/// Pods, namespaces, policies and node addresses, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    pub(crate) pods: BTreeMap<(String, String), PodInfo>,
+    pub(crate) ns_labels: BTreeMap<String, Labels>,
+    /// Sorted by namespace/name.
+    pub(crate) policies: Vec<Policy>,
+    pub(crate) nodes: BTreeMap<String, Vec<IpAddr>>,
+    /// The addresses of pods on the pod network (not hostNetwork).
+    pub(crate) by_ip: BTreeMap<IpAddr, (String, String)>,
+}
+
+impl Cluster {
+    /// Validates everything; what cannot be used is left out and listed in
+    /// the report. `nodes` gives each node's own addresses.
+    pub fn new(
+        pods: &[Pod],
+        namespaces: &[Namespace],
+        policies: &[NetworkPolicy],
+        nodes: &[NodeContext],
+    ) -> (Cluster, Report) {
+        let mut r = Report::default();
+        let mut c = Cluster::default();
+        for n in nodes {
+            c.nodes
+                .entry(n.node_name.clone())
+                .or_default()
+                .extend(n.node_ips.iter().copied());
+        }
+        for ns in namespaces {
+            if ns.name.is_empty() {
+                r.refuse("namespace".into(), "the namespace", "no name");
+                continue;
+            }
+            let mut labels = ns.labels.clone();
+            labels.insert(NAMESPACE_NAME_LABEL.into(), ns.name.clone());
+            c.ns_labels.insert(ns.name.clone(), labels);
+        }
+        for p in pods {
+            if let Some(info) = pod(p, &mut r) {
+                let key = (info.namespace.clone(), info.name.clone());
+                if c.pods.contains_key(&key) {
+                    r.refuse(
+                        format!("pod {}/{}", key.0, key.1),
+                        "the pod",
+                        "listed twice; the first is used",
+                    );
+                    continue;
+                }
+                c.pods.insert(key, info);
+            }
+        }
+        // an address belongs to one pod: the first by namespace/name
+        for (key, info) in c.pods.iter_mut() {
+            if info.host_network {
+                continue;
+            }
+            let mut kept = Vec::new();
+            for ip in &info.ips {
+                match c.by_ip.get(ip) {
+                    Some(owner) => r.refuse(
+                        format!("pod {}/{}", key.0, key.1),
+                        format!("pod IP {ip}"),
+                        format!("already the address of pod {}/{}", owner.0, owner.1),
+                    ),
+                    None => {
+                        c.by_ip.insert(*ip, key.clone());
+                        kept.push(*ip);
+                    }
+                }
+            }
+            info.ips = kept;
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in policies {
+            if let Some(pol) = policy(p, &mut r) {
+                if !seen.insert(pol.id()) {
+                    r.refuse(
+                        format!("policy {}", pol.id()),
+                        "the policy",
+                        "listed twice; the first is used",
+                    );
+                    continue;
+                }
+                c.policies.push(pol);
+            }
+        }
+        c.policies
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        (c, r)
+    }
+
+    /// The labels of a namespace; one the cluster does not list has only
+    /// its name label (as the API server would give it).
+    pub(crate) fn namespace_labels(&self, ns: &str) -> Labels {
+        self.ns_labels
+            .get(ns)
+            .cloned()
+            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    }
+
+    pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods.get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// The pod on the pod network that owns this address.
+    pub(crate) fn pod_by_ip(&self, ip: IpAddr) -> Option<&PodInfo> {
+        self.by_ip.get(&ip).and_then(|k| self.pods.get(k))
+    }
+
+    /// Pods on the pod network (not hostNetwork), in name order.
+    pub(crate) fn network_pods(&self) -> impl Iterator<Item = &PodInfo> {
+        self.pods.values().filter(|p| !p.host_network)
+    }
+
+    /// The address of a pod of one family, if it has one.
+    pub fn pod_ip(&self, namespace: &str, name: &str, v6: bool) -> Option<IpAddr> {
+        self.pod(namespace, name).and_then(|p| p.ip(v6))
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether some policy selects the pod for this direction.
+    pub fn is_isolated(&self, namespace: &str, name: &str, d: Direction) -> bool {
+        self.pod(namespace, name)
+            .is_some_and(|p| self.policies_for(p, d).next().is_some())
+    }
+
+    /// The policies selecting `p` for direction `d` (none for hostNetwork
+    /// pods: they are the node).
+    pub(crate) fn policies_for<'a>(
+        &'a self,
+        p: &'a PodInfo,
+        d: Direction,
+    ) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.iter().filter(move |pol| {
+            !p.host_network
+                && pol.namespace == p.namespace
+                && pol.rules(d).is_some()
+                && pol.selector.matches(&p.labels)
+        })
+    }
+
+    /// Whether a peer selector matches pod `q` (for a policy in `ns`).
+    pub(crate) fn peer_matches_pod(&self, ns: &str, sel: &PeerSel, q: &PodInfo) -> bool {
+        match sel {
+            PeerSel::Pods { pods, namespaces } => {
+                let ns_ok = match namespaces {
+                    None => q.namespace == ns,
+                    Some(s) => s.matches(&self.namespace_labels(&q.namespace)),
+                };
+                !q.host_network && ns_ok && pods.matches(&q.labels)
+            }
+            PeerSel::Block(_) => false,
+        }
+    }
+}
+
+fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
+    let id = format!("pod {}/{}", p.namespace, p.name);
+    if p.namespace.is_empty() || p.name.is_empty() {
+        r.refuse(id, "the pod", "no namespace or name");
+        return None;
+    }
+    // finished pods are off the network; their address may be reused
+    if p.phase == "Succeeded" || p.phase == "Failed" {
+        return None;
+    }
+    let mut ips: Vec<IpAddr> = Vec::new();
+    for s in &p.pod_ips {
+        match s.parse::<IpAddr>() {
+            Ok(ip) if ips.iter().any(|x| x.is_ipv6() == ip.is_ipv6()) => r.refuse(
+                id.clone(),
+                format!("pod IP {s:?}"),
+                "a second address of the same family",
+            ),
+            Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
+                r.refuse(id.clone(), format!("pod IP {s:?}"), "not a unicast address")
+            }
+            Ok(ip) => ips.push(ip),
+            Err(_) => r.refuse(id.clone(), format!("pod IP {s:?}"), "not an IP address"),
+        }
+    }
+    let mut ports = Vec::new();
+    for cp in &p.ports {
+        let part = || format!("container port {:?} {}", cp.name, cp.port);
+        let Some(port) = u16::try_from(cp.port).ok().filter(|&n| n > 0) else {
+            r.refuse(id.clone(), part(), "port out of range 1-65535");
+            continue;
+        };
+        let Some(proto) = protocol(cp.protocol.as_deref()) else {
+            r.refuse(id.clone(), part(), "unknown protocol (TCP, UDP, SCTP)");
+            continue;
+        };
+        if !cp.name.is_empty() {
+            ports.push(NamedPort {
+                name: cp.name.clone(),
+                port,
+                proto,
+            });
+        }
+    }
+    Some(PodInfo {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        labels: p.labels.clone(),
+        node: p.node_name.clone(),
+        host_network: p.host_network,
+        ips,
+        ports,
+    })
+}
+
+fn protocol(s: Option<&str>) -> Option<L4Proto> {
+    match s {
+        None => Some(L4Proto::Tcp),
+        Some(s) => L4Proto::parse(s),
+    }
+}
+
+fn policy(p: &NetworkPolicy, r: &mut Report) -> Option<Policy> {
+    let id = format!("policy {}/{}", p.namespace, p.name);
+    if p.namespace.is_empty() || p.name.is_empty() {
+        r.refuse(id, "the policy", "no namespace or name");
+        return None;
+    }
+    let selector = match Selector::parse(&p.spec.pod_selector) {
+        Ok(s) => s,
+        Err(e) => {
+            r.refuse(id, "the policy", format!("podSelector: {e}"));
+            return None;
+        }
+    };
+    // the API server's defaulting: Ingress always, Egress when there are
+    // egress rules
+    let (mut ing, mut eg) = (false, false);
+    if p.spec.policy_types.is_empty() {
+        ing = true;
+        eg = !p.spec.egress.is_empty();
+    }
+    for t in &p.spec.policy_types {
+        match t.as_str() {
+            "Ingress" => ing = true,
+            "Egress" => eg = true,
+            other => {
+                r.refuse(
+                    id,
+                    "the policy",
+                    format!("unknown policyType {other:?} (Ingress, Egress)"),
+                );
+                return None;
+            }
+        }
+    }
+    let rules = |raw: &[input::Rule], d: Direction, r: &mut Report| -> Vec<RuleSel> {
+        let mut out = Vec::new();
+        for (i, rule) in raw.iter().enumerate() {
+            match rule_sel(rule) {
+                Ok(s) => out.push(s),
+                Err(e) => r.refuse(id.clone(), format!("{d} rule {i}"), e),
+            }
+        }
+        out
+    };
+    let ingress = ing.then(|| rules(&p.spec.ingress, Direction::Ingress, r));
+    let egress = eg.then(|| rules(&p.spec.egress, Direction::Egress, r));
+    Some(Policy {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        selector,
+        ingress,
+        egress,
+    })
+}
+
+/// A rule is refused whole when any peer or port is invalid: dropping only
+/// the bad part could widen it (a rule whose only peer is dropped would
+/// match every peer).
+fn rule_sel(rule: &input::Rule) -> Result<RuleSel, String> {
+    let mut peers = Vec::new();
+    for (i, p) in rule.peers.iter().enumerate() {
+        peers.push(peer_sel(p).map_err(|e| format!("peer {i}: {e}"))?);
+    }
+    let mut ports = Vec::new();
+    for (i, p) in rule.ports.iter().enumerate() {
+        ports.push(port_sel(p).map_err(|e| format!("port {i}: {e}"))?);
+    }
+    Ok(RuleSel { peers, ports })
+}
+
+fn peer_sel(p: &input::Peer) -> Result<PeerSel, String> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(b), None, None) => ip_block(b).map(PeerSel::Block),
+        (Some(_), _, _) => Err("ipBlock cannot be combined with selectors".into()),
+        (None, None, None) => Err("needs podSelector, namespaceSelector or ipBlock".into()),
+        (None, pods, nss) => Ok(PeerSel::Pods {
+            pods: match pods {
+                Some(s) => Selector::parse(s).map_err(|e| format!("podSelector: {e}"))?,
+                None => Selector::everything(),
+            },
+            namespaces: match nss {
+                Some(s) => Some(Selector::parse(s).map_err(|e| format!("namespaceSelector: {e}"))?),
+                None => None,
+            },
+        }),
+    }
+}
+
+fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
+    let cidr: IpNet = b
+        .cidr
+        .parse()
+        .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", b.cidr))?;
+    let mut ranges = Ranges::of_net(&cidr);
+    for e in &b.except {
+        let ex: IpNet = e
+            .parse()
+            .map_err(|_| format!("ipBlock except {e:?} is not a CIDR"))?;
+        // the API requires a strict subset of cidr
+        if ex.prefix_len() <= cidr.prefix_len() || !cidr.trunc().contains(&ex.trunc()) {
+            return Err(format!(
+                "ipBlock except {e:?} is not inside cidr {:?}",
+                b.cidr
+            ));
+        }
+        ranges.subtract(&ex);
+    }
+    Ok(ranges)
+}
+
+fn port_sel(p: &input::PolicyPort) -> Result<PortSel, String> {
+    let proto = protocol(p.protocol.as_deref()).ok_or_else(|| {
+        format!(
+            "unknown protocol {:?} (TCP, UDP, SCTP)",
+            p.protocol.as_deref().unwrap_or("")
+        )
+    })?;
+    let in_range = |n: i64, what: &str| {
+        u16::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("{what} {n} out of range 1-65535"))
+    };
+    let port = match (&p.port, p.end_port) {
+        (None, None) => PortMatch::All,
+        (None, Some(_)) => return Err("endPort needs a port".into()),
+        (Some(input::PortValue::Number(n)), end) => {
+            let lo = in_range(*n, "port")?;
+            let hi = match end {
+                Some(e) => in_range(e, "endPort")?,
+                None => lo,
+            };
+            if hi < lo {
+                return Err(format!("endPort {hi} is below port {lo}"));
+            }
+            PortMatch::Range(lo, hi)
+        }
+        (Some(input::PortValue::Name(_)), Some(_)) => {
+            return Err("endPort needs a numeric port".into());
+        }
+        (Some(input::PortValue::Name(n)), None) => {
+            if !is_port_name(n) {
+                return Err(format!(
+                    "port name {n:?}: 1-15 of a-z, 0-9 and '-', with a letter, no '--', no '-' at either end"
+                ));
+            }
+            PortMatch::Named(n.clone())
+        }
+    };
+    Ok(PortSel { proto, port })
+}
+
+/// IANA_SVC_NAME, as the API validates named ports.
+fn is_port_name(n: &str) -> bool {
+    (1..=15).contains(&n.len())
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes().any(|b| b.is_ascii_lowercase())
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && !n.contains("--")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn policy_json(spec: serde_json::Value) -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "p"}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn one(spec: serde_json::Value) -> (Option<Policy>, Report) {
+        let (c, r) = Cluster::new(&[], &[], &[policy_json(spec)], &[]);
+        (c.policies.into_iter().next(), r)
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_server_does() {
+        let types = |spec| {
+            let (p, r) = one(spec);
+            assert!(r.refused.is_empty(), "{r:?}");
+            let p = p.unwrap();
+            (p.ingress.is_some(), p.egress.is_some())
+        };
+        assert_eq!(types(json!({"podSelector": {}})), (true, false));
+        assert_eq!(
+            types(json!({"podSelector": {}, "egress": []})),
+            (true, false)
+        );
+        assert_eq!(
+            types(json!({"podSelector": {}, "egress": [{}]})),
+            (true, true)
+        );
+        assert_eq!(
+            types(json!({"podSelector": {}, "policyTypes": ["Egress"]})),
+            (false, true)
+        );
+        assert_eq!(
+            types(json!({"podSelector": {}, "policyTypes": ["Ingress"], "egress": [{}]})),
+            (true, false),
+            "listed types win over the rules present"
+        );
+        assert_eq!(
+            types(json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})),
+            (true, true)
+        );
+    }
+
+    #[test]
+    fn empty_rule_list_denies_and_empty_rule_allows() {
+        let (p, _) = one(json!({"podSelector": {}, "ingress": []}));
+        assert_eq!(p.unwrap().ingress, Some(vec![]));
+        let (p, _) = one(json!({"podSelector": {}, "ingress": [{"from": [], "ports": null}]}));
+        assert_eq!(
+            p.unwrap().ingress,
+            Some(vec![RuleSel {
+                peers: vec![],
+                ports: vec![]
+            }])
+        );
+    }
+
+    #[test]
+    fn ports_are_validated_and_resolved() {
+        let (p, r) = one(json!({"podSelector": {}, "ingress": [{"ports": [
+            {"port": 80}, {"protocol": "UDP", "port": 1000, "endPort": 2000},
+            {"protocol": "SCTP"}, {"port": "serve-80-tcp"}]}]}));
+        assert!(r.refused.is_empty(), "{r:?}");
+        let ports = &p.unwrap().ingress.unwrap()[0].ports;
+        assert_eq!(
+            ports[0],
+            PortSel {
+                proto: L4Proto::Tcp,
+                port: PortMatch::Range(80, 80)
+            }
+        );
+        assert_eq!(
+            ports[1],
+            PortSel {
+                proto: L4Proto::Udp,
+                port: PortMatch::Range(1000, 2000)
+            }
+        );
+        assert_eq!(
+            ports[2],
+            PortSel {
+                proto: L4Proto::Sctp,
+                port: PortMatch::All
+            }
+        );
+        assert_eq!(ports[3].port, PortMatch::Named("serve-80-tcp".into()));
+    }
+
+    #[test]
+    fn bad_rules_are_refused_with_reasons_and_the_policy_still_isolates() {
+        for (port, why) in [
+            (json!({"port": 0}), "out of range"),
+            (json!({"port": 65536}), "out of range"),
+            (json!({"port": 80, "endPort": 70}), "below port"),
+            (json!({"port": 80, "endPort": 70000}), "out of range"),
+            (json!({"endPort": 80}), "needs a port"),
+            (json!({"port": "http", "endPort": 90}), "numeric port"),
+            (json!({"port": "80"}), "port name"),
+            (json!({"port": "Http"}), "port name"),
+            (json!({"port": "a--b"}), "port name"),
+            (json!({"port": "averyveryverylongname"}), "port name"),
+            (json!({"protocol": "ICMP", "port": 1}), "unknown protocol"),
+        ] {
+            let (p, r) = one(json!({"podSelector": {}, "ingress": [{"ports": [port]}, {}]}));
+            assert_eq!(r.refused.len(), 1, "{port}: {r:?}");
+            assert!(
+                r.refused[0].reason.contains(why),
+                "{port}: {}",
+                r.refused[0]
+            );
+            assert_eq!(r.refused[0].part, "ingress rule 0");
+            // the good rule stays; the pod stays isolated
+            assert_eq!(p.unwrap().ingress.unwrap().len(), 1);
+        }
+        for (peer, why) in [
+            (json!({"ipBlock": {"cidr": "10.0.0.0/33"}}), "not a CIDR"),
+            (json!({"ipBlock": {"cidr": "10.0.0.1"}}), "not a CIDR"),
+            (
+                json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}),
+                "not inside",
+            ),
+            (
+                json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.0.0/8"]}}),
+                "not inside",
+            ),
+            (
+                json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["fd00::/64"]}}),
+                "not inside",
+            ),
+            (
+                json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["x"]}}),
+                "not a CIDR",
+            ),
+            (
+                json!({"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}),
+                "combined",
+            ),
+            (json!({}), "needs"),
+            (
+                json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}),
+                "needs values",
+            ),
+        ] {
+            let (p, r) =
+                one(json!({"podSelector": {}, "egress": [{"to": [{"podSelector": {}}, peer]}]}));
+            assert_eq!(r.refused.len(), 1, "{peer}: {r:?}");
+            assert!(
+                r.refused[0].reason.contains(why),
+                "{peer}: {}",
+                r.refused[0]
+            );
+            assert_eq!(
+                p.unwrap().egress,
+                Some(vec![]),
+                "refused rule allows nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_policies_and_pods_are_refused_whole_or_in_part() {
+        let (p, r) =
+            one(json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Lt"}]}}));
+        assert!(p.is_none());
+        assert!(r.refused[0].reason.contains("unknown operator"), "{r:?}");
+        let (p, r) = one(json!({"podSelector": {}, "policyTypes": ["Sideways"]}));
+        assert!(p.is_none());
+        assert!(r.refused[0].reason.contains("policyType"), "{r:?}");
+
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "a"},
+            "spec": {"containers": [{"ports": [
+                {"name": "ok", "containerPort": 80},
+                {"name": "big", "containerPort": 70000},
+                {"name": "icmp", "containerPort": 1, "protocol": "ICMP"}]}]},
+            "status": {"podIPs": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}, {"ip": "nope"}, {"ip": "fd00::1"}]}
+        }))
+        .unwrap();
+        let twin = Pod {
+            name: "b".into(),
+            ..pod.clone()
+        };
+        let (c, r) = Cluster::new(&[pod.clone(), twin, pod], &[], &[], &[]);
+        let a = c.pod("x", "a").unwrap();
+        assert_eq!(
+            a.ips,
+            [
+                "10.0.0.1".parse::<IpAddr>().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(a.ports.len(), 1);
+        assert!(
+            c.pod("x", "b").unwrap().ips.is_empty(),
+            "addresses taken by x/a"
+        );
+        let reasons: Vec<String> = r.refused.iter().map(|f| f.to_string()).collect();
+        for want in [
+            "second address",
+            "not an IP",
+            "out of range",
+            "unknown protocol",
+            "listed twice",
+            "already the address",
+        ] {
+            assert!(
+                reasons.iter().any(|s| s.contains(want)),
+                "{want}: {reasons:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_carry_their_name_label() {
+        let ns = Namespace {
+            name: "x".into(),
+            labels: Labels::from([("ns".into(), "x".into())]),
+        };
+        let (c, _) = Cluster::new(&[], &[ns], &[], &[]);
+        assert_eq!(
+            c.namespace_labels("x")
+                .get(NAMESPACE_NAME_LABEL)
+                .map(String::as_str),
+            Some("x")
+        );
+        assert_eq!(
+            c.namespace_labels("x").get("ns").map(String::as_str),
+            Some("x")
+        );
+        assert_eq!(c.namespace_labels("unknown").len(), 1);
+    }
+}

@@ -1,0 +1,799 @@
+//! The compiler: a [`Cluster`] and a node's context in, one atomic
+//! replacement of table `inet kindnet-netpol` out (see the crate docs for
+//! the layout).
+
+use kindnet_nft::{
+    BaseChain, Batch, ChainDef, ChainType, Cmd, Comment, Elem, Expr, Family, Hook, KeyType,
+    L4Proto, Lhs, LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef,
+    Value,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::cidr::Ranges;
+use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
+
+pub const TABLE: &str = "kindnet-netpol";
+/// The base chain (hook forward, priority filter).
+pub const FORWARD_CHAIN: &str = "forward";
+/// The chain holding the ingress dispatch, reached after egress allowed.
+pub const INGRESS_CHAIN: &str = "ingress";
+/// Named counters of packets dropped per direction (for metrics).
+pub const DENIED_INGRESS_COUNTER: &str = "denied-ingress";
+pub const DENIED_EGRESS_COUNTER: &str = "denied-egress";
+
+/// Log lines of denied packets, per pod chain.
+const LOG_RATE_PER_SECOND: u32 = 10;
+const LOG_BURST: u32 = 20;
+
+/// `inet kindnet-netpol`.
+pub fn table() -> TableRef {
+    TableRef {
+        family: Family::Inet,
+        name: Name::fixed(TABLE),
+    }
+}
+
+/// The dispatch map of a direction and family: `ingress4`, `egress6`…
+pub fn dispatch_map(d: Direction, v6: bool) -> Name {
+    Name::fixed(&format!("{}{}", d.as_str(), if v6 { 6 } else { 4 }))
+}
+
+fn node_set(v6: bool) -> Name {
+    Name::fixed(if v6 { "node-ips6" } else { "node-ips4" })
+}
+
+fn hex16(bytes: &[u8]) -> String {
+    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// 16 hex digits of SHA-256 of `namespace/name`: the pod's part of its
+/// chain names, stable across restarts and nodes.
+pub fn pod_hash(namespace: &str, name: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(namespace.as_bytes());
+    h.update(b"/");
+    h.update(name.as_bytes());
+    hex16(&h.finalize())
+}
+
+/// The pod's chain for a direction: `ing-<16hex>` / `egr-<16hex>`.
+/// kindnetd creates both for every local pod it knows, before the pod's
+/// sandbox exists, so the CNI plugin can point the dispatch maps at them.
+pub fn pod_chain(namespace: &str, pod: &str, d: Direction) -> Name {
+    let tag = match d {
+        Direction::Ingress => "ing",
+        Direction::Egress => "egr",
+    };
+    Name::fixed(&format!("{tag}-{}", pod_hash(namespace, pod)))
+}
+
+fn dispatch_elems(namespace: &str, pod: &str, d: Direction, ips: &[IpAddr], v6: bool) -> Vec<Elem> {
+    let chain = pod_chain(namespace, pod, d);
+    ips.iter()
+        .filter(|a| a.is_ipv6() == v6)
+        .map(|a| Elem {
+            key: Value::Addr(*a),
+            data: Some(Value::Goto(chain.clone())),
+            comment: None,
+        })
+        .collect()
+}
+
+/// What the CNI plugin adds at ADD time: the pod's addresses in all four
+/// dispatch maps, pointing at the pod's chains (which kindnetd made from
+/// the Pod object: isolating ones when policies select the pod, pass-through
+/// ones otherwise). Fails as one transaction, changing nothing, when the
+/// table or the chains do not exist yet, or when an address is still mapped
+/// to another pod's chain (delete those elements first).
+pub fn pod_dispatch_elements(namespace: &str, pod: &str, ips: &[IpAddr]) -> Batch {
+    let t = table();
+    let mut b = Batch::new();
+    for d in [Direction::Ingress, Direction::Egress] {
+        for v6 in [false, true] {
+            b.add_elements(
+                &t,
+                &dispatch_map(d, v6),
+                dispatch_elems(namespace, pod, d, ips, v6),
+            );
+        }
+    }
+    b
+}
+
+/// Sizes of a compiled ruleset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Valid policies in the cluster.
+    pub policies: usize,
+    /// Local pods isolated in at least one direction.
+    pub selected_pods: usize,
+    /// Local pods with chains (every local pod on the pod network).
+    pub local_pods: usize,
+    pub chains: usize,
+    pub rules: usize,
+    /// Sets and maps.
+    pub sets: usize,
+    pub elements: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    pub batch: Batch,
+    pub stats: Stats,
+}
+
+/// One allowing rule of a pod chain, as the lookups it makes. Ordered, so
+/// chains come out the same for the same input.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Allow {
+    /// Everything.
+    All,
+    /// The peer address (saddr for ingress, daddr for egress) is in a set.
+    Peers {
+        v6: bool,
+        peers: Name,
+    },
+    /// `meta l4proto . th dport` is in a set (every peer).
+    Ports {
+        ports: Name,
+    },
+    Both {
+        v6: bool,
+        peers: Name,
+        ports: Name,
+    },
+    /// Egress to named ports, resolved per destination pod:
+    /// `ip daddr . meta l4proto . th dport`.
+    DstPorts {
+        v6: bool,
+        set: Name,
+    },
+}
+
+struct Builder<'a> {
+    c: &'a Cluster,
+    sets: BTreeMap<Name, SetDef>,
+    /// The allows of rules that do not depend on the subject pod, by the
+    /// rule's address (the cluster is borrowed for the whole compile), so
+    /// a policy selecting many pods computes its peers once.
+    shared: HashMap<(usize, Direction), Vec<Allow>>,
+    /// A rule's peer addresses and their set names, by the rule's address.
+    peers: HashMap<usize, Peers>,
+}
+
+/// The addresses a rule's peers stand for, per family, with the names of
+/// their sets (`None`: the family has no peer address).
+type Peers = Option<[(Ranges, Option<Name>); 2]>;
+
+impl Builder<'_> {
+    /// A set named by its content, so equal sets are made once and shared
+    /// by every chain that needs them.
+    fn set(
+        &mut self,
+        prefix: &str,
+        key: Vec<KeyType>,
+        interval: bool,
+        mut elems: Vec<Value>,
+    ) -> Name {
+        elems.sort();
+        elems.dedup();
+        let mut h = Sha256::new();
+        h.update(prefix.as_bytes());
+        for e in &elems {
+            h.update(e.to_json().to_string().as_bytes());
+            h.update(b"\n");
+        }
+        let n = Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())));
+        self.sets.entry(n.clone()).or_insert_with(|| {
+            let s = SetDef::set(n.clone(), key)
+                .with_elements(elems.into_iter().map(Elem::key).collect());
+            if interval { s.interval() } else { s }
+        });
+        n
+    }
+
+    fn peer_set(&mut self, r: &Ranges) -> Name {
+        let elems = r.to_nets().into_iter().map(Value::net).collect();
+        let prefix = if r.v6 { "peers6" } else { "peers4" };
+        self.set(prefix, vec![KeyType::addr(r.v6)], true, elems)
+    }
+
+    /// The addresses a rule's peers stand for, per family.
+    fn peer_ranges(&self, ns: &str, r: &RuleSel) -> [Ranges; 2] {
+        let mut out = [Ranges::empty(false), Ranges::empty(true)];
+        for sel in &r.peers {
+            match sel {
+                PeerSel::Block(b) => out[b.v6 as usize].add(b),
+                PeerSel::Pods { .. } => {
+                    for q in self.c.network_pods() {
+                        if self.c.peer_matches_pod(ns, sel, q) {
+                            for ip in &q.ips {
+                                out[ip.is_ipv6() as usize].add_addr(*ip);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn allows(&mut self, ns: &str, r: &RuleSel, d: Direction, subject: &PodInfo) -> Vec<Allow> {
+        // only ingress named ports are resolved on the subject
+        let per_subject = d == Direction::Ingress
+            && r.ports
+                .iter()
+                .any(|p| matches!(p.port, PortMatch::Named(_)));
+        if per_subject {
+            return self.compute_allows(ns, r, d, subject);
+        }
+        let key = (std::ptr::from_ref(r) as usize, d);
+        if let Some(a) = self.shared.get(&key) {
+            return a.clone();
+        }
+        let a = self.compute_allows(ns, r, d, subject);
+        self.shared.insert(key, a.clone());
+        a
+    }
+
+    fn compute_allows(
+        &mut self,
+        ns: &str,
+        r: &RuleSel,
+        d: Direction,
+        subject: &PodInfo,
+    ) -> Vec<Allow> {
+        let key = std::ptr::from_ref(r) as usize;
+        let peers: Peers = match self.peers.get(&key) {
+            Some(p) => p.clone(),
+            None => {
+                let p = (!r.peers.is_empty()).then(|| {
+                    self.peer_ranges(ns, r).map(|r| {
+                        let n = (!r.is_empty()).then(|| self.peer_set(&r));
+                        (r, n)
+                    })
+                });
+                self.peers.insert(key, p.clone());
+                p
+            }
+        };
+        if r.ports.is_empty() {
+            return match peers {
+                None => vec![Allow::All],
+                Some(p) => p
+                    .iter()
+                    .filter_map(|(r, n)| n.clone().map(|peers| Allow::Peers { v6: r.v6, peers }))
+                    .collect(),
+            };
+        }
+        // numeric ports (and, for ingress, named ports of the subject)
+        let mut numeric: BTreeMap<L4Proto, Vec<(u16, u16)>> = BTreeMap::new();
+        let mut named: Vec<(L4Proto, &str)> = Vec::new();
+        for ps in &r.ports {
+            match &ps.port {
+                PortMatch::All => numeric.entry(ps.proto).or_default().push((0, u16::MAX)),
+                PortMatch::Range(lo, hi) => numeric.entry(ps.proto).or_default().push((*lo, *hi)),
+                PortMatch::Named(n) if d == Direction::Ingress => {
+                    for cp in &subject.ports {
+                        if &cp.name == n && cp.proto == ps.proto {
+                            numeric
+                                .entry(ps.proto)
+                                .or_default()
+                                .push((cp.port, cp.port));
+                        }
+                    }
+                }
+                PortMatch::Named(n) => named.push((ps.proto, n)),
+            }
+        }
+        let mut out = Vec::new();
+        if !numeric.is_empty() {
+            let mut elems = Vec::new();
+            for (proto, ranges) in numeric {
+                for (lo, hi) in merge_ports(ranges) {
+                    let port = if lo == hi {
+                        Value::Port(lo)
+                    } else {
+                        Value::PortRange(lo, hi)
+                    };
+                    elems.push(Value::Concat(vec![Value::Proto(proto), port]));
+                }
+            }
+            let ports = self.set(
+                "ports",
+                vec![KeyType::InetProto, KeyType::InetService],
+                true,
+                elems,
+            );
+            match &peers {
+                None => out.push(Allow::Ports { ports }),
+                Some(p) => {
+                    for (r, n) in p {
+                        if let Some(peers) = n {
+                            out.push(Allow::Both {
+                                v6: r.v6,
+                                peers: peers.clone(),
+                                ports: ports.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if !named.is_empty() {
+            for v6 in [false, true] {
+                let mut elems = Vec::new();
+                for q in self.c.network_pods() {
+                    let Some(ip) = q.ip(v6) else { continue };
+                    if peers
+                        .as_ref()
+                        .is_some_and(|p| !p[v6 as usize].0.contains(ip))
+                    {
+                        continue;
+                    }
+                    for (proto, n) in &named {
+                        for cp in &q.ports {
+                            if &cp.name == n && cp.proto == *proto {
+                                elems.push(Value::Concat(vec![
+                                    Value::Addr(ip),
+                                    Value::Proto(*proto),
+                                    Value::Port(cp.port),
+                                ]));
+                            }
+                        }
+                    }
+                }
+                if !elems.is_empty() {
+                    let prefix = if v6 { "dports6" } else { "dports4" };
+                    let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
+                    let set = self.set(prefix, key, false, elems);
+                    out.push(Allow::DstPorts { v6, set });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Sorted, overlapping and adjacent ranges merged (interval sets refuse
+/// overlaps).
+fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+    r.sort_unstable();
+    let mut out: Vec<(u16, u16)> = Vec::new();
+    for (lo, hi) in r {
+        match out.last_mut() {
+            Some(last) if lo as u32 <= last.1 as u32 + 1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
+    let peer = |v6: bool| match d {
+        Direction::Ingress => Lhs::Saddr { v6 },
+        Direction::Egress => Lhs::Daddr { v6 },
+    };
+    let proto_port = || Lhs::Concat(vec![Lhs::L4Proto, Lhs::ThDport]);
+    let set = |n: &Name| Rhs::Set(n.clone());
+    match a {
+        Allow::All => vec![],
+        Allow::Peers { v6, peers } => vec![Expr::eq(peer(*v6), set(peers))],
+        Allow::Ports { ports } => vec![Expr::eq(proto_port(), set(ports))],
+        Allow::Both { v6, peers, ports } => vec![
+            Expr::eq(peer(*v6), set(peers)),
+            Expr::eq(proto_port(), set(ports)),
+        ],
+        Allow::DstPorts { v6, set: s } => vec![Expr::eq(
+            Lhs::Concat(vec![Lhs::Daddr { v6: *v6 }, Lhs::L4Proto, Lhs::ThDport]),
+            set(s),
+        )],
+    }
+}
+
+/// Compiles the cluster for one node: the whole table, replaced in one
+/// transaction. The same input gives the same batch.
+pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
+    let t = table();
+    let ingress = Name::fixed(INGRESS_CHAIN);
+    let forward = Name::fixed(FORWARD_CHAIN);
+    let mut b = Builder {
+        c,
+        sets: BTreeMap::new(),
+        shared: HashMap::new(),
+        peers: HashMap::new(),
+    };
+    let mut stats = Stats {
+        policies: c.policies.len(),
+        ..Stats::default()
+    };
+    let mut chains: Vec<ChainDef> = Vec::new();
+    let mut rules: Vec<RuleDef> = Vec::new();
+    let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
+
+    for p in c.network_pods().filter(|p| p.node == ctx.node_name) {
+        stats.local_pods += 1;
+        let mut selected = false;
+        for d in [Direction::Ingress, Direction::Egress] {
+            let chain = pod_chain(&p.namespace, &p.name, d);
+            chains.push(ChainDef {
+                name: chain.clone(),
+                base: None,
+            });
+            let verdict = match d {
+                Direction::Ingress => Expr::Accept,
+                Direction::Egress => Expr::Goto(ingress.clone()),
+            };
+            let policies: Vec<_> = c.policies_for(p, d).collect();
+            if policies.is_empty() {
+                // pass-through: the pod is not isolated this way, but the
+                // chain must exist for the CNI's dispatch elements
+                rules.push(RuleDef::new(&chain, vec![verdict]));
+                continue;
+            }
+            selected = true;
+            for v6 in [false, true] {
+                maps.entry((d, v6)).or_default().extend(dispatch_elems(
+                    &p.namespace,
+                    &p.name,
+                    d,
+                    &p.ips,
+                    v6,
+                ));
+            }
+            let mut allows = BTreeSet::new();
+            for pol in policies {
+                for r in pol.rules(d).unwrap_or_default() {
+                    allows.extend(b.allows(&pol.namespace, r, d, p));
+                }
+            }
+            if allows.contains(&Allow::All) {
+                rules.push(RuleDef::new(&chain, vec![verdict]));
+                continue;
+            }
+            for a in &allows {
+                let mut e = allow_exprs(a, d);
+                e.push(verdict.clone());
+                rules.push(RuleDef::new(&chain, e));
+            }
+            if ctx.log_denied {
+                let prefix = LogPrefix::new(format!(
+                    "kindnet-netpol {d} drop {}/{}: ",
+                    p.namespace, p.name
+                ))
+                .unwrap_or_else(|_| {
+                    LogPrefix::new(format!("kindnet-netpol {d} drop {chain}: "))
+                        .unwrap_or_else(|e| unreachable!("{e}"))
+                });
+                rules.push(RuleDef::new(
+                    &chain,
+                    vec![
+                        Expr::Limit {
+                            rate: LOG_RATE_PER_SECOND,
+                            per: LimitPer::Second,
+                            burst: LOG_BURST,
+                        },
+                        Expr::Log(prefix),
+                    ],
+                ));
+            }
+            let counter = Name::fixed(match d {
+                Direction::Ingress => DENIED_INGRESS_COUNTER,
+                Direction::Egress => DENIED_EGRESS_COUNTER,
+            });
+            let mut drop = RuleDef::new(
+                &chain,
+                vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
+            );
+            // names the pod in listings (names are untrusted: only when valid)
+            if let Ok(cm) = Comment::new(format!("{}/{}", p.namespace, p.name)) {
+                drop = drop.comment(cm);
+            }
+            rules.push(drop);
+        }
+        if selected {
+            stats.selected_pods += 1;
+        }
+    }
+
+    let mut batch = Batch::new();
+    // add + delete + add: replaces the table (or makes it) in one transaction
+    batch.remove_table(&t).add_table(&t);
+    for c in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
+        batch.add_counter(&t, &Name::fixed(c));
+    }
+    batch.add_chain(
+        &t,
+        ChainDef {
+            name: forward.clone(),
+            base: Some(BaseChain {
+                ty: ChainType::Filter,
+                hook: Hook::Forward,
+                prio: 0,
+                policy: Policy::Accept,
+            }),
+        },
+    );
+    batch.add_chain(
+        &t,
+        ChainDef {
+            name: ingress.clone(),
+            base: None,
+        },
+    );
+    stats.chains = 2 + chains.len();
+    for ch in chains {
+        batch.add_chain(&t, ch);
+    }
+    for v6 in [false, true] {
+        let mut ips: Vec<IpAddr> = ctx
+            .node_ips
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv6() == v6)
+            .collect();
+        ips.sort();
+        ips.dedup();
+        let s = SetDef::set(node_set(v6), vec![KeyType::addr(v6)])
+            .with_elements(ips.into_iter().map(|a| Elem::key(Value::Addr(a))).collect());
+        b.sets.insert(s.name.clone(), s);
+    }
+    for d in [Direction::Ingress, Direction::Egress] {
+        for v6 in [false, true] {
+            let elems = maps.remove(&(d, v6)).unwrap_or_default();
+            let m = SetDef::map(
+                dispatch_map(d, v6),
+                vec![KeyType::addr(v6)],
+                MapData::Verdict,
+            )
+            .with_elements(elems);
+            b.sets.insert(m.name.clone(), m);
+        }
+    }
+    stats.sets = b.sets.len();
+    for s in b.sets.into_values() {
+        stats.elements += s.elements.len();
+        batch.add_set(&t, s);
+    }
+
+    let mut base = vec![
+        vec![
+            Expr::Match {
+                left: Lhs::CtState,
+                op: Op::In,
+                right: Rhs::Keywords(&["established", "related"]),
+            },
+            Expr::Accept,
+        ],
+        vec![
+            Expr::Match {
+                left: Lhs::CtState,
+                op: Op::In,
+                right: Rhs::Keyword("invalid"),
+            },
+            Expr::Drop,
+        ],
+    ];
+    for v6 in [false, true] {
+        for lhs in [Lhs::Saddr { v6 }, Lhs::Daddr { v6 }] {
+            base.push(vec![Expr::eq(lhs, Rhs::Set(node_set(v6))), Expr::Accept]);
+        }
+    }
+    for v6 in [false, true] {
+        base.push(vec![Expr::VerdictMap {
+            key: Lhs::Saddr { v6 },
+            map: dispatch_map(Direction::Egress, v6),
+        }]);
+    }
+    base.push(vec![Expr::Goto(ingress.clone())]);
+    let mut all: Vec<RuleDef> = base
+        .into_iter()
+        .map(|e| RuleDef::new(&forward, e))
+        .collect();
+    for v6 in [false, true] {
+        all.push(RuleDef::new(
+            &ingress,
+            vec![Expr::VerdictMap {
+                key: Lhs::Daddr { v6 },
+                map: dispatch_map(Direction::Ingress, v6),
+            }],
+        ));
+    }
+    all.extend(rules);
+    stats.rules = all.len();
+    for r in all {
+        batch.push(Cmd::AddRule(t.clone(), r));
+    }
+    Compiled { batch, stats }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Namespace, NetworkPolicy, Pod};
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, node: &str, ips: &[&str]) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+            "spec": {"nodeName": node, "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    fn ctx() -> NodeContext {
+        NodeContext {
+            node_name: "n1".into(),
+            node_ips: vec!["172.18.0.2".parse().unwrap()],
+            log_denied: false,
+        }
+    }
+
+    fn cluster(policies: serde_json::Value) -> Cluster {
+        let pods = [
+            pod("x", "a", "n1", &["10.0.1.2", "fd00::2"]),
+            pod("x", "b", "n1", &[]), // pending: no address yet
+            pod("x", "r", "n2", &["10.0.2.2"]),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(policies).unwrap();
+        let ns: Vec<Namespace> = vec![];
+        Cluster::new(&pods, &ns, &pols, &[ctx()]).0
+    }
+
+    fn deny_ingress() -> serde_json::Value {
+        json!([{"metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}}}])
+    }
+
+    #[test]
+    fn chain_names_are_stable_hashes() {
+        let n = pod_chain("x", "a", Direction::Ingress);
+        assert_eq!(n.as_str(), format!("ing-{}", pod_hash("x", "a")));
+        assert_eq!(pod_hash("x", "a").len(), 16);
+        assert_ne!(pod_hash("x", "a"), pod_hash("x", "b"));
+        // the separator keeps "x/ab" and "xa/b" apart
+        assert_ne!(pod_hash("x", "ab"), pod_hash("xa", "b"));
+        assert!(
+            pod_chain("x", "a", Direction::Egress)
+                .as_str()
+                .starts_with("egr-")
+        );
+    }
+
+    #[test]
+    fn the_table_is_replaced_in_one_batch_and_output_is_deterministic() {
+        let c = cluster(deny_ingress());
+        let a = compile(&c, &ctx());
+        assert_eq!(a, compile(&c, &ctx()));
+        let t = table();
+        assert_eq!(a.batch.cmds[0], Cmd::AddTable(t.clone()));
+        assert_eq!(a.batch.cmds[1], Cmd::DeleteTable(t.clone()));
+        assert_eq!(a.batch.cmds[2], Cmd::AddTable(t));
+        assert_eq!(a.stats.policies, 1);
+        assert_eq!(a.stats.local_pods, 2, "x/r is remote");
+        assert_eq!(a.stats.selected_pods, 2, "the pending pod too");
+    }
+
+    #[test]
+    fn only_known_addresses_of_isolated_pods_are_dispatched() {
+        let c = cluster(deny_ingress());
+        let b = compile(&c, &ctx()).batch;
+        let map = |d: Direction, v6: bool| -> Vec<Elem> {
+            b.cmds
+                .iter()
+                .find_map(|c| match c {
+                    Cmd::AddSet(_, s) if s.name == dispatch_map(d, v6) => Some(s.elements.clone()),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let ing4 = map(Direction::Ingress, false);
+        assert_eq!(ing4.len(), 1);
+        assert_eq!(ing4[0].key, Value::Addr("10.0.1.2".parse().unwrap()));
+        assert_eq!(
+            ing4[0].data,
+            Some(Value::Goto(pod_chain("x", "a", Direction::Ingress)))
+        );
+        assert_eq!(map(Direction::Ingress, true).len(), 1);
+        assert!(
+            map(Direction::Egress, false).is_empty(),
+            "not isolated for egress"
+        );
+        // the pending pod's chains exist, for the CNI's elements
+        let chains: Vec<&Name> = b
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::AddChain(_, ch) => Some(&ch.name),
+                _ => None,
+            })
+            .collect();
+        for d in [Direction::Ingress, Direction::Egress] {
+            assert!(chains.contains(&&pod_chain("x", "b", d)));
+            assert!(
+                !chains.contains(&&pod_chain("x", "r", d)),
+                "remote pods get no chains"
+            );
+        }
+    }
+
+    #[test]
+    fn dispatch_elements_for_the_cni_are_exactly_the_pods_addresses() {
+        let ips: Vec<IpAddr> = vec!["10.0.1.9".parse().unwrap(), "fd00::9".parse().unwrap()];
+        let b = pod_dispatch_elements("x", "b", &ips);
+        assert_eq!(b.cmds.len(), 4);
+        for c in &b.cmds {
+            let Cmd::AddElements(t, map, e) = c else {
+                panic!("{c:?}")
+            };
+            assert_eq!(t, &table());
+            assert_eq!(e.len(), 1);
+            let d = if map.as_str().starts_with("ingress") {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            };
+            assert_eq!(e[0].data, Some(Value::Goto(pod_chain("x", "b", d))));
+            assert_eq!(
+                e[0].key.clone(),
+                Value::Addr(ips[map.as_str().ends_with('6') as usize])
+            );
+        }
+        assert!(pod_dispatch_elements("x", "b", &[]).is_empty());
+    }
+
+    #[test]
+    fn equal_sets_are_shared_and_log_is_behind_the_flag() {
+        let c = cluster(json!([
+            {"metadata": {"namespace": "x", "name": "p1"}, "spec": {"podSelector": {},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}},
+            {"metadata": {"namespace": "x", "name": "p2"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}}
+        ]));
+        let plain = compile(&c, &ctx());
+        let sets: Vec<&Name> = plain
+            .batch
+            .cmds
+            .iter()
+            .filter_map(|c| match c {
+                Cmd::AddSet(_, s)
+                    if s.name.as_str().starts_with("peers")
+                        || s.name.as_str().starts_with("ports") =>
+                {
+                    Some(&s.name)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sets.len(),
+            2,
+            "one peer set and one port set for both policies: {sets:?}"
+        );
+        let has_log = |b: &Batch| {
+            b.cmds
+                .iter()
+                .any(|c| matches!(c, Cmd::AddRule(_, r) if r.exprs.iter().any(|e| matches!(e, Expr::Log(_)))))
+        };
+        assert!(!has_log(&plain.batch));
+        let logged = compile(
+            &c,
+            &NodeContext {
+                log_denied: true,
+                ..ctx()
+            },
+        );
+        assert!(has_log(&logged.batch));
+    }
+
+    #[test]
+    fn ports_merge_into_disjoint_ranges() {
+        assert_eq!(
+            merge_ports(vec![(80, 90), (85, 100), (101, 101), (200, 200)]),
+            [(80, 101), (200, 200)]
+        );
+        assert_eq!(merge_ports(vec![(0, u16::MAX), (5, 6)]), [(0, u16::MAX)]);
+    }
+}

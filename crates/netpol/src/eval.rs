@@ -1,0 +1,382 @@
+//! The direct semantics of NetworkPolicy: a decision for one packet of a
+//! new connection, read straight off the validated model. The compiled
+//! ruleset is tested against this.
+
+use kindnet_nft::L4Proto;
+use std::net::IpAddr;
+
+use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
+
+/// One end of a packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A pod, at its address of one family.
+    Pod {
+        namespace: String,
+        name: String,
+        v6: bool,
+    },
+    /// An address: a pod's when a pod owns it (pod traffic is never
+    /// NATed), else a node, a hostNetwork pod or anything outside.
+    Addr(IpAddr),
+}
+
+impl Endpoint {
+    pub fn pod(namespace: &str, name: &str, v6: bool) -> Endpoint {
+        Endpoint::Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            v6,
+        }
+    }
+}
+
+/// The transport protocol of a packet; `Other` has no ports (ICMP…) and
+/// matches only rules without ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+    Other,
+}
+
+impl Proto {
+    pub fn l4(self) -> Option<L4Proto> {
+        match self {
+            Proto::Tcp => Some(L4Proto::Tcp),
+            Proto::Udp => Some(L4Proto::Udp),
+            Proto::Sctp => Some(L4Proto::Sctp),
+            Proto::Other => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    /// Allowed: the policies that allowed it, per direction. Denied: the
+    /// policies that isolate the denying direction (none allowed it).
+    pub by: Vec<(String, Direction)>,
+    pub reason: String,
+}
+
+struct End<'a> {
+    addr: Option<IpAddr>,
+    /// The pod on the pod network this end is (never a hostNetwork pod).
+    pod: Option<&'a PodInfo>,
+    shown: String,
+}
+
+fn resolve<'a>(c: &'a Cluster, e: &Endpoint) -> End<'a> {
+    match e {
+        Endpoint::Pod {
+            namespace,
+            name,
+            v6,
+        } => {
+            let p = c.pod(namespace, name);
+            End {
+                addr: p.and_then(|p| p.ip(*v6)),
+                // a hostNetwork pod is its node: matched by address only
+                pod: p.filter(|p| !p.host_network),
+                shown: format!("{namespace}/{name}"),
+            }
+        }
+        Endpoint::Addr(a) => End {
+            addr: Some(*a),
+            pod: c.pod_by_ip(*a),
+            shown: a.to_string(),
+        },
+    }
+}
+
+enum Side {
+    NotIsolated,
+    Allowed(Vec<String>),
+    Denied(Vec<String>),
+}
+
+/// The decision of `subject`'s policies for direction `d` about `peer`.
+fn side(c: &Cluster, d: Direction, subject: &PodInfo, peer: &End, port: u16, proto: Proto) -> Side {
+    let (mut isolating, mut allowing) = (Vec::new(), Vec::new());
+    for pol in c.policies_for(subject, d) {
+        isolating.push(pol.id());
+        let rules = pol.rules(d).unwrap_or_default();
+        if rules
+            .iter()
+            .any(|r| rule_matches(c, &pol.namespace, r, d, subject, peer, port, proto))
+        {
+            allowing.push(pol.id());
+        }
+    }
+    if isolating.is_empty() {
+        Side::NotIsolated
+    } else if allowing.is_empty() {
+        Side::Denied(isolating)
+    } else {
+        Side::Allowed(allowing)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rule_matches(
+    c: &Cluster,
+    ns: &str,
+    r: &RuleSel,
+    d: Direction,
+    subject: &PodInfo,
+    peer: &End,
+    port: u16,
+    proto: Proto,
+) -> bool {
+    let peer_ok = r.peers.is_empty()
+        || r.peers.iter().any(|sel| match sel {
+            PeerSel::Block(ranges) => peer.addr.is_some_and(|a| ranges.contains(a)),
+            PeerSel::Pods { .. } => peer.pod.is_some_and(|q| c.peer_matches_pod(ns, sel, q)),
+        });
+    // a named port is the destination pod's: the subject for ingress, the
+    // peer for egress
+    let dst_pod = match d {
+        Direction::Ingress => Some(subject),
+        Direction::Egress => peer.pod,
+    };
+    let port_ok = r.ports.is_empty()
+        || r.ports.iter().any(|ps| {
+            proto.l4() == Some(ps.proto)
+                && match &ps.port {
+                    PortMatch::All => true,
+                    PortMatch::Range(lo, hi) => (*lo..=*hi).contains(&port),
+                    PortMatch::Named(n) => dst_pod.is_some_and(|q| {
+                        q.ports
+                            .iter()
+                            .any(|cp| &cp.name == n && cp.proto == ps.proto && cp.port == port)
+                    }),
+                }
+        });
+    peer_ok && port_ok
+}
+
+/// The cluster-wide decision: the egress policies of `src` (enforced by
+/// its node) and the ingress policies of `dst` (enforced by its node) must
+/// both allow. Traffic between a pod and its own node is always allowed.
+pub fn evaluate(c: &Cluster, src: &Endpoint, dst: &Endpoint, port: u16, proto: Proto) -> Verdict {
+    decide(c, None, src, dst, port, proto)
+}
+
+/// The share of [`evaluate`] that one node enforces: egress of its own
+/// pods, ingress of its own pods, and nothing for its own addresses. A
+/// packet crossing nodes is allowed when both nodes allow it.
+pub fn evaluate_on(
+    c: &Cluster,
+    node: &NodeContext,
+    src: &Endpoint,
+    dst: &Endpoint,
+    port: u16,
+    proto: Proto,
+) -> Verdict {
+    decide(c, Some(node), src, dst, port, proto)
+}
+
+fn decide(
+    c: &Cluster,
+    node: Option<&NodeContext>,
+    src: &Endpoint,
+    dst: &Endpoint,
+    port: u16,
+    proto: Proto,
+) -> Verdict {
+    let (s, d) = (resolve(c, src), resolve(c, dst));
+    let own_node = |pod: &PodInfo, addr: Option<IpAddr>| {
+        addr.is_some_and(|a| c.nodes.get(&pod.node).is_some_and(|ips| ips.contains(&a)))
+    };
+    if let Some(n) = node {
+        let mine = |a: Option<IpAddr>| a.is_some_and(|a| n.node_ips.contains(&a));
+        if mine(s.addr) || mine(d.addr) {
+            return Verdict {
+                allowed: true,
+                by: Vec::new(),
+                reason: format!("traffic of node {} itself", n.node_name),
+            };
+        }
+    }
+    let local = |p: &PodInfo| node.is_none_or(|n| p.node == n.node_name);
+    let mut by = Vec::new();
+    let mut notes = Vec::new();
+    let mut check = |dir: Direction, subject: Option<&PodInfo>, peer: &End, who: &str| -> bool {
+        let Some(p) = subject.filter(|p| local(p)) else {
+            return true;
+        };
+        if own_node(p, peer.addr) {
+            notes.push(format!("{dir} of {who}: its own node"));
+            return true;
+        }
+        match side(c, dir, p, peer, port, proto) {
+            Side::NotIsolated => {
+                notes.push(format!("{dir} of {who}: no policy selects it"));
+                true
+            }
+            Side::Allowed(ps) => {
+                notes.push(format!("{dir} of {who}: allowed by {}", ps.join(", ")));
+                by.extend(ps.into_iter().map(|p| (p, dir)));
+                true
+            }
+            Side::Denied(ps) => {
+                notes = vec![format!(
+                    "{dir} of {who}: isolated by {} and allowed by none",
+                    ps.join(", ")
+                )];
+                by = ps.into_iter().map(|p| (p, dir)).collect();
+                false
+            }
+        }
+    };
+    let allowed = check(Direction::Egress, s.pod, &d, &s.shown)
+        && check(Direction::Ingress, d.pod, &s, &d.shown);
+    let reason = if notes.is_empty() {
+        "neither end is a pod whose policies apply here".to_string()
+    } else {
+        notes.join("; ")
+    };
+    Verdict {
+        allowed,
+        by,
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::{Namespace, NetworkPolicy, Pod};
+    use serde_json::json;
+
+    fn cluster() -> Cluster {
+        let pod = |ns: &str, name: &str, node: &str, host: bool, ip: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+                "spec": {"nodeName": node, "hostNetwork": host,
+                         "containers": [{"ports": [{"name": "web", "containerPort": 8080}]}]},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            pod("x", "a", "n1", false, "10.0.1.2"),
+            pod("x", "b", "n2", false, "10.0.2.2"),
+            pod("x", "h", "n2", true, "172.18.0.3"),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(json!([
+            {"metadata": {"namespace": "x", "name": "only-b"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": "web"}]}]}},
+            {"metadata": {"namespace": "x", "name": "all-pods"}, "spec": {"podSelector": {}}}
+        ]))
+        .unwrap();
+        let nodes = [
+            NodeContext {
+                node_name: "n1".into(),
+                node_ips: vec!["172.18.0.2".parse().unwrap()],
+                log_denied: false,
+            },
+            NodeContext {
+                node_name: "n2".into(),
+                node_ips: vec!["172.18.0.3".parse().unwrap()],
+                log_denied: false,
+            },
+        ];
+        let ns: Vec<Namespace> = vec![];
+        Cluster::new(&pods, &ns, &pols, &nodes).0
+    }
+
+    #[test]
+    fn named_ingress_ports_resolve_on_the_destination() {
+        let c = cluster();
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "b", false),
+            &Endpoint::pod("x", "a", false),
+            8080,
+            Proto::Tcp,
+        );
+        assert!(v.allowed, "{}", v.reason);
+        assert_eq!(v.by, [("x/only-b".to_string(), Direction::Ingress)]);
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "b", false),
+            &Endpoint::pod("x", "a", false),
+            80,
+            Proto::Tcp,
+        );
+        assert!(!v.allowed);
+        assert_eq!(v.by.len(), 2, "both policies isolate x/a: {:?}", v.by);
+        assert!(
+            !evaluate(
+                &c,
+                &Endpoint::pod("x", "b", false),
+                &Endpoint::pod("x", "a", false),
+                8080,
+                Proto::Udp
+            )
+            .allowed
+        );
+        assert!(
+            !evaluate(
+                &c,
+                &Endpoint::pod("x", "b", false),
+                &Endpoint::pod("x", "a", false),
+                0,
+                Proto::Other
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn host_network_pods_are_their_node_and_nodes_reach_their_own_pods() {
+        let c = cluster();
+        // x/h is on n2: for x/a on n1 it is only an address, and no pod peer
+        let v = evaluate(
+            &c,
+            &Endpoint::pod("x", "h", false),
+            &Endpoint::pod("x", "a", false),
+            8080,
+            Proto::Tcp,
+        );
+        assert!(!v.allowed, "{}", v.reason);
+        assert!(
+            !c.is_isolated("x", "h", Direction::Ingress),
+            "hostNetwork pods are never selected"
+        );
+        // n1 reaches its own pod x/a, whatever the policies
+        let node1 = Endpoint::Addr("172.18.0.2".parse().unwrap());
+        let v = evaluate(&c, &node1, &Endpoint::pod("x", "a", false), 22, Proto::Tcp);
+        assert!(v.allowed, "{}", v.reason);
+        assert!(v.reason.contains("its own node"), "{}", v.reason);
+        // but not n2's pod x/b
+        assert!(!evaluate(&c, &node1, &Endpoint::pod("x", "b", false), 22, Proto::Tcp).allowed);
+        // outside the pod network nothing applies
+        let out = Endpoint::Addr("203.0.113.1".parse().unwrap());
+        assert!(evaluate(&c, &node1, &out, 1, Proto::Udp).allowed);
+    }
+
+    #[test]
+    fn each_node_enforces_its_own_pods() {
+        let c = cluster();
+        let n1 = NodeContext {
+            node_name: "n1".into(),
+            ..NodeContext::default()
+        };
+        let n2 = NodeContext {
+            node_name: "n2".into(),
+            ..NodeContext::default()
+        };
+        let (a, b) = (
+            Endpoint::pod("x", "a", false),
+            Endpoint::pod("x", "b", false),
+        );
+        // a -> b:80 is denied by b's ingress, which only n2 enforces
+        assert!(evaluate_on(&c, &n1, &a, &b, 80, Proto::Tcp).allowed);
+        assert!(!evaluate_on(&c, &n2, &a, &b, 80, Proto::Tcp).allowed);
+        assert!(!evaluate(&c, &a, &b, 80, Proto::Tcp).allowed);
+    }
+}

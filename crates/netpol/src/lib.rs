@@ -1,0 +1,76 @@
+//! NetworkPolicy (networking.k8s.io/v1) in the kernel: the policies of a
+//! cluster compiled into one nftables table per node, and the direct
+//! semantics they are tested against.
+//!
+//! - [`input`]: slim serde types for Pod, Namespace and NetworkPolicy JSON.
+//! - [`Cluster::new`]: validation (refusals listed in a [`Report`]).
+//! - [`evaluate`] / [`evaluate_on`]: the decision for one packet of a new
+//!   connection, cluster-wide or for one node's share.
+//! - [`compile`]: the node's ruleset as one [`kindnet_nft::Batch`].
+//!
+//! # The ruleset (`table inet kindnet-netpol`)
+//!
+//! Applied as one transaction: `add table; delete table; add table` and
+//! then everything, so a restart swaps rulesets with no window open.
+//!
+//! ```text
+//! chain forward { type filter hook forward priority filter; policy accept;
+//!     ct state established,related accept      # replies of allowed connections
+//!     ct state invalid drop
+//!     ip saddr @node-ips4 accept                # a node and its own pods
+//!     ip daddr @node-ips4 accept                #   (and the same for ip6)
+//!     ip saddr vmap @egress4                    # local pod isolated for egress:
+//!     ip6 saddr vmap @egress6                   #   goto egr-<hash>
+//!     goto ingress
+//! }
+//! chain ingress {
+//!     ip daddr vmap @ingress4                   # local pod isolated for ingress:
+//!     ip6 daddr vmap @ingress6                  #   goto ing-<hash>
+//! }                                             # (else: policy accept)
+//! chain ing-<hash> {                            # one per local pod and direction
+//!     ip saddr @peers4-<h> accept               # a rule without ports
+//!     ip saddr @peers4-<h> meta l4proto . th dport @ports-<h> accept
+//!     meta l4proto . th dport @ports-<h> accept # a rule without peers
+//!     [limit rate 10/second log prefix "..."]   # NodeContext::log_denied
+//!     counter counter name "denied-ingress" drop
+//! }
+//! chain egr-<hash> {                            # the same with daddr, and:
+//!     ip daddr . meta l4proto . th dport @dports4-<h> goto ingress   # named ports
+//!     ...                                       # allowed: on to the ingress check
+//!     counter counter name "denied-egress" drop
+//! }
+//! ```
+//!
+//! Per new connection a packet costs two verdict-map lookups and, for an
+//! isolated pod, a few set lookups per rule of the policies selecting it,
+//! never a scan of peers or ports: peers are interval sets of pod
+//! addresses and ipBlocks (excepts subtracted), ports are interval sets of
+//! `protocol . port` (endPort ranges), named ports are resolved per
+//! destination pod (ingress: into the port set of that pod's chain;
+//! egress: into `address . protocol . port` elements). Sets are named by a
+//! hash of their content, so equal sets are shared.
+//!
+//! Every local pod on the pod network has both chains, pass-through
+//! (`accept` / `goto ingress`) when no policy selects it that way; only
+//! isolated pods are in the dispatch maps. Chain names come from
+//! [`pod_chain`] (a hash of `namespace/name`), so the CNI plugin can add a
+//! new pod's addresses to the maps at ADD time ([`pod_dispatch_elements`])
+//! before kindnetd knows them: the pod is then enforced from its first
+//! packet by the chain kindnetd made from the Pod object.
+
+mod cidr;
+mod cluster;
+mod compile;
+mod eval;
+pub mod input;
+mod selector;
+
+pub use cidr::Ranges;
+pub use cluster::{Cluster, Direction, NAMESPACE_NAME_LABEL, NodeContext, Refusal, Report};
+pub use compile::{
+    Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,
+    TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash, table,
+};
+pub use eval::{Endpoint, Proto, Verdict, evaluate, evaluate_on};
+pub use input::{Namespace, NetworkPolicy, Pod};
+pub use selector::Selector;
