@@ -1,14 +1,14 @@
-//! The conflist kindnetd writes, loaded and run by a real libcni: Debian's
-//! libcni 1.1.2 (through `cnidrive`, built by scripts/setup.sh), which
-//! implements spec 1.0.0 and reads `cniVersion` only — what containerd 1.6
-//! and 1.7 vendor. A libcni that also reads `cniVersions` (1.2 and later,
-//! containerd 2.x) picks 1.1.0 from the same file: that choice is modelled
-//! by `cniconf::libcni_pick` and unit-tested there, since no such libcni is
-//! on this machine (the project's libcni driver on main is built on the
-//! same Debian libcni).
+//! The conflist kindnetd writes, loaded and run by a real libcni: the
+//! project's libcni driver (`tools/libcni-driver`, on Debian's libcni
+//! 1.1.2, which implements spec 1.0.0 and reads `cniVersion` only — what
+//! containerd 1.6 and 1.7 vendor). A libcni that also reads `cniVersions`
+//! (1.2 and later, containerd 2.x) picks 1.1.0 from the same file: no such
+//! libcni is on this machine, so that choice is `cniconf::libcni_pick`,
+//! applied here to what the real libcni parsed from the file.
 //!
-//! Needs root, `cnidrive` and the kindnet-cni binary built in this target
-//! directory (`cargo build -p kindnet-cni`); skips otherwise.
+//! Needs root, the driver (`target/libcni-driver`, or
+//! `KINDNET_LIBCNI_DRIVER`) and the kindnet-cni binary of this target
+//! directory (`cargo build -p kindnet-cni`).
 
 mod common;
 
@@ -16,32 +16,36 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
+use kindnet_testbed::require_tool;
 use kindnetd::cniconf::{self, CniChain, CniInputs};
+use serde_json::Value;
 
-fn cnidrive() -> Option<String> {
-    let o = Command::new("sh")
-        .args(["-c", "command -v cnidrive"])
-        .output()
-        .ok()?;
-    let s = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    (!s.is_empty()).then_some(s)
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }
 
-fn kindnet_cni() -> Option<PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let p = target.join("debug").join("kindnet-cni");
-    p.is_file().then_some(p)
+fn driver_path() -> String {
+    std::env::var("KINDNET_LIBCNI_DRIVER")
+        .unwrap_or_else(|_| target_dir().join("libcni-driver").display().to_string())
 }
 
 #[test]
-fn debian_libcni_loads_and_runs_the_written_conflist_at_1_0_0() {
+fn the_written_conflist_loads_in_old_libcni_at_1_0_0_and_offers_1_1_0() {
     require_root!();
-    let (Some(drive), Some(cni)) = (cnidrive(), kindnet_cni()) else {
-        eprintln!("skipping: needs cnidrive and target/debug/kindnet-cni");
-        return;
-    };
+    let drive = require_tool!(
+        driver_path(),
+        "the libcni driver: scripts/setup.sh or tools/libcni-driver/build.sh builds it"
+    );
+    let cni = require_tool!(
+        target_dir()
+            .join("debug")
+            .join("kindnet-cni")
+            .display()
+            .to_string(),
+        "cargo build -p kindnet-cni"
+    );
     let dir = TempDir::new("libcni-conf");
     let bin = dir.path().join("bin");
     let (code, _, err) = run(Command::new(&cni).arg("install").arg(&bin));
@@ -61,13 +65,34 @@ fn debian_libcni_loads_and_runs_the_written_conflist_at_1_0_0() {
             ipam_data_dir: dir.path().join(format!("ipam-{chain:?}")),
         });
         cniconf::write_if_changed(&conf_dir, cniconf::CONFLIST_NAME, &text).unwrap();
+        let list = conf_dir.join(cniconf::CONFLIST_NAME);
+
+        // What the real (old) libcni made of the file.
+        let (code, out, err) = run(Command::new(&drive).arg("version").arg(&list));
+        assert_eq!(code, 0, "{chain:?} version: {out}{err}");
+        let v: Value = serde_json::from_str(out.trim()).unwrap_or_default();
+        assert_eq!(v["cniVersion"], "1.0.0", "{chain:?}: {out}");
+        assert_eq!(v["supported"], true, "{chain:?}: {out}");
+        assert_eq!(v["readsCniVersions"], false, "{out}");
+        let offered: Vec<&str> = v["offered"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert!(offered.contains(&"1.1.0"), "{out}");
+        // A libcni that reads cniVersions, given what this one parsed.
+        let seen = serde_json::json!({
+            "name": cniconf::NETWORK_NAME, "cniVersion": v["cniVersion"], "cniVersions": offered
+        })
+        .to_string();
+        assert_eq!(cniconf::libcni_pick(&seen, "1.1.0", true).unwrap(), "1.1.0");
         assert_eq!(
             cniconf::libcni_pick(&text, "1.0.0", false).unwrap(),
             "1.0.0"
         );
-        let list = conf_dir.join(cniconf::CONFLIST_NAME);
+
+        // And it runs the chain at that version.
         let drive_cmd = |cmd: &str| {
-            let mut c = node.command(&drive);
+            let mut c = node.command(drive.to_str().unwrap_or_default());
             c.arg(cmd)
                 .arg(&list)
                 .arg(pod.path())
@@ -78,7 +103,7 @@ fn debian_libcni_loads_and_runs_the_written_conflist_at_1_0_0() {
         };
         let (code, out, err) = drive_cmd("add");
         assert_eq!(code, 0, "{chain:?} ADD: {out}{err}");
-        let res: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let res: Value = serde_json::from_str(&out).unwrap_or_default();
         assert_eq!(res["cniVersion"], "1.0.0", "{chain:?}: {out}");
         assert_eq!(res["ips"].as_array().map(|a| a.len()), Some(2), "{out}");
         let (code, out, err) = drive_cmd("check");

@@ -1034,14 +1034,17 @@ fn ipv4_pod_cidr_of_an_ipv6_only_peer_goes_via_its_ipv6_address() {
     );
 }
 
-fn kindnet_cni_bin() -> Option<std::path::PathBuf> {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+/// Where `cargo build -p kindnet-cni` puts the plugins' binary.
+fn kindnet_cni_path() -> String {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target")
-        });
-    let p = target.join("debug").join("kindnet-cni");
-    p.is_file().then_some(p)
+        })
+        .join("debug")
+        .join("kindnet-cni")
+        .display()
+        .to_string()
 }
 
 /// The owners recorded in the IPAM store (one line per address file).
@@ -1071,10 +1074,7 @@ fn ipam_owners(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn addresses_of_a_pod_whose_del_was_lost_are_reclaimed_a_live_pod_never() {
     require_root!();
-    let Some(cni) = kindnet_cni_bin() else {
-        eprintln!("skipping: needs target/debug/kindnet-cni (cargo build -p kindnet-cni)");
-        return;
-    };
+    let cni = kindnet_testbed::require_tool!(kindnet_cni_path(), "cargo build -p kindnet-cni");
     let ns = node_ns();
     let dir = TempDir::new("reclaim");
     let bin = dir.path().join("bin");
