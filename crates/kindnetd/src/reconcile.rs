@@ -90,6 +90,8 @@ pub struct Reconciler<D: Dataplane> {
     leaks: crate::reclaim::Tracker,
     /// The reason reclaiming could not decide, as last logged.
     logged_undecidable: Option<String>,
+    /// The last solicitation error logged.
+    logged_solicit_error: Option<String>,
 }
 
 /// Pause after the first solicitation of an uplink; doubles to
@@ -162,6 +164,7 @@ impl<D: Dataplane> Reconciler<D> {
             retry_at: None,
             leaks: crate::reclaim::Tracker::default(),
             logged_undecidable: None,
+            logged_solicit_error: None,
             cfg,
             dp,
             store,
@@ -651,8 +654,14 @@ impl<D: Dataplane> Reconciler<D> {
             now,
         );
         for (oif, arp) in due {
-            if let Err(e) = self.dp.solicit(oif, &arp) {
-                tracing::warn!(error = %e, "cannot solicit the nodes on the uplink");
+            match self.dp.solicit(oif, &arp) {
+                // Logged once per distinct error: it repeats at the uplink's pace.
+                Err(e) if self.logged_solicit_error.as_deref() != Some(e.as_str()) => {
+                    tracing::warn!(error = %e, "cannot solicit the nodes on the uplink");
+                    self.logged_solicit_error = Some(e);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot solicit the nodes on the uplink"),
+                Ok(()) => self.logged_solicit_error = None,
             }
             self.status.metrics.neighbour_solicitations.inc();
             let pause = self
