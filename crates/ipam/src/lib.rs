@@ -378,6 +378,33 @@ pub fn del(
     first_err.map_or(Ok(()), Err)
 }
 
+/// Releases, of `ips`, those still held by exactly (`container_id`,
+/// `ifname`) in `data_dir/network` — re-read under the exclusive lock, so
+/// an address that changed hands meanwhile is never touched. For a caller
+/// outside CNI (kindnetd reclaiming a leaked attachment). Returns what it
+/// released.
+pub fn release_attachment(
+    data_dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    ips: &[IpAddr],
+) -> Result<Vec<IpAddr>, CniError> {
+    let id = attachment(container_id, ifname)?;
+    let Some(store) = Store::open_existing(data_dir, network, LockMode::Exclusive)? else {
+        return Ok(Vec::new());
+    };
+    let mut view = View::new(&store, false)?;
+    let targets = view.held_by(id, ifname, |ip| ips.contains(&ip));
+    let mut released = Vec::new();
+    for i in targets {
+        view.release(i)?;
+        released.push(view.scan.ips[i].ip);
+    }
+    released.sort();
+    Ok(released)
+}
+
 /// CHECK: (`container_id`, `ifname`) holds an address in every range set
 /// (a legacy file of the container counts). Code 100 naming the range sets
 /// without one.

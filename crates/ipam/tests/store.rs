@@ -544,3 +544,47 @@ fn reference_written_files_are_read_once_then_indexed() {
     del(&cfg, "net", "ref5", "eth0").unwrap();
     assert!(!names(t.path()).iter().any(|n| n.contains("ref5")));
 }
+
+/// kindnetd's reclaim: exactly the given addresses of exactly the given
+/// attachment, re-read under the lock; anything else stays.
+#[test]
+fn release_attachment_frees_only_what_that_attachment_still_holds() {
+    use kindnet_ipam::release_attachment;
+    let t = TempDir::new("ipam");
+    let cfg = config(
+        t.path(),
+        json!({"ranges": [[{"subnet": "10.0.0.0/29"}], [{"subnet": "fd00::/120"}]]}),
+    );
+    let a = add(&cfg, "net", "a", "eth0").unwrap();
+    let b = add(&cfg, "net", "b", "eth0").unwrap();
+    let a_ips: Vec<std::net::IpAddr> = a.ips.iter().map(|i| i.address.addr()).collect();
+    let b_v4 = b.ips[0].address.addr();
+    // Another attachment's address, asked for by mistake, is not touched.
+    let mut asked = a_ips.clone();
+    asked.push(b_v4);
+    let freed = release_attachment(t.path(), "net", "a", "eth0", &asked).unwrap();
+    let mut want = a_ips.clone();
+    want.sort();
+    assert_eq!(freed, want);
+    let left: Vec<_> = allocations(t.path(), "net").unwrap();
+    assert!(left.iter().all(|l| l.container_id == "b"), "{left:?}");
+    assert_eq!(left.len(), 2);
+    // Again: nothing (idempotent); a missing store is fine too.
+    assert!(
+        release_attachment(t.path(), "net", "a", "eth0", &a_ips)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        release_attachment(t.path(), "none", "a", "eth0", &a_ips)
+            .unwrap()
+            .is_empty()
+    );
+    // Same container, other interface: not its addresses.
+    assert!(
+        release_attachment(t.path(), "net", "b", "eth1", &[b_v4])
+            .unwrap()
+            .is_empty()
+    );
+    check(&cfg, "net", "b", "eth0").unwrap();
+}

@@ -486,3 +486,89 @@ fn add_replaces_the_leftover_of_a_killed_add_but_never_a_foreign_link() {
         "the failed ADD released its address"
     );
 }
+
+/// CNI 1.1 STATUS, as containerd ≥ 2.0 calls it: 0 while pods can be
+/// added; 50 ("not available") when a range set is exhausted or the IPAM
+/// data directory cannot be used — for every plugin kindnetd may write,
+/// the single `kindnet` one included, on one and two families.
+#[test]
+fn status_is_50_when_a_range_is_exhausted_or_the_ipam_dir_is_unusable() {
+    require_root!();
+    for plugin in ["kindnet", "ptp", "bridge"] {
+        for subnets in [&["10.250.0.0/30"][..], &["10.250.0.0/30", "fd00:250::/64"]] {
+            let what = format!("{plugin} {subnets:?}");
+            let node = Ns::new("node");
+            let data = TempDir::new("ipam");
+            let conf = net_conf("1.1.0", plugin, &data.str(), subnets);
+            let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
+            assert_eq!(
+                c.code, 0,
+                "{what}: a fresh range is available: {}",
+                c.stdout
+            );
+            // The one usable address of the /30 (.1 is the gateway).
+            let pod = Ns::new("pod");
+            call(
+                Some(&node),
+                plugin,
+                "ADD",
+                &Args::new("only", &pod.path()),
+                &conf,
+            )
+            .ok();
+            let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
+            assert_eq!(c.err_code(), 50, "{what}: {}", c.stdout);
+            assert!(
+                c.out["msg"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no IP addresses available"),
+                "{what}: {}",
+                c.stdout
+            );
+            // Freed again: available.
+            call(
+                Some(&node),
+                plugin,
+                "DEL",
+                &Args::new("only", &pod.path()),
+                &conf,
+            )
+            .ok();
+            let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
+            assert_eq!(c.code, 0, "{what}: after DEL: {}", c.stdout);
+        }
+        // The data directory is not a directory (a file sits at its path).
+        let node = Ns::new("node");
+        let data = TempDir::new("ipam");
+        let file = data.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let conf = net_conf("1.1.0", plugin, &file.display().to_string(), &[V4_SUBNET]);
+        let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
+        assert_eq!(
+            c.err_code(),
+            50,
+            "{plugin}: dataDir is a file: {}",
+            c.stdout
+        );
+        assert!(
+            c.out["msg"]
+                .as_str()
+                .unwrap_or("")
+                .contains("IPAM data directory"),
+            "{plugin}: {}",
+            c.stdout
+        );
+        // The network's directory is a file.
+        let data = TempDir::new("ipam");
+        std::fs::write(data.path().join("kindnet-test"), "x").unwrap();
+        let conf = net_conf("1.1.0", plugin, &data.str(), &[V4_SUBNET]);
+        let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
+        assert_eq!(
+            c.err_code(),
+            50,
+            "{plugin}: network dir is a file: {}",
+            c.stdout
+        );
+    }
+}

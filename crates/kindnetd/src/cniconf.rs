@@ -207,6 +207,64 @@ pub fn render(inp: &CniInputs) -> String {
     s
 }
 
+fn spec_version(v: &str) -> Option<(u32, u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    let out = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(out)
+}
+
+/// The cniVersion a libcni picks for a conflist, as libcni's
+/// `ConfListFromBytes` does. `implemented` is the newest spec version that
+/// libcni implements (`version.Current()`). A libcni that knows
+/// `cniVersions` (1.2 and later: containerd 2.x) takes the highest of
+/// `cniVersions` and `cniVersion` it implements; an older one (Debian's
+/// 1.1.2, containerd 1.6/1.7) reads `cniVersion` only. Errors are what
+/// libcni refuses to load.
+pub fn libcni_pick(
+    conflist: &str,
+    implemented: &str,
+    knows_versions: bool,
+) -> Result<String, String> {
+    let v: serde_json::Value = serde_json::from_str(conflist)
+        .map_err(|e| format!("error parsing configuration list: {e}"))?;
+    if !v.get("name").is_some_and(|n| n.is_string()) {
+        return Err("error parsing configuration list: no name".into());
+    }
+    let current = spec_version(implemented).ok_or("bad implemented version")?;
+    let version = match v.get("cniVersion") {
+        None => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => return Err(format!("invalid cniVersion type {other}")),
+    };
+    if !knows_versions {
+        return Ok(version);
+    }
+    let Some(list) = v.get("cniVersions") else {
+        return Ok(version);
+    };
+    let list = list.as_array().ok_or("invalid type for cniVersions")?;
+    let mut usable: Vec<(u32, u32, u32)> = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let s = e
+            .as_str()
+            .ok_or(format!("invalid type for cniVersions index {i}"))?;
+        let t = spec_version(s).ok_or(format!("invalid cniVersions entry {s} at index {i}"))?;
+        if t <= current {
+            usable.push(t);
+        }
+    }
+    if !version.is_empty() {
+        let t = spec_version(&version).ok_or(format!("invalid cniVersion {version}"))?;
+        if t <= current {
+            usable.push(t);
+        }
+    }
+    Ok(match usable.iter().max() {
+        Some((a, b, c)) => format!("{a}.{b}.{c}"),
+        None => version,
+    })
+}
+
 /// The MTU for pods: that of the interface carrying the default route (IPv4
 /// first, then IPv6), else of the interface holding one of `own_ips`, else 1500.
 pub fn pick_mtu(
@@ -264,9 +322,41 @@ pub fn ranges_of(content: &str) -> Vec<IpNet> {
     out
 }
 
-/// Writes `content` to `dir/name` if it differs from what is there: a
-/// temporary file in the same directory (whose name CNI runtimes ignore),
-/// fsync, rename over the target, fsync the directory. Returns whether it wrote.
+/// The directory inside the CNI config directory where the next conflist
+/// is written before it is moved into place. Runtimes watch the config
+/// directory without recursion and load only files (never directories)
+/// ending in `.conf`, `.conflist` or `.json`, so nothing written in here is
+/// seen or loaded; being inside the directory, it is on the same
+/// filesystem (a DaemonSet mounts only `/etc/cni/net.d` from the host), so
+/// the move is a rename.
+pub const STAGING_DIR: &str = ".kindnet-staging";
+
+/// The name the finished file has for a moment inside the config directory,
+/// between the two renames: hidden, and with an extension no runtime loads.
+fn next_name(name: &str) -> String {
+    format!(".{name}.next")
+}
+
+/// Writes `content` to `dir/name` if it differs from what is there, so that
+/// a runtime watching `dir` never loads anything but a complete config and
+/// reloads once, after the new one is in place. Returns whether it wrote.
+///
+/// containerd (1.6 to 2.x) reloads on every write, rename (IN_MOVED_FROM)
+/// or remove event of any name in the directory, ignores create
+/// (IN_CREATE, and IN_MOVED_TO) and chmod events, and then loads every
+/// `.conf`/`.conflist`/`.json` file (hidden ones too); a load that finds a
+/// partial file, or none at all, logs "failed to reload cni configuration".
+/// So:
+/// 1. the file is written, fsynced and given its mode in [`STAGING_DIR`]
+///    (no event in `dir`: a temp file in `dir` itself makes a write event,
+///    and with it a reload, while the new file is not in place — before the
+///    first conflist that reload finds none and fails);
+/// 2. renamed into `dir` as `.<name>.next` (a create event: ignored, and
+///    the name is not loadable);
+/// 3. renamed over `dir/name`: the rename event of `.<name>.next` makes the
+///    runtime reload, and the complete file is already there. A file
+///    renamed into `dir` straight from elsewhere makes only a create event,
+///    which containerd ignores: it would never load the new config.
 pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> io::Result<bool> {
     let target = dir.join(name);
     match fs::read(&target) {
@@ -274,7 +364,20 @@ pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> io::Result<boo
         _ => {}
     }
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let staging = dir.join(STAGING_DIR);
+    match fs::create_dir(&staging) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    if !fs::symlink_metadata(&staging)?.file_type().is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not a directory",
+            staging.display()
+        )));
+    }
+    let tmp = staging.join(format!("{name}.{}", std::process::id()));
+    let next = dir.join(next_name(name));
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -285,7 +388,8 @@ pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> io::Result<boo
         f.sync_all()?;
         drop(f);
         set_mode(&tmp, 0o644)?;
-        fs::rename(&tmp, &target)?;
+        fs::rename(&tmp, &next)?;
+        fs::rename(&next, &target)?;
         if let Ok(d) = fs::File::open(dir) {
             let _ = d.sync_all();
         }
@@ -293,6 +397,7 @@ pub fn write_if_changed(dir: &Path, name: &str, content: &str) -> io::Result<boo
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(&next);
     }
     result
 }
@@ -315,6 +420,36 @@ mod tests {
             bridge: bridge.map(str::to_string),
             ipam_data_dir: "/run/cni-ipam-state".into(),
         }
+    }
+
+    #[test]
+    fn libcni_picks_1_1_0_when_it_knows_cni_versions_and_1_0_0_when_not() {
+        for chain in [CniChain::Single, CniChain::Classic] {
+            for bridge in [None, Some("kind-br")] {
+                let mut inp = inputs(&["10.244.1.0/24", "fd00:10:244:1::/64"], bridge);
+                inp.chain = chain;
+                let text = render(&inp);
+                // containerd 2.x: libcni 1.2+ implements 1.1.0 and reads
+                // cniVersions: STATUS and GC are used.
+                assert_eq!(libcni_pick(&text, "1.1.0", true).unwrap(), "1.1.0");
+                // containerd 1.6/1.7 and Debian's libcni 1.1.2 implement
+                // 1.0.0 and read cniVersion only: it loads, at 1.0.0.
+                assert_eq!(libcni_pick(&text, "1.0.0", false).unwrap(), "1.0.0");
+                // A libcni that knows cniVersions but implements 1.0.0.
+                assert_eq!(libcni_pick(&text, "1.0.0", true).unwrap(), "1.0.0");
+                // cniVersion never exceeds what an old libcni implements.
+                let v: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(v["cniVersion"], CNI_VERSION);
+            }
+        }
+        // What libcni refuses, we model as refused.
+        assert!(libcni_pick(r#"{"cniVersion":"1.0.0","plugins":[]}"#, "1.1.0", true).is_err());
+        assert!(libcni_pick(r#"{"name":"x","cniVersions":"1.1.0"}"#, "1.1.0", true).is_err());
+        assert!(libcni_pick(r#"{"name":"x","cniVersions":["1.x"]}"#, "1.1.0", true).is_err());
+        assert_eq!(
+            libcni_pick(r#"{"name":"x","cniVersions":["2.0.0"]}"#, "1.1.0", true).unwrap(),
+            ""
+        );
     }
 
     #[test]
@@ -487,8 +622,14 @@ mod tests {
         let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
+            .filter(|n| n != STAGING_DIR)
             .collect();
         assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+        assert_eq!(
+            fs::read_dir(dir.join(STAGING_DIR)).unwrap().count(),
+            0,
+            "nothing left in the staging directory"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 }

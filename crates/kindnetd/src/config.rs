@@ -103,6 +103,13 @@ pub struct Flags {
     #[arg(long, env = "KINDNET_RESYNC_PERIOD", value_parser = parse_duration, default_value = "10s")]
     pub resync_period: Duration,
 
+    /// Release the addresses (and leftover host veths) of an attachment
+    /// whose pod namespace has been gone, with no host route and no Pod
+    /// holding its addresses, for this long (a DEL the runtime lost). 0
+    /// turns it off.
+    #[arg(long, env = "KINDNET_RECLAIM_GRACE", value_parser = parse_duration, default_value = "2m")]
+    pub reclaim_grace: Duration,
+
     /// Masquerade pod traffic leaving the cluster. false removes kindnetd's rules.
     #[arg(long, env = "KINDNET_MASQUERADING", action = ArgAction::Set, default_value_t = true,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -385,9 +392,46 @@ pub fn parse_bind(s: &str) -> Result<BindAddress, String> {
         .map_err(|_| format!("{s:?} is not HOST:PORT or :PORT"))
 }
 
+/// The tracing filter for `--log-level`. The Kubernetes client logs every
+/// failed request itself (one error line per retry, besides kindnetd's own
+/// rate-limited line), so its crates are off unless the filter names them.
+pub fn log_filter(level: &str) -> String {
+    let names_kube = level.split(',').any(|d| {
+        let target = d.split(['=', '[']).next().unwrap_or("").trim();
+        target == "kube" || target.starts_with("kube_") || target.starts_with("kube::")
+    });
+    if names_kube {
+        level.to_string()
+    } else {
+        format!("{level},kube_client=off,kube_runtime=off")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kube_client_logs_are_off_unless_asked_for() {
+        assert_eq!(log_filter("info"), "info,kube_client=off,kube_runtime=off");
+        assert_eq!(
+            log_filter("kindnetd::source::kube=debug"),
+            "kindnetd::source::kube=debug,kube_client=off,kube_runtime=off"
+        );
+        for asked in [
+            "info,kube_client=debug",
+            "kube=trace",
+            "warn,kube_runtime::watcher=debug",
+        ] {
+            assert_eq!(log_filter(asked), asked);
+        }
+        for f in ["info", "kindnetd=debug", "debug,kube_client=info"] {
+            assert!(
+                tracing_subscriber::EnvFilter::try_new(log_filter(f)).is_ok(),
+                "{f}"
+            );
+        }
+    }
 
     fn parse(args: &[&str]) -> Result<Flags, clap::Error> {
         let mut v = vec!["kindnetd"];

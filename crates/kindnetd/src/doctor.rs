@@ -513,7 +513,8 @@ fn mtu(v: &DoctorView) -> Check {
 fn skip_fix(r: &SkipReason) -> String {
     match r {
         SkipReason::NotOnLink { .. } => "kindnet routes pods without an overlay: every node must be on one L2 segment with this one (same subnet, no router between); move the node, or fix its address in the Node object".into(),
-        SkipReason::NoAddress { v6: true } => "give the node an IPv6 InternalIP, or set --ipv6-prefix".into(),
+        SkipReason::NoAddress { .. } => "give the node an InternalIP (or ExternalIP)".into(),
+        SkipReason::LinkLocalUnknown { ipv4, .. } => format!("kindnetd solicits the uplink until the peer's link-local address is in the neighbour table: is IPv6 enabled on {ipv4}'s uplink? (`ip -6 neigh`; or set --ipv6-prefix, or give the node an IPv6 InternalIP)"),
         SkipReason::OutsidePodSubnet { .. } => "the Node's podCIDR is outside --pod-subnet: fix the controller-manager's --cluster-cidr or --pod-subnet".into(),
         _ => "fix the Node object's podCIDRs / addresses (see kindnetd's /readyz and log)".into(),
     }
@@ -1383,6 +1384,7 @@ mod tests {
                 .collect(),
             addr_links: vec![(ip("172.18.0.2"), 2), (ip("10.244.1.1"), 5)],
             ra_default_oifs: vec![],
+            veths: vec![],
         };
         let mut store = NodeStore::new();
         store.replace_all(&[

@@ -4,7 +4,9 @@
 //! It keeps an event history with resource versions, pages lists with
 //! `limit`/`continue`, streams watch events, and can simulate an expired
 //! resource version (410 Gone, as a watch ERROR event or as an HTTP 410 on
-//! watch start) and an outage (every request answered 503, open watches cut).
+//! watch start) and two kinds of outage: every request answered 503 with
+//! open watches cut ([`FakeApi::set_down`]), or the server gone: every
+//! connection, open or new, closed at once ([`FakeApi::set_unreachable`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,9 +40,15 @@ struct Inner {
     /// Bumped to cut every open watch.
     epoch: u64,
     down: bool,
+    /// Connections are closed at once (a stopped server).
+    unreachable: bool,
+    /// Bumped to close every open connection.
+    conn_gen: u64,
     gone_mode: Option<GoneMode>,
     pub lists: u64,
     pub watches: u64,
+    /// The User-Agent of every request, in order (None: no header).
+    user_agents: Vec<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -178,6 +186,22 @@ impl FakeApi {
         self.bump(&mut g);
     }
 
+    /// Starts or ends an outage in which the server is gone: new
+    /// connections are closed as soon as they are accepted, open ones
+    /// (watches, kept-alive connections) are cut.
+    pub fn set_unreachable(&self, on: bool) {
+        let mut g = self.lock();
+        g.unreachable = on;
+        g.conn_gen += 1;
+        g.epoch += 1;
+        self.bump(&mut g);
+    }
+
+    /// The User-Agent header of every request served so far.
+    pub fn user_agents(&self) -> Vec<Option<String>> {
+        self.lock().user_agents.clone()
+    }
+
     /// (list requests, watch requests) served so far.
     pub fn requests(&self) -> (u64, u64) {
         let g = self.lock();
@@ -193,7 +217,110 @@ impl FakeApi {
 
     /// Serves on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-        axum::serve(listener, self.router()).await
+        let router = self.router();
+        axum::serve(
+            Cuttable {
+                inner: listener,
+                api: self,
+            },
+            router,
+        )
+        .await
+    }
+
+    fn cut(&self, generation: u64) -> bool {
+        let g = self.lock();
+        g.unreachable || g.conn_gen != generation
+    }
+}
+
+/// A listener whose connections [`FakeApi::set_unreachable`] closes.
+struct Cuttable {
+    inner: tokio::net::TcpListener,
+    api: FakeApi,
+}
+
+impl axum::serve::Listener for Cuttable {
+    type Io = CutIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (CutIo, std::net::SocketAddr) {
+        loop {
+            if let Ok((stream, addr)) = self.inner.accept().await {
+                let generation = {
+                    let g = self.api.lock();
+                    (!g.unreachable).then_some(g.conn_gen)
+                };
+                // While unreachable: closed at once.
+                if let Some(generation) = generation {
+                    let api = self.api.clone();
+                    return (
+                        CutIo {
+                            stream,
+                            api,
+                            generation,
+                        },
+                        addr,
+                    );
+                }
+            } else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+struct CutIo {
+    stream: tokio::net::TcpStream,
+    api: FakeApi,
+    generation: u64,
+}
+
+fn reset() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, "fake API server gone")
+}
+
+impl tokio::io::AsyncRead for CutIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.api.cut(self.generation) {
+            return std::task::Poll::Ready(Err(reset()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CutIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.api.cut(self.generation) {
+            return std::task::Poll::Ready(Err(reset()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -213,9 +340,17 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-async fn nodes(State(api): State<FakeApi>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn nodes(
+    State(api): State<FakeApi>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let mut g = api.lock();
+    let ua = headers
+        .get(header::USER_AGENT)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    g.user_agents.push(ua);
     if g.down {
         return json_response(
             StatusCode::SERVICE_UNAVAILABLE,

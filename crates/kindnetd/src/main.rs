@@ -30,15 +30,18 @@ fn main() -> ExitCode {
         eprintln!("kindnetd: {msg}");
         return ExitCode::from(2);
     }
-    let filter = match EnvFilter::try_new(&flags.log_level) {
+    let filter = match EnvFilter::try_new(kindnetd::config::log_filter(&flags.log_level)) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("kindnetd: --log-level {:?}: {e}", flags.log_level);
             return ExitCode::from(2);
         }
     };
+    // Colour only for a person at a terminal: `kubectl logs` and files get
+    // plain text.
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if flags.log_json {
         sub.json().flatten_event(true).init();
@@ -171,6 +174,7 @@ async fn run(flags: Flags) -> ExitCode {
         ipam_data_dir: flags.ipam_data_dir.clone(),
         mtu: flags.mtu,
         resync_period: flags.resync_period,
+        reclaim_grace: flags.reclaim_grace,
     };
     let reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
     if let Err(e) = std::thread::Builder::new()

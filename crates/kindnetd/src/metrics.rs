@@ -49,6 +49,10 @@ pub struct Metrics {
     pub cni_config_writes: Counter,
     pub masquerade_syncs: Counter,
     pub masquerade_errors: Counter,
+    pub neighbour_solicitations: Counter,
+    pub leaks_reclaimed: Counter,
+    pub leaked_addresses_reclaimed: Counter,
+    pub leak_candidates: Gauge,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_refused: Counter,
     pub source_stale: Family<SourceLabel, Gauge>,
@@ -78,6 +82,10 @@ impl Metrics {
             cni_config_writes: Counter::default(),
             masquerade_syncs: Counter::default(),
             masquerade_errors: Counter::default(),
+            neighbour_solicitations: Counter::default(),
+            leaks_reclaimed: Counter::default(),
+            leaked_addresses_reclaimed: Counter::default(),
+            leak_candidates: Gauge::default(),
             source_errors: Family::default(),
             http_connections_refused: Counter::default(),
             source_stale: Family::default(),
@@ -131,6 +139,26 @@ impl Metrics {
             "masquerade_syncs",
             "Times the masquerade nftables table was applied",
             m.masquerade_syncs.clone(),
+        );
+        registry.register(
+            "neighbour_solicitations",
+            "Times the nodes on an uplink were solicited for their IPv6 link-local addresses",
+            m.neighbour_solicitations.clone(),
+        );
+        registry.register(
+            "leaks_reclaimed",
+            "Attachments whose pod was gone (namespace gone, no host route, no Pod) released after the grace period",
+            m.leaks_reclaimed.clone(),
+        );
+        registry.register(
+            "leaked_addresses_reclaimed",
+            "Addresses released with those attachments",
+            m.leaked_addresses_reclaimed.clone(),
+        );
+        registry.register(
+            "leak_candidates",
+            "Attachments whose pod looks gone, waiting out the grace period",
+            m.leak_candidates.clone(),
         );
         registry.register(
             "masquerade_errors",

@@ -9,7 +9,7 @@
 //!   wants or routed before ([`routes::split_owned`]); others are reported;
 //! - correct routes are never touched, so a restart changes nothing.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -56,6 +56,9 @@ pub struct Settings {
     /// 0 = from the default-route interface.
     pub mtu: u32,
     pub resync_period: Duration,
+    /// How long an attachment must look leaked before it is reclaimed;
+    /// zero turns reclaiming off.
+    pub reclaim_grace: Duration,
 }
 
 pub struct Reconciler<D: Dataplane> {
@@ -77,6 +80,54 @@ pub struct Reconciler<D: Dataplane> {
     known_peer_cidrs: HashSet<IpNet>,
     /// Protocol-217 routes left alone (not ours), as last logged.
     logged_foreign: Vec<IpNet>,
+    /// Per uplink: when its nodes were last solicited and the pause before
+    /// the next time (doubling while a peer's link-local stays unknown).
+    solicited: HashMap<u32, (Instant, Duration)>,
+    /// A pass is wanted at this time (after a solicitation), before the
+    /// next resync.
+    retry_at: Option<Instant>,
+    /// Leaked attachments waiting out the grace period.
+    leaks: crate::reclaim::Tracker,
+    /// The reason reclaiming could not decide, as last logged.
+    logged_undecidable: Option<String>,
+    /// The last solicitation error logged.
+    logged_solicit_error: Option<String>,
+}
+
+/// Pause after the first solicitation of an uplink; doubles to
+/// [`SOLICIT_MAX`] while a peer's link-local address stays unknown.
+pub const SOLICIT_MIN: Duration = Duration::from_secs(1);
+pub const SOLICIT_MAX: Duration = Duration::from_secs(60);
+/// How soon after a solicitation the neighbour table is read again.
+pub const SOLICIT_RECHECK: Duration = Duration::from_millis(300);
+
+/// Which uplinks to solicit now: those with a wanted peer whose pause has
+/// passed. Returns (oif, the peers on it whose MAC is not known). Pure.
+pub fn due_solicitations(
+    wanted: &[(u32, std::net::Ipv4Addr)],
+    last: &HashMap<u32, (Instant, Duration)>,
+    mac_known: impl Fn(u32, std::net::Ipv4Addr) -> bool,
+    now: Instant,
+) -> Vec<(u32, Vec<std::net::Ipv4Addr>)> {
+    let mut out: Vec<(u32, Vec<std::net::Ipv4Addr>)> = Vec::new();
+    for &(oif, peer) in wanted {
+        if last
+            .get(&oif)
+            .is_some_and(|(at, pause)| now.saturating_duration_since(*at) < *pause)
+        {
+            continue;
+        }
+        let arp = !mac_known(oif, peer);
+        match out.iter_mut().find(|(o, _)| *o == oif) {
+            Some((_, v)) => {
+                if arp {
+                    v.push(peer);
+                }
+            }
+            None => out.push((oif, if arp { vec![peer] } else { Vec::new() })),
+        }
+    }
+    out
 }
 
 /// What one pass did, for tests and logs.
@@ -109,6 +160,11 @@ impl<D: Dataplane> Reconciler<D> {
             logged_own: None,
             known_peer_cidrs: HashSet::new(),
             logged_foreign: Vec::new(),
+            solicited: HashMap::new(),
+            retry_at: None,
+            leaks: crate::reclaim::Tracker::default(),
+            logged_undecidable: None,
+            logged_solicit_error: None,
             cfg,
             dp,
             store,
@@ -126,8 +182,9 @@ impl<D: Dataplane> Reconciler<D> {
         loop {
             let now = Instant::now();
             let mut full = now >= next_full;
-            if !full {
-                match rx.recv_timeout(next_full - now) {
+            let wake = self.retry_at.map_or(next_full, |r| r.min(next_full));
+            if !full && wake > now {
+                match rx.recv_timeout(wake - now) {
                     Ok(t) => {
                         full |= t == Trigger::Resync;
                         // Coalesce everything queued meanwhile into this pass.
@@ -135,7 +192,7 @@ impl<D: Dataplane> Reconciler<D> {
                             full |= t == Trigger::Resync;
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => full = true,
+                    Err(RecvTimeoutError::Timeout) => full = Instant::now() >= next_full,
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
@@ -243,6 +300,9 @@ impl<D: Dataplane> Reconciler<D> {
                 self.masquerade(full, &own_cidrs, &routed, &mut report);
             }
         }
+        if synced && full && !self.cfg.reclaim_grace.is_zero() {
+            self.reclaim(&view);
+        }
         if !self.cfg.masquerading && !self.masq_removed {
             match self.dp.nft(&masq::removal()) {
                 Ok(()) => {
@@ -294,6 +354,11 @@ impl<D: Dataplane> Reconciler<D> {
         });
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());
+        // Last: listening for the answers takes a moment, and nothing else
+        // (masquerade, the conflist, other routes) waits for it.
+        if synced {
+            self.solicit(&view, &desired);
+        }
         if report.replaced + report.deleted > 0 || !report.errors.is_empty() {
             tracing::info!(
                 replaced = report.replaced,
@@ -480,6 +545,145 @@ impl<D: Dataplane> Reconciler<D> {
         }
     }
 
+    /// This pass's evidence about leaked attachments ([`crate::reclaim`]).
+    fn leak_findings(&mut self, view: &HostView) -> Result<crate::reclaim::Findings, String> {
+        let allocations = self
+            .dp
+            .allocations(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME)?;
+        let bridge_index = self.cfg.bridge.as_ref().and_then(|b| {
+            view.link_names
+                .iter()
+                .find(|(_, n)| *n == b)
+                .map(|(i, _)| *i)
+        });
+        let veths: Vec<crate::reclaim::HostVeth> = view
+            .veths
+            .iter()
+            .map(|(v, master)| crate::reclaim::HostVeth {
+                on_pod_bridge: bridge_index.is_some() && *master == bridge_index,
+                ..v.clone()
+            })
+            .collect();
+        Ok(crate::reclaim::find_leaks(&crate::reclaim::Evidence {
+            network: cniconf::NETWORK_NAME,
+            allocations: &allocations,
+            veths: &veths,
+            routes: &view.foreign,
+            // No Pod source yet: the nodes are all kindnetd watches.
+            pod_ips: None,
+        }))
+    }
+
+    /// Releases attachments that have looked leaked for the whole grace
+    /// period, after checking once more with a fresh look at the host.
+    fn reclaim(&mut self, view: &HostView) {
+        let status = self.status.clone();
+        let m = &status.metrics;
+        let findings = match self.leak_findings(view) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the IPAM store; nothing reclaimed");
+                return;
+            }
+        };
+        if findings.undecidable != self.logged_undecidable {
+            if let Some(why) = &findings.undecidable {
+                tracing::warn!("leaked addresses are not reclaimed: {why}");
+            }
+            self.logged_undecidable = findings.undecidable.clone();
+        }
+        let due = self
+            .leaks
+            .due(&findings.leaks, Instant::now(), self.cfg.reclaim_grace);
+        m.leak_candidates.set(self.leaks.pending() as i64);
+        if due.is_empty() {
+            return;
+        }
+        // The decision is about to become an action: look again.
+        let fresh = match self.dp.view().and_then(|v| self.leak_findings(&v)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot look again; nothing reclaimed");
+                return;
+            }
+        };
+        for leak in due {
+            if !fresh.leaks.contains(&leak) {
+                continue;
+            }
+            match self
+                .dp
+                .reclaim(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME, &leak)
+            {
+                Ok(released) => {
+                    m.leaks_reclaimed.inc();
+                    m.leaked_addresses_reclaimed.inc_by(released.len() as u64);
+                    tracing::info!(
+                        container_id = %leak.container_id,
+                        ifname = %leak.ifname,
+                        addresses = ?released,
+                        leftover_veths = leak.leftover_links.len(),
+                        grace_s = self.cfg.reclaim_grace.as_secs(),
+                        "reclaimed a leaked attachment: its pod namespace is gone and nothing uses its addresses"
+                    );
+                    self.leaks.forget(&leak);
+                }
+                Err(e) => {
+                    tracing::warn!(container_id = %leak.container_id, error = %e, "cannot reclaim a leaked attachment");
+                }
+            }
+        }
+        m.leak_candidates.set(self.leaks.pending() as i64);
+    }
+
+    /// Solicits the uplinks of peers whose IPv6 link-local next hop is not
+    /// known yet, and asks for a pass soon after to read the answers.
+    fn solicit(&mut self, view: &HostView, desired: &Desired) {
+        let now = Instant::now();
+        self.solicited
+            .retain(|oif, _| desired.solicit.iter().any(|(o, _)| o == oif));
+        let due = due_solicitations(
+            &desired.solicit,
+            &self.solicited,
+            |oif, peer| {
+                view.topology
+                    .neighbours()
+                    .mac_of(oif, IpAddr::V4(peer))
+                    .is_some()
+            },
+            now,
+        );
+        for (oif, arp) in due {
+            match self.dp.solicit(oif, &arp) {
+                // Logged once per distinct error: it repeats at the uplink's pace.
+                Err(e) if self.logged_solicit_error.as_deref() != Some(e.as_str()) => {
+                    tracing::warn!(error = %e, "cannot solicit the nodes on the uplink");
+                    self.logged_solicit_error = Some(e);
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot solicit the nodes on the uplink"),
+                Ok(()) => self.logged_solicit_error = None,
+            }
+            self.status.metrics.neighbour_solicitations.inc();
+            let pause = self
+                .solicited
+                .get(&oif)
+                .map_or(SOLICIT_MIN, |(_, p)| (*p * 2).min(SOLICIT_MAX));
+            self.solicited.insert(oif, (now, pause));
+        }
+        // Read the answers soon; then keep trying at the uplinks' pace.
+        self.retry_at = self
+            .solicited
+            .values()
+            .map(|(at, pause)| {
+                if *at == now {
+                    now + SOLICIT_RECHECK
+                } else {
+                    *at + *pause
+                }
+            })
+            .min();
+    }
+
     fn log_skips(&mut self, desired: &Desired) {
         let now: HashSet<(String, IpNet, &'static str)> = desired
             .skipped
@@ -657,6 +861,12 @@ mod tests {
         nft: Vec<kindnet_nft::Batch>,
         sysctls: std::collections::HashMap<String, String>,
         fail_view: bool,
+        solicits: Vec<(u32, Vec<std::net::Ipv4Addr>)>,
+        neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
+        allocated: Vec<crate::reclaim::Allocated>,
+        reclaimed: Vec<crate::reclaim::Leak>,
+        veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
+        host_routes: Vec<KernelRoute>,
     }
 
     impl Dataplane for Fake {
@@ -678,15 +888,19 @@ mod tests {
                     priority: 0,
                 },
             ];
+            let mut foreign = foreign;
+            foreign.extend(self.host_routes.iter().cloned());
             let local = vec!["172.18.0.2".parse().unwrap()];
             Ok(HostView {
-                topology: Topology::new(foreign.clone(), local),
+                topology: Topology::new(foreign.clone(), local)
+                    .with_neighbours(crate::routes::Neighbours::new(self.neighbours.clone())),
                 ours: self.installed.clone(),
                 foreign,
                 link_mtus: [(2, 1400)].into_iter().collect(),
                 link_names: [(2, "eth0".to_string())].into_iter().collect(),
                 addr_links: vec![("172.18.0.2".parse().unwrap(), 2)],
                 ra_default_oifs: vec![],
+                veths: self.veths.clone(),
             })
         }
         fn apply(&mut self, op: &RouteOp) -> Result<(), String> {
@@ -718,6 +932,28 @@ mod tests {
             self.sysctls.insert(key.into(), value.into());
             Ok(())
         }
+        fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String> {
+            self.solicits.push((oif, arp.to_vec()));
+            Ok(())
+        }
+        fn allocations(
+            &mut self,
+            _data_dir: &std::path::Path,
+            _network: &str,
+        ) -> Result<Vec<crate::reclaim::Allocated>, String> {
+            Ok(self.allocated.clone())
+        }
+        fn reclaim(
+            &mut self,
+            _data_dir: &std::path::Path,
+            _network: &str,
+            leak: &crate::reclaim::Leak,
+        ) -> Result<Vec<IpAddr>, String> {
+            self.allocated
+                .retain(|a| !(a.container_id == leak.container_id && a.ifname == leak.ifname));
+            self.reclaimed.push(leak.clone());
+            Ok(leak.ips.clone())
+        }
     }
 
     fn settings(dir: &std::path::Path) -> Settings {
@@ -735,6 +971,7 @@ mod tests {
             ipam_data_dir: "/run/cni-ipam-state".into(),
             mtu: 0,
             resync_period: Duration::from_secs(10),
+            reclaim_grace: Duration::from_millis(50),
         }
     }
 
@@ -1201,6 +1438,182 @@ mod tests {
         r.pass(true);
         r.pass(true);
         assert_eq!(r.dp.nft, vec![masq::removal()]);
+    }
+
+    #[test]
+    fn ipv6_pods_on_an_ipv4_only_node_network_are_routed_via_the_peers_link_local() {
+        let (mut r, store, _dir) = setup("linklocal");
+        r.cfg.pod_subnet = vec![
+            "10.244.0.0/16".parse().unwrap(),
+            "fd00:10:244::/56".parse().unwrap(),
+        ];
+        r.cfg.route_opts.pod_subnet = r.cfg.pod_subnet.clone();
+        store.lock().unwrap().replace_all(&[
+            raw(
+                "me",
+                &["10.244.0.0/24", "fd00:10:244::/64"],
+                &[("InternalIP", "172.18.0.2")],
+            ),
+            raw(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &[("InternalIP", "172.18.0.3")],
+            ),
+        ]);
+        r.pass(true);
+        // IPv4 routed; IPv6 not yet: b's uplink is solicited, with ARP.
+        assert_eq!(r.dp.installed.len(), 1);
+        assert_eq!(
+            r.dp.solicits,
+            vec![(2, vec!["172.18.0.3".parse().unwrap()])]
+        );
+        assert!(r.retry_at.is_some(), "a pass soon to read the answers");
+        let ready = r.status.readiness();
+        assert!(
+            ready
+                .report()
+                .contains("IPv6 link-local address of 172.18.0.3 is not known"),
+            "{}",
+            ready.report()
+        );
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_peers_skipped{reason=\"ipv6-link-local-unknown\"} 1")
+        );
+        // Not again right away.
+        r.pass(false);
+        assert_eq!(r.dp.solicits.len(), 1);
+        // The answers arrive in the neighbour table.
+        let mac = vec![2u8, 0x42, 0xac, 0x12, 0, 3];
+        r.dp.neighbours = vec![
+            (2, "172.18.0.3".parse().unwrap(), mac.clone()),
+            (2, "fe80::42:acff:fe12:3".parse().unwrap(), mac),
+        ];
+        r.pass(false);
+        let v6 =
+            r.dp.installed
+                .iter()
+                .find(|i| i.dst.to_string() == "fd00:10:244:1::/64")
+                .cloned();
+        assert_eq!(
+            v6.map(|i| (i.gateway, i.oif)),
+            Some((Some("fe80::42:acff:fe12:3".parse().unwrap()), Some(2)))
+        );
+        assert!(r.retry_at.is_none(), "nothing left to solicit");
+        assert!(r.status.readiness().skipped.is_empty());
+    }
+
+    #[test]
+    fn solicitations_are_per_uplink_and_wait_their_pause() {
+        let now = Instant::now();
+        let a: std::net::Ipv4Addr = "172.18.0.3".parse().unwrap();
+        let b: std::net::Ipv4Addr = "172.18.0.4".parse().unwrap();
+        let c: std::net::Ipv4Addr = "10.1.0.5".parse().unwrap();
+        let wanted = [(2, a), (2, b), (3, c)];
+        let mut last = HashMap::new();
+        let known = |_: u32, p: std::net::Ipv4Addr| p == b;
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now),
+            vec![(2, vec![a]), (3, vec![c])],
+            "one solicitation per uplink; ARP only where the MAC is unknown"
+        );
+        last.insert(2, (now, SOLICIT_MIN));
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now + Duration::from_millis(500)),
+            vec![(3, vec![c])]
+        );
+        assert_eq!(
+            due_solicitations(&wanted, &last, known, now + SOLICIT_MIN).len(),
+            2
+        );
+        assert!(due_solicitations(&[], &last, known, now).is_empty());
+    }
+
+    #[test]
+    fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
+        use crate::reclaim::{Allocated, HostVeth};
+        let (mut r, store, _dir) = setup("reclaim");
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.244.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        let a = |ip: &str, id: &str| Allocated {
+            ip: ip.parse().unwrap(),
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        };
+        r.dp.allocated = vec![a("10.244.0.2", "live"), a("10.244.0.3", "leaked")];
+        // The live pod: its tagged veth leads to its namespace, and its host
+        // route is there; the leaked one has neither (its namespace is gone).
+        let tag = kindnet_cni_spec::AttachmentId::new("kindnet", "live", "eth0")
+            .unwrap()
+            .owner()
+            .to_string();
+        r.dp.veths = vec![(
+            HostVeth {
+                index: 7,
+                name: "veth00000007".into(),
+                alias: Some(tag),
+                peer_elsewhere: true,
+                on_pod_bridge: false,
+            },
+            None,
+        )];
+        r.dp.host_routes = vec![KernelRoute {
+            dst: "10.244.0.2/32".parse().unwrap(),
+            gateway: None,
+            oif: Some(7),
+            priority: 0,
+        }];
+        r.pass(true);
+        assert!(r.dp.reclaimed.is_empty(), "never before the grace period");
+        assert!(
+            r.status
+                .metrics
+                .encode()
+                .contains("kindnet_leak_candidates 1")
+        );
+        // Non-full passes do not reclaim.
+        std::thread::sleep(Duration::from_millis(60));
+        r.pass(false);
+        assert!(r.dp.reclaimed.is_empty());
+        r.pass(true);
+        let ids: Vec<&str> =
+            r.dp.reclaimed
+                .iter()
+                .map(|l| l.container_id.as_str())
+                .collect();
+        assert_eq!(ids, vec!["leaked"]);
+        let metrics = r.status.metrics.encode();
+        assert!(
+            metrics.contains("kindnet_leaks_reclaimed_total 1"),
+            "{metrics}"
+        );
+        assert!(metrics.contains("kindnet_leaked_addresses_reclaimed_total 1"));
+        assert!(metrics.contains("kindnet_leak_candidates 0"));
+        // Many passes later the live pod is still untouched.
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(60));
+            r.pass(true);
+        }
+        assert_eq!(r.dp.reclaimed.len(), 1);
+        assert_eq!(r.dp.allocated, vec![a("10.244.0.2", "live")]);
+        // Off: nothing is even looked at.
+        let (mut off, store, _dir) = setup("reclaim-off");
+        off.cfg.reclaim_grace = Duration::ZERO;
+        store.lock().unwrap().replace_all(&[raw(
+            "me",
+            &["10.244.0.0/24"],
+            &[("InternalIP", "172.18.0.2")],
+        )]);
+        off.dp.allocated = vec![a("10.244.0.3", "leaked")];
+        off.pass(true);
+        std::thread::sleep(Duration::from_millis(60));
+        off.pass(true);
+        assert!(off.dp.reclaimed.is_empty());
     }
 
     #[test]

@@ -59,6 +59,109 @@ pub enum Reach {
 pub struct Topology {
     routes: Vec<KernelRoute>,
     local: Vec<IpAddr>,
+    neighbours: Neighbours,
+}
+
+/// The resolved neighbour entries (ARP and NDP) of this host: (link,
+/// address, link-layer address).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Neighbours {
+    entries: Vec<(u32, IpAddr, Vec<u8>)>,
+}
+
+/// Why the IPv6 link-local address of an IPv4 neighbour is not known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkLocalMiss {
+    /// The IPv4 address is not (yet) in the ARP table.
+    NoMac,
+    /// The MAC is known, but no IPv6 link-local neighbour with that MAC.
+    NoLinkLocal { mac: Vec<u8> },
+    /// More than one IPv6 link-local neighbour has that MAC: no guessing.
+    Ambiguous {
+        mac: Vec<u8>,
+        candidates: Vec<Ipv6Addr>,
+    },
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl fmt::Display for LinkLocalMiss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkLocalMiss::NoMac => write!(f, "its MAC is not in the ARP table yet"),
+            LinkLocalMiss::NoLinkLocal { mac } => write!(
+                f,
+                "no IPv6 link-local neighbour with its MAC {} yet",
+                format_mac(mac)
+            ),
+            LinkLocalMiss::Ambiguous { mac, candidates } => {
+                let c: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+                write!(
+                    f,
+                    "several IPv6 link-local neighbours have its MAC {}: {}",
+                    format_mac(mac),
+                    c.join(", ")
+                )
+            }
+        }
+    }
+}
+
+fn is_link_local(a: &Ipv6Addr) -> bool {
+    (a.segments()[0] & 0xffc0) == 0xfe80
+}
+
+impl Neighbours {
+    /// From resolved entries only (the caller drops incomplete and failed
+    /// ones); entries without a link-layer address are ignored.
+    pub fn new(entries: impl IntoIterator<Item = (u32, IpAddr, Vec<u8>)>) -> Neighbours {
+        let mut entries: Vec<(u32, IpAddr, Vec<u8>)> =
+            entries.into_iter().filter(|e| !e.2.is_empty()).collect();
+        entries.sort();
+        entries.dedup();
+        Neighbours { entries }
+    }
+
+    pub fn mac_of(&self, oif: u32, ip: IpAddr) -> Option<&[u8]> {
+        self.entries
+            .iter()
+            .find(|(i, a, _)| *i == oif && *a == ip)
+            .map(|(_, _, m)| m.as_slice())
+    }
+
+    /// The IPv6 link-local address of the IPv4 neighbour `v4` on link
+    /// `oif`: the one IPv6 link-local neighbour on the same link with the
+    /// same MAC (seed 004). Never derived (EUI-64) without that evidence.
+    pub fn link_local_of(
+        &self,
+        oif: u32,
+        v4: std::net::Ipv4Addr,
+    ) -> Result<Ipv6Addr, LinkLocalMiss> {
+        let mac = self
+            .mac_of(oif, IpAddr::V4(v4))
+            .ok_or(LinkLocalMiss::NoMac)?
+            .to_vec();
+        let mut candidates: Vec<Ipv6Addr> = self
+            .entries
+            .iter()
+            .filter(|(i, _, m)| *i == oif && *m == mac)
+            .filter_map(|(_, a, _)| match a {
+                IpAddr::V6(a) if is_link_local(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        candidates.dedup();
+        match candidates.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(LinkLocalMiss::NoLinkLocal { mac }),
+            _ => Err(LinkLocalMiss::Ambiguous { mac, candidates }),
+        }
+    }
 }
 
 impl Topology {
@@ -72,7 +175,20 @@ impl Topology {
         });
         local.sort();
         local.dedup();
-        Topology { routes, local }
+        Topology {
+            routes,
+            local,
+            neighbours: Neighbours::default(),
+        }
+    }
+
+    pub fn with_neighbours(mut self, n: Neighbours) -> Topology {
+        self.neighbours = n;
+        self
+    }
+
+    pub fn neighbours(&self) -> &Neighbours {
+        &self.neighbours
     }
 
     pub fn is_local(&self, ip: &IpAddr) -> bool {
@@ -145,9 +261,14 @@ pub enum SkipReason {
     ContainsGateway { gateway: IpAddr },
     /// The CIDR overlaps a subnet on one of this host's links.
     OverlapsNodeNetwork { subnet: IpNet },
-    /// The node publishes no address of the CIDR's family (and, for IPv6,
-    /// no --ipv6-prefix is set).
+    /// The node publishes no address at all that could be a next hop.
     NoAddress { v6: bool },
+    /// The node publishes only an IPv4 address, no --ipv6-prefix is set,
+    /// and the IPv6 link-local address of that IPv4 neighbour is not known.
+    LinkLocalUnknown {
+        ipv4: std::net::Ipv4Addr,
+        why: LinkLocalMiss,
+    },
     /// The next hop is reached through a router, not on this L2 segment.
     NotOnLink {
         next_hop: IpAddr,
@@ -172,6 +293,7 @@ impl SkipReason {
             SkipReason::ContainsGateway { .. } => "contains-default-gateway",
             SkipReason::OverlapsNodeNetwork { .. } => "overlaps-node-network",
             SkipReason::NoAddress { .. } => "no-address-of-family",
+            SkipReason::LinkLocalUnknown { .. } => "ipv6-link-local-unknown",
             SkipReason::NotOnLink { .. } => "not-on-link",
             SkipReason::NextHopLocal { .. } => "next-hop-is-local",
             SkipReason::ContainsNextHop { .. } => "cidr-contains-next-hop",
@@ -180,12 +302,13 @@ impl SkipReason {
         }
     }
 
-    pub const LABELS: [&'static str; 10] = [
+    pub const LABELS: [&'static str; 11] = [
         "outside-pod-subnet",
         "contains-node-address",
         "contains-default-gateway",
         "overlaps-node-network",
         "no-address-of-family",
+        "ipv6-link-local-unknown",
         "not-on-link",
         "next-hop-is-local",
         "cidr-contains-next-hop",
@@ -213,10 +336,12 @@ impl fmt::Display for SkipReason {
             SkipReason::OverlapsNodeNetwork { subnet } => {
                 write!(f, "overlaps the node network {subnet} (a connected subnet)")
             }
-            SkipReason::NoAddress { v6: true } => {
-                write!(f, "no IPv6 node address (set --ipv6-prefix to derive one)")
-            }
-            SkipReason::NoAddress { v6: false } => write!(f, "no IPv4 node address"),
+            SkipReason::NoAddress { .. } => write!(f, "no node address"),
+            SkipReason::LinkLocalUnknown { ipv4, why } => write!(
+                f,
+                "no IPv6 node address, and the IPv6 link-local address of {ipv4} is not known: {why} \
+                 (soliciting all nodes on the uplink; or set --ipv6-prefix)"
+            ),
             SkipReason::NotOnLink {
                 next_hop,
                 via: Some(gw),
@@ -252,6 +377,9 @@ pub struct Skipped {
 pub struct Desired {
     pub routes: BTreeMap<IpNet, PeerRoute>,
     pub skipped: Vec<Skipped>,
+    /// (uplink, peer IPv4 address) whose IPv6 link-local address is wanted
+    /// and not known: the neighbours to solicit.
+    pub solicit: Vec<(u32, std::net::Ipv4Addr)>,
     /// This node's pod CIDRs (empty when its Node is unknown or has none).
     pub own_cidrs: Vec<IpNet>,
 }
@@ -488,15 +616,30 @@ pub fn desired_routes_in<'a>(
         held_names.push((name, cidr));
 
         let v6 = cidr.addr().is_ipv6();
-        let next_hop = match s.node.address_of_family(v6) {
-            Some(a) => a,
-            None => match (v6, &opts.ipv6_prefix, s.node.address_of_family(false)) {
-                (true, Some(p), Some(IpAddr::V4(v4))) => IpAddr::V6(embed_ipv4(p, v4)),
-                _ => {
-                    out.skipped.push(skip(SkipReason::NoAddress { v6 }));
-                    continue;
+        let next_hop = match next_hop_for(v6, &s.node, opts, topo) {
+            Ok(NextHop::Address(a)) => a,
+            Ok(NextHop::LinkLocal { addr, oif }) => {
+                out.routes.insert(
+                    cidr,
+                    PeerRoute {
+                        dst: cidr,
+                        gateway: IpAddr::V6(addr),
+                        oif,
+                        node: name.to_string(),
+                    },
+                );
+                continue;
+            }
+            Err(reason) => {
+                if let SkipReason::LinkLocalUnknown { ipv4, .. } = &reason
+                    && let Reach::OnLink { oif } = topo.lookup(IpAddr::V4(*ipv4))
+                    && !out.solicit.contains(&(oif, *ipv4))
+                {
+                    out.solicit.push((oif, *ipv4));
                 }
-            },
+                out.skipped.push(skip(reason));
+                continue;
+            }
         };
         if opts.own_ips.contains(&next_hop) {
             out.skipped
@@ -534,6 +677,63 @@ pub fn desired_routes_in<'a>(
         }
     }
     out
+}
+
+/// A peer's next hop for one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextHop {
+    /// A node address (or one derived with --ipv6-prefix); still to be
+    /// checked for being on-link. For an IPv4 pod CIDR of a node that
+    /// publishes only IPv6, its IPv6 address (an IPv4 route via an IPv6
+    /// next hop).
+    Address(IpAddr),
+    /// The peer's IPv6 link-local address, on the uplink its IPv4 address
+    /// is on (seed 004's last resort).
+    LinkLocal { addr: Ipv6Addr, oif: u32 },
+}
+
+/// Picks the next hop for a peer's pod CIDR of family `v6`: its node
+/// address of that family; else, for IPv6, --ipv6-prefix + its IPv4
+/// address, else its link-local address found through the MAC of its IPv4
+/// neighbour entry (only when the IPv4 address is on-link); else, for IPv4,
+/// its IPv6 address (the kernel routes IPv4 via an IPv6 gateway; the reverse
+/// does not exist).
+pub fn next_hop_for(
+    v6: bool,
+    node: &crate::node::Node,
+    opts: &RouteOptions,
+    topo: &Topology,
+) -> Result<NextHop, SkipReason> {
+    if let Some(a) = node.address_of_family(v6) {
+        return Ok(NextHop::Address(a));
+    }
+    let other = node.address_of_family(!v6);
+    match (v6, other) {
+        (false, Some(a6)) => Ok(NextHop::Address(a6)),
+        (true, Some(IpAddr::V4(v4))) => {
+            if let Some(p) = &opts.ipv6_prefix {
+                return Ok(NextHop::Address(IpAddr::V6(embed_ipv4(p, v4))));
+            }
+            match topo.lookup(IpAddr::V4(v4)) {
+                Reach::OnLink { oif } => match topo.neighbours.link_local_of(oif, v4) {
+                    Ok(addr) => Ok(NextHop::LinkLocal { addr, oif }),
+                    Err(why) => Err(SkipReason::LinkLocalUnknown { ipv4: v4, why }),
+                },
+                Reach::Local => Err(SkipReason::NextHopLocal {
+                    next_hop: IpAddr::V4(v4),
+                }),
+                Reach::ViaGateway { gateway } => Err(SkipReason::NotOnLink {
+                    next_hop: IpAddr::V4(v4),
+                    via: Some(gateway),
+                }),
+                Reach::Unreachable => Err(SkipReason::NotOnLink {
+                    next_hop: IpAddr::V4(v4),
+                    via: None,
+                }),
+            }
+        }
+        _ => Err(SkipReason::NoAddress { v6 }),
+    }
 }
 
 pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
@@ -755,7 +955,9 @@ mod tests {
         )]);
         let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
         assert_eq!(dst(&d), vec![("10.244.1.0/24".into(), "172.18.0.3".into())]);
-        assert_eq!(reasons(&d), vec![("b".into(), "no-address-of-family")]);
+        // Without a prefix: the link-local address, which is not known here.
+        assert_eq!(reasons(&d), vec![("b".into(), "ipv6-link-local-unknown")]);
+        assert_eq!(d.solicit, vec![(2, "172.18.0.3".parse().unwrap())]);
 
         let opts = RouteOptions {
             ipv6_prefix: Some("fc00::/96".parse().unwrap()),
@@ -766,6 +968,130 @@ mod tests {
         assert_eq!(v6.gateway, "fc00::ac12:3".parse::<IpAddr>().unwrap());
         assert_eq!(v6.gateway, "fc00::172.18.0.3".parse::<IpAddr>().unwrap());
         assert!(d.skipped.is_empty());
+    }
+
+    const MAC_B: [u8; 6] = [0x02, 0x42, 0xac, 0x12, 0, 3];
+    const MAC_C: [u8; 6] = [0x02, 0x42, 0xac, 0x12, 0, 4];
+
+    fn nb(oif: u32, ip: &str, mac: &[u8]) -> (u32, IpAddr, Vec<u8>) {
+        (oif, ip.parse().unwrap(), mac.to_vec())
+    }
+
+    #[test]
+    fn ipv6_next_hop_is_the_link_local_address_with_the_ipv4_neighbours_mac() {
+        let nodes = stored(vec![
+            node(
+                "b",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                &["172.18.0.3"],
+            ),
+            node(
+                "c",
+                &["10.244.2.0/24", "fd00:10:244:2::/64"],
+                &["172.18.0.4"],
+            ),
+        ]);
+        let t = topo().with_neighbours(Neighbours::new([
+            nb(2, "172.18.0.3", &MAC_B),
+            nb(2, "172.18.0.4", &MAC_C),
+            // Not EUI-64 of the MAC: whatever the peer really uses.
+            nb(2, "fe80::1234:5678", &MAC_B),
+            nb(2, "fe80::c", &MAC_C),
+            // A global address with b's MAC is not a link-local next hop.
+            nb(2, "fc00::3", &MAC_B),
+            // c's MAC on another link does not count.
+            nb(7, "fe80::77", &MAC_C),
+        ]));
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &t);
+        let b6 = &d.routes[&"fd00:10:244:1::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(b6.gateway, "fe80::1234:5678".parse::<IpAddr>().unwrap());
+        assert_eq!(b6.oif, 2);
+        let c6 = &d.routes[&"fd00:10:244:2::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(c6.gateway, "fe80::c".parse::<IpAddr>().unwrap());
+        assert!(d.skipped.is_empty(), "{:?}", d.skipped);
+        assert!(d.solicit.is_empty());
+        // A node address of the family always wins.
+        let with_v6 = stored(vec![node(
+            "b",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["172.18.0.3", "fc00::3"],
+        )]);
+        let d = desired_routes("me", &with_v6, &RouteOptions::default(), &t);
+        let b6 = &d.routes[&"fd00:10:244:1::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(b6.gateway, "fc00::3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn link_local_is_never_guessed() {
+        let nodes = stored(vec![node(
+            "b",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["172.18.0.3"],
+        )]);
+        let v6dst: IpNet = "fd00:10:244:1::/64".parse().unwrap();
+        for (what, entries, want) in [
+            ("no ARP entry", vec![], "not in the ARP table"),
+            (
+                "no IPv6 neighbour with the MAC",
+                vec![nb(2, "172.18.0.3", &MAC_B), nb(2, "fe80::c", &MAC_C)],
+                "no IPv6 link-local neighbour with its MAC 02:42:ac:12:00:03",
+            ),
+            (
+                "two link-locals with one MAC",
+                vec![
+                    nb(2, "172.18.0.3", &MAC_B),
+                    nb(2, "fe80::1", &MAC_B),
+                    nb(2, "fe80::2", &MAC_B),
+                ],
+                "several IPv6 link-local neighbours",
+            ),
+        ] {
+            let t = topo().with_neighbours(Neighbours::new(entries));
+            let d = desired_routes("me", &nodes, &RouteOptions::default(), &t);
+            assert!(!d.routes.contains_key(&v6dst), "{what}");
+            assert_eq!(d.skipped.len(), 1, "{what}");
+            let msg = d.skipped[0].reason.to_string();
+            assert!(msg.contains(want), "{what}: {msg}");
+            assert_eq!(d.skipped[0].reason.label(), "ipv6-link-local-unknown");
+            assert_eq!(
+                d.solicit,
+                vec![(2, "172.18.0.3".parse().unwrap())],
+                "{what}"
+            );
+        }
+        // Not on-link: never solicited, reported as such.
+        let far = stored(vec![node("far", &["fd00:10:244:9::/64"], &["10.9.9.9"])]);
+        let d = desired_routes("me", &far, &RouteOptions::default(), &topo());
+        assert_eq!(reasons(&d), vec![("far".into(), "not-on-link")]);
+        assert!(d.solicit.is_empty());
+    }
+
+    #[test]
+    fn ipv4_pod_cidr_of_an_ipv6_only_node_goes_via_its_ipv6_address() {
+        let nodes = stored(vec![
+            node("b", &["10.244.1.0/24", "fd00:10:244:1::/64"], &["fc00::3"]),
+            // Not on-link over IPv6: skipped.
+            node("far", &["10.244.9.0/24"], &["fd99::9"]),
+        ]);
+        let d = desired_routes("me", &nodes, &RouteOptions::default(), &topo());
+        let b4 = &d.routes[&"10.244.1.0/24".parse::<IpNet>().unwrap()];
+        assert_eq!(b4.gateway, "fc00::3".parse::<IpAddr>().unwrap());
+        assert_eq!(b4.oif, 2);
+        let b6 = &d.routes[&"fd00:10:244:1::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(b6.gateway, "fc00::3".parse::<IpAddr>().unwrap());
+        assert_eq!(reasons(&d), vec![("far".into(), "not-on-link")]);
+        // Installed as such, it matches: nothing to do on the next pass.
+        let installed: Vec<InstalledRoute> = d
+            .routes
+            .values()
+            .map(|r| InstalledRoute {
+                dst: r.dst,
+                gateway: Some(r.gateway),
+                oif: Some(r.oif),
+                priority: default_priority(&r.dst),
+            })
+            .collect();
+        assert!(diff(&d.routes, &installed).is_empty());
     }
 
     #[test]

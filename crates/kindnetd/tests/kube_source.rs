@@ -307,3 +307,34 @@ async fn control_plane_endpoint_overrides_the_server() {
     )
     .await;
 }
+
+/// Issue 10, defect 5: every request names kindnetd and its version.
+#[tokio::test]
+async fn every_request_carries_the_kindnetd_user_agent() {
+    let api = FakeApi::new();
+    api.preload([n("a", "10.244.1.0/24", "10.0.0.1")]);
+    let h = start(api).await;
+    h.wait(
+        &[("a", "10.244.1.0/24", "10.0.0.1")],
+        Duration::from_secs(5),
+    )
+    .await;
+    // A watch follows the list.
+    h.api.apply(n("b", "10.244.2.0/24", "10.0.0.2"));
+    h.wait(
+        &[
+            ("a", "10.244.1.0/24", "10.0.0.1"),
+            ("b", "10.244.2.0/24", "10.0.0.2"),
+        ],
+        Duration::from_secs(5),
+    )
+    .await;
+    let want = format!("kindnetd/{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(kindnetd::source::kube::USER_AGENT, want);
+    let uas = h.api.user_agents();
+    assert!(uas.len() >= 2, "{uas:?}");
+    assert!(
+        uas.iter().all(|u| u.as_deref() == Some(want.as_str())),
+        "{uas:?}"
+    );
+}

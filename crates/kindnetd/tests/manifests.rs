@@ -231,6 +231,13 @@ fn check_manifest(rel: &str, bridge: bool) {
     let conf_vol =
         mount_of(c, defaults.cni_conf_dir.to_str().unwrap()).expect("CNI config dir mounted");
     assert_eq!(host_path(&conf_vol), "/etc/cni/net.d");
+    // The IPAM store, for reclaiming leaked addresses: the host's own.
+    let ipam_vol = mount_of(c, defaults.ipam_data_dir.to_str().unwrap())
+        .expect("the IPAM data dir is mounted (leak reclaim)");
+    assert_eq!(
+        host_path(&ipam_vol),
+        defaults.ipam_data_dir.to_str().unwrap()
+    );
 
     // Every environment variable is one kindnetd reads, and literal values
     // parse as the matching flag would.

@@ -206,6 +206,7 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
                     Chain::Single
                 },
                 host_ports: false,
+                node_stack: None,
             };
             let max_cni_version = (label == "reference").then(|| "1.0.0".to_string());
             let lab = cluster::up(

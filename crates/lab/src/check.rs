@@ -146,9 +146,13 @@ pub fn connectivity(lab: &Lab, f: Family) -> Vec<Outcome> {
         }
     }
     for n in &lab.nodes {
-        let Some(n_ip) = n.addr(f) else { continue };
+        // The node as its pods see it: its address of the family, or, on
+        // a node network without that family, the pods' gateway (which is
+        // the node too).
+        let own = n.addr(f).or_else(|| pod_gateway(n, f));
         for p in pods {
             if p.node == n.name {
+                let Some(n_ip) = own else { continue };
                 out.push(ping_check(
                     "pod -> own node",
                     format!("{} -> {}", p.name, n.name),
@@ -212,6 +216,43 @@ pub fn connectivity(lab: &Lab, f: Family) -> Vec<Outcome> {
     out
 }
 
+/// The first address of the node's pod CIDR of family `f`: the pods' gateway.
+fn pod_gateway(n: &plan::Node, f: Family) -> Option<IpAddr> {
+    n.pod_cidrs
+        .iter()
+        .find(|c| Family::of(&c.addr()) == f)
+        .map(|c| match c.network() {
+            IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+        })
+}
+
+/// The IPv6 link-local address of a node's uplink.
+fn link_local(ns: &str) -> Option<IpAddr> {
+    let v: Value = serde_json::from_str(
+        &sys::ip(
+            ns,
+            &["-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"],
+        )
+        .ok()?,
+    )
+    .ok()?;
+    v.get(0)?["addr_info"].get(0)?["local"]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// The next hop a node should use for `peer`'s pod CIDR of family `f`: the
+/// peer's address of that family; on a node network without it, for IPv6
+/// the peer's link-local address, for IPv4 its IPv6 address (`via inet6`).
+fn expected_next_hop(peer: &plan::Node, f: Family) -> Option<IpAddr> {
+    peer.addr(f).or_else(|| match f {
+        Family::V6 => link_local(&peer.netns),
+        Family::V4 => peer.addr(Family::V6),
+    })
+}
+
 fn routes(ns: &str, f: Family) -> Vec<Value> {
     let fam = if f == Family::V4 { "-4" } else { "-6" };
     sys::ip(ns, &["-j", fam, "route", "show"])
@@ -239,14 +280,22 @@ pub fn layout(lab: &Lab, f: Family) -> Vec<Outcome> {
         let host_routes = routes(&n.netns, f);
         // one route per peer pod CIDR, via the peer's node address
         for peer in lab.nodes.iter().filter(|p| p.name != n.name) {
-            let (Some(cidr), Some(via)) = (
-                peer.pod_cidrs.iter().find(|c| Family::of(&c.addr()) == f),
-                peer.addr(f),
-            ) else {
+            let Some(cidr) = peer.pod_cidrs.iter().find(|c| Family::of(&c.addr()) == f) else {
                 continue;
             };
+            let Some(via) = expected_next_hop(peer, f) else {
+                out.push(o(
+                    format!("{}: route {cidr} ({})", n.name, peer.name),
+                    false,
+                    "the peer has no next hop of any family".into(),
+                ));
+                continue;
+            };
+            // An IPv4 route via an IPv6 next hop shows it as "via".
             let found = host_routes.iter().any(|r| {
-                dst_is(r, &cidr.to_string()) && r["gateway"].as_str() == Some(&via.to_string())
+                dst_is(r, &cidr.to_string())
+                    && (r["gateway"].as_str() == Some(&via.to_string())
+                        || r["via"]["host"].as_str() == Some(&via.to_string()))
             });
             out.push(o(
                 format!("{}: route {cidr} via {via} ({})", n.name, peer.name),
@@ -254,15 +303,7 @@ pub fn layout(lab: &Lab, f: Family) -> Vec<Outcome> {
                 String::new(),
             ));
         }
-        let Some(gw) = n
-            .pod_cidrs
-            .iter()
-            .find(|c| Family::of(&c.addr()) == f)
-            .map(|c| match c.network() {
-                IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
-                IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
-            })
-        else {
+        let Some(gw) = pod_gateway(n, f) else {
             continue;
         };
         for p in lab.pods.iter().filter(|p| p.node == n.name) {

@@ -129,7 +129,7 @@ fn build_segment(spec: &Spec) -> Result<()> {
         ],
     )?;
     sys::ip(&seg, &["link", "set", "ext", "master", "br0", "up"])?;
-    for f in spec.stack.families() {
+    for f in spec.node_families() {
         let (seg_len, host_len) = match f {
             Family::V4 => (16, 32),
             Family::V6 => (64, 128),
@@ -182,7 +182,7 @@ fn build_node(spec: &Spec, node: &Node) -> Result<()> {
     }
     no_dad(&node.netns)?;
     sys::ip(&node.netns, &["link", "set", "eth0", "up"])?;
-    for f in spec.stack.families() {
+    for f in spec.node_families() {
         let fam = if *f == Family::V4 { "-4" } else { "-6" };
         sys::ip(
             &node.netns,
@@ -372,8 +372,12 @@ pub fn up(spec: Spec, binaries: Binaries) -> Result<Lab> {
     };
     lab.save()?;
     eprintln!(
-        "building lab {:?}: {} nodes, {:?}, {:?}",
-        lab.spec.name, lab.spec.nodes, lab.spec.stack, lab.spec.mode
+        "building lab {:?}: {} nodes, pods {:?}, node network {:?}, {:?}",
+        lab.spec.name,
+        lab.spec.nodes,
+        lab.spec.stack,
+        lab.spec.node_stack.unwrap_or(lab.spec.stack),
+        lab.spec.mode
     );
     progress("segment (a bridge in its own namespace) and the external host");
     build_segment(&lab.spec)?;

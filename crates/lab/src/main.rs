@@ -32,8 +32,14 @@ struct Cli {
 struct UpArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// The pods' IP families.
     #[arg(long, value_enum, default_value = "dual")]
     stack: Stack,
+    /// The node network's IP families (node addresses, default routes);
+    /// default: the same as --stack. `--stack dual --node-stack ipv4` gives
+    /// dual-stack pods on an IPv4-only node network.
+    #[arg(long, value_enum)]
+    node_stack: Option<Stack>,
     #[arg(long, value_enum, default_value = "ptp")]
     mode: Mode,
     #[arg(long, default_value_t = 2)]
@@ -147,6 +153,7 @@ fn spec(a: &UpArgs) -> Spec {
         pods_per_node: a.pods_per_node,
         cni_chain: a.cni_chain,
         host_ports: true,
+        node_stack: a.node_stack.filter(|n| *n != a.stack),
     }
 }
 

@@ -85,6 +85,18 @@ pub struct Spec {
     /// reference lab turns it off).
     #[serde(default = "yes")]
     pub host_ports: bool,
+    /// The families of the node network (node addresses, default routes,
+    /// the external host), independent of the pods' `stack`; None = the
+    /// same as `stack`.
+    #[serde(default)]
+    pub node_stack: Option<Stack>,
+}
+
+impl Spec {
+    /// The families the node network has.
+    pub fn node_families(&self) -> &'static [Family] {
+        self.node_stack.unwrap_or(self.stack).families()
+    }
 }
 
 fn yes() -> bool {
@@ -183,11 +195,16 @@ pub fn external(f: Family) -> IpAddr {
 pub fn node(spec: &Spec, index: usize) -> Node {
     let mut addrs = Vec::new();
     let mut pod_cidrs = Vec::new();
+    let host = u32::try_from(index + 1).unwrap_or(u32::MAX);
+    for f in spec.node_families() {
+        addrs.push(match f {
+            Family::V4 => with_prefix(nth_addr(SEGMENT_V4, host), SEGMENT_V4),
+            Family::V6 => with_prefix(nth_addr(SEGMENT_V6, host), SEGMENT_V6),
+        });
+    }
     for f in spec.stack.families() {
-        let host = u32::try_from(index + 1).unwrap_or(u32::MAX);
         match f {
             Family::V4 => {
-                addrs.push(with_prefix(nth_addr(SEGMENT_V4, host), SEGMENT_V4));
                 let third = u8::try_from(index).unwrap_or(u8::MAX);
                 pod_cidrs.push(
                     format!("10.244.{third}.0/24")
@@ -196,7 +213,6 @@ pub fn node(spec: &Spec, index: usize) -> Node {
                 );
             }
             Family::V6 => {
-                addrs.push(with_prefix(nth_addr(SEGMENT_V6, host), SEGMENT_V6));
                 pod_cidrs.push(
                     format!("fd00:10:244:{index:x}::/64")
                         .parse()
@@ -285,7 +301,33 @@ mod tests {
             pods_per_node: 2,
             cni_chain: Chain::Single,
             host_ports: true,
+            node_stack: None,
         }
+    }
+
+    #[test]
+    fn node_network_families_are_independent_of_the_pods() {
+        let mut s = spec(Stack::Dual);
+        s.node_stack = Some(Stack::Ipv4);
+        let n = node(&s, 2);
+        assert_eq!(n.addrs, vec!["172.18.0.3/16".parse::<IpNet>().unwrap()]);
+        assert_eq!(n.pod_cidrs.len(), 2);
+        assert_eq!(s.node_families(), &[Family::V4]);
+        s.node_stack = Some(Stack::Ipv6);
+        let n = node(&s, 2);
+        assert_eq!(
+            n.addrs,
+            vec!["fc00:f853:ccd:e793::3/64".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(n.pod_cidrs.len(), 2);
+        // The default: the pods' families.
+        s.node_stack = None;
+        assert_eq!(node(&s, 2).addrs.len(), 2);
+        // An old lab.json without the field reads as "same as the pods".
+        let mut v = serde_json::to_value(&s).unwrap();
+        v.as_object_mut().unwrap().remove("node_stack");
+        let back: Spec = serde_json::from_value(v).unwrap();
+        assert_eq!(back.node_stack, None);
     }
 
     #[test]

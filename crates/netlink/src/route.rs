@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NlasIterator};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteType, RouteVia,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -133,16 +133,31 @@ impl Route {
         Family::of(&self.dst.addr())
     }
 
+    /// An IPv4 route may have an IPv6 gateway (sent as RTA_VIA, `ip route
+    /// add 10.0.0.0/8 via inet6 fd00::1`, RFC 5549 style); the reverse is
+    /// not supported by the kernel, and the source must be of the route's
+    /// family.
     fn validate(&self) -> Result<()> {
         let fam = self.family();
-        for (what, a) in [("gateway", self.gateway), ("src", self.src)] {
-            if a.is_some_and(|a| Family::of(&a) != fam) {
-                return Err(Error::Invalid(format!(
-                    "route {self}: {what} family differs"
-                )));
-            }
+        if self.src.is_some_and(|a| Family::of(&a) != fam) {
+            return Err(Error::Invalid(format!("route {self}: src family differs")));
+        }
+        if let Some(gw) = self.gateway
+            && Family::of(&gw) != fam
+            && !(fam == Family::V4 && gw.is_ipv6())
+        {
+            return Err(Error::Invalid(format!(
+                "route {self}: an IPv6 route cannot have an IPv4 gateway"
+            )));
         }
         Ok(())
+    }
+
+    /// Whether the gateway is of the other family (an IPv4 route via an
+    /// IPv6 next hop: RTA_VIA).
+    pub fn gateway_via_other_family(&self) -> bool {
+        self.gateway
+            .is_some_and(|gw| Family::of(&gw) != self.family())
     }
 
     /// Builds the RTM_NEWROUTE / RTM_DELROUTE body. For deletes the scope
@@ -173,8 +188,12 @@ impl Route {
             )));
         }
         a.push(RouteAttribute::Table(self.table));
-        if let Some(gw) = self.gateway {
-            a.push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+        match self.gateway {
+            Some(IpAddr::V6(gw)) if self.family() == Family::V4 => {
+                a.push(RouteAttribute::Via(RouteVia::Inet6(gw)));
+            }
+            Some(gw) => a.push(RouteAttribute::Gateway(RouteAddress::from(gw))),
+            None => {}
         }
         if let Some(oif) = self.oif {
             a.push(RouteAttribute::Oif(oif));
@@ -216,6 +235,15 @@ impl Route {
                 RTA_OIF => r.oif = Some(u32_of(v)?),
                 RTA_PRIORITY => r.priority = Some(u32_of(v)?),
                 RTA_TABLE => r.table = u32_of(v)?,
+                // struct rtvia: family (u16), then the address. Only an
+                // IPv6 next hop of an IPv4 route is represented.
+                RTA_VIA if fam == Family::V4 => {
+                    let af = u16::from_ne_bytes(<[u8; 2]>::try_from(v.get(..2)?).ok()?);
+                    if af != libc::AF_INET6 as u16 {
+                        return None;
+                    }
+                    r.gateway = Some(ip(Family::V6, v.get(2..)?)?);
+                }
                 RTA_MULTIPATH | RTA_VIA | RTA_NH_ID => return None,
                 _ => {}
             }
@@ -391,11 +419,16 @@ mod tests {
         c.oif = Some(2);
         c.scope = Scope::Link;
 
+        let mut e = Route::new("10.244.2.0/24".parse().unwrap());
+        e.gateway = Some("fd00::3".parse().unwrap());
+        e.oif = Some(3);
+        e.protocol = 217;
+
         let mut d = Route::new("10.0.0.5/32".parse().unwrap());
         d.scope = Scope::Host;
         d.table = RT_TABLE_LOCAL;
         d.protocol = RTPROT_KERNEL;
-        vec![a, b, c, d, Route::new("::/0".parse().unwrap())]
+        vec![a, b, c, d, e, Route::new("::/0".parse().unwrap())]
     }
 
     #[test]
@@ -502,9 +535,47 @@ mod tests {
     }
 
     #[test]
-    fn mixed_families_are_rejected() {
+    fn mixed_families_are_rejected_except_ipv4_via_ipv6() {
+        let mut r = Route::new("fd00:1::/64".parse().unwrap());
+        r.gateway = Some("10.0.0.1".parse().unwrap());
+        assert!(matches!(r.validate(), Err(Error::Invalid(_))));
+        let mut r = Route::new("10.0.0.0/8".parse().unwrap());
+        r.src = Some("fd00::1".parse().unwrap());
+        assert!(matches!(r.validate(), Err(Error::Invalid(_))));
         let mut r = Route::new("10.0.0.0/8".parse().unwrap());
         r.gateway = Some("fd00::1".parse().unwrap());
-        assert!(matches!(r.validate(), Err(Error::Invalid(_))));
+        assert!(r.validate().is_ok());
+        assert!(r.gateway_via_other_family());
+        let m = r.to_message(false);
+        assert!(m.attributes.contains(&RouteAttribute::Via(RouteVia::Inet6(
+            "fd00::1".parse().unwrap()
+        ))));
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+        );
+    }
+
+    #[test]
+    fn via_of_another_kind_is_skipped() {
+        // An IPv4 RTA_VIA (family AF_INET) is not something we make.
+        let r = Route::new("10.0.0.0/8".parse().unwrap());
+        let mut bytes = wire(&r, false);
+        bytes.extend_from_slice(&[
+            10,
+            0,
+            RTA_VIA as u8,
+            0,
+            libc::AF_INET as u8,
+            0,
+            1,
+            2,
+            3,
+            4,
+            0,
+            0,
+        ]);
+        assert_eq!(Route::parse(&bytes), None);
     }
 }

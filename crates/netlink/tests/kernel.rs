@@ -694,3 +694,70 @@ fn neighbours_are_listed_with_their_state() {
     assert_eq!(e.state_name(), "PERMANENT");
     assert_eq!(e.lladdr.as_deref(), Some(&[2, 0, 0, 0, 0, 9][..]));
 }
+
+/// An IPv4 route whose next hop is an IPv6 address (RTA_VIA): added,
+/// listed back with its IPv6 gateway, replaced in place, deleted.
+#[test]
+fn ipv4_route_via_an_ipv6_next_hop() {
+    require_root!();
+    let t = TestNs::new();
+    let mut h = t.handle();
+    let (a, _) = veth_pair(&mut h, "via0", "via1");
+    let nodad = AddrFlags {
+        nodad: true,
+        noprefixroute: false,
+    };
+    h.add_address(a, net("fd00:5::1/64"), nodad).unwrap();
+
+    let mut r = Route::new(net("10.244.2.0/24"));
+    r.gateway = Some(ip("fd00:5::3"));
+    r.oif = Some(a);
+    r.protocol = 217;
+    h.replace_route(&r).unwrap();
+    let shown = t.ip(&["-4", "route", "show", "proto", "217"]);
+    assert!(
+        shown.contains("10.244.2.0/24 via inet6 fd00:5::3 dev via0"),
+        "{shown}"
+    );
+    let listed = h
+        .routes(
+            Family::V4,
+            RouteFilter {
+                protocol: Some(217),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].dst, net("10.244.2.0/24"));
+    assert_eq!(listed[0].gateway, Some(ip("fd00:5::3")));
+    assert_eq!(listed[0].oif, Some(a));
+
+    // Replaced in place by another IPv6 next hop, then by an IPv4 one.
+    r.gateway = Some(ip("fd00:5::4"));
+    h.replace_route(&r).unwrap();
+    assert!(t.ip(&["-4", "route"]).contains("via inet6 fd00:5::4"));
+    h.add_address(a, net("10.0.0.1/24"), AddrFlags::default())
+        .unwrap();
+    r.gateway = Some(ip("10.0.0.4"));
+    h.replace_route(&r).unwrap();
+    let shown = t.ip(&["-4", "route", "show", "proto", "217"]);
+    assert!(
+        shown.contains("10.244.2.0/24 via 10.0.0.4 dev via0"),
+        "{shown}"
+    );
+    r.gateway = Some(ip("fd00:5::3"));
+    h.replace_route(&r).unwrap();
+    h.del_route(&r).unwrap();
+    assert!(
+        t.ip(&["-4", "route", "show", "proto", "217"])
+            .trim()
+            .is_empty()
+    );
+    assert!(h.del_route(&r).unwrap_err().is_not_found());
+
+    // The reverse does not exist in the kernel: refused before sending.
+    let mut bad = Route::new(net("fd00:10::/64"));
+    bad.gateway = Some(ip("10.0.0.4"));
+    assert!(h.replace_route(&bad).is_err());
+}

@@ -4,29 +4,32 @@
 //! resourceVersion, podCIDRs and addresses: the rest of each object (images,
 //! managedFields, conditions ...) is skipped while parsing and never stored.
 //!
-//! The watcher re-lists after watch errors and expired resource versions
-//! (410 Gone) and retries with backoff through API-server outages; the
-//! store keeps what it knows meanwhile, so routes stay. A re-list replaces
-//! the store as a whole when it completes, removing nodes deleted while
-//! the watch was down.
+//! The watcher re-lists at once after expired resource versions (410 Gone,
+//! "too old resource version") and retries with a capped, jittered backoff
+//! (at most 2.5 s) through API-server outages; the store keeps what it
+//! knows meanwhile, so routes stay. A re-list replaces the store as a whole
+//! when it completes, removing nodes deleted while the watch was down.
 
 use std::borrow::Cow;
 use std::net::ToSocketAddrs;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 use serde::{Deserialize, Deserializer};
 
 use crate::node::{RawMeta, RawNode, RawSpec, RawStatus};
 use crate::source::Sink;
+use crate::streak::{StreakLine, StreakLog};
 
 const SOURCE: &str = "kube";
+
+/// The User-Agent of every request to the API server.
+pub const USER_AGENT: &str = concat!("kindnetd/", env!("CARGO_PKG_VERSION"));
 
 /// A Node with only the fields kindnetd reads.
 #[derive(Clone, Debug, Deserialize)]
@@ -148,6 +151,19 @@ pub async fn client(
             tracing::warn!(endpoint = ep, server = %config.cluster_url, "CONTROL_PLANE_ENDPOINT does not answer; using the configured API server address");
         }
     }
+    // The client's own retry of 429/503/504 doubles its pause up to 15
+    // times without a cap (minutes, during an outage); the watch loop
+    // retries itself with a capped backoff instead.
+    config.default_retry = false;
+    // Operators attribute requests by User-Agent (audit log, API priority
+    // and fairness); the client sends none of its own.
+    config
+        .headers
+        .retain(|(k, _)| k != http::header::USER_AGENT);
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    ));
     Ok(Client::try_from(config)?)
 }
 
@@ -186,54 +202,204 @@ async fn reachable(uri: &http::Uri) -> bool {
     false
 }
 
+/// The shortest and longest pause between two attempts while the API
+/// server cannot be reached. The pause doubles from the shortest, is capped
+/// at the longest, and is scaled by a random factor in [0.75, 1.25) so that
+/// the nodes of a cluster do not retry in lockstep: at most 2.5 s, so a
+/// returning API server is seen within a few seconds however long it was
+/// away.
+pub const RETRY_MIN: Duration = Duration::from_millis(200);
+pub const RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// What a watch failure asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The server no longer has the resource version we resume from (410
+    /// Gone, "too old resource version"): a fresh list is the only way on,
+    /// and it is tried at once. `fresh_watcher`: the watcher does not reset
+    /// itself for this one (410 on watch start, or the message without the
+    /// code), so it is replaced.
+    Gone { fresh_watcher: bool },
+    /// Anything else (unreachable, 5xx, a cut stream): retry with backoff.
+    Other,
+}
+
+fn too_old(message: &str) -> bool {
+    message
+        .to_ascii_lowercase()
+        .contains("too old resource version")
+}
+
+fn gone_status(s: &kube::core::Status) -> bool {
+    s.code == 410 || too_old(&s.message)
+}
+
+/// Classifies a watcher error.
+pub fn classify(e: &watcher::Error) -> Failure {
+    match e {
+        // The watcher resets itself to a fresh list after an in-stream 410.
+        watcher::Error::WatchError(s) if s.code == 410 => Failure::Gone {
+            fresh_watcher: false,
+        },
+        watcher::Error::WatchError(s) if too_old(&s.message) => Failure::Gone {
+            fresh_watcher: true,
+        },
+        watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::InitialListFailed(kube::Error::Api(s))
+            if gone_status(s) =>
+        {
+            Failure::Gone {
+                fresh_watcher: true,
+            }
+        }
+        _ => Failure::Other,
+    }
+}
+
+/// The retry schedule of the node watch, as a pure state machine: the
+/// caller reports failures and successes and sleeps for what it is told.
+#[derive(Debug, Clone, Default)]
+pub struct Retry {
+    /// Failures since the last success (the current streak).
+    failures: u32,
+    /// Of those, the last ones in a row that were Gone.
+    gone_in_a_row: u32,
+}
+
+impl Retry {
+    /// The pause before the next attempt after a failure. `jitter` is a
+    /// random number in [0, 1). A Gone relists at once, unless the previous
+    /// failure was Gone too (a server answering 410 to everything must not
+    /// be hammered): then it backs off like any other failure.
+    pub fn failed(&mut self, f: Failure, jitter: f64) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        if matches!(f, Failure::Gone { .. }) {
+            self.gone_in_a_row += 1;
+            if self.gone_in_a_row == 1 {
+                return Duration::ZERO;
+            }
+        } else {
+            self.gone_in_a_row = 0;
+        }
+        let steps = self.failures.saturating_sub(1).min(16);
+        let base = RETRY_MIN.saturating_mul(1u32 << steps).min(RETRY_MAX);
+        base.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// Something worked: the streak ends. Returns how many failures it had.
+    pub fn succeeded(&mut self) -> u32 {
+        self.gone_in_a_row = 0;
+        std::mem::take(&mut self.failures)
+    }
+
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
+
+/// A random number in [0, 1) for jitter (not cryptographic).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Watches Nodes forever, feeding `sink`.
+///
+/// Retries are this loop's own ([`Retry`]): the client's built-in retry is
+/// off (see [`client`]), and the watcher runs without a backoff layer, so
+/// nothing else grows a pause. After an outage the watch resumes from the
+/// last resource version; if the server's history no longer has it (410,
+/// in the stream or on watch start) the nodes are listed again at once and
+/// the list replaces the store as a whole. Nothing known is dropped while
+/// the server is away.
 pub async fn run(client: Client, sink: Sink) {
     let api: Api<SlimNode> = Api::all(client);
+    let mut retry = Retry::default();
+    let mut streak = StreakLog::default();
     loop {
-        // A fresh watcher starts with a full list; we get here at start and
-        // when the server refuses to resume (HTTP 410 on watch start).
+        // A fresh watcher starts with a full list.
         let cfg = watcher::Config::default().page_size(500);
-        let mut stream = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
+        let mut stream = watcher::watcher(api.clone(), cfg).boxed();
         let mut buffer: Option<Vec<RawNode>> = None;
-        let restart = loop {
+        loop {
             let Some(item) = stream.next().await else {
-                break true;
+                break;
             };
             match item {
+                // Emitted before the list request: not a sign of success.
                 Ok(Event::Init) => buffer = Some(Vec::new()),
-                Ok(Event::InitApply(n)) => {
-                    if let Some(b) = buffer.as_mut() {
-                        b.push(n.to_raw());
+                Ok(ev) => {
+                    retry.succeeded();
+                    if let Some(StreakLine::Recovered { count, lasted }) =
+                        streak.success(Instant::now())
+                    {
+                        tracing::info!(
+                            failures = count,
+                            lasted_s = lasted.as_secs(),
+                            "node watch working again (routes were kept meanwhile)"
+                        );
                     }
-                }
-                Ok(Event::InitDone) => {
-                    let nodes = buffer.take().unwrap_or_default();
-                    sink.replace_all(SOURCE, &nodes);
-                    sink.mark_synced();
-                }
-                Ok(Event::Apply(n)) => sink.upsert(SOURCE, &n.to_raw()),
-                Ok(Event::Delete(n)) => {
-                    if let Some(name) = n.metadata.name.as_deref() {
-                        sink.delete(SOURCE, name);
+                    match ev {
+                        Event::Init => {}
+                        Event::InitApply(n) => {
+                            if let Some(b) = buffer.as_mut() {
+                                b.push(n.to_raw());
+                            }
+                        }
+                        Event::InitDone => {
+                            let nodes = buffer.take().unwrap_or_default();
+                            sink.replace_all(SOURCE, &nodes);
+                            sink.mark_synced();
+                        }
+                        Event::Apply(n) => sink.upsert(SOURCE, &n.to_raw()),
+                        Event::Delete(n) => {
+                            if let Some(name) = n.metadata.name.as_deref() {
+                                sink.delete(SOURCE, name);
+                            }
+                        }
                     }
                 }
                 Err(e) => {
                     sink.status().metrics.source_error(SOURCE);
-                    let gone_on_start = matches!(
-                        &e,
-                        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410
-                    );
-                    tracing::warn!(error = %e, "node watch error; retrying (routes are kept)");
-                    if gone_on_start {
-                        break true;
+                    let failure = classify(&e);
+                    let pause = retry.failed(failure, jitter());
+                    match streak.failure(Instant::now()) {
+                        Some(StreakLine::Started) => tracing::warn!(
+                            error = %e,
+                            "node watch failing; retrying every few seconds, routes are kept \
+                             (one line per minute while it lasts)"
+                        ),
+                        Some(StreakLine::Ongoing { count, lasted }) => tracing::warn!(
+                            error = %e,
+                            failures = count,
+                            lasted_s = lasted.as_secs(),
+                            "node watch still failing; routes are kept"
+                        ),
+                        _ => {
+                            tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "node watch error")
+                        }
+                    }
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    if let Failure::Gone {
+                        fresh_watcher: true,
+                    } = failure
+                    {
+                        break;
                     }
                 }
             }
-        };
-        if restart {
-            tracing::info!("restarting the node watch with a fresh list");
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        tracing::debug!("restarting the node watch with a fresh list");
     }
 }
 
@@ -266,5 +432,99 @@ mod tests {
         use kube::Resource;
         assert_eq!(SlimNode::url_path(&(), None), "/api/v1/nodes");
         assert_eq!(SlimNode::api_version(&()), "v1");
+    }
+
+    fn status(code: u16, message: &str) -> Box<kube::core::Status> {
+        Box::new(kube::core::Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn gone_and_too_old_are_told_apart_from_other_failures() {
+        let in_stream = watcher::Error::WatchError(status(410, "too old resource version: 5 (9)"));
+        assert_eq!(
+            classify(&in_stream),
+            Failure::Gone {
+                fresh_watcher: false
+            }
+        );
+        for e in [
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(410, "Expired"))),
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(
+                500,
+                "Too old resource version: 1 (2)",
+            ))),
+            watcher::Error::WatchError(status(500, "too old resource version: 1 (2)")),
+            watcher::Error::InitialListFailed(kube::Error::Api(status(410, "Expired"))),
+        ] {
+            assert_eq!(
+                classify(&e),
+                Failure::Gone {
+                    fresh_watcher: true
+                },
+                "{e}"
+            );
+        }
+        for e in [
+            watcher::Error::WatchStartFailed(kube::Error::Api(status(503, "unavailable"))),
+            watcher::Error::WatchError(status(500, "internal error")),
+            watcher::Error::NoResourceVersion,
+        ] {
+            assert_eq!(classify(&e), Failure::Other, "{e}");
+        }
+    }
+
+    #[test]
+    fn backoff_is_capped_jittered_and_reset_by_success() {
+        let mut r = Retry::default();
+        let pauses: Vec<Duration> = (0..20).map(|_| r.failed(Failure::Other, 0.5)).collect();
+        assert_eq!(pauses[0], RETRY_MIN);
+        assert_eq!(pauses[1], RETRY_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), RETRY_MAX);
+        // Jitter spreads the pause over [0.75, 1.25) of the step, never beyond.
+        assert_eq!(r.failed(Failure::Other, 0.0), RETRY_MAX.mul_f64(0.75));
+        assert!(r.failed(Failure::Other, 0.999_999) < RETRY_MAX.mul_f64(1.25));
+        assert!(r.failed(Failure::Other, 7.0) <= RETRY_MAX.mul_f64(1.25));
+        assert_eq!(r.failures(), 23);
+        assert_eq!(r.succeeded(), 23);
+        assert_eq!(
+            r.failed(Failure::Other, 0.5),
+            RETRY_MIN,
+            "a success resets the backoff"
+        );
+    }
+
+    #[test]
+    fn gone_relists_at_once_even_after_a_long_outage_but_never_spins() {
+        let mut r = Retry::default();
+        for _ in 0..30 {
+            r.failed(Failure::Other, 0.5);
+        }
+        let gone = Failure::Gone {
+            fresh_watcher: false,
+        };
+        assert_eq!(
+            r.failed(gone, 0.5),
+            Duration::ZERO,
+            "410 after an outage: relist now"
+        );
+        // A server that answers 410 to the fresh list too gets the backoff.
+        assert_eq!(r.failed(gone, 0.5), RETRY_MAX);
+        assert_eq!(r.failed(gone, 0.5), RETRY_MAX);
+        // Another failure in between re-arms the immediate relist.
+        r.failed(Failure::Other, 0.5);
+        assert_eq!(r.failed(gone, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn jitter_is_in_range() {
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j), "{j}");
+        }
     }
 }

@@ -42,9 +42,14 @@ pub fn our_routes(ns: &NetnsGuard) -> Vec<(String, String, String)> {
         let v: Value = serde_json::from_str(if s.trim().is_empty() { "[]" } else { &s })
             .unwrap_or(Value::Null);
         for r in v.as_array().cloned().unwrap_or_default() {
+            // An IPv4 route via an IPv6 next hop shows it as "via".
+            let gw = r["gateway"]
+                .as_str()
+                .or_else(|| r["via"]["host"].as_str())
+                .unwrap_or("");
             out.push((
                 r["dst"].as_str().unwrap_or("").to_string(),
-                r["gateway"].as_str().unwrap_or("").to_string(),
+                gw.to_string(),
                 r["dev"].as_str().unwrap_or("").to_string(),
             ));
         }
