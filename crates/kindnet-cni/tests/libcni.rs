@@ -67,18 +67,33 @@ fn drive_ok(driver: &Path, node: Option<&Ns>, args: &[&str], env: &[(&str, &str)
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// kind's conflist: ptp + host-local + portmap.
+/// The conflist kindnetd writes (its own renderer, `kindnetd
+/// --print-conflist`, built next to this test by `cargo test --workspace`)
+/// for `chain` (`single` or `classic`), at spec `version`.
+fn kindnetd_conflist(version: &str, data: &str, chain: &str) -> Value {
+    let kindnetd = Path::new(env!("CARGO_BIN_EXE_kindnet-cni")).with_file_name("kindnetd");
+    assert!(
+        kindnetd.is_file(),
+        "{} is missing: `cargo test --workspace` (or `cargo build -p kindnetd`) builds it",
+        kindnetd.display()
+    );
+    let o = Command::new(&kindnetd)
+        .args(["--print-conflist", "--cni-chain", chain, "--mtu", "1500"])
+        .args(["--static-pod-cidrs", &format!("{V4_SUBNET},{V6_SUBNET}")])
+        .args(["--ipam-data-dir", data])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["cniVersion"] = json!(version);
+    // the tests' own network name, so their IPAM dir and cache are theirs
+    v["name"] = json!("kindnet-test");
+    v
+}
+
+/// kind's conflist as kindnetd writes it with `--cni-chain=classic`.
 fn kind_conflist(version: &str, data: &str) -> Value {
-    json!({
-        "cniVersion": version, "name": "kindnet-test",
-        "plugins": [
-            {"type": "ptp", "ipMasq": false, "mtu": 1500,
-             "ipam": {"type": "host-local", "dataDir": data,
-                      "ranges": [[{"subnet": V4_SUBNET}], [{"subnet": V6_SUBNET}]],
-                      "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
+    kindnetd_conflist(version, data, "classic")
 }
 
 fn write_list(dir: &TempDir, file: &str, list: &Value) -> String {
@@ -91,18 +106,26 @@ fn write_list(dir: &TempDir, file: &str, list: &Value) -> String {
 fn libcni_accepts_every_version_and_command() {
     require_root!();
     let driver = require_driver!();
-    for plugin in ["ptp", "bridge", "host-local", "portmap", "loopback"] {
+    for plugin in kindnet_cni::PLUGIN_NAMES {
         let s = drive_ok(&driver, None, &["version", plugin], &[]);
         assert!(s.contains("1.0.0") && s.contains("0.3.1"), "{plugin}: {s}");
     }
-    for version in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"] {
+    // Debian's libcni speaks up to 1.0.0; both chains kindnetd can write.
+    let versions = kindnet_cni_spec::version::SUPPORTED
+        .iter()
+        .filter(|v| **v != "1.1.0");
+    for (version, chain) in versions.flat_map(|v| [(v, "single"), (v, "classic")]) {
         let node = Ns::new("node");
         let pod = Ns::new("pod");
         let dir = TempDir::new("libcni");
         let list = write_list(
             &dir,
             "10-kindnet.conflist",
-            &kind_conflist(version, &dir.path().join("ipam").display().to_string()),
+            &kindnetd_conflist(
+                version,
+                &dir.path().join("ipam").display().to_string(),
+                chain,
+            ),
         );
         let cache = dir.path().join("cache").display().to_string();
         let pm = r#"[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]"#;
@@ -110,13 +133,17 @@ fn libcni_accepts_every_version_and_command() {
         let pod_path = pod.path();
         let run = |cmd: &str| drive_ok(&driver, Some(&node), &[cmd, &list, &pod_path, "ctr"], &env);
         let res: Value = serde_json::from_str(&run("add")).unwrap();
-        assert_eq!(res["ips"].as_array().unwrap().len(), 2, "{version}: {res}");
+        assert_eq!(
+            res["ips"].as_array().unwrap().len(),
+            2,
+            "{version} {chain}: {res}"
+        );
         assert!(
             pod.ping("10.244.1.1") && pod.ping("fd00:10:244:1::1"),
             "{version}"
         );
-        if version != "0.3.0" && version != "0.3.1" {
-            assert!(run("check").contains("CHECK ok"));
+        if kindnet_cni_spec::version::has_check(version) {
+            assert!(run("check").contains("CHECK ok"), "{version} {chain}");
         }
         run("del");
         run("del");
