@@ -173,11 +173,16 @@ struct Builder<'a> {
 type Peers = Option<[(Ranges, Option<Name>); 2]>;
 
 impl Builder<'_> {
-    /// A set named by its content, so equal sets are made once and shared
-    /// by every chain that needs them.
+    /// A set named by what it stands for (`id`: the policy rule, and the
+    /// subject pod where the content depends on it), not by its content:
+    /// when pods come, go or change labels, a set keeps its name and only
+    /// its elements change, so kindnetd can apply an element diff instead
+    /// of replacing the table. A rule's set is made once and shared by
+    /// every chain of the pods the rule's policy selects.
     fn set(
         &mut self,
         prefix: &str,
+        id: &str,
         key: Vec<KeyType>,
         interval: bool,
         mut elems: Vec<Value>,
@@ -186,10 +191,8 @@ impl Builder<'_> {
         elems.dedup();
         let mut h = Sha256::new();
         h.update(prefix.as_bytes());
-        for e in &elems {
-            h.update(e.to_json().to_string().as_bytes());
-            h.update(b"\n");
-        }
+        h.update(b"\0");
+        h.update(id.as_bytes());
         let n = name(&format!("{prefix}-{}", hex16(&h.finalize())));
         self.sets.entry(n.clone()).or_insert_with(|| {
             let s = SetDef::set(n.clone(), key)
@@ -199,10 +202,10 @@ impl Builder<'_> {
         n
     }
 
-    fn peer_set(&mut self, r: &Ranges) -> Name {
+    fn peer_set(&mut self, id: &str, r: &Ranges) -> Name {
         let elems = r.to_nets().into_iter().map(Value::net).collect();
         let prefix = if r.v6 { "peers6" } else { "peers4" };
-        self.set(prefix, vec![KeyType::addr(r.v6)], true, elems)
+        self.set(prefix, id, vec![KeyType::addr(r.v6)], true, elems)
     }
 
     /// The addresses a rule's peers stand for, per family.
@@ -225,26 +228,36 @@ impl Builder<'_> {
         out
     }
 
-    fn allows(&mut self, ns: &str, r: &RuleSel, d: Direction, subject: &PodInfo) -> Vec<Allow> {
+    /// `id` names the rule: policy, direction and index.
+    fn allows(
+        &mut self,
+        id: &str,
+        ns: &str,
+        r: &RuleSel,
+        d: Direction,
+        subject: &PodInfo,
+    ) -> Vec<Allow> {
         // only ingress named ports are resolved on the subject
         let per_subject = d == Direction::Ingress
             && r.ports
                 .iter()
                 .any(|p| matches!(p.port, PortMatch::Named(_)));
         if per_subject {
-            return self.compute_allows(ns, r, d, subject);
+            let id = format!("{id}/{}/{}", subject.namespace, subject.name);
+            return self.compute_allows(&id, ns, r, d, subject);
         }
         let key = (std::ptr::from_ref(r) as usize, d);
         if let Some(a) = self.shared.get(&key) {
             return a.clone();
         }
-        let a = self.compute_allows(ns, r, d, subject);
+        let a = self.compute_allows(id, ns, r, d, subject);
         self.shared.insert(key, a.clone());
         a
     }
 
     fn compute_allows(
         &mut self,
+        id: &str,
         ns: &str,
         r: &RuleSel,
         d: Direction,
@@ -254,9 +267,12 @@ impl Builder<'_> {
         let peers: Peers = match self.peers.get(&key) {
             Some(p) => p.clone(),
             None => {
+                // pod peers come and go: their sets exist (maybe empty)
+                // so that membership changes only touch elements
+                let dynamic = r.peers.iter().any(|p| matches!(p, PeerSel::Pods { .. }));
                 let p = (!r.peers.is_empty()).then(|| {
                     self.peer_ranges(ns, r).map(|r| {
-                        let n = (!r.is_empty()).then(|| self.peer_set(&r));
+                        let n = (dynamic || !r.is_empty()).then(|| self.peer_set(id, &r));
                         (r, n)
                     })
                 });
@@ -308,6 +324,7 @@ impl Builder<'_> {
             }
             let ports = self.set(
                 "ports",
+                id,
                 vec![KeyType::InetProto, KeyType::InetService],
                 true,
                 elems,
@@ -350,12 +367,11 @@ impl Builder<'_> {
                         }
                     }
                 }
-                if !elems.is_empty() {
-                    let prefix = if v6 { "dports6" } else { "dports4" };
-                    let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
-                    let set = self.set(prefix, key, false, elems);
-                    out.push(Allow::DstPorts { v6, set });
-                }
+                // (made also when empty: pods with the port may come)
+                let prefix = if v6 { "dports6" } else { "dports4" };
+                let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
+                let set = self.set(prefix, id, key, false, elems);
+                out.push(Allow::DstPorts { v6, set });
             }
         }
         out
@@ -450,8 +466,9 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
             }
             let mut allows = BTreeSet::new();
             for pol in policies {
-                for r in pol.rules(d).unwrap_or_default() {
-                    allows.extend(b.allows(&pol.namespace, r, d, p));
+                for (i, r) in pol.rules(d).unwrap_or_default().iter().enumerate() {
+                    let id = format!("{}/{}/{d}/{i}", pol.namespace, pol.name);
+                    allows.extend(b.allows(&id, &pol.namespace, r, d, p));
                 }
             }
             if allows.contains(&Allow::All) {
@@ -750,7 +767,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_sets_are_shared_and_log_is_behind_the_flag() {
+    fn rules_sets_are_shared_and_log_is_behind_the_flag() {
         let c = cluster(json!([
             {"metadata": {"namespace": "x", "name": "p1"}, "spec": {"podSelector": {},
                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}},
@@ -772,11 +789,9 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            sets.len(),
-            2,
-            "one peer set and one port set for both policies: {sets:?}"
-        );
+        // per rule: peers4, peers6 (empty, pods may come) and ports, made
+        // once however many pods the policy selects (p1 selects a and b)
+        assert_eq!(sets.len(), 6, "{sets:?}");
         let has_log = |b: &Batch| {
             b.cmds
                 .iter()
@@ -791,6 +806,34 @@ mod tests {
             },
         );
         assert!(has_log(&logged.batch));
+    }
+
+    #[test]
+    fn a_membership_change_changes_elements_only() {
+        let pols = json!([{"metadata": {"namespace": "x", "name": "p"}, "spec": {"podSelector": {},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}],
+            "egress": [{"ports": [{"port": "http"}]}]}}]);
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(pols).unwrap();
+        let mut pods = vec![
+            pod("x", "a", "n1", &["10.0.1.2", "fd00::2"]),
+            pod("x", "r", "n2", &["10.0.2.2"]),
+        ];
+        let build = |pods: &[Pod]| compile(&Cluster::new(pods, &[], &pols, &[ctx()]).0, &ctx());
+        let before = build(&pods);
+        pods[1].labels.insert("role".into(), "client".into());
+        let after = build(&pods);
+        assert_ne!(before, after);
+        // the same commands but for set contents
+        let shape = |b: &Batch| -> Vec<Cmd> {
+            b.cmds
+                .iter()
+                .map(|c| match c {
+                    Cmd::AddSet(t, s) => Cmd::AddSet(t.clone(), s.clone().with_elements(vec![])),
+                    c => c.clone(),
+                })
+                .collect()
+        };
+        assert_eq!(shape(&before.batch), shape(&after.batch));
     }
 
     #[test]
