@@ -289,6 +289,8 @@ impl<D: Dataplane> Reconciler<D> {
             source_stale: None,
             skipped,
             last_error: report.errors.last().cloned(),
+            // Filled in by Status::readiness from the policy reconciler.
+            netpol: Vec::new(),
         });
         m.reconcile_duration
             .observe(started.elapsed().as_secs_f64());

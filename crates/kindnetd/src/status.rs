@@ -29,12 +29,15 @@ pub struct Readiness {
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
+    /// NetworkPolicy: state and refused objects, one line each.
+    pub netpol: Vec<String>,
 }
 
 pub struct Status {
     pub metrics: Metrics,
     readiness: Mutex<Readiness>,
     source_stale: Mutex<Option<String>>,
+    netpol: Mutex<Vec<String>>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -51,6 +54,7 @@ impl Status {
             metrics: Metrics::new(),
             readiness: Mutex::new(Readiness::default()),
             source_stale: Mutex::new(None),
+            netpol: Mutex::new(Vec::new()),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -66,7 +70,15 @@ impl Status {
     pub fn readiness(&self) -> Readiness {
         let mut r = self.readiness.lock().map(|g| g.clone()).unwrap_or_default();
         r.source_stale = self.source_stale.lock().ok().and_then(|g| g.clone());
+        r.netpol = self.netpol.lock().map(|g| g.clone()).unwrap_or_default();
         r
+    }
+
+    /// The policy reconciler's lines for /readyz.
+    pub fn set_netpol(&self, lines: Vec<String>) {
+        if let Ok(mut g) = self.netpol.lock() {
+            *g = lines;
+        }
     }
 
     pub fn set_source_stale(&self, why: Option<String>) {
@@ -144,6 +156,10 @@ impl Readiness {
                 "[!] routes with protocol 217 not made by kindnetd, left in place: {}\n",
                 self.foreign_routes.join(", ")
             ));
+        }
+        for l in &self.netpol {
+            s.push_str(l);
+            s.push('\n');
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));
