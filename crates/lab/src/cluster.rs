@@ -81,7 +81,7 @@ impl Lab {
             .ok_or_else(|| format!("no node {name:?} in lab {}", self.spec.name))
     }
 
-    fn node_dir(&self, node: &str) -> PathBuf {
+    pub fn node_dir(&self, node: &str) -> PathBuf {
         self.state_dir.join(node)
     }
 
@@ -98,11 +98,10 @@ impl Lab {
         }
     }
 
-    fn write_node_list(&self) -> Result<()> {
-        write_json(
-            &self.state_dir.join("nodes.json"),
-            &plan::node_list(&self.nodes),
-        )
+    pub fn write_node_list(&self) -> Result<()> {
+        // with the NetworkPolicy model: a List with its pods and policies
+        let list = crate::netpol::node_list(self)?;
+        write_json(&self.state_dir.join("nodes.json"), &list)
     }
 }
 
@@ -274,6 +273,7 @@ impl Lab {
             netns: netns_path,
             ifname: "eth0",
             pod_name: &pod.name,
+            pod_namespace: &pod.namespace,
             capabilities,
         }
     }
@@ -281,17 +281,24 @@ impl Lab {
     fn result_path(&self, pod: &Pod) -> PathBuf {
         self.state_dir
             .join("pods")
-            .join(format!("{}.json", pod.name))
+            .join(format!("{}.json", pod.key()))
     }
 
     /// Creates a pod the way a runtime does: namespace, conflist chain ADD,
     /// result kept for CHECK and DEL.
     pub fn add_pod(&mut self, pod: Pod) -> Result<Value> {
+        self.pods.push(pod.clone());
+        self.save()?;
+        self.attach_pod(&pod)
+    }
+
+    /// The runtime's part of [`Lab::add_pod`] for a pod already recorded:
+    /// its namespace, then CNI ADD.
+    pub fn attach_pod(&self, pod: &Pod) -> Result<Value> {
+        let pod = pod.clone();
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         sys::netns_add(&pod.netns)?;
-        self.pods.push(pod.clone());
-        self.save()?;
         let path = format!("/var/run/netns/{}", pod.netns);
         let res = sys::run_in_netns_fn(&node.netns, || {
             self.runtime().add(&list, &Self::attachment(&pod, &path))
@@ -318,7 +325,7 @@ impl Lab {
         let pod = self
             .pods
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| p.name == name || p.full_name() == name)
             .cloned()
             .ok_or_else(|| format!("no pod {name:?}"))?;
         let node = self.node(&pod.node)?.clone();
@@ -331,7 +338,7 @@ impl Lab {
         })?;
         sys::netns_del(&pod.netns);
         let _ = std::fs::remove_file(self.result_path(&pod));
-        self.pods.retain(|p| p.name != name);
+        self.pods.retain(|p| p.key() != pod.key());
         self.save()
     }
 }
@@ -512,7 +519,7 @@ fn lab_kindnetds(state_dir: &Path) -> Vec<u32> {
 pub fn down(name: &str) -> Result<usize> {
     validate_name(name)?;
     let dir = state_dir(name);
-    let mut removed = 0;
+    let mut removed = crate::netpol::stop_servers(&dir);
     for pid in lab_kindnetds(&dir) {
         stop_kindnetd(pid, &dir);
         removed += 1;
