@@ -226,7 +226,20 @@ pub fn serve(identity: &str) -> Result<()> {
         let id = identity.to_string();
         threads.push(std::thread::spawn(move || {
             for mut s in l.incoming().flatten() {
-                let _ = s.write_all(id.as_bytes());
+                let id = id.clone();
+                // the identity, then an echo until the client closes (a
+                // long-lived connection for the restart tests)
+                std::thread::spawn(move || {
+                    if s.write_all(id.as_bytes()).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 256];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         }));
         let u = UdpSocket::bind(addr).map_err(|e| format!("udp {port}: {e}"))?;
@@ -530,9 +543,9 @@ fn probe_in(
                 let mut s = TcpStream::connect_timeout(&to, timeout).map_err(|e| e.to_string())?;
                 s.set_read_timeout(Some(timeout))
                     .map_err(|e| e.to_string())?;
-                let mut out = String::new();
-                s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-                Ok(out)
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+                Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
             }
         }
     })
