@@ -6,6 +6,7 @@ mod bench;
 mod check;
 mod cluster;
 mod netpol;
+mod netpol_bench;
 mod plan;
 mod runtime;
 mod sys;
@@ -135,6 +136,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// NetworkPolicy benchmark: 1,000 pods / 200 policies programming,
+    /// change → enforced, memory, per-packet cost vs policy off (JSON lines).
+    BenchNetpol(netpol_bench::BenchNetpolArgs),
     /// (internal) a pod's TCP/UDP server on 80 and 81.
     #[command(hide = true)]
     ServePod {
@@ -411,6 +415,25 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchNetpol(b) => {
+            preflight()?;
+            sys::require_tools(&[("iperf3", "iperf3")])?;
+            let up = UpArgs {
+                nodes: 2,
+                stack: Stack::Ipv4,
+                mode: Mode::Ptp,
+                pods_per_node: 1,
+                cni_chain: plan::Chain::Single,
+                name: b.name.clone(),
+                bin_dir: None,
+                cni_bin_dir: None,
+                netpol_model: false,
+            };
+            let _ = cluster::down(&b.name);
+            std::fs::create_dir_all(cluster::state_dir(&b.name)).map_err(|e| e.to_string())?;
+            let bins = binaries(&up)?;
+            netpol_bench::run(&b, bins)
         }
         Cmd::ServePod {
             identity,

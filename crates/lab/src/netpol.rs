@@ -43,6 +43,9 @@ pub struct State {
     pub pod_labels: BTreeMap<String, Labels>,
     /// NetworkPolicy objects, by `namespace/name`.
     pub policies: BTreeMap<String, Value>,
+    /// Pod objects without a sandbox (the benchmark's 1,000 pods).
+    #[serde(default)]
+    pub extra_pods: Vec<Value>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -54,7 +57,7 @@ pub fn load(lab: &Lab) -> Option<State> {
     serde_json::from_value(v).ok()
 }
 
-fn save(lab: &Lab, s: &State) -> Result<()> {
+pub fn save(lab: &Lab, s: &State) -> Result<()> {
     let v = serde_json::to_value(s).map_err(|e| e.to_string())?;
     write_json(&state_path(&lab.state_dir), &v)
 }
@@ -124,6 +127,7 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
             "spec": {"nodeName": p.node, "containers": [{"name": "agnhost", "ports": ports}]},
             "status": {"phase": phase, "podIPs": ips}}));
     }
+    items.extend(s.extra_pods.iter().cloned());
     for pol in s.policies.values() {
         items.push(pol.clone());
     }
@@ -165,7 +169,7 @@ pub fn publish(lab: &Lab, s: &mut State) -> Result<()> {
     wait_programmed(lab, s.version, Duration::from_secs(15))
 }
 
-fn metrics(netns: &str) -> Result<String> {
+pub fn metrics(netns: &str) -> Result<String> {
     let n =
         Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
     n.run(|| -> Result<String> {
