@@ -3,9 +3,8 @@
 //! the layout).
 
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Cmd, Comment, Elem, Expr, Family, Hook, KeyType,
-    L4Proto, Lhs, LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef,
-    Value,
+    BaseChain, Batch, ChainDef, ChainType, Cmd, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs,
+    LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -257,7 +256,7 @@ impl Builder<'_> {
 
     fn compute_allows(
         &mut self,
-        id: &str,
+        _id: &str,
         ns: &str,
         r: &RuleSel,
         d: Direction,
@@ -270,9 +269,13 @@ impl Builder<'_> {
                 // pod peers come and go: their sets exist (maybe empty)
                 // so that membership changes only touch elements
                 let dynamic = r.peers.iter().any(|p| matches!(p, PeerSel::Pods { .. }));
+                // named by what selects them: rules with the same peers in
+                // a namespace share the set, and it keeps its name while
+                // its members change
+                let peers_id = format!("{ns}/{:?}", r.peers);
                 let p = (!r.peers.is_empty()).then(|| {
                     self.peer_ranges(ns, r).map(|r| {
-                        let n = (dynamic || !r.is_empty()).then(|| self.peer_set(id, &r));
+                        let n = (dynamic || !r.is_empty()).then(|| self.peer_set(&peers_id, &r));
                         (r, n)
                     })
                 });
@@ -322,9 +325,11 @@ impl Builder<'_> {
                     elems.push(Value::Concat(vec![Value::Proto(proto), port]));
                 }
             }
+            // ports never change with pods: named by their content
+            let ports_id = format!("{elems:?}");
             let ports = self.set(
                 "ports",
-                id,
+                &ports_id,
                 vec![KeyType::InetProto, KeyType::InetService],
                 true,
                 elems,
@@ -370,7 +375,13 @@ impl Builder<'_> {
                 // (made also when empty: pods with the port may come)
                 let prefix = if v6 { "dports6" } else { "dports4" };
                 let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
-                let set = self.set(prefix, id, key, false, elems);
+                let set = self.set(
+                    prefix,
+                    &format!("{ns}/{:?}/{named:?}", r.peers),
+                    key,
+                    false,
+                    elems,
+                );
                 out.push(Allow::DstPorts { v6, set });
             }
         }
@@ -390,6 +401,18 @@ fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
         }
     }
     out
+}
+
+/// The shared chain of a direction's rules: `pin-<16hex>` (ingress) /
+/// `pen-<16hex>` (egress), named by the rules.
+fn shared_chain(d: Direction, allows: &BTreeSet<Allow>, log: bool) -> Name {
+    let mut h = Sha256::new();
+    h.update(format!("{d}/{log}/{allows:?}").as_bytes());
+    let tag = match d {
+        Direction::Ingress => "pin",
+        Direction::Egress => "pen",
+    };
+    name(&format!("{tag}-{}", hex16(&h.finalize())))
 }
 
 fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
@@ -433,6 +456,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let mut chains: Vec<ChainDef> = Vec::new();
     let mut rules: Vec<RuleDef> = Vec::new();
     let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
+    let mut made: BTreeSet<Name> = BTreeSet::new();
 
     for p in c.network_pods().filter(|p| p.node == ctx.node_name) {
         stats.local_pods += 1;
@@ -475,22 +499,28 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 rules.push(RuleDef::new(&chain, vec![verdict]));
                 continue;
             }
+            // the pod's chain jumps to a chain shared by every pod whose
+            // policies come to the same rules: rules grow with distinct
+            // policy combinations, not with pods
+            let shared = shared_chain(d, &allows, ctx.log_denied);
+            rules.push(RuleDef::new(&chain, vec![Expr::Goto(shared.clone())]));
+            if !made.insert(shared.clone()) {
+                continue;
+            }
+            chains.push(ChainDef {
+                name: shared.clone(),
+                base: None,
+            });
             for a in &allows {
                 let mut e = allow_exprs(a, d);
                 e.push(verdict.clone());
-                rules.push(RuleDef::new(&chain, e));
+                rules.push(RuleDef::new(&shared, e));
             }
             if ctx.log_denied {
-                let prefix = LogPrefix::new(format!(
-                    "kindnet-netpol {d} drop {}/{}: ",
-                    p.namespace, p.name
-                ))
-                .unwrap_or_else(|_| {
-                    LogPrefix::new(format!("kindnet-netpol {d} drop {chain}: "))
-                        .unwrap_or_else(|e| unreachable!("{e}"))
-                });
+                let prefix = LogPrefix::new(format!("kindnet-netpol {d} drop: "))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
                 rules.push(RuleDef::new(
-                    &chain,
+                    &shared,
                     vec![
                         Expr::Limit {
                             rate: LOG_RATE_PER_SECOND,
@@ -505,15 +535,10 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 Direction::Ingress => DENIED_INGRESS_COUNTER,
                 Direction::Egress => DENIED_EGRESS_COUNTER,
             });
-            let mut drop = RuleDef::new(
-                &chain,
+            rules.push(RuleDef::new(
+                &shared,
                 vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
-            );
-            // names the pod in listings (names are untrusted: only when valid)
-            if let Ok(cm) = Comment::new(format!("{}/{}", p.namespace, p.name)) {
-                drop = drop.comment(cm);
-            }
-            rules.push(drop);
+            ));
         }
         if selected {
             stats.selected_pods += 1;
@@ -767,7 +792,7 @@ mod tests {
     }
 
     #[test]
-    fn rules_sets_are_shared_and_log_is_behind_the_flag() {
+    fn equal_sets_are_shared_and_log_is_behind_the_flag() {
         let c = cluster(json!([
             {"metadata": {"namespace": "x", "name": "p1"}, "spec": {"podSelector": {},
                 "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "r"}}}], "ports": [{"port": 80}]}]}},
@@ -789,9 +814,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        // per rule: peers4, peers6 (empty, pods may come) and ports, made
-        // once however many pods the policy selects (p1 selects a and b)
-        assert_eq!(sets.len(), 6, "{sets:?}");
+        // peers4, peers6 (empty: pods may come) and ports, made once for
+        // both policies (same namespace, same peers, same ports) however
+        // many pods they select
+        assert_eq!(sets.len(), 3, "{sets:?}");
         let has_log = |b: &Batch| {
             b.cmds
                 .iter()

@@ -16,7 +16,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kindnet_netpol::{DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, table};
+use kindnet_netpol::{
+    DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, dispatch_map, table,
+};
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
 use super::Inputs;
@@ -73,8 +75,42 @@ impl PolicyDataplane for NftPolicy {
         self.cli.apply(b).map_err(|e| e.to_string())
     }
 
+    /// Only the four dispatch maps: listing the whole table would cost
+    /// time and memory in proportion to the ruleset.
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        self.cli.list(&table()).map_err(|e| e.to_string())
+        let t = table();
+        let mut all = Listing::default();
+        for d in [Direction::Ingress, Direction::Egress] {
+            for v6 in [false, true] {
+                let map = dispatch_map(d, v6);
+                let out = std::process::Command::new(kindnet_nft::nft_binary())
+                    .args([
+                        "-j",
+                        "list",
+                        "map",
+                        t.family.as_str(),
+                        t.name.as_str(),
+                        map.as_str(),
+                    ])
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .map_err(|e| format!("cannot run nft: {e}"))?;
+                if !out.status.success() {
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    if err.contains("No such file or directory") {
+                        // no table, or a table without this map
+                        continue;
+                    }
+                    return Err(format!("nft list map {map}: {}", err.trim()));
+                }
+                let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("nft list map: not JSON: {e}"))?;
+                let l = Listing::parse(&doc);
+                all.sets.extend(l.sets);
+                all.elements.extend(l.elements);
+            }
+        }
+        Ok((!all.sets.is_empty()).then_some(all))
     }
 
     fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
@@ -452,7 +488,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
 mod tests {
     use super::*;
     use crate::netpol::{Kind, Object};
-    use kindnet_netpol::{Direction, dispatch_map, pod_chain, pod_dispatch_elements};
+    use kindnet_netpol::{pod_chain, pod_dispatch_elements};
     use serde_json::json;
 
     fn pod(name: &str, ips: &[&str]) -> Object {
