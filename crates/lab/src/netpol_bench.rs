@@ -35,6 +35,9 @@ pub struct BenchNetpolArgs {
     pub seconds: u32,
     #[arg(long, default_value = "npb")]
     pub name: String,
+    /// Leave the lab up afterwards (kindnetd logs in /run/kindnet-lab/NAME).
+    #[arg(long)]
+    pub keep: bool,
 }
 
 fn fake_pod(i: usize, app: usize) -> Value {
@@ -202,7 +205,9 @@ pub fn run(a: &BenchNetpolArgs, binaries: cluster::Binaries) -> Result<ExitCode>
     let mut lab = cluster::up(spec, binaries)?;
     let result = measure(a, &mut lab);
     set_policy_env(true);
-    let _ = cluster::down(&a.name);
+    if !a.keep {
+        let _ = cluster::down(&a.name);
+    }
     result.map(|_| ExitCode::SUCCESS)
 }
 

@@ -165,6 +165,9 @@ struct Builder<'a> {
     shared: HashMap<(usize, Direction), Vec<Allow>>,
     /// A rule's peer addresses and their set names, by the rule's address.
     peers: HashMap<usize, Peers>,
+    /// The same by namespace and peer selectors: rules of many policies
+    /// with the same peers compute them once.
+    peers_by_id: HashMap<String, Peers>,
 }
 
 /// The addresses a rule's peers stand for, per family, with the names of
@@ -214,12 +217,14 @@ impl Builder<'_> {
             match sel {
                 PeerSel::Block(b) => out[b.v6 as usize].add(b),
                 PeerSel::Pods { .. } => {
-                    for q in self.c.network_pods() {
-                        if self.c.peer_matches_pod(ns, sel, q) {
-                            for ip in &q.ips {
-                                out[ip.is_ipv6() as usize].add_addr(*ip);
-                            }
-                        }
+                    let ips: Vec<IpAddr> = self
+                        .c
+                        .network_pods()
+                        .filter(|q| self.c.peer_matches_pod(ns, sel, q))
+                        .flat_map(|q| q.ips.iter().copied())
+                        .collect();
+                    for r in out.iter_mut() {
+                        r.add_addrs(ips.iter().copied());
                     }
                 }
             }
@@ -273,12 +278,20 @@ impl Builder<'_> {
                 // a namespace share the set, and it keeps its name while
                 // its members change
                 let peers_id = format!("{ns}/{:?}", r.peers);
-                let p = (!r.peers.is_empty()).then(|| {
-                    self.peer_ranges(ns, r).map(|r| {
-                        let n = (dynamic || !r.is_empty()).then(|| self.peer_set(&peers_id, &r));
-                        (r, n)
-                    })
-                });
+                let p = match self.peers_by_id.get(&peers_id) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = (!r.peers.is_empty()).then(|| {
+                            self.peer_ranges(ns, r).map(|r| {
+                                let n = (dynamic || !r.is_empty())
+                                    .then(|| self.peer_set(&peers_id, &r));
+                                (r, n)
+                            })
+                        });
+                        self.peers_by_id.insert(peers_id, p.clone());
+                        p
+                    }
+                };
                 self.peers.insert(key, p.clone());
                 p
             }
@@ -448,6 +461,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         sets: BTreeMap::new(),
         shared: HashMap::new(),
         peers: HashMap::new(),
+        peers_by_id: HashMap::new(),
     };
     let mut stats = Stats {
         policies: c.policies.len(),

@@ -349,6 +349,10 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             return Pass::Waiting;
         };
         let (_cluster, compiled, report) = plan::build(&inputs, &own, &all);
+        tracing::debug!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "NetworkPolicy compiled"
+        );
         self.report(&report);
         let outcome = self.program(&inputs, &compiled.batch);
         let m = &self.status.metrics.netpol;
@@ -426,7 +430,14 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             );
             let target = plan::with_carried(new.clone(), &carried);
             if let Some((b, st)) = plan::diff(old, &target) {
-                match self.dp.apply(&b) {
+                let t = Instant::now();
+                let r = self.dp.apply(&b);
+                tracing::debug!(
+                    cmds = b.cmds.len(),
+                    ms = t.elapsed().as_secs_f64() * 1e3,
+                    "NetworkPolicy diff applied"
+                );
+                match r {
                     Ok(()) => {
                         self.last = Some((compiled.clone(), target));
                         return Pass::Incremental(st);

@@ -288,15 +288,13 @@ async fn read_and_apply(
     stable: Duration,
 ) -> Result<Version, String> {
     let (v, bytes) = read_stable(path, reader, stable).await?;
+    // a List may also carry Pods, Namespaces and NetworkPolicies: they go
+    // to the policy inputs (or nowhere with policy off), never to the nodes
+    let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
+    sink.replace_all(SOURCE, &parsed.nodes);
     if let Some(p) = sink.policy() {
-        // a List may also carry Pods, Namespaces and NetworkPolicies
-        let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
-        sink.replace_all(SOURCE, &parsed.nodes);
         p.replace_file(parsed.objects, parsed.version);
-        return Ok(v);
     }
-    let nodes = parse_node_list(&bytes)?;
-    sink.replace_all(SOURCE, &nodes);
     Ok(v)
 }
 
