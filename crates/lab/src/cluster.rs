@@ -289,7 +289,12 @@ impl Lab {
     pub fn add_pod(&mut self, pod: Pod) -> Result<Value> {
         self.pods.push(pod.clone());
         self.save()?;
-        self.attach_pod(&pod)
+        // the Pod object first (as the API server has it before the
+        // sandbox exists), then with its addresses
+        self.write_node_list()?;
+        let res = self.attach_pod(&pod)?;
+        self.write_node_list()?;
+        Ok(res)
     }
 
     /// The runtime's part of [`Lab::add_pod`] for a pod already recorded:
@@ -339,7 +344,8 @@ impl Lab {
         sys::netns_del(&pod.netns);
         let _ = std::fs::remove_file(self.result_path(&pod));
         self.pods.retain(|p| p.key() != pod.key());
-        self.save()
+        self.save()?;
+        self.write_node_list()
     }
 }
 
@@ -473,7 +479,9 @@ fn is_our_kindnetd(pid: u32, state_dir: &Path) -> bool {
         return false;
     };
     let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    text.contains("kindnetd") && text.contains(&*state_dir.to_string_lossy())
+    // the directory with a separator: lab "ab" must not match lab "abc"
+    let dir = format!("{}/", state_dir.to_string_lossy());
+    text.contains("kindnetd") && text.contains(&dir)
 }
 
 /// SIGTERM, then SIGKILL after 3 s.

@@ -98,7 +98,9 @@ fn model_ports() -> Vec<Value> {
 /// The nodes file: a NodeList, or with the model a List of everything.
 pub fn node_list(lab: &Lab) -> Result<Value> {
     let mut list = plan::node_list(&lab.nodes);
-    let Some(s) = load(lab) else { return Ok(list) };
+    // without the model: the pods still, so that kindnetd makes their
+    // chains before CNI ADD (the plugin waits for them)
+    let s = load(lab).unwrap_or_default();
     let items = list["items"]
         .as_array_mut()
         .ok_or("node list without items")?;
@@ -132,7 +134,9 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
         items.push(pol.clone());
     }
     list["kind"] = json!("List");
-    list["metadata"] = json!({"resourceVersion": s.version.to_string()});
+    if s.version > 0 {
+        list["metadata"] = json!({"resourceVersion": s.version.to_string()});
+    }
     Ok(list)
 }
 
@@ -289,9 +293,11 @@ fn is_our_server(pid: u32, dir: &Path) -> bool {
         return false;
     };
     let text = String::from_utf8_lossy(&c).replace('\0', " ");
+    // the state directory is the last argument: exact, so lab "ab" never
+    // matches lab "abc"
     text.contains("kindnet-lab")
         && text.contains("serve-pod")
-        && text.contains(&*dir.to_string_lossy())
+        && text.trim_end().ends_with(&*dir.to_string_lossy())
 }
 
 /// Kills this lab's pod servers (found by their command line naming the
