@@ -493,7 +493,10 @@ fn restart_under_load_keeps_enforcing() {
         0,
         "a blocked probe got through"
     );
-    assert!(denied_ok.load(Ordering::Relaxed) > 0, "the blocked probes ran");
+    assert!(
+        denied_ok.load(Ordering::Relaxed) > 0,
+        "the blocked probes ran"
+    );
     assert_eq!(
         allowed_fail.load(Ordering::Relaxed),
         0,
