@@ -115,6 +115,16 @@ pub struct Flags {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub masquerading: bool,
 
+    /// Enforce NetworkPolicy (table inet kindnet-netpol). false removes the table.
+    #[arg(long, env = "KINDNET_NETWORK_POLICY", action = ArgAction::Set, default_value_t = true,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub network_policy: bool,
+
+    /// Log denied connections (rate-limited nft `log`, prefix "kindnet-netpol").
+    #[arg(long, env = "KINDNET_NETWORK_POLICY_LOG_DENIED", action = ArgAction::Set, default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub network_policy_log_denied: bool,
+
     /// Destinations never masqueraded, besides the pod CIDRs (comma-separated, repeatable).
     #[arg(long, env = "KINDNET_NO_MASQUERADE_CIDR", value_parser = parse_cidr_list, action = ArgAction::Append)]
     pub no_masquerade_cidr: Vec<CidrList>,

@@ -13,6 +13,7 @@ pub mod fakeapi;
 pub mod http;
 pub mod masq;
 pub mod metrics;
+pub mod netpol;
 pub mod node;
 pub mod reclaim;
 pub mod reconcile;

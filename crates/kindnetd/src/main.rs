@@ -121,13 +121,22 @@ async fn run(flags: Flags) -> ExitCode {
         source = if flags.nodes_file.is_some() { "file" } else { "kubernetes" },
         route_protocol = ROUTE_PROTOCOL,
         masquerading = flags.masquerading,
+        network_policy = flags.network_policy,
         cni_conf_dir = %flags.cni_conf_dir.display(),
         "kindnetd {} starting",
         env!("CARGO_PKG_VERSION")
     );
 
+    // NetworkPolicy: inputs fed by the same source, its own reconciler.
+    let policy_inputs = Arc::new(Mutex::new(kindnetd::netpol::Inputs::default()));
+    let (policy_tx, policy_rx) = mpsc::channel::<()>();
+    let policy_sink = kindnetd::netpol::PolicySink::new(policy_inputs.clone(), policy_tx);
+
     // The node source first: a bad kubeconfig is a configuration error.
-    let sink = Sink::new(store.clone(), tx.clone(), status.clone());
+    let mut sink = Sink::new(store.clone(), tx.clone(), status.clone());
+    if flags.network_policy {
+        sink = sink.with_policy(policy_sink.clone());
+    }
     let source_task = match &flags.nodes_file {
         Some(path) => tokio::spawn(source::file::run(path.clone(), sink)),
         None => {
@@ -144,6 +153,13 @@ async fn run(flags: Flags) -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if flags.network_policy {
+                tokio::spawn(source::kube_netpol::run(
+                    client.clone(),
+                    policy_sink.clone(),
+                    status.clone(),
+                ));
+            }
             tokio::spawn(source::kube::run(client, sink))
         }
     };
@@ -155,6 +171,25 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let policy = kindnetd::netpol::run::PolicyReconciler::new(
+        kindnetd::netpol::run::PolicySettings {
+            enabled: flags.network_policy,
+            own_name: node_name.clone(),
+            own_ips: flags.own_ips(),
+            log_denied: flags.network_policy_log_denied,
+        },
+        kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())),
+        policy_inputs,
+        store.clone(),
+        status.clone(),
+    );
+    if let Err(e) = std::thread::Builder::new()
+        .name("netpol".into())
+        .spawn(move || policy.run(policy_rx))
+    {
+        tracing::error!(error = %e, "cannot start the NetworkPolicy thread");
+        return ExitCode::FAILURE;
+    }
     let settings = Settings {
         own_name: node_name,
         route_opts: RouteOptions {

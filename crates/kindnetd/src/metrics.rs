@@ -58,6 +58,7 @@ pub struct Metrics {
     pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
+    pub netpol: crate::netpol::metrics::NetpolMetrics,
 }
 
 impl Default for Metrics {
@@ -91,6 +92,7 @@ impl Metrics {
             source_stale: Family::default(),
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
+            netpol: Default::default(),
             registry: Registry::default(),
         };
         registry.register("nodes", "Nodes known (valid Node objects)", m.nodes.clone());
@@ -186,6 +188,7 @@ impl Metrics {
             m.foreign_proto_routes.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
+        m.netpol.register(&mut registry);
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),

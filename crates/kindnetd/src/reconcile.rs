@@ -349,7 +349,8 @@ impl<D: Dataplane> Reconciler<D> {
             source_stale: None,
             skipped,
             last_error: report.errors.last().cloned(),
-            // The doctor's findings are merged in by Status::readiness.
+            // The doctor's findings and NetworkPolicy's lines are merged in
+            // by Status::readiness.
             ..Default::default()
         });
         m.reconcile_duration

@@ -33,6 +33,8 @@ pub struct Readiness {
     pub doctor: Vec<String>,
     /// A doctor check that gates readiness failed.
     pub doctor_blocking: bool,
+    /// NetworkPolicy: state and refused objects, one line each.
+    pub netpol: Vec<String>,
 }
 
 pub struct Status {
@@ -40,6 +42,7 @@ pub struct Status {
     readiness: Mutex<Readiness>,
     source_stale: Mutex<Option<String>>,
     doctor: Mutex<(Vec<String>, bool)>,
+    netpol: Mutex<Vec<String>>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -57,6 +60,7 @@ impl Status {
             readiness: Mutex::new(Readiness::default()),
             source_stale: Mutex::new(None),
             doctor: Mutex::new((Vec::new(), false)),
+            netpol: Mutex::new(Vec::new()),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -75,6 +79,7 @@ impl Status {
         if let Ok(g) = self.doctor.lock() {
             (r.doctor, r.doctor_blocking) = g.clone();
         }
+        r.netpol = self.netpol.lock().map(|g| g.clone()).unwrap_or_default();
         r
     }
 
@@ -82,6 +87,13 @@ impl Status {
     pub fn set_doctor(&self, lines: Vec<String>, blocking: bool) {
         if let Ok(mut g) = self.doctor.lock() {
             *g = (lines, blocking);
+        }
+    }
+
+    /// The policy reconciler's lines for /readyz.
+    pub fn set_netpol(&self, lines: Vec<String>) {
+        if let Ok(mut g) = self.netpol.lock() {
+            *g = lines;
         }
     }
 
@@ -161,6 +173,10 @@ impl Readiness {
                 "[!] routes with protocol 217 not made by kindnetd, left in place: {}\n",
                 self.foreign_routes.join(", ")
             ));
+        }
+        for l in &self.netpol {
+            s.push_str(l);
+            s.push('\n');
         }
         if let Some(e) = &self.last_error {
             s.push_str(&format!("last error: {e}\n"));

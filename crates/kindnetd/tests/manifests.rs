@@ -85,19 +85,35 @@ fn check_manifest(rel: &str, bridge: bool) {
     );
     assert_eq!(b.binaries, vec!["/bin/kindnetd", "/bin/kindnet-cni"]);
 
-    // RBAC: read-only access to nodes, nothing else.
+    // RBAC: read-only access to nodes, and list/watch (only) on what
+    // NetworkPolicy reads; nothing else.
     let sa = by_kind(&d, "ServiceAccount");
     assert_eq!(sa.len(), 1);
     let role = by_kind(&d, "ClusterRole");
     assert_eq!(role.len(), 1);
     let rules = role[0]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules.len(), 3, "{rules:?}");
     assert_eq!(rules[0]["apiGroups"], serde_json::json!([""]));
     assert_eq!(rules[0]["resources"], serde_json::json!(["nodes"]));
     assert_eq!(
         rules[0]["verbs"],
         serde_json::json!(["get", "list", "watch"])
     );
+    assert_eq!(rules[1]["apiGroups"], serde_json::json!([""]));
+    assert_eq!(
+        rules[1]["resources"],
+        serde_json::json!(["pods", "namespaces"])
+    );
+    assert_eq!(rules[1]["verbs"], serde_json::json!(["list", "watch"]));
+    assert_eq!(
+        rules[2]["apiGroups"],
+        serde_json::json!(["networking.k8s.io"])
+    );
+    assert_eq!(
+        rules[2]["resources"],
+        serde_json::json!(["networkpolicies"])
+    );
+    assert_eq!(rules[2]["verbs"], serde_json::json!(["list", "watch"]));
     let binding = by_kind(&d, "ClusterRoleBinding");
     assert_eq!(binding.len(), 1);
     assert_eq!(binding[0]["roleRef"]["name"], role[0]["metadata"]["name"]);

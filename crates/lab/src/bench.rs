@@ -34,7 +34,7 @@ pub struct BenchArgs {
 
 /// An iperf3 run from `client_ns` to `server` (listening in `server_ns`);
 /// receiver-side bits per second.
-fn iperf(server_ns: &str, client_ns: &str, server: IpAddr, seconds: u32) -> Result<f64> {
+pub(crate) fn iperf(server_ns: &str, client_ns: &str, server: IpAddr, seconds: u32) -> Result<f64> {
     let mut srv = Command::new("ip")
         .args([
             "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5201",
@@ -75,7 +75,7 @@ fn iperf(server_ns: &str, client_ns: &str, server: IpAddr, seconds: u32) -> Resu
 }
 
 /// Average round-trip time in ms over 50 pings, 10 ms apart.
-fn rtt(from_ns: &str, to: IpAddr) -> Result<f64> {
+pub(crate) fn rtt(from_ns: &str, to: IpAddr) -> Result<f64> {
     let out = sys::run(&[
         "ip",
         "netns",
@@ -101,7 +101,7 @@ fn rtt(from_ns: &str, to: IpAddr) -> Result<f64> {
         .ok_or_else(|| format!("cannot parse {line:?}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }

@@ -72,7 +72,7 @@ fn pod_ip(lab: &Lab, pod: &Pod, f: Family) -> Option<IpAddr> {
     let res = read_json(
         &lab.state_dir
             .join("pods")
-            .join(format!("{}.json", pod.name)),
+            .join(format!("{}.json", pod.key())),
     )
     .ok()?;
     result_addrs(&res)

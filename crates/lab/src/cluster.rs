@@ -84,7 +84,7 @@ impl Lab {
             .ok_or_else(|| format!("no node {name:?} in lab {}", self.spec.name))
     }
 
-    fn node_dir(&self, node: &str) -> PathBuf {
+    pub fn node_dir(&self, node: &str) -> PathBuf {
         self.state_dir.join(node)
     }
 
@@ -101,11 +101,10 @@ impl Lab {
         }
     }
 
-    fn write_node_list(&self) -> Result<()> {
-        write_json(
-            &self.state_dir.join("nodes.json"),
-            &plan::node_list(&self.nodes),
-        )
+    pub fn write_node_list(&self) -> Result<()> {
+        // with the NetworkPolicy model: a List with its pods and policies
+        let list = crate::netpol::node_list(self)?;
+        write_json(&self.state_dir.join("nodes.json"), &list)
     }
 }
 
@@ -277,6 +276,7 @@ impl Lab {
             netns: netns_path,
             ifname: "eth0",
             pod_name: &pod.name,
+            pod_namespace: &pod.namespace,
             capabilities,
         }
     }
@@ -284,17 +284,29 @@ impl Lab {
     fn result_path(&self, pod: &Pod) -> PathBuf {
         self.state_dir
             .join("pods")
-            .join(format!("{}.json", pod.name))
+            .join(format!("{}.json", pod.key()))
     }
 
     /// Creates a pod the way a runtime does: namespace, conflist chain ADD,
     /// result kept for CHECK and DEL.
     pub fn add_pod(&mut self, pod: Pod) -> Result<Value> {
+        self.pods.push(pod.clone());
+        self.save()?;
+        // the Pod object first (as the API server has it before the
+        // sandbox exists), then with its addresses
+        self.write_node_list()?;
+        let res = self.attach_pod(&pod)?;
+        self.write_node_list()?;
+        Ok(res)
+    }
+
+    /// The runtime's part of [`Lab::add_pod`] for a pod already recorded:
+    /// its namespace, then CNI ADD.
+    pub fn attach_pod(&self, pod: &Pod) -> Result<Value> {
+        let pod = pod.clone();
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         sys::netns_add(&pod.netns)?;
-        self.pods.push(pod.clone());
-        self.save()?;
         let path = format!("/var/run/netns/{}", pod.netns);
         let res = sys::run_in_netns_fn(&node.netns, || {
             self.runtime().add(&list, &Self::attachment(&pod, &path))
@@ -321,7 +333,7 @@ impl Lab {
         let pod = self
             .pods
             .iter()
-            .find(|p| p.name == name)
+            .find(|p| p.name == name || p.full_name() == name)
             .cloned()
             .ok_or_else(|| format!("no pod {name:?}"))?;
         let node = self.node(&pod.node)?.clone();
@@ -334,8 +346,9 @@ impl Lab {
         })?;
         sys::netns_del(&pod.netns);
         let _ = std::fs::remove_file(self.result_path(&pod));
-        self.pods.retain(|p| p.name != name);
-        self.save()
+        self.pods.retain(|p| p.key() != pod.key());
+        self.save()?;
+        self.write_node_list()
     }
 }
 
@@ -473,7 +486,9 @@ fn is_our_kindnetd(pid: u32, state_dir: &Path) -> bool {
         return false;
     };
     let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    text.contains("kindnetd") && text.contains(&*state_dir.to_string_lossy())
+    // the directory with a separator: lab "ab" must not match lab "abc"
+    let dir = format!("{}/", state_dir.to_string_lossy());
+    text.contains("kindnetd") && text.contains(&dir)
 }
 
 /// SIGTERM, then SIGKILL after 3 s.
@@ -519,7 +534,7 @@ fn lab_kindnetds(state_dir: &Path) -> Vec<u32> {
 pub fn down(name: &str) -> Result<usize> {
     validate_name(name)?;
     let dir = state_dir(name);
-    let mut removed = 0;
+    let mut removed = crate::netpol::stop_servers(&dir);
     for pid in lab_kindnetds(&dir) {
         stop_kindnetd(pid, &dir);
         removed += 1;

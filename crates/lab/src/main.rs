@@ -5,6 +5,8 @@
 mod bench;
 mod check;
 mod cluster;
+mod netpol;
+mod netpol_bench;
 mod plan;
 mod runtime;
 mod sys;
@@ -56,6 +58,10 @@ struct UpArgs {
     /// (e.g. /usr/lib/cni for the reference plugins).
     #[arg(long)]
     cni_bin_dir: Option<PathBuf>,
+    /// Also create the upstream NetworkPolicy model: namespaces x, y, z
+    /// (ns=x…) with pods a, b, c (pod=a…) serving TCP/UDP on 80 and 81.
+    #[arg(long)]
+    netpol_model: bool,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +112,51 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Walk a packet hop by hop through the live lab, then send a real one.
     Trace(trace_live::TraceArgs),
+    /// Apply NetworkPolicies and namespace/pod label changes (YAML/JSON).
+    Apply {
+        #[command(flatten)]
+        lab: NameArg,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete NetworkPolicies (namespace objects: their labels are cleared).
+    Delete {
+        #[command(flatten)]
+        lab: NameArg,
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Probe FROM -> TO (namespace/name) on PORT[/PROTO]: connected or
+    /// blocked, and which policy allowed it or why nothing did.
+    Probe {
+        #[command(flatten)]
+        lab: NameArg,
+        from: String,
+        to: String,
+        port: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The full matrix of the model's pods, as the upstream suite prints it.
+    Reachability {
+        #[command(flatten)]
+        lab: NameArg,
+        #[arg(default_value = "80/tcp")]
+        port: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// NetworkPolicy benchmark: 1,000 pods / 200 policies programming,
+    /// change → enforced, memory, per-packet cost vs policy off (JSON lines).
+    BenchNetpol(netpol_bench::BenchNetpolArgs),
+    /// (internal) a pod's TCP/UDP server on 80 and 81.
+    #[command(hide = true)]
+    ServePod {
+        #[arg(long)]
+        identity: String,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
 }
 
 fn binaries(args: &UpArgs) -> Result<Binaries, String> {
@@ -215,7 +266,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
         Cmd::Up(a) => {
             preflight()?;
-            let lab = up(&a)?;
+            let mut lab = up(&a)?;
+            if a.netpol_model
+                && let Err(e) = netpol::create_model(&mut lab)
+            {
+                eprintln!("up failed: {e}\ncleaning up lab {:?}", a.name);
+                let _ = cluster::down(&a.name);
+                return Err(e);
+            }
             println!(
                 "lab {:?} is up: {} nodes, {} pods. Next: kindnet-lab check --name {0}",
                 lab.spec.name,
@@ -304,6 +362,103 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Trace(t) => {
             preflight()?;
             trace_live::run(&t)
+        }
+        Cmd::Apply { lab, file } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            for d in netpol::apply(&l, &file, false)? {
+                println!("{d} applied");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Delete { lab, file } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            for d in netpol::apply(&l, &file, true)? {
+                println!("{d} deleted");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Probe {
+            lab,
+            from,
+            to,
+            port,
+            json,
+        } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            let (port, proto) = netpol::parse_port(&port)?;
+            let c = netpol::cluster(&l)?;
+            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
+            for f in netpol::families(&l) {
+                let r = netpol::probe(&l, &c, a, b, port, proto, f)?;
+                if json {
+                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+                } else {
+                    println!("{}", netpol::print_probe(&r));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Reachability { lab, port, json } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            let (port, proto) = netpol::parse_port(&port)?;
+            for f in netpol::families(&l) {
+                let rs = netpol::reachability(&l, port, proto, f)?;
+                let wrong: Vec<&netpol::ProbeResult> =
+                    rs.iter().filter(|r| r.connected != r.expected).collect();
+                if json {
+                    let v = serde_json::json!({"port": port, "family": f.label(),
+                        "cells": rs, "mismatches": wrong.len()});
+                    println!("{v}");
+                } else {
+                    println!(
+                        "reachability {port} {} ({}): . connected, X blocked; ! or ? = differs from the semantics",
+                        f.label(),
+                        rs.first().map(|r| r.proto).unwrap_or("")
+                    );
+                    print!("{}", netpol::print_matrix(&rs));
+                    for w in &wrong {
+                        println!("  {}", netpol::print_probe(w));
+                    }
+                    println!(
+                        "{} cells, {} differ from the semantics\n",
+                        rs.len(),
+                        wrong.len()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchNetpol(b) => {
+            preflight()?;
+            sys::require_tools(&[("iperf3", "iperf3")])?;
+            let up = UpArgs {
+                nodes: 2,
+                stack: Stack::Ipv4,
+                mode: Mode::Ptp,
+                pods_per_node: 1,
+                cni_chain: plan::Chain::Single,
+                node_stack: None,
+                name: b.name.clone(),
+                bin_dir: None,
+                cni_bin_dir: None,
+                netpol_model: false,
+            };
+            let _ = cluster::down(&b.name);
+            std::fs::create_dir_all(cluster::state_dir(&b.name)).map_err(|e| e.to_string())?;
+            let bins = binaries(&up)?;
+            netpol_bench::run(&b, bins)
+        }
+        Cmd::ServePod {
+            identity,
+            state_dir,
+        } => {
+            let _ = state_dir;
+            netpol::serve(&identity)?;
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {
             preflight()?;

@@ -144,6 +144,29 @@ pub struct Pod {
     pub container_id: String,
     /// The first pod of each node publishes HOST_PORT.
     pub host_port: bool,
+    /// The Kubernetes namespace (CNI_ARGS K8S_POD_NAMESPACE).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    "default".into()
+}
+
+impl Pod {
+    /// Unique in the lab: `name` in namespace default, else `namespace-name`.
+    pub fn key(&self) -> String {
+        if self.namespace == "default" {
+            self.name.clone()
+        } else {
+            format!("{}-{}", self.namespace, self.name)
+        }
+    }
+
+    /// How lab commands name it: `namespace/name`.
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
 }
 
 /// Netns name prefix of a lab: everything the lab makes starts with it.
@@ -248,6 +271,7 @@ pub fn pod(spec: &Spec, node: &Node, j: usize) -> Pod {
         container_id: format!("{}-{name}", spec.name),
         node: node.name.clone(),
         host_port: spec.host_ports && j == 1,
+        namespace: default_namespace(),
         name,
     }
 }

@@ -24,6 +24,7 @@ pub struct Attachment<'a> {
     pub netns: &'a str,
     pub ifname: &'a str,
     pub pod_name: &'a str,
+    pub pod_namespace: &'a str,
     /// Capability arguments, e.g. `{"portMappings": [...]}`.
     pub capabilities: Map<String, Value>,
 }
@@ -103,7 +104,7 @@ impl Runtime {
             .env("CNI_IFNAME", att.ifname)
             .env(
                 "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}", att.pod_name, att.container_id),
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}", att.pod_namespace, att.pod_name, att.container_id),
             )
             .env("CNI_PATH", &self.bin_dir)
             .stdin(Stdio::piped())
@@ -196,6 +197,7 @@ mod tests {
             netns: "/n",
             ifname: "eth0",
             pod_name: "p",
+            pod_namespace: "default",
             capabilities,
         }
     }

@@ -88,6 +88,30 @@ impl Ranges {
         }
     }
 
+    /// Many addresses at once (one sort and merge, not one per address).
+    pub fn add_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        let v6 = self.v6;
+        self.iv.extend(
+            addrs
+                .into_iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .map(|a| (to_u128(a), to_u128(a))),
+        );
+        self.normalize();
+    }
+
+    fn normalize(&mut self) {
+        self.iv.sort_unstable();
+        let mut out: Vec<(u128, u128)> = Vec::with_capacity(self.iv.len());
+        for &(lo, hi) in &self.iv {
+            match out.last_mut() {
+                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+                _ => out.push((lo, hi)),
+            }
+        }
+        self.iv = out;
+    }
+
     pub fn add(&mut self, other: &Ranges) {
         if other.v6 == self.v6 {
             for &(lo, hi) in &other.iv {

@@ -259,11 +259,14 @@ impl Cluster {
 
     /// The labels of a namespace; one the cluster does not list has only
     /// its name label (as the API server would give it).
-    pub(crate) fn namespace_labels(&self, ns: &str) -> Labels {
-        self.ns_labels
-            .get(ns)
-            .cloned()
-            .unwrap_or_else(|| Labels::from([(NAMESPACE_NAME_LABEL.to_string(), ns.to_string())]))
+    pub(crate) fn namespace_labels(&self, ns: &str) -> std::borrow::Cow<'_, Labels> {
+        match self.ns_labels.get(ns) {
+            Some(l) => std::borrow::Cow::Borrowed(l),
+            None => std::borrow::Cow::Owned(Labels::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                ns.to_string(),
+            )])),
+        }
     }
 
     pub(crate) fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {

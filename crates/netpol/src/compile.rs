@@ -3,9 +3,8 @@
 //! the layout).
 
 use kindnet_nft::{
-    BaseChain, Batch, ChainDef, ChainType, Cmd, Comment, Elem, Expr, Family, Hook, KeyType,
-    L4Proto, Lhs, LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef,
-    Value,
+    BaseChain, Batch, ChainDef, ChainType, Cmd, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs,
+    LimitPer, LogPrefix, MapData, Name, Op, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -161,6 +160,9 @@ struct Builder<'a> {
     shared: HashMap<(usize, Direction), Vec<Allow>>,
     /// A rule's peer addresses and their set names, by the rule's address.
     peers: HashMap<usize, Peers>,
+    /// The same by namespace and peer selectors: rules of many policies
+    /// with the same peers compute them once.
+    peers_by_id: HashMap<String, Peers>,
 }
 
 /// The addresses a rule's peers stand for, per family, with the names of
@@ -168,11 +170,16 @@ struct Builder<'a> {
 type Peers = Option<[(Ranges, Option<Name>); 2]>;
 
 impl Builder<'_> {
-    /// A set named by its content, so equal sets are made once and shared
-    /// by every chain that needs them.
+    /// A set named by what it stands for (`id`: the policy rule, and the
+    /// subject pod where the content depends on it), not by its content:
+    /// when pods come, go or change labels, a set keeps its name and only
+    /// its elements change, so kindnetd can apply an element diff instead
+    /// of replacing the table. A rule's set is made once and shared by
+    /// every chain of the pods the rule's policy selects.
     fn set(
         &mut self,
         prefix: &str,
+        id: &str,
         key: Vec<KeyType>,
         interval: bool,
         mut elems: Vec<Value>,
@@ -181,10 +188,8 @@ impl Builder<'_> {
         elems.dedup();
         let mut h = Sha256::new();
         h.update(prefix.as_bytes());
-        for e in &elems {
-            h.update(e.to_json().to_string().as_bytes());
-            h.update(b"\n");
-        }
+        h.update(b"\0");
+        h.update(id.as_bytes());
         let n = Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())));
         self.sets.entry(n.clone()).or_insert_with(|| {
             let s = SetDef::set(n.clone(), key)
@@ -194,10 +199,10 @@ impl Builder<'_> {
         n
     }
 
-    fn peer_set(&mut self, r: &Ranges) -> Name {
+    fn peer_set(&mut self, id: &str, r: &Ranges) -> Name {
         let elems = r.to_nets().into_iter().map(Value::net).collect();
         let prefix = if r.v6 { "peers6" } else { "peers4" };
-        self.set(prefix, vec![KeyType::addr(r.v6)], true, elems)
+        self.set(prefix, id, vec![KeyType::addr(r.v6)], true, elems)
     }
 
     /// The addresses a rule's peers stand for, per family.
@@ -207,12 +212,14 @@ impl Builder<'_> {
             match sel {
                 PeerSel::Block(b) => out[b.v6 as usize].add(b),
                 PeerSel::Pods { .. } => {
-                    for q in self.c.network_pods() {
-                        if self.c.peer_matches_pod(ns, sel, q) {
-                            for ip in &q.ips {
-                                out[ip.is_ipv6() as usize].add_addr(*ip);
-                            }
-                        }
+                    let ips: Vec<IpAddr> = self
+                        .c
+                        .network_pods()
+                        .filter(|q| self.c.peer_matches_pod(ns, sel, q))
+                        .flat_map(|q| q.ips.iter().copied())
+                        .collect();
+                    for r in out.iter_mut() {
+                        r.add_addrs(ips.iter().copied());
                     }
                 }
             }
@@ -220,26 +227,36 @@ impl Builder<'_> {
         out
     }
 
-    fn allows(&mut self, ns: &str, r: &RuleSel, d: Direction, subject: &PodInfo) -> Vec<Allow> {
+    /// `id` names the rule: policy, direction and index.
+    fn allows(
+        &mut self,
+        id: &str,
+        ns: &str,
+        r: &RuleSel,
+        d: Direction,
+        subject: &PodInfo,
+    ) -> Vec<Allow> {
         // only ingress named ports are resolved on the subject
         let per_subject = d == Direction::Ingress
             && r.ports
                 .iter()
                 .any(|p| matches!(p.port, PortMatch::Named(_)));
         if per_subject {
-            return self.compute_allows(ns, r, d, subject);
+            let id = format!("{id}/{}/{}", subject.namespace, subject.name);
+            return self.compute_allows(&id, ns, r, d, subject);
         }
         let key = (std::ptr::from_ref(r) as usize, d);
         if let Some(a) = self.shared.get(&key) {
             return a.clone();
         }
-        let a = self.compute_allows(ns, r, d, subject);
+        let a = self.compute_allows(id, ns, r, d, subject);
         self.shared.insert(key, a.clone());
         a
     }
 
     fn compute_allows(
         &mut self,
+        _id: &str,
         ns: &str,
         r: &RuleSel,
         d: Direction,
@@ -249,12 +266,27 @@ impl Builder<'_> {
         let peers: Peers = match self.peers.get(&key) {
             Some(p) => p.clone(),
             None => {
-                let p = (!r.peers.is_empty()).then(|| {
-                    self.peer_ranges(ns, r).map(|r| {
-                        let n = (!r.is_empty()).then(|| self.peer_set(&r));
-                        (r, n)
-                    })
-                });
+                // pod peers come and go: their sets exist (maybe empty)
+                // so that membership changes only touch elements
+                let dynamic = r.peers.iter().any(|p| matches!(p, PeerSel::Pods { .. }));
+                // named by what selects them: rules with the same peers in
+                // a namespace share the set, and it keeps its name while
+                // its members change
+                let peers_id = format!("{ns}/{:?}", r.peers);
+                let p = match self.peers_by_id.get(&peers_id) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = (!r.peers.is_empty()).then(|| {
+                            self.peer_ranges(ns, r).map(|r| {
+                                let n = (dynamic || !r.is_empty())
+                                    .then(|| self.peer_set(&peers_id, &r));
+                                (r, n)
+                            })
+                        });
+                        self.peers_by_id.insert(peers_id, p.clone());
+                        p
+                    }
+                };
                 self.peers.insert(key, p.clone());
                 p
             }
@@ -301,8 +333,11 @@ impl Builder<'_> {
                     elems.push(Value::Concat(vec![Value::Proto(proto), port]));
                 }
             }
+            // ports never change with pods: named by their content
+            let ports_id = format!("{elems:?}");
             let ports = self.set(
                 "ports",
+                &ports_id,
                 vec![KeyType::InetProto, KeyType::InetService],
                 true,
                 elems,
@@ -345,12 +380,17 @@ impl Builder<'_> {
                         }
                     }
                 }
-                if !elems.is_empty() {
-                    let prefix = if v6 { "dports6" } else { "dports4" };
-                    let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
-                    let set = self.set(prefix, key, false, elems);
-                    out.push(Allow::DstPorts { v6, set });
-                }
+                // (made also when empty: pods with the port may come)
+                let prefix = if v6 { "dports6" } else { "dports4" };
+                let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
+                let set = self.set(
+                    prefix,
+                    &format!("{ns}/{:?}/{named:?}", r.peers),
+                    key,
+                    false,
+                    elems,
+                );
+                out.push(Allow::DstPorts { v6, set });
             }
         }
         out
@@ -369,6 +409,18 @@ fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
         }
     }
     out
+}
+
+/// The shared chain of a direction's rules: `pin-<16hex>` (ingress) /
+/// `pen-<16hex>` (egress), named by the rules.
+fn shared_chain(d: Direction, allows: &BTreeSet<Allow>, log: bool) -> Name {
+    let mut h = Sha256::new();
+    h.update(format!("{d}/{log}/{allows:?}").as_bytes());
+    let tag = match d {
+        Direction::Ingress => "pin",
+        Direction::Egress => "pen",
+    };
+    Name::fixed(&format!("{tag}-{}", hex16(&h.finalize())))
 }
 
 fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
@@ -404,6 +456,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         sets: BTreeMap::new(),
         shared: HashMap::new(),
         peers: HashMap::new(),
+        peers_by_id: HashMap::new(),
     };
     let mut stats = Stats {
         policies: c.policies.len(),
@@ -412,6 +465,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let mut chains: Vec<ChainDef> = Vec::new();
     let mut rules: Vec<RuleDef> = Vec::new();
     let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
+    let mut made: BTreeSet<Name> = BTreeSet::new();
 
     for p in c.network_pods().filter(|p| p.node == ctx.node_name) {
         stats.local_pods += 1;
@@ -445,30 +499,37 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
             }
             let mut allows = BTreeSet::new();
             for pol in policies {
-                for r in pol.rules(d).unwrap_or_default() {
-                    allows.extend(b.allows(&pol.namespace, r, d, p));
+                for (i, r) in pol.rules(d).unwrap_or_default().iter().enumerate() {
+                    let id = format!("{}/{}/{d}/{i}", pol.namespace, pol.name);
+                    allows.extend(b.allows(&id, &pol.namespace, r, d, p));
                 }
             }
             if allows.contains(&Allow::All) {
                 rules.push(RuleDef::new(&chain, vec![verdict]));
                 continue;
             }
+            // the pod's chain jumps to a chain shared by every pod whose
+            // policies come to the same rules: rules grow with distinct
+            // policy combinations, not with pods
+            let shared = shared_chain(d, &allows, ctx.log_denied);
+            rules.push(RuleDef::new(&chain, vec![Expr::Goto(shared.clone())]));
+            if !made.insert(shared.clone()) {
+                continue;
+            }
+            chains.push(ChainDef {
+                name: shared.clone(),
+                base: None,
+            });
             for a in &allows {
                 let mut e = allow_exprs(a, d);
                 e.push(verdict.clone());
-                rules.push(RuleDef::new(&chain, e));
+                rules.push(RuleDef::new(&shared, e));
             }
             if ctx.log_denied {
-                let prefix = LogPrefix::new(format!(
-                    "kindnet-netpol {d} drop {}/{}: ",
-                    p.namespace, p.name
-                ))
-                .unwrap_or_else(|_| {
-                    LogPrefix::new(format!("kindnet-netpol {d} drop {chain}: "))
-                        .unwrap_or_else(|e| unreachable!("{e}"))
-                });
+                let prefix = LogPrefix::new(format!("kindnet-netpol {d} drop: "))
+                    .unwrap_or_else(|e| unreachable!("{e}"));
                 rules.push(RuleDef::new(
-                    &chain,
+                    &shared,
                     vec![
                         Expr::Limit {
                             rate: LOG_RATE_PER_SECOND,
@@ -483,15 +544,10 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 Direction::Ingress => DENIED_INGRESS_COUNTER,
                 Direction::Egress => DENIED_EGRESS_COUNTER,
             });
-            let mut drop = RuleDef::new(
-                &chain,
+            rules.push(RuleDef::new(
+                &shared,
                 vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
-            );
-            // names the pod in listings (names are untrusted: only when valid)
-            if let Ok(cm) = Comment::new(format!("{}/{}", p.namespace, p.name)) {
-                drop = drop.comment(cm);
-            }
-            rules.push(drop);
+            ));
         }
         if selected {
             stats.selected_pods += 1;
@@ -767,11 +823,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(
-            sets.len(),
-            2,
-            "one peer set and one port set for both policies: {sets:?}"
-        );
+        // peers4, peers6 (empty: pods may come) and ports, made once for
+        // both policies (same namespace, same peers, same ports) however
+        // many pods they select
+        assert_eq!(sets.len(), 3, "{sets:?}");
         let has_log = |b: &Batch| {
             b.cmds
                 .iter()
@@ -786,6 +841,34 @@ mod tests {
             },
         );
         assert!(has_log(&logged.batch));
+    }
+
+    #[test]
+    fn a_membership_change_changes_elements_only() {
+        let pols = json!([{"metadata": {"namespace": "x", "name": "p"}, "spec": {"podSelector": {},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}],
+            "egress": [{"ports": [{"port": "http"}]}]}}]);
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(pols).unwrap();
+        let mut pods = vec![
+            pod("x", "a", "n1", &["10.0.1.2", "fd00::2"]),
+            pod("x", "r", "n2", &["10.0.2.2"]),
+        ];
+        let build = |pods: &[Pod]| compile(&Cluster::new(pods, &[], &pols, &[ctx()]).0, &ctx());
+        let before = build(&pods);
+        pods[1].labels.insert("role".into(), "client".into());
+        let after = build(&pods);
+        assert_ne!(before, after);
+        // the same commands but for set contents
+        let shape = |b: &Batch| -> Vec<Cmd> {
+            b.cmds
+                .iter()
+                .map(|c| match c {
+                    Cmd::AddSet(t, s) => Cmd::AddSet(t.clone(), s.clone().with_elements(vec![])),
+                    c => c.clone(),
+                })
+                .collect()
+        };
+        assert_eq!(shape(&before.batch), shape(&after.batch));
     }
 
     #[test]

@@ -156,6 +156,10 @@ pub enum Cmd {
     /// A named counter object (`counter name NAME` in rules adds to it).
     AddCounter(TableRef, Name),
     DeleteElements(TableRef, Name, Vec<Value>),
+    /// Deletes a regular chain (it must be empty and unreferenced).
+    DeleteChain(TableRef, Name),
+    /// Deletes a set (not a map) no rule refers to.
+    DeleteSet(TableRef, Name),
 }
 
 /// Commands applied as one transaction: all or nothing.
@@ -222,6 +226,14 @@ impl Batch {
             return self;
         }
         self.push(Cmd::DeleteElements(t.clone(), set.clone(), keys))
+    }
+
+    pub fn delete_chain(&mut self, t: &TableRef, c: &Name) -> &mut Batch {
+        self.push(Cmd::DeleteChain(t.clone(), c.clone()))
+    }
+
+    pub fn delete_set(&mut self, t: &TableRef, s: &Name) -> &mut Batch {
+        self.push(Cmd::DeleteSet(t.clone(), s.clone()))
     }
 
     /// The batch in nft's JSON schema (`nft -j -f -`).
@@ -299,6 +311,10 @@ fn cmd_json(c: &Cmd) -> Json {
         Cmd::DeleteElements(t, set, keys) => json!({"delete": {"element": {
             "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
             "elem": keys.iter().map(Value::to_json).collect::<Vec<_>>()}}}),
+        Cmd::DeleteChain(t, c) => json!({"delete": {"chain": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": c.as_str()}}}),
+        Cmd::DeleteSet(t, n) => json!({"delete": {"set": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": n.as_str()}}}),
     }
 }
 

@@ -172,6 +172,7 @@ impl FakeNft {
                 }
                 Cmd::AddChain(t, _)
                 | Cmd::FlushChain(t, _)
+                | Cmd::DeleteChain(t, _)
                 | Cmd::AddRule(t, _)
                 | Cmd::AddCounter(t, _) => {
                     if !tables.contains_key(&key(t)) {
@@ -192,6 +193,17 @@ impl FakeNft {
                         .get_mut(&key(t))
                         .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
                     add_elements(l, set.as_str(), e)?;
+                }
+                Cmd::DeleteSet(t, set) => {
+                    let l = tables
+                        .get_mut(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                    let before = l.sets.len();
+                    l.sets.retain(|n| n != set.as_str());
+                    if l.sets.len() == before {
+                        return Err(NftError::Failed(format!("no set {set}")));
+                    }
+                    l.elements.retain(|e| e.set != set.as_str());
                 }
                 Cmd::DeleteElements(t, set, keys) => {
                     let l = tables

@@ -63,6 +63,17 @@ impl From<Item> for RawNode {
     }
 }
 
+/// One node item of a List given as a JSON value (see [`crate::netpol::file`]).
+pub fn raw_node_from_value(v: serde_json::Value) -> RawNode {
+    match serde_json::from_value::<Item>(v) {
+        Ok(i) => RawNode::from(i),
+        Err(e) => RawNode {
+            malformed: Some(format!("list item: {e}")),
+            ..Default::default()
+        },
+    }
+}
+
 #[derive(Deserialize)]
 struct Doc {
     #[serde(default)]
@@ -71,7 +82,7 @@ struct Doc {
     items: Option<Vec<Item>>,
 }
 
-fn looks_like_json(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())
@@ -277,8 +288,13 @@ async fn read_and_apply(
     stable: Duration,
 ) -> Result<Version, String> {
     let (v, bytes) = read_stable(path, reader, stable).await?;
-    let nodes = parse_node_list(&bytes)?;
-    sink.replace_all(SOURCE, &nodes);
+    // a List may also carry Pods, Namespaces and NetworkPolicies: they go
+    // to the policy inputs (or nowhere with policy off), never to the nodes
+    let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
+    sink.replace_all(SOURCE, &parsed.nodes);
+    if let Some(p) = sink.policy() {
+        p.replace_file(parsed.objects, parsed.version);
+    }
     Ok(v)
 }
 

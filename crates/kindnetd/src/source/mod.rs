@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod kube;
+pub mod kube_netpol;
 
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,6 +19,8 @@ pub struct Sink {
     store: Arc<Mutex<NodeStore>>,
     trigger: Sender<Trigger>,
     status: Arc<Status>,
+    /// NetworkPolicy inputs (None: policy off).
+    policy: Option<crate::netpol::PolicySink>,
 }
 
 impl Sink {
@@ -30,7 +33,19 @@ impl Sink {
             store,
             trigger,
             status,
+            policy: None,
         }
+    }
+
+    /// Also feeds the NetworkPolicy inputs (and wakes their reconciler on
+    /// node changes: node addresses are part of the ruleset).
+    pub fn with_policy(mut self, p: crate::netpol::PolicySink) -> Sink {
+        self.policy = Some(p);
+        self
+    }
+
+    pub fn policy(&self) -> Option<&crate::netpol::PolicySink> {
+        self.policy.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, NodeStore> {
@@ -43,6 +58,9 @@ impl Sink {
     fn wake(&self) {
         // The reconciler gone means we are shutting down.
         let _ = self.trigger.send(Trigger::Nodes);
+        if let Some(p) = &self.policy {
+            p.wake();
+        }
     }
 
     fn note(&self, source: &str, n: &Note) {

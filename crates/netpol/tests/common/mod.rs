@@ -104,6 +104,13 @@ impl Ruleset {
                         }
                     }
                 }
+                Cmd::DeleteChain(_, n) => {
+                    let rules = r.chains.remove(n.as_str()).expect("no such chain");
+                    assert!(rules.is_empty(), "chain {n} not empty");
+                }
+                Cmd::DeleteSet(_, n) => {
+                    r.sets.remove(n.as_str()).expect("no such set");
+                }
                 Cmd::DeleteElements(_, n, keys) => {
                     let s = r
                         .sets

@@ -1,0 +1,289 @@
+//! NetworkPolicy in kindnetd: the inputs (Pods, Namespaces,
+//! NetworkPolicies from the Kubernetes watch or the nodes file), the pure
+//! planning of what to change in table `inet kindnet-netpol` ([`plan`]),
+//! and the reconciler thread that applies it through a seam ([`run`]).
+//!
+//! The ruleset itself is compiled by crate `kindnet-netpol`. kindnetd
+//! programs it only once every input is complete (first list of all three
+//! watches, or the first good read of the nodes file), so a restart never
+//! replaces enforced rules with a partial view; until then the previous
+//! table, if any, keeps enforcing.
+
+pub mod file;
+pub mod metrics;
+pub mod plan;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kindnet_netpol::{Namespace, NetworkPolicy, Pod};
+
+/// The kinds of objects policy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Pod,
+    Namespace,
+    Policy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Pod, Kind::Namespace, Kind::Policy];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::Policy => "networkpolicies",
+        }
+    }
+}
+
+/// One object of a kind policy reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Pod(Pod),
+    Namespace(Namespace),
+    Policy(NetworkPolicy),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Pod(_) => Kind::Pod,
+            Object::Namespace(_) => Kind::Namespace,
+            Object::Policy(_) => Kind::Policy,
+        }
+    }
+
+    /// `(namespace, name)`; namespaces have an empty namespace.
+    pub fn key(&self) -> (String, String) {
+        match self {
+            Object::Pod(p) => (p.namespace.clone(), p.name.clone()),
+            Object::Namespace(n) => (String::new(), n.name.clone()),
+            Object::Policy(p) => (p.namespace.clone(), p.name.clone()),
+        }
+    }
+}
+
+/// Everything the policy compiler needs, as the sources last reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inputs {
+    pub pods: BTreeMap<(String, String), Pod>,
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    synced: [bool; 3],
+    /// `metadata.resourceVersion` of the nodes file's List when numeric
+    /// (the lab numbers its writes), reported once programmed.
+    pub file_version: Option<u64>,
+    /// Bumped on every change.
+    pub generation: u64,
+}
+
+fn idx(k: Kind) -> usize {
+    k as usize
+}
+
+impl Inputs {
+    /// Every kind delivered a complete list.
+    pub fn synced(&self) -> bool {
+        self.synced.iter().all(|s| *s)
+    }
+
+    fn bump(&mut self, changed: bool) -> bool {
+        if changed {
+            self.generation += 1;
+        }
+        changed
+    }
+
+    /// Replaces every object of `kind`. Returns whether anything changed.
+    pub fn replace_kind(&mut self, kind: Kind, objects: Vec<Object>) -> bool {
+        let changed = match kind {
+            Kind::Pod => {
+                let new: BTreeMap<_, _> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Pod(p) => Some(((p.namespace.clone(), p.name.clone()), p)),
+                        _ => None,
+                    })
+                    .collect();
+                std::mem::replace(&mut self.pods, new) != self.pods
+            }
+            Kind::Namespace => {
+                let new: BTreeMap<_, _> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Namespace(n) => Some((n.name.clone(), n)),
+                        _ => None,
+                    })
+                    .collect();
+                std::mem::replace(&mut self.namespaces, new) != self.namespaces
+            }
+            Kind::Policy => {
+                let new: BTreeMap<_, _> = objects
+                    .into_iter()
+                    .filter_map(|o| match o {
+                        Object::Policy(p) => Some(((p.namespace.clone(), p.name.clone()), p)),
+                        _ => None,
+                    })
+                    .collect();
+                std::mem::replace(&mut self.policies, new) != self.policies
+            }
+        };
+        let first = !self.synced[idx(kind)];
+        self.synced[idx(kind)] = true;
+        self.bump(changed || first)
+    }
+
+    /// One added or modified object.
+    pub fn upsert(&mut self, o: Object) -> bool {
+        let changed = match o {
+            Object::Pod(p) => {
+                let k = (p.namespace.clone(), p.name.clone());
+                self.pods.insert(k, p.clone()).as_ref() != Some(&p)
+            }
+            Object::Namespace(n) => {
+                self.namespaces.insert(n.name.clone(), n.clone()).as_ref() != Some(&n)
+            }
+            Object::Policy(p) => {
+                let k = (p.namespace.clone(), p.name.clone());
+                self.policies.insert(k, p.clone()).as_ref() != Some(&p)
+            }
+        };
+        self.bump(changed)
+    }
+
+    /// One deleted object.
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> bool {
+        let k = (namespace.to_string(), name.to_string());
+        let changed = match kind {
+            Kind::Pod => self.pods.remove(&k).is_some(),
+            Kind::Namespace => self.namespaces.remove(name).is_some(),
+            Kind::Policy => self.policies.remove(&k).is_some(),
+        };
+        self.bump(changed)
+    }
+
+    /// The nodes file: all three kinds at once.
+    pub fn replace_file(&mut self, objects: Vec<Object>, version: Option<u64>) -> bool {
+        let mut by_kind: BTreeMap<Kind, Vec<Object>> = BTreeMap::new();
+        for o in objects {
+            by_kind.entry(o.kind()).or_default().push(o);
+        }
+        let mut changed = false;
+        for k in Kind::ALL {
+            changed |= self.replace_kind(k, by_kind.remove(&k).unwrap_or_default());
+        }
+        if self.file_version != version {
+            self.file_version = version;
+            changed = self.bump(true);
+        }
+        changed
+    }
+}
+
+/// The sources' handle on the policy inputs: records changes and wakes
+/// the policy reconciler.
+#[derive(Clone)]
+pub struct PolicySink {
+    inputs: Arc<Mutex<Inputs>>,
+    wake: Sender<()>,
+}
+
+impl PolicySink {
+    pub fn new(inputs: Arc<Mutex<Inputs>>, wake: Sender<()>) -> PolicySink {
+        PolicySink { inputs, wake }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inputs> {
+        match self.inputs.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Wakes the reconciler (also for node changes: node addresses).
+    pub fn wake(&self) {
+        let _ = self.wake.send(());
+    }
+
+    fn changed(&self, c: bool) {
+        if c {
+            self.wake();
+        }
+    }
+
+    pub fn replace_kind(&self, kind: Kind, objects: Vec<Object>) {
+        let n = objects.len();
+        let c = self.lock().replace_kind(kind, objects);
+        if c {
+            tracing::debug!(
+                kind = kind.as_str(),
+                objects = n,
+                "policy input list applied"
+            );
+        }
+        self.changed(c);
+    }
+
+    pub fn upsert(&self, o: Object) {
+        let c = self.lock().upsert(o);
+        self.changed(c);
+    }
+
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) {
+        let c = self.lock().delete(kind, namespace, name);
+        self.changed(c);
+    }
+
+    pub fn replace_file(&self, objects: Vec<Object>, version: Option<u64>) {
+        let c = self.lock().replace_file(objects, version);
+        self.changed(c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, label: &str) -> Object {
+        Object::Pod(
+            serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name,
+                "labels": {"pod": label}}}))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn synced_only_when_every_kind_listed_and_changes_counted() {
+        let mut i = Inputs::default();
+        assert!(!i.synced());
+        assert!(i.replace_kind(Kind::Pod, vec![pod("x", "a", "a")]));
+        assert!(i.replace_kind(Kind::Namespace, vec![]), "first list counts");
+        assert!(!i.synced());
+        assert!(i.replace_kind(Kind::Policy, vec![]));
+        assert!(i.synced());
+        let g = i.generation;
+        assert!(!i.replace_kind(Kind::Pod, vec![pod("x", "a", "a")]));
+        assert!(!i.upsert(pod("x", "a", "a")));
+        assert_eq!(i.generation, g);
+        assert!(i.upsert(pod("x", "a", "b")));
+        assert!(i.delete(Kind::Pod, "x", "a"));
+        assert!(!i.delete(Kind::Pod, "x", "a"));
+        assert_eq!(i.generation, g + 2);
+    }
+
+    #[test]
+    fn the_file_replaces_all_kinds() {
+        let mut i = Inputs::default();
+        i.upsert(pod("x", "old", "a"));
+        assert!(i.replace_file(vec![pod("x", "a", "a")], Some(3)));
+        assert!(i.synced());
+        assert_eq!(i.pods.len(), 1);
+        assert!(!i.replace_file(vec![pod("x", "a", "a")], Some(3)));
+        assert!(i.replace_file(vec![pod("x", "a", "a")], Some(4)), "version");
+    }
+}

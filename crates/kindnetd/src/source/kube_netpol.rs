@@ -1,0 +1,225 @@
+//! Kubernetes source of the NetworkPolicy inputs: watches on Pods,
+//! Namespaces and NetworkPolicies, with the node watch's behaviour
+//! (kube-rs watcher: re-list after errors and 410 Gone, backoff through
+//! outages, the inputs known are kept meanwhile; a re-list replaces a
+//! kind as a whole when it completes).
+//!
+//! Objects are decoded one at a time into the slim types of crate
+//! `kindnet-netpol` (namespace, name, labels, node, hostNetwork, podIPs,
+//! phase, named container ports; namespace labels; policy specs) plus the
+//! resourceVersion the watcher needs: nothing else is stored.
+
+use std::borrow::Cow;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
+
+use crate::netpol::{Kind, Object, PolicySink};
+use crate::status::Status;
+
+fn slim_meta(v: &serde_json::Value) -> ObjectMeta {
+    let s = |k: &str| v["metadata"][k].as_str().map(str::to_string);
+    ObjectMeta {
+        name: s("name"),
+        namespace: s("namespace"),
+        resource_version: s("resourceVersion"),
+        ..Default::default()
+    }
+}
+
+macro_rules! slim {
+    ($ty:ident, $inner:ty, $variant:ident, $kind:literal, $group:literal, $plural:literal, $scope:ty) => {
+        #[derive(Clone, Debug)]
+        pub struct $ty {
+            pub metadata: ObjectMeta,
+            pub object: $inner,
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                let v = serde_json::Value::deserialize(d)?;
+                let metadata = slim_meta(&v);
+                let object = <$inner>::deserialize(&v).map_err(serde::de::Error::custom)?;
+                Ok($ty { metadata, object })
+            }
+        }
+
+        impl kube::Resource for $ty {
+            type DynamicType = ();
+            type Scope = $scope;
+            fn kind(_: &()) -> Cow<'_, str> {
+                $kind.into()
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                $group.into()
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                "v1".into()
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                $plural.into()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+
+        impl From<$ty> for Object {
+            fn from(s: $ty) -> Object {
+                Object::$variant(s.object)
+            }
+        }
+    };
+}
+
+slim!(
+    SlimPod,
+    kindnet_netpol::Pod,
+    Pod,
+    "Pod",
+    "",
+    "pods",
+    kube::core::NamespaceResourceScope
+);
+slim!(
+    SlimNamespace,
+    kindnet_netpol::Namespace,
+    Namespace,
+    "Namespace",
+    "",
+    "namespaces",
+    kube::core::ClusterResourceScope
+);
+slim!(
+    SlimPolicy,
+    kindnet_netpol::NetworkPolicy,
+    Policy,
+    "NetworkPolicy",
+    "networking.k8s.io",
+    "networkpolicies",
+    kube::core::NamespaceResourceScope
+);
+
+/// Watches one kind forever.
+async fn watch<K>(api: Api<K>, kind: Kind, sink: PolicySink, status: std::sync::Arc<Status>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    Object: From<K>,
+{
+    let source: &'static str = match kind {
+        Kind::Pod => "kube-pods",
+        Kind::Namespace => "kube-namespaces",
+        Kind::Policy => "kube-networkpolicies",
+    };
+    loop {
+        let cfg = watcher::Config::default().page_size(500);
+        let mut stream = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
+        let mut buffer: Option<Vec<Object>> = None;
+        loop {
+            let Some(item) = stream.next().await else {
+                break;
+            };
+            match item {
+                Ok(Event::Init) => buffer = Some(Vec::new()),
+                Ok(Event::InitApply(o)) => {
+                    if let Some(b) = buffer.as_mut() {
+                        b.push(Object::from(o));
+                    }
+                }
+                Ok(Event::InitDone) => {
+                    let all = buffer.take().unwrap_or_default();
+                    tracing::info!(
+                        kind = kind.as_str(),
+                        objects = all.len(),
+                        "policy input list received"
+                    );
+                    sink.replace_kind(kind, all);
+                }
+                Ok(Event::Apply(o)) => sink.upsert(Object::from(o)),
+                Ok(Event::Delete(o)) => {
+                    let m = o.meta();
+                    if let Some(name) = m.name.as_deref() {
+                        sink.delete(kind, m.namespace.as_deref().unwrap_or(""), name);
+                    }
+                }
+                Err(e) => {
+                    status.metrics.source_error(source);
+                    let gone_on_start = matches!(
+                        &e,
+                        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410
+                    );
+                    tracing::warn!(kind = kind.as_str(), error = %e, "policy watch error; retrying (the rules programmed stay)");
+                    if gone_on_start {
+                        break;
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            kind = kind.as_str(),
+            "restarting the watch with a fresh list"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Watches Pods, Namespaces and NetworkPolicies forever.
+pub async fn run(client: Client, sink: PolicySink, status: std::sync::Arc<Status>) {
+    let pods = watch(
+        Api::<SlimPod>::all(client.clone()),
+        Kind::Pod,
+        sink.clone(),
+        status.clone(),
+    );
+    let ns = watch(
+        Api::<SlimNamespace>::all(client.clone()),
+        Kind::Namespace,
+        sink.clone(),
+        status.clone(),
+    );
+    let pols = watch(Api::<SlimPolicy>::all(client), Kind::Policy, sink, status);
+    futures::join!(pods, ns, pols);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::Resource;
+
+    #[test]
+    fn slim_objects_keep_only_what_policy_needs() {
+        let j = r#"{"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "x", "resourceVersion": "9", "labels": {"pod": "a"},
+                "managedFields": [{"manager": "kubelet"}], "annotations": {"big": "yes"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i",
+                "ports": [{"name": "serve-80-tcp", "containerPort": 80}]}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}], "conditions": []}}"#;
+        let p: SlimPod = serde_json::from_str(j).unwrap();
+        assert_eq!(p.metadata.resource_version.as_deref(), Some("9"));
+        assert_eq!(p.metadata.namespace.as_deref(), Some("x"));
+        assert!(p.metadata.annotations.is_none());
+        assert_eq!(p.object.ports[0].name, "serve-80-tcp");
+        assert_eq!(p.object.node_name, "n1");
+        assert!(matches!(Object::from(p), Object::Pod(_)));
+    }
+
+    #[test]
+    fn resource_paths() {
+        assert_eq!(SlimPod::url_path(&(), None), "/api/v1/pods");
+        assert_eq!(SlimNamespace::url_path(&(), None), "/api/v1/namespaces");
+        assert_eq!(
+            SlimPolicy::url_path(&(), None),
+            "/apis/networking.k8s.io/v1/networkpolicies"
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! `kindnet-lab bench-netpol`: NetworkPolicy figures on a 2-node lab (JSON
+//! lines; a benchmark, not a test).
+//!
+//! - 1,000 pods and 200 policies on node1 (pods as objects in the nodes
+//!   file, without sandboxes): full programming (a kindnetd restart: start
+//!   → enforced, and kindnetd's own compile + apply time);
+//! - one label change → enforced on node1 (p50/p99), one new pod →
+//!   enforced: wall time from the atomic file write to kindnetd reporting
+//!   the version programmed (includes the file source's 50 ms settle),
+//!   and kindnetd's own programming time;
+//! - kindnetd's resident memory;
+//! - pod↔pod across the nodes, TCP throughput (iperf3) and RTT (ping),
+//!   the two real pods selected by policies among the 200, against policy
+//!   off (kindnetd restarted with --network-policy=false), interleaved.
+
+// Raw syscalls: the environment the lab's kindnetds inherit.
+#![allow(unsafe_code)]
+
+use crate::cluster::{self, Lab};
+use crate::netpol::{self, State};
+use crate::plan::{Family, Mode, Spec, Stack};
+use crate::sys::Result;
+use serde_json::{Value, json};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct BenchNetpolArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub pods: usize,
+    #[arg(long, default_value_t = 200)]
+    pub policies: usize,
+    #[arg(long, default_value_t = 30)]
+    pub changes: usize,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u32,
+    #[arg(long, default_value = "npb")]
+    pub name: String,
+    /// Leave the lab up afterwards (kindnetd logs in /run/kindnet-lab/NAME).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+fn fake_pod(i: usize, app: usize) -> Value {
+    let ip4 = format!("10.245.{}.{}", i / 250, i % 250 + 1);
+    let ip6 = format!("fd00:10:245::{:x}", i + 1);
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"namespace": "bench", "name": format!("p{i}"),
+            "labels": {"app": format!("app-{app}"), "tier": format!("t-{}", i % 4)}},
+        "spec": {"nodeName": "node1", "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {"phase": "Running", "podIPs": [{"ip": ip4}, {"ip": ip6}]}})
+}
+
+fn policies(n: usize) -> Vec<Value> {
+    let mut v: Vec<Value> = (0..n.saturating_sub(2))
+        .map(|k| {
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"namespace": "bench", "name": format!("pol-{k}")},
+                "spec": {"podSelector": {"matchLabels": {"app": format!("app-{}", k % 50)}},
+                    "policyTypes": ["Ingress", "Egress"],
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"tier": format!("t-{}", k % 4)}}},
+                                          {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.99.0.0/16"]}}],
+                                 "ports": [{"port": 80 + (k % 20) as u16}, {"port": "http"}, {"protocol": "UDP", "port": 53}]}],
+                    "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 443}, {"port": 8000, "endPort": 8100}]}]}})
+        })
+        .collect();
+    // the two real pods: isolated both ways, allowed to each other
+    for (name, dir, peer, ty) in [
+        ("bench-in", "ingress", "from", "Ingress"),
+        ("bench-out", "egress", "to", "Egress"),
+    ] {
+        let mut rule = serde_json::Map::new();
+        rule.insert(
+            peer.into(),
+            json!([{"podSelector": {"matchLabels": {"role": "bench"}}}]),
+        );
+        let mut spec = serde_json::Map::new();
+        spec.insert(
+            "podSelector".into(),
+            json!({"matchLabels": {"role": "bench"}}),
+        );
+        spec.insert("policyTypes".into(), json!([ty]));
+        spec.insert(dir.into(), json!([Value::Object(rule)]));
+        v.push(
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"namespace": "default", "name": name}, "spec": Value::Object(spec)}),
+        );
+    }
+    v
+}
+
+fn histogram(text: &str) -> (f64, f64) {
+    (
+        netpol::metric(text, "kindnet_netpol_programming_duration_seconds_sum").unwrap_or(0.0),
+        netpol::metric(text, "kindnet_netpol_programming_duration_seconds_count").unwrap_or(0.0),
+    )
+}
+
+/// The p-quantile of the samples that are numbers (a change kindnetd
+/// found nothing to do for has no programming time).
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn rss_kb(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pid_of(lab: &Lab, node: &str) -> Result<u32> {
+    lab.kindnetd
+        .iter()
+        .find(|(n, _)| n == node)
+        .map(|(_, p)| *p)
+        .ok_or_else(|| format!("no kindnetd on {node}"))
+}
+
+/// Publishes and waits for node1 only (the other node has nothing to do
+/// with the bench pods but the two real ones).
+fn publish_timed(lab: &Lab, s: &mut State) -> Result<(f64, f64)> {
+    let node1 = lab.nodes[0].netns.clone();
+    let before = histogram(&netpol::metrics(&node1)?);
+    s.version += 1;
+    netpol::save(lab, s)?;
+    let t = Instant::now();
+    lab.write_node_list()?;
+    wait_version_on(lab, 0, s.version)?;
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let after = histogram(&netpol::metrics(&node1)?);
+    let own = if after.1 > before.1 {
+        (after.0 - before.0) / (after.1 - before.1) * 1e3
+    } else {
+        f64::NAN
+    };
+    Ok((wall, own))
+}
+
+fn wait_version_on(lab: &Lab, node: usize, v: u64) -> Result<()> {
+    let ns = &lab.nodes[node].netns;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(t) = netpol::metrics(ns)
+            && netpol::metric(&t, "kindnet_netpol_programmed_version")
+                .is_some_and(|x| x >= v as f64)
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not program version {v}",
+                lab.nodes[node].name
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn set_policy_env(on: bool) {
+    // SAFETY: called while this process runs no other thread; the
+    // kindnetds started next inherit it.
+    unsafe { std::env::set_var("KINDNET_NETWORK_POLICY", if on { "true" } else { "false" }) };
+}
+
+fn restart_all(lab: &mut Lab, on: bool, version: u64) -> Result<()> {
+    set_policy_env(on);
+    for n in lab.nodes.clone() {
+        cluster::restart_kindnetd(lab, &n.name)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, n) in lab.nodes.clone().iter().enumerate() {
+        if on {
+            wait_version_on(lab, i, version)?;
+        } else {
+            while crate::sys::ok_in(
+                &n.netns,
+                &["nft", "list", "table", "inet", "kindnet-netpol"],
+            ) {
+                if Instant::now() > deadline {
+                    return Err("the policy table was not removed".into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: &BenchNetpolArgs, binaries: cluster::Binaries) -> Result<ExitCode> {
+    let spec = Spec {
+        name: a.name.clone(),
+        nodes: 2,
+        stack: Stack::Ipv4,
+        mode: Mode::Ptp,
+        pods_per_node: 1,
+        cni_chain: crate::plan::Chain::Single,
+        node_stack: None,
+        host_ports: false,
+    };
+    let mut lab = cluster::up(spec, binaries)?;
+    let result = measure(a, &mut lab);
+    set_policy_env(true);
+    if !a.keep {
+        let _ = cluster::down(&a.name);
+    }
+    result.map(|_| ExitCode::SUCCESS)
+}
+
+fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
+    let mut s = State::default();
+    for p in &lab.pods {
+        s.pod_labels.insert(
+            p.full_name(),
+            [("role".to_string(), "bench".to_string())].into(),
+        );
+    }
+    s.namespaces.insert("bench".into(), Default::default());
+    s.extra_pods = (0..a.pods).map(|i| fake_pod(i, i % 60)).collect();
+    for p in policies(a.policies) {
+        let id = format!(
+            "{}/{}",
+            p["metadata"]["namespace"].as_str().unwrap_or(""),
+            p["metadata"]["name"].as_str().unwrap_or("")
+        );
+        s.policies.insert(id, p);
+    }
+    let (first_wall, first_own) = publish_timed(lab, &mut s)?;
+    // a full program: kindnetd restarted on node1 replaces the table
+    let t = Instant::now();
+    let node1 = lab.nodes[0].name.clone();
+    cluster::restart_kindnetd(lab, &node1)?;
+    wait_version_on(lab, 0, s.version)?;
+    let restart_ms = t.elapsed().as_secs_f64() * 1e3;
+    let text = netpol::metrics(&lab.nodes[0].netns)?;
+    let (sum, count) = histogram(&text);
+    let rules = netpol::metric(&text, "kindnet_netpol_rules").unwrap_or(0.0);
+    let selected = netpol::metric(&text, "kindnet_netpol_selected_pods").unwrap_or(0.0);
+    println!(
+        "{}",
+        json!({"bench": "netpol-full-program", "pods": a.pods, "policies": a.policies,
+            "rules": rules, "selected_pods": selected,
+            "first_program_wall_ms": first_wall, "first_program_kindnetd_ms": first_own,
+            "restart_to_enforced_ms": restart_ms,
+            "full_program_kindnetd_ms": if count > 0.0 { sum / count * 1e3 } else { f64::NAN }})
+    );
+    // label changes: pod p{j} moves between apps (other policies select it)
+    let (mut walls, mut owns) = (Vec::new(), Vec::new());
+    for k in 0..a.changes {
+        let j = (k * 37) % a.pods;
+        s.extra_pods[j] = fake_pod(j, (j + k + 1) % 50);
+        let (w, o) = publish_timed(lab, &mut s)?;
+        walls.push(w);
+        owns.push(o);
+    }
+    println!(
+        "{}",
+        json!({"bench": "netpol-label-change", "changes": a.changes,
+            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
+            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+    );
+    let (mut walls, mut owns) = (Vec::new(), Vec::new());
+    for k in 0..10 {
+        s.extra_pods.push(fake_pod(a.pods + k, k % 50));
+        let (w, o) = publish_timed(lab, &mut s)?;
+        walls.push(w);
+        owns.push(o);
+    }
+    let pid = pid_of(lab, &node1)?;
+    println!(
+        "{}",
+        json!({"bench": "netpol-new-pod", "pods_added": 10,
+            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_max_ms": percentile(&mut walls, 1.0),
+            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_max_ms": percentile(&mut owns, 1.0),
+            "kindnetd_rss_mb": rss_kb(pid).map(|k| k as f64 / 1024.0)})
+    );
+    // per-packet cost, interleaved: policy on (200 policies) vs off
+    let p1 = lab
+        .pods
+        .iter()
+        .find(|p| p.node == lab.nodes[0].name)
+        .ok_or("no pod on node1")?
+        .clone();
+    let p2 = lab
+        .pods
+        .iter()
+        .find(|p| p.node == lab.nodes[1].name)
+        .ok_or("no pod on node2")?
+        .clone();
+    let res = crate::runtime::read_json(
+        &lab.state_dir
+            .join("pods")
+            .join(format!("{}.json", p2.key())),
+    )?;
+    let ip2 = cluster::result_addrs(&res)
+        .iter()
+        .filter_map(|a| a.split('/').next()?.parse::<std::net::IpAddr>().ok())
+        .find(|ip| Family::of(ip) == Family::V4)
+        .ok_or("pod2 has no IPv4 address")?;
+    let (mut on_bps, mut off_bps, mut on_rtt, mut off_rtt) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut on = true;
+    for r in 0..a.rounds * 2 {
+        if r > 0 {
+            on = !on;
+            restart_all(lab, on, s.version)?;
+        }
+        let bps = crate::bench::iperf(&p2.netns, &p1.netns, ip2, a.seconds)?;
+        let rtt = crate::bench::rtt(&p1.netns, ip2)?;
+        if on {
+            on_bps.push(bps);
+            on_rtt.push(rtt);
+        } else {
+            off_bps.push(bps);
+            off_rtt.push(rtt);
+        }
+    }
+    let (on_t, off_t) = (crate::bench::median(on_bps), crate::bench::median(off_bps));
+    let (on_r, off_r) = (crate::bench::median(on_rtt), crate::bench::median(off_rtt));
+    println!(
+        "{}",
+        json!({"bench": "netpol-per-packet", "rounds": a.rounds, "policies": a.policies,
+            "pod_pod_gbps_policy_on": on_t / 1e9, "pod_pod_gbps_policy_off": off_t / 1e9,
+            "throughput_ratio_on_off": on_t / off_t,
+            "rtt_ms_policy_on": on_r, "rtt_ms_policy_off": off_r, "rtt_ratio_on_off": on_r / off_r})
+    );
+    Ok(())
+}
