@@ -807,6 +807,8 @@ fn kube_daemon(ns: &NetnsGuard, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
             "--cni-conf-dir",
             cni.to_str().unwrap(),
             "--metrics-bind-address=127.0.0.1:19080",
+            // the fake API server serves Nodes only
+            "--network-policy=false",
         ],
         dir.path().join("log"),
     );

@@ -121,6 +121,9 @@ where
         Kind::Namespace => "kube-namespaces",
         Kind::Policy => "kube-networkpolicies",
     };
+    // One line per failure streak (issue 10): a long outage is a handful of
+    // lines, not one per retry.
+    let mut streak = crate::streak::StreakLog::default();
     loop {
         let cfg = watcher::Config::default().page_size(500);
         let mut stream = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
@@ -129,6 +132,18 @@ where
             let Some(item) = stream.next().await else {
                 break;
             };
+            if item.is_ok()
+                && !matches!(item, Ok(Event::Init))
+                && let Some(crate::streak::StreakLine::Recovered { count, lasted }) =
+                    streak.success(std::time::Instant::now())
+            {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    failures = count,
+                    lasted_s = lasted.as_secs(),
+                    "policy watch working again"
+                );
+            }
             match item {
                 Ok(Event::Init) => buffer = Some(Vec::new()),
                 Ok(Event::InitApply(o)) => {
@@ -158,7 +173,26 @@ where
                         &e,
                         watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410
                     );
-                    tracing::warn!(kind = kind.as_str(), error = %e, "policy watch error; retrying (the rules programmed stay)");
+                    match streak.failure(std::time::Instant::now()) {
+                        Some(crate::streak::StreakLine::Started) => tracing::warn!(
+                            kind = kind.as_str(),
+                            error = %e,
+                            "policy watch failing; retrying, the rules programmed stay \
+                             (one line per minute while it lasts)"
+                        ),
+                        Some(crate::streak::StreakLine::Ongoing { count, lasted }) => {
+                            tracing::warn!(
+                                kind = kind.as_str(),
+                                error = %e,
+                                failures = count,
+                                lasted_s = lasted.as_secs(),
+                                "policy watch still failing; the rules programmed stay"
+                            )
+                        }
+                        _ => {
+                            tracing::debug!(kind = kind.as_str(), error = %e, "policy watch error")
+                        }
+                    }
                     if gone_on_start {
                         break;
                     }
