@@ -137,6 +137,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Add one pod to the NetworkPolicy model (`namespace/name`), serving
+    /// at once; its address reaches kindnetd only through the CNI ADD.
+    AddModelPod {
+        #[command(flatten)]
+        lab: NameArg,
+        pod: String,
+        /// `key=value`, comma-separated.
+        #[arg(long, default_value = "")]
+        labels: String,
+        #[arg(long, default_value = "node1")]
+        node: String,
+    },
     /// The full matrix of the model's pods, as the upstream suite prints it.
     Reachability {
         #[command(flatten)]
@@ -377,6 +389,27 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             for d in netpol::apply(&l, &file, true)? {
                 println!("{d} deleted");
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::AddModelPod {
+            lab,
+            pod,
+            labels,
+            node,
+        } => {
+            preflight()?;
+            let mut l = Lab::load(&lab.name)?;
+            let labels: Vec<(String, String)> = labels
+                .split(',')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| format!("--labels: {kv:?} is not key=value"))
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            let addrs = netpol::add_model_pod(&mut l, &pod, &labels, &node)?;
+            println!("added {pod}: {addrs}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Probe {

@@ -391,6 +391,47 @@ pub fn create_model(lab: &mut Lab) -> Result<()> {
     publish(lab, &mut s)
 }
 
+/// Adds one pod to the model (`namespace/name` with `labels`, on `node`):
+/// the Pod object is published first (kindnetd makes its chains), then the
+/// CNI ADD — which points the pod's address at them — and its server. The
+/// address is not published: the pod is isolated by the ADD alone, the way a
+/// fresh pod is before the API reports its IP.
+pub fn add_model_pod(
+    lab: &mut Lab,
+    full: &str,
+    labels: &[(String, String)],
+    node: &str,
+) -> Result<String> {
+    let (ns, name) = full
+        .split_once('/')
+        .ok_or_else(|| format!("{full:?}: expected namespace/name"))?;
+    let node = lab.node(node)?.name.clone();
+    let mut s = load(lab).unwrap_or_default();
+    if !s.namespaces.contains_key(ns) {
+        return Err(format!("namespace {ns} is not in the model"));
+    }
+    let pod = Pod {
+        name: name.into(),
+        namespace: ns.into(),
+        node,
+        netns: format!("{}{ns}-{name}", plan::prefix(&lab.spec.name)),
+        container_id: format!("{}-{ns}-{name}", lab.spec.name),
+        host_port: false,
+    };
+    if lab.pods.iter().any(|p| p.full_name() == pod.full_name()) {
+        return Err(format!("pod {full} exists"));
+    }
+    s.pod_labels
+        .insert(pod.full_name(), labels.iter().cloned().collect());
+    lab.pods.push(pod.clone());
+    lab.save()?;
+    publish(lab, &mut s)?;
+    let res = lab.attach_pod(&pod)?;
+    start_server(lab, &pod)?;
+    wait_server(&pod)?;
+    Ok(result_addrs(&res).join(" "))
+}
+
 // ---- apply / delete ----
 
 /// Objects of a Kubernetes YAML/JSON file: multi-document YAML, Lists

@@ -509,3 +509,69 @@ fn restart_under_load_keeps_enforcing() {
         2 * 3 * 8 - 2 * 3
     );
 }
+
+/// From the first packet: a pod created under a deny-all policy is never
+/// reachable, though kindnetd learns its address only from the CNI ADD
+/// (the lab publishes the Pod object, not its IP). Probes start the moment
+/// the pod serves.
+#[test]
+fn a_pod_created_under_deny_all_is_isolated_from_its_first_packet() {
+    require_root!();
+    use kindnet_netlink::Netns;
+    use std::net::{IpAddr, SocketAddr, TcpStream};
+    let l = Lab::up("npf");
+    l.apply(&pol("x", "deny", "{podSelector: {}}"));
+    let from = Netns::open(format!("/var/run/netns/{}", l.netns("y-a"))).unwrap();
+    for round in 0..3 {
+        let pod = format!("x/d{round}");
+        let out = lab_ok(&[
+            "add-model-pod",
+            "--name",
+            &l.name,
+            &pod,
+            "--labels",
+            &format!("pod=d{round}"),
+            "--node",
+            "node1",
+        ]);
+        let addrs: Vec<IpAddr> = out
+            .rsplit(": ")
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|a| a.split('/').next()?.parse().ok())
+            .collect();
+        assert_eq!(addrs.len(), 2, "both families: {out}");
+        let leaked = from
+            .run(move || {
+                let mut leaked = Vec::new();
+                for _ in 0..10 {
+                    for a in &addrs {
+                        let to = SocketAddr::new(*a, 80);
+                        if TcpStream::connect_timeout(&to, Duration::from_millis(100)).is_ok() {
+                            leaked.push(to);
+                        }
+                    }
+                }
+                leaked
+            })
+            .unwrap();
+        assert!(
+            leaked.is_empty(),
+            "{pod} reachable under deny-all: {leaked:?}"
+        );
+    }
+    // The pods do serve: allowed as soon as a policy allows it.
+    l.apply(&pol(
+        "x",
+        "from-y",
+        "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}",
+    ));
+    let out = lab_ok(&[
+        "probe", "--name", &l.name, "y/a", "x/d0", "80/tcp", "--json",
+    ]);
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["connected"], true, "{v}");
+    }
+}
