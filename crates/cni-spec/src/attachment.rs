@@ -148,6 +148,18 @@ impl AttachmentId {
         &self.ifname
     }
 
+    /// The nft element comment releases before the owner tag wrote:
+    /// recognised exactly by DEL, so an upgrade under running pods leaks
+    /// nothing.
+    pub fn legacy_comment(&self) -> String {
+        format!("{} {} {}", self.network, self.container_id, self.ifname)
+    }
+
+    /// The link alias those releases wrote.
+    pub fn legacy_alias(&self) -> String {
+        format!("kindnet {}", self.legacy_comment())
+    }
+
     pub fn owner(&self) -> OwnerTag {
         OwnerTag {
             network: NetworkKey::of(&self.network).0,

@@ -41,17 +41,6 @@ pub fn owner_alias(a: &AttachmentId) -> String {
     a.owner().to_string()
 }
 
-/// The alias earlier releases wrote (`kindnet <network> <id> <ifname>`),
-/// recognised exactly so DEL after an upgrade still removes its veth.
-fn legacy_alias(a: &AttachmentId) -> String {
-    format!(
-        "kindnet {} {} {}",
-        a.network(),
-        a.container_id(),
-        a.ifname()
-    )
-}
-
 /// Whether `link` (named after our attachment) is ours: a veth tagged with
 /// our alias, or untagged — an ADD killed between creating and tagging it
 /// (the kernel takes no alias at creation).
@@ -60,7 +49,7 @@ fn is_ours(link: &Link, a: &AttachmentId) -> bool {
         && link
             .alias
             .as_deref()
-            .is_none_or(|x| x == owner_alias(a) || x == legacy_alias(a))
+            .is_none_or(|x| x == owner_alias(a) || x == a.legacy_alias())
 }
 
 /// The two ends of a new pod veth.

@@ -111,6 +111,15 @@ pub(crate) fn nft_err(
     move |e| CniError::internal(format!("{what}: {e}"))
 }
 
+/// The attachment of a request and its owner tag as an nft comment.
+pub(crate) fn attachment(
+    req: &kindnet_cni_spec::Request,
+) -> Result<(kindnet_cni_spec::AttachmentId, kindnet_nft::Comment), CniError> {
+    let a = kindnet_cni_spec::AttachmentId::of(&req.conf, &req.env)?;
+    let c = masq::owner_comment(&a.owner())?;
+    Ok((a, c))
+}
+
 /// The attachments GC keeps, validated.
 pub(crate) fn valid_ids(
     req: &kindnet_cni_spec::Request,

@@ -122,17 +122,9 @@ pub fn setup(nft: &mut dyn Nft, ips: &[IpConfig], owner: &Comment) -> Result<(),
         .map_err(nft_err("ipMasq"))
 }
 
-/// Removes what `owns` accepts, in one transaction.
+/// Removes what `owns` accepts, in one transaction under the table lock.
 fn remove(nft: &mut dyn Nft, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
-    let t = table();
-    let _lock = nft.lock(&t).map_err(nft_err("ipMasq"))?;
-    let listing = nft.list(&t).map_err(nft_err("ipMasq teardown"))?;
-    let mut b = Batch::new();
-    let n = owned::remove_where(&mut b, &t, listing.as_ref(), |e| {
-        e.comment.as_deref().is_some_and(&owns)
-    });
-    nft.apply(&b).map_err(nft_err("ipMasq teardown"))?;
-    Ok(n)
+    owned::remove_owned(nft, &table(), owns).map_err(nft_err("ipMasq teardown"))
 }
 
 /// DEL: removes exactly `owner`'s elements (`legacy`: the comment earlier

@@ -369,17 +369,6 @@ fn flush_udp_conntrack(maps: &[PortMapping]) {
     }
 }
 
-fn attachment(req: &Request) -> Result<(AttachmentId, Comment), CniError> {
-    let a = AttachmentId::of(&req.conf, &req.env)?;
-    let c = crate::masq::owner_comment(&a.owner())?;
-    Ok((a, c))
-}
-
-/// The comment earlier releases tagged an attachment's elements with.
-fn legacy_comment(a: &AttachmentId) -> String {
-    format!("{} {} {}", a.network(), a.container_id(), a.ifname())
-}
-
 /// The pod's addresses from the chained prevResult.
 fn pod_ips(prev: &CniResult) -> Vec<IpConfig> {
     let sandboxed: HashSet<usize> = prev
@@ -407,15 +396,7 @@ fn need_prev(req: &Request, what: &str) -> Result<CniResult, CniError> {
 
 /// Removes what `owns` accepts, in one transaction under the table lock.
 fn remove(nft: &mut dyn Nft, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
-    let t = table();
-    let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
-    let listing = nft.list(&t).map_err(nft_err("portmap"))?;
-    let mut b = Batch::new();
-    let n = owned::remove_where(&mut b, &t, listing.as_ref(), |e| {
-        e.comment.as_deref().is_some_and(&owns)
-    });
-    nft.apply(&b).map_err(nft_err("portmap"))?;
-    Ok(n)
+    owned::remove_owned(nft, &table(), owns).map_err(nft_err("portmap"))
 }
 
 /// The plugin against any nftables backend (a fake in unit tests).
@@ -438,7 +419,7 @@ pub fn map_ports(
     if maps_.is_empty() {
         return Ok(());
     }
-    let (_, owner) = attachment(req)?;
+    let (_, owner) = crate::attachment(req)?;
     let want = wanted(maps_, &pod_ips(res), &owner)?;
     let t = table();
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
@@ -481,8 +462,8 @@ pub fn unmap_ports(
     if maps_.is_empty() {
         return Ok(());
     }
-    let (a, owner) = attachment(req)?;
-    let legacy = legacy_comment(&a);
+    let (a, owner) = crate::attachment(req)?;
+    let legacy = a.legacy_comment();
     remove(nft, |c| c == owner.as_str() || c == legacy)?;
     flush_udp_conntrack(maps_);
     Ok(())
@@ -506,7 +487,7 @@ pub fn check_ports(
     if maps_.is_empty() {
         return Ok(());
     }
-    let (_, owner) = attachment(req)?;
+    let (_, owner) = crate::attachment(req)?;
     let want = wanted(maps_, &pod_ips(prev), &owner)?;
     let listing = nft.list(&table()).map_err(nft_err("portmap CHECK"))?;
     let missing = owned::missing(listing.as_ref(), &want);

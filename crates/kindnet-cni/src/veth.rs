@@ -17,7 +17,6 @@ use kindnet_cni_spec::{
     RouteConfig, code, log_warn,
 };
 use kindnet_netlink::{Link, sysctl};
-use kindnet_nft::Comment;
 
 /// What a plugin does on the host side of the veth.
 pub trait HostSide {
@@ -40,18 +39,6 @@ pub trait HostSide {
 pub struct Options {
     pub mtu: Option<u32>,
     pub ip_masq: bool,
-}
-
-/// The attachment of a request and its owner comment for nftables.
-fn attachment(req: &Request) -> Result<(AttachmentId, Comment), CniError> {
-    let a = AttachmentId::of(&req.conf, &req.env)?;
-    let c = masq::owner_comment(&a.owner())?;
-    Ok((a, c))
-}
-
-/// The masquerade comment earlier releases wrote.
-fn legacy_comment(a: &AttachmentId) -> String {
-    format!("{} {} {}", a.network(), a.container_id(), a.ifname())
 }
 
 /// Turns on forwarding for the families the pod uses (the node routes for it).
@@ -83,7 +70,7 @@ pub fn add(
     side: &dyn HostSide,
 ) -> Result<CniResult, CniError> {
     let mut t = crate::timing::Steps::start();
-    let (a, owner) = attachment(req)?;
+    let (a, owner) = crate::attachment(req)?;
     let ipam = Ipam::resolve(req)?;
     t.mark("resolve");
     let pod = h
@@ -153,7 +140,7 @@ pub fn add(
         Err(e) => {
             // Undo in reverse; report the original error, log the rest.
             if opts.ip_masq {
-                let _ = masq::teardown(h.nft(), &owner, &legacy_comment(&a))
+                let _ = masq::teardown(h.nft(), &owner, &a.legacy_comment())
                     .map_err(|u| log_warn!("rollback: {u}"));
             }
             let _ = hostlink::remove(h, &a).map_err(|u| log_warn!("rollback: {u}"));
@@ -167,11 +154,11 @@ pub fn add(
 /// then the addresses — so an address is free only once nothing of the old
 /// pod refers to it. Idempotent; succeeds when the namespace is gone.
 pub fn del(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniError> {
-    let (a, owner) = attachment(req)?;
+    let (a, owner) = crate::attachment(req)?;
     let ipam = Ipam::resolve(req)?;
     let pod = h.open_pod(&req.env.netns, true)?;
     if opts.ip_masq {
-        masq::teardown(h.nft(), &owner, &legacy_comment(&a))?;
+        masq::teardown(h.nft(), &owner, &a.legacy_comment())?;
     }
     match pod {
         // Removing the pod end removes the host end and its routes too.
@@ -183,7 +170,7 @@ pub fn del(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniErr
 }
 
 pub fn check(h: &mut dyn Host, req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
-    let (a, _) = attachment(req)?;
+    let (a, _) = crate::attachment(req)?;
     let pod = h
         .open_pod(&req.env.netns, false)?
         .ok_or_else(|| CniError::internal("no pod namespace"))?;
@@ -267,7 +254,6 @@ mod tests {
     use crate::ptp::Ptp;
     use kindnet_cni_spec::{Command, Env, NetConf, version::Version};
     use kindnet_nft::{Family, Nft, TableRef, Value};
-    use std::path::Path;
 
     struct Bed {
         dir: tempfile::TempDir,
@@ -398,11 +384,17 @@ mod tests {
         let mut h = FakeHost::new();
         Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", true)).unwrap();
         h.steps.clear();
+        let nft_before = h.nft.applied.len();
+        assert_eq!(bed.allocations().len(), 2);
         Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
+        // the masquerade teardown (one nft batch) before the veth
+        assert_eq!(h.nft.applied.len(), nft_before + 1);
         assert_eq!(
             h.steps,
-            ["delete pod link eth0"],
-            "masquerade goes first (nft), then the veth"
+            [format!(
+                "delete pod link eth0 (after {} nft batches)",
+                nft_before + 1
+            )]
         );
         assert_eq!(masq_elements(&mut h), 0);
         assert!(bed.allocations().is_empty());
@@ -412,7 +404,6 @@ mod tests {
         let mut gone = bed.req(Command::Del, "c1", true);
         gone.env.netns.clear();
         Ptp::del_on(&mut h, &gone).unwrap();
-        let _ = Path::new("/");
     }
 
     /// A fake kindnetd table with the dispatch maps and the chains of `pods`.

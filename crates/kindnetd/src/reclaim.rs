@@ -90,11 +90,6 @@ fn tag_of(v: &HostVeth) -> Option<OwnerTag> {
     v.alias.as_deref().and_then(OwnerTag::parse)
 }
 
-/// The alias older plugin releases wrote.
-fn legacy_alias(network: &str, id: &str, ifname: &str) -> String {
-    format!("kindnet {network} {id} {ifname}")
-}
-
 /// Which attachments have lost their pod, by this pass's evidence.
 pub fn find_leaks(e: &Evidence<'_>) -> Findings {
     let mut out = Findings::default();
@@ -140,7 +135,7 @@ pub fn find_leaks(e: &Evidence<'_>) -> Findings {
             continue;
         };
         let tag = att.owner();
-        let legacy = legacy_alias(e.network, id, ifname);
+        let legacy = att.legacy_alias();
         let mine: Vec<&HostVeth> = e
             .veths
             .iter()

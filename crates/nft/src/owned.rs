@@ -4,6 +4,7 @@
 
 use crate::batch::Batch;
 use crate::listing::{Listed, Listing};
+use crate::run::{Nft, NftError};
 use crate::types::{Elem, Name, TableRef};
 
 /// An element one owner wants in a set or map.
@@ -88,11 +89,28 @@ pub fn remove_where(
     n
 }
 
+/// Under the table's lock: lists `t` and deletes, in one transaction, the
+/// elements whose comment `owns` accepts; returns how many.
+pub fn remove_owned(
+    nft: &mut dyn Nft,
+    t: &TableRef,
+    owns: impl Fn(&str) -> bool,
+) -> Result<usize, NftError> {
+    let _lock = nft.lock(t)?;
+    let listing = nft.list(t)?;
+    let mut b = Batch::new();
+    let n = remove_where(&mut b, t, listing.as_ref(), |e| {
+        e.comment.as_deref().is_some_and(&owns)
+    });
+    nft.apply(&b)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::batch::SetDef;
-    use crate::run::{FakeNft, Nft};
+    use crate::run::FakeNft;
     use crate::types::{Comment, Family, KeyType, Value};
 
     fn setup() -> (FakeNft, TableRef, Name) {

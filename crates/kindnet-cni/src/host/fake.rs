@@ -258,7 +258,11 @@ impl Host for FakeHost {
         })
     }
     fn delete_pod_link(&mut self, pod: PodId, ifname: &str) -> Result<(), CniError> {
-        self.cni_step(format!("delete pod link {ifname}"))?;
+        // with the nft transactions so far, so a test sees what went first
+        self.cni_step(format!(
+            "delete pod link {ifname} (after {} nft batches)",
+            self.nft.applied.len()
+        ))?;
         let gone: Vec<u32> = self
             .pod_links
             .iter()

@@ -83,7 +83,8 @@ impl Args {
 
 /// Runs `plugin` for `command` inside `host` (None = this namespace) with
 /// `stdin`, exactly as a runtime would: CNI_* environment, config on stdin.
-pub fn call_raw(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, stdin: &[u8]) -> Call {
+/// The plugin's command line and CNI_* environment, as a runtime sets them.
+fn plugin_command(host: Option<&Ns>, plugin: &str, command: &str, a: &Args) -> Command {
     let bin = plugin_dir().join(plugin);
     let mut cmd = match host {
         Some(h) => {
@@ -101,10 +102,16 @@ pub fn call_raw(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, stdin:
         .env("CNI_IFNAME", &a.ifname)
         .env("CNI_ARGS", &a.cni_args)
         .env("CNI_PATH", plugin_dir())
-        .stdin(Stdio::piped())
+        .stdin(Stdio::piped());
+    cmd
+}
+
+pub fn call_raw(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, stdin: &[u8]) -> Call {
+    let mut child = plugin_command(host, plugin, command, a)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("spawn plugin");
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let o = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
@@ -219,25 +226,7 @@ pub fn call_killed(
     conf: &Value,
     delay: std::time::Duration,
 ) {
-    let bin = plugin_dir().join(plugin);
-    let mut cmd = match host {
-        Some(h) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &h.name]).arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    let mut child = cmd
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", &a.container_id)
-        .env("CNI_NETNS", &a.netns)
-        .env("CNI_IFNAME", &a.ifname)
-        .env("CNI_ARGS", &a.cni_args)
-        .env("CNI_PATH", plugin_dir())
-        .stdin(Stdio::piped())
+    let mut child = plugin_command(host, plugin, command, a)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
