@@ -282,6 +282,17 @@ pub fn wanted(
     ips: &[IpConfig],
     owner: &Comment,
 ) -> Result<Vec<Wanted>, CniError> {
+    let (mut ports, hairpins) = wanted_parts(maps_, ips, owner)?;
+    ports.extend(hairpins);
+    Ok(ports)
+}
+
+/// [`wanted`], as (the host-port map elements, the hairpin elements).
+fn wanted_parts(
+    maps_: &[PortMapping],
+    ips: &[IpConfig],
+    owner: &Comment,
+) -> Result<(Vec<Wanted>, Vec<Wanted>), CniError> {
     let mut out: Vec<Wanted> = Vec::new();
     let mut hairpins: Vec<Wanted> = Vec::new();
     for m in maps_ {
@@ -329,8 +340,7 @@ pub fn wanted(
             )));
         }
     }
-    out.extend(hairpins);
-    Ok(out)
+    Ok((out, hairpins))
 }
 
 /// The batch for ADD, given the table as it is (pure).
@@ -420,17 +430,12 @@ pub fn map_ports(
         return Ok(());
     }
     let (_, owner) = crate::attachment(req)?;
-    let want = wanted(maps_, &pod_ips(res), &owner)?;
+    let (ports, hairpins) = wanted_parts(maps_, &pod_ips(res), &owner)?;
     let t = table();
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
     let listing = nft.list(&t).map_err(nft_err("portmap"))?;
     // A host port held by another attachment is theirs (the runtime keeps
     // host ports unique; a leftover is GC's to remove, not ours to steal).
-    let ports: Vec<Wanted> = want
-        .iter()
-        .filter(|w| w.set.as_str().starts_with("hostports"))
-        .cloned()
-        .collect();
     if let Some((w, holder)) = owned::held_by_others(listing.as_ref(), &ports).first() {
         let to = holder
             .data
@@ -443,6 +448,7 @@ pub fn map_ports(
             holder.comment.as_deref().unwrap_or("no owner")
         )));
     }
+    let want: Vec<Wanted> = ports.into_iter().chain(hairpins).collect();
     nft.apply(&add_batch(listing.as_ref(), &want))
         .map_err(nft_err("portmap"))?;
     flush_udp_conntrack(maps_);
