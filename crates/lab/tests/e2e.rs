@@ -3,40 +3,13 @@
 //! workspace's binaries (`cargo test --workspace` builds them next to this
 //! one); as non-root it skips.
 
+mod common;
+
+use common::*;
 use kindnet_testbed::require_root;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn lab_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kindnet-lab"));
-    let dir = bin.parent().unwrap();
-    for b in ["kindnetd", "kindnet-cni"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{b} is not built next to kindnet-lab: run `cargo test --workspace` (or build it first)"
-        );
-    }
-    bin
-}
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(lab_bin())
-        .args(args)
-        .output()
-        .expect("run kindnet-lab")
-}
-
-fn lab_ok(args: &[&str]) -> String {
-    let o = lab(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "kindnet-lab {args:?} failed:\n{text}");
-    text
-}
 
 /// A lab that is removed when the test ends, pass or fail.
 struct Lab(String);

@@ -4,38 +4,17 @@
 //! after breaking one condition at a time. Needs root and the workspace's
 //! binaries next to kindnet-lab; as non-root it skips.
 
+mod common;
+
+use common::*;
 use kindnet_testbed::require_root;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn bin_dir() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kindnet-lab"));
-    let dir = bin.parent().unwrap().to_path_buf();
-    for b in ["kindnetd", "kindnet-cni"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{b} is not built next to kindnet-lab: build the workspace's binaries first"
-        );
-    }
-    dir
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run")
-}
-
-fn lab(args: &[&str]) -> Output {
-    run(Command::new(env!("CARGO_BIN_EXE_kindnet-lab")).args(args))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A lab removed when the test ends, pass or fail.

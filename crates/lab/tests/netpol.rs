@@ -7,69 +7,25 @@
 //! until every kindnetd reports the new version programmed (a condition,
 //! not a sleep). A second lab restarts kindnetd under load.
 
+mod common;
+
+use common::*;
 use kindnet_testbed::require_root;
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-fn lab_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_kindnet-lab"));
-    let dir = bin.parent().unwrap();
-    for b in ["kindnetd", "kindnet-cni"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{b} is not built next to kindnet-lab: run `cargo build -p kindnetd -p kindnet-cni` first"
-        );
-    }
-    bin
-}
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(lab_bin())
-        .args(args)
-        .output()
-        .expect("run kindnet-lab")
-}
-
-fn lab_ok(args: &[&str]) -> String {
-    let o = lab(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "kindnet-lab {args:?} failed:\n{text}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 struct Lab {
     name: String,
-    dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("kl-netpol-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    dir: tempfile::TempDir,
 }
 
 impl Lab {
     fn up(name: &str) -> Lab {
         let _ = lab(&["down", "--name", name]);
-        lab_ok(&[
+        lab_stdout(&[
             "up",
             "--name",
             name,
@@ -83,37 +39,37 @@ impl Lab {
         ]);
         Lab {
             name: name.into(),
-            dir: tempdir::Dir::new(name),
+            dir: tempfile::Builder::new().prefix(name).tempdir().unwrap(),
         }
     }
 
     fn file(&self, tag: &str, yaml: &str) -> String {
-        let p = self.dir.0.join(format!("{tag}.yaml"));
+        let p = self.dir.path().join(format!("{tag}.yaml"));
         std::fs::write(&p, yaml).unwrap();
         p.to_string_lossy().into_owned()
     }
 
     fn apply(&self, yaml: &str) {
         let f = self.file("apply", yaml);
-        lab_ok(&["apply", "--name", &self.name, "-f", &f]);
+        lab_stdout(&["apply", "--name", &self.name, "-f", &f]);
     }
 
     fn delete(&self, yaml: &str) {
         let f = self.file("delete", yaml);
-        lab_ok(&["delete", "--name", &self.name, "-f", &f]);
+        lab_stdout(&["delete", "--name", &self.name, "-f", &f]);
     }
 
     /// Both families' matrices for a port; panics on any cell that differs
     /// from the semantics. Returns the cells.
     fn matrix(&self, case: &str, port: &str) -> Vec<Value> {
-        let out = lab_ok(&["reachability", "--name", &self.name, port, "--json"]);
+        let out = lab_stdout(&["reachability", "--name", &self.name, port, "--json"]);
         let mut cells = Vec::new();
         let mut families = 0;
         for line in out.lines() {
             let v: Value = serde_json::from_str(line).unwrap();
             families += 1;
             if v["mismatches"] != 0 {
-                let text = lab_ok(&["reachability", "--name", &self.name, port]);
+                let text = lab_stdout(&["reachability", "--name", &self.name, port]);
                 panic!(
                     "{case} {port} {}: measured differs from the semantics:\n{text}",
                     v["family"]
@@ -381,7 +337,7 @@ fn truth_tables_in_a_lab() {
         );
     }
     // the probe says why a connection is blocked
-    let out = lab_ok(&["probe", "--name", &l.name, "y/b", "x/a", "80"]);
+    let out = lab_stdout(&["probe", "--name", &l.name, "y/b", "x/a", "80"]);
     assert!(out.contains("blocked (denied: "), "{out}");
     assert!(out.contains("x/upd"), "{out}");
     l.delete(&pol("x", "upd", "{podSelector: {}}"));
@@ -470,7 +426,7 @@ fn restart_under_load_keeps_enforcing() {
     let restarts = 3;
     for _ in 0..restarts {
         for node in ["node1", "node2"] {
-            lab_ok(&["restart-kindnetd", "--name", &l.name, node]);
+            lab_stdout(&["restart-kindnetd", "--name", &l.name, node]);
         }
         std::thread::sleep(Duration::from_millis(700));
     }
@@ -524,7 +480,7 @@ fn a_pod_created_under_deny_all_is_isolated_from_its_first_packet() {
     let from = Netns::open(format!("/var/run/netns/{}", l.netns("y-a"))).unwrap();
     for round in 0..3 {
         let pod = format!("x/d{round}");
-        let out = lab_ok(&[
+        let out = lab_stdout(&[
             "add-model-pod",
             "--name",
             &l.name,
@@ -567,7 +523,7 @@ fn a_pod_created_under_deny_all_is_isolated_from_its_first_packet() {
         "from-y",
         "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}",
     ));
-    let out = lab_ok(&[
+    let out = lab_stdout(&[
         "probe", "--name", &l.name, "y/a", "x/d0", "80/tcp", "--json",
     ]);
     for line in out.lines() {
