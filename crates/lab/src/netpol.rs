@@ -405,6 +405,20 @@ pub fn add_model_pod(
     let (ns, name) = full
         .split_once('/')
         .ok_or_else(|| format!("{full:?}: expected namespace/name"))?;
+    // Both become part of a namespace name and a file name: DNS-1123 labels.
+    let label = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 40
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if !label(ns) || !label(name) {
+        return Err(format!(
+            "{full:?}: namespace and name must be lowercase letters, digits and '-'"
+        ));
+    }
     let node = lab.node(node)?.name.clone();
     let mut s = load(lab).unwrap_or_default();
     if !s.namespaces.contains_key(ns) {
