@@ -1,10 +1,12 @@
 //! The effectful edge: reads the host's routes, links and addresses, applies
-//! route operations through rtnetlink (crate `kindnet-netlink`), runs `nft`
-//! and touches sysctls. Everything here is synchronous; it runs on the
-//! reconciler's own thread, never on the async runtime.
+//! route operations through rtnetlink (crate `kindnet-netlink`), runs `nft`,
+//! touches sysctls and writes the CNI config. Everything here is
+//! synchronous; it runs on the reconciler's own thread, never on the async
+//! runtime. Failures cross the seam as [`DataplaneError`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use kindnet_netlink::{Family, Handle, RT_TABLE_MAIN, Route, RouteFilter, Scope};
 
@@ -29,33 +31,88 @@ pub struct HostView {
     pub ra_default_oifs: Vec<u32>,
     /// The host's veths, with the index of their master (bridge), if any.
     pub veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
+    /// The forwarding sysctls, read only for passes that may write them.
+    pub sysctls: Option<crate::sysctl::SysctlView>,
+}
+
+/// Why a host operation failed: what was being done, with the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    /// A netlink request (listing, route change, link removal) failed.
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: kindnet_netlink::Error,
+    },
+    /// nft could not run or refused a batch (nothing of it was applied).
+    #[error(transparent)]
+    Nft(#[from] kindnet_nft::NftError),
+    /// A sysctl could not be written.
+    #[error("sysctl {key}={value}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The CNI config could not be written.
+    #[error("write {}: {source}", path.display())]
+    ConfWrite {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// host-local's store could not be read or changed.
+    #[error("IPAM store {}: {msg}", dir.display())]
+    Ipam { dir: PathBuf, msg: String },
+    /// The nodes on an uplink could not be solicited.
+    #[error("solicit neighbours on link #{oif}: {source}")]
+    Solicit {
+        oif: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl DataplaneError {
+    fn netlink(what: impl Into<String>) -> impl FnOnce(kindnet_netlink::Error) -> DataplaneError {
+        let what = what.into();
+        move |source| DataplaneError::Netlink { what, source }
+    }
 }
 
 /// The operations a reconcile pass needs from the host; a fake stands in
 /// for it in unit tests.
 pub trait Dataplane: Send {
-    fn view(&mut self) -> Result<HostView, String>;
-    fn apply(&mut self, op: &RouteOp) -> Result<(), String>;
-    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String>;
+    fn view(&mut self) -> Result<HostView, DataplaneError>;
+    fn apply(&mut self, op: &RouteOp) -> Result<(), DataplaneError>;
+    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), DataplaneError>;
+    /// None when the key does not exist (IPv6 disabled) or cannot be read.
     fn sysctl_get(&mut self, key: &str) -> Option<String>;
-    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String>;
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), DataplaneError>;
+    /// The CNI config kindnetd wrote in `dir` before, if any.
+    fn read_conflist(&mut self, dir: &Path) -> Option<String>;
+    /// Writes the CNI config in `dir` if it differs ([`crate::conffile`]);
+    /// returns whether it wrote.
+    fn write_conflist(&mut self, dir: &Path, content: &str) -> Result<bool, DataplaneError>;
     /// Makes the neighbour tables learn the MACs of `arp` and the IPv6
     /// link-local addresses of the nodes on link `oif` ([`crate::solicit`]).
-    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String>;
+    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), DataplaneError>;
     /// The allocations of `network` in host-local's store at `data_dir`.
     fn allocations(
         &mut self,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, String>;
+    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError>;
     /// Releases a leaked attachment's addresses (those it still holds) and
     /// removes its leftover host veths. Returns the addresses released.
     fn reclaim(
         &mut self,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         network: &str,
         leak: &crate::reclaim::Leak,
-    ) -> Result<Vec<IpAddr>, String>;
+    ) -> Result<Vec<IpAddr>, DataplaneError>;
 }
 
 /// The real host, through one rtnetlink socket.
@@ -64,10 +121,10 @@ pub struct Netlink {
 }
 
 impl Netlink {
-    pub fn new() -> Result<Netlink, String> {
+    pub fn new() -> Result<Netlink, DataplaneError> {
         Handle::new()
             .map(|h| Netlink { h })
-            .map_err(|e| format!("open rtnetlink socket: {e}"))
+            .map_err(DataplaneError::netlink("open rtnetlink socket"))
     }
 }
 
@@ -90,7 +147,7 @@ pub fn to_route(dst: ipnet::IpNet, gateway: IpAddr, oif: u32) -> Route {
 }
 
 impl Dataplane for Netlink {
-    fn view(&mut self) -> Result<HostView, String> {
+    fn view(&mut self) -> Result<HostView, DataplaneError> {
         let mut v = HostView::default();
         let main = RouteFilter {
             table: Some(RT_TABLE_MAIN),
@@ -100,7 +157,7 @@ impl Dataplane for Netlink {
             let routes = match self.h.routes(fam, main) {
                 Ok(r) => r,
                 Err(e) if fam == Family::V6 && unsupported(&e) => Vec::new(),
-                Err(e) => return Err(format!("list routes: {e}")),
+                Err(e) => return Err(DataplaneError::netlink("list routes")(e)),
             };
             for r in routes {
                 let priority = r.priority.unwrap_or(0);
@@ -124,7 +181,10 @@ impl Dataplane for Netlink {
                 }
             }
         }
-        let links = self.h.links().map_err(|e| format!("list links: {e}"))?;
+        let links = self
+            .h
+            .links()
+            .map_err(DataplaneError::netlink("list links"))?;
         for l in links {
             v.link_mtus.insert(l.index, l.mtu);
             if l.kind.as_deref() == Some("veth") {
@@ -144,7 +204,7 @@ impl Dataplane for Netlink {
         let addrs = self
             .h
             .addresses(None)
-            .map_err(|e| format!("list addresses: {e}"))?;
+            .map_err(DataplaneError::netlink("list addresses"))?;
         v.addr_links = addrs.iter().map(|a| (a.addr.addr(), a.index)).collect();
         // Resolved neighbours only; a failed dump costs the link-local next
         // hops of this pass, nothing else.
@@ -168,12 +228,12 @@ impl Dataplane for Netlink {
         Ok(v)
     }
 
-    fn apply(&mut self, op: &RouteOp) -> Result<(), String> {
+    fn apply(&mut self, op: &RouteOp) -> Result<(), DataplaneError> {
         match op {
             RouteOp::Replace(p) => self
                 .h
                 .replace_route(&to_route(p.dst, p.gateway, p.oif))
-                .map_err(|e| e.to_string()),
+                .map_err(DataplaneError::netlink(format!("replace route {}", p.dst))),
             RouteOp::Delete(r) => {
                 let mut route = Route::new(r.dst);
                 route.gateway = r.gateway;
@@ -184,40 +244,57 @@ impl Dataplane for Netlink {
                     Ok(()) => Ok(()),
                     // Already gone: that is what we wanted.
                     Err(e) if e.is_not_found() => Ok(()),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(DataplaneError::netlink(format!("delete route {}", r.dst))(
+                        e,
+                    )),
                 }
             }
         }
     }
 
-    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), String> {
+    fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), DataplaneError> {
         use kindnet_nft::Nft;
-        kindnet_nft::NftCli::default()
-            .apply(batch)
-            .map_err(|e| e.to_string())
+        Ok(kindnet_nft::NftCli::default().apply(batch)?)
     }
 
     fn sysctl_get(&mut self, key: &str) -> Option<String> {
         kindnet_netlink::sysctl::get(key).ok()
     }
 
-    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        kindnet_netlink::sysctl::set(key, value).map_err(|e| format!("sysctl {key}={value}: {e}"))
+    fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), DataplaneError> {
+        kindnet_netlink::sysctl::set(key, value).map_err(|source| DataplaneError::Sysctl {
+            key: key.into(),
+            value: value.into(),
+            source,
+        })
     }
 
-    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), String> {
+    fn read_conflist(&mut self, dir: &Path) -> Option<String> {
+        std::fs::read_to_string(dir.join(crate::cniconf::CONFLIST_NAME)).ok()
+    }
+
+    fn write_conflist(&mut self, dir: &Path, content: &str) -> Result<bool, DataplaneError> {
+        crate::conffile::write_if_changed(dir, crate::cniconf::CONFLIST_NAME, content).map_err(
+            |source| DataplaneError::ConfWrite {
+                path: dir.join(crate::cniconf::CONFLIST_NAME),
+                source,
+            },
+        )
+    }
+
+    fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), DataplaneError> {
         crate::solicit::solicit(oif, arp)
             .map(|found| {
                 tracing::debug!(oif, arp = ?arp, answered = ?found, "solicited all nodes on the uplink");
             })
-            .map_err(|e| format!("solicit neighbours on link #{oif}: {e}"))
+            .map_err(|source| DataplaneError::Solicit { oif, source })
     }
 
     fn allocations(
         &mut self,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, String> {
+    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError> {
         kindnet_ipam::allocations(data_dir, network)
             .map(|v| {
                 v.into_iter()
@@ -228,20 +305,27 @@ impl Dataplane for Netlink {
                     })
                     .collect()
             })
-            .map_err(|e| e.msg)
+            .map_err(|e| DataplaneError::Ipam {
+                dir: data_dir.to_path_buf(),
+                msg: e.msg,
+            })
     }
 
     fn reclaim(
         &mut self,
-        data_dir: &std::path::Path,
+        data_dir: &Path,
         network: &str,
         leak: &crate::reclaim::Leak,
-    ) -> Result<Vec<IpAddr>, String> {
+    ) -> Result<Vec<IpAddr>, DataplaneError> {
         for index in &leak.leftover_links {
             match self.h.delete_link(*index) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(format!("delete leftover veth #{index}: {e}")),
+                Err(e) => {
+                    return Err(DataplaneError::netlink(format!(
+                        "delete leftover veth #{index}"
+                    ))(e));
+                }
             }
         }
         kindnet_ipam::release_attachment(
@@ -251,6 +335,9 @@ impl Dataplane for Netlink {
             &leak.ifname,
             &leak.ips,
         )
-        .map_err(|e| e.msg)
+        .map_err(|e| DataplaneError::Ipam {
+            dir: data_dir.to_path_buf(),
+            msg: e.msg,
+        })
     }
 }

@@ -1169,7 +1169,7 @@ pub fn gather(inputs: DoctorInputs, nodes: Option<Result<Vec<StoredNode>, String
     };
     match Netlink::new().and_then(|mut n| n.view()) {
         Ok(h) => v.host = Some(h),
-        Err(e) => v.host_error = Some(e),
+        Err(e) => v.host_error = Some(e.to_string()),
     }
     if let Ok(mut h) = Handle::new() {
         v.links = h
@@ -1385,6 +1385,7 @@ mod tests {
             addr_links: vec![(ip("172.18.0.2"), 2), (ip("10.244.1.1"), 5)],
             ra_default_oifs: vec![],
             veths: vec![],
+            sysctls: None,
         };
         let mut store = NodeStore::new();
         store.replace_all(&[

@@ -1,11 +1,15 @@
 //! kindnetd: the kindnet node daemon.
 //!
 //! Pure decisions (nodes in → desired routes, nft ruleset, conflist out)
-//! live in [`routes`], [`masq`], [`cniconf`], [`sysctl`] and [`node`]; the
-//! effectful edges are [`dataplane`], the [`source`]s and [`http`]; the
-//! [`reconcile`] loop ties them together.
+//! live in [`routes`], [`masq`], [`cniconf`], [`sysctl`] and [`node`];
+//! [`reconcile::plan`] puts them together into one pass's [`reconcile::Plan`].
+//! The effectful edges are [`dataplane`] (the host: rtnetlink, nft,
+//! sysctls, and the one file, [`conffile`]), the [`source`]s and [`http`];
+//! the [`reconcile`] loop reads, plans, applies through the dataplane and
+//! records.
 
 pub mod cniconf;
+pub mod conffile;
 pub mod config;
 pub mod dataplane;
 pub mod doctor;

@@ -8,8 +8,8 @@ use clap::Parser;
 use kindnet_netlink::RouteEvents;
 use kindnetd::config::Flags;
 use kindnetd::dataplane::Netlink;
-use kindnetd::reconcile::{Reconciler, Settings, Trigger};
-use kindnetd::routes::{MAIN_TABLE, ROUTE_PROTOCOL, RouteOptions};
+use kindnetd::reconcile::{Reconciler, Settings, Trigger, route_event_matters};
+use kindnetd::routes::{ROUTE_PROTOCOL, RouteOptions};
 use kindnetd::source::{self, Sink};
 use kindnetd::status::Status;
 use kindnetd::store::NodeStore;
@@ -329,11 +329,8 @@ fn sysctls_only() -> ExitCode {
     }
 }
 
-/// Forwards kernel route changes that may concern kindnetd's routes to the
-/// reconciler: any change to a route with our protocol, and additions or
-/// removals of non-host routes in the main table (a hand-made replacement of
-/// one of ours, or a connected route that changes what is on-link). Host
-/// routes (/32, /128: pods' veths) are ignored.
+/// Forwards kernel route changes that may concern kindnetd's routes
+/// ([`route_event_matters`]) to the reconciler.
 fn watch_route_events(tx: mpsc::Sender<Trigger>) {
     loop {
         let mut events = match RouteEvents::subscribe() {
@@ -352,9 +349,7 @@ fn watch_route_events(tx: mpsc::Sender<Trigger>) {
                             kindnet_netlink::RouteEvent::Added(r)
                             | kindnet_netlink::RouteEvent::Deleted(r) => r,
                         };
-                        r.table == MAIN_TABLE
-                            && (r.protocol == ROUTE_PROTOCOL
-                                || r.dst.prefix_len() < r.dst.max_prefix_len())
+                        route_event_matters(r.table, r.protocol, &r.dst)
                     });
                     if relevant && tx.send(Trigger::RouteEvent).is_err() {
                         return;

@@ -64,7 +64,7 @@ fn the_written_conflist_loads_in_old_libcni_at_1_0_0_and_offers_1_1_0() {
             bridge: None,
             ipam_data_dir: dir.path().join(format!("ipam-{chain:?}")),
         });
-        cniconf::write_if_changed(&conf_dir, cniconf::CONFLIST_NAME, &text).unwrap();
+        kindnetd::conffile::write_if_changed(&conf_dir, cniconf::CONFLIST_NAME, &text).unwrap();
         let list = conf_dir.join(cniconf::CONFLIST_NAME);
 
         // What the real (old) libcni made of the file.

@@ -181,7 +181,10 @@ fn a_runtime_watching_the_directory_never_sees_a_partial_config() {
 
     let rounds = 200;
     for i in 0..rounds {
-        assert!(cniconf::write_if_changed(&dir, cniconf::CONFLIST_NAME, &content(i)).unwrap());
+        assert!(
+            kindnetd::conffile::write_if_changed(&dir, cniconf::CONFLIST_NAME, &content(i))
+                .unwrap()
+        );
     }
     // Let the watcher drain its queue.
     let last = content(rounds - 1);
