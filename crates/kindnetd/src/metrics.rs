@@ -14,6 +14,21 @@ pub struct FamilyLabel {
     pub family: &'static str,
 }
 
+impl FamilyLabel {
+    pub const IPV4: FamilyLabel = FamilyLabel { family: "ipv4" };
+    pub const IPV6: FamilyLabel = FamilyLabel { family: "ipv6" };
+    /// Every value, so each series exists (at 0) from the start.
+    pub const ALL: [FamilyLabel; 2] = [FamilyLabel::IPV4, FamilyLabel::IPV6];
+
+    pub fn of(ipv6: bool) -> FamilyLabel {
+        if ipv6 {
+            FamilyLabel::IPV6
+        } else {
+            FamilyLabel::IPV4
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
@@ -22,6 +37,13 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
+}
+
+impl OpLabel {
+    pub const REPLACE: OpLabel = OpLabel { op: "replace" };
+    pub const DELETE: OpLabel = OpLabel { op: "delete" };
+    /// Every value, so each series exists (at 0) from the start.
+    pub const ALL: [OpLabel; 2] = [OpLabel::REPLACE, OpLabel::DELETE];
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -195,18 +217,16 @@ impl Metrics {
                 route_protocol: crate::routes::ROUTE_PROTOCOL.to_string(),
             })
             .set(1);
-        for family in ["ipv4", "ipv6"] {
-            m.routes_installed
-                .get_or_create(&FamilyLabel { family })
-                .set(0);
+        for family in &FamilyLabel::ALL {
+            m.routes_installed.get_or_create(family).set(0);
         }
         for reason in SkipReason::LABELS {
             m.peers_skipped
                 .get_or_create(&ReasonLabel { reason })
                 .set(0);
         }
-        for op in ["replace", "delete"] {
-            let _ = m.route_changes.get_or_create(&OpLabel { op });
+        for op in &OpLabel::ALL {
+            let _ = m.route_changes.get_or_create(op);
         }
         Metrics { registry, ..m }
     }

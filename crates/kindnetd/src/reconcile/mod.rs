@@ -426,14 +426,14 @@ impl<D: Dataplane> Reconciler<D> {
             m.cni_config_writes.inc();
         }
         m.route_changes
-            .get_or_create(&OpLabel { op: "replace" })
+            .get_or_create(&OpLabel::REPLACE)
             .inc_by(report.replaced as u64);
         m.route_changes
-            .get_or_create(&OpLabel { op: "delete" })
+            .get_or_create(&OpLabel::DELETE)
             .inc_by(report.deleted as u64);
         m.route_errors.inc_by(report.route_errors as u64);
         if plan.synced {
-            for (family, v6) in [("ipv4", false), ("ipv6", true)] {
+            for v6 in [false, true] {
                 let n = plan
                     .desired
                     .routes
@@ -441,7 +441,7 @@ impl<D: Dataplane> Reconciler<D> {
                     .filter(|d| d.addr().is_ipv6() == v6 && !report.failed_dsts.contains(d))
                     .count();
                 m.routes_installed
-                    .get_or_create(&FamilyLabel { family })
+                    .get_or_create(&FamilyLabel::of(v6))
                     .set(n as i64);
             }
         }
