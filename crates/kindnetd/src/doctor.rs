@@ -673,10 +673,10 @@ fn conflist_order(v: &DoctorView) -> Check {
             );
         }
     };
-    // libcni and the runtimes load *.conf, *.conflist and *.json in name order and use the first.
+    // libcni and the runtimes load *.conf, *.conflist and *.json in name
+    // order and use the first; hidden files too ('.' sorts before digits).
     let mut configs: Vec<&String> = files
         .iter()
-        .filter(|f| !f.starts_with('.'))
         .filter(|f| f.ends_with(".conf") || f.ends_with(".conflist") || f.ends_with(".json"))
         .collect();
     configs.sort();
@@ -1194,7 +1194,9 @@ pub fn gather(inputs: DoctorInputs, nodes: Option<Result<Vec<StoredNode>, String
     let dir = &v.inputs.cni_conf_dir;
     v.conf_files = std::fs::read_dir(dir)
         .map(|rd| {
+            // Files only: libcni skips directories (our staging one too).
             rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
@@ -1610,7 +1612,7 @@ mod tests {
         assert_eq!(o.level, Level::Fail);
         assert!(
             o.message
-                .starts_with("05-cilium.conflist sorts before 10-kindnet.conflist"),
+                .starts_with(".tmp.conf, 05-cilium.conflist sorts before 10-kindnet.conflist"),
             "{}",
             o.message
         );
