@@ -163,6 +163,12 @@ pub struct Flags {
 }
 
 impl Flags {
+    /// NetworkPolicy is enforced and pods are on a bridge: bridged traffic
+    /// must reach the IP hooks (br_netfilter).
+    pub fn policy_on_bridge(&self) -> bool {
+        self.network_policy && self.cni_bridge.0.is_some()
+    }
+
     /// All no-masquerade CIDRs given, flattened.
     pub fn no_masquerade(&self) -> Vec<IpNet> {
         self.no_masquerade_cidr

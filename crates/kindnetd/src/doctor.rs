@@ -56,7 +56,13 @@ pub struct Check {
 pub fn gates_readiness(id: &str) -> bool {
     matches!(
         id,
-        "forwarding-ipv4" | "forwarding-ipv6" | "ipv6-disabled" | "nftables" | "conflist-order"
+        "forwarding-ipv4"
+            | "forwarding-ipv6"
+            | "ipv6-disabled"
+            | "nftables"
+            | "conflist-order"
+            // NetworkPolicy would not hold between pods of this node.
+            | "bridge-netfilter"
     )
 }
 
@@ -85,6 +91,8 @@ pub struct DoctorInputs {
     /// Inside the daemon's container the CNI binary and IPAM directories
     /// are not mounted: those checks are left out.
     pub in_daemon: bool,
+    /// NetworkPolicy on, pods on a bridge ([`crate::config::Flags::policy_on_bridge`]).
+    pub policy_on_bridge: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -331,6 +339,47 @@ fn ipv6_disabled(v: &DoctorView) -> Check {
             Some("enable IPv6 (sysctl -w net.ipv6.conf.all.disable_ipv6=0; no ipv6.disable=1 on the kernel command line), or use an IPv4-only --pod-subnet".into()),
         )
     }
+}
+
+/// With pods on a bridge, two pods of this node talk over it; NetworkPolicy
+/// sees their packets only if br_netfilter hands bridged traffic to the IP
+/// hooks.
+fn bridge_netfilter(v: &DoctorView) -> Option<Check> {
+    if !v.inputs.policy_on_bridge {
+        return None;
+    }
+    let id = "bridge-netfilter";
+    let values: Vec<(&str, Option<&str>)> = sysctl::BRIDGE_NF_CALL
+        .iter()
+        .map(|k| (*k, v.sysctl(k)))
+        .collect();
+    let fix_sysctl = "sysctl -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 (kindnetd sets them with --configure-sysctls=true, the default)";
+    Some(if values.iter().any(|(_, val)| val.is_none()) {
+        check(
+            id,
+            Level::Fail,
+            "br_netfilter is not loaded: NetworkPolicy is not enforced between pods of this node (they talk over the bridge without passing the forward hook)".into(),
+            Some("modprobe br_netfilter (and list it in /etc/modules-load.d/), then restart kindnetd".into()),
+        )
+    } else if let Some((key, val)) = values.iter().find(|(_, val)| *val != Some("1")) {
+        check(
+            id,
+            Level::Fail,
+            format!(
+                "{} = {}: NetworkPolicy is not enforced between pods of this node (bridged traffic skips the forward hook)",
+                key.replace('/', "."),
+                val.unwrap_or("")
+            ),
+            Some(fix_sysctl.into()),
+        )
+    } else {
+        check(
+            id,
+            Level::Pass,
+            "bridged pod traffic passes the NetworkPolicy hooks (br_netfilter on)".into(),
+            None,
+        )
+    })
 }
 
 fn accept_ra(v: &DoctorView) -> Check {
@@ -900,6 +949,7 @@ pub fn checks(v: &DoctorView) -> Vec<Check> {
     out.push(rp_filter(v));
     out.push(ipv6_disabled(v));
     out.push(accept_ra(v));
+    out.extend(bridge_netfilter(v));
     out.push(nftables(v));
     out.push(mtu(v));
     out.extend(peers(v));
@@ -963,6 +1013,7 @@ fn read_sysctls(links: &[LinkInfo]) -> HashMap<String, String> {
         sysctl::IPV6_DISABLE_ALL.into(),
         sysctl::ipv4_conf("all", "rp_filter"),
     ];
+    keys.extend(sysctl::BRIDGE_NF_CALL.iter().map(|k| k.to_string()));
     for l in links {
         keys.push(sysctl::ipv4_conf(&l.name, "rp_filter"));
         keys.push(sysctl::ipv6_conf(&l.name, "accept_ra"));
@@ -1269,6 +1320,7 @@ fn inputs_of(f: &crate::config::Flags, cni_bin_dir: PathBuf, in_daemon: bool) ->
         ipam_data_dir: f.ipam_data_dir.clone(),
         mtu: f.mtu,
         in_daemon,
+        policy_on_bridge: f.policy_on_bridge(),
     }
 }
 
@@ -1585,6 +1637,42 @@ mod tests {
         let mut v = healthy();
         v.nodes = None;
         assert_eq!(find(&checks(&v), "peers").level, Level::Warn);
+    }
+
+    #[test]
+    fn policy_on_a_bridge_needs_br_netfilter() {
+        let mut v = healthy();
+        assert!(
+            checks(&v).iter().all(|c| c.id != "bridge-netfilter"),
+            "only asked for with policy on a bridge"
+        );
+        v.inputs.policy_on_bridge = true;
+        let c = checks(&v);
+        let b = find(&c, "bridge-netfilter");
+        assert_eq!(b.level, Level::Fail);
+        assert!(
+            b.message.starts_with("br_netfilter is not loaded"),
+            "{}",
+            b.message
+        );
+        assert!(b.gates_readiness);
+        for k in sysctl::BRIDGE_NF_CALL {
+            v.sysctls.insert(k.into(), "1".into());
+        }
+        v.sysctls
+            .insert(sysctl::BRIDGE_NF_CALL_IP6TABLES.into(), "0".into());
+        let c = checks(&v);
+        let b = find(&c, "bridge-netfilter");
+        assert_eq!(b.level, Level::Fail);
+        assert!(
+            b.message
+                .starts_with("net.bridge.bridge-nf-call-ip6tables = 0"),
+            "{}",
+            b.message
+        );
+        v.sysctls
+            .insert(sysctl::BRIDGE_NF_CALL_IP6TABLES.into(), "1".into());
+        assert_eq!(find(&checks(&v), "bridge-netfilter").level, Level::Pass);
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     }
 
     if flags.sysctls_only {
-        return sysctls_only();
+        return sysctls_only(flags.policy_on_bridge());
     }
     if flags.print_conflist {
         return print_conflist(&flags);
@@ -210,6 +210,7 @@ async fn run(flags: Flags) -> ExitCode {
         mtu: flags.mtu,
         resync_period: flags.resync_period,
         reclaim_grace: flags.reclaim_grace,
+        policy_on_bridge: flags.policy_on_bridge(),
     };
     let reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
     if let Err(e) = std::thread::Builder::new()
@@ -305,7 +306,7 @@ fn print_conflist(flags: &Flags) -> ExitCode {
 }
 
 /// `--sysctls-only`: set the forwarding sysctls once and exit.
-fn sysctls_only() -> ExitCode {
+fn sysctls_only(policy_on_bridge: bool) -> ExitCode {
     use kindnetd::dataplane::Dataplane;
     let mut dp = match Netlink::new() {
         Ok(d) => d,
@@ -321,7 +322,7 @@ fn sysctls_only() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if kindnetd::reconcile::apply_sysctls(&mut dp, &view).is_empty() {
+    if kindnetd::reconcile::apply_sysctls(&mut dp, &view, policy_on_bridge).is_empty() {
         tracing::info!("forwarding sysctls in place");
         ExitCode::SUCCESS
     } else {

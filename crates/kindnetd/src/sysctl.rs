@@ -4,8 +4,14 @@
 //! kernel ignores router advertisements on interfaces with accept_ra=1; an
 //! uplink whose IPv6 default route came from an RA would lose it when it
 //! expires, so such uplinks get accept_ra=2 first.
+//!
+//! With NetworkPolicy on and pods on a bridge, two pods of one node talk
+//! over the bridge: their packets reach the `forward` hook of
+//! `inet kindnet-netpol` only when br_netfilter passes bridged traffic to
+//! the IP hooks (`bridge-nf-call-iptables`/`-ip6tables` = 1), so those are
+//! turned on too.
 
-pub use kindnet_netlink::sysctl::{IPV4_FORWARD, IPV6_FORWARDING};
+pub use kindnet_netlink::sysctl::{BRIDGE_NF_CALL, IPV4_FORWARD, IPV6_FORWARDING};
 
 pub fn accept_ra_key(ifname: &str) -> String {
     kindnet_netlink::sysctl::ipv6_conf(ifname, "accept_ra")
@@ -19,6 +25,9 @@ pub struct SysctlView {
     /// Interfaces carrying an IPv6 default route learned from a router
     /// advertisement, with their current accept_ra.
     pub ra_uplinks: Vec<(String, Option<String>)>,
+    /// [`BRIDGE_NF_CALL`] with their values (None: br_netfilter not
+    /// loaded); empty when policy does not depend on them.
+    pub bridge_nf_call: Vec<(&'static str, Option<String>)>,
 }
 
 /// The writes needed, in order (accept_ra before forwarding).
@@ -39,6 +48,11 @@ pub fn plan(v: &SysctlView) -> Vec<(String, &'static str)> {
     {
         out.push((IPV6_FORWARDING.to_string(), "1"));
     }
+    for (key, value) in &v.bridge_nf_call {
+        if value.as_deref().is_some_and(|v| v != "1") {
+            out.push((key.to_string(), "1"));
+        }
+    }
     out
 }
 
@@ -52,6 +66,7 @@ mod tests {
             ipv4_forward: Some("0".into()),
             ipv6_forwarding: Some("0".into()),
             ra_uplinks: vec![],
+            ..Default::default()
         };
         assert_eq!(
             plan(&v),
@@ -68,12 +83,14 @@ mod tests {
             ipv4_forward: Some("1".into()),
             ipv6_forwarding: Some("1".into()),
             ra_uplinks: vec![("eth0".into(), Some("2".into()))],
+            ..Default::default()
         };
         assert!(plan(&v).is_empty());
         let v = SysctlView {
             ipv4_forward: Some("1".into()),
             ipv6_forwarding: None,
             ra_uplinks: vec![("eth0".into(), Some("1".into()))],
+            ..Default::default()
         };
         assert!(plan(&v).is_empty());
     }
@@ -87,6 +104,7 @@ mod tests {
                 ("eth0".into(), Some("1".into())),
                 ("eth1".into(), Some("0".into())),
             ],
+            ..Default::default()
         };
         assert_eq!(
             plan(&v),
@@ -95,5 +113,25 @@ mod tests {
                 (IPV6_FORWARDING.to_string(), "1")
             ]
         );
+    }
+
+    #[test]
+    fn bridged_pod_traffic_is_passed_to_the_policy_hooks() {
+        let v = SysctlView {
+            ipv4_forward: Some("1".into()),
+            ipv6_forwarding: Some("1".into()),
+            bridge_nf_call: vec![
+                (BRIDGE_NF_CALL[0], Some("0".into())),
+                (BRIDGE_NF_CALL[1], Some("1".into())),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(plan(&v), vec![(BRIDGE_NF_CALL[0].to_string(), "1")]);
+        // br_netfilter not loaded: nothing to write (the doctor says so).
+        let v = SysctlView {
+            bridge_nf_call: vec![(BRIDGE_NF_CALL[0], None), (BRIDGE_NF_CALL[1], None)],
+            ..v
+        };
+        assert!(plan(&v).is_empty());
     }
 }

@@ -9,6 +9,12 @@ use std::path::PathBuf;
 pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
 pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
 pub const IPV6_DISABLE_ALL: &str = "net/ipv6/conf/all/disable_ipv6";
+/// Whether bridged IPv4/IPv6 traffic passes the IP-level netfilter hooks
+/// (br_netfilter; absent when the module is not loaded).
+pub const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
+pub const BRIDGE_NF_CALL_IP6TABLES: &str = "net/bridge/bridge-nf-call-ip6tables";
+/// Both, in the order they are written.
+pub const BRIDGE_NF_CALL: [&str; 2] = [BRIDGE_NF_CALL_IPTABLES, BRIDGE_NF_CALL_IP6TABLES];
 
 /// `net/ipv6/conf/<ifname>/<key>` (accept_dad, accept_ra, forwarding…).
 pub fn ipv6_conf(ifname: &str, key: &str) -> String {

@@ -69,6 +69,9 @@ pub struct Settings {
     /// How long an attachment must look leaked before it is reclaimed;
     /// zero turns reclaiming off.
     pub reclaim_grace: Duration,
+    /// NetworkPolicy is enforced for pods on a bridge: bridged traffic must
+    /// pass the IP hooks ([`sysctl::BRIDGE_NF_CALL`]).
+    pub policy_on_bridge: bool,
 }
 
 pub struct Reconciler<D: Dataplane> {
@@ -229,9 +232,14 @@ fn set_sysctls<D: Dataplane>(
     }
 }
 
-/// Reads what [`sysctl::plan`] decides on: the forwarding sysctls and the
-/// accept_ra of the uplinks carrying an RA default route.
-pub fn read_sysctls<D: Dataplane>(dp: &mut D, view: &HostView) -> SysctlView {
+/// Reads what [`sysctl::plan`] decides on: the forwarding sysctls, the
+/// accept_ra of the uplinks carrying an RA default route and, with
+/// `policy_on_bridge`, br_netfilter's switches.
+pub fn read_sysctls<D: Dataplane>(
+    dp: &mut D,
+    view: &HostView,
+    policy_on_bridge: bool,
+) -> SysctlView {
     let ra_uplinks = view
         .ra_default_oifs
         .iter()
@@ -242,13 +250,25 @@ pub fn read_sysctls<D: Dataplane>(dp: &mut D, view: &HostView) -> SysctlView {
         ipv4_forward: dp.sysctl_get(sysctl::IPV4_FORWARD),
         ipv6_forwarding: dp.sysctl_get(sysctl::IPV6_FORWARDING),
         ra_uplinks,
+        bridge_nf_call: if policy_on_bridge {
+            sysctl::BRIDGE_NF_CALL
+                .iter()
+                .map(|k| (*k, dp.sysctl_get(k)))
+                .collect()
+        } else {
+            Vec::new()
+        },
     }
 }
 
 /// Reads the forwarding sysctls and RA uplinks, writes what the plan says
 /// (`--sysctls-only`). Returns the errors (each already logged).
-pub fn apply_sysctls<D: Dataplane>(dp: &mut D, view: &HostView) -> Vec<String> {
-    let writes = sysctl::plan(&read_sysctls(dp, view));
+pub fn apply_sysctls<D: Dataplane>(
+    dp: &mut D,
+    view: &HostView,
+    policy_on_bridge: bool,
+) -> Vec<String> {
+    let writes = sysctl::plan(&read_sysctls(dp, view, policy_on_bridge));
     let mut report = PassReport::default();
     set_sysctls(dp, &writes, &mut report);
     report.errors
@@ -341,7 +361,7 @@ impl<D: Dataplane> Reconciler<D> {
             }
         };
         if plan::wants_sysctls(&self.cfg, full) {
-            view.sysctls = Some(read_sysctls(&mut self.dp, &view));
+            view.sysctls = Some(read_sysctls(&mut self.dp, &view, self.cfg.policy_on_bridge));
         }
         // The store lock is held only for the pure computation.
         let plan = {

@@ -144,6 +144,7 @@ fn settings(dir: &std::path::Path) -> Settings {
         mtu: 0,
         resync_period: Duration::from_secs(10),
         reclaim_grace: Duration::from_millis(50),
+        policy_on_bridge: false,
     }
 }
 
@@ -810,7 +811,7 @@ fn plan_before_sync_changes_nothing_but_sysctls() {
     view.sysctls = Some(SysctlView {
         ipv4_forward: Some("0".into()),
         ipv6_forwarding: None,
-        ra_uplinks: vec![],
+        ..SysctlView::default()
     });
     let mut store = NodeStore::new();
     store.upsert(&b());
@@ -1061,4 +1062,27 @@ fn a_failed_masquerade_is_retried_by_the_next_pass() {
     assert!(rep.masquerade_applied, "{rep:?}");
     let rep = r.pass(false);
     assert!(rep.changed_nothing(), "{rep:?}");
+}
+
+#[test]
+fn policy_on_a_bridge_turns_br_netfilter_hand_off_on() {
+    let (mut r, _store, _dir) = setup("brnf");
+    r.pass(true);
+    assert!(
+        sysctl::BRIDGE_NF_CALL
+            .iter()
+            .all(|k| !r.dp.sysctls.contains_key(*k)),
+        "not touched without policy on a bridge"
+    );
+    r.cfg.policy_on_bridge = true;
+    // The fake reads "0" for every key it was not given.
+    r.pass(false);
+    assert!(
+        !r.dp.sysctls.contains_key(sysctl::BRIDGE_NF_CALL[0]),
+        "only full passes"
+    );
+    r.pass(true);
+    for k in sysctl::BRIDGE_NF_CALL {
+        assert_eq!(r.dp.sysctls.get(k).map(String::as_str), Some("1"), "{k}");
+    }
 }
