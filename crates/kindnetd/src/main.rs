@@ -131,6 +131,7 @@ async fn run(flags: Flags) -> ExitCode {
     let policy_inputs = Arc::new(Mutex::new(kindnetd::netpol::Inputs::default()));
     let (policy_tx, policy_rx) = mpsc::channel::<()>();
     let policy_sink = kindnetd::netpol::PolicySink::new(policy_inputs.clone(), policy_tx);
+    let policy_inputs_for_reclaim = policy_inputs.clone();
 
     // The node source first: a bad kubeconfig is a configuration error.
     let mut sink = Sink::new(store.clone(), tx.clone(), status.clone());
@@ -212,7 +213,10 @@ async fn run(flags: Flags) -> ExitCode {
         reclaim_grace: flags.reclaim_grace,
         policy_on_bridge: flags.policy_on_bridge(),
     };
-    let reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
+    let mut reconciler = Reconciler::new(settings, dp, store.clone(), status.clone());
+    if flags.network_policy {
+        reconciler = reconciler.with_pods(policy_inputs_for_reclaim);
+    }
     if let Err(e) = std::thread::Builder::new()
         .name("reconcile".into())
         .spawn(move || reconciler.run(rx))

@@ -335,7 +335,7 @@ fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
         return None;
     }
     // finished pods are off the network; their address may be reused
-    if p.phase == "Succeeded" || p.phase == "Failed" {
+    if p.is_finished() {
         return None;
     }
     let mut ips: Vec<IpAddr> = Vec::new();

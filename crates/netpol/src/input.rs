@@ -57,6 +57,13 @@ pub struct Pod {
     pub phase: String,
 }
 
+impl Pod {
+    /// `Succeeded` or `Failed`: off the network, its addresses free for reuse.
+    pub fn is_finished(&self) -> bool {
+        self.phase == "Succeeded" || self.phase == "Failed"
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct PodJson {

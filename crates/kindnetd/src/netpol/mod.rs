@@ -91,6 +91,21 @@ impl Inputs {
         self.synced.iter().all(|s| *s)
     }
 
+    /// The addresses of the running Pods on `node`, once the Pod list is
+    /// complete (None before: no evidence either way).
+    pub fn pod_ips_on(&self, node: &str) -> Option<std::collections::HashSet<std::net::IpAddr>> {
+        if !self.synced[idx(Kind::Pod)] {
+            return None;
+        }
+        Some(
+            self.pods
+                .values()
+                .filter(|p| p.node_name == node && !p.is_finished())
+                .flat_map(|p| p.pod_ips.iter().filter_map(|s| s.parse().ok()))
+                .collect(),
+        )
+    }
+
     fn bump(&mut self, changed: bool) -> bool {
         if changed {
             self.generation += 1;

@@ -99,6 +99,9 @@ pub struct Reconciler<D: Dataplane> {
     logged_undecidable: Option<String>,
     /// The last solicitation error logged.
     logged_solicit_error: Option<String>,
+    /// The Pods the NetworkPolicy side watches: an address a running Pod
+    /// of this node reports is never reclaimed.
+    pods: Option<Arc<Mutex<crate::netpol::Inputs>>>,
 }
 
 /// Pause after the first solicitation of an uplink; doubles to
@@ -302,12 +305,19 @@ impl<D: Dataplane> Reconciler<D> {
             leaks: crate::reclaim::Tracker::default(),
             logged_undecidable: None,
             logged_solicit_error: None,
+            pods: None,
             cfg,
             dp,
             store,
             status,
             logged_skips: HashSet::new(),
         }
+    }
+
+    /// Uses the Pod list (when complete) as evidence in reclaiming.
+    pub fn with_pods(mut self, pods: Arc<Mutex<crate::netpol::Inputs>>) -> Self {
+        self.pods = Some(pods);
+        self
     }
 
     /// Runs until the trigger channel closes. A full pass (sysctls, masquerade
@@ -562,13 +572,19 @@ impl<D: Dataplane> Reconciler<D> {
                 ..v.clone()
             })
             .collect();
+        let pod_ips = self.pods.as_ref().and_then(|p| {
+            let inputs = match p.lock() {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            inputs.pod_ips_on(&self.cfg.own_name)
+        });
         Ok(crate::reclaim::find_leaks(&crate::reclaim::Evidence {
             network: cniconf::NETWORK_NAME,
             allocations: &allocations,
             veths: &veths,
             routes: &view.foreign,
-            // No Pod source yet: the nodes are all kindnetd watches.
-            pod_ips: None,
+            pod_ips: pod_ips.as_ref(),
         }))
     }
 

@@ -1086,3 +1086,52 @@ fn policy_on_a_bridge_turns_br_netfilter_hand_off_on() {
         assert_eq!(r.dp.sysctls.get(k).map(String::as_str), Some("1"), "{k}");
     }
 }
+
+#[test]
+fn an_address_a_running_pod_of_this_node_reports_is_never_reclaimed() {
+    use crate::netpol::{Inputs, Kind, Object};
+    use crate::reclaim::Allocated;
+    let (r, store, _dir) = setup("reclaim-pods");
+    store.lock().unwrap().replace_all(&[me()]);
+    let pods = Arc::new(Mutex::new(Inputs::default()));
+    let mut r = r.with_pods(pods.clone());
+    // An allocation with no veth and no route: it looks leaked...
+    r.dp.allocated = vec![Allocated {
+        ip: "10.244.0.3".parse().unwrap(),
+        container_id: "c3".into(),
+        ifname: "eth0".into(),
+    }];
+    let pod = |node: &str, phase: &str| {
+        Object::Pod(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "x", "name": "a"},
+                "spec": {"nodeName": node},
+                "status": {"phase": phase, "podIPs": [{"ip": "10.244.0.3"}]}
+            }))
+            .unwrap(),
+        )
+    };
+    // ...but a running Pod of this node has that address.
+    pods.lock()
+        .unwrap()
+        .replace_kind(Kind::Pod, vec![pod("me", "Running")]);
+    for _ in 0..3 {
+        r.pass(true);
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert!(r.dp.reclaimed.is_empty(), "{:?}", r.dp.reclaimed);
+    // The same Pod on another node, or finished, is no evidence.
+    for other in [pod("b", "Running"), pod("me", "Succeeded")] {
+        pods.lock().unwrap().replace_kind(Kind::Pod, vec![other]);
+        r.dp.allocated = vec![Allocated {
+            ip: "10.244.0.3".parse().unwrap(),
+            container_id: "c3".into(),
+            ifname: "eth0".into(),
+        }];
+        r.dp.reclaimed.clear();
+        r.pass(true);
+        std::thread::sleep(Duration::from_millis(60));
+        r.pass(true);
+        assert_eq!(r.dp.reclaimed.len(), 1, "{:?}", r.dp.reclaimed);
+    }
+}
