@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 /// The sysctl keys kindnet reads and writes: one home for every crate.
 pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
+/// IPv6 forwarding (all interfaces).
 pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
+/// IPv6 switched off on every interface.
 pub const IPV6_DISABLE_ALL: &str = "net/ipv6/conf/all/disable_ipv6";
 
 /// `net/ipv6/conf/<ifname>/<key>` (accept_dad, accept_ra, forwarding…).
