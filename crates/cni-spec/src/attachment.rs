@@ -64,6 +64,7 @@ fn digest64(parts: &[&str]) -> u64 {
 pub struct NetworkKey(u64);
 
 impl NetworkKey {
+    /// The key of network `network` (a digest of its name).
     pub fn of(network: &str) -> NetworkKey {
         NetworkKey(digest64(&["network", network]))
     }
@@ -77,6 +78,7 @@ pub struct OwnerTag {
 }
 
 impl OwnerTag {
+    /// The network part of this tag.
     pub fn network(&self) -> NetworkKey {
         NetworkKey(self.network)
     }
@@ -117,6 +119,7 @@ pub struct AttachmentId {
 }
 
 impl AttachmentId {
+    /// Validates the three parts (network name, container ID, interface name) as the spec restricts them.
     pub fn new(network: &str, container_id: &str, ifname: &str) -> Result<AttachmentId, CniError> {
         validate_network_name(network)?;
         crate::env::validate_container_id(container_id)?;
@@ -138,12 +141,15 @@ impl AttachmentId {
         AttachmentId::new(network, &a.container_id, &a.ifname)
     }
 
+    /// The network's name.
     pub fn network(&self) -> &str {
         &self.network
     }
+    /// The runtime's container ID.
     pub fn container_id(&self) -> &str {
         &self.container_id
     }
+    /// The interface name inside the container.
     pub fn ifname(&self) -> &str {
         &self.ifname
     }
@@ -160,6 +166,7 @@ impl AttachmentId {
         format!("kindnet {}", self.legacy_comment())
     }
 
+    /// The owner tag written on everything this attachment creates.
     pub fn owner(&self) -> OwnerTag {
         OwnerTag {
             network: NetworkKey::of(&self.network).0,

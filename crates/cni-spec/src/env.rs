@@ -3,17 +3,25 @@
 use crate::error::CniError;
 use std::path::PathBuf;
 
+/// `CNI_COMMAND`: the operation asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// Set up an attachment.
     Add,
+    /// Tear an attachment down (idempotent).
     Del,
+    /// Verify an attachment is as ADD left it (0.4.0 on).
     Check,
+    /// Report the versions the plugin supports.
     Version,
+    /// Whether the plugin is ready to serve ADD (1.1.0).
     Status,
+    /// Release everything not among the valid attachments (1.1.0).
     Gc,
 }
 
 impl Command {
+    /// `ADD`, `DEL`, ... as the runtime spells them; `None` for anything else.
     pub fn parse(s: &str) -> Option<Command> {
         Some(match s {
             "ADD" => Command::Add,
@@ -27,14 +35,18 @@ impl Command {
     }
 }
 
+/// The `CNI_*` variables of one invocation.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
+    /// `CNI_CONTAINERID`.
     pub container_id: String,
     /// Empty when the runtime sent none (allowed for DEL).
     pub netns: String,
+    /// `CNI_IFNAME`: the interface to create inside the container.
     pub ifname: String,
     /// `CNI_ARGS` as key/value pairs.
     pub args: Vec<(String, String)>,
+    /// `CNI_PATH`: where to look for delegated plugins.
     pub path: Vec<PathBuf>,
 }
 
@@ -72,6 +84,7 @@ impl Env {
         Ok(env)
     }
 
+    /// The value of `CNI_ARGS` key `key`, if given.
     pub fn arg(&self, key: &str) -> Option<&str> {
         self.args
             .iter()

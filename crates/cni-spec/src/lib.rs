@@ -4,6 +4,8 @@
 //! that turns a process invocation into a call on a [`Plugin`], and the
 //! delegation of IPAM to another plugin binary.
 
+#![warn(missing_docs)]
+
 pub mod attachment;
 pub mod env;
 pub mod error;

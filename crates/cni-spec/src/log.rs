@@ -29,10 +29,12 @@ pub fn write(level: &str, msg: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Logs a formatted line at level `info` (to `CNI_LOG_FILE`, else stderr).
 #[macro_export]
 macro_rules! log_info {
     ($($t:tt)*) => { $crate::log::write("info", format_args!($($t)*)) };
 }
+/// Logs a formatted line at level `warn` (to `CNI_LOG_FILE`, else stderr).
 #[macro_export]
 macro_rules! log_warn {
     ($($t:tt)*) => { $crate::log::write("warn", format_args!($($t)*)) };

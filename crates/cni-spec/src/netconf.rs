@@ -10,23 +10,33 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+/// The spec-defined keys of a network configuration (a conflist's entry with `name` and `cniVersion` filled in).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NetConf {
+    /// The spec version the runtime speaks for this call.
     pub cni_version: String,
+    /// The network's name.
     pub name: String,
+    /// `type`: the plugin's name.
     #[serde(rename = "type", default)]
     pub plugin_type: String,
+    /// Capabilities the plugin declares (e.g. `portMappings`).
     #[serde(default)]
     pub capabilities: HashMap<String, bool>,
+    /// The IPAM plugin's configuration.
     #[serde(default)]
     pub ipam: Option<Value>,
+    /// DNS settings to put in the result.
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// Capability arguments from the runtime (e.g. `portMappings`).
     #[serde(default)]
     pub runtime_config: Option<Map<String, Value>>,
+    /// `args`: extra arguments from the runtime.
     #[serde(default)]
     pub args: Option<Value>,
+    /// The previous plugin's result in a chain, or ADD's result for CHECK and DEL.
     #[serde(default)]
     pub prev_result: Option<Value>,
     /// GC (1.1.0): the attachments the runtime still knows about.
@@ -37,10 +47,13 @@ pub struct NetConf {
     pub raw: Map<String, Value>,
 }
 
+/// One attachment the runtime still knows about (GC's valid attachments).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
 pub struct Attachment {
+    /// The runtime's container ID.
     #[serde(rename = "containerID")]
     pub container_id: String,
+    /// The interface name inside the container.
     pub ifname: String,
 }
 

@@ -9,29 +9,39 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::IpAddr;
 
+/// A result of ADD in memory (the 1.1.0 superset of every version's).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CniResult {
+    /// The version the result is written for.
     #[serde(rename = "cniVersion", default)]
     pub cni_version: String,
+    /// Interfaces created (host and container side).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub interfaces: Vec<Interface>,
+    /// Addresses assigned, each with its interface.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<IpConfig>,
+    /// Routes set inside the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// DNS settings for the container.
     #[serde(default, skip_serializing_if = "Dns::is_empty")]
     pub dns: Dns,
 }
 
+/// One interface of a result.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Interface {
+    /// Its name.
     pub name: String,
+    /// Its hardware address.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub mac: String,
     /// 1.1.0
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// The network namespace path for a container interface; empty for a host interface.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
     /// 1.1.0
@@ -42,9 +52,12 @@ pub struct Interface {
     pub pci_id: String,
 }
 
+/// One address of a result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IpConfig {
+    /// The address with its prefix length.
     pub address: IpNet,
+    /// Its default gateway, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<IpAddr>,
     /// Index into `interfaces`.
@@ -52,26 +65,34 @@ pub struct IpConfig {
     pub interface: Option<usize>,
 }
 
+/// One route of a result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteConfig {
+    /// The destination.
     pub dst: IpNet,
+    /// The next hop (when absent, the plugin's default gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
     /// 1.1.0: mtu, advmss, priority, table, scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// TCP advertised MSS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advmss: Option<u32>,
+    /// Route priority (metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u32>,
+    /// Routing table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<u32>,
+    /// Route scope.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<u8>,
 }
 
 impl RouteConfig {
+    /// A route to `dst` via `gw`, no 1.1.0 attributes.
     pub fn new(dst: IpNet, gw: Option<IpAddr>) -> Self {
         RouteConfig {
             dst,
@@ -85,19 +106,25 @@ impl RouteConfig {
     }
 }
 
+/// DNS settings (the spec's `dns` object).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Dns {
+    /// Name server addresses.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub nameservers: Vec<String>,
+    /// The local domain.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub domain: String,
+    /// Search domains.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub search: Vec<String>,
+    /// Resolver options.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<String>,
 }
 
 impl Dns {
+    /// Whether nothing is set (the key is then omitted).
     pub fn is_empty(&self) -> bool {
         self.nameservers.is_empty()
             && self.domain.is_empty()

@@ -11,11 +11,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// One invocation, decoded and validated.
 pub struct Request {
+    /// `CNI_COMMAND`.
     pub command: Command,
+    /// The rest of the `CNI_*` environment.
     pub env: Env,
+    /// The network configuration from stdin.
     pub conf: NetConf,
     /// stdin as received, for delegation to another plugin.
     pub stdin: Vec<u8>,
+    /// The configuration's `cniVersion`, parsed.
     pub version: Version,
 }
 
@@ -30,13 +34,19 @@ impl Request {
     }
 }
 
+/// A plugin: one method per command, called by [`run`] with a validated request.
 pub trait Plugin {
+    /// ADD: set up the attachment; the result is converted to the request's version.
     fn add(&self, req: &Request) -> Result<CniResult, CniError>;
+    /// DEL: tear the attachment down; must succeed when it is already gone.
     fn del(&self, req: &Request) -> Result<(), CniError>;
+    /// CHECK: an error when the attachment is not as ADD left it.
     fn check(&self, req: &Request) -> Result<(), CniError>;
+    /// STATUS: an error when ADD cannot be served now (by default: ready).
     fn status(&self, _req: &Request) -> Result<(), CniError> {
         Ok(())
     }
+    /// GC: release what belongs to no valid attachment (by default: nothing).
     fn gc(&self, _req: &Request) -> Result<(), CniError> {
         Ok(())
     }
@@ -45,7 +55,9 @@ pub trait Plugin {
 /// What the process prints on stdout and its exit code.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Outcome {
+    /// What goes to stdout: the result, the error object or the version report (JSON).
     pub stdout: String,
+    /// 0 on success, 1 on error.
     pub exit_code: i32,
 }
 

@@ -4,6 +4,7 @@ use crate::error::{CniError, code};
 
 /// Every version this project accepts, oldest first.
 pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// The newest version: what VERSION reports first and results default to.
 pub const LATEST: &str = "1.1.0";
 
 /// A parsed `major.minor.patch`.
@@ -11,10 +12,14 @@ pub const LATEST: &str = "1.1.0";
 pub struct Version(pub u32, pub u32, pub u32);
 
 impl Version {
+    /// 0.4.0: CHECK and prevResult on DEL.
     pub const V0_4_0: Version = Version(0, 4, 0);
+    /// 1.0.0: results without a `version` per address.
     pub const V1_0_0: Version = Version(1, 0, 0);
+    /// 1.1.0: STATUS, GC, `cniVersions`.
     pub const V1_1_0: Version = Version(1, 1, 0);
 
+    /// Parses `major.minor.patch`; `None` for anything else.
     pub fn parse(s: &str) -> Option<Version> {
         let mut it = s.split('.').map(|p| p.parse::<u32>().ok());
         let v = Version(it.next()??, it.next()??, it.next()??);

@@ -30,9 +30,11 @@ fn unkey(k: u128) -> IpAddr {
 }
 
 impl Taken {
+    /// An empty set.
     pub fn new() -> Taken {
         Taken::default()
     }
+    /// Whether `ip` is in the set (IPv4-mapped IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.0.binary_search(&key(ip)).is_ok()
     }
@@ -56,12 +58,15 @@ impl Taken {
             Err(_) => false,
         }
     }
+    /// The number of addresses.
     pub fn len(&self) -> usize {
         self.0.len()
     }
+    /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+    /// The addresses, sorted by their IPv6 form (IPv4 as IPv4-mapped).
     pub fn iter(&self) -> impl Iterator<Item = IpAddr> + '_ {
         self.0.iter().map(|k| unkey(*k))
     }

@@ -47,6 +47,7 @@ pub struct IpamConfig {
     pub plugin_type: String,
     /// One address is allocated from each set; never empty.
     pub ranges: Vec<RangeSet>,
+    /// `ipam.routes`: routes for the result, as configured.
     pub routes: Vec<RouteConfig>,
     /// `ipam.dataDir`, default [`DEFAULT_DATA_DIR`]; the store lives in
     /// `data_dir/<network name>/`.

@@ -27,6 +27,8 @@
 //! when a range set is exhausted or a requested address is taken; 50 from
 //! STATUS; 100 from CHECK when an address is missing.
 
+#![warn(missing_docs)]
+
 mod allocator;
 pub mod config;
 mod dns;
@@ -53,8 +55,11 @@ use store::{LockMode, Scan, Store, owner_link_name};
 /// are empty.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Allocation {
+    /// The address.
     pub ip: IpAddr,
+    /// The owner's container ID.
     pub container_id: String,
+    /// The owner's interface name.
     pub ifname: String,
 }
 

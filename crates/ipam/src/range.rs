@@ -10,16 +10,21 @@ use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// An address family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4.
     V4,
+    /// IPv6.
     V6,
 }
 
 impl Family {
+    /// The family of `ip` (an IPv4-mapped IPv6 address is IPv6 here: canonicalise first).
     pub fn of(ip: IpAddr) -> Family {
         if ip.is_ipv4() { Family::V4 } else { Family::V6 }
     }
+    /// `IPv4` or `IPv6`, for messages.
     pub fn name(self) -> &'static str {
         match self {
             Family::V4 => "IPv4",
@@ -63,6 +68,7 @@ pub struct RangeError {
     /// `subnet`, `rangeStart`, `rangeEnd`, `gateway`, or empty for the range
     /// as a whole.
     pub field: &'static str,
+    /// What is wrong.
     pub msg: String,
 }
 
@@ -70,6 +76,7 @@ fn err(field: &'static str, msg: String) -> RangeError {
     RangeError { field, msg }
 }
 
+/// One validated range: a subnet with its allocatable span and gateway, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
     subnet: IpNet,
@@ -183,18 +190,23 @@ impl Range {
         Ok(r)
     }
 
+    /// The subnet.
     pub fn subnet(&self) -> IpNet {
         self.subnet
     }
+    /// The subnet's family.
     pub fn family(&self) -> Family {
         self.family
     }
+    /// `rangeStart`: the first address handed out.
     pub fn start(&self) -> IpAddr {
         from_u128(self.family, self.start)
     }
+    /// `rangeEnd`: the last address handed out.
     pub fn end(&self) -> IpAddr {
         from_u128(self.family, self.end)
     }
+    /// The gateway (never handed out).
     pub fn gateway(&self) -> IpAddr {
         from_u128(self.family, self.gateway)
     }
@@ -221,6 +233,7 @@ impl Range {
         n == self.gateway || n == self.network || (self.family == Family::V4 && n == self.last)
     }
 
+    /// Gateway, network address, or IPv4 broadcast: never handed out.
     pub fn is_reserved(&self, ip: IpAddr) -> bool {
         self.number(ip).is_some_and(|n| self.is_reserved_n(n))
     }
@@ -290,6 +303,7 @@ impl RangeSet {
         }
     }
 
+    /// The ranges, in allocation order.
     pub fn ranges(&self) -> &[Range] {
         &self.ranges
     }
@@ -299,6 +313,7 @@ impl RangeSet {
         &self.key
     }
 
+    /// The family of the set's ranges.
     pub fn family(&self) -> Family {
         self.ranges.first().map_or(Family::V4, Range::family)
     }
@@ -308,14 +323,17 @@ impl RangeSet {
         self.ranges.iter().find(|r| r.contains(ip))
     }
 
+    /// Whether `ip` lies in one of the ranges (reserved addresses included).
     pub fn contains(&self, ip: IpAddr) -> bool {
         self.range_for(ip).is_some()
     }
 
+    /// Whether `ip` could be handed out from this set.
     pub fn is_allocatable(&self, ip: IpAddr) -> bool {
         self.ranges.iter().any(|r| r.is_allocatable(ip))
     }
 
+    /// How many addresses the set can hand out (saturating).
     pub fn capacity(&self) -> u128 {
         self.ranges
             .iter()

@@ -40,10 +40,15 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// The lock file every operation holds `flock` on.
 pub const LOCK_FILE: &str = "lock";
+/// `last_reserved_ip.<N>`: the last address reserved in range set `N`.
 pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+/// Between container ID and interface name in an IP file.
 pub const LINE_BREAK: &str = "\r\n";
+/// Names of our owner links (`.owner:<id>:<ifname>:<ip>`).
 pub const OWNER_PREFIX: &str = ".owner:";
+/// Names of our staging files (`.tmp:<pid>:<n>`).
 pub const TEMP_PREFIX: &str = ".tmp:";
 
 thread_local! {
@@ -62,11 +67,16 @@ pub fn content_reads() -> u64 {
 pub enum Owner {
     /// `<containerID>\r\n<ifname>`.
     Attachment {
+        /// The container ID.
         container_id: String,
+        /// The interface name.
         ifname: String,
     },
     /// The container ID alone, as older reference versions wrote it.
-    Legacy { container_id: String },
+    Legacy {
+        /// The container ID.
+        container_id: String,
+    },
     /// Empty, unreadable or garbled: nobody.
     Unknown,
 }
@@ -105,6 +115,7 @@ impl Owner {
         matches!(self, Owner::Attachment { container_id, ifname: i } if container_id == id && i == ifname)
     }
 
+    /// The owner's container ID; empty when unknown.
     pub fn container_id(&self) -> &str {
         match self {
             Owner::Attachment { container_id, .. } | Owner::Legacy { container_id } => container_id,
@@ -112,6 +123,7 @@ impl Owner {
         }
     }
 
+    /// The owner's interface name; empty for a legacy or unknown owner.
     pub fn ifname(&self) -> &str {
         match self {
             Owner::Attachment { ifname, .. } => ifname,
@@ -151,7 +163,9 @@ struct Span {
 /// An entry named by an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IpFile {
+    /// The address (canonical).
     pub ip: IpAddr,
+    /// The file's inode number (an owner link counts only with the same one).
     pub ino: u64,
     name: Span,
 }
@@ -159,7 +173,9 @@ pub struct IpFile {
 /// An owner link: `.owner:<id>:<ifname>:<ip>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OwnerLink {
+    /// The address the link names.
     pub ip: IpAddr,
+    /// The link's inode number.
     pub ino: u64,
     name: Span,
 }
@@ -170,7 +186,9 @@ pub struct OwnerLink {
 #[derive(Debug, Default)]
 pub struct Scan {
     names: String,
+    /// The address files.
     pub ips: Vec<IpFile>,
+    /// Our owner links.
     pub links: Vec<OwnerLink>,
     /// Staging files and unparsable `.owner:` names.
     temps: Vec<Span>,
@@ -190,10 +208,12 @@ impl Scan {
         &self.names[s.start as usize..(s.start + s.len) as usize]
     }
 
+    /// The directory entry name of `f`.
     pub fn ip_name(&self, f: &IpFile) -> &str {
         self.text(f.name)
     }
 
+    /// The directory entry name of `l`.
     pub fn link_name(&self, l: &OwnerLink) -> &str {
         self.text(l.name)
     }
@@ -214,6 +234,7 @@ impl Scan {
             .filter(move |l| self.link_name(l).starts_with(&prefix))
     }
 
+    /// The names of staging files and unparsable `.owner:` entries (GC removes them).
     pub fn temp_names(&self) -> impl Iterator<Item = &str> {
         self.temps.iter().map(|s| self.text(*s))
     }
@@ -262,9 +283,12 @@ impl Scan {
     }
 }
 
+/// How a store is locked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LockMode {
+    /// `LOCK_SH`: readers (CHECK, STATUS, listings).
     Shared,
+    /// `LOCK_EX`: every change.
     Exclusive,
 }
 
@@ -328,6 +352,7 @@ impl Store {
         Ok(Some(Store { dir, _lock: lock }))
     }
 
+    /// The network's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -13,9 +13,9 @@ fn hot_path_reads_no_file_content_and_is_fast() {
     // system (which the reference pays as well) is not this crate's to cut.
     let shm = std::path::Path::new("/dev/shm");
     let t = if shm.is_dir() {
-        TempDir::new_in(shm, "ipam")
+        temp_dir_in(shm, "ipam")
     } else {
-        TempDir::new("ipam")
+        temp_dir("ipam")
     };
     let cfg = config(t.path(), json!({"subnet": "10.5.0.0/24"}));
     for i in 0..200 {

@@ -35,7 +35,7 @@ fn conf(dir: &Path, version: &str) -> Value {
 
 #[test]
 fn add_check_del_through_the_skeleton() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let c = conf(t.path(), "1.1.0");
     let (v, rc) = call("ADD", "c1", "eth0", "", &c);
     assert_eq!(rc, 0, "{v}");
@@ -55,7 +55,7 @@ fn add_check_del_through_the_skeleton() {
 
 #[test]
 fn old_versions_get_ip_versions_and_cni_args_ip_works() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let (v, rc) = call(
         "ADD",
         "c1",
@@ -72,7 +72,7 @@ fn old_versions_get_ip_versions_and_cni_args_ip_works() {
 
 #[test]
 fn errors_are_cni_error_objects() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let mut c = conf(t.path(), "1.0.0");
     c["ipam"]["ranges"][0][0]["rangeStart"] = json!("10.1.3.5");
     let (v, rc) = call("ADD", "c1", "eth0", "", &c);
@@ -92,7 +92,7 @@ fn errors_are_cni_error_objects() {
 
 #[test]
 fn status_and_gc_through_the_skeleton() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let mut c = conf(t.path(), "1.1.0");
     assert_eq!(call("STATUS", "", "", "", &c).1, 0);
     for id in ["a", "b"] {
@@ -129,7 +129,7 @@ fn status_and_gc_through_the_skeleton() {
 
 #[test]
 fn owners_that_do_not_fit_a_file_name_still_work() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     let long = "c".repeat(300);
     let r = kindnet_ipam::add(&cfg, "net", &long, "eth0").unwrap();
@@ -152,7 +152,7 @@ fn owners_that_do_not_fit_a_file_name_still_work() {
 
 #[test]
 fn invalid_attachment_and_network_names() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     assert_eq!(
         kindnet_ipam::add(&cfg, "net", "", "eth0").unwrap_err().code,
@@ -182,7 +182,7 @@ fn invalid_attachment_and_network_names() {
 
 #[test]
 fn a_different_requested_address_for_a_held_attachment_is_refused() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let ipam = json!({"subnet": "10.1.2.0/24"});
     kindnet_ipam::add(&config(t.path(), ipam.clone()), "net", "c1", "eth0").unwrap();
     let e = kindnet_ipam::add(

@@ -43,7 +43,7 @@ fn attachment(id: &str, ifname: &str) -> Attachment {
 
 #[test]
 fn on_disk_format_is_byte_exact_with_the_reference() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     std::fs::write(
         t.path().join("resolv.conf"),
         "nameserver 192.0.2.3\nsearch a.example\n",
@@ -105,7 +105,7 @@ fn on_disk_format_is_byte_exact_with_the_reference() {
 
 #[test]
 fn container_id_whitespace_is_trimmed_like_the_reference() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     let res = add(&cfg, "net", "   dummy\n ", "eth0").unwrap();
     assert_eq!(
@@ -118,7 +118,7 @@ fn container_id_whitespace_is_trimmed_like_the_reference() {
 
 #[test]
 fn round_robin_continues_from_last_reserved_ip() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"ranges": [[{"subnet": "10.0.0.0/29"}]]}));
     // As the reference leaves it: .2 to .5 were used, .5 last; .3 is still held.
     write(t.path(), "last_reserved_ip.0", b"10.0.0.5");
@@ -151,7 +151,7 @@ fn round_robin_continues_from_last_reserved_ip() {
 
 #[test]
 fn add_is_idempotent_per_attachment() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), dual_stack());
     let first = add(&cfg, "net", "c1", "eth0").unwrap();
     let again = add(&cfg, "net", "c1", "eth0").unwrap();
@@ -164,7 +164,7 @@ fn add_is_idempotent_per_attachment() {
     assert_eq!(ip_files(t.path()).len(), 4);
 
     // A reservation made by the reference binary (no owner link) is found too.
-    let t2 = TempDir::new("ipam");
+    let t2 = temp_dir("ipam");
     let cfg2 = config(t2.path(), json!({"subnet": "10.1.2.0/24"}));
     write(t2.path(), "10.1.2.77", b"c9\r\neth0");
     assert_eq!(
@@ -176,7 +176,7 @@ fn add_is_idempotent_per_attachment() {
 
 #[test]
 fn add_retried_after_a_crash_anywhere_never_duplicates() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     // Killed after writing the staging file, before link(2): a complete
     // owner link without its address. It is not an allocation.
@@ -217,7 +217,7 @@ fn add_retried_after_a_crash_anywhere_never_duplicates() {
 
 #[test]
 fn del_is_idempotent_and_handles_legacy_files() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), dual_stack());
     // No store yet: success, and nothing created.
     del(&cfg, "net", "c1", "eth0").unwrap();
@@ -247,7 +247,7 @@ fn del_is_idempotent_and_handles_legacy_files() {
 
 #[test]
 fn exhausted_range_set_is_code_11_and_leaves_no_partial_state() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(
         t.path(),
         json!({"ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.1.0/30"}]]}),
@@ -277,7 +277,7 @@ fn exhausted_range_set_is_code_11_and_leaves_no_partial_state() {
 
 #[test]
 fn requested_ips() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let ipam = json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "fd00::/64"}]]});
     let cfg = config_env(t.path(), ipam.clone(), &[("IP", "10.1.2.88,fd00::99")]);
     let res = add(&cfg, "net", "c1", "eth0").unwrap();
@@ -314,7 +314,7 @@ fn requested_ips() {
 
 #[test]
 fn check_needs_an_address_in_every_range_set() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), dual_stack());
     let e = check(&cfg, "net", "c1", "eth0").unwrap_err();
     assert_eq!(e.code, 100);
@@ -333,7 +333,7 @@ fn check_needs_an_address_in_every_range_set() {
 
 #[test]
 fn status_reports_unusable_dir_and_exhaustion() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.0.0.0/30"}));
     status(&cfg, "net").unwrap();
     add(&cfg, "net", "c1", "eth0").unwrap();
@@ -352,7 +352,7 @@ fn status_reports_unusable_dir_and_exhaustion() {
 
 #[test]
 fn gc_releases_invalid_attachments_and_leftovers() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     for id in ["keep", "gone"] {
         add(&cfg, "net", id, "eth0").unwrap();
@@ -424,7 +424,7 @@ fn gc_releases_invalid_attachments_and_leftovers() {
 
 #[test]
 fn allocations_lists_owners() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     assert!(allocations(t.path(), "net").unwrap().is_empty());
     add(&cfg, "net", "a", "eth0").unwrap();
@@ -448,7 +448,7 @@ fn allocations_lists_owners() {
 
 #[test]
 fn concurrent_adds_never_duplicate() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = Arc::new(config(
         t.path(),
         json!({"ranges": [[{"subnet": "10.3.0.0/24"}], [{"subnet": "fd03::/120"}]]}),
@@ -481,7 +481,7 @@ fn concurrent_adds_never_duplicate() {
 
 #[test]
 fn concurrent_adds_on_a_small_range_fill_it_exactly() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = Arc::new(config(t.path(), json!({"subnet": "10.4.0.0/28"})));
     let barrier = Arc::new(Barrier::new(16));
     let handles: Vec<_> = (0..16)
@@ -512,7 +512,7 @@ fn concurrent_adds_on_a_small_range_fill_it_exactly() {
 
 #[test]
 fn reference_written_files_are_read_once_then_indexed() {
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(t.path(), json!({"subnet": "10.1.2.0/24"}));
     for i in 2..12 {
         write(
@@ -550,7 +550,7 @@ fn reference_written_files_are_read_once_then_indexed() {
 #[test]
 fn release_attachment_frees_only_what_that_attachment_still_holds() {
     use kindnet_ipam::release_attachment;
-    let t = TempDir::new("ipam");
+    let t = temp_dir("ipam");
     let cfg = config(
         t.path(),
         json!({"ranges": [[{"subnet": "10.0.0.0/29"}], [{"subnet": "fd00::/120"}]]}),

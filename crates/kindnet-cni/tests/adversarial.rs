@@ -71,7 +71,7 @@ fn hostile_network_names_are_refused_before_anything_happens() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     plant_sentinel(&node);
     let before = tables(&node);
     let injections = [
@@ -127,7 +127,7 @@ fn the_longest_valid_names_and_ids_fit_everywhere() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let name = format!("n{}", "x".repeat(254)); // 255 bytes
     let id = "c".repeat(64) + &"d".repeat(200);
     let conf = masq_conf(&data, &name, &[V4_SUBNET, V6_SUBNET]);
@@ -153,7 +153,7 @@ fn the_longest_valid_names_and_ids_fit_everywhere() {
 fn gc_of_one_network_never_touches_a_similarly_named_one() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let mut made = Vec::new();
     for (net, subnet) in [
         ("blue", "10.244.1.0/24"),
@@ -207,7 +207,7 @@ fn portmap_check_compares_every_mapping() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     let args = Args::new("c1", &pod.path());
     let res = call(Some(&node), "ptp", "ADD", &args, &conf).ok();
@@ -256,7 +256,7 @@ fn host_ip_keeps_to_its_family() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     let args = Args::new("c1", &pod.path());
     let res = call(Some(&node), "ptp", "ADD", &args, &conf).ok();
@@ -299,7 +299,7 @@ fn host_ip_keeps_to_its_family() {
 fn cni_netns_must_be_a_pods_network_namespace() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET]);
     // a valid pod first, whose state must survive every bad call below
     let pod = Ns::new("pod");
@@ -341,7 +341,7 @@ fn cni_netns_must_be_a_pods_network_namespace() {
 fn kill_9_at_any_point_of_add_then_gc_leaks_nothing() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = masq_conf(&data, "kindnet-test", &[V4_SUBNET, V6_SUBNET]);
     let pods: Vec<Ns> = (0..4).map(|_| Ns::new("pod")).collect();
     for round in 0..40u64 {
@@ -386,7 +386,7 @@ fn kill_9_at_any_point_of_add_then_gc_leaks_nothing() {
 fn a_retried_del_of_an_old_pod_never_removes_the_new_holder_of_its_address() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     // /30: exactly one usable address, so the new pod gets the old one's
     let conf = masq_conf(&data, "kindnet-test", &["10.250.0.0/30"]);
     for round in 0..10 {

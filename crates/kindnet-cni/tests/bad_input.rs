@@ -26,7 +26,7 @@ fn malformed_stdin_and_config() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let good = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     let args = Args::new("c1", &pod.path());
     let text = good.to_string();
@@ -151,7 +151,7 @@ fn bad_environment() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     let ok = Args::new("c1", &pod.path());
     let cases: Vec<(&str, Args, &str, u64)> = vec![
@@ -235,7 +235,7 @@ fn bad_environment() {
 fn exhausted_range_is_code_11_and_leaves_nothing() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     // /30: one usable address in the IPv4 set; the IPv6 set has plenty
     let conf = net_conf("1.0.0", "ptp", &data.str(), &["10.250.0.0/30", V6_SUBNET]);
     let p1 = Ns::new("pod");
@@ -270,7 +270,7 @@ fn exhausted_range_is_code_11_and_leaves_nothing() {
 fn logs_never_go_to_stdout() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     let log = data.path().join("cni.log");
     // An error is logged: to CNI_LOG_FILE when set.

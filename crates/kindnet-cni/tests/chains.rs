@@ -92,7 +92,7 @@ fn a_pod_made_by_one_chain_is_checked_and_deleted_by_the_other() {
     require_root!();
     for v in VERSIONS {
         let node = Ns::new("node");
-        let data = TempDir::new("ipam");
+        let data = temp_dir("ipam");
         // single → classic
         let pod = Ns::new("pod");
         let args = Args::new("one", &pod.path());
@@ -155,7 +155,7 @@ fn a_pod_made_by_one_chain_is_checked_and_deleted_by_the_other() {
 fn gc_by_either_chain_reclaims_pods_of_both() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let (p1, p2, p3) = (Ns::new("pod"), Ns::new("pod"), Ns::new("pod"));
     let keep = Args::new("keep", &p3.path());
     let mut s1 = single("1.1.0", &data);
@@ -212,7 +212,7 @@ fn gc_by_either_chain_reclaims_pods_of_both() {
 fn a_failed_port_mapping_undoes_the_whole_pod() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let pod = Ns::new("pod");
     let mut c = net_conf("1.1.0", "kindnet", &data.str(), &[V4_SUBNET]);
     c["capabilities"] = json!({"portMappings": true});
@@ -246,7 +246,7 @@ fn a_failed_port_mapping_undoes_the_whole_pod() {
 fn the_single_plugin_lays_out_a_bridge_when_configured() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let pod = Ns::new("pod");
     let mut c = net_conf("1.1.0", "bridge", &data.str(), &[V4_SUBNET]);
     c["type"] = json!("kindnet");

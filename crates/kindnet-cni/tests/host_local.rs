@@ -28,7 +28,7 @@ fn ips_of(v: &Value) -> Vec<String> {
 
 #[test]
 fn parallel_adds_never_duplicate() {
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let c = conf(&data.str());
     let results: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..16)
@@ -89,7 +89,7 @@ fn lcg(seed: &mut u64) -> u64 {
 
 #[test]
 fn killed_adds_leave_no_duplicates_and_gc_reclaims_them() {
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let c = conf(&data.str());
     let mut seed = u64::from(std::process::id());
     // 40 ADDs, each killed after a random 0-4 ms
@@ -165,7 +165,7 @@ fn killed_adds_leave_no_duplicates_and_gc_reclaims_them() {
 
 #[test]
 fn same_attachment_twice_gets_the_same_addresses() {
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let c = conf(&data.str());
     let a = ips_of(&call(None, "host-local", "ADD", &Args::new("x", "/dev/null"), &c).ok());
     let b = ips_of(&call(None, "host-local", "ADD", &Args::new("x", "/dev/null"), &c).ok());
@@ -182,7 +182,7 @@ fn reference_binary_reads_our_store_and_we_read_its() {
         "/usr/lib/cni/host-local",
         "the reference plugin: apt-get install containernetworking-plugins"
     );
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let mut c = conf(&data.str());
     c["cniVersion"] = json!("1.0.0");
     let ours = ips_of(

@@ -117,7 +117,7 @@ fn libcni_accepts_every_version_and_command() {
     for (version, chain) in versions.flat_map(|v| [(v, "single"), (v, "classic")]) {
         let node = Ns::new("node");
         let pod = Ns::new("pod");
-        let dir = TempDir::new("libcni");
+        let dir = temp_dir("libcni");
         let list = write_list(
             &dir,
             "10-kindnet.conflist",
@@ -161,7 +161,7 @@ fn libcni_status_and_gc_release_what_is_not_valid() {
     require_root!();
     let driver = require_driver!();
     let node = Ns::new("node");
-    let dir = TempDir::new("libcni");
+    let dir = temp_dir("libcni");
     let ipam = dir.path().join("ipam").display().to_string();
     let list = write_list(&dir, "10.conflist", &kind_conflist("1.0.0", &ipam));
     let list11 = write_list(&dir, "11.conflist", &kind_conflist("1.1.0", &ipam));
@@ -235,7 +235,7 @@ fn libcni_status_and_gc_release_what_is_not_valid() {
 #[test]
 fn libcni_driver_sends_what_a_runtime_sends() {
     let driver = require_driver!();
-    let dir = TempDir::new("spy");
+    let dir = temp_dir("spy");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let spy = bin.join("spy");
@@ -364,7 +364,7 @@ fn libcni_driver_sends_what_a_runtime_sends() {
 #[test]
 fn libcni_driver_reports_the_picked_cni_version() {
     let driver = require_driver!();
-    let dir = TempDir::new("libcni");
+    let dir = temp_dir("libcni");
     let list = write_list(
         &dir,
         "10.conflist",
@@ -392,7 +392,7 @@ fn libcni_bench_smoke_has_no_errors_or_duplicates() {
     require_root!();
     let driver = require_driver!();
     let node = Ns::new("node");
-    let dir = TempDir::new("libcni");
+    let dir = temp_dir("libcni");
     let list = write_list(
         &dir,
         "10-kindnet.conflist",

@@ -23,7 +23,7 @@
 
 use kindnet_cni::{PLUGIN_NAMES, plugin_for};
 use kindnet_cni_spec::skeleton::dispatch;
-use kindnet_testbed::TempDir;
+use kindnet_testbed::temp_dir;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -507,22 +507,22 @@ fn run_case(
 #[test]
 fn mutated_configs_never_panic() {
     guard_refuses_what_would_touch_the_host();
-    let tmp = TempDir::new("no-panic");
-    let resolv: &Path = &tmp.0.join("resolv.conf");
+    let tmp = temp_dir("no-panic");
+    let resolv: &Path = &tmp.path().join("resolv.conf");
     std::fs::write(
         resolv,
         "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n",
     )
     .unwrap();
     let sb = Sandbox {
-        data_dir: tmp.0.join("ipam").display().to_string(),
+        data_dir: tmp.path().join("ipam").display().to_string(),
         resolv_conf: resolv.display().to_string(),
     };
     if std::env::var_os("CNI_LOG_FILE").is_none() {
         // SAFETY: the only test of this binary, and it has started no thread:
         // nothing else reads or writes the environment. (The skeleton logs
         // every failed case to stderr otherwise, which is noise here.)
-        unsafe { std::env::set_var("CNI_LOG_FILE", tmp.0.join("cni.log")) };
+        unsafe { std::env::set_var("CNI_LOG_FILE", tmp.path().join("cni.log")) };
     }
     let bases = bases(&sb);
     // The unmutated bases are safe as they are (they would make real

@@ -90,7 +90,7 @@ fn host_port_reaches_the_pod_and_is_removed() {
     require_root!();
     let b = bed();
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     let args = Args::new("web", &pod.path());
     let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
@@ -150,7 +150,7 @@ fn no_mappings_cost_nothing_and_gc_removes_stale_ones() {
     require_root!();
     let b = bed();
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let ptp = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET]);
     let args = Args::new("web", &pod.path());
     let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
@@ -194,7 +194,7 @@ fn ptp_ip_masq_rewrites_the_source_and_del_removes_it() {
     let b = bed();
     serve(&b.client);
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let mut ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     ptp["ipMasq"] = json!(true);
     let args = Args::new("masq", &pod.path());
@@ -228,7 +228,7 @@ fn udp_mapping_flushes_stale_conntrack_entries() {
     require_root!();
     require_tool!("conntrack", "apt-get install conntrack");
     let b = bed();
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     // a first mapping makes the node track connections (the nat table exists)
     let pod1 = Ns::new("pod");

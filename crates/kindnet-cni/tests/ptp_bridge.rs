@@ -33,7 +33,7 @@ fn ptp_dual_stack_every_version_add_check_del() {
     for version in VERSIONS {
         let node = Ns::new("node");
         let pod = Ns::new("pod");
-        let data = TempDir::new("ipam");
+        let data = temp_dir("ipam");
         let conf = net_conf(version, "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
         let args = Args::new("ctr1", &pod.path());
         let res = call(Some(&node), "ptp", "ADD", &args, &conf).ok();
@@ -154,7 +154,7 @@ fn ptp_pods_reach_each_other_and_check_detects_drift() {
     require_root!();
     let node = Ns::new("node");
     let (a, b) = (Ns::new("pod"), Ns::new("pod"));
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     let ra = call(Some(&node), "ptp", "ADD", &Args::new("a", &a.path()), &conf).ok();
     let rb = call(Some(&node), "ptp", "ADD", &Args::new("b", &b.path()), &conf).ok();
@@ -200,7 +200,7 @@ fn ptp_pods_reach_each_other_and_check_detects_drift() {
 fn del_releases_when_netns_is_gone() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     let pod = Ns::new("pod");
     let path = pod.path();
@@ -226,7 +226,7 @@ fn bridge_dual_stack_pods_reach_gateway_and_each_other() {
     for version in VERSIONS {
         let node = Ns::new("node");
         let (a, b) = (Ns::new("pod"), Ns::new("pod"));
-        let data = TempDir::new("ipam");
+        let data = temp_dir("ipam");
         let conf = net_conf(version, "bridge", &data.str(), &[V4_SUBNET, V6_SUBNET]);
         let ra = call(
             Some(&node),
@@ -306,7 +306,7 @@ fn bridge_refuses_a_foreign_gateway_address_unless_forced() {
     require_root!();
     let node = Ns::new("node");
     let pod = Ns::new("pod");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     node.run_ok(&["ip", "link", "add", "kncni0", "type", "bridge"]);
     node.run_ok(&["ip", "addr", "add", "10.9.9.9/24", "dev", "kncni0"]);
     let mut conf = net_conf("1.0.0", "bridge", &data.str(), &[V4_SUBNET]);
@@ -372,7 +372,7 @@ fn gc_reclaims_everything_not_valid() {
     require_root!();
     let node = Ns::new("node");
     let pods: Vec<Ns> = (0..3).map(|_| Ns::new("pod")).collect();
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.1.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
     let mut hosts = Vec::new();
     for (i, p) in pods.iter().enumerate() {
@@ -421,7 +421,7 @@ fn gc_reclaims_everything_not_valid() {
 fn status_reports_ready_and_exhaustion() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.1.0", "ptp", &data.str(), &["10.250.0.0/30"]);
     call(Some(&node), "ptp", "STATUS", &Args::new("", ""), &conf).ok();
     let pod = Ns::new("pod");
@@ -441,7 +441,7 @@ fn status_reports_ready_and_exhaustion() {
 fn add_replaces_the_leftover_of_a_killed_add_but_never_a_foreign_link() {
     require_root!();
     let node = Ns::new("node");
-    let data = TempDir::new("ipam");
+    let data = temp_dir("ipam");
     let conf = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET]);
     // an ADD killed after creating its veth, before tagging it
     let name = kindnet_cni::hostlink::host_veth_name(
@@ -498,7 +498,7 @@ fn status_is_50_when_a_range_is_exhausted_or_the_ipam_dir_is_unusable() {
         for subnets in [&["10.250.0.0/30"][..], &["10.250.0.0/30", "fd00:250::/64"]] {
             let what = format!("{plugin} {subnets:?}");
             let node = Ns::new("node");
-            let data = TempDir::new("ipam");
+            let data = temp_dir("ipam");
             let conf = net_conf("1.1.0", plugin, &data.str(), subnets);
             let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);
             assert_eq!(
@@ -540,7 +540,7 @@ fn status_is_50_when_a_range_is_exhausted_or_the_ipam_dir_is_unusable() {
         }
         // The data directory is not a directory (a file sits at its path).
         let node = Ns::new("node");
-        let data = TempDir::new("ipam");
+        let data = temp_dir("ipam");
         let file = data.path().join("not-a-dir");
         std::fs::write(&file, "x").unwrap();
         let conf = net_conf("1.1.0", plugin, &file.display().to_string(), &[V4_SUBNET]);
@@ -560,7 +560,7 @@ fn status_is_50_when_a_range_is_exhausted_or_the_ipam_dir_is_unusable() {
             c.stdout
         );
         // The network's directory is a file.
-        let data = TempDir::new("ipam");
+        let data = temp_dir("ipam");
         std::fs::write(data.path().join("kindnet-test"), "x").unwrap();
         let conf = net_conf("1.1.0", plugin, &data.str(), &[V4_SUBNET]);
         let c = call(Some(&node), plugin, "STATUS", &Args::new("", ""), &conf);

@@ -97,8 +97,8 @@ mod tests {
 
     #[test]
     fn atomic_write_only_on_change() {
-        let dir = std::env::temp_dir().join(format!("kindnetd-cniconf-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("net.d");
         assert!(write_if_changed(&dir, CONFLIST_NAME, "a\n").unwrap());
         let ino = |p: &Path| {
             use std::os::unix::fs::MetadataExt;
@@ -122,6 +122,5 @@ mod tests {
             0,
             "nothing left in the staging directory"
         );
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

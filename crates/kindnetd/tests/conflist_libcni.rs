@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use kindnet_testbed::require_tool;
 use kindnetd::cniconf::{self, CniChain, CniInputs};
 use serde_json::Value;
 
@@ -46,13 +45,13 @@ fn the_written_conflist_loads_in_old_libcni_at_1_0_0_and_offers_1_1_0() {
             .to_string(),
         "cargo build -p kindnet-cni"
     );
-    let dir = TempDir::new("libcni-conf");
+    let dir = temp_dir("libcni-conf");
     let bin = dir.path().join("bin");
     let (code, _, err) = run(Command::new(&cni).arg("install").arg(&bin));
     assert_eq!(code, 0, "{err}");
     for chain in [CniChain::Single, CniChain::Classic] {
-        let node = NetnsGuard::new("kd-libcni").unwrap();
-        let pod = NetnsGuard::new("kd-libcni-pod").unwrap();
+        let node = Ns::new("kd-libcni");
+        let pod = Ns::new("kd-libcni-pod");
         let conf_dir = dir.path().join(format!("net.d-{chain:?}"));
         let text = cniconf::render(&CniInputs {
             chain,

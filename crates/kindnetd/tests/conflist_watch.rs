@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use inotify::{EventMask, Inotify, WatchMask};
-use kindnet_testbed::TempDir;
+use kindnet_testbed::temp_dir;
 use kindnetd::cniconf::{self, CniChain, CniInputs};
 
 /// What one load of the directory found.
@@ -170,7 +170,7 @@ fn content(i: usize) -> String {
 
 #[test]
 fn a_runtime_watching_the_directory_never_sees_a_partial_config() {
-    let tmp = TempDir::new("conflist-watch");
+    let tmp = temp_dir("conflist-watch");
     let dir = tmp.path().join("net.d");
     // The directory exists, empty, before kindnetd writes: a runtime
     // started first watches it (containerd creates it).

@@ -9,37 +9,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use kindnet_fakeapi::{FakeApi, GoneMode, Served, kubeconfig};
 use kindnet_netlink::{Netns, RouteEvent, RouteEvents};
 use serde_json::Value;
 
-/// A "node" namespace on an L2 segment: eth0 (one end of a veth pair whose
-/// other end stays in the same namespace, up) with 10.0.0.1/16 and fd00::1/64.
-fn node_ns() -> NetnsGuard {
-    let ns = NetnsGuard::new("kd-test").unwrap();
-    sysctl_set(&ns, "net.ipv6.conf.default.accept_dad", "0");
-    sysctl_set(&ns, "net.ipv6.conf.all.accept_dad", "0");
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-    ])
-    .unwrap();
-    ns.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/16", "dev", "eth0"])
-        .unwrap();
-    ns.ip(&["addr", "add", "fd00::1/64", "dev", "eth0", "nodad"])
-        .unwrap();
-    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.0.0.254",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    ns
+fn node_ns() -> Ns {
+    common::node_ns("kd-test")
 }
 
 fn me() -> Value {
@@ -71,7 +46,7 @@ fn daemon_args<'a>(nodes: &'a str, cni: &'a str, extra: &[&'a str]) -> Vec<&'a s
 fn routes_follow_the_nodes_file_and_survive_restart() {
     require_root!();
     let ns = node_ns();
-    let dir = TempDir::new("daemon");
+    let dir = temp_dir("daemon");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     let (np, cp) = (nodes_path.to_str().unwrap(), cni.to_str().unwrap());
@@ -330,7 +305,7 @@ fn routes_follow_the_nodes_file_and_survive_restart() {
 fn bridge_mode_conflist_and_masquerade_off() {
     require_root!();
     let ns = node_ns();
-    let dir = TempDir::new("bridge");
+    let dir = temp_dir("bridge");
     let nodes_path = dir.path().join("nodes.yaml");
     let cni = dir.path().join("net.d");
     // YAML this time, and a node without pod CIDRs: --static-pod-cidrs is
@@ -413,7 +388,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
 fn conflist_rewritten_atomically_only_on_change() {
     require_root!();
     let ns = node_ns();
-    let dir = TempDir::new("conflist");
+    let dir = temp_dir("conflist");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     write_atomic(
@@ -493,52 +468,14 @@ fn sysctls_only_sets_forwarding_and_keeps_router_advertisements() {
 
 #[test]
 fn kubernetes_source_end_to_end() {
-    use kindnetd::fakeapi::FakeApi;
     require_root!();
     let ns = node_ns();
-    let dir = TempDir::new("kube-e2e");
-    let netns = Netns::open(ns.path()).unwrap();
-    // The fake API server listens on the namespace's loopback.
-    let listener = netns
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap()
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let api = FakeApi::new();
-    api.preload([me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let served = api.clone();
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _ = served.serve(l).await;
-    });
-    let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user:\n    token: t\n"
-        ),
-    )
-    .unwrap();
-    let cni = dir.path().join("net.d");
-    let d = Daemon::start(
+    let k = kube_daemon(
         &ns,
-        &[
-            "--node-name=me",
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "--cni-conf-dir",
-            cni.to_str().unwrap(),
-            "--metrics-bind-address=127.0.0.1:19080",
-        ],
-        dir.path().join("log"),
+        "kube-e2e",
+        vec![me(), node("b", &["10.244.1.0/24"], &["10.0.0.2"])],
     );
+    let (api, d) = (&k.api, &k.d);
     let fail = |e: String| -> ! { panic!("{e}\n--- kindnetd log ---\n{}", d.log()) };
     wait_routes(
         &ns,
@@ -582,11 +519,30 @@ fn kubernetes_source_end_to_end() {
     .unwrap_or_else(|e| fail(e));
 }
 
+/// The nodes file of a kindnetd that knows `me` and peer b gains peer c:
+/// both peers must be routed within `timeout` (the daemon still works).
+fn route_new_peer(ns: &Ns, nodes_path: &std::path::Path, d: &Daemon, timeout: Duration) {
+    write_atomic(
+        nodes_path,
+        &node_list(&[
+            me(),
+            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
+            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
+        ]),
+    );
+    wait_routes(
+        ns,
+        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+}
+
 #[test]
 fn stray_signals_are_logged_and_ignored() {
     require_root!();
     let ns = node_ns();
-    let dir = TempDir::new("signals");
+    let dir = temp_dir("signals");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     write_atomic(
@@ -621,20 +577,7 @@ fn stray_signals_are_logged_and_ignored() {
         assert_eq!(health.map(|h| h.0), Some(200), "{name}");
     }
     // The daemon still works: a new peer is routed.
-    write_atomic(
-        &nodes_path,
-        &node_list(&[
-            me(),
-            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
-            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
-        ]),
-    );
-    wait_routes(
-        &ns,
-        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
-        Duration::from_secs(3),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    route_new_peer(&ns, &nodes_path, &d, Duration::from_secs(3));
     d.child.signal(libc::SIGTERM).unwrap();
     let st = d.child.wait_timeout(Duration::from_secs(5)).unwrap();
     assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", d.log());
@@ -659,7 +602,7 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
         }
     }
     let ns = node_ns();
-    let dir = TempDir::new("flood");
+    let dir = temp_dir("flood");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     write_atomic(
@@ -734,20 +677,7 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
         assert!(healthy(), "/healthz failed on check {i}\n{}", d.log());
     }
     // Reconcile still works: a new peer is routed, the file re-read.
-    write_atomic(
-        &nodes_path,
-        &node_list(&[
-            me(),
-            node("b", &["10.244.1.0/24"], &["10.0.0.2"]),
-            node("c", &["10.244.2.0/24"], &["10.0.0.3"]),
-        ]),
-    );
-    wait_routes(
-        &ns,
-        &[("10.244.1.0/24", "10.0.0.2"), ("10.244.2.0/24", "10.0.0.3")],
-        Duration::from_secs(5),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    route_new_peer(&ns, &nodes_path, &d, Duration::from_secs(5));
     let (_, metrics) = http_get(&ns, EP, "/metrics").unwrap();
     let refused: f64 = metrics
         .lines()
@@ -758,45 +688,27 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
     drop(flood);
 }
 
-/// A fake API server on the namespace's loopback and a kindnetd watching it.
+/// A fake API server on the namespace's loopback and a kindnetd watching it
+/// (NetworkPolicy off: the fake serves Nodes only).
 struct KubeDaemon {
-    api: kindnetd::fakeapi::FakeApi,
+    api: FakeApi,
     d: Daemon,
-    _rt: tokio::runtime::Runtime,
+    _served: Served,
     _dir: TempDir,
 }
 
-fn kube_daemon(ns: &NetnsGuard, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
-    use kindnetd::fakeapi::FakeApi;
-    let dir = TempDir::new(tag);
+fn kube_daemon(ns: &Ns, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
+    let dir = temp_dir(tag);
     let netns = Netns::open(ns.path()).unwrap();
     let listener = netns
         .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap()
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
     let api = FakeApi::new();
     api.preload(nodes);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let served = api.clone();
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _ = served.serve(l).await;
-    });
+    let served = api.spawn(listener).unwrap();
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: t\n  context:\n    cluster: t\n    user: t\ncurrent-context: t\nusers:\n- name: t\n  user:\n    token: t\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kc, kubeconfig(&served.url())).unwrap();
     let cni = dir.path().join("net.d");
     let d = Daemon::start(
         ns,
@@ -815,7 +727,7 @@ fn kube_daemon(ns: &NetnsGuard, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
     KubeDaemon {
         api,
         d,
-        _rt: rt,
+        _served: served,
         _dir: dir,
     }
 }
@@ -826,7 +738,6 @@ fn kube_daemon(ns: &NetnsGuard, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
 /// 3 s, and no route may go while the server is away.
 #[test]
 fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
-    use kindnetd::fakeapi::GoneMode;
     require_root!();
     let ns = node_ns();
     let k = kube_daemon(
@@ -894,13 +805,9 @@ fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
 /// Two node namespaces joined by a veth pair (`eth0` in each), with the
 /// given addresses on eth0; IPv6 DAD off so link-local addresses are usable
 /// at once.
-fn two_nodes(a_addrs: &[&str], b_addrs: &[&str]) -> (NetnsGuard, NetnsGuard) {
-    let a = NetnsGuard::new("kd-test").unwrap();
-    let b = NetnsGuard::new("kd-test").unwrap();
-    for ns in [&a, &b] {
-        sysctl_set(ns, "net.ipv6.conf.default.accept_dad", "0");
-        sysctl_set(ns, "net.ipv6.conf.all.accept_dad", "0");
-    }
+fn two_nodes(a_addrs: &[&str], b_addrs: &[&str]) -> (Ns, Ns) {
+    let a = nodad_ns("kd-test");
+    let b = nodad_ns("kd-test");
     a.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "tmp0",
     ])
@@ -917,7 +824,7 @@ fn two_nodes(a_addrs: &[&str], b_addrs: &[&str]) -> (NetnsGuard, NetnsGuard) {
     (a, b)
 }
 
-fn link_local(ns: &NetnsGuard) -> String {
+fn link_local(ns: &Ns) -> String {
     let v: Value = serde_json::from_str(
         &ns.ip(&["-j", "-6", "addr", "show", "dev", "eth0", "scope", "link"])
             .unwrap(),
@@ -941,7 +848,7 @@ fn ipv6_pod_cidr_of_an_ipv4_only_peer_goes_via_its_link_local_address() {
         (!l.is_empty()).then_some(l)
     })
     .expect("b has a link-local address");
-    let dir = TempDir::new("linklocal");
+    let dir = temp_dir("linklocal");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     write_atomic(
@@ -995,7 +902,7 @@ fn ipv6_pod_cidr_of_an_ipv4_only_peer_goes_via_its_link_local_address() {
 fn ipv4_pod_cidr_of_an_ipv6_only_peer_goes_via_its_ipv6_address() {
     require_root!();
     let (a, _b) = two_nodes(&["fd00::1/64"], &["fd00::2/64"]);
-    let dir = TempDir::new("via-inet6");
+    let dir = temp_dir("via-inet6");
     let nodes_path = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     write_atomic(
@@ -1083,9 +990,9 @@ fn ipam_owners(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn addresses_of_a_pod_whose_del_was_lost_are_reclaimed_a_live_pod_never() {
     require_root!();
-    let cni = kindnet_testbed::require_tool!(kindnet_cni_path(), "cargo build -p kindnet-cni");
+    let cni = require_tool!(kindnet_cni_path(), "cargo build -p kindnet-cni");
     let ns = node_ns();
-    let dir = TempDir::new("reclaim");
+    let dir = temp_dir("reclaim");
     let bin = dir.path().join("bin");
     let (code, _, err) = run(std::process::Command::new(&cni).arg("install").arg(&bin));
     assert_eq!(code, 0, "{err}");
@@ -1116,7 +1023,7 @@ fn addresses_of_a_pod_whose_del_was_lost_are_reclaimed_a_live_pod_never() {
     let mut conf = list["plugins"][0].clone();
     conf["name"] = list["name"].clone();
     conf["cniVersion"] = list["cniVersion"].clone();
-    let add = |id: &str, pod: &NetnsGuard| {
+    let add = |id: &str, pod: &Ns| {
         use std::io::Write;
         let mut c = ns.command(bin.join("kindnet").to_str().unwrap());
         c.env("CNI_COMMAND", "ADD")
@@ -1142,8 +1049,8 @@ fn addresses_of_a_pod_whose_del_was_lost_are_reclaimed_a_live_pod_never() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    let live = NetnsGuard::new("kd-pod").unwrap();
-    let leaky = NetnsGuard::new("kd-pod").unwrap();
+    let live = Ns::new("kd-pod");
+    let leaky = Ns::new("kd-pod");
     add("live", &live);
     add("leaky", &leaky);
     assert_eq!(

@@ -7,8 +7,8 @@ mod common;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-use common::TempDir;
-use kindnetd::fakeapi::{FakeApi, GoneMode, node_json};
+use common::{TempDir, temp_dir};
+use kindnet_fakeapi::{FakeApi, GoneMode, kubeconfig, node_json};
 use kindnetd::source::{self, Sink};
 use kindnetd::status::Status;
 use kindnetd::store::NodeStore;
@@ -38,17 +38,9 @@ async fn start_with(api: FakeApi, via_endpoint: bool) -> Harness {
         .port();
     let port = if via_endpoint { dead_port } else { real_port };
     tokio::spawn(api.clone().serve(listener));
-    let dir = TempDir::new("kube");
+    let dir = temp_dir("kube");
     let kc = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kc,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n\
-             users:\n- name: fake\n  user:\n    token: fake-token\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kc, kubeconfig(&format!("http://127.0.0.1:{port}"))).unwrap();
     let endpoint = format!("http://127.0.0.1:{real_port}");
     let client = source::kube::client(Some(&kc), via_endpoint.then_some(endpoint.as_str()))
         .await

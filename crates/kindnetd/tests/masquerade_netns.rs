@@ -12,16 +12,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use kindnet_netlink::Netns;
 
-fn ns_with_nodad() -> NetnsGuard {
-    let ns = NetnsGuard::new("kd-test").unwrap();
-    for k in ["all", "default"] {
-        sysctl_set(&ns, &format!("net.ipv6.conf.{k}.accept_dad"), "0");
-    }
-    ns
-}
-
 /// Links `a`:`a_if` to `b`:`b_if` with a veth pair.
-fn veth(a: &NetnsGuard, a_if: &str, b: &NetnsGuard, b_if: &str) {
+fn veth(a: &Ns, a_if: &str, b: &Ns, b_if: &str) {
     a.ip(&[
         "link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", &b.name,
     ])
@@ -30,14 +22,14 @@ fn veth(a: &NetnsGuard, a_if: &str, b: &NetnsGuard, b_if: &str) {
     b.ip(&["link", "set", b_if, "up"]).unwrap();
 }
 
-fn addr(ns: &NetnsGuard, dev: &str, a: &str) {
+fn addr(ns: &Ns, dev: &str, a: &str) {
     ns.ip(&["addr", "add", a, "dev", dev, "nodad"]).unwrap();
 }
 
 /// A ptp-style pod on `node`: host side `veth` with gateway addresses,
 /// /32 and /128 routes to the pod.
-fn pod(node: &NetnsGuard, veth_name: &str, v4: &str, v6: &str) -> NetnsGuard {
-    let p = ns_with_nodad();
+fn pod(node: &Ns, veth_name: &str, v4: &str, v6: &str) -> Ns {
+    let p = nodad_ns("kd-test");
     veth(node, veth_name, &p, "eth0");
     let (gw4, gw6) = ("169.254.1.1", "fe80::1");
     // Gateways as in the ptp plugin: one address on the host side.
@@ -71,11 +63,7 @@ fn pod(node: &NetnsGuard, veth_name: &str, v4: &str, v6: &str) -> NetnsGuard {
 
 /// Accepts one connection on a listener made in `server` and reports the
 /// peer address it saw, while a client in `client` connects to `to`.
-fn seen_source(
-    server: &NetnsGuard,
-    client: &NetnsGuard,
-    to: SocketAddr,
-) -> Result<SocketAddr, String> {
+fn seen_source(server: &Ns, client: &Ns, to: SocketAddr) -> Result<SocketAddr, String> {
     let sns = Netns::open(server.path()).map_err(|e| e.to_string())?;
     let cns = Netns::open(client.path()).map_err(|e| e.to_string())?;
     let listener = sns
@@ -119,9 +107,9 @@ fn seen_source(
 #[test]
 fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
     require_root!();
-    let n1 = ns_with_nodad();
-    let n2 = ns_with_nodad();
-    let ext = ns_with_nodad();
+    let n1 = nodad_ns("kd-test");
+    let n2 = nodad_ns("kd-test");
+    let ext = nodad_ns("kd-test");
     // Node segment.
     veth(&n1, "eth0", &n2, "eth0");
     addr(&n1, "eth0", "10.0.0.1/24");
@@ -142,7 +130,7 @@ fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
     let p1 = pod(&n1, "vethp1", "10.244.1.2", "fd00:10:244:1::2");
     let p2 = pod(&n2, "vethp2", "10.244.2.2", "fd00:10:244:2::2");
 
-    let dir = TempDir::new("masq");
+    let dir = temp_dir("masq");
     let nodes = dir.path().join("nodes.json");
     write_atomic(
         &nodes,
@@ -159,7 +147,7 @@ fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
             ),
         ]),
     );
-    let start = |ns: &NetnsGuard, name: &str| {
+    let start = |ns: &Ns, name: &str| {
         let cni = dir.path().join(format!("cni-{name}"));
         Daemon::start(
             ns,
@@ -234,8 +222,8 @@ fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
 #[test]
 fn no_masquerade_cidr_is_respected() {
     require_root!();
-    let n1 = ns_with_nodad();
-    let ext = ns_with_nodad();
+    let n1 = nodad_ns("kd-test");
+    let ext = nodad_ns("kd-test");
     veth(&n1, "up0", &ext, "eth0");
     addr(&n1, "up0", "192.168.100.1/24");
     addr(&ext, "eth0", "192.168.100.2/24");
@@ -244,7 +232,7 @@ fn no_masquerade_cidr_is_respected() {
     n1.ip(&["route", "add", "default", "via", "192.168.100.2"])
         .unwrap();
     let p1 = pod(&n1, "vethp1", "10.244.1.2", "fd00:10:244:1::2");
-    let dir = TempDir::new("nomasq");
+    let dir = temp_dir("nomasq");
     let nodes = dir.path().join("nodes.json");
     write_atomic(
         &nodes,

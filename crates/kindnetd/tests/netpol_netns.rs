@@ -14,32 +14,6 @@ use kindnet_netpol::{Direction, dispatch_map, pod_chain, pod_dispatch_elements};
 use kindnet_nft::{Listing, Value as NftValue};
 use serde_json::{Value, json};
 
-fn node_ns() -> NetnsGuard {
-    let ns = NetnsGuard::new("kd-np").unwrap();
-    sysctl_set(&ns, "net.ipv6.conf.all.accept_dad", "0");
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-    ])
-    .unwrap();
-    ns.ip(&["addr", "add", "10.0.0.1/16", "dev", "eth0"])
-        .unwrap();
-    ns.ip(&["addr", "add", "fd00::1/64", "dev", "eth0", "nodad"])
-        .unwrap();
-    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
-    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
-    ns.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.0.0.254",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
-    ns
-}
-
 fn pod(name: &str, ips: &[&str]) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": "x", "name": name, "labels": {"pod": name}},
@@ -65,7 +39,7 @@ fn list(version: u64, items: Vec<Value>) -> String {
     .unwrap()
 }
 
-fn table(ns: &NetnsGuard) -> Option<(Value, Listing)> {
+fn table(ns: &Ns) -> Option<(Value, Listing)> {
     let (code, out, _) =
         run(ns
             .command("nft")
@@ -86,7 +60,7 @@ fn has_chain(doc: &Value, name: &str) -> bool {
         .any(|i| i["chain"]["name"] == name)
 }
 
-fn wait_version(ns: &NetnsGuard, d: &Daemon, v: u64) {
+fn wait_version(ns: &Ns, d: &Daemon, v: u64) {
     wait_for(Duration::from_secs(10), || {
         (metric(ns, "kindnet_netpol_programmed_version") == Some(v as f64)).then_some(())
     })
@@ -96,8 +70,8 @@ fn wait_version(ns: &NetnsGuard, d: &Daemon, v: u64) {
 #[test]
 fn chains_before_addresses_cni_elements_carried_and_table_kept() {
     require_root!();
-    let ns = node_ns();
-    let dir = TempDir::new("netpol");
+    let ns = node_ns("kd-np");
+    let dir = temp_dir("netpol");
     let nodes = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     let deny = policy(
@@ -136,7 +110,7 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
         "fd00:10:244::9".parse().unwrap(),
     ];
     nft_apply_batch(&ns, &pod_dispatch_elements("x", "fresh", &ips));
-    let present = |ns: &NetnsGuard| {
+    let present = |ns: &Ns| {
         let (_, l) = table(ns).expect("table");
         [(Direction::Ingress, false), (Direction::Egress, true)]
             .iter()

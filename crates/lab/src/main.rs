@@ -1,12 +1,14 @@
 //! `kindnet-lab`: a whole kindnet cluster inside network namespaces on one
-//! machine — the quick-start demo, the end-to-end test bed and the dataplane
-//! benchmark. The binary only wires the modules of this crate.
+//! machine — the quick-start demo, the end-to-end test bed and the
+//! benchmarks (dataplane, NetworkPolicy, kindnetd at scale). The binary
+//! only wires the modules of this crate.
 
 mod bench;
 mod check;
 mod cluster;
 mod netpol;
 mod netpol_bench;
+mod nodes_bench;
 mod plan;
 mod runtime;
 mod sys;
@@ -23,7 +25,7 @@ use std::process::ExitCode;
 #[command(
     name = "kindnet-lab",
     version,
-    about = "A kindnet cluster in network namespaces: up, check, trace, down, demo, bench"
+    about = "A kindnet cluster in network namespaces: up, check, trace, down, demo, benchmarks"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -161,6 +163,10 @@ enum Cmd {
     /// NetworkPolicy benchmark: 1,000 pods / 200 policies programming,
     /// change → enforced, memory, per-packet cost vs policy off (JSON lines).
     BenchNetpol(netpol_bench::BenchNetpolArgs),
+    /// kindnetd at scale: an N-node cluster (5,000) from a nodes file and
+    /// from a fake API server; start → all routes, node change → route,
+    /// memory (JSON lines).
+    BenchNodes(nodes_bench::BenchNodesArgs),
     /// (internal) a pod's TCP/UDP server on 80 and 81.
     #[command(hide = true)]
     ServePod {
@@ -171,14 +177,20 @@ enum Cmd {
     },
 }
 
+/// The directory of this binary, where the build puts kindnetd and
+/// kindnet-cni too.
+fn exe_dir() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .map_err(|e| e.to_string())?
+        .parent()
+        .map(PathBuf::from)
+        .ok_or_else(|| "cannot find the directory of kindnet-lab".to_string())
+}
+
 fn binaries(args: &UpArgs) -> Result<Binaries, String> {
     let dir = match &args.bin_dir {
         Some(d) => d.clone(),
-        None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .parent()
-            .map(PathBuf::from)
-            .ok_or("cannot find the directory of kindnet-lab")?,
+        None => exe_dir()?,
     };
     let kindnetd = dir.join("kindnetd");
     let cni = dir.join("kindnet-cni");
@@ -497,6 +509,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             preflight()?;
             sys::require_tools(&[("iperf3", "iperf3")])?;
             bench::run(&b)
+        }
+        Cmd::BenchNodes(args) => {
+            preflight()?;
+            let dir = match &args.bin_dir {
+                Some(d) => d.clone(),
+                None => exe_dir()?,
+            };
+            let kindnetd = dir.join("kindnetd");
+            if !kindnetd.is_file() {
+                return Err(format!(
+                    "{} not found: build with `cargo build --release` or pass --bin-dir",
+                    kindnetd.display()
+                ));
+            }
+            nodes_bench::run(&args, &kindnetd)
         }
     }
 }

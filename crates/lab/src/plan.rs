@@ -113,6 +113,9 @@ pub const EXTERNAL_V6: &str = "2001:db8:e::10";
 /// Cluster pod CIDRs; node i gets the i-th /24 and /64.
 pub const CLUSTER_V4: &str = "10.244.0.0/16";
 pub const CLUSTER_V6: &str = "fd00:10:244::/56";
+/// The route protocol of kindnetd's peer routes (kindnetd's
+/// `routes::ROUTE_PROTOCOL`; the lab runs kindnetd, it does not link it).
+pub const KINDNETD_ROUTE_PROTOCOL: u8 = 217;
 /// The port every test server listens on, and the host port mapped to it.
 pub const SERVICE_PORT: u16 = 8080;
 pub const HOST_PORT: u16 = 30080;

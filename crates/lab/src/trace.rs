@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use kindnet_nft::{L4Proto, Listing, Value};
 use serde::Serialize;
 
-use crate::plan::Family;
+use crate::plan::{self, Family};
 
 pub const MASQ_TABLE: &str = "kindnet-masq";
 pub const PORTMAP_TABLE: &str = "kindnet-portmap";
@@ -402,7 +402,7 @@ fn cidr_owner(v: &View, ip: IpAddr) -> Option<(&Host, IpNet)> {
 
 fn matched_text(m: &Answer) -> String {
     let what = match m.protocol {
-        217 => " (kindnetd's peer route)",
+        plan::KINDNETD_ROUTE_PROTOCOL => " (kindnetd's peer route)",
         2 => " (kernel: connected subnet or own address)",
         3 => " (boot: added by hand or by the CNI plugin)",
         9 => " (router advertisement)",

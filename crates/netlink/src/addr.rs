@@ -13,10 +13,15 @@ use crate::error::Result;
 use crate::route::Family;
 use crate::socket::Handle;
 
+/// IFA_F_NODAD: no duplicate address detection (IPv6).
 pub const IFA_F_NODAD: u32 = 0x02;
+/// IFA_F_DADFAILED: duplicate address detection failed (IPv6).
 pub const IFA_F_DADFAILED: u32 = 0x08;
+/// IFA_F_TENTATIVE: duplicate address detection still running (IPv6): not usable yet.
 pub const IFA_F_TENTATIVE: u32 = 0x40;
+/// IFA_F_PERMANENT: configured, not learned (e.g. from router advertisements).
 pub const IFA_F_PERMANENT: u32 = 0x80;
+/// IFA_F_NOPREFIXROUTE: no connected route for the prefix.
 pub const IFA_F_NOPREFIXROUTE: u32 = 0x200;
 
 const RTM_NEWADDR: u16 = 20;
@@ -51,7 +56,9 @@ impl AddrFlags {
 /// An address as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Address {
+    /// The interface index.
     pub index: u32,
+    /// The address with its prefix length.
     pub addr: IpNet,
     /// IFA_F_* bits (from IFA_FLAGS when present), e.g. [`IFA_F_TENTATIVE`].
     pub flags: u32,
@@ -170,6 +177,7 @@ impl Handle {
         )
     }
 
+    /// Removes the address from the link.
     pub fn del_address(&mut self, index: u32, addr: IpNet) -> Result<()> {
         let m = addr_msg(index, addr, 0);
         self.sock.ack(RouteNetlinkMessage::DelAddress(m), 0, || {

@@ -19,8 +19,11 @@ use netlink_packet_netfilter::{
 /// Layer-4 protocols whose entries can be selected by port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtProto {
+    /// TCP.
     Tcp,
+    /// UDP.
     Udp,
+    /// SCTP.
     Sctp,
 }
 
@@ -84,6 +87,7 @@ fn family(v6: bool) -> NetfilterProtoFamily {
 }
 
 impl Conntrack {
+    /// Opens a ctnetlink socket in the calling thread's network namespace.
     pub fn open() -> Result<Conntrack> {
         Ok(Conntrack {
             sock: NfSocket::open("ctnetlink")?,

@@ -3,8 +3,10 @@
 
 use std::io;
 
+/// This crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Every failure of this crate.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A plain system call failure without further context.
@@ -13,14 +15,20 @@ pub enum Error {
     /// A system call failure with what we were doing at the time.
     #[error("{context}: {source}")]
     Os {
+        /// What we were doing.
         context: String,
+        /// The failure.
         #[source]
         source: io::Error,
     },
     /// The kernel answered a netlink request with an error.
-    /// `code` is the positive errno.
     #[error("{context}: {}", io::Error::from_raw_os_error(*code))]
-    Netlink { code: i32, context: String },
+    Netlink {
+        /// The positive errno.
+        code: i32,
+        /// What we asked for.
+        context: String,
+    },
     /// The kernel sent something we could not make sense of.
     #[error("netlink decode: {0}")]
     Decode(String),

@@ -18,9 +18,12 @@ const RTNLGRP_IPV6_ROUTE: u32 = 11;
 /// needs CAP_NET_ADMIN for more than rmem_max, otherwise best effort.
 const EVENT_RCVBUF: libc::c_int = 8 << 20;
 
+/// One route change the kernel announced.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum RouteEvent {
+    /// A route was added or replaced.
     Added(Route),
+    /// A route was deleted.
     Deleted(Route),
 }
 

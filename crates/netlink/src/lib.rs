@@ -7,6 +7,8 @@
 //! asks for an ACK so kernel errors always surface as [`Error::Netlink`]
 //! with the positive errno and what we were doing.
 
+#![warn(missing_docs)]
+
 mod addr;
 pub mod conntrack;
 mod error;

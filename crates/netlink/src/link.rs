@@ -34,14 +34,19 @@ const IFNAMSIZ: usize = 16;
 /// What `ip link` shows about an interface, minus statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Link {
+    /// The interface index.
     pub index: u32,
+    /// The interface name.
     pub name: String,
+    /// The MTU.
     pub mtu: u32,
+    /// The hardware address, for an Ethernet-like device.
     pub mac: Option<[u8; 6]>,
     /// Administratively up (IFF_UP).
     pub up: bool,
     /// IFLA_INFO_KIND, e.g. "veth" or "bridge"; None for physical devices.
     pub kind: Option<String>,
+    /// IFLA_MASTER: the bridge (or other master) it is enslaved to.
     pub master: Option<u32>,
     /// Namespace id (as seen from this namespace) of a veth peer living
     /// elsewhere.
@@ -278,18 +283,22 @@ impl Handle {
         self.set_link(m, || format!("set link #{index} {what} {on}"))
     }
 
+    /// Sets the link administratively up.
     pub fn set_up(&mut self, index: u32) -> Result<()> {
         self.set_flag(index, LinkFlags::Up, true, "up")
     }
 
+    /// Sets the link administratively down.
     pub fn set_down(&mut self, index: u32) -> Result<()> {
         self.set_flag(index, LinkFlags::Up, false, "up")
     }
 
+    /// Turns promiscuous mode on or off.
     pub fn set_promisc(&mut self, index: u32, on: bool) -> Result<()> {
         self.set_flag(index, LinkFlags::Promisc, on, "promisc")
     }
 
+    /// Sets the link's MTU.
     pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
         let mut m = link_msg(index);
         m.attributes.push(LinkAttribute::Mtu(mtu));
@@ -349,6 +358,7 @@ impl Handle {
         })
     }
 
+    /// Deletes the link with index `index` (a veth takes its peer with it).
     pub fn delete_link(&mut self, index: u32) -> Result<()> {
         self.sock
             .ack(RouteNetlinkMessage::DelLink(link_msg(index)), 0, || {

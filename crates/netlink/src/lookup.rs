@@ -38,9 +38,13 @@ const NDA_LLADDR: u16 = 2;
 /// filtering); without, a packet this host sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct RouteQuery {
+    /// The destination to look up (required).
     pub dst: Option<IpAddr>,
+    /// The source address (`from`).
     pub src: Option<IpAddr>,
+    /// The interface the packet arrives on (`iif`).
     pub iif: Option<u32>,
+    /// The interface the packet must leave by (`oif`).
     pub oif: Option<u32>,
     /// Report the FIB entry that matched (its prefix and protocol) instead
     /// of the resolved route.
@@ -48,6 +52,7 @@ pub struct RouteQuery {
 }
 
 impl RouteQuery {
+    /// A lookup of `dst` as this host sends to it.
     pub fn to(dst: IpAddr) -> RouteQuery {
         RouteQuery {
             dst: Some(dst),
@@ -99,13 +104,21 @@ impl RouteQuery {
 /// The kernel's route types, as `ip route` names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RouteKind {
+    /// A normal route: via a gateway or on-link.
     Unicast,
+    /// An address of this host.
     Local,
+    /// A broadcast address.
     Broadcast,
+    /// A multicast route.
     Multicast,
+    /// Dropped silently.
     Blackhole,
+    /// Dropped with "host unreachable".
     Unreachable,
+    /// Dropped with "administratively prohibited".
     Prohibit,
+    /// Any other type (RTN_* number).
     Other(u8),
 }
 
@@ -123,6 +136,7 @@ impl RouteKind {
         }
     }
 
+    /// The type's name in `ip route` output.
     pub fn as_str(self) -> &'static str {
         match self {
             RouteKind::Unicast => "unicast",
@@ -140,17 +154,22 @@ impl RouteKind {
 /// What the kernel answered to a [`RouteQuery`].
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RouteLookup {
+    /// The route's type.
     pub kind: RouteKind,
     /// The looked-up address as a host prefix, or with `fib_match` the
     /// prefix of the route that matched.
     pub dst: IpNet,
     /// The gateway; also an IPv6 next hop of an IPv4 route (RTA_VIA).
     pub gateway: Option<IpAddr>,
+    /// The outgoing interface.
     pub oif: Option<u32>,
+    /// The incoming interface, for a query with `iif`.
     pub iif: Option<u32>,
     /// The source address the kernel would use (RTA_PREFSRC).
     pub src: Option<IpAddr>,
+    /// The routing table of the route used.
     pub table: u32,
+    /// The protocol (RTPROT_*) of the route used.
     pub protocol: u8,
 }
 
@@ -233,21 +252,31 @@ impl fmt::Display for RouteLookup {
 
 /// Neighbour states (NUD_*), as `ip neigh` prints them.
 pub const NUD_INCOMPLETE: u16 = 0x01;
+/// Confirmed reachable.
 pub const NUD_REACHABLE: u16 = 0x02;
+/// Not confirmed recently; used, and re-confirmed when sent to.
 pub const NUD_STALE: u16 = 0x04;
+/// Waiting before re-confirming.
 pub const NUD_DELAY: u16 = 0x08;
+/// Being re-confirmed.
 pub const NUD_PROBE: u16 = 0x10;
+/// Resolution failed.
 pub const NUD_FAILED: u16 = 0x20;
+/// No resolution needed (e.g. point-to-point).
 pub const NUD_NOARP: u16 = 0x40;
+/// Set by hand, never expires.
 pub const NUD_PERMANENT: u16 = 0x80;
 
 /// One entry of the ARP / NDP table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Neighbour {
+    /// The neighbour's address.
     pub addr: IpAddr,
+    /// The interface it is on.
     pub index: u32,
     /// NUD_* bits.
     pub state: u16,
+    /// The link-layer address, once known.
     pub lladdr: Option<Vec<u8>>,
 }
 
@@ -260,6 +289,7 @@ impl Neighbour {
                 != 0
     }
 
+    /// The state's name as `ip neigh` prints it.
     pub fn state_name(&self) -> &'static str {
         match self.state {
             s if s & NUD_PERMANENT != 0 => "PERMANENT",

@@ -91,10 +91,12 @@ impl Netns {
         Netns::open("/proc/thread-self/ns/net")
     }
 
+    /// The namespace's file descriptor (for `setns`).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 
+    /// The path it was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }

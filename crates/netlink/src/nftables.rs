@@ -14,8 +14,11 @@ use crate::nfnl::NfSocket;
 /// Whether `chain` of `inet table` exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainState {
+    /// The table does not exist.
     NoTable,
+    /// The table exists, the chain does not.
     NoChain,
+    /// Both exist.
     Present,
 }
 
@@ -30,6 +33,7 @@ fn inet(m: NfTablesMessage) -> NetfilterMessage {
 }
 
 impl NfTables {
+    /// Opens an nf_tables netlink socket in the calling thread's network namespace.
     pub fn open() -> Result<NfTables> {
         Ok(NfTables {
             sock: NfSocket::open("nf_tables")?,

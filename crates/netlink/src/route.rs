@@ -15,10 +15,15 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use crate::error::{Error, Result};
 use crate::socket::Handle;
 
+/// RTPROT_KERNEL: made by the kernel (connected subnets, own addresses).
 pub const RTPROT_KERNEL: u8 = 2;
+/// RTPROT_BOOT: the default for routes added by hand (`ip route add`).
 pub const RTPROT_BOOT: u8 = 3;
+/// RTPROT_STATIC: added by an administrator as permanent.
 pub const RTPROT_STATIC: u8 = 4;
+/// The main routing table (`ip route`).
 pub const RT_TABLE_MAIN: u32 = 254;
+/// The local table (this host's own and broadcast addresses).
 pub const RT_TABLE_LOCAL: u32 = 255;
 
 pub(crate) const RTM_NEWROUTE: u16 = 24;
@@ -34,13 +39,17 @@ const RTA_TABLE: u16 = 15;
 const RTA_VIA: u16 = 18;
 const RTA_NH_ID: u16 = 30;
 
+/// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// IPv4 (AF_INET).
     V4,
+    /// IPv6 (AF_INET6).
     V6,
 }
 
 impl Family {
+    /// The family of `addr`.
     pub fn of(addr: &IpAddr) -> Family {
         match addr {
             IpAddr::V4(_) => Family::V4,
@@ -68,9 +77,12 @@ impl Family {
 /// the unicast routes this crate manages.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Scope {
+    /// Reaches beyond this link (via a gateway).
     #[default]
     Universe,
+    /// On the attached link.
     Link,
+    /// This host only.
     Host,
 }
 
@@ -99,16 +111,23 @@ impl Scope {
 /// site/nowhere scopes.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Route {
+    /// The destination prefix.
     pub dst: IpNet,
+    /// The next hop; `None` for an on-link route.
     pub gateway: Option<IpAddr>,
+    /// The outgoing interface.
     pub oif: Option<u32>,
     /// Preferred source address (RTA_PREFSRC).
     pub src: Option<IpAddr>,
+    /// The scope.
     pub scope: Scope,
     /// RTPROT_*; own numbers let a daemon recognise its routes.
     pub protocol: u8,
+    /// The routing table (RT_TABLE_MAIN unless said otherwise).
     pub table: u32,
+    /// The metric (RTA_PRIORITY).
     pub priority: Option<u32>,
+    /// RTNH_F_ONLINK: the gateway is on the link even outside its subnets.
     pub onlink: bool,
 }
 
@@ -129,6 +148,7 @@ impl Route {
         }
     }
 
+    /// The destination's family.
     pub fn family(&self) -> Family {
         Family::of(&self.dst.addr())
     }
@@ -303,12 +323,16 @@ impl fmt::Display for Route {
 /// Userspace filter for [`Handle::routes`]; `None` fields match anything.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteFilter {
+    /// Only routes of this protocol.
     pub protocol: Option<u8>,
+    /// Only routes of this table.
     pub table: Option<u32>,
+    /// Only routes out of this interface.
     pub oif: Option<u32>,
 }
 
 impl RouteFilter {
+    /// Whether `r` passes the filter.
     pub fn matches(&self, r: &Route) -> bool {
         self.protocol.is_none_or(|p| p == r.protocol)
             && self.table.is_none_or(|t| t == r.table)

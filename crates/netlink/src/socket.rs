@@ -391,14 +391,17 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
     }
 
+    /// The number of changes in the batch.
     pub fn len(&self) -> usize {
         self.reqs.len()
     }
 
+    /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.reqs.is_empty()
     }

@@ -7,11 +7,14 @@ use std::path::PathBuf;
 
 /// The sysctl keys kindnet reads and writes: one home for every crate.
 pub const IPV4_FORWARD: &str = "net/ipv4/ip_forward";
+/// IPv6 forwarding (all interfaces).
 pub const IPV6_FORWARDING: &str = "net/ipv6/conf/all/forwarding";
+/// IPv6 switched off on every interface.
 pub const IPV6_DISABLE_ALL: &str = "net/ipv6/conf/all/disable_ipv6";
-/// Whether bridged IPv4/IPv6 traffic passes the IP-level netfilter hooks
+/// Whether bridged IPv4 traffic passes the IP-level netfilter hooks
 /// (br_netfilter; absent when the module is not loaded).
 pub const BRIDGE_NF_CALL_IPTABLES: &str = "net/bridge/bridge-nf-call-iptables";
+/// The same for bridged IPv6 traffic.
 pub const BRIDGE_NF_CALL_IP6TABLES: &str = "net/bridge/bridge-nf-call-ip6tables";
 /// Both, in the order they are written.
 pub const BRIDGE_NF_CALL: [&str; 2] = [BRIDGE_NF_CALL_IPTABLES, BRIDGE_NF_CALL_IP6TABLES];

@@ -8,6 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// adjacent (so equal sets have equal representations).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ranges {
+    /// IPv6 rather than IPv4.
     pub v6: bool,
     iv: Vec<(u128, u128)>,
 }
@@ -48,6 +49,7 @@ fn net_bounds(n: &IpNet) -> (u128, u128) {
 }
 
 impl Ranges {
+    /// No address of the family.
     pub fn empty(v6: bool) -> Ranges {
         Ranges { v6, iv: Vec::new() }
     }
@@ -61,6 +63,7 @@ impl Ranges {
         }
     }
 
+    /// The addresses of `n`.
     pub fn of_net(n: &IpNet) -> Ranges {
         Ranges {
             v6: matches!(n, IpNet::V6(_)),
@@ -68,10 +71,12 @@ impl Ranges {
         }
     }
 
+    /// Whether there is no address.
     pub fn is_empty(&self) -> bool {
         self.iv.is_empty()
     }
 
+    /// Whether `a` is in the ranges (an address of the other family never is).
     pub fn contains(&self, a: IpAddr) -> bool {
         if a.is_ipv6() != self.v6 {
             return false;
@@ -112,6 +117,7 @@ impl Ranges {
         self.iv = out;
     }
 
+    /// Adds the ranges of `other` (of the same family; of the other, nothing).
     pub fn add(&mut self, other: &Ranges) {
         if other.v6 == self.v6 {
             for &(lo, hi) in &other.iv {

@@ -15,13 +15,17 @@ use crate::selector::Selector;
 /// The label the API server puts on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// Which way a connection crosses a pod: into it, or out of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
+    /// Traffic to the pod (`ingress` rules).
     Ingress,
+    /// Traffic from the pod (`egress` rules).
     Egress,
 }
 
 impl Direction {
+    /// `ingress` or `egress` (in chain and map names).
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Ingress => "ingress",
@@ -41,7 +45,9 @@ impl fmt::Display for Direction {
 /// denied packets are logged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodeContext {
+    /// This node's Node name: its pods are the local ones.
     pub node_name: String,
+    /// This node's addresses (always allowed to and from its pods).
     pub node_ips: Vec<IpAddr>,
     /// Adds a rate-limited `log` before each pod chain's drop.
     pub log_denied: bool,
@@ -54,6 +60,7 @@ pub struct Refusal {
     pub object: String,
     /// What part was refused: `the policy`, `ingress rule 2`, `pod IP "…"`.
     pub part: String,
+    /// Why.
     pub reason: String,
 }
 
@@ -68,6 +75,7 @@ impl fmt::Display for Refusal {
 /// selector or types cannot be read is refused whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Report {
+    /// Every refusal, in input order.
     pub refused: Vec<Refusal>,
 }
 
@@ -288,6 +296,7 @@ impl Cluster {
         self.pod(namespace, name).and_then(|p| p.ip(v6))
     }
 
+    /// The number of valid policies.
     pub fn policy_count(&self) -> usize {
         self.policies.len()
     }

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use crate::cidr::Ranges;
 use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
 
+/// The table's name (family `inet`).
 pub const TABLE: &str = "kindnet-netpol";
 /// The base chain (hook forward, priority filter).
 pub const FORWARD_CHAIN: &str = "forward";
@@ -20,6 +21,7 @@ pub const FORWARD_CHAIN: &str = "forward";
 pub const INGRESS_CHAIN: &str = "ingress";
 /// Named counters of packets dropped per direction (for metrics).
 pub const DENIED_INGRESS_COUNTER: &str = "denied-ingress";
+/// See [`DENIED_INGRESS_COUNTER`].
 pub const DENIED_EGRESS_COUNTER: &str = "denied-egress";
 
 /// Log lines of denied packets, per pod chain.
@@ -110,16 +112,22 @@ pub struct Stats {
     pub selected_pods: usize,
     /// Local pods with chains (every local pod on the pod network).
     pub local_pods: usize,
+    /// Chains, the base chain included.
     pub chains: usize,
+    /// Rules, in every chain.
     pub rules: usize,
     /// Sets and maps.
     pub sets: usize,
+    /// Elements, in every set and map.
     pub elements: usize,
 }
 
+/// What [`compile`] returns: the batch and its sizes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
+    /// The whole table, as one transaction.
     pub batch: Batch,
+    /// Its sizes (for metrics and logs).
     pub stats: Stats,
 }
 

@@ -12,8 +12,11 @@ use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatc
 pub enum Endpoint {
     /// A pod, at its address of one family.
     Pod {
+        /// The pod's namespace.
         namespace: String,
+        /// The pod's name.
         name: String,
+        /// Its IPv6 address rather than its IPv4 one.
         v6: bool,
     },
     /// An address: a pod's when a pod owns it (pod traffic is never
@@ -22,6 +25,7 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
+    /// [`Endpoint::Pod`] from borrowed names.
     pub fn pod(namespace: &str, name: &str, v6: bool) -> Endpoint {
         Endpoint::Pod {
             namespace: namespace.into(),
@@ -35,13 +39,18 @@ impl Endpoint {
 /// matches only rules without ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Proto {
+    /// TCP.
     Tcp,
+    /// UDP.
     Udp,
+    /// SCTP.
     Sctp,
+    /// Any other protocol (ICMP, ...).
     Other,
 }
 
 impl Proto {
+    /// The protocol as nft knows it; `None` for [`Proto::Other`].
     pub fn l4(self) -> Option<L4Proto> {
         match self {
             Proto::Tcp => Some(L4Proto::Tcp),
@@ -52,12 +61,15 @@ impl Proto {
     }
 }
 
+/// The decision for one packet, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// Whether the connection is allowed.
     pub allowed: bool,
     /// Allowed: the policies that allowed it, per direction. Denied: the
     /// policies that isolate the denying direction (none allowed it).
     pub by: Vec<(String, Direction)>,
+    /// A sentence saying why, for people.
     pub reason: String,
 }
 

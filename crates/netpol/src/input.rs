@@ -10,6 +10,7 @@ fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> R
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
+/// Labels of an object (sorted, so comparisons and output are stable).
 pub type Labels = BTreeMap<String, String>;
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -27,6 +28,7 @@ struct Meta {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
+    /// The port's name (empty for an unnamed port).
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
     /// Wider than a port so that an out-of-range value is refused by
@@ -42,11 +44,15 @@ pub struct ContainerPort {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "PodJson")]
 pub struct Pod {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: Labels,
     /// `spec.nodeName`: empty until scheduled.
     pub node_name: String,
+    /// `spec.hostNetwork`: a pod with the node's addresses, never isolated.
     pub host_network: bool,
     /// `status.podIPs` (or `status.podIP`), as sent.
     pub pod_ips: Vec<String>,
@@ -138,7 +144,9 @@ impl From<PodJson> for Pod {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "NamespaceJson")]
 pub struct Namespace {
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: Labels,
 }
 
@@ -160,10 +168,13 @@ impl From<NamespaceJson> for Namespace {
 /// A label selector requirement.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Requirement {
+    /// The label key.
     #[serde(default, deserialize_with = "nullable")]
     pub key: String,
+    /// `In`, `NotIn`, `Exists` or `DoesNotExist` (anything else is refused).
     #[serde(default, deserialize_with = "nullable")]
     pub operator: String,
+    /// The values for `In` and `NotIn`.
     #[serde(default, deserialize_with = "nullable")]
     pub values: Vec<String>,
 }
@@ -172,16 +183,21 @@ pub struct Requirement {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LabelSelector {
+    /// Labels that must all be set to these values.
     #[serde(default, deserialize_with = "nullable")]
     pub match_labels: Labels,
+    /// Requirements that must all hold.
     #[serde(default, deserialize_with = "nullable")]
     pub match_expressions: Vec<Requirement>,
 }
 
+/// An `ipBlock` peer: a CIDR minus exceptions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct IpBlock {
+    /// The block.
     #[serde(default, deserialize_with = "nullable")]
     pub cidr: String,
+    /// CIDRs inside it that are not part of the peer.
     #[serde(default, deserialize_with = "nullable")]
     pub except: Vec<String>,
 }
@@ -190,10 +206,13 @@ pub struct IpBlock {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
+    /// Pods with these labels (in the policy's namespace, unless `namespace_selector` is set).
     #[serde(default)]
     pub pod_selector: Option<LabelSelector>,
+    /// Namespaces with these labels (every pod of them, or those `pod_selector` picks).
     #[serde(default)]
     pub namespace_selector: Option<LabelSelector>,
+    /// Addresses (a CIDR minus exceptions) instead of selectors.
     #[serde(default)]
     pub ip_block: Option<IpBlock>,
 }
@@ -202,10 +221,13 @@ pub struct Peer {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum PortValue {
+    /// A port number.
     Number(i64),
+    /// A named container port.
     Name(String),
 }
 
+/// One `ports` entry of a rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyPort {
@@ -215,6 +237,7 @@ pub struct PolicyPort {
     /// Every port of the protocol when absent.
     #[serde(default)]
     pub port: Option<PortValue>,
+    /// With a numeric `port`: the last port of the range it starts.
     #[serde(default)]
     pub end_port: Option<i64>,
 }
@@ -223,23 +246,29 @@ pub struct PolicyPort {
 /// every peer) and ports (empty = every port and protocol).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Rule {
+    /// `from` (ingress) or `to` (egress).
     #[serde(default, alias = "from", alias = "to", deserialize_with = "nullable")]
     pub peers: Vec<Peer>,
+    /// The ports and protocols allowed.
     #[serde(default, deserialize_with = "nullable")]
     pub ports: Vec<PolicyPort>,
 }
 
+/// A NetworkPolicy's `spec`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicySpec {
+    /// The pods of its namespace the policy applies to.
     #[serde(default, deserialize_with = "nullable")]
     pub pod_selector: LabelSelector,
     /// As sent; defaulted by [`crate::Cluster::new`] the way the API
     /// server does.
     #[serde(default, deserialize_with = "nullable")]
     pub policy_types: Vec<String>,
+    /// Ingress rules: what may connect to the selected pods.
     #[serde(default, deserialize_with = "nullable")]
     pub ingress: Vec<Rule>,
+    /// Egress rules: where the selected pods may connect.
     #[serde(default, deserialize_with = "nullable")]
     pub egress: Vec<Rule>,
 }
@@ -248,8 +277,11 @@ pub struct PolicySpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(from = "PolicyJson")]
 pub struct NetworkPolicy {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `spec`.
     pub spec: PolicySpec,
 }
 

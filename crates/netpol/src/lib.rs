@@ -58,6 +58,8 @@
 //! before kindnetd knows them: the pod is then enforced from its first
 //! packet by the chain kindnetd made from the Pod object.
 
+#![warn(missing_docs)]
+
 mod cidr;
 mod cluster;
 mod compile;

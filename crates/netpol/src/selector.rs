@@ -26,6 +26,7 @@ impl Selector {
         Selector::default()
     }
 
+    /// Parses a selector; the error says what cannot be used (a bad key, an unknown operator, values where none or some are needed).
     pub fn parse(s: &LabelSelector) -> Result<Selector, String> {
         let mut reqs = Vec::new();
         for (k, v) in &s.match_labels {

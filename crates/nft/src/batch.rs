@@ -8,28 +8,37 @@ use crate::types::{Comment, Elem, KeyType, Name, TableRef, Value};
 /// What a map yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapData {
+    /// Values of a type (e.g. a mark or an address).
     Type(KeyType),
+    /// Verdicts (`jump`, `goto`, `accept`, `drop`).
     Verdict,
 }
 
+/// A set or map flag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetFlag {
+    /// Elements are prefixes or ranges (`flags interval`).
     Interval,
 }
 
 /// A set, or a map when `data` is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetDef {
+    /// The set's name.
     pub name: Name,
+    /// The key type; more than one is a concatenation.
     pub key: Vec<KeyType>,
     /// A map's data. One type only: nft 1.0.6 (Debian 12) reads a
     /// concatenated data type in JSON as a plain set.
     pub data: Option<MapData>,
+    /// Its flags.
     pub flags: Vec<SetFlag>,
+    /// Elements added with the set.
     pub elements: Vec<Elem>,
 }
 
 impl SetDef {
+    /// A set keyed by `key`, no flags, no elements.
     pub fn set(name: Name, key: Vec<KeyType>) -> SetDef {
         SetDef {
             name,
@@ -40,6 +49,7 @@ impl SetDef {
         }
     }
 
+    /// A map from `key` to `data`.
     pub fn map(name: Name, key: Vec<KeyType>, data: MapData) -> SetDef {
         SetDef {
             data: Some(data),
@@ -47,11 +57,13 @@ impl SetDef {
         }
     }
 
+    /// The same with `flags interval`.
     pub fn interval(mut self) -> SetDef {
         self.flags.push(SetFlag::Interval);
         self
     }
 
+    /// The same with elements `e`.
     pub fn with_elements(mut self, e: Vec<Elem>) -> SetDef {
         self.elements = e;
         self
@@ -65,37 +77,56 @@ fn type_json(t: &[KeyType]) -> Json {
     }
 }
 
+/// A base chain's type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainType {
+    /// `type nat`: address translation.
     Nat,
+    /// `type filter`: accept or drop.
     Filter,
 }
 
+/// A base chain's netfilter hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
+    /// Packets as they arrive, before routing.
     Prerouting,
+    /// Packets for this host.
     Input,
+    /// Packets routed through this host.
     Forward,
+    /// Packets this host sends.
     Output,
+    /// Packets as they leave, after routing.
     Postrouting,
 }
 
+/// What a base chain does with a packet no rule decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
+    /// Let it through.
     Accept,
+    /// Drop it.
     Drop,
 }
 
+/// What makes a chain a base chain: attached to a hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BaseChain {
+    /// Its type.
     pub ty: ChainType,
+    /// Its hook.
     pub hook: Hook,
+    /// Its priority on the hook (lower runs first).
     pub prio: i32,
+    /// Its default policy.
     pub policy: Policy,
 }
 
+/// A chain to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainDef {
+    /// The chain's name.
     pub name: Name,
     /// `None` for a regular chain (a jump target).
     pub base: Option<BaseChain>,
@@ -121,14 +152,19 @@ impl ChainDef {
     }
 }
 
+/// A rule to add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleDef {
+    /// The chain it is appended to.
     pub chain: Name,
+    /// Its statements, in order.
     pub exprs: Vec<Expr>,
+    /// Its comment.
     pub comment: Option<Comment>,
 }
 
 impl RuleDef {
+    /// A rule of `exprs` appended to `chain`, no comment.
     pub fn new(chain: &Name, exprs: Vec<Expr>) -> RuleDef {
         RuleDef {
             chain: chain.clone(),
@@ -137,6 +173,7 @@ impl RuleDef {
         }
     }
 
+    /// The same with comment `c`.
     pub fn comment(mut self, c: Comment) -> RuleDef {
         self.comment = Some(c);
         self
@@ -146,15 +183,23 @@ impl RuleDef {
 /// One command of a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cmd {
+    /// `add table` (a no-op when it exists).
     AddTable(TableRef),
+    /// `delete table` (with everything in it).
     DeleteTable(TableRef),
+    /// `add chain` (a no-op when it exists).
     AddChain(TableRef, ChainDef),
+    /// `flush chain`: its rules removed.
     FlushChain(TableRef, Name),
+    /// `add set` or map, with its elements.
     AddSet(TableRef, SetDef),
+    /// `add rule`.
     AddRule(TableRef, RuleDef),
+    /// `add element` (an element already there is fine).
     AddElements(TableRef, Name, Vec<Elem>),
     /// A named counter object (`counter name NAME` in rules adds to it).
     AddCounter(TableRef, Name),
+    /// `delete element`, by key (each must exist).
     DeleteElements(TableRef, Name, Vec<Value>),
     /// Deletes a regular chain (it must be empty and unreferenced).
     DeleteChain(TableRef, Name),
@@ -165,18 +210,22 @@ pub enum Cmd {
 /// Commands applied as one transaction: all or nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Batch {
+    /// The commands, in order.
     pub cmds: Vec<Cmd>,
 }
 
 impl Batch {
+    /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
     }
 
+    /// Whether there is nothing to apply.
     pub fn is_empty(&self) -> bool {
         self.cmds.is_empty()
     }
 
+    /// Appends `c`.
     pub fn push(&mut self, c: Cmd) -> &mut Batch {
         self.cmds.push(c);
         self
@@ -194,26 +243,32 @@ impl Batch {
         self.push(Cmd::DeleteTable(t.clone()))
     }
 
+    /// Adds chain `c` (a no-op when it exists).
     pub fn add_chain(&mut self, t: &TableRef, c: ChainDef) -> &mut Batch {
         self.push(Cmd::AddChain(t.clone(), c))
     }
 
+    /// Removes every rule of chain `c`.
     pub fn flush_chain(&mut self, t: &TableRef, c: &Name) -> &mut Batch {
         self.push(Cmd::FlushChain(t.clone(), c.clone()))
     }
 
+    /// Adds set or map `s` with its elements.
     pub fn add_set(&mut self, t: &TableRef, s: SetDef) -> &mut Batch {
         self.push(Cmd::AddSet(t.clone(), s))
     }
 
+    /// Adds the named counter `name`.
     pub fn add_counter(&mut self, t: &TableRef, name: &Name) -> &mut Batch {
         self.push(Cmd::AddCounter(t.clone(), name.clone()))
     }
 
+    /// Appends rule `r`.
     pub fn add_rule(&mut self, t: &TableRef, r: RuleDef) -> &mut Batch {
         self.push(Cmd::AddRule(t.clone(), r))
     }
 
+    /// Adds elements `e` to `set` (nothing when `e` is empty).
     pub fn add_elements(&mut self, t: &TableRef, set: &Name, e: Vec<Elem>) -> &mut Batch {
         if e.is_empty() {
             return self;
@@ -221,6 +276,7 @@ impl Batch {
         self.push(Cmd::AddElements(t.clone(), set.clone(), e))
     }
 
+    /// Deletes the elements with `keys` from `set` (nothing when empty).
     pub fn delete_elements(&mut self, t: &TableRef, set: &Name, keys: Vec<Value>) -> &mut Batch {
         if keys.is_empty() {
             return self;
@@ -228,10 +284,12 @@ impl Batch {
         self.push(Cmd::DeleteElements(t.clone(), set.clone(), keys))
     }
 
+    /// Deletes regular chain `c` (empty and unreferenced).
     pub fn delete_chain(&mut self, t: &TableRef, c: &Name) -> &mut Batch {
         self.push(Cmd::DeleteChain(t.clone(), c.clone()))
     }
 
+    /// Deletes set `s` (no rule may refer to it).
     pub fn delete_set(&mut self, t: &TableRef, s: &Name) -> &mut Batch {
         self.push(Cmd::DeleteSet(t.clone(), s.clone()))
     }

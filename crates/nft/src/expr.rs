@@ -10,10 +10,12 @@ use crate::types::{LogPrefix, Name, Value};
 pub enum Lhs {
     /// `ip saddr` / `ip6 saddr`.
     Saddr {
+        /// IPv6 (`ip6`) rather than IPv4.
         v6: bool,
     },
     /// `ip daddr` / `ip6 daddr`.
     Daddr {
+        /// IPv6 (`ip6`) rather than IPv4.
         v6: bool,
     },
     /// `th dport`: the transport header's destination port.
@@ -24,12 +26,15 @@ pub enum Lhs {
     NfProto,
     /// `meta iifname` / `meta oifname`.
     IifName,
+    /// `meta oifname`.
     OifName,
     /// `fib daddr type`.
     FibDaddrType,
     /// `ct status` / `ct state`.
     CtStatus,
+    /// `ct state`.
     CtState,
+    /// A concatenation of several (`a . b`), for concatenated set keys.
     Concat(Vec<Lhs>),
 }
 
@@ -59,6 +64,7 @@ impl Lhs {
 /// What a match compares with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rhs {
+    /// A value.
     Value(Value),
     /// A named set of the same table (`@name`).
     Set(Name),
@@ -79,9 +85,12 @@ impl Rhs {
     }
 }
 
+/// A match's comparison.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// `==`.
     Eq,
+    /// `!=`.
     Ne,
     /// Bit test (`ct status dnat`).
     In,
@@ -100,7 +109,9 @@ impl Op {
 /// The unit of a [`Expr::Limit`] rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitPer {
+    /// Per second.
     Second,
+    /// Per minute.
     Minute,
 }
 
@@ -116,11 +127,16 @@ impl LimitPer {
 /// One expression of a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expr {
+    /// `LEFT OP RIGHT`: the rule goes on only when it holds.
     Match {
+        /// What is read.
         left: Lhs,
+        /// How it is compared.
         op: Op,
+        /// What it is compared with.
         right: Rhs,
     },
+    /// `counter`: an anonymous packet and byte counter.
     Counter,
     /// `counter name NAME`: adds to a named counter object of the table
     /// (declared with [`crate::Batch::add_counter`]), which can be read by
@@ -129,35 +145,51 @@ pub enum Expr {
     /// `limit rate RATE/PER burst BURST packets`: matches while under the
     /// rate, so it guards the statements after it in the same rule.
     Limit {
+        /// Packets per `per`.
         rate: u32,
+        /// The rate's unit.
         per: LimitPer,
+        /// Packets allowed above the rate at once.
         burst: u32,
     },
     /// `log prefix PREFIX`.
     Log(LogPrefix),
+    /// `masquerade`: source NAT to the outgoing interface's address.
     Masquerade,
+    /// `return`: back to the calling chain.
     Return,
+    /// `accept`.
     Accept,
+    /// `drop`.
     Drop,
+    /// `jump CHAIN`: continue in CHAIN, then come back.
     Jump(Name),
+    /// `goto CHAIN`: continue in CHAIN, not coming back.
     Goto(Name),
     /// `dnat ip|ip6 to KEY map @ADDRS : KEY map @PORTS`: two lookups of
     /// one key (nft 1.0.6 crashes on a JSON dnat whose map yields
     /// address . port).
     DnatMap {
+        /// IPv6 (`ip6`) rather than IPv4.
         v6: bool,
+        /// The key both maps are looked up with.
         key: Lhs,
+        /// The map from key to the new destination address.
         addrs: Name,
+        /// The map from key to the new destination port.
         ports: Name,
     },
     /// `KEY vmap @MAP`: a verdict looked up in a map.
     VerdictMap {
+        /// The key.
         key: Lhs,
+        /// The verdict map.
         map: Name,
     },
 }
 
 impl Expr {
+    /// `left == right`.
     pub fn eq(left: Lhs, right: Rhs) -> Expr {
         Expr::Match {
             left,
@@ -166,6 +198,7 @@ impl Expr {
         }
     }
 
+    /// `left != right`.
     pub fn ne(left: Lhs, right: Rhs) -> Expr {
         Expr::Match {
             left,

@@ -12,6 +12,8 @@
 //! unit tests. [`Listing`] reads the elements of a table back as typed
 //! values with their owner comments, so callers compare ownership exactly.
 
+#![warn(missing_docs)]
+
 mod batch;
 mod expr;
 mod listing;

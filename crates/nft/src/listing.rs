@@ -9,7 +9,9 @@ use crate::types::{Comment, Value};
 pub struct Listed {
     /// The set or map it belongs to.
     pub set: String,
+    /// The element's key.
     pub key: Value,
+    /// A map element's data.
     pub data: Option<Value>,
     /// The owner comment, exactly as stored.
     pub comment: Option<String>,
@@ -25,7 +27,9 @@ impl Listed {
 /// The sets, maps and elements of one table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
+    /// The names of the table's sets and maps.
     pub sets: Vec<String>,
+    /// Their elements, each naming its set.
     pub elements: Vec<Listed>,
 }
 
@@ -66,6 +70,7 @@ impl Listing {
         out
     }
 
+    /// The elements of set or map `set`.
     pub fn in_set<'a>(&'a self, set: &'a str) -> impl Iterator<Item = &'a Listed> + 'a {
         self.elements.iter().filter(move |e| e.set == set)
     }

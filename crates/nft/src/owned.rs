@@ -10,7 +10,9 @@ use crate::types::{Elem, Name, TableRef};
 /// An element one owner wants in a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
+    /// The set or map.
     pub set: Name,
+    /// The element, with the owner's comment.
     pub elem: Elem,
 }
 

@@ -11,18 +11,29 @@ use crate::batch::{Batch, Cmd};
 use crate::listing::{Listed, Listing};
 use crate::types::{Family, TableRef};
 
+/// Why a batch or a listing failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
+    /// The `nft` binary could not be started.
     #[error("cannot run nft (is the nftables package installed?): {0}")]
     Spawn(std::io::Error),
+    /// nft exited with an error (its stderr): a refused batch applied nothing.
     #[error("nft failed: {0}")]
     Failed(String),
+    /// A listing that is not nftables JSON.
     #[error("nft printed output that is not nftables JSON: {0}")]
     BadOutput(String),
+    /// A name, comment or log prefix nft would refuse (checked when made).
     #[error("{0}")]
     Invalid(String),
+    /// Taking the lock file of a shared table failed.
     #[error("nft lock {path}: {err}")]
-    Lock { path: String, err: std::io::Error },
+    Lock {
+        /// The lock file.
+        path: String,
+        /// The failure.
+        err: std::io::Error,
+    },
 }
 
 /// The seam every nftables user goes through.
@@ -145,14 +156,18 @@ impl TableLock {
 /// can be told to fail the n-th apply.
 #[derive(Debug, Default)]
 pub struct FakeNft {
+    /// The tables as they are now.
     pub tables: HashMap<(Family, String), Listing>,
+    /// Every batch applied, in order.
     pub applied: Vec<Batch>,
+    /// How many listings were asked for.
     pub lists: usize,
     /// Fail the apply with this index (0 = the first).
     pub fail_apply: Option<usize>,
 }
 
 impl FakeNft {
+    /// The listing of table `name` of `family`, if it exists.
     pub fn table(&self, family: Family, name: &str) -> Option<&Listing> {
         self.tables.get(&(family, name.to_string()))
     }

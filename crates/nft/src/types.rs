@@ -10,12 +10,16 @@ use crate::NftError;
 /// nftables address families kindnet uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// `inet`: IPv4 and IPv6 in one table.
     Inet,
+    /// `ip`: IPv4 only.
     Ip,
+    /// `ip6`: IPv6 only.
     Ip6,
 }
 
 impl Family {
+    /// The family's keyword.
     pub fn as_str(self) -> &'static str {
         match self {
             Family::Inet => "inet",
@@ -32,6 +36,7 @@ impl Family {
 pub struct Name(String);
 
 impl Name {
+    /// Validates `s` as a name.
     pub fn new(s: impl Into<String>) -> Result<Name, NftError> {
         let s = s.into();
         let ok = s.len() <= 64
@@ -53,6 +58,7 @@ impl Name {
         Name::new(s).unwrap_or_else(|e| unreachable!("a name made in code: {e}"))
     }
 
+    /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -70,8 +76,10 @@ impl fmt::Display for Name {
 pub struct Comment(String);
 
 impl Comment {
+    /// The longest comment.
     pub const MAX_LEN: usize = 128;
 
+    /// Validates `s` as a comment.
     pub fn new(s: impl Into<String>) -> Result<Comment, NftError> {
         let s = s.into();
         if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(|b| (0x20..0x7f).contains(&b))
@@ -84,6 +92,7 @@ impl Comment {
         Ok(Comment(s))
     }
 
+    /// The comment.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -95,8 +104,10 @@ impl Comment {
 pub struct LogPrefix(String);
 
 impl LogPrefix {
+    /// The longest prefix.
     pub const MAX_LEN: usize = 127;
 
+    /// Validates `s` as a log prefix.
     pub fn new(s: impl Into<String>) -> Result<LogPrefix, NftError> {
         let s = s.into();
         if s.is_empty() || s.len() > Self::MAX_LEN || !s.bytes().all(|b| (0x20..0x7f).contains(&b))
@@ -109,6 +120,7 @@ impl LogPrefix {
         Ok(LogPrefix(s))
     }
 
+    /// The prefix.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -117,11 +129,14 @@ impl LogPrefix {
 /// A table and its family.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableRef {
+    /// The table's family.
     pub family: Family,
+    /// The table's name.
     pub name: Name,
 }
 
 impl TableRef {
+    /// Table `name` of `family`, the name validated.
     pub fn new(family: Family, name: &str) -> Result<TableRef, NftError> {
         Ok(TableRef {
             family,
@@ -133,12 +148,16 @@ impl TableRef {
 /// Layer-4 protocols of port mappings and policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum L4Proto {
+    /// TCP.
     Tcp,
+    /// UDP.
     Udp,
+    /// SCTP.
     Sctp,
 }
 
 impl L4Proto {
+    /// The protocol's keyword.
     pub fn as_str(self) -> &'static str {
         match self {
             L4Proto::Tcp => "tcp",
@@ -167,13 +186,18 @@ impl fmt::Display for L4Proto {
 /// Key and data types of sets and maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyType {
+    /// `ipv4_addr`.
     Ipv4Addr,
+    /// `ipv6_addr`.
     Ipv6Addr,
+    /// `inet_proto`: a layer-4 protocol.
     InetProto,
+    /// `inet_service`: a port.
     InetService,
 }
 
 impl KeyType {
+    /// The type's keyword.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyType::Ipv4Addr => "ipv4_addr",
@@ -196,12 +220,17 @@ impl KeyType {
 /// A value in a set element, a map's data or a rule's right-hand side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Value {
+    /// An address.
     Addr(IpAddr),
+    /// A prefix (an interval set's element).
     Prefix(IpNet),
+    /// A port.
     Port(u16),
     /// An inclusive port range (`endPort` of a NetworkPolicy).
     PortRange(u16, u16),
+    /// A layer-4 protocol.
     Proto(L4Proto),
+    /// A concatenation (`a . b`), for concatenated keys.
     Concat(Vec<Value>),
     /// A verdict map's data: `goto CHAIN`.
     Goto(Name),
@@ -220,6 +249,7 @@ impl Value {
         }
     }
 
+    /// The value in nft's JSON schema.
     pub fn to_json(&self) -> Json {
         match self {
             Value::Addr(a) => json!(a.to_string()),
@@ -311,12 +341,16 @@ impl fmt::Display for Value {
 /// One element: a key, a map's data, and the owner comment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Elem {
+    /// The key.
     pub key: Value,
+    /// A map element's data.
     pub data: Option<Value>,
+    /// The owner comment.
     pub comment: Option<Comment>,
 }
 
 impl Elem {
+    /// An element with key `key` only.
     pub fn key(key: Value) -> Elem {
         Elem {
             key,
@@ -325,6 +359,7 @@ impl Elem {
         }
     }
 
+    /// An element with `key`, `data` and owner `comment`.
     pub fn owned(key: Value, data: Option<Value>, comment: &Comment) -> Elem {
         Elem {
             key,

@@ -1,19 +1,29 @@
 //! Test bed shared by the workspace's tests: root and tool checks that skip
 //! a test (or fail it, under `KINDNET_TEST_REQUIRE_ROOT=1`), temporary
-//! directories and network namespaces of the test's own (removed on drop,
-//! also when a test fails), and command runners.
+//! directories ([`tempfile`]) and network namespaces of the test's own
+//! (removed on drop, also when a test fails), child processes killed on
+//! drop, polling with a deadline, and command runners.
+//!
+//! Test support only: every helper panics on a broken environment, which
+//! is what a test wants and a product binary does not.
 
-// Raw syscalls: geteuid(2).
+#![warn(missing_docs)]
+// Raw syscalls: geteuid(2), kill(2) on our own children.
 #![allow(unsafe_code)]
 
 use serde_json::Value;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use tempfile::TempDir;
 
 /// First part of every name made here, so leftovers are easy to spot.
 pub const PREFIX: &str = "kntb";
 
+/// Whether this process runs as root (what the namespace tests need).
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -130,12 +140,32 @@ pub fn sh_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Runs `cmd` (stdin closed); its stdout when it succeeds, else an error
+/// naming the command, its status and its stderr.
+fn output_text(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{cmd:?}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
 /// A network namespace (with `lo` up) that exists for the life of the value.
 pub struct Ns {
+    /// The namespace's name (`ip netns` name, see [`unique`]).
     pub name: String,
 }
 
 impl Ns {
+    /// Creates namespace `<PREFIX>-<tag>-<pid>-<n>` with `lo` up.
     pub fn new(tag: &str) -> Ns {
         let name = unique(tag);
         sh_ok(&["ip", "netns", "add", &name]);
@@ -144,8 +174,29 @@ impl Ns {
         sh_ok(&["ip", "-n", &ns.name, "link", "set", "lo", "up"]);
         ns
     }
+    /// The namespace's file (what `CNI_NETNS` and `setns` take).
     pub fn path(&self) -> String {
         format!("/var/run/netns/{}", self.name)
+    }
+    /// `ip -n NS ARGS...`: stdout, or an error with the command's stderr.
+    pub fn ip(&self, args: &[&str]) -> Result<String, String> {
+        output_text(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+    /// `ip netns exec NS ARGS...`: stdout, or an error with the command's
+    /// stderr.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        output_text(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .args(args),
+        )
+    }
+    /// A command that runs `program` inside the namespace (to spawn, or to
+    /// give stdin or environment first).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
     }
     /// Runs a command inside the namespace.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
@@ -171,6 +222,8 @@ impl Ns {
         full.extend_from_slice(args);
         serde_json::from_str(&sh_ok(&full)).unwrap_or(Value::Null)
     }
+    /// Whether one ping from inside the namespace to `addr` is answered
+    /// within 2 s.
     pub fn ping(&self, addr: &str) -> bool {
         self.run(&["ping", "-c", "1", "-W", "2", "-q", addr])
             .status
@@ -191,37 +244,110 @@ impl Drop for Ns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status();
     }
 }
 
-/// A temporary directory, empty when made, removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A temporary directory `<PREFIX>-<tag>-XXXXXX` under the system temp
+/// dir (so a leftover names its test), removed on drop.
+pub fn temp_dir(tag: &str) -> TempDir {
+    temp_dir_in(&std::env::temp_dir(), tag)
+}
 
-impl TempDir {
-    /// A directory under the system temp dir.
-    pub fn new(tag: &str) -> TempDir {
-        TempDir::new_in(&std::env::temp_dir(), tag)
-    }
-    /// A directory under `base`.
-    pub fn new_in(base: &Path, tag: &str) -> TempDir {
-        let p = base.join(unique(tag));
-        // A leftover of an earlier process with the same PID.
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-    pub fn str(&self) -> String {
-        self.0.display().to_string()
+/// [`temp_dir`] under `base` (e.g. `/dev/shm` for a tmpfs).
+pub fn temp_dir_in(base: &Path, tag: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{PREFIX}-{tag}-"))
+        .tempdir_in(base)
+        .unwrap_or_else(|e| panic!("temporary directory in {}: {e}", base.display()))
+}
+
+/// The path of a temporary directory as text, for the configurations and
+/// command lines the tests write it into.
+pub trait TempDirExt {
+    /// The directory's path, as a `String`.
+    fn str(&self) -> String;
+}
+
+impl TempDirExt for TempDir {
+    fn str(&self) -> String {
+        self.path().display().to_string()
     }
 }
 
-impl Drop for TempDir {
+/// A child process killed (SIGKILL, by its PID) and reaped when dropped,
+/// also when the test fails.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Spawns `cmd`.
+    pub fn spawn(cmd: &mut Command) -> io::Result<ChildGuard> {
+        cmd.spawn().map(|c| ChildGuard(Some(c)))
+    }
+
+    /// The child's PID, while it has not been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.0.as_ref().map(|c| c.id())
+    }
+
+    /// Sends signal `sig` to the child, by its PID.
+    pub fn signal(&self, sig: libc::c_int) -> io::Result<()> {
+        let Some(pid) = self.id() else {
+            return Ok(());
+        };
+        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+        // SAFETY: kill on the PID of a child we spawned and have not reaped.
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Waits for the child to exit, up to `timeout`; its exit status if it
+    /// did (it is then reaped).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        let Some(c) = self.0.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if let Some(s) = c.try_wait()? {
+                self.0 = None;
+                return Ok(Some(s));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it returns `Some` (that value) or `timeout`
+/// passes (`None`).
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -235,7 +361,7 @@ mod tests {
         assert!(find_tool("/bin/sh").is_some());
         assert!(find_tool("kntb-no-such-tool").is_none());
         assert!(find_tool("/nonexistent/kntb-no-such-tool").is_none());
-        let dir = TempDir::new("tool");
+        let dir = temp_dir("tool");
         let plain = dir.path().join("plain");
         std::fs::write(&plain, "#!/bin/sh\n").unwrap();
         let plain = plain.display().to_string();

@@ -2,7 +2,9 @@
 
 use kindnet_cni_spec::NetConf;
 use kindnet_ipam::IpamConfig;
-pub use kindnet_testbed::TempDir;
+// Not every test binary uses every item.
+#[allow(unused_imports)]
+pub use kindnet_testbed::{temp_dir, temp_dir_in};
 use serde_json::{Value, json};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

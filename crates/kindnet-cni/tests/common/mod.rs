@@ -5,7 +5,9 @@
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use kindnet_testbed::{Ns, TempDir, is_root, require_root, require_tool, sh, sh_ok};
+pub use kindnet_testbed::{
+    Ns, TempDir, TempDirExt, is_root, require_root, require_tool, sh, sh_ok, temp_dir,
+};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};

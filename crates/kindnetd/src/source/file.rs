@@ -367,7 +367,7 @@ mod tests {
         content: &str,
         script: impl Fn(usize, &[u8]) -> std::io::Result<Vec<u8>> + Send + Sync + 'static,
     ) -> Harness {
-        let dir = kindnet_testbed::TempDir::new("file-source");
+        let dir = kindnet_testbed::temp_dir("file-source");
         let path = dir.path().join("nodes.yaml");
         std::fs::write(&path, content).unwrap();
         let store = Arc::new(Mutex::new(NodeStore::new()));

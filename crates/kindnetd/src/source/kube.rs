@@ -10,7 +10,6 @@
 //! knows meanwhile, so routes stay. A re-list replaces the store as a whole
 //! when it completes, removing nodes deleted while the watch was down.
 
-use std::borrow::Cow;
 use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -31,8 +30,10 @@ const SOURCE: &str = "kube";
 /// The User-Agent of every request to the API server.
 pub const USER_AGENT: &str = concat!("kindnetd/", env!("CARGO_PKG_VERSION"));
 
-/// A Node with only the fields kindnetd reads.
-#[derive(Clone, Debug, Deserialize)]
+/// A Node with only the fields kindnetd reads; for the API it is a Node
+/// (kind, group, version, plural and scope inherited from k8s-openapi's).
+#[derive(Clone, Debug, Deserialize, kube::Resource)]
+#[resource(inherit = k8s_openapi::api::core::v1::Node)]
 pub struct SlimNode {
     #[serde(deserialize_with = "slim_meta", default)]
     pub metadata: ObjectMeta,
@@ -56,30 +57,6 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         resource_version: m.resource_version,
         ..Default::default()
     })
-}
-
-impl kube::Resource for SlimNode {
-    type DynamicType = ();
-    type Scope = kube::core::ClusterResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Node".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "nodes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
 }
 
 impl SlimNode {
@@ -407,6 +384,16 @@ pub async fn run(client: Client, sink: Sink) {
 mod tests {
     use super::*;
     use crate::node::validate;
+
+    #[test]
+    fn slim_node_is_a_node_for_the_api() {
+        use kube::Resource;
+        fn cluster_scoped<K: Resource<Scope = kube::core::ClusterResourceScope>>() {}
+        cluster_scoped::<SlimNode>();
+        assert_eq!(SlimNode::kind(&()), "Node");
+        assert_eq!(SlimNode::api_version(&()), "v1");
+        assert_eq!(SlimNode::url_path(&(), None), "/api/v1/nodes");
+    }
 
     #[test]
     fn slim_node_reads_only_what_it_needs() {

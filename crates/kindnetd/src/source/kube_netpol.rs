@@ -9,7 +9,6 @@
 //! phase, named container ports; namespace labels; policy specs) plus the
 //! resourceVersion the watcher needs: nothing else is stored.
 
-use std::borrow::Cow;
 use std::fmt::Debug;
 use std::time::Duration;
 
@@ -35,8 +34,11 @@ fn slim_meta(v: &serde_json::Value) -> ObjectMeta {
 }
 
 macro_rules! slim {
-    ($ty:ident, $inner:ty, $variant:ident, $kind:literal, $group:literal, $plural:literal, $scope:ty) => {
-        #[derive(Clone, Debug)]
+    ($ty:ident, $inner:ty, $variant:ident, $($inherit:tt)+) => {
+        /// The slim input type plus the metadata the watcher needs; for
+        /// the API it is the Kubernetes kind it inherits.
+        #[derive(Clone, Debug, kube::Resource)]
+        #[resource(inherit = $($inherit)+)]
         pub struct $ty {
             pub metadata: ObjectMeta,
             pub object: $inner,
@@ -48,29 +50,6 @@ macro_rules! slim {
                 let metadata = slim_meta(&v);
                 let object = <$inner>::deserialize(&v).map_err(serde::de::Error::custom)?;
                 Ok($ty { metadata, object })
-            }
-        }
-
-        impl kube::Resource for $ty {
-            type DynamicType = ();
-            type Scope = $scope;
-            fn kind(_: &()) -> Cow<'_, str> {
-                $kind.into()
-            }
-            fn group(_: &()) -> Cow<'_, str> {
-                $group.into()
-            }
-            fn version(_: &()) -> Cow<'_, str> {
-                "v1".into()
-            }
-            fn plural(_: &()) -> Cow<'_, str> {
-                $plural.into()
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
             }
         }
 
@@ -86,28 +65,19 @@ slim!(
     SlimPod,
     kindnet_netpol::Pod,
     Pod,
-    "Pod",
-    "",
-    "pods",
-    kube::core::NamespaceResourceScope
+    k8s_openapi::api::core::v1::Pod
 );
 slim!(
     SlimNamespace,
     kindnet_netpol::Namespace,
     Namespace,
-    "Namespace",
-    "",
-    "namespaces",
-    kube::core::ClusterResourceScope
+    k8s_openapi::api::core::v1::Namespace
 );
 slim!(
     SlimPolicy,
     kindnet_netpol::NetworkPolicy,
     Policy,
-    "NetworkPolicy",
-    "networking.k8s.io",
-    "networkpolicies",
-    kube::core::NamespaceResourceScope
+    k8s_openapi::api::networking::v1::NetworkPolicy
 );
 
 /// Watches one kind forever.
@@ -249,6 +219,13 @@ mod tests {
 
     #[test]
     fn resource_paths() {
+        fn namespaced<K: Resource<Scope = kube::core::NamespaceResourceScope>>() {}
+        fn cluster_scoped<K: Resource<Scope = kube::core::ClusterResourceScope>>() {}
+        namespaced::<SlimPod>();
+        cluster_scoped::<SlimNamespace>();
+        namespaced::<SlimPolicy>();
+        assert_eq!(SlimPolicy::kind(&()), "NetworkPolicy");
+        assert_eq!(SlimPolicy::api_version(&()), "networking.k8s.io/v1");
         assert_eq!(SlimPod::url_path(&(), None), "/api/v1/pods");
         assert_eq!(SlimNamespace::url_path(&(), None), "/api/v1/namespaces");
         assert_eq!(

@@ -1,4 +1,7 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for kindnetd's integration tests: a node namespace, a
+//! kindnetd process in it, its routes, HTTP endpoints and sysctls. The
+//! generic guards (namespaces, children, temporary directories, polling,
+//! skips) are `kindnet-testbed`'s; the fake API server is `kindnet-fakeapi`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -9,8 +12,9 @@ use std::time::Duration;
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
-pub use kindnet_testbed::{TempDir, require_root};
-pub use kindnetd::testutil::{ChildGuard, NetnsGuard, wait_for};
+pub use kindnet_testbed::{
+    ChildGuard, Ns, TempDir, require_root, require_tool, temp_dir, wait_for,
+};
 use serde_json::Value;
 
 /// Writes a file atomically (temp + rename), as a careful tool would.
@@ -22,7 +26,46 @@ pub fn write_atomic(path: &Path, content: &str) {
 
 /// A Node object as `kubectl get nodes -o json` shows it.
 pub fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Value {
-    kindnetd::fakeapi::node_json(name, cidrs, ips)
+    kindnet_fakeapi::node_json(name, cidrs, ips)
+}
+
+/// A namespace whose IPv6 addresses are usable at once (DAD off for every
+/// link, present and future).
+pub fn nodad_ns(tag: &str) -> Ns {
+    let ns = Ns::new(tag);
+    for k in ["all", "default"] {
+        sysctl_set(&ns, &format!("net.ipv6.conf.{k}.accept_dad"), "0");
+    }
+    ns
+}
+
+/// A "node" namespace on an L2 segment: eth0 (MTU 1450; one end of a veth
+/// pair whose other end, peer0, stays in the same namespace, up) with
+/// 10.0.0.1/16 and fd00::1/64, default route via 10.0.0.254.
+pub fn node_ns(tag: &str) -> Ns {
+    let ns = nodad_ns(tag);
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "eth0", "mtu", "1450"]).unwrap();
+    ns.ip(&["addr", "add", "10.0.0.1/16", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "fd00::1/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.0.0.254",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    ns
 }
 
 pub fn node_list(nodes: &[Value]) -> String {
@@ -33,7 +76,7 @@ pub fn node_list(nodes: &[Value]) -> String {
 }
 
 /// kindnetd's routes in `ns` (both families) as (dst, gateway, dev) sorted.
-pub fn our_routes(ns: &NetnsGuard) -> Vec<(String, String, String)> {
+pub fn our_routes(ns: &Ns) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for fam in ["-4", "-6"] {
         let s = ns
@@ -67,23 +110,19 @@ pub fn route_set(v: &[(&str, &str)]) -> Vec<(String, String)> {
     r
 }
 
-pub fn dst_gw(ns: &NetnsGuard) -> Vec<(String, String)> {
+pub fn dst_gw(ns: &Ns) -> Vec<(String, String)> {
     our_routes(ns).into_iter().map(|(d, g, _)| (d, g)).collect()
 }
 
 /// Waits until kindnetd's routes in `ns` equal `want` (dst, gateway).
-pub fn wait_routes(
-    ns: &NetnsGuard,
-    want: &[(&str, &str)],
-    timeout: Duration,
-) -> Result<(), String> {
+pub fn wait_routes(ns: &Ns, want: &[(&str, &str)], timeout: Duration) -> Result<(), String> {
     let want = route_set(want);
     wait_for(timeout, || (dst_gw(ns) == want).then_some(()))
         .ok_or_else(|| format!("routes are {:?}, want {:?}", dst_gw(ns), want))
 }
 
 /// An HTTP GET from inside the namespace (the socket is made there).
-pub fn http_get(ns: &NetnsGuard, addr: &str, path: &str) -> Option<(u16, String)> {
+pub fn http_get(ns: &Ns, addr: &str, path: &str) -> Option<(u16, String)> {
     let netns = kindnet_netlink::Netns::open(ns.path()).ok()?;
     let addr: std::net::SocketAddr = addr.parse().ok()?;
     let stream = netns
@@ -117,7 +156,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn start(ns: &NetnsGuard, args: &[&str], log: PathBuf) -> Daemon {
+    pub fn start(ns: &Ns, args: &[&str], log: PathBuf) -> Daemon {
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = ns.command(env!("CARGO_BIN_EXE_kindnetd"));
         cmd.args(args)
@@ -138,7 +177,7 @@ impl Daemon {
 }
 
 /// Waits for /readyz to answer 200.
-pub fn wait_ready(ns: &NetnsGuard, timeout: Duration) -> Result<String, String> {
+pub fn wait_ready(ns: &Ns, timeout: Duration) -> Result<String, String> {
     let mut last = None;
     wait_for(timeout, || {
         let r = http_get(ns, "127.0.0.1:19080", "/readyz");
@@ -152,7 +191,7 @@ pub fn wait_ready(ns: &NetnsGuard, timeout: Duration) -> Result<String, String> 
 }
 
 /// The value of one metric line (exact name with labels) from /metrics.
-pub fn metric(ns: &NetnsGuard, name: &str) -> Option<f64> {
+pub fn metric(ns: &Ns, name: &str) -> Option<f64> {
     let (_, body) = http_get(ns, "127.0.0.1:19080", "/metrics")?;
     body.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
@@ -170,7 +209,7 @@ pub fn run(cmd: &mut Command) -> (i32, String, String) {
 }
 
 /// Writes a sysctl inside the namespace ("net.ipv4.ip_forward" or a path).
-pub fn sysctl_set(ns: &NetnsGuard, key: &str, value: &str) {
+pub fn sysctl_set(ns: &Ns, key: &str, value: &str) {
     let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
     let k = key.replace('.', "/");
     let v = value.to_string();
@@ -181,7 +220,7 @@ pub fn sysctl_set(ns: &NetnsGuard, key: &str, value: &str) {
 }
 
 /// Reads a sysctl inside the namespace.
-pub fn sysctl_get(ns: &NetnsGuard, key: &str) -> String {
+pub fn sysctl_get(ns: &Ns, key: &str) -> String {
     let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
     let k = key.replace('.', "/");
     netns
@@ -190,9 +229,8 @@ pub fn sysctl_get(ns: &NetnsGuard, key: &str) -> String {
         .unwrap_or_else(|e| panic!("sysctl {key}: {e}"))
 }
 
-/// Runs `nft -f -` with `script` inside the namespace.
 /// Applies a typed batch with `nft -j -f -` inside `ns`.
-pub fn nft_apply_batch(ns: &NetnsGuard, batch: &kindnet_nft::Batch) {
+pub fn nft_apply_batch(ns: &Ns, batch: &kindnet_nft::Batch) {
     let json = batch.to_json().to_string();
     let mut child = ns
         .command("nft")

@@ -1,48 +1,51 @@
-//! kindnetd benchmark: feeds a real kindnetd (run with `ip netns exec`) an
-//! N-node cluster inside a network namespace this program creates and
-//! removes, and prints one JSON line per node source with:
+//! `kindnet-lab bench-nodes`: kindnetd's control plane at scale. A real
+//! kindnetd (run with `ip netns exec`) is fed an N-node cluster inside a
+//! network namespace of this lab, once per node source (a nodes file, then
+//! a fake API server: crate `kindnet-fakeapi`), and one JSON line per
+//! source gives:
 //! - time from start to all peer routes installed,
 //! - time from one node change to the routing table reflecting it,
 //! - resident memory after convergence.
 //!
-//! Usage (as root):
-//!   cargo build --release -p kindnetd
-//!   target/release/kindnetd-bench [--nodes 5000] [--source file|kube|both]
+//! Everything lives under the lab's name (namespace `kl-NAME-SOURCE`, state
+//! in `/run/kindnet-lab/NAME/`), so `kindnet-lab down NAME` removes what an
+//! interrupted run left; a finished run removes it itself.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use ipnet::IpNet;
+use kindnet_fakeapi::{FakeApi, Served, kubeconfig, node_json};
 use kindnet_netlink::{Family, Handle, Netns, RouteEvent, RouteEvents, RouteFilter};
-use kindnetd::fakeapi::{FakeApi, node_json};
-use kindnetd::routes::ROUTE_PROTOCOL;
-use kindnetd::testutil::{ChildGuard, NetnsGuard, is_root};
 use serde_json::{Value, json};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "kindnetd-bench",
-    about = "Measure kindnetd convergence, change latency and memory"
-)]
-struct Args {
+use crate::cluster;
+use crate::plan::{self, KINDNETD_ROUTE_PROTOCOL};
+use crate::sys::{self, Result};
+
+#[derive(clap::Args)]
+pub struct BenchNodesArgs {
     /// Number of nodes in the cluster (this node included).
     #[arg(long, default_value_t = 5000)]
-    nodes: usize,
+    pub nodes: usize,
     /// Node source to measure.
     #[arg(long, default_value = "both", value_parser = ["file", "kube", "both"])]
-    source: String,
+    pub source: String,
     /// Node changes to time (the median and max are reported).
     #[arg(long, default_value_t = 10)]
-    changes: usize,
-    /// The kindnetd binary (default: next to this one).
-    #[arg(long)]
-    kindnetd: Option<PathBuf>,
+    pub changes: usize,
     /// kindnetd's log filter; its log is copied to stderr at the end.
     #[arg(long, default_value = "warn")]
-    log_level: String,
+    pub log_level: String,
+    /// The lab's name (its namespaces and state directory).
+    #[arg(long, default_value = "bnodes")]
+    pub name: String,
+    /// Directory with kindnetd (default: next to this binary).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
 }
 
 fn node_ip(i: usize) -> Ipv4Addr {
@@ -69,32 +72,69 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The namespace of one source's run, with one L2 segment (eth0) with
+/// room for every node address, and its state directory; the namespace is
+/// removed on drop.
 struct Setup {
-    ns: NetnsGuard,
+    ns: String,
     netns: Netns,
     dir: PathBuf,
 }
 
 impl Drop for Setup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        sys::netns_del(&self.ns);
     }
 }
 
-fn setup(tag: &str) -> Result<Setup, String> {
-    let ns = NetnsGuard::new("kd-bench")?;
-    // One L2 segment with room for every node address.
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-    ])?;
-    ns.ip(&["addr", "add", "10.0.0.1/16", "dev", "eth0"])?;
-    ns.ip(&["link", "set", "eth0", "up"])?;
-    ns.ip(&["link", "set", "peer0", "up"])?;
-    let netns = Netns::open(ns.path()).map_err(|e| e.to_string())?;
-    let dir = std::env::temp_dir().join(format!("kindnetd-bench-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    Ok(Setup { ns, netns, dir })
+/// The kindnetd of one run (its PID), stopped on drop.
+struct Kindnetd<'a> {
+    pid: u32,
+    lab: &'a str,
+}
+
+impl Drop for Kindnetd<'_> {
+    fn drop(&mut self) {
+        cluster::stop_kindnetd(self.pid, &cluster::state_dir(self.lab));
+    }
+}
+
+fn setup(lab: &str, source: &str) -> Result<Setup> {
+    let ns = format!("{}{source}", plan::prefix(lab));
+    sys::netns_add(&ns)?;
+    let netns = match Netns::open(format!("/var/run/netns/{ns}")) {
+        Ok(n) => n,
+        Err(e) => {
+            sys::netns_del(&ns);
+            return Err(format!("open netns {ns}: {e}"));
+        }
+    };
+    let dir = cluster::state_dir(lab).join(source);
+    let s = Setup { ns, netns, dir };
+    let ns = &s.ns;
+    sys::ip(
+        ns,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ],
+    )?;
+    sys::ip(ns, &["addr", "add", "10.0.0.1/16", "dev", "eth0"])?;
+    sys::ip(ns, &["link", "set", "eth0", "up"])?;
+    sys::ip(ns, &["link", "set", "peer0", "up"])?;
+    std::fs::create_dir_all(&s.dir).map_err(|e| e.to_string())?;
+    Ok(s)
+}
+
+/// Removes whatever is left of the lab (its state directory, and anything
+/// a killed run left) when dropped.
+struct Down<'a>(&'a str);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = cluster::down(self.0) {
+            eprintln!("kindnet-lab bench-nodes: cleaning up lab {}: {e}", self.0);
+        }
+    }
 }
 
 /// Waits until the kernel has a kindnetd route for every `want` (dst → gw),
@@ -102,18 +142,16 @@ fn setup(tag: &str) -> Result<Setup, String> {
 fn wait_routes(
     events: &mut RouteEvents,
     h: &mut Handle,
-    want: &std::collections::HashMap<IpNet, IpAddr>,
+    want: &HashMap<IpNet, IpAddr>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
-    let mut have: std::collections::HashMap<IpNet, IpAddr> = std::collections::HashMap::new();
-    let matches = |have: &std::collections::HashMap<IpNet, IpAddr>| {
-        want.iter().all(|(d, g)| have.get(d) == Some(g))
-    };
+    let mut have: HashMap<IpNet, IpAddr> = HashMap::new();
+    let matches = |have: &HashMap<IpNet, IpAddr>| want.iter().all(|(d, g)| have.get(d) == Some(g));
     // Start from what is installed now.
-    let dump = |h: &mut Handle| -> Result<std::collections::HashMap<IpNet, IpAddr>, String> {
+    let dump = |h: &mut Handle| -> Result<HashMap<IpNet, IpAddr>> {
         let f = RouteFilter {
-            protocol: Some(ROUTE_PROTOCOL),
+            protocol: Some(KINDNETD_ROUTE_PROTOCOL),
             ..Default::default()
         };
         Ok(h.routes(Family::V4, f)
@@ -136,13 +174,13 @@ fn wait_routes(
             Ok(evs) => {
                 for e in evs {
                     match e {
-                        RouteEvent::Added(r) if r.protocol == ROUTE_PROTOCOL => {
+                        RouteEvent::Added(r) if r.protocol == KINDNETD_ROUTE_PROTOCOL => {
                             if let Some(g) = r.gateway {
                                 have.insert(r.dst, g);
                             }
                         }
                         RouteEvent::Deleted(r)
-                            if r.protocol == ROUTE_PROTOCOL
+                            if r.protocol == KINDNETD_ROUTE_PROTOCOL
                                 && have.get(&r.dst) == r.gateway.as_ref() =>
                         {
                             have.remove(&r.dst);
@@ -167,16 +205,13 @@ fn median(v: &mut [f64]) -> f64 {
 
 enum Feed {
     File(PathBuf),
-    Kube(FakeApi),
+    Kube(Served),
 }
 
 impl Feed {
     /// Prepares a new version of the node list; the returned closure
     /// publishes it (the moment of change: a rename for the file source).
-    fn stage(
-        &self,
-        nodes: &[Value],
-    ) -> Result<Box<dyn FnOnce() -> Result<(), String> + '_>, String> {
+    fn stage(&self, nodes: &[Value]) -> Result<Box<dyn FnOnce() -> Result<()> + '_>> {
         match self {
             Feed::File(p) => {
                 let body = json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": nodes});
@@ -186,10 +221,10 @@ impl Feed {
                     std::fs::rename(&tmp, p).map_err(|e| e.to_string())
                 }))
             }
-            Feed::Kube(api) => {
+            Feed::Kube(served) => {
                 let nodes = nodes.to_vec();
                 Ok(Box::new(move || {
-                    api.preload(nodes);
+                    served.api.preload(nodes);
                     Ok(())
                 }))
             }
@@ -197,18 +232,14 @@ impl Feed {
     }
 }
 
-fn bench(args: &Args, source: &str, kindnetd: &Path) -> Result<Value, String> {
-    let s = setup(source)?;
+fn bench(args: &BenchNodesArgs, source: &str, kindnetd: &Path) -> Result<Value> {
+    let s = setup(&args.name, source)?;
     let n = args.nodes.max(2);
     let mut nodes: Vec<Value> = (0..n).map(|i| node(i, node_ip(i))).collect();
     let cni = s.dir.join("net.d");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-
+    // Every path names the lab's state directory: `down` finds this
+    // kindnetd by it.
     let mut daemon_args: Vec<String> = vec![
         "--node-name=node-00000".into(),
         format!("--cni-conf-dir={}", cni.display()),
@@ -220,54 +251,48 @@ fn bench(args: &Args, source: &str, kindnetd: &Path) -> Result<Value, String> {
         daemon_args.push(format!("--nodes-file={}", p.display()));
         Feed::File(p)
     } else {
-        let api = FakeApi::new();
         // The API server listens inside the namespace, on its loopback.
-        let std_listener = s
+        let listener = s
             .netns
             .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let port = std_listener.local_addr().map_err(|e| e.to_string())?.port();
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let a = api.clone();
-        rt.spawn(async move {
-            if let Ok(l) = tokio::net::TcpListener::from_std(std_listener) {
-                let _ = a.serve(l).await;
-            }
-        });
+        let served = FakeApi::new()
+            .spawn(listener)
+            .map_err(|e| format!("fake API server: {e}"))?;
         let kc = s.dir.join("kubeconfig");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-                 contexts:\n- name: b\n  context:\n    cluster: b\n    user: b\ncurrent-context: b\nusers:\n- name: b\n  user:\n    token: t\n"
-            ),
-        )
-        .map_err(|e| e.to_string())?;
+        std::fs::write(&kc, kubeconfig(&served.url())).map_err(|e| e.to_string())?;
         daemon_args.push(format!("--kubeconfig={}", kc.display()));
-        Feed::Kube(api)
+        Feed::Kube(served)
     };
     feed.stage(&nodes)?()?;
 
     let mut h = Handle::in_netns(&s.netns).map_err(|e| e.to_string())?;
     let mut events = RouteEvents::in_netns(&s.netns).map_err(|e| e.to_string())?;
-    let mut want: std::collections::HashMap<IpNet, IpAddr> = (1..n)
+    let mut want: HashMap<IpNet, IpAddr> = (1..n)
         .map(|i| (pod_cidr(i), IpAddr::V4(node_ip(i))))
         .collect();
 
     let log = std::fs::File::create(s.dir.join("kindnetd.log")).map_err(|e| e.to_string())?;
-    let mut cmd = s.ns.command(&kindnetd.display().to_string());
-    cmd.args(&daemon_args)
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &s.ns])
+        .arg(kindnetd)
+        .args(&daemon_args)
         .env("KINDNET_LOG_LEVEL", &args.log_level)
         .env_remove("KUBECONFIG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
     let t0 = Instant::now();
-    let mut child = ChildGuard::spawn(&mut cmd).map_err(|e| format!("start kindnetd: {e}"))?;
-    let pid = child.id().unwrap_or(0);
+    // `ip netns exec` execs kindnetd: the PID is kindnetd's.
+    let daemon = Kindnetd {
+        pid: cmd
+            .spawn()
+            .map_err(|e| format!("start kindnetd: {e}"))?
+            .id(),
+        lab: &args.name,
+    };
+    let pid = daemon.pid;
     let logtail =
         |dir: &PathBuf| std::fs::read_to_string(dir.join("kindnetd.log")).unwrap_or_default();
     wait_routes(&mut events, &mut h, &want, Duration::from_secs(60))
@@ -283,12 +308,12 @@ fn bench(args: &Args, source: &str, kindnetd: &Path) -> Result<Value, String> {
         nodes[i] = node(i, new_ip);
         want.clear();
         want.insert(pod_cidr(i), IpAddr::V4(new_ip));
-        let publish: Box<dyn FnOnce() -> Result<(), String>> = match &feed {
+        let publish: Box<dyn FnOnce() -> Result<()>> = match &feed {
             Feed::File(_) => feed.stage(&nodes)?,
-            Feed::Kube(api) => {
+            Feed::Kube(served) => {
                 let n = nodes[i].clone();
                 Box::new(move || {
-                    api.apply(n);
+                    served.api.apply(n);
                     Ok(())
                 })
             }
@@ -307,18 +332,16 @@ fn bench(args: &Args, source: &str, kindnetd: &Path) -> Result<Value, String> {
         .routes(
             Family::V4,
             RouteFilter {
-                protocol: Some(ROUTE_PROTOCOL),
+                protocol: Some(KINDNETD_ROUTE_PROTOCOL),
                 ..Default::default()
             },
         )
         .map(|r| r.len())
         .unwrap_or(0);
-    let _ = child.signal(libc::SIGTERM);
-    let _ = child.wait_timeout(Duration::from_secs(5));
+    drop(daemon);
     if args.log_level != "warn" {
         eprintln!("--- kindnetd log ({source}) ---\n{}", logtail(&s.dir));
     }
-    drop(rt);
     let max = change_ms.iter().cloned().fold(0.0, f64::max);
     Ok(json!({
         "bench": "kindnetd",
@@ -335,25 +358,20 @@ fn bench(args: &Args, source: &str, kindnetd: &Path) -> Result<Value, String> {
     }))
 }
 
-fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    if !is_root() {
-        eprintln!("kindnetd-bench: needs root (it creates a network namespace)");
-        return std::process::ExitCode::from(2);
-    }
-    let kindnetd = args.kindnetd.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("kindnetd")))
-            .unwrap_or_else(|| PathBuf::from("kindnetd"))
-    });
+/// Runs the benchmark for the chosen sources with `kindnetd`; one JSON
+/// line per source (an `error` line for a source that failed).
+pub fn run(args: &BenchNodesArgs, kindnetd: &Path) -> Result<ExitCode> {
+    cluster::validate_name(&args.name)?;
+    // A leftover of an interrupted run.
+    cluster::down(&args.name)?;
+    let _down = Down(&args.name);
     let sources: Vec<&str> = match args.source.as_str() {
         "both" => vec!["file", "kube"],
         s => vec![s],
     };
     let mut ok = true;
     for src in sources {
-        match bench(&args, src, &kindnetd) {
+        match bench(args, src, kindnetd) {
             Ok(v) => println!("{v}"),
             Err(e) => {
                 ok = false;
@@ -364,9 +382,9 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
-    if ok {
-        std::process::ExitCode::SUCCESS
+    Ok(if ok {
+        ExitCode::SUCCESS
     } else {
-        std::process::ExitCode::FAILURE
-    }
+        ExitCode::FAILURE
+    })
 }

@@ -1,5 +1,6 @@
 //! A small fake Kubernetes API server serving list and watch of Nodes, for
-//! tests and the benchmark (not used by the daemon itself).
+//! kindnetd's tests and the lab's node benchmark (`kindnet-lab
+//! bench-nodes`); never part of kindnetd itself.
 //!
 //! It keeps an event history with resource versions, pages lists with
 //! `limit`/`continue`, streams watch events, and can simulate an expired
@@ -7,6 +8,13 @@
 //! watch start) and two kinds of outage: every request answered 503 with
 //! open watches cut ([`FakeApi::set_down`]), or the server gone: every
 //! connection, open or new, closed at once ([`FakeApi::set_unreachable`]).
+//!
+//! From async code, [`FakeApi::serve`] on a listener; from blocking code
+//! (a test, the benchmark), [`FakeApi::spawn`] on a listener made where the
+//! client will connect (e.g. inside a network namespace), with
+//! [`kubeconfig`] for the client.
+
+#![warn(missing_docs)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
+/// How an expired resource version is answered (see [`FakeApi::expire`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GoneMode {
     /// HTTP 200 with one ERROR event carrying code 410 (what the API server
@@ -45,12 +54,14 @@ struct Inner {
     /// Bumped to close every open connection.
     conn_gen: u64,
     gone_mode: Option<GoneMode>,
-    pub lists: u64,
-    pub watches: u64,
+    lists: u64,
+    watches: u64,
     /// The User-Agent of every request, in order (None: no header).
     user_agents: Vec<Option<String>>,
 }
 
+/// The fake API server's state: nodes, event history, outage switches and
+/// request counters. Clones share it; [`FakeApi::serve`] serves it.
 #[derive(Clone)]
 pub struct FakeApi {
     inner: Arc<Mutex<Inner>>,
@@ -94,7 +105,36 @@ fn gone_status(rv: u64, newest: u64) -> Value {
     })
 }
 
+/// A kubeconfig (YAML) for a client of the fake server at `server` (e.g.
+/// `http://127.0.0.1:PORT`), with a bearer token: what kindnetd's
+/// `--kubeconfig` reads.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n\
+         users:\n- name: fake\n  user:\n    token: fake-token\n"
+    )
+}
+
+/// A [`FakeApi`] served on a runtime of its own (one worker thread), for
+/// blocking callers; serving stops when this is dropped.
+pub struct Served {
+    /// The server's state: change it and the server's answers follow.
+    pub api: FakeApi,
+    /// The address it listens on.
+    pub addr: std::net::SocketAddr,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Served {
+    /// `http://ADDR:PORT`, the server's URL for [`kubeconfig`].
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 impl FakeApi {
+    /// An empty server (no nodes, resource version 1).
     pub fn new() -> FakeApi {
         let (changed, _) = tokio::sync::watch::channel(0);
         FakeApi {
@@ -153,6 +193,7 @@ impl FakeApi {
         self.bump(&mut g);
     }
 
+    /// Removes a node (DELETED event).
     pub fn delete(&self, name: &str) {
         let mut g = self.lock();
         let Some(mut node) = g.nodes.remove(name) else {
@@ -208,6 +249,7 @@ impl FakeApi {
         (g.lists, g.watches)
     }
 
+    /// The HTTP routes (`/api`, `/api/v1/nodes`) over this state.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/api/v1/nodes", get(nodes))
@@ -226,6 +268,28 @@ impl FakeApi {
             router,
         )
         .await
+    }
+
+    /// Serves on `listener` (a blocking std listener, e.g. bound inside a
+    /// network namespace) from a runtime of its own, until the returned
+    /// [`Served`] is dropped.
+    pub fn spawn(&self, listener: std::net::TcpListener) -> std::io::Result<Served> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let listener = {
+            let _entered = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        rt.spawn(self.clone().serve(listener));
+        Ok(Served {
+            api: self.clone(),
+            addr,
+            _rt: rt,
+        })
     }
 
     fn cut(&self, generation: u64) -> bool {
