@@ -1,6 +1,7 @@
-//! A small fake Kubernetes API server serving list and watch of Nodes, for
-//! kindnetd's tests and the lab's node benchmark (`kindnet-lab
-//! bench-nodes`); never part of kindnetd itself.
+//! A small fake Kubernetes API server serving list and watch of Nodes,
+//! Pods, Namespaces and NetworkPolicies (every namespace: the collections
+//! kindnetd watches), for kindnetd's tests and the lab's node benchmark
+//! (`kindnet-lab bench-nodes`); never part of kindnetd itself.
 //!
 //! It keeps an event history with resource versions, pages lists with
 //! `limit`/`continue`, streams watch events, and can simulate an expired
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -38,12 +39,76 @@ pub enum GoneMode {
     Http,
 }
 
+/// A collection the server lists and watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resource {
+    /// `/api/v1/nodes`
+    Nodes,
+    /// `/api/v1/pods`
+    Pods,
+    /// `/api/v1/namespaces`
+    Namespaces,
+    /// `/apis/networking.k8s.io/v1/networkpolicies`
+    NetworkPolicies,
+}
+
+impl Resource {
+    /// Every collection served.
+    pub const ALL: [Resource; 4] = [
+        Resource::Nodes,
+        Resource::Pods,
+        Resource::Namespaces,
+        Resource::NetworkPolicies,
+    ];
+
+    /// The cluster-wide URL path of the collection.
+    pub fn path(self) -> &'static str {
+        match self {
+            Resource::Nodes => "/api/v1/nodes",
+            Resource::Pods => "/api/v1/pods",
+            Resource::Namespaces => "/api/v1/namespaces",
+            Resource::NetworkPolicies => "/apis/networking.k8s.io/v1/networkpolicies",
+        }
+    }
+
+    fn api_version(self) -> &'static str {
+        match self {
+            Resource::NetworkPolicies => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    fn list_kind(self) -> &'static str {
+        match self {
+            Resource::Nodes => "NodeList",
+            Resource::Pods => "PodList",
+            Resource::Namespaces => "NamespaceList",
+            Resource::NetworkPolicies => "NetworkPolicyList",
+        }
+    }
+
+    fn namespaced(self) -> bool {
+        matches!(self, Resource::Pods | Resource::NetworkPolicies)
+    }
+
+    /// `namespace/name` for namespaced objects, else `name`.
+    fn key(self, obj: &Value) -> Option<String> {
+        let name = obj["metadata"]["name"].as_str()?;
+        if self.namespaced() {
+            let ns = obj["metadata"]["namespace"].as_str()?;
+            Some(format!("{ns}/{name}"))
+        } else {
+            Some(name.to_string())
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    nodes: BTreeMap<String, Value>,
-    /// (resourceVersion, type, object)
-    events: Vec<(u64, &'static str, Value)>,
+    objects: BTreeMap<(Resource, String), Value>,
+    /// (resourceVersion, collection, type, object)
+    events: Vec<(u64, Resource, &'static str, Value)>,
     /// Watches from a resourceVersion below this get 410.
     compacted_below: u64,
     /// Bumped to cut every open watch.
@@ -159,21 +224,27 @@ impl FakeApi {
     }
 
     /// Adds or replaces a node (ADDED or MODIFIED event).
-    pub fn apply(&self, mut node: Value) {
+    pub fn apply(&self, node: Value) {
+        self.apply_object(Resource::Nodes, node);
+    }
+
+    /// Adds or replaces an object of `res` (ADDED or MODIFIED event); one
+    /// without a name (or, namespaced, a namespace) is ignored.
+    pub fn apply_object(&self, res: Resource, mut obj: Value) {
         let mut g = self.lock();
-        g.rv += 1;
-        let rv = g.rv;
-        let Some(name) = node["metadata"]["name"].as_str().map(str::to_string) else {
+        let Some(key) = res.key(&obj) else {
             return;
         };
-        node["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let kind = if g.nodes.contains_key(&name) {
+        g.rv += 1;
+        let rv = g.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let kind = if g.objects.contains_key(&(res, key.clone())) {
             "MODIFIED"
         } else {
             "ADDED"
         };
-        g.nodes.insert(name, node.clone());
-        g.events.push((rv, kind, node));
+        g.objects.insert((res, key), obj.clone());
+        g.events.push((rv, res, kind, obj));
         self.bump(&mut g);
     }
 
@@ -184,9 +255,9 @@ impl FakeApi {
         for mut n in nodes {
             g.rv += 1;
             let rv = g.rv;
-            if let Some(name) = n["metadata"]["name"].as_str().map(str::to_string) {
+            if let Some(key) = Resource::Nodes.key(&n) {
                 n["metadata"]["resourceVersion"] = json!(rv.to_string());
-                g.nodes.insert(name, n);
+                g.objects.insert((Resource::Nodes, key), n);
             }
         }
         g.compacted_below = g.rv;
@@ -195,14 +266,20 @@ impl FakeApi {
 
     /// Removes a node (DELETED event).
     pub fn delete(&self, name: &str) {
+        self.delete_object(Resource::Nodes, name);
+    }
+
+    /// Removes an object of `res` by `namespace/name` (namespaced) or
+    /// `name` (DELETED event).
+    pub fn delete_object(&self, res: Resource, key: &str) {
         let mut g = self.lock();
-        let Some(mut node) = g.nodes.remove(name) else {
+        let Some(mut obj) = g.objects.remove(&(res, key.to_string())) else {
             return;
         };
         g.rv += 1;
         let rv = g.rv;
-        node["metadata"]["resourceVersion"] = json!(rv.to_string());
-        g.events.push((rv, "DELETED", node));
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        g.events.push((rv, res, "DELETED", obj));
         self.bump(&mut g);
     }
 
@@ -249,12 +326,17 @@ impl FakeApi {
         (g.lists, g.watches)
     }
 
-    /// The HTTP routes (`/api`, `/api/v1/nodes`) over this state.
+    /// The HTTP routes (`/api` and every [`Resource`]'s path) over this state.
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/api/v1/nodes", get(nodes))
-            .route("/api", get(api_versions))
-            .with_state(self.clone())
+        let mut r = Router::new().route("/api", get(api_versions));
+        for res in Resource::ALL {
+            let api = self.clone();
+            r = r.route(
+                res.path(),
+                get(move |headers, query| list_or_watch(api, res, headers, query)),
+            );
+        }
+        r
     }
 
     /// Serves on `listener` until the task is dropped.
@@ -404,8 +486,9 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
-async fn nodes(
-    State(api): State<FakeApi>,
+async fn list_or_watch(
+    api: FakeApi,
+    res: Resource,
     headers: axum::http::HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -430,14 +513,20 @@ async fn nodes(
             .filter(|l| *l > 0)
             .unwrap_or(usize::MAX);
         let offset: usize = q.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
-        let items: Vec<&Value> = g.nodes.values().skip(offset).take(limit).collect();
+        let all: Vec<&Value> = g
+            .objects
+            .range((res, String::new())..)
+            .take_while(|((r, _), _)| *r == res)
+            .map(|(_, v)| v)
+            .collect();
+        let items: Vec<&Value> = all.iter().skip(offset).take(limit).copied().collect();
         let next = offset + items.len();
         let mut meta = json!({"resourceVersion": g.rv.to_string()});
-        if next < g.nodes.len() {
+        if next < all.len() {
             meta["continue"] = json!(next.to_string());
         }
-        let body =
-            json!({"apiVersion": "v1", "kind": "NodeList", "metadata": meta, "items": items});
+        let body = json!({"apiVersion": res.api_version(), "kind": res.list_kind(),
+                          "metadata": meta, "items": items});
         return json_response(StatusCode::OK, &body);
     }
 
@@ -489,7 +578,11 @@ async fn nodes(
                         }
                         return None;
                     }
-                    if let Some((rv, kind, obj)) = g.events.iter().find(|(rv, _, _)| *rv > cursor) {
+                    if let Some((rv, _, kind, obj)) = g
+                        .events
+                        .iter()
+                        .find(|(rv, r, _, _)| *rv > cursor && *r == res)
+                    {
                         let line = format!("{}\n", json!({"type": kind, "object": obj}));
                         let rv = *rv;
                         drop(g);

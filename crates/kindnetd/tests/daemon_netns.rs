@@ -517,6 +517,44 @@ fn kubernetes_source_end_to_end() {
         Duration::from_secs(20),
     )
     .unwrap_or_else(|e| fail(e));
+
+    // NetworkPolicy from the same API: a deny-all selecting this node's pod
+    // is programmed into the kernel, and its deletion is too.
+    use kindnet_fakeapi::Resource;
+    api.apply_object(
+        Resource::Namespaces,
+        serde_json::json!({"metadata": {"name": "x", "labels": {"ns": "x"}}}),
+    );
+    api.apply_object(
+        Resource::Pods,
+        serde_json::json!({"metadata": {"namespace": "x", "name": "a", "labels": {"pod": "a"}},
+                           "spec": {"nodeName": "me"},
+                           "status": {"phase": "Running", "podIPs": [{"ip": "10.244.0.5"}]}}),
+    );
+    api.apply_object(
+        Resource::NetworkPolicies,
+        serde_json::json!({"metadata": {"namespace": "x", "name": "deny"},
+                           "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    let selected = |want: f64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while metric(&ns, "kindnet_netpol_selected_pods") != Some(want) {
+            if std::time::Instant::now() > deadline {
+                fail(format!(
+                    "kindnet_netpol_selected_pods is {:?}, want {want}",
+                    metric(&ns, "kindnet_netpol_selected_pods")
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    selected(1.0);
+    let map = ns
+        .exec(&["nft", "list", "map", "inet", "kindnet-netpol", "ingress4"])
+        .unwrap_or_else(|e| fail(e));
+    assert!(map.contains("10.244.0.5"), "{map}");
+    api.delete_object(Resource::NetworkPolicies, "x/deny");
+    selected(0.0);
 }
 
 /// The nodes file of a kindnetd that knows `me` and peer b gains peer c:
@@ -688,8 +726,9 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
     drop(flood);
 }
 
-/// A fake API server on the namespace's loopback and a kindnetd watching it
-/// (NetworkPolicy off: the fake serves Nodes only).
+/// A fake API server on the namespace's loopback and a kindnetd watching
+/// it: Nodes, and (NetworkPolicy on, the default) Pods, Namespaces and
+/// NetworkPolicies.
 struct KubeDaemon {
     api: FakeApi,
     d: Daemon,
@@ -719,8 +758,6 @@ fn kube_daemon(ns: &Ns, tag: &str, nodes: Vec<Value>) -> KubeDaemon {
             "--cni-conf-dir",
             cni.to_str().unwrap(),
             "--metrics-bind-address=127.0.0.1:19080",
-            // the fake API server serves Nodes only
-            "--network-policy=false",
         ],
         dir.path().join("log"),
     );
@@ -779,8 +816,15 @@ fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
     );
 
     // Issue 10, defect 4: the log (a file, as `kubectl logs` reads it) is
-    // plain text, and the whole outage is two lines: one when the failures
-    // start, one when they end, with the count; nothing from the client.
+    // plain text, and the whole outage is two lines per watch: one when the
+    // failures start, one when they end, with the count; nothing from the
+    // client. (The four watches resume each on its own schedule.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while k.d.log().matches("watch working again").count() < 4
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let log = k.d.log();
     assert!(
         !log.contains('\u{1b}'),
@@ -790,15 +834,33 @@ fn node_created_after_an_outage_and_compacted_restart_is_routed_within_3s() {
         .lines()
         .filter(|l| {
             l.contains("kube")
-                && (l.contains("WARN") || l.contains("ERROR") || l.contains("node watch"))
+                && (l.contains("WARN") || l.contains("ERROR") || l.contains(" watch "))
         })
         .collect();
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert!(lines[0].contains("node watch failing"), "{lines:#?}");
+    let node: Vec<&&str> = lines.iter().filter(|l| l.contains("node watch")).collect();
+    assert_eq!(node.len(), 2, "{lines:#?}");
+    assert!(node[0].contains("node watch failing"), "{lines:#?}");
     assert!(
-        lines[1].contains("node watch working again") && lines[1].contains("failures="),
+        node[1].contains("node watch working again") && node[1].contains("failures="),
         "{lines:#?}"
     );
+    // NetworkPolicy's three watches, likewise.
+    for kind in ["pods", "namespaces", "networkpolicies"] {
+        let of: Vec<&&str> = lines
+            .iter()
+            .filter(|l| l.contains(&format!("kind=\"{kind}\"")))
+            .collect();
+        assert_eq!(of.len(), 2, "{kind}: {lines:#?}");
+        assert!(
+            of[0].contains(&format!("{kind} watch failing")),
+            "{lines:#?}"
+        );
+        assert!(
+            of[1].contains(&format!("{kind} watch working again")),
+            "{lines:#?}"
+        );
+    }
+    assert_eq!(lines.len(), 8, "nothing else: {lines:#?}");
     assert!(!log.contains("kube_client"), "{log}");
 }
 

@@ -330,3 +330,132 @@ async fn every_request_carries_the_kindnetd_user_agent() {
         "{uas:?}"
     );
 }
+
+/// The NetworkPolicy inputs (Pods, Namespaces, NetworkPolicies) from the
+/// API: the first lists, ADDED/MODIFIED/DELETED, a 410 relist and an outage
+/// during which what is known is kept.
+#[tokio::test]
+async fn pods_namespaces_and_policies_follow_the_api() {
+    use kindnet_fakeapi::Resource;
+    use kindnetd::netpol::{Inputs, PolicySink};
+    use serde_json::json;
+
+    let pod = |ns: &str, name: &str, label: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"namespace": ns, "name": name, "labels": {"pod": label}},
+               "spec": {"nodeName": "me", "containers": [{"name": "c",
+                        "ports": [{"name": "serve-80-tcp", "containerPort": 80}]}]},
+               "status": {"phase": "Running", "podIPs": [{"ip": ip}]}})
+    };
+    let namespace = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": name, "labels": {"ns": name}}})
+    };
+    let deny = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                      "metadata": {"namespace": "x", "name": "deny"},
+                      "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}});
+    let api = FakeApi::new();
+    api.apply_object(Resource::Namespaces, namespace("x"));
+    api.apply_object(Resource::Pods, pod("x", "a", "a", "10.244.0.5"));
+    api.apply_object(Resource::NetworkPolicies, deny.clone());
+    // A node in the API too: the node watch must not see other kinds.
+    api.apply(n("me", "10.244.0.0/24", "10.0.0.1"));
+
+    let h = start(api).await;
+    let inputs = Arc::new(Mutex::new(Inputs::default()));
+    let (wake, _woken) = mpsc::channel();
+    let kc = h._dir.path().join("kubeconfig");
+    let client = source::kube::client(Some(&kc), None).await.unwrap();
+    tokio::spawn(source::kube_netpol::run(
+        client,
+        PolicySink::new(inputs.clone(), wake),
+        h.status.clone(),
+    ));
+    // (pods as ns/name=label@ip, namespaces, policies)
+    let seen = || {
+        let g = inputs.lock().unwrap();
+        let pods: Vec<String> = g
+            .pods
+            .values()
+            .map(|p| {
+                format!(
+                    "{}/{}={}@{}",
+                    p.namespace,
+                    p.name,
+                    p.labels.get("pod").cloned().unwrap_or_default(),
+                    p.pod_ips.join(",")
+                )
+            })
+            .collect();
+        let nss: Vec<String> = g.namespaces.keys().cloned().collect();
+        let pols: Vec<String> = g.policies.keys().map(|(n, p)| format!("{n}/{p}")).collect();
+        (g.synced(), pods, nss, pols)
+    };
+    let wait = |want: (bool, Vec<&str>, Vec<&str>, Vec<&str>)| {
+        let own = |v: Vec<&str>| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let want = (want.0, own(want.1), own(want.2), own(want.3));
+        let seen = &seen;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while seen() != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "inputs are {:?}, want {want:?}",
+                    seen()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    wait((true, vec!["x/a=a@10.244.0.5"], vec!["x"], vec!["x/deny"])).await;
+    h.wait(
+        &[("me", "10.244.0.0/24", "10.0.0.1")],
+        Duration::from_secs(5),
+    )
+    .await;
+    // Named container ports arrive with the pod.
+    assert_eq!(
+        inputs.lock().unwrap().pods.values().next().unwrap().ports[0].name,
+        "serve-80-tcp"
+    );
+
+    h.api
+        .apply_object(Resource::Pods, pod("x", "a", "a2", "10.244.0.5"));
+    h.api
+        .apply_object(Resource::Pods, pod("x", "b", "b", "10.244.0.6"));
+    h.api.delete_object(Resource::NetworkPolicies, "x/deny");
+    wait((
+        true,
+        vec!["x/a=a2@10.244.0.5", "x/b=b@10.244.0.6"],
+        vec!["x"],
+        vec![],
+    ))
+    .await;
+
+    // History compacted: every watch relists and misses nothing.
+    h.api.expire(GoneMode::Event);
+    h.api.apply_object(Resource::Namespaces, namespace("y"));
+    h.api.apply_object(Resource::NetworkPolicies, deny.clone());
+    wait((
+        true,
+        vec!["x/a=a2@10.244.0.5", "x/b=b@10.244.0.6"],
+        vec!["x", "y"],
+        vec!["x/deny"],
+    ))
+    .await;
+
+    // An outage: nothing known is dropped; afterwards the watches resume.
+    h.api.set_down(true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(seen().1.len(), 2, "pods kept during the outage");
+    assert_eq!(seen().3, vec!["x/deny".to_string()]);
+    h.api.set_down(false);
+    h.api.delete_object(Resource::Pods, "x/b");
+    wait((
+        true,
+        vec!["x/a=a2@10.244.0.5"],
+        vec!["x", "y"],
+        vec!["x/deny"],
+    ))
+    .await;
+}

@@ -288,28 +288,51 @@ fn jitter() -> f64 {
     (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Watches Nodes forever, feeding `sink`.
+/// What one watched collection does with what its watch delivers, and how
+/// its log lines name it.
+pub trait Feed<K> {
+    /// The collection, for log lines (`nodes`, `pods`, ...).
+    fn kind(&self) -> &'static str;
+    /// What is kept while the watch fails, for log lines.
+    fn kept(&self) -> &'static str;
+    /// A complete list: it replaces everything known of the collection.
+    fn listed(&mut self, objects: Vec<K>);
+    fn applied(&mut self, object: K);
+    fn deleted(&mut self, object: K);
+    /// The watch failed (counted; the caller logs and retries).
+    fn failed(&mut self);
+}
+
+/// Watches one collection forever, feeding `feed` — the node watch and
+/// NetworkPolicy's three watches alike.
 ///
 /// Retries are this loop's own ([`Retry`]): the client's built-in retry is
 /// off (see [`client`]), and the watcher runs without a backoff layer, so
 /// nothing else grows a pause. After an outage the watch resumes from the
 /// last resource version; if the server's history no longer has it (410,
-/// in the stream or on watch start) the nodes are listed again at once and
-/// the list replaces the store as a whole. Nothing known is dropped while
-/// the server is away.
-pub async fn run(client: Client, sink: Sink) {
-    let api: Api<SlimNode> = Api::all(client);
+/// in the stream or on watch start) the collection is listed again at once
+/// and the list replaces what is known as a whole. Nothing known is dropped
+/// while the server is away; a failure streak is two log lines
+/// ([`StreakLog`]).
+pub async fn watch_forever<K, F>(api: Api<K>, feed: &mut F)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+    F: Feed<K>,
+{
     let mut retry = Retry::default();
     let mut streak = StreakLog::default();
+    let (kind, kept) = (feed.kind(), feed.kept());
     loop {
         // A fresh watcher starts with a full list.
         let cfg = watcher::Config::default().page_size(500);
         let mut stream = watcher::watcher(api.clone(), cfg).boxed();
-        let mut buffer: Option<Vec<RawNode>> = None;
-        loop {
-            let Some(item) = stream.next().await else {
-                break;
-            };
+        let mut buffer: Option<Vec<K>> = None;
+        while let Some(item) = stream.next().await {
             match item {
                 // Emitted before the list request: not a sign of success.
                 Ok(Event::Init) => buffer = Some(Vec::new()),
@@ -319,50 +342,52 @@ pub async fn run(client: Client, sink: Sink) {
                         streak.success(Instant::now())
                     {
                         tracing::info!(
+                            kind,
                             failures = count,
                             lasted_s = lasted.as_secs(),
-                            "node watch working again (routes were kept meanwhile)"
+                            "{kind} watch working again ({kept} meanwhile)"
                         );
                     }
                     match ev {
                         Event::Init => {}
-                        Event::InitApply(n) => {
+                        Event::InitApply(o) => {
                             if let Some(b) = buffer.as_mut() {
-                                b.push(n.to_raw());
+                                b.push(o);
                             }
                         }
                         Event::InitDone => {
-                            let nodes = buffer.take().unwrap_or_default();
-                            sink.replace_all(SOURCE, &nodes);
-                            sink.mark_synced();
+                            let all = buffer.take().unwrap_or_default();
+                            tracing::debug!(kind, objects = all.len(), "list received");
+                            feed.listed(all);
                         }
-                        Event::Apply(n) => sink.upsert(SOURCE, &n.to_raw()),
-                        Event::Delete(n) => {
-                            if let Some(name) = n.metadata.name.as_deref() {
-                                sink.delete(SOURCE, name);
-                            }
-                        }
+                        Event::Apply(o) => feed.applied(o),
+                        Event::Delete(o) => feed.deleted(o),
                     }
                 }
                 Err(e) => {
-                    sink.status().metrics.source_error(SOURCE);
+                    feed.failed();
                     let failure = classify(&e);
                     let pause = retry.failed(failure, jitter());
                     match streak.failure(Instant::now()) {
                         Some(StreakLine::Started) => tracing::warn!(
+                            kind,
                             error = %e,
-                            "node watch failing; retrying every few seconds, routes are kept \
+                            "{kind} watch failing; retrying every few seconds, {kept} \
                              (one line per minute while it lasts)"
                         ),
                         Some(StreakLine::Ongoing { count, lasted }) => tracing::warn!(
+                            kind,
                             error = %e,
                             failures = count,
                             lasted_s = lasted.as_secs(),
-                            "node watch still failing; routes are kept"
+                            "{kind} watch still failing; {kept}"
                         ),
-                        _ => {
-                            tracing::debug!(error = %e, retry_in_ms = pause.as_millis() as u64, "node watch error")
-                        }
+                        _ => tracing::debug!(
+                            kind,
+                            error = %e,
+                            retry_in_ms = pause.as_millis() as u64,
+                            "watch error"
+                        ),
                     }
                     if !pause.is_zero() {
                         tokio::time::sleep(pause).await;
@@ -376,8 +401,43 @@ pub async fn run(client: Client, sink: Sink) {
                 }
             }
         }
-        tracing::debug!("restarting the node watch with a fresh list");
+        tracing::debug!(kind, "restarting the watch with a fresh list");
     }
+}
+
+/// The node store's side of the node watch.
+struct NodeFeed {
+    sink: Sink,
+}
+
+impl Feed<SlimNode> for NodeFeed {
+    fn kind(&self) -> &'static str {
+        "node"
+    }
+    fn kept(&self) -> &'static str {
+        "routes are kept"
+    }
+    fn listed(&mut self, nodes: Vec<SlimNode>) {
+        let nodes: Vec<RawNode> = nodes.iter().map(SlimNode::to_raw).collect();
+        self.sink.replace_all(SOURCE, &nodes);
+        self.sink.mark_synced();
+    }
+    fn applied(&mut self, n: SlimNode) {
+        self.sink.upsert(SOURCE, &n.to_raw());
+    }
+    fn deleted(&mut self, n: SlimNode) {
+        if let Some(name) = n.metadata.name.as_deref() {
+            self.sink.delete(SOURCE, name);
+        }
+    }
+    fn failed(&mut self) {
+        self.sink.status().metrics.source_error(SOURCE);
+    }
+}
+
+/// Watches Nodes forever, feeding `sink` ([`watch_forever`]).
+pub async fn run(client: Client, sink: Sink) {
+    watch_forever(Api::<SlimNode>::all(client), &mut NodeFeed { sink }).await
 }
 
 #[cfg(test)]

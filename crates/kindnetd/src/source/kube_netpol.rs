@@ -1,7 +1,7 @@
 //! Kubernetes source of the NetworkPolicy inputs: watches on Pods,
-//! Namespaces and NetworkPolicies, with the node watch's behaviour
-//! (kube-rs watcher: re-list after errors and 410 Gone, backoff through
-//! outages, the inputs known are kept meanwhile; a re-list replaces a
+//! Namespaces and NetworkPolicies through the node watch's own loop
+//! ([`watch_forever`]: its backoff and jitter, an immediate re-list on
+//! 410 Gone, the inputs known kept through outages; a re-list replaces a
 //! kind as a whole when it completes).
 //!
 //! Objects are decoded one at a time into the slim types of crate
@@ -10,16 +10,13 @@
 //! resourceVersion the watcher needs: nothing else is stored.
 
 use std::fmt::Debug;
-use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+use super::kube::{Feed, watch_forever};
 use crate::netpol::{Kind, Object, PolicySink};
 use crate::status::Status;
 
@@ -80,101 +77,65 @@ slim!(
     k8s_openapi::api::networking::v1::NetworkPolicy
 );
 
-/// Watches one kind forever.
+/// The NetworkPolicy inputs' side of one watch.
+struct PolicyFeed {
+    kind: Kind,
+    sink: PolicySink,
+    status: std::sync::Arc<Status>,
+}
+
+impl PolicyFeed {
+    fn source(&self) -> &'static str {
+        match self.kind {
+            Kind::Pod => "kube-pods",
+            Kind::Namespace => "kube-namespaces",
+            Kind::Policy => "kube-networkpolicies",
+        }
+    }
+}
+
+impl<K> Feed<K> for PolicyFeed
+where
+    K: kube::Resource,
+    Object: From<K>,
+{
+    fn kind(&self) -> &'static str {
+        self.kind.as_str()
+    }
+    fn kept(&self) -> &'static str {
+        "the rules programmed stay"
+    }
+    fn listed(&mut self, objects: Vec<K>) {
+        tracing::info!(
+            kind = self.kind.as_str(),
+            objects = objects.len(),
+            "policy input list received"
+        );
+        self.sink
+            .replace_kind(self.kind, objects.into_iter().map(Object::from).collect());
+    }
+    fn applied(&mut self, o: K) {
+        self.sink.upsert(Object::from(o));
+    }
+    fn deleted(&mut self, o: K) {
+        let m = o.meta();
+        if let Some(name) = m.name.as_deref() {
+            self.sink
+                .delete(self.kind, m.namespace.as_deref().unwrap_or(""), name);
+        }
+    }
+    fn failed(&mut self) {
+        self.status.metrics.source_error(self.source());
+    }
+}
+
+/// Watches one kind forever, as the node watch does ([`watch_forever`]).
 async fn watch<K>(api: Api<K>, kind: Kind, sink: PolicySink, status: std::sync::Arc<Status>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
     Object: From<K>,
 {
-    let source: &'static str = match kind {
-        Kind::Pod => "kube-pods",
-        Kind::Namespace => "kube-namespaces",
-        Kind::Policy => "kube-networkpolicies",
-    };
-    // One line per failure streak (issue 10): a long outage is a handful of
-    // lines, not one per retry.
-    let mut streak = crate::streak::StreakLog::default();
-    loop {
-        let cfg = watcher::Config::default().page_size(500);
-        let mut stream = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
-        let mut buffer: Option<Vec<Object>> = None;
-        loop {
-            let Some(item) = stream.next().await else {
-                break;
-            };
-            if item.is_ok()
-                && !matches!(item, Ok(Event::Init))
-                && let Some(crate::streak::StreakLine::Recovered { count, lasted }) =
-                    streak.success(std::time::Instant::now())
-            {
-                tracing::info!(
-                    kind = kind.as_str(),
-                    failures = count,
-                    lasted_s = lasted.as_secs(),
-                    "policy watch working again"
-                );
-            }
-            match item {
-                Ok(Event::Init) => buffer = Some(Vec::new()),
-                Ok(Event::InitApply(o)) => {
-                    if let Some(b) = buffer.as_mut() {
-                        b.push(Object::from(o));
-                    }
-                }
-                Ok(Event::InitDone) => {
-                    let all = buffer.take().unwrap_or_default();
-                    tracing::info!(
-                        kind = kind.as_str(),
-                        objects = all.len(),
-                        "policy input list received"
-                    );
-                    sink.replace_kind(kind, all);
-                }
-                Ok(Event::Apply(o)) => sink.upsert(Object::from(o)),
-                Ok(Event::Delete(o)) => {
-                    let m = o.meta();
-                    if let Some(name) = m.name.as_deref() {
-                        sink.delete(kind, m.namespace.as_deref().unwrap_or(""), name);
-                    }
-                }
-                Err(e) => {
-                    status.metrics.source_error(source);
-                    let gone_on_start = matches!(
-                        &e,
-                        watcher::Error::WatchStartFailed(kube::Error::Api(s)) if s.code == 410
-                    );
-                    match streak.failure(std::time::Instant::now()) {
-                        Some(crate::streak::StreakLine::Started) => tracing::warn!(
-                            kind = kind.as_str(),
-                            error = %e,
-                            "policy watch failing; retrying, the rules programmed stay \
-                             (one line per minute while it lasts)"
-                        ),
-                        Some(crate::streak::StreakLine::Ongoing { count, lasted }) => {
-                            tracing::warn!(
-                                kind = kind.as_str(),
-                                error = %e,
-                                failures = count,
-                                lasted_s = lasted.as_secs(),
-                                "policy watch still failing; the rules programmed stay"
-                            )
-                        }
-                        _ => {
-                            tracing::debug!(kind = kind.as_str(), error = %e, "policy watch error")
-                        }
-                    }
-                    if gone_on_start {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::info!(
-            kind = kind.as_str(),
-            "restarting the watch with a fresh list"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    watch_forever(api, &mut PolicyFeed { kind, sink, status }).await
 }
 
 /// Watches Pods, Namespaces and NetworkPolicies forever.
