@@ -9,6 +9,7 @@ mod netpol;
 mod netpol_bench;
 mod plan;
 mod runtime;
+mod sctp;
 mod sys;
 mod trace;
 mod trace_live;
