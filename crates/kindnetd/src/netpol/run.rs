@@ -1,9 +1,11 @@
 //! The policy reconciler: its own thread, woken by input and node changes.
 //!
-//! Each pass: inputs → `Cluster::new` → `compile` for this node → skip if
-//! the same as last applied → else an incremental diff (one transaction)
-//! → or, when that is impossible or the kernel refuses it, a replacement
-//! of the whole table (one transaction) carrying over the dispatch
+//! Each pass: inputs → `Cluster::new` (under the inputs' lock, reading
+//! them in place) → `compile` for this node → the batch taken apart into
+//! a [`Model`] → skip if the same as last applied → else an incremental
+//! diff (one transaction) → or, when that is impossible or the kernel
+//! refuses it, a replacement of the whole table (one transaction)
+//! carrying over the dispatch
 //! elements the CNI plugin added for pods whose addresses kindnetd does
 //! not know yet. The table is never deleted at start or exit: the old
 //! ruleset enforces until the new one replaces it. With
