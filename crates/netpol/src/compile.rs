@@ -925,6 +925,77 @@ mod tests {
     }
 
     #[test]
+    fn pods_alike_but_for_their_named_ports_get_their_own_rules() {
+        // x/a and x/b: the same labels, "http" on different ports; x/c
+        // like x/a; one policy allowing ingress to "http"
+        let with_port = |name: &str, ip: &str, port: u16| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"ports": [{"name": "http", "containerPort": port}]}]},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            with_port("a", "10.0.1.2", 80),
+            with_port("b", "10.0.1.3", 8080),
+            with_port("c", "10.0.1.4", 80),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(json!([{"metadata": {"namespace": "x", "name": "http"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}]}]}}]))
+        .unwrap();
+        let c = Cluster::new(&pods, &[], &pols, &[ctx()]).0;
+        let b = compile(&c, &ctx()).batch;
+        let rules = |chain: &Name| -> Vec<&RuleDef> {
+            b.cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Cmd::AddRule(_, r) if &r.chain == chain => Some(r),
+                    _ => None,
+                })
+                .collect()
+        };
+        // the port a pod's ingress allows, through its shared chain
+        let allowed = |pod: &str| -> Vec<Value> {
+            let pod_rules = rules(&pod_chain("x", pod, Direction::Ingress));
+            let [r] = pod_rules.as_slice() else {
+                panic!("{pod}: {pod_rules:?}")
+            };
+            let Expr::Goto(shared) = &r.exprs[0] else {
+                panic!("{r:?}")
+            };
+            let set = rules(shared)
+                .iter()
+                .flat_map(|r| &r.exprs)
+                .find_map(|e| match e {
+                    Expr::Match {
+                        right: Rhs::Set(n), ..
+                    } => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            b.cmds
+                .iter()
+                .find_map(|c| match c {
+                    Cmd::AddSet(_, s) if s.name == set => {
+                        Some(s.elements.iter().map(|e| e.key.clone()).collect())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let tcp = |p: u16| {
+            vec![Value::Concat(vec![
+                Value::Proto(L4Proto::Tcp),
+                Value::Port(p),
+            ])]
+        };
+        assert_eq!(allowed("a"), tcp(80));
+        assert_eq!(allowed("b"), tcp(8080));
+        assert_eq!(allowed("c"), tcp(80));
+    }
+
+    #[test]
     fn ports_merge_into_disjoint_ranges() {
         assert_eq!(
             merge_ports(vec![(80, 90), (85, 100), (101, 101), (200, 200)]),
