@@ -11,6 +11,7 @@ mod netpol_bench;
 mod nodes_bench;
 mod plan;
 mod runtime;
+mod sctp;
 mod sys;
 mod trace;
 mod trace_live;

@@ -84,11 +84,12 @@ fn is_model_pod(p: &Pod) -> bool {
     NAMESPACES.contains(&p.namespace.as_str()) && PODS.contains(&p.name.as_str())
 }
 
-/// The named container ports of a model pod, as upstream names them.
+/// The named container ports of a model pod, as upstream names them
+/// (SCTP too: the lab probes it with raw sockets, see crate::sctp).
 fn model_ports() -> Vec<Value> {
     let mut v = Vec::new();
     for port in PORTS {
-        for proto in ["tcp", "udp"] {
+        for proto in ["tcp", "udp", "sctp"] {
             v.push(
                 json!({"name": format!("serve-{port}-{proto}"), "containerPort": port,
                 "protocol": proto.to_uppercase()}),
@@ -551,12 +552,9 @@ pub fn parse_port(s: &str) -> Result<(u16, Proto)> {
     let proto = match proto.to_ascii_lowercase().as_str() {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
-        "sctp" => {
-            return Err(
-                "SCTP: this kernel has no SCTP sockets; the compiler's tests cover it".into(),
-            );
-        }
-        o => return Err(format!("protocol {o:?}: tcp or udp")),
+        // raw sockets: crafted INITs (see crate::sctp)
+        "sctp" => Proto::Sctp,
+        o => return Err(format!("protocol {o:?}: tcp, udp or sctp")),
     };
     Ok((port, proto))
 }
@@ -684,7 +682,16 @@ pub fn probe(
     } else {
         verdict
     };
-    let measured = probe_in(&from.netns, SocketAddr::new(ip, port), proto, PROBE_TIMEOUT);
+    let to_addr = SocketAddr::new(ip, port);
+    let measured = match proto {
+        // no SCTP sockets needed: an INIT from a raw socket, watched for
+        // by a raw socket in the destination pod
+        Proto::Sctp => match crate::sctp::probe(&from.netns, &to.netns, to_addr, PROBE_TIMEOUT)? {
+            true => Ok(format!("SCTP INIT arrived in {}", to.netns)),
+            false => Err("no SCTP INIT arrived".to_string()),
+        },
+        _ => probe_in(&from.netns, to_addr, proto, PROBE_TIMEOUT),
+    };
     if let Err(e) = &measured
         && e.starts_with("open ")
     {
@@ -842,6 +849,7 @@ mod tests {
         assert_eq!(parse_port("81/UDP").unwrap(), (81, Proto::Udp));
         assert!(parse_port("x/tcp").is_err());
         assert!(parse_port("80/icmp").is_err());
+        assert_eq!(parse_port("80/SCTP").unwrap(), (80, Proto::Sctp));
         let t = "# HELP x\nkindnet_netpol_programmed_version 7\nkindnet_netpol_programmed_version_x 9\n";
         assert_eq!(metric(t, "kindnet_netpol_programmed_version"), Some(7.0));
     }

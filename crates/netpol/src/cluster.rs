@@ -105,7 +105,7 @@ pub(crate) struct PortSel {
     pub port: PortMatch,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum PeerSel {
     /// Pods matching `pods` in the namespaces matching `namespaces` (`None`:
     /// the policy's own namespace).
@@ -148,7 +148,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct NamedPort {
     pub name: String,
     pub port: u16,
@@ -187,11 +187,12 @@ pub struct Cluster {
 
 impl Cluster {
     /// Validates everything; what cannot be used is left out and listed in
-    /// the report. `nodes` gives each node's own addresses.
-    pub fn new(
-        pods: &[Pod],
-        namespaces: &[Namespace],
-        policies: &[NetworkPolicy],
+    /// the report. `nodes` gives each node's own addresses. The objects are
+    /// read, not kept (slices, or the values of the maps a caller holds).
+    pub fn new<'a>(
+        pods: impl IntoIterator<Item = &'a Pod>,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
         nodes: &[NodeContext],
     ) -> (Cluster, Report) {
         let mut r = Report::default();
@@ -338,9 +339,10 @@ impl Cluster {
 }
 
 fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
-    let id = format!("pod {}/{}", p.namespace, p.name);
+    // (only when something is refused: most pods are fine)
+    let id = || format!("pod {}/{}", p.namespace, p.name);
     if p.namespace.is_empty() || p.name.is_empty() {
-        r.refuse(id, "the pod", "no namespace or name");
+        r.refuse(id(), "the pod", "no namespace or name");
         return None;
     }
     // finished pods are off the network; their address may be reused
@@ -351,26 +353,26 @@ fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
     for s in &p.pod_ips {
         match s.parse::<IpAddr>() {
             Ok(ip) if ips.iter().any(|x| x.is_ipv6() == ip.is_ipv6()) => r.refuse(
-                id.clone(),
+                id(),
                 format!("pod IP {s:?}"),
                 "a second address of the same family",
             ),
             Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
-                r.refuse(id.clone(), format!("pod IP {s:?}"), "not a unicast address")
+                r.refuse(id(), format!("pod IP {s:?}"), "not a unicast address")
             }
             Ok(ip) => ips.push(ip),
-            Err(_) => r.refuse(id.clone(), format!("pod IP {s:?}"), "not an IP address"),
+            Err(_) => r.refuse(id(), format!("pod IP {s:?}"), "not an IP address"),
         }
     }
     let mut ports = Vec::new();
     for cp in &p.ports {
         let part = || format!("container port {:?} {}", cp.name, cp.port);
         let Some(port) = u16::try_from(cp.port).ok().filter(|&n| n > 0) else {
-            r.refuse(id.clone(), part(), "port out of range 1-65535");
+            r.refuse(id(), part(), "port out of range 1-65535");
             continue;
         };
         let Some(proto) = protocol(cp.protocol.as_deref()) else {
-            r.refuse(id.clone(), part(), "unknown protocol (TCP, UDP, SCTP)");
+            r.refuse(id(), part(), "unknown protocol (TCP, UDP, SCTP)");
             continue;
         };
         if !cp.name.is_empty() {

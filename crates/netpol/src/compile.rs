@@ -9,9 +9,13 @@ use kindnet_nft::{
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use crate::cidr::Ranges;
-use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
+use crate::cluster::{
+    Cluster, Direction, NamedPort, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel,
+};
+use crate::input::Labels;
 
 /// The table's name (family `inet`).
 pub const TABLE: &str = "kindnet-netpol";
@@ -63,15 +67,23 @@ pub fn pod_hash(namespace: &str, name: &str) -> String {
 /// kindnetd creates both for every local pod it knows, before the pod's
 /// sandbox exists, so the CNI plugin can point the dispatch maps at them.
 pub fn pod_chain(namespace: &str, pod: &str, d: Direction) -> Name {
+    chain_name(d, &pod_hash(namespace, pod))
+}
+
+/// A pod's chain from its [`pod_hash`].
+fn chain_name(d: Direction, hash: &str) -> Name {
     let tag = match d {
         Direction::Ingress => "ing",
         Direction::Egress => "egr",
     };
-    Name::fixed(&format!("{tag}-{}", pod_hash(namespace, pod)))
+    Name::fixed(&format!("{tag}-{hash}"))
 }
 
 fn dispatch_elems(namespace: &str, pod: &str, d: Direction, ips: &[IpAddr], v6: bool) -> Vec<Elem> {
-    let chain = pod_chain(namespace, pod, d);
+    dispatch_elems_to(&pod_chain(namespace, pod, d), ips, v6)
+}
+
+fn dispatch_elems_to(chain: &Name, ips: &[IpAddr], v6: bool) -> Vec<Elem> {
     ips.iter()
         .filter(|a| a.is_ipv6() == v6)
         .map(|a| Elem {
@@ -166,18 +178,19 @@ struct Builder<'a> {
     /// rule's address (the cluster is borrowed for the whole compile), so
     /// a policy selecting many pods computes its peers once.
     shared: HashMap<(usize, Direction), Vec<Allow>>,
-    /// A rule's peer addresses and their set names, by the rule's address.
-    peers: HashMap<usize, Peers>,
-    /// The same by namespace and peer selectors: rules of many policies
-    /// with the same peers compute them once.
-    peers_by_id: HashMap<String, Peers>,
+    /// Peer addresses and their set names by namespace and peer
+    /// selectors: rules of many policies with the same peers compute them
+    /// once.
+    peers: HashMap<(&'a str, &'a [PeerSel]), Rc<Peers>>,
+    /// Port sets by their elements (as merged, before sorting).
+    ports: HashMap<Vec<Value>, Name>,
 }
 
 /// The addresses a rule's peers stand for, per family, with the names of
 /// their sets (`None`: the family has no peer address).
 type Peers = Option<[(Ranges, Option<Name>); 2]>;
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// A set named by what it stands for (`id`: the policy rule, and the
     /// subject pod where the content depends on it), not by its content:
     /// when pods come, go or change labels, a set keeps its name and only
@@ -235,12 +248,11 @@ impl Builder<'_> {
         out
     }
 
-    /// `id` names the rule: policy, direction and index.
+    /// A rule of a policy in `ns` for a subject pod.
     fn allows(
         &mut self,
-        id: &str,
-        ns: &str,
-        r: &RuleSel,
+        ns: &'a str,
+        r: &'a RuleSel,
         d: Direction,
         subject: &PodInfo,
     ) -> Vec<Allow> {
@@ -250,55 +262,48 @@ impl Builder<'_> {
                 .iter()
                 .any(|p| matches!(p.port, PortMatch::Named(_)));
         if per_subject {
-            let id = format!("{id}/{}/{}", subject.namespace, subject.name);
-            return self.compute_allows(&id, ns, r, d, subject);
+            return self.compute_allows(ns, r, d, subject);
         }
         let key = (std::ptr::from_ref(r) as usize, d);
         if let Some(a) = self.shared.get(&key) {
             return a.clone();
         }
-        let a = self.compute_allows(id, ns, r, d, subject);
+        let a = self.compute_allows(ns, r, d, subject);
         self.shared.insert(key, a.clone());
         a
     }
 
+    /// The addresses of a rule's peers and their sets.
+    fn peers(&mut self, ns: &'a str, r: &'a RuleSel) -> Rc<Peers> {
+        if let Some(p) = self.peers.get(&(ns, r.peers.as_slice())) {
+            return p.clone();
+        }
+        // pod peers come and go: their sets exist (maybe empty) so that
+        // membership changes only touch elements
+        let dynamic = r.peers.iter().any(|p| matches!(p, PeerSel::Pods { .. }));
+        // named by what selects them: rules with the same peers in a
+        // namespace share the set, and it keeps its name while its members
+        // change
+        let p = Rc::new((!r.peers.is_empty()).then(|| {
+            let peers_id = format!("{ns}/{:?}", r.peers);
+            self.peer_ranges(ns, r).map(|r| {
+                let n = (dynamic || !r.is_empty()).then(|| self.peer_set(&peers_id, &r));
+                (r, n)
+            })
+        }));
+        self.peers.insert((ns, r.peers.as_slice()), p.clone());
+        p
+    }
+
     fn compute_allows(
         &mut self,
-        _id: &str,
-        ns: &str,
-        r: &RuleSel,
+        ns: &'a str,
+        r: &'a RuleSel,
         d: Direction,
         subject: &PodInfo,
     ) -> Vec<Allow> {
-        let key = std::ptr::from_ref(r) as usize;
-        let peers: Peers = match self.peers.get(&key) {
-            Some(p) => p.clone(),
-            None => {
-                // pod peers come and go: their sets exist (maybe empty)
-                // so that membership changes only touch elements
-                let dynamic = r.peers.iter().any(|p| matches!(p, PeerSel::Pods { .. }));
-                // named by what selects them: rules with the same peers in
-                // a namespace share the set, and it keeps its name while
-                // its members change
-                let peers_id = format!("{ns}/{:?}", r.peers);
-                let p = match self.peers_by_id.get(&peers_id) {
-                    Some(p) => p.clone(),
-                    None => {
-                        let p = (!r.peers.is_empty()).then(|| {
-                            self.peer_ranges(ns, r).map(|r| {
-                                let n = (dynamic || !r.is_empty())
-                                    .then(|| self.peer_set(&peers_id, &r));
-                                (r, n)
-                            })
-                        });
-                        self.peers_by_id.insert(peers_id, p.clone());
-                        p
-                    }
-                };
-                self.peers.insert(key, p.clone());
-                p
-            }
-        };
+        let peers = self.peers(ns, r);
+        let peers = peers.as_ref();
         if r.ports.is_empty() {
             return match peers {
                 None => vec![Allow::All],
@@ -342,15 +347,21 @@ impl Builder<'_> {
                 }
             }
             // ports never change with pods: named by their content
-            let ports_id = format!("{elems:?}");
-            let ports = self.set(
-                "ports",
-                &ports_id,
-                vec![KeyType::InetProto, KeyType::InetService],
-                true,
-                elems,
-            );
-            match &peers {
+            let ports = match self.ports.get(&elems) {
+                Some(n) => n.clone(),
+                None => {
+                    let n = self.set(
+                        "ports",
+                        &format!("{elems:?}"),
+                        vec![KeyType::InetProto, KeyType::InetService],
+                        true,
+                        elems.clone(),
+                    );
+                    self.ports.insert(elems, n.clone());
+                    n
+                }
+            };
+            match peers {
                 None => out.push(Allow::Ports { ports }),
                 Some(p) => {
                     for (r, n) in p {
@@ -453,6 +464,42 @@ fn allow_exprs(a: &Allow, d: Direction) -> Vec<Expr> {
     }
 }
 
+/// What a pod's chain of one direction comes to.
+enum Chosen {
+    /// No policy selects the pod this way: pass-through.
+    Open,
+    /// Selected, and some rule allows everything.
+    All,
+    /// Selected: a goto to the shared chain of these rules.
+    Rules {
+        shared: Name,
+        allows: BTreeSet<Allow>,
+    },
+}
+
+/// The policies selecting `p` for `d` and the rules they come to.
+fn choose<'a>(b: &mut Builder<'a>, p: &'a PodInfo, d: Direction, log: bool) -> Chosen {
+    let c = b.c;
+    let mut selected = false;
+    let mut allows = BTreeSet::new();
+    for pol in c.policies_for(p, d) {
+        selected = true;
+        for r in pol.rules(d).unwrap_or_default() {
+            allows.extend(b.allows(&pol.namespace, r, d, p));
+        }
+    }
+    if !selected {
+        Chosen::Open
+    } else if allows.contains(&Allow::All) {
+        Chosen::All
+    } else {
+        Chosen::Rules {
+            shared: shared_chain(d, &allows, log),
+            allows,
+        }
+    }
+}
+
 /// Compiles the cluster for one node: the whole table, replaced in one
 /// transaction. The same input gives the same batch.
 pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
@@ -464,7 +511,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         sets: BTreeMap::new(),
         shared: HashMap::new(),
         peers: HashMap::new(),
-        peers_by_id: HashMap::new(),
+        ports: HashMap::new(),
     };
     let mut stats = Stats {
         policies: c.policies.len(),
@@ -475,11 +522,26 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
     let mut made: BTreeSet<Name> = BTreeSet::new();
 
+    // What a pod's chains come to depends on its namespace, labels and
+    // named ports only, never on its name or addresses: pods of one shape
+    // (replicas) share the work of finding their policies and rules.
+    let mut shapes: HashMap<(&str, &Labels, &[NamedPort]), [Chosen; 2]> = HashMap::new();
+
     for p in c.network_pods().filter(|p| p.node == ctx.node_name) {
         stats.local_pods += 1;
         let mut selected = false;
-        for d in [Direction::Ingress, Direction::Egress] {
-            let chain = pod_chain(&p.namespace, &p.name, d);
+        let shape = shapes
+            .entry((p.namespace.as_str(), &p.labels, p.ports.as_slice()))
+            .or_insert_with(|| {
+                [Direction::Ingress, Direction::Egress]
+                    .map(|d| choose(&mut b, p, d, ctx.log_denied))
+            });
+        let hash = pod_hash(&p.namespace, &p.name);
+        for (d, chosen) in [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .zip(shape.iter())
+        {
+            let chain = chain_name(d, &hash);
             chains.push(ChainDef {
                 name: chain.clone(),
                 base: None,
@@ -488,38 +550,29 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 Direction::Ingress => Expr::Accept,
                 Direction::Egress => Expr::Goto(ingress.clone()),
             };
-            let policies: Vec<_> = c.policies_for(p, d).collect();
-            if policies.is_empty() {
+            let isolating = match chosen {
                 // pass-through: the pod is not isolated this way, but the
                 // chain must exist for the CNI's dispatch elements
-                rules.push(RuleDef::new(&chain, vec![verdict]));
-                continue;
-            }
+                Chosen::Open => {
+                    rules.push(RuleDef::new(&chain, vec![verdict]));
+                    continue;
+                }
+                Chosen::All => None,
+                Chosen::Rules { shared, allows } => Some((shared, allows)),
+            };
             selected = true;
             for v6 in [false, true] {
-                maps.entry((d, v6)).or_default().extend(dispatch_elems(
-                    &p.namespace,
-                    &p.name,
-                    d,
-                    &p.ips,
-                    v6,
-                ));
+                maps.entry((d, v6))
+                    .or_default()
+                    .extend(dispatch_elems_to(&chain, &p.ips, v6));
             }
-            let mut allows = BTreeSet::new();
-            for pol in policies {
-                for (i, r) in pol.rules(d).unwrap_or_default().iter().enumerate() {
-                    let id = format!("{}/{}/{d}/{i}", pol.namespace, pol.name);
-                    allows.extend(b.allows(&id, &pol.namespace, r, d, p));
-                }
-            }
-            if allows.contains(&Allow::All) {
+            let Some((shared, allows)) = isolating else {
                 rules.push(RuleDef::new(&chain, vec![verdict]));
                 continue;
-            }
+            };
             // the pod's chain jumps to a chain shared by every pod whose
             // policies come to the same rules: rules grow with distinct
             // policy combinations, not with pods
-            let shared = shared_chain(d, &allows, ctx.log_denied);
             rules.push(RuleDef::new(&chain, vec![Expr::Goto(shared.clone())]));
             if !made.insert(shared.clone()) {
                 continue;
@@ -528,16 +581,16 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 name: shared.clone(),
                 base: None,
             });
-            for a in &allows {
+            for a in allows {
                 let mut e = allow_exprs(a, d);
                 e.push(verdict.clone());
-                rules.push(RuleDef::new(&shared, e));
+                rules.push(RuleDef::new(shared, e));
             }
             if ctx.log_denied {
                 let prefix = LogPrefix::new(format!("kindnet-netpol {d} drop: "))
                     .unwrap_or_else(|e| unreachable!("{e}"));
                 rules.push(RuleDef::new(
-                    &shared,
+                    shared,
                     vec![
                         Expr::Limit {
                             rate: LOG_RATE_PER_SECOND,
@@ -553,7 +606,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 Direction::Egress => DENIED_EGRESS_COUNTER,
             });
             rules.push(RuleDef::new(
-                &shared,
+                shared,
                 vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
             ));
         }
@@ -877,6 +930,77 @@ mod tests {
                 .collect()
         };
         assert_eq!(shape(&before.batch), shape(&after.batch));
+    }
+
+    #[test]
+    fn pods_alike_but_for_their_named_ports_get_their_own_rules() {
+        // x/a and x/b: the same labels, "http" on different ports; x/c
+        // like x/a; one policy allowing ingress to "http"
+        let with_port = |name: &str, ip: &str, port: u16| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"ports": [{"name": "http", "containerPort": port}]}]},
+                "status": {"podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let pods = [
+            with_port("a", "10.0.1.2", 80),
+            with_port("b", "10.0.1.3", 8080),
+            with_port("c", "10.0.1.4", 80),
+        ];
+        let pols: Vec<NetworkPolicy> = serde_json::from_value(json!([{"metadata": {"namespace": "x", "name": "http"},
+            "spec": {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": "http"}]}]}}]))
+        .unwrap();
+        let c = Cluster::new(&pods, &[], &pols, &[ctx()]).0;
+        let b = compile(&c, &ctx()).batch;
+        let rules = |chain: &Name| -> Vec<&RuleDef> {
+            b.cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Cmd::AddRule(_, r) if &r.chain == chain => Some(r),
+                    _ => None,
+                })
+                .collect()
+        };
+        // the port a pod's ingress allows, through its shared chain
+        let allowed = |pod: &str| -> Vec<Value> {
+            let pod_rules = rules(&pod_chain("x", pod, Direction::Ingress));
+            let [r] = pod_rules.as_slice() else {
+                panic!("{pod}: {pod_rules:?}")
+            };
+            let Expr::Goto(shared) = &r.exprs[0] else {
+                panic!("{r:?}")
+            };
+            let set = rules(shared)
+                .iter()
+                .flat_map(|r| &r.exprs)
+                .find_map(|e| match e {
+                    Expr::Match {
+                        right: Rhs::Set(n), ..
+                    } => Some(n.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            b.cmds
+                .iter()
+                .find_map(|c| match c {
+                    Cmd::AddSet(_, s) if s.name == set => {
+                        Some(s.elements.iter().map(|e| e.key.clone()).collect())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        let tcp = |p: u16| {
+            vec![Value::Concat(vec![
+                Value::Proto(L4Proto::Tcp),
+                Value::Port(p),
+            ])]
+        };
+        assert_eq!(allowed("a"), tcp(80));
+        assert_eq!(allowed("b"), tcp(8080));
+        assert_eq!(allowed("c"), tcp(80));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::input::{LabelSelector, Labels};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Req {
     In(String, Vec<String>),
     NotIn(String, Vec<String>),
@@ -11,7 +11,7 @@ enum Req {
 }
 
 /// A valid label selector. The empty selector matches everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Selector {
     reqs: Vec<Req>,
 }

@@ -3,11 +3,11 @@
 //! addresses only the CNI plugin knows yet, and the incremental diff
 //! between two models.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use kindnet_netpol::{
-    Cluster, Compiled, Direction, NodeContext, Report, compile, dispatch_map, pod_chain, table,
+    Cluster, Compiled, Direction, NodeContext, Report, compile, dispatch_map, table,
 };
 use kindnet_nft::{Batch, ChainDef, Cmd, Elem, Name, RuleDef, SetDef, Value};
 
@@ -50,18 +50,52 @@ pub fn contexts(
     (own, all)
 }
 
+/// What a pass needs of the inputs, read under their lock without
+/// copying them: the validated cluster, and every address the inputs give
+/// a pod (for [`carry_over`]).
+pub struct Snapshot {
+    pub cluster: Cluster,
+    pub report: Report,
+    pub known: HashSet<IpAddr>,
+    pub file_version: Option<u64>,
+}
+
+impl Snapshot {
+    pub fn of(inputs: &Inputs, all: &[NodeContext]) -> Snapshot {
+        let (cluster, report) = Cluster::new(
+            inputs.pods.values(),
+            inputs.namespaces.values(),
+            inputs.policies.values(),
+            all,
+        );
+        Snapshot {
+            cluster,
+            report,
+            known: known_addresses(inputs),
+            file_version: inputs.file_version,
+        }
+    }
+}
+
+/// Every address the inputs give a pod (also hostNetwork and finished
+/// ones: an address kindnetd knows is never carried over).
+pub fn known_addresses(inputs: &Inputs) -> HashSet<IpAddr> {
+    inputs
+        .pods
+        .values()
+        .flat_map(|p| p.pod_ips.iter().filter_map(|s| s.parse().ok()))
+        .collect()
+}
+
 /// The validated cluster and the node's compiled ruleset.
 pub fn build(
     inputs: &Inputs,
     own: &NodeContext,
     all: &[NodeContext],
 ) -> (Cluster, Compiled, Report) {
-    let pods: Vec<_> = inputs.pods.values().cloned().collect();
-    let ns: Vec<_> = inputs.namespaces.values().cloned().collect();
-    let pols: Vec<_> = inputs.policies.values().cloned().collect();
-    let (c, report) = Cluster::new(&pods, &ns, &pols, all);
-    let compiled = compile(&c, own);
-    (c, compiled, report)
+    let s = Snapshot::of(inputs, all);
+    let compiled = compile(&s.cluster, own);
+    (s.cluster, compiled, s.report)
 }
 
 /// A ruleset as what it consists of, so two can be compared piece by piece.
@@ -76,28 +110,31 @@ pub struct Model {
 impl Model {
     /// Reads a batch made by `kindnet_netpol::compile`.
     pub fn from_batch(b: &Batch) -> Model {
+        Model::from_compiled(b.clone())
+    }
+
+    /// [`Model::from_batch`], taking the batch apart instead of copying it.
+    pub fn from_compiled(b: Batch) -> Model {
         let mut m = Model::default();
-        for c in &b.cmds {
+        for c in b.cmds {
             match c {
-                Cmd::AddTable(_) | Cmd::DeleteTable(_) | Cmd::AddCounter(..) => {
-                    m.head.push(c.clone())
-                }
+                Cmd::AddTable(_) | Cmd::DeleteTable(_) | Cmd::AddCounter(..) => m.head.push(c),
                 Cmd::AddChain(_, ch) => {
                     m.chains
                         .entry(ch.name.clone())
-                        .or_insert_with(|| (ch.clone(), Vec::new()));
+                        .or_insert_with(|| (ch, Vec::new()));
                 }
                 Cmd::AddSet(_, s) => {
-                    m.sets.insert(s.name.clone(), s.clone());
+                    m.sets.insert(s.name.clone(), s);
                 }
                 Cmd::AddRule(_, r) => {
                     if let Some(ch) = m.chains.get_mut(&r.chain) {
-                        ch.1.push(r.clone());
+                        ch.1.push(r);
                     }
                 }
                 Cmd::AddElements(_, set, e) => {
-                    if let Some(s) = m.sets.get_mut(set) {
-                        s.elements.extend(e.iter().cloned());
+                    if let Some(s) = m.sets.get_mut(&set) {
+                        s.elements.extend(e);
                     }
                 }
                 Cmd::FlushChain(..)
@@ -149,67 +186,95 @@ pub struct Present {
 /// those the CNI plugin added at ADD for a local pod kindnetd knows (its
 /// chain is in `model`) whose address kindnetd does not know yet. Without
 /// them a fresh pod would lose its isolation until the API reports its IP.
-/// An address kindnetd knows as any pod's, or already in the new map, is
-/// not carried (the new ruleset is right about it).
+/// An address kindnetd knows as any pod's (`known`, see
+/// [`known_addresses`]), or already in the new map, is not carried (the new
+/// ruleset is right about it).
 pub fn carry_over(
-    inputs: &Inputs,
-    own_node: &str,
+    known: &HashSet<IpAddr>,
     model: &Model,
     present: &[Present],
 ) -> Vec<(Name, Elem)> {
-    // chain -> the addresses kindnetd knows for that pod
-    let mut chains: HashMap<Name, Vec<IpAddr>> = HashMap::new();
-    let mut known: HashSet<IpAddr> = HashSet::new();
-    for p in inputs.pods.values() {
-        let ips: Vec<IpAddr> = p.pod_ips.iter().filter_map(|s| s.parse().ok()).collect();
-        known.extend(ips.iter().copied());
-        if p.node_name == own_node && !p.host_network {
-            for d in [Direction::Ingress, Direction::Egress] {
-                chains.insert(pod_chain(&p.namespace, &p.name, d), ips.clone());
-            }
+    carry(
+        known,
+        model,
+        present.iter().map(|e| (e.map.as_str(), &e.key, &e.data)),
+    )
+}
+
+/// [`carry_over`] from the dispatch maps of the model applied before (the
+/// elements carried then are in it).
+pub fn carry_over_from(known: &HashSet<IpAddr>, model: &Model, old: &Model) -> Vec<(Name, Elem)> {
+    let present = DISPATCH
+        .iter()
+        .filter_map(|(d, v6)| old.sets.get(&dispatch_map(*d, *v6)))
+        .flat_map(|s| {
+            s.elements
+                .iter()
+                .map(|e| (s.name.as_str(), &e.key, &e.data))
+        });
+    carry(known, model, present)
+}
+
+/// The dispatch maps, in the order carried elements are listed.
+const DISPATCH: [(Direction, bool); 4] = [
+    (Direction::Ingress, false),
+    (Direction::Ingress, true),
+    (Direction::Egress, false),
+    (Direction::Egress, true),
+];
+
+fn carry<'a>(
+    known: &HashSet<IpAddr>,
+    model: &Model,
+    present: impl Iterator<Item = (&'a str, &'a Value, &'a Option<Value>)>,
+) -> Vec<(Name, Elem)> {
+    let maps = DISPATCH.map(|(d, v6)| (d, v6, dispatch_map(d, v6)));
+    // per map, in the order present lists them
+    let mut out: [Vec<(Name, Elem)>; 4] = Default::default();
+    // the new map's keys, made only when an unknown address needs them
+    let mut in_new: [Option<HashSet<&Value>>; 4] = Default::default();
+    let mut taken: HashSet<(usize, IpAddr)> = HashSet::new();
+    for (map, key, data) in present {
+        let Some(i) = maps.iter().position(|(_, _, n)| n.as_str() == map) else {
+            continue;
+        };
+        let (d, v6, name) = &maps[i];
+        let (Value::Addr(ip), Some(Value::Goto(chain))) = (key, data) else {
+            continue;
+        };
+        let prefix = match d {
+            Direction::Ingress => "ing-",
+            Direction::Egress => "egr-",
+        };
+        // a pod chain in the model is a local pod on the pod network that
+        // kindnetd knows (compile makes one for each)
+        if known.contains(ip)
+            || ip.is_ipv6() != *v6
+            || !chain.as_str().starts_with(prefix)
+            || !model.chains.contains_key(chain)
+        {
+            continue;
         }
-    }
-    let mut out = Vec::new();
-    let mut taken: HashSet<(Name, IpAddr)> = HashSet::new();
-    for d in [Direction::Ingress, Direction::Egress] {
-        for v6 in [false, true] {
-            let map = dispatch_map(d, v6);
-            let in_new: BTreeSet<&Value> = model
+        let in_new = in_new[i].get_or_insert_with(|| {
+            model
                 .sets
-                .get(&map)
+                .get(name)
                 .map(|s| s.elements.iter().map(|e| &e.key).collect())
-                .unwrap_or_default();
-            for e in present.iter().filter(|e| e.map == map.as_str()) {
-                let (Value::Addr(ip), Some(Value::Goto(chain))) = (&e.key, &e.data) else {
-                    continue;
-                };
-                let prefix = match d {
-                    Direction::Ingress => "ing-",
-                    Direction::Egress => "egr-",
-                };
-                if ip.is_ipv6() != v6
-                    || !chain.as_str().starts_with(prefix)
-                    || !model.chains.contains_key(chain)
-                    || known.contains(ip)
-                    || in_new.contains(&e.key)
-                    || !taken.insert((map.clone(), *ip))
-                {
-                    continue;
-                }
-                if chains.get(chain).is_some_and(|ips| !ips.contains(ip)) {
-                    out.push((
-                        map.clone(),
-                        Elem {
-                            key: e.key.clone(),
-                            data: e.data.clone(),
-                            comment: None,
-                        },
-                    ));
-                }
-            }
+                .unwrap_or_default()
+        });
+        if in_new.contains(key) || !taken.insert((i, *ip)) {
+            continue;
         }
+        out[i].push((
+            name.clone(),
+            Elem {
+                key: key.clone(),
+                data: data.clone(),
+                comment: None,
+            },
+        ));
     }
-    out
+    out.into_iter().flatten().collect()
 }
 
 /// `model` with the carried elements added to their maps.
@@ -220,24 +285,6 @@ pub fn with_carried(mut model: Model, carried: &[(Name, Elem)]) -> Model {
         }
     }
     model
-}
-
-/// The elements of a model's dispatch maps, as [`Present`] entries.
-pub fn dispatch_elements(model: &Model) -> Vec<Present> {
-    let mut out = Vec::new();
-    for d in [Direction::Ingress, Direction::Egress] {
-        for v6 in [false, true] {
-            let map = dispatch_map(d, v6);
-            if let Some(s) = model.sets.get(&map) {
-                out.extend(s.elements.iter().map(|e| Present {
-                    map: map.to_string(),
-                    key: e.key.clone(),
-                    data: e.data.clone(),
-                }));
-            }
-        }
-    }
-    out
 }
 
 /// What an incremental change consists of (for logs and metrics).
@@ -278,20 +325,26 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
     let t = table();
     let mut st = DiffStats::default();
     let mut b = Batch::new();
+    // both maps are sorted by name: walked side by side once, not looked up
+    let sets = pair(&old.sets, &new.sets);
+    let chains = pair(&old.chains, &new.chains);
     // 1. new sets, with their elements
-    for (n, s) in &new.sets {
-        match old.sets.get(n) {
-            None => {
-                b.add_set(&t, s.clone());
+    for (_, o, s) in &sets {
+        match (o, s) {
+            (None, Some(s)) => {
+                b.add_set(&t, (*s).clone());
                 st.sets_added += 1;
             }
-            Some(o) if (&o.key, &o.data, &o.flags) != (&s.key, &s.data, &s.flags) => return None,
-            Some(_) => {}
+            (Some(o), Some(s)) if (&o.key, &o.data, &o.flags) != (&s.key, &s.data, &s.flags) => {
+                return None;
+            }
+            _ => {}
         }
     }
     // 2. new chains
-    for (n, (def, _)) in &new.chains {
-        match old.chains.get(n) {
+    for (_, o, n) in &chains {
+        let Some((def, _)) = n else { continue };
+        match o {
             None if def.base.is_some() => return None,
             None => {
                 b.add_chain(&t, def.clone());
@@ -303,8 +356,11 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
     }
     // 3. element deletes, then 4. adds, in sets present in both
     let mut adds = Vec::new();
-    for (n, s) in &new.sets {
-        let Some(o) = old.sets.get(n) else { continue };
+    for (n, o, s) in &sets {
+        let (Some(o), Some(s)) = (o, s) else { continue };
+        if o.elements == s.elements {
+            continue;
+        }
         let old_e: HashMap<&Value, &Option<Value>> =
             o.elements.iter().map(|e| (&e.key, &e.data)).collect();
         let new_e: HashMap<&Value, &Option<Value>> =
@@ -326,14 +382,15 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
         st.elements_deleted += del.len();
         st.elements_added += add.len();
         b.delete_elements(&t, n, del);
-        adds.push((n.clone(), add));
+        adds.push((*n, add));
     }
     for (n, add) in adds {
-        b.add_elements(&t, &n, add);
+        b.add_elements(&t, n, add);
     }
     // 5. rules of changed and new chains
-    for (n, (_, rules)) in &new.chains {
-        match old.chains.get(n) {
+    for (n, o, c) in &chains {
+        let Some((_, rules)) = c else { continue };
+        match o {
             Some((_, o)) if o == rules => continue,
             Some(_) => {
                 b.flush_chain(&t, n);
@@ -346,8 +403,8 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
         }
     }
     // 6. chains gone (their dispatch elements went in 3.), 7. sets gone
-    for (n, (def, _)) in &old.chains {
-        if !new.chains.contains_key(n) {
+    for (n, o, c) in &chains {
+        if let (Some((def, _)), None) = (o, c) {
             if def.base.is_some() {
                 return None;
             }
@@ -356,9 +413,9 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
             st.chains_deleted += 1;
         }
     }
-    for (n, s) in &old.sets {
-        if !new.sets.contains_key(n) {
-            if s.data.is_some() {
+    for (n, o, s) in &sets {
+        if let (Some(o), None) = (o, s) {
+            if o.data.is_some() {
                 return None;
             }
             b.delete_set(&t, n);
@@ -368,10 +425,45 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
     Some((b, st))
 }
 
+/// The entries of two maps side by side in key order: (key, old, new).
+type Paired<'a, K, V> = Vec<(&'a K, Option<&'a V>, Option<&'a V>)>;
+
+fn pair<'a, K: Ord, V>(old: &'a BTreeMap<K, V>, new: &'a BTreeMap<K, V>) -> Paired<'a, K, V> {
+    let mut out = Vec::with_capacity(old.len().max(new.len()));
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let step = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match step {
+            std::cmp::Ordering::Less => {
+                if let Some((k, v)) = o.next() {
+                    out.push((k, Some(v), None));
+                }
+            }
+            std::cmp::Ordering::Greater => {
+                if let Some((k, v)) = n.next() {
+                    out.push((k, None, Some(v)));
+                }
+            }
+            std::cmp::Ordering::Equal => {
+                if let (Some((k, a)), Some((_, b))) = (o.next(), n.next()) {
+                    out.push((k, Some(a), Some(b)));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::netpol::{Kind, Object};
+    use kindnet_netpol::pod_chain;
     use serde_json::json;
 
     fn pod(ns: &str, name: &str, node: &str, labels: serde_json::Value, ips: &[&str]) -> Object {
@@ -570,6 +662,153 @@ mod tests {
         assert_eq!(norm(&mut k), norm(&mut full));
     }
 
+    /// `old` with a diff batch applied, as the kernel would (what the
+    /// fake kernel cannot show: chains and their rules).
+    fn apply_to(mut m: Model, b: &Batch) -> Model {
+        for c in &b.cmds {
+            match c {
+                Cmd::AddSet(_, s) => {
+                    m.sets.insert(s.name.clone(), s.clone());
+                }
+                Cmd::AddChain(_, ch) => {
+                    m.chains.insert(ch.name.clone(), (ch.clone(), vec![]));
+                }
+                Cmd::AddRule(_, r) => m.chains.get_mut(&r.chain).unwrap().1.push(r.clone()),
+                Cmd::FlushChain(_, n) => m.chains.get_mut(n).unwrap().1.clear(),
+                Cmd::DeleteChain(_, n) => assert!(m.chains.remove(n).unwrap().1.is_empty()),
+                Cmd::DeleteSet(_, n) => {
+                    m.sets.remove(n).unwrap();
+                }
+                Cmd::AddElements(_, n, e) => m.sets.get_mut(n).unwrap().elements.extend(e.clone()),
+                Cmd::DeleteElements(_, n, keys) => {
+                    let s = m.sets.get_mut(n).unwrap();
+                    for k in keys {
+                        let before = s.elements.len();
+                        s.elements.retain(|e| &e.key != k);
+                        assert_eq!(s.elements.len(), before - 1, "delete of a missing {k:?}");
+                    }
+                }
+                c => panic!("not a diff command: {c:?}"),
+            }
+        }
+        m
+    }
+
+    fn sorted(mut m: Model) -> Model {
+        for s in m.sets.values_mut() {
+            s.elements
+                .sort_by(|a, b| (&a.key, &a.data).cmp(&(&b.key, &b.data)));
+        }
+        m
+    }
+
+    #[derive(Debug, Clone)]
+    enum Change {
+        Labels(usize, u8),
+        Toggle(usize),
+        Pending(usize),
+        Policy(usize),
+        Team(bool),
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0..8usize, 0..4u8).prop_map(|(i, l)| Change::Labels(i, l)),
+            (0..8usize).prop_map(Change::Toggle),
+            (0..8usize).prop_map(Change::Pending),
+            (0..6usize).prop_map(Change::Policy),
+            any::<bool>().prop_map(Change::Team),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Over random sequences of label, pod, address, policy and
+        /// namespace changes, each diff takes the ruleset applied before to
+        /// exactly the one compiled now (chains, rules, sets, elements).
+        #[test]
+        fn diffs_take_the_old_ruleset_to_the_new(changes in proptest::collection::vec(change(), 1..10)) {
+            let pols = [
+                json!({"metadata": {"namespace": "x", "name": "from-a"}, "spec": {"podSelector": {"matchLabels": {"tier": "t1"}},
+                    "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}], "ports": [{"port": "http"}, {"protocol": "SCTP", "port": 9}]}]}}),
+                json!({"metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}),
+                json!({"metadata": {"namespace": "y", "name": "out"}, "spec": {"podSelector": {"matchLabels": {"app": "b"}},
+                    "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "t"}}}], "ports": [{"port": "http"}]}]}}),
+                json!({"metadata": {"namespace": "y", "name": "block"}, "spec": {"podSelector": {},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.0.2.0/24"]}}]}]}}),
+                json!({"metadata": {"namespace": "x", "name": "all"}, "spec": {"podSelector": {"matchLabels": {"app": "b"}}, "ingress": [{}]}}),
+                json!({"metadata": {"namespace": "y", "name": "both"}, "spec": {"podSelector": {"matchLabels": {"tier": "t2"}},
+                    "ingress": [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"tier": "t1"}}}], "ports": [{"port": 80, "endPort": 90}]}]}}),
+            ];
+            let mut labels = [0u8; 8];
+            let mut present = [true; 8];
+            let mut pending = [false; 8];
+            let mut on = [true, false, true, true, false, true];
+            let mut team = false;
+            let objects = |labels: &[u8; 8], present: &[bool; 8], pending: &[bool; 8], on: &[bool; 6], team: bool| {
+                let mut v = Vec::new();
+                for i in 0..8 {
+                    if !present[i] {
+                        continue;
+                    }
+                    let ns = if i % 3 == 0 { "y" } else { "x" };
+                    let node = if i % 2 == 0 { "n1" } else { "n2" };
+                    let l = labels[i];
+                    let lab = json!({"app": if l & 1 == 0 { "a" } else { "b" }, "tier": if l & 2 == 0 { "t1" } else { "t2" }});
+                    let ips = [format!("10.0.{}.{}", 1 + i % 2, 2 + i), format!("fd00:{}::{:x}", 1 + i % 2, 2 + i)];
+                    let ips: Vec<&str> = if pending[i] { vec![] } else { ips.iter().map(String::as_str).collect() };
+                    let mut o = pod(ns, &format!("p{i}"), node, lab, &ips);
+                    if let Object::Pod(p) = &mut o && i % 4 != 3 {
+                        p.ports = serde_json::from_value(json!([{"name": "http", "containerPort": 8080 + i}])).unwrap();
+                    }
+                    v.push(o);
+                }
+                for (k, p) in pols.iter().enumerate() {
+                    if on[k] {
+                        v.push(policy(p.clone()));
+                    }
+                }
+                let ns_labels = if team { json!({"team": "t"}) } else { json!({}) };
+                v.push(Object::Namespace(serde_json::from_value(json!({"metadata": {"name": "y", "labels": ns_labels}})).unwrap()));
+                v
+            };
+            let mut old = model(&inputs(objects(&labels, &present, &pending, &on, team)));
+            for c in changes {
+                match c {
+                    Change::Labels(i, l) => labels[i] = l,
+                    Change::Toggle(i) => present[i] = !present[i],
+                    Change::Pending(i) => pending[i] = !pending[i],
+                    Change::Policy(k) => on[k] = !on[k],
+                    Change::Team(t) => team = t,
+                }
+                let new = model(&inputs(objects(&labels, &present, &pending, &on, team)));
+                let (b, _) = diff(&old, &new).expect("a diff");
+                proptest::prop_assert_eq!(sorted(apply_to(old.clone(), &b)), sorted(new.clone()));
+                old = new;
+            }
+        }
+    }
+
+    #[test]
+    fn maps_pair_up_in_key_order() {
+        let a = BTreeMap::from([(1, 'a'), (3, 'c'), (4, 'd')]);
+        let b = BTreeMap::from([(2, 'B'), (3, 'C'), (5, 'E')]);
+        let p: Vec<(i32, Option<char>, Option<char>)> = pair(&a, &b)
+            .into_iter()
+            .map(|(k, o, n)| (*k, o.copied(), n.copied()))
+            .collect();
+        assert_eq!(
+            p,
+            [
+                (1, Some('a'), None),
+                (2, None, Some('B')),
+                (3, Some('c'), Some('C')),
+                (4, Some('d'), None),
+                (5, None, Some('E'))
+            ]
+        );
+    }
+
     #[test]
     fn cni_elements_of_known_pods_without_addresses_are_carried() {
         let i = inputs(vec![
@@ -595,7 +834,7 @@ mod tests {
             el(&ing4, "10.0.1.5", "x", "fresh", Direction::Egress),  // wrong direction
             el(&egr6, "10.0.1.6", "x", "fresh", Direction::Egress),  // wrong family
         ];
-        let carried = carry_over(&i, "n1", &m, &present);
+        let carried = carry_over(&known_addresses(&i), &m, &present);
         let keys: Vec<String> = carried
             .iter()
             .map(|(m, e)| format!("{m} {:?}", e.key))
@@ -612,7 +851,7 @@ mod tests {
         i2.upsert(pod("x", "fresh", "n1", json!({"pod": "a"}), &["10.0.1.7"]));
         let m2 = model(&i2);
         assert!(
-            carry_over(&i2, "n1", &m2, &present)
+            carry_over(&known_addresses(&i2), &m2, &present)
                 .iter()
                 .all(|(_, e)| e.key != Value::Addr("10.0.1.7".parse().unwrap()))
         );

@@ -1,15 +1,17 @@
 //! The policy reconciler: its own thread, woken by input and node changes.
 //!
-//! Each pass: inputs → `Cluster::new` → `compile` for this node → skip if
-//! the same as last applied → else an incremental diff (one transaction)
-//! → or, when that is impossible or the kernel refuses it, a replacement
-//! of the whole table (one transaction) carrying over the dispatch
+//! Each pass: inputs → `Cluster::new` (under the inputs' lock, reading
+//! them in place) → `compile` for this node → the batch taken apart into
+//! a [`Model`] → skip if the same as last applied → else an incremental
+//! diff (one transaction) → or, when that is impossible or the kernel
+//! refuses it, a replacement of the whole table (one transaction)
+//! carrying over the dispatch
 //! elements the CNI plugin added for pods whose addresses kindnetd does
 //! not know yet. The table is never deleted at start or exit: the old
 //! ruleset enforces until the new one replaces it. With
 //! `--network-policy=false` the table is removed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -17,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kindnet_netpol::{
-    DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, dispatch_map, table,
+    DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile, dispatch_map, table,
 };
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
@@ -191,14 +193,34 @@ pub enum Pass {
     Failed(String),
 }
 
+/// The ruleset applied last: as compiled, and with the elements carried
+/// over for pods whose addresses only the CNI plugin knew (when there were
+/// any), which is what the kernel has.
+struct Applied {
+    compiled: Model,
+    carried: Option<Model>,
+}
+
+impl Applied {
+    fn new(compiled: Model, carried: &[(kindnet_nft::Name, kindnet_nft::Elem)]) -> Applied {
+        let carried = (!carried.is_empty()).then(|| plan::with_carried(compiled.clone(), carried));
+        Applied { compiled, carried }
+    }
+
+    /// What the kernel has.
+    fn kernel(&self) -> &Model {
+        self.carried.as_ref().unwrap_or(&self.compiled)
+    }
+}
+
 pub struct PolicyReconciler<D: PolicyDataplane> {
     cfg: PolicySettings,
     dp: D,
     inputs: Arc<Mutex<Inputs>>,
     nodes: Arc<Mutex<NodeStore>>,
     status: Arc<Status>,
-    /// The compiled batch and the model (with carried elements) applied last.
-    last: Option<(Batch, Model)>,
+    /// What was applied last.
+    last: Option<Applied>,
     removed: bool,
     logged_refusals: BTreeSet<String>,
     counters_seen: [u64; 2],
@@ -293,31 +315,32 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         }
     }
 
-    fn snapshot(
-        &self,
-    ) -> Option<(
-        Inputs,
-        kindnet_netpol::NodeContext,
-        Vec<kindnet_netpol::NodeContext>,
-    )> {
-        let inputs = match self.inputs.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
+    /// The inputs as validated, read under their lock (not copied), and
+    /// the node contexts; `None` until every input is complete.
+    fn snapshot(&self) -> Option<(plan::Snapshot, kindnet_netpol::NodeContext)> {
+        let (own, all) = {
+            let nodes = match self.nodes.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !nodes.synced() {
+                return None;
+            }
+            plan::contexts(
+                &nodes,
+                &self.cfg.own_name,
+                &self.cfg.own_ips,
+                self.cfg.log_denied,
+            )
         };
-        let nodes = match self.nodes.lock() {
+        let inputs = match self.inputs.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if !inputs.synced() || !nodes.synced() {
+        if !inputs.synced() {
             return None;
         }
-        let (own, all) = plan::contexts(
-            &nodes,
-            &self.cfg.own_name,
-            &self.cfg.own_ips,
-            self.cfg.log_denied,
-        );
-        Some((inputs, own, all))
+        Some((plan::Snapshot::of(&inputs, &all), own))
     }
 
     /// One pass.
@@ -342,21 +365,24 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             };
         }
         let started = Instant::now();
-        let Some((inputs, own, all)) = self.snapshot() else {
+        let Some((snap, own)) = self.snapshot() else {
             self.status.set_netpol(vec![
                 "[-] NetworkPolicy not programmed yet: waiting for the first complete list of nodes, pods, namespaces and policies (the rules programmed before stay in force)".into(),
             ]);
             return Pass::Waiting;
         };
-        let (_cluster, compiled, report) = plan::build(&inputs, &own, &all);
+        let read_ms = started.elapsed().as_secs_f64() * 1e3;
+        let compiled = compile(&snap.cluster, &own);
+        let stats = compiled.stats;
+        let model = Model::from_compiled(compiled.batch);
         tracing::debug!(
+            read_ms,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "NetworkPolicy compiled"
         );
-        self.report(&report);
-        let outcome = self.program(&inputs, &compiled.batch);
+        self.report(&snap.report);
+        let outcome = self.program(&snap.known, model);
         let m = &self.status.metrics.netpol;
-        let stats = compiled.stats;
         let mut lines = Vec::new();
         match &outcome {
             Pass::Failed(e) => {
@@ -381,14 +407,14 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 m.local_pods.set(stats.local_pods as i64);
                 m.rules.set(stats.rules as i64);
                 m.programmed_version
-                    .set(inputs.file_version.unwrap_or(0) as i64);
+                    .set(snap.file_version.unwrap_or(0) as i64);
                 lines.push(format!(
                     "[+] NetworkPolicy programmed: {} policies, {} of {} local pods isolated, {} rules",
                     stats.policies, stats.selected_pods, stats.local_pods, stats.rules
                 ));
             }
         }
-        for r in &report.refused {
+        for r in &snap.report.refused {
             lines.push(format!("[!] refused: {r}"));
         }
         self.status.set_netpol(lines);
@@ -409,9 +435,12 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         self.logged_refusals = now;
     }
 
-    fn program(&mut self, inputs: &Inputs, compiled: &Batch) -> Pass {
-        if let Some((last, _)) = &self.last
-            && last == compiled
+    /// Takes the kernel to `new`: nothing when it is what was applied
+    /// last, else a diff, else (or when the kernel refuses the diff) the
+    /// whole table.
+    fn program(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
+        if let Some(last) = &self.last
+            && last.compiled == new
         {
             return Pass::Unchanged;
         }
@@ -419,17 +448,12 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             Ok(l) => l,
             Err(e) => return Pass::Failed(e),
         };
-        let new = Model::from_batch(compiled);
-        if let Some((_, old)) = &self.last {
+        if let Some(last) = &self.last {
+            let old = last.kernel();
             // elements carried before stay while still valid
-            let carried = plan::carry_over(
-                inputs,
-                &self.cfg.own_name,
-                &new,
-                &plan::dispatch_elements(old),
-            );
-            let target = plan::with_carried(new.clone(), &carried);
-            if let Some((b, st)) = plan::diff(old, &target) {
+            let carried = plan::carry_over_from(known, &new, old);
+            let applied = Applied::new(new, &carried);
+            if let Some((b, st)) = plan::diff(old, applied.kernel()) {
                 let t = Instant::now();
                 let r = self.dp.apply(&b);
                 tracing::debug!(
@@ -439,7 +463,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 );
                 match r {
                     Ok(()) => {
-                        self.last = Some((compiled.clone(), target));
+                        self.last = Some(applied);
                         return Pass::Incremental(st);
                     }
                     Err(e) => {
@@ -447,9 +471,14 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                     }
                 }
             }
+            return self.replace(known, applied.compiled);
         }
-        // the whole table, keeping what the CNI plugin added for pods
-        // whose addresses are not known yet
+        self.replace(known, new)
+    }
+
+    /// The whole table, keeping what the CNI plugin added for pods whose
+    /// addresses are not known yet.
+    fn replace(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
         let present: Vec<Present> = match self.dp.list() {
             Ok(Some(l)) => l
                 .elements
@@ -467,14 +496,14 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         if let Ok(Some(c)) = self.dp.counters() {
             self.account(&c);
         }
-        let carried = plan::carry_over(inputs, &self.cfg.own_name, &new, &present);
+        let carried = plan::carry_over(known, &new, &present);
         for (map, e) in &carried {
             if let Value::Addr(a) = &e.key {
                 tracing::info!(map = %map, addr = %a, "keeping a dispatch element the CNI plugin added for a pod whose address is not known yet");
             }
         }
-        let target = plan::with_carried(new, &carried);
-        match self.dp.apply(&target.to_batch()) {
+        let applied = Applied::new(new, &carried);
+        match self.dp.apply(&applied.kernel().to_batch()) {
             Ok(()) => {
                 self.counters_seen = [0, 0];
                 self.status
@@ -482,7 +511,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                     .netpol
                     .carried_elements
                     .set(carried.len() as i64);
-                self.last = Some((compiled.clone(), target));
+                self.last = Some(applied);
                 Pass::Full {
                     carried: carried.len(),
                 }
