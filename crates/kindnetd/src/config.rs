@@ -388,7 +388,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// ":19080" binds every address, "127.0.0.1:19080" or "[::1]:19080" one; "" disables.
+/// `:19080` binds every address, `127.0.0.1:19080` or `[::1]:19080` one; `""` disables.
 pub fn parse_bind(s: &str) -> Result<BindAddress, String> {
     let t = s.trim();
     if t.is_empty() {
