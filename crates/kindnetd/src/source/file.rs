@@ -156,11 +156,31 @@ pub fn retry_delay(attempt: u32) -> Duration {
 
 /// Reads the file until two reads `STABLE` apart agree (same metadata, same
 /// bytes). Err on a read error or when it never settles.
+///
+/// `complete`: the last event for the file was its writer closing it or a
+/// rename into place, so no write is under way: one read, checked against
+/// the metadata before and after it, is enough (no wait).
 async fn read_stable(
     path: &Path,
     reader: &Reader,
     stable: Duration,
+    complete: bool,
 ) -> Result<(Version, Vec<u8>), String> {
+    if complete {
+        let p = path.to_path_buf();
+        let r = reader.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let before = version(&p).map_err(|e| format!("stat: {e}"))?;
+            let b = r(&p).map_err(|e| format!("read: {e}"))?;
+            let after = version(&p).map_err(|e| format!("stat: {e}"))?;
+            Ok::<_, String>((before == after).then_some((after, b)))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("reader task failed: {e}")))?;
+        if let Some(done) = read {
+            return Ok(done);
+        }
+    }
     let mut unsettled = 0;
     loop {
         let once = |p: PathBuf, r: Reader| async move {
@@ -219,6 +239,9 @@ pub async fn run_with(path: PathBuf, sink: Sink, reader: Reader, stable: Duratio
 
     // The version last applied; None until a read succeeded.
     let mut last: Option<Version> = None;
+    // The last event for the file said it is complete (closed, renamed in).
+    let mut complete = false;
+    let file_name = path.file_name().map(|n| n.to_os_string());
     // Failed attempts since the last good read, and the error last logged.
     let mut failures: u32 = 0;
     let mut logged: Option<String> = None;
@@ -229,7 +252,7 @@ pub async fn run_with(path: PathBuf, sink: Sink, reader: Reader, stable: Duratio
         };
         let result = match changed {
             Ok(false) if failures == 0 => None,
-            Ok(_) => Some(read_and_apply(&path, &sink, &reader, stable).await),
+            Ok(_) => Some(read_and_apply(&path, &sink, &reader, stable, complete).await),
             Err(e) => Some(Err(e)),
         };
         match result {
@@ -260,15 +283,27 @@ pub async fn run_with(path: PathBuf, sink: Sink, reader: Reader, stable: Duratio
         };
         match events.as_mut() {
             Some(stream) => {
+                complete = false;
                 tokio::select! {
                     ev = stream.next() => {
-                        if ev.is_none() {
+                        let Some(first) = ev else {
                             events = None;
                             continue;
-                        }
-                        // Let a burst of events (rename + attrib ...) settle.
+                        };
+                        // Let a burst of events (rename + attrib ...) settle;
+                        // the file's last event in it decides.
                         tokio::time::sleep(SETTLE).await;
-                        while let Some(Some(_)) = stream.next().now_or_never() {}
+                        let mut burst = vec![first];
+                        while let Some(Some(e)) = stream.next().now_or_never() {
+                            burst.push(e);
+                        }
+                        for e in burst.iter().flatten() {
+                            if e.name.is_some() && e.name == file_name {
+                                complete = e.mask.intersects(
+                                    inotify::EventMask::CLOSE_WRITE | inotify::EventMask::MOVED_TO,
+                                );
+                            }
+                        }
                     }
                     _ = tokio::time::sleep(wait) => {}
                 }
@@ -286,8 +321,9 @@ async fn read_and_apply(
     sink: &Sink,
     reader: &Reader,
     stable: Duration,
+    complete: bool,
 ) -> Result<Version, String> {
-    let (v, bytes) = read_stable(path, reader, stable).await?;
+    let (v, bytes) = read_stable(path, reader, stable, complete).await?;
     // a List may also carry Pods, Namespaces and NetworkPolicies: they go
     // to the policy inputs (or nowhere with policy off), never to the nodes
     let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
@@ -454,6 +490,39 @@ mod tests {
                 "{fractions:?}: a partial file was applied: {seen:?}"
             );
         }
+    }
+
+    /// A file renamed into place, or written and closed, is complete: it
+    /// is applied at once, without the settle interval (here 3 s).
+    #[test]
+    fn a_closed_or_renamed_file_is_applied_without_waiting() {
+        let rt = rt();
+        let dir = kindnet_testbed::temp_dir("file-fast");
+        let path = dir.path().join("nodes.yaml");
+        std::fs::write(&path, yaml_nodes(1)).unwrap();
+        let store = Arc::new(Mutex::new(NodeStore::new()));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let sink = Sink::new(store.clone(), tx, Arc::new(Status::new()));
+        let reader: Reader = Arc::new(|p: &Path| std::fs::read(p));
+        rt.spawn(run_with(path.clone(), sink, reader, Duration::from_secs(3)));
+        let until = |n: usize, within: Duration| {
+            let start = std::time::Instant::now();
+            while store.lock().unwrap().len() != n {
+                assert!(start.elapsed() < within, "not {n} nodes within {within:?}");
+                wait(&rt, 5);
+            }
+            start.elapsed()
+        };
+        // The first read (no event yet) waits the settle interval.
+        until(1, Duration::from_secs(10));
+        let tmp = dir.path().join(".nodes.yaml.tmp");
+        std::fs::write(&tmp, yaml_nodes(3)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        let renamed = until(3, Duration::from_secs(1));
+        std::fs::write(&path, yaml_nodes(5)).unwrap();
+        let closed = until(5, Duration::from_secs(1));
+        assert!(renamed < Duration::from_millis(500), "{renamed:?}");
+        assert!(closed < Duration::from_millis(500), "{closed:?}");
     }
 
     #[test]
