@@ -192,6 +192,9 @@ pub struct View {
     pub bridge: bool,
     pub lookups: HashMap<Query, Result<Answer, String>>,
     pub nft: HashMap<String, NftTables>,
+    /// The lab's NetworkPolicy objects as kindnetd sees them, for the
+    /// verdict at the forward hook (None: not known).
+    pub policy: Option<kindnet_netpol::Cluster>,
 }
 
 /// What the walk needs that the view does not have yet.
@@ -369,17 +372,61 @@ fn masq_decision(l: Option<&Listing>, f: Family, pkt: &Pkt) -> Result<String, St
     ))
 }
 
-/// NetworkPolicy hook. Today it only reports whether a policy table
-/// exists; when `inet kindnet-netpol` lands, evaluate its verdict maps for
-/// `pkt` here (ingress on the destination pod's node, egress on the
-/// source's) and return the verdict with the rule that decided it.
-fn netpol_verdict(t: &NftTables) -> String {
-    if t.netpol {
-        format!(
-            "NetworkPolicy: table inet {NETPOL_TABLE} present; trace does not evaluate its verdict yet"
-        )
+/// NetworkPolicy at a node's forward hook: this node's share of the
+/// semantics the compiler is tested against ([`kindnet_netpol::evaluate_on`]:
+/// egress of its own pods, ingress of its own pods) for the packet as it is
+/// forwarded (before the masquerade), with the policies that decided.
+/// Returns the line and, when denied, why the packet is dropped here.
+fn netpol_verdict(
+    v: &View,
+    node: &Host,
+    t: &NftTables,
+    pkt: &Pkt,
+    target: Target,
+) -> (String, Option<String>) {
+    if !t.netpol {
+        return (
+            format!("NetworkPolicy: no table inet {NETPOL_TABLE}: no policy enforced here"),
+            None,
+        );
+    }
+    let Some(c) = &v.policy else {
+        return (
+            format!(
+                "NetworkPolicy: table inet {NETPOL_TABLE} present; the lab's policies are not known"
+            ),
+            None,
+        );
+    };
+    use kindnet_netpol::{Endpoint, Proto as NP};
+    let proto = match target.proto {
+        Proto::Tcp => NP::Tcp,
+        Proto::Udp => NP::Udp,
+        Proto::Icmp => NP::Other,
+    };
+    let here = kindnet_netpol::NodeContext {
+        node_name: node.name.clone(),
+        node_ips: node.addrs.clone(),
+        log_denied: false,
+    };
+    let verdict = kindnet_netpol::evaluate_on(
+        c,
+        &here,
+        &Endpoint::Addr(pkt.src),
+        &Endpoint::Addr(pkt.dst),
+        target.port.unwrap_or(0),
+        proto,
+    );
+    if verdict.allowed {
+        (format!("NetworkPolicy: allowed ({})", verdict.reason), None)
     } else {
-        format!("NetworkPolicy: no table inet {NETPOL_TABLE}: no policy enforced here")
+        (
+            format!(
+                "NetworkPolicy: denied ({}): dropped at the forward hook",
+                verdict.reason
+            ),
+            Some(format!("NetworkPolicy: {}", verdict.reason)),
+        )
     }
 }
 
@@ -632,6 +679,9 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
             ),
         };
         hop.leaves_by = dev_text(v, &a, &at, next.as_ref());
+        // The forward hook (NetworkPolicy) sees the packet before nat
+        // postrouting changes its source.
+        let forwarded = pkt;
         // nat postrouting on a node: kindnet-masq, then the port-map hairpin.
         if is_node {
             let nt = tables(v, &at.netns)?;
@@ -663,7 +713,23 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
                 hop.nft
                     .push(format!("{PORTMAP_TABLE}: hairpin (the pod reached itself through a host port): masquerade"));
             }
-            hop.nft.push(netpol_verdict(nt));
+            // Only forwarded packets pass `forward`; the node's own
+            // traffic is always allowed anyway.
+            let (line, denied) = netpol_verdict(v, &at, nt, &forwarded, t);
+            hop.nft.push(line);
+            if let Some(why) = denied
+                && !at.addrs.contains(&forwarded.src)
+            {
+                hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
+                hops.push(hop);
+                return Ok(done(
+                    hops,
+                    Verdict::Dropped {
+                        host: at.name.clone(),
+                        why,
+                    },
+                ));
+            }
         }
         hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
         hops.push(hop);
@@ -847,6 +913,8 @@ mod tests {
         hosts: Vec<Host>,
         bridge: bool,
         masq: bool,
+        /// NetworkPolicy on (the table on every node) with these objects.
+        policy: Option<kindnet_netpol::Cluster>,
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -886,6 +954,7 @@ mod tests {
             hosts,
             bridge,
             masq: true,
+            policy: None,
         }
     }
 
@@ -902,6 +971,7 @@ mod tests {
                 bridge: self.bridge,
                 lookups: HashMap::new(),
                 nft: HashMap::new(),
+                policy: self.policy.clone(),
             }
         }
 
@@ -1044,7 +1114,7 @@ mod tests {
             NftTables {
                 masq,
                 portmap,
-                netpol: false,
+                netpol: self.policy.is_some(),
             }
         }
 
@@ -1090,6 +1160,79 @@ mod tests {
         for bad in ["0", "x/tcp", "80/sctp", "70000"] {
             assert!(Target::parse(Some(bad)).is_err(), "{bad}");
         }
+    }
+
+    /// node2-pod1 (x/b on node2) under deny-all ingress: the packet from
+    /// node1-pod1 (y/a) passes node1 (egress is open) and is dropped at
+    /// node2's forward hook, which says which policy isolates it.
+    #[test]
+    fn network_policy_drops_where_it_is_enforced() {
+        let pod = |ns: &str, name: &str, node: &str, ip: &str| -> kindnet_netpol::Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": ns, "name": name},
+                "spec": {"nodeName": node},
+                "status": {"phase": "Running", "podIPs": [{"ip": ip}]}
+            }))
+            .unwrap()
+        };
+        let deny: kindnet_netpol::NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+        }))
+        .unwrap();
+        let ns = |name: &str| -> kindnet_netpol::Namespace {
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap()
+        };
+        let nss = [ns("x"), ns("y")];
+        let pods = [
+            pod("y", "a", "node1", "10.244.1.2"),
+            pod("x", "b", "node2", "10.244.2.2"),
+        ];
+        let mut l = lab(false);
+        let nodes: Vec<kindnet_netpol::NodeContext> = l
+            .hosts
+            .iter()
+            .filter(|h| h.kind == HostKind::Node)
+            .map(|h| kindnet_netpol::NodeContext {
+                node_name: h.name.clone(),
+                node_ips: h.addrs.clone(),
+                log_denied: false,
+            })
+            .collect();
+        let with = |pols: &[kindnet_netpol::NetworkPolicy]| {
+            Some(kindnet_netpol::Cluster::new(&pods, &nss, pols, &nodes).0)
+        };
+        l.policy = with(&[deny]);
+        let w = l.trace("node1-pod1", "node2-pod1", tcp(8080));
+        let Verdict::Dropped { host, why } = &w.verdict else {
+            panic!("{}", render(&w))
+        };
+        assert_eq!(host, "node2", "{}", render(&w));
+        assert!(why.contains("isolated by x/deny"), "{why}");
+        let node1 = w.hops.iter().find(|h| h.host == "node1").unwrap();
+        assert!(
+            node1
+                .nft
+                .iter()
+                .any(|n| n.starts_with("NetworkPolicy: allowed")),
+            "{:?}",
+            node1.nft
+        );
+        // The other way round nothing isolates y/a: delivered.
+        let w = l.trace("node2-pod1", "node1-pod1", tcp(8080));
+        assert!(
+            matches!(w.verdict, Verdict::Delivered { .. }),
+            "{}",
+            render(&w)
+        );
+        // No policy: delivered, and each node says it allowed.
+        l.policy = with(&[]);
+        let w = l.trace("node1-pod1", "node2-pod1", tcp(8080));
+        assert!(
+            matches!(w.verdict, Verdict::Delivered { .. }),
+            "{}",
+            render(&w)
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ pub struct Traced {
     pub probe: Probe,
 }
 
+/// `pod` is [`crate::plan::Pod::key`] (the name of its result file).
 fn pod_ip(lab: &Lab, pod: &str, f: Family) -> Option<IpAddr> {
     let res = read_json(&lab.state_dir.join("pods").join(format!("{pod}.json"))).ok()?;
     result_addrs(&res)
@@ -95,12 +96,17 @@ pub fn hosts(lab: &Lab, f: Family) -> Vec<Host> {
     }
     for p in &lab.pods {
         out.push(Host {
-            name: p.name.clone(),
+            // As lab commands name pods: `name` in default, else `namespace/name`.
+            name: if p.namespace == "default" {
+                p.name.clone()
+            } else {
+                p.full_name()
+            },
             netns: p.netns.clone(),
             kind: HostKind::Pod {
                 node: p.node.clone(),
             },
-            addrs: pod_ip(lab, &p.name, f).into_iter().collect(),
+            addrs: pod_ip(lab, &p.key(), f).into_iter().collect(),
             pod_cidrs: Vec::new(),
         });
     }
@@ -218,6 +224,8 @@ pub fn walk_live(lab: &Lab, f: Family, from: &str, to: &str, t: Target) -> Resul
         bridge: lab.spec.mode == Mode::Bridge,
         lookups: HashMap::new(),
         nft: HashMap::new(),
+        // The same model `probe` evaluates (the lab's nodes file).
+        policy: crate::netpol::cluster(lab).ok(),
     };
     let mut kernel = Kernel::default();
     trace::resolve(
