@@ -679,6 +679,31 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
             ),
         };
         hop.leaves_by = dev_text(v, &a, &at, next.as_ref());
+        // Pod to pod over the node's bridge: br_netfilter hands the frame to
+        // the node's forward hook, so NetworkPolicy decides here too.
+        if let HostKind::Pod { node } = &at.kind
+            && v.bridge
+            && next
+                .as_ref()
+                .is_some_and(|n| matches!(n.kind, HostKind::Pod { .. }))
+            && let Some(n) = v.hosts.iter().find(|h| &h.name == node)
+        {
+            let nt = tables(v, &n.netns)?;
+            let (line, denied) = netpol_verdict(v, n, nt, &pkt, t);
+            hop.nft
+                .push(format!("{}'s bridge, through br_netfilter: {line}", n.name));
+            if let Some(why) = denied {
+                hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
+                hops.push(hop);
+                return Ok(done(
+                    hops,
+                    Verdict::Dropped {
+                        host: n.name.clone(),
+                        why,
+                    },
+                ));
+            }
+        }
         // The forward hook (NetworkPolicy) sees the packet before nat
         // postrouting changes its source.
         let forwarded = pkt;
@@ -1232,6 +1257,31 @@ mod tests {
             matches!(w.verdict, Verdict::Delivered { .. }),
             "{}",
             render(&w)
+        );
+
+        // Bridge mode, two pods of node1: the bridge hands the frame to
+        // node1's forward hook (br_netfilter), which drops it.
+        let mut l = lab(true);
+        let pods = [
+            pod("y", "a", "node1", "10.244.1.2"),
+            pod("x", "b", "node1", "10.244.1.3"),
+        ];
+        let deny2: kindnet_netpol::NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+        }))
+        .unwrap();
+        l.policy = Some(kindnet_netpol::Cluster::new(&pods, &nss, &[deny2], &nodes).0);
+        let w = l.trace("node1-pod1", "node1-pod2", tcp(8080));
+        let Verdict::Dropped { host, why } = &w.verdict else {
+            panic!("{}", render(&w))
+        };
+        assert_eq!(host, "node1", "{}", render(&w));
+        assert!(why.contains("isolated by x/deny"), "{why}");
+        assert!(
+            w.hops[0].nft[0].starts_with("node1's bridge, through br_netfilter"),
+            "{:?}",
+            w.hops[0].nft
         );
     }
 

@@ -103,6 +103,17 @@ fn policy_holds_between_pods_of_one_node_on_a_bridge() {
         probed.iter().all(|(_, c)| !*c),
         "deny-all must hold: {probed:?}"
     );
+    // The trace says where and why: node1's forward hook, x/deny.
+    // (trace exits non-zero when the packet does not arrive, as ping does)
+    let out = common::lab(&[
+        "trace", "--name", LAB, "y/a", "x/a", "80", "--json", "--family", "4",
+    ]);
+    let walk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let walk = &walk["traces"][0];
+    assert_eq!(walk["verdict"]["result"], "dropped", "{walk}");
+    assert_eq!(walk["verdict"]["host"], "node1", "{walk}");
+    let why = walk["verdict"]["why"].as_str().unwrap_or("");
+    assert!(why.contains("isolated by x/deny"), "{walk}");
     // And what is not selected still connects over the bridge.
     assert!(probe("x/a", "y/a").iter().all(|(_, c)| *c));
 }
