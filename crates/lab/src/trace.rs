@@ -679,6 +679,8 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
             ),
         };
         hop.leaves_by = dev_text(v, &a, &at, next.as_ref());
+        // Where NetworkPolicy drops the packet: (node, why).
+        let mut policy_drop: Option<(String, String)> = None;
         // Pod to pod over the node's bridge: br_netfilter hands the frame to
         // the node's forward hook, so NetworkPolicy decides here too.
         if let HostKind::Pod { node } = &at.kind
@@ -692,17 +694,7 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
             let (line, denied) = netpol_verdict(v, n, nt, &pkt, t);
             hop.nft
                 .push(format!("{}'s bridge, through br_netfilter: {line}", n.name));
-            if let Some(why) = denied {
-                hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
-                hops.push(hop);
-                return Ok(done(
-                    hops,
-                    Verdict::Dropped {
-                        host: n.name.clone(),
-                        why,
-                    },
-                ));
-            }
+            policy_drop = denied.map(|why| (n.name.clone(), why));
         }
         // The forward hook (NetworkPolicy) sees the packet before nat
         // postrouting changes its source.
@@ -742,22 +734,15 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
             // traffic is always allowed anyway.
             let (line, denied) = netpol_verdict(v, &at, nt, &forwarded, t);
             hop.nft.push(line);
-            if let Some(why) = denied
-                && !at.addrs.contains(&forwarded.src)
-            {
-                hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
-                hops.push(hop);
-                return Ok(done(
-                    hops,
-                    Verdict::Dropped {
-                        host: at.name.clone(),
-                        why,
-                    },
-                ));
+            if !at.addrs.contains(&forwarded.src) {
+                policy_drop = denied.map(|why| (at.name.clone(), why));
             }
         }
         hop.explain = explain(v, &at, &a, &pkt, next.as_ref());
         hops.push(hop);
+        if let Some((host, why)) = policy_drop {
+            return Ok(done(hops, Verdict::Dropped { host, why }));
+        }
         let Some(next) = next else {
             let why = format!("next hop {nh} via {dev} is no host of this lab");
             return Ok(done(
