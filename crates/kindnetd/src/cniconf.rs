@@ -484,12 +484,7 @@ mod tests {
     #[test]
     fn mtu_follows_default_route_interface() {
         let routes = vec![
-            KernelRoute {
-                dst: "10.0.0.0/8".parse().unwrap(),
-                gateway: None,
-                oif: Some(3),
-                priority: 0,
-            },
+            KernelRoute::test("10.0.0.0/8", None, 3),
             KernelRoute {
                 dst: "0.0.0.0/0".parse().unwrap(),
                 gateway: Some("10.0.0.1".parse().unwrap()),

@@ -1404,24 +1404,9 @@ mod tests {
     /// 10.244.2.0/24, everything in order.
     fn healthy() -> DoctorView {
         let foreign = vec![
-            KernelRoute {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                gateway: Some(ip("172.18.0.1")),
-                oif: Some(2),
-                priority: 0,
-            },
-            KernelRoute {
-                dst: "172.18.0.0/16".parse().unwrap(),
-                gateway: None,
-                oif: Some(2),
-                priority: 0,
-            },
-            KernelRoute {
-                dst: "10.244.1.2/32".parse().unwrap(),
-                gateway: None,
-                oif: Some(5),
-                priority: 0,
-            },
+            KernelRoute::test("0.0.0.0/0", Some("172.18.0.1"), 2),
+            KernelRoute::test("172.18.0.0/16", None, 2),
+            KernelRoute::test("10.244.1.2/32", None, 5),
         ];
         let host = HostView {
             topology: Topology::new(foreign.clone(), vec![ip("172.18.0.2"), ip("10.244.1.1")]),
@@ -1688,12 +1673,8 @@ mod tests {
         v.cni_version = Ok("kindnet-cni 0.0.9".into());
         v.ipam_writable = Err("Read-only file system".into());
         if let Some(h) = v.host.as_mut() {
-            h.foreign.push(KernelRoute {
-                dst: "10.244.2.0/25".parse().unwrap(),
-                gateway: Some(ip("172.18.0.9")),
-                oif: Some(2),
-                priority: 0,
-            });
+            h.foreign
+                .push(KernelRoute::test("10.244.2.0/25", Some("172.18.0.9"), 2));
         }
         let c = checks(&v);
         let o = find(&c, "conflist-order");

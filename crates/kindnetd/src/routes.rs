@@ -40,6 +40,19 @@ pub struct KernelRoute {
     pub priority: u32,
 }
 
+#[cfg(test)]
+impl KernelRoute {
+    /// A test route: `dst` via `gw` (None: on-link) out of `oif`, metric 0.
+    pub fn test(dst: &str, gw: Option<&str>, oif: u32) -> KernelRoute {
+        KernelRoute {
+            dst: dst.parse().unwrap(),
+            gateway: gw.map(|g| g.parse().unwrap()),
+            oif: Some(oif),
+            priority: 0,
+        }
+    }
+}
+
 /// How the kernel would reach an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reach {
@@ -851,18 +864,8 @@ mod tests {
     fn topo() -> Topology {
         Topology::new(
             vec![
-                KernelRoute {
-                    dst: "0.0.0.0/0".parse().unwrap(),
-                    gateway: Some("172.18.0.1".parse().unwrap()),
-                    oif: Some(2),
-                    priority: 0,
-                },
-                KernelRoute {
-                    dst: "172.18.0.0/16".parse().unwrap(),
-                    gateway: None,
-                    oif: Some(2),
-                    priority: 0,
-                },
+                KernelRoute::test("0.0.0.0/0", Some("172.18.0.1"), 2),
+                KernelRoute::test("172.18.0.0/16", None, 2),
                 KernelRoute {
                     dst: "fc00::/64".parse().unwrap(),
                     gateway: None,

@@ -17,6 +17,8 @@ struct Harness {
     api: FakeApi,
     store: Arc<Mutex<NodeStore>>,
     status: Arc<Status>,
+    /// The client the node source uses, for other watches on the server.
+    client: kube::Client,
     _rx: mpsc::Receiver<kindnetd::reconcile::Trigger>,
     _dir: TempDir,
 }
@@ -49,11 +51,12 @@ async fn start_with(api: FakeApi, via_endpoint: bool) -> Harness {
     let status = Arc::new(Status::new());
     let (tx, rx) = mpsc::channel();
     let sink = Sink::new(store.clone(), tx, status.clone());
-    tokio::spawn(source::kube::run(client, sink));
+    tokio::spawn(source::kube::run(client.clone(), sink));
     Harness {
         api,
         store,
         status,
+        client,
         _rx: rx,
         _dir: dir,
     }
@@ -364,10 +367,8 @@ async fn pods_namespaces_and_policies_follow_the_api() {
     let h = start(api).await;
     let inputs = Arc::new(Mutex::new(Inputs::default()));
     let (wake, _woken) = mpsc::channel();
-    let kc = h._dir.path().join("kubeconfig");
-    let client = source::kube::client(Some(&kc), None).await.unwrap();
     tokio::spawn(source::kube_netpol::run(
-        client,
+        h.client.clone(),
         PolicySink::new(inputs.clone(), wake),
         h.status.clone(),
     ));

@@ -115,7 +115,6 @@ pub const SOLICIT_RECHECK: Duration = Duration::from_millis(300);
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
     pub replaced: usize,
-    pub deleted: usize,
     /// Each failure, with the step and what it was about.
     pub errors: Vec<String>,
     pub sysctls_set: usize,
@@ -135,10 +134,15 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// Routes deleted.
+    pub fn deleted(&self) -> usize {
+        self.deleted_dsts.len()
+    }
+
     /// Nothing on the host was changed and nothing failed.
     pub fn changed_nothing(&self) -> bool {
         self.replaced == 0
-            && self.deleted == 0
+            && self.deleted_dsts.is_empty()
             && self.errors.is_empty()
             && self.sysctls_set == 0
             && !self.conflist_written
@@ -178,7 +182,6 @@ pub fn apply<D: Dataplane>(dp: &mut D, plan: &Plan) -> PassReport {
                 tracing::debug!(dst = %r.dst, via = %r.gateway, node = %r.node, "route set");
             }
             (Ok(()), RouteOp::Delete(r)) => {
-                report.deleted += 1;
                 report.deleted_dsts.push(r.dst);
                 tracing::debug!(dst = %r.dst, via = ?r.gateway, "route deleted");
             }
@@ -394,10 +397,10 @@ impl<D: Dataplane> Reconciler<D> {
         if plan.synced {
             self.solicit(&view, &plan.desired);
         }
-        if report.replaced + report.deleted > 0 || !report.errors.is_empty() {
+        if report.replaced + report.deleted() > 0 || !report.errors.is_empty() {
             tracing::info!(
                 replaced = report.replaced,
-                deleted = report.deleted,
+                deleted = report.deleted(),
                 errors = report.errors.len(),
                 routes = plan.desired.routes.len(),
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
@@ -460,7 +463,7 @@ impl<D: Dataplane> Reconciler<D> {
             .inc_by(report.replaced as u64);
         m.route_changes
             .get_or_create(&OpLabel::DELETE)
-            .inc_by(report.deleted as u64);
+            .inc_by(report.deleted() as u64);
         m.route_errors.inc_by(report.route_errors as u64);
         if plan.synced {
             for v6 in [false, true] {

@@ -30,18 +30,8 @@ impl Dataplane for Fake {
             });
         }
         let foreign = vec![
-            KernelRoute {
-                dst: "0.0.0.0/0".parse().unwrap(),
-                gateway: Some("172.18.0.1".parse().unwrap()),
-                oif: Some(2),
-                priority: 0,
-            },
-            KernelRoute {
-                dst: "172.18.0.0/16".parse().unwrap(),
-                gateway: None,
-                oif: Some(2),
-                priority: 0,
-            },
+            KernelRoute::test("0.0.0.0/0", Some("172.18.0.1"), 2),
+            KernelRoute::test("172.18.0.0/16", None, 2),
         ];
         let mut foreign = foreign;
         foreign.extend(self.host_routes.iter().cloned());
@@ -204,7 +194,7 @@ fn converges_then_stays_quiet() {
         priority: 0,
     });
     let rep = r.pass(true);
-    assert_eq!((rep.replaced, rep.deleted), (1, 1), "{rep:?}");
+    assert_eq!((rep.replaced, rep.deleted()), (1, 1), "{rep:?}");
     assert!(rep.conflist_written);
     let conf = std::fs::read_to_string(dir.path().join(cniconf::CONFLIST_NAME)).unwrap();
     assert!(conf.contains("\"subnet\": \"10.244.0.0/24\""));
@@ -227,7 +217,7 @@ fn converges_then_stays_quiet() {
     assert_eq!(r.dp.nft.len(), 1, "unchanged rules are not re-applied");
     // A full pass re-applies the rules (repairing hand edits) but no routes.
     let rep = r.pass(true);
-    assert_eq!((rep.replaced, rep.deleted), (0, 0));
+    assert_eq!((rep.replaced, rep.deleted()), (0, 0));
     assert_eq!(r.dp.nft.len(), 2);
     let metrics = r.status.metrics.encode();
     assert!(
@@ -472,7 +462,7 @@ fn protocol_217_routes_kindnetd_did_not_make_are_left_and_reported() {
         b(),
     ]);
     let rep = r.pass(true);
-    assert_eq!(rep.deleted, 1, "{:?}", r.dp.applied);
+    assert_eq!(rep.deleted(), 1, "{:?}", r.dp.applied);
     assert!(
         r.dp.applied
             .contains(&RouteOp::Delete(ours("10.244.9.0/24", "172.18.0.9")))
@@ -724,12 +714,7 @@ fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
         },
         None,
     )];
-    r.dp.host_routes = vec![KernelRoute {
-        dst: "10.244.0.2/32".parse().unwrap(),
-        gateway: None,
-        oif: Some(7),
-        priority: 0,
-    }];
+    r.dp.host_routes = vec![KernelRoute::test("10.244.0.2/32", None, 7)];
     r.pass(true);
     assert!(r.dp.reclaimed.is_empty(), "never before the grace period");
     assert!(
