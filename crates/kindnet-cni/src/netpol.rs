@@ -69,9 +69,10 @@ pub fn pod_ref(req: &Request) -> Result<Option<PodRef>, CniError> {
 }
 
 /// At ADD, after the pod's addresses are configured: point the dispatch
-/// maps at the pod's chains (replacing a stale holder of a reused address).
-pub fn hand_off(h: &mut dyn Host, req: &Request, ips: &[IpAddr]) -> Result<(), CniError> {
-    let Some(pod) = pod_ref(req)? else {
+/// maps at the chains of `pod` ([`pod_ref`], validated before anything was
+/// created), replacing a stale holder of a reused address.
+pub fn hand_off(h: &mut dyn Host, pod: Option<&PodRef>, ips: &[IpAddr]) -> Result<(), CniError> {
+    let Some(pod) = pod else {
         return Ok(());
     };
     let t = table();
@@ -105,9 +106,11 @@ pub fn hand_off(h: &mut dyn Host, req: &Request, ips: &[IpAddr]) -> Result<(), C
     let nft = h.nft();
     let _lock = nft.lock(&t).map_err(nft_err("NetworkPolicy hand-off"))?;
     let add = pod_dispatch_elements(&pod.namespace, &pod.name, ips);
-    if nft.apply(&add).is_ok() {
-        return Ok(());
-    }
+    let first = match nft.apply(&add) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+
     // An address still maps to another (gone) pod: replace it, atomically.
     let listing = nft
         .list(&t)
@@ -126,7 +129,10 @@ pub fn hand_off(h: &mut dyn Host, req: &Request, ips: &[IpAddr]) -> Result<(), C
         }
     }
     b.cmds.extend(add.cmds);
-    nft.apply(&b).map_err(nft_err("NetworkPolicy hand-off"))
+    // Neither worked: say both (the first may have been the real cause).
+    nft.apply(&b).map_err(nft_err(format!(
+        "NetworkPolicy hand-off (adding the pod's addresses: {first}; replacing stale ones)"
+    )))
 }
 
 #[cfg(test)]

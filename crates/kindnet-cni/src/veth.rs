@@ -71,6 +71,7 @@ pub fn add(
 ) -> Result<CniResult, CniError> {
     let mut t = crate::timing::Steps::start();
     let (a, owner) = crate::attachment(req)?;
+    let pod_ref = crate::netpol::pod_ref(req)?;
     let ipam = Ipam::resolve(req)?;
     t.mark("resolve");
     let pod = h
@@ -108,7 +109,7 @@ pub fn add(
             masq::setup(h.nft(), &res.ips, &owner)?;
         }
         let addrs: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
-        crate::netpol::hand_off(h, req, &addrs)?;
+        crate::netpol::hand_off(h, pod_ref.as_ref(), &addrs)?;
         t.mark("netpol");
         interfaces.push(Interface {
             name: host.name.clone(),
@@ -531,7 +532,9 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, 4, "{e}");
-        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+        // Nothing was even tried: not a rolled-back ADD.
+        assert!(h.steps.is_empty(), "{:?}", h.steps);
+        assert!(bed.allocations().is_empty());
     }
 
     #[test]

@@ -89,7 +89,8 @@ impl Ranges {
     pub fn add_addr(&mut self, a: IpAddr) {
         if a.is_ipv6() == self.v6 {
             let x = to_u128(a);
-            self.add_interval(x, x);
+            self.iv.push((x, x));
+            self.normalize();
         }
     }
 
@@ -105,6 +106,7 @@ impl Ranges {
         self.normalize();
     }
 
+    /// Sorts and merges overlapping or adjacent intervals.
     fn normalize(&mut self) {
         self.iv.sort_unstable();
         let mut out: Vec<(u128, u128)> = Vec::with_capacity(self.iv.len());
@@ -120,24 +122,9 @@ impl Ranges {
     /// Adds the ranges of `other` (of the same family; of the other, nothing).
     pub fn add(&mut self, other: &Ranges) {
         if other.v6 == self.v6 {
-            for &(lo, hi) in &other.iv {
-                self.add_interval(lo, hi);
-            }
+            self.iv.extend_from_slice(&other.iv);
+            self.normalize();
         }
-    }
-
-    fn add_interval(&mut self, lo: u128, hi: u128) {
-        self.iv.push((lo, hi));
-        self.iv.sort_unstable();
-        let mut out: Vec<(u128, u128)> = Vec::with_capacity(self.iv.len());
-        for &(lo, hi) in &self.iv {
-            match out.last_mut() {
-                // overlapping or adjacent: merge
-                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                _ => out.push((lo, hi)),
-            }
-        }
-        self.iv = out;
     }
 
     /// Removes `n` (an `except`).
