@@ -369,10 +369,8 @@ fn flush_udp_conntrack(maps: &[PortMapping]) {
     // reference does).
     match Conntrack::open() {
         Ok(mut ct) => {
-            for port in ports {
-                if let Err(e) = ct.delete_by_dport(CtProto::Udp, port) {
-                    log_warn!("cannot flush UDP conntrack entries of host port {port}: {e}");
-                }
+            if let Err(e) = ct.delete_by_dport(CtProto::Udp, &ports) {
+                log_warn!("cannot flush UDP conntrack entries of host ports {ports:?}: {e}");
             }
         }
         Err(e) => log_warn!("cannot open ctnetlink to flush UDP conntrack entries: {e}"),

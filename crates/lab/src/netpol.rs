@@ -436,6 +436,18 @@ pub fn add_model_pod(
     if lab.pods.iter().any(|p| p.full_name() == pod.full_name()) {
         return Err(format!("pod {full} exists"));
     }
+    // x/a-b and x-a/b would share a namespace and a result file.
+    if let Some(p) = lab
+        .pods
+        .iter()
+        .find(|p| p.key() == pod.key() || p.netns == pod.netns)
+    {
+        return Err(format!(
+            "pod {full} would share its network namespace {} with {}",
+            pod.netns,
+            p.full_name()
+        ));
+    }
     s.pod_labels
         .insert(pod.full_name(), labels.iter().cloned().collect());
     lab.pods.push(pod.clone());

@@ -45,7 +45,7 @@ pub struct Conntrack {
 
 /// The original tuple of an entry whose protocol and destination port are
 /// `proto`/`port`, with its family (from its addresses).
-fn selected(msg: &NetfilterMessage, proto: CtProto, port: u16) -> Option<(bool, Vec<Tuple>)> {
+fn selected(msg: &NetfilterMessage, proto: CtProto, ports: &[u16]) -> Option<(bool, Vec<Tuple>)> {
     let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = &msg.inner else {
         return None;
     };
@@ -67,7 +67,7 @@ fn selected(msg: &NetfilterMessage, proto: CtProto, port: u16) -> Option<(bool, 
                 for p in ps {
                     match p {
                         ProtoTuple::Protocol(x) => proto_ok = proto.matches(x),
-                        ProtoTuple::DestinationPort(d) => port_ok = *d == port,
+                        ProtoTuple::DestinationPort(d) => port_ok = ports.contains(d),
                         _ => {}
                     }
                 }
@@ -95,15 +95,16 @@ impl Conntrack {
     }
 
     /// Deletes every entry (both families) whose original direction is
-    /// `proto` to destination port `port`; returns how many went.
-    pub fn delete_by_dport(&mut self, proto: CtProto, port: u16) -> Result<usize> {
+    /// `proto` to one of the destination `ports` (one dump for all of
+    /// them); returns how many went.
+    pub fn delete_by_dport(&mut self, proto: CtProto, ports: &[u16]) -> Result<usize> {
         let dump = NetfilterMessage::new(
             NetfilterHeader::new(NetfilterProtoFamily::Unspec, 0, 0),
             ConntrackMessage::Get(vec![]),
         );
         let mut doomed = Vec::new();
         self.sock.request(dump, NLM_F_DUMP, "ctnetlink dump", |m| {
-            doomed.extend(selected(m, proto, port))
+            doomed.extend(selected(m, proto, ports))
         })?;
         let mut deleted = 0;
         for (v6, tuple) in doomed {

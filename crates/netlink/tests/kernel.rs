@@ -500,6 +500,7 @@ fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
         ("fd00::1", "fd00::2", "udp", "5353"),
         ("10.1.0.1", "10.1.0.2", "udp", "53"),
         ("10.1.0.1", "10.1.0.2", "tcp", "5353"),
+        ("10.1.0.1", "10.1.0.2", "udp", "5060"),
     ] {
         let mut args = vec![
             "-I", "-p", proto, "-s", src, "-d", dst, "--sport", "40000", "--dport", dport, "-t",
@@ -517,12 +518,16 @@ fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
     }
     let n =
         t.ns.run(|| {
-            kindnet_netlink::conntrack::Conntrack::open()
-                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+            kindnet_netlink::conntrack::Conntrack::open().and_then(|mut c| {
+                c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, &[5353, 5060])
+            })
         })
         .unwrap()
         .unwrap();
-    assert_eq!(n, 2, "the UDP 5353 entries of both families");
+    assert_eq!(
+        n, 3,
+        "the UDP 5353 entries of both families and UDP 5060, in one dump"
+    );
     let left = String::from_utf8_lossy(&ct(&["-L", "-f", "ipv4"]).stdout).to_string()
         + &String::from_utf8_lossy(&ct(&["-L", "-f", "ipv6"]).stdout);
     assert!(left.contains("dport=53 "), "{left}");
@@ -531,11 +536,13 @@ fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
         "{left}"
     );
     assert!(!left.contains("fd00::1"), "{left}");
+    assert!(!left.contains("dport=5060"), "{left}");
     // nothing more to delete: 0, no error
     let again =
         t.ns.run(|| {
-            kindnet_netlink::conntrack::Conntrack::open()
-                .and_then(|mut c| c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, 5353))
+            kindnet_netlink::conntrack::Conntrack::open().and_then(|mut c| {
+                c.delete_by_dport(kindnet_netlink::conntrack::CtProto::Udp, &[5353])
+            })
         })
         .unwrap()
         .unwrap();

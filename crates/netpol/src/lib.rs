@@ -28,13 +28,17 @@
 //!     ip6 daddr vmap @ingress6                  #   goto ing-<hash>
 //! }                                             # (else: policy accept)
 //! chain ing-<hash> {                            # one per local pod and direction
+//!     goto pin-<rules>                          # its rules, shared (or: accept)
+//! }
+//! chain pin-<rules> {                           # one per distinct set of rules
 //!     ip saddr @peers4-<h> accept               # a rule without ports
 //!     ip saddr @peers4-<h> meta l4proto . th dport @ports-<h> accept
 //!     meta l4proto . th dport @ports-<h> accept # a rule without peers
 //!     [limit rate 10/second log prefix "..."]   # NodeContext::log_denied
 //!     counter counter name "denied-ingress" drop
 //! }
-//! chain egr-<hash> {                            # the same with daddr, and:
+//! chain egr-<hash> { goto pen-<rules> }         # (or: goto ingress)
+//! chain pen-<rules> {                           # the same with daddr, and:
 //!     ip daddr . meta l4proto . th dport @dports4-<h> goto ingress   # named ports
 //!     ...                                       # allowed: on to the ingress check
 //!     counter counter name "denied-egress" drop
@@ -47,8 +51,12 @@
 //! addresses and ipBlocks (excepts subtracted), ports are interval sets of
 //! `protocol . port` (endPort ranges), named ports are resolved per
 //! destination pod (ingress: into the port set of that pod's chain;
-//! egress: into `address . protocol . port` elements). Sets are named by a
-//! hash of their content, so equal sets are shared.
+//! egress: into `address . protocol . port` elements). Peer sets are named
+//! by what they stand for (the policy rule's peers in its namespace), not
+//! by their content, so a label change keeps the names and changes only
+//! elements; port sets never change with pods and are named by content.
+//! Pods whose policies come to the same rules share one `pin-`/`pen-`
+//! chain.
 //!
 //! Every local pod on the pod network has both chains, pass-through
 //! (`accept` / `goto ingress`) when no policy selects it that way; only
