@@ -7,9 +7,8 @@
 //! sees the client as, so a check proves both reachability and whether NAT
 //! happened.
 
-use crate::cluster::{Lab, result_addrs};
+use crate::cluster::Lab;
 use crate::plan::{self, Family, Mode, Pod};
-use crate::runtime::read_json;
 use crate::sys::{self, Result};
 use kindnet_netlink::Netns;
 use serde_json::Value;
@@ -69,15 +68,8 @@ fn ping(ns: &str, ip: IpAddr) -> bool {
 }
 
 fn pod_ip(lab: &Lab, pod: &Pod, f: Family) -> Option<IpAddr> {
-    let res = read_json(
-        &lab.state_dir
-            .join("pods")
-            .join(format!("{}.json", pod.key())),
-    )
-    .ok()?;
-    result_addrs(&res)
-        .iter()
-        .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
+    crate::cluster::pod_ips(lab, pod)
+        .into_iter()
         .find(|ip| Family::of(ip) == f)
 }
 

@@ -430,6 +430,22 @@ pub fn result_addrs(res: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The addresses the CNI result of `pod` gave it (none if it has none yet).
+pub fn pod_ips(lab: &Lab, pod: &Pod) -> Vec<std::net::IpAddr> {
+    let path = lab
+        .state_dir
+        .join("pods")
+        .join(format!("{}.json", pod.key()));
+    read_json(&path)
+        .map(|r| {
+            result_addrs(&r)
+                .iter()
+                .filter_map(|a| a.split('/').next()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Adds a node to a running lab: namespace, kindnetd, NodeList update (the
 /// other nodes' kindnetd see the file change and route to it), its pods.
 pub fn add_node(lab: &mut Lab) -> Result<Node> {

@@ -12,7 +12,7 @@
 // Raw syscalls: signals and reaping of the lab's own pod servers.
 #![allow(unsafe_code)]
 
-use crate::cluster::{Lab, result_addrs};
+use crate::cluster::{Lab, pod_ips, result_addrs};
 use crate::plan::{self, Family, Pod};
 use crate::runtime::{read_json, write_json};
 use crate::sys::Result;
@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -63,21 +63,6 @@ pub fn load(lab: &Lab) -> Option<State> {
 pub fn save(lab: &Lab, s: &State) -> Result<()> {
     let v = serde_json::to_value(s).map_err(|e| e.to_string())?;
     write_json(&state_path(&lab.state_dir), &v)
-}
-
-fn pod_ips(lab: &Lab, pod: &Pod) -> Vec<IpAddr> {
-    read_json(
-        &lab.state_dir
-            .join("pods")
-            .join(format!("{}.json", pod.key())),
-    )
-    .map(|r| {
-        result_addrs(&r)
-            .iter()
-            .filter_map(|a| a.split('/').next()?.parse().ok())
-            .collect()
-    })
-    .unwrap_or_default()
 }
 
 fn is_model_pod(p: &Pod) -> bool {

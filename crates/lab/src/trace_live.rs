@@ -18,9 +18,8 @@ use kindnet_netlink::{Handle, Netns, RouteQuery};
 use kindnet_nft::{Nft, NftCli, TableRef};
 use serde::Serialize;
 
-use crate::cluster::{Lab, result_addrs};
+use crate::cluster::Lab;
 use crate::plan::{self, Family, Mode};
-use crate::runtime::read_json;
 use crate::sys::{self, Result};
 use crate::trace::{
     self, Answer, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Proto,
@@ -68,15 +67,6 @@ pub struct Traced {
     pub probe: Probe,
 }
 
-/// `pod` is [`crate::plan::Pod::key`] (the name of its result file).
-fn pod_ip(lab: &Lab, pod: &str, f: Family) -> Option<IpAddr> {
-    let res = read_json(&lab.state_dir.join("pods").join(format!("{pod}.json"))).ok()?;
-    result_addrs(&res)
-        .iter()
-        .filter_map(|a| a.split('/').next()?.parse::<IpAddr>().ok())
-        .find(|ip| Family::of(ip) == f)
-}
-
 /// Every namespace of the lab as a [`Host`] of family `f`.
 pub fn hosts(lab: &Lab, f: Family) -> Vec<Host> {
     let mut out = Vec::new();
@@ -106,7 +96,10 @@ pub fn hosts(lab: &Lab, f: Family) -> Vec<Host> {
             kind: HostKind::Pod {
                 node: p.node.clone(),
             },
-            addrs: pod_ip(lab, &p.key(), f).into_iter().collect(),
+            addrs: crate::cluster::pod_ips(lab, p)
+                .into_iter()
+                .filter(|ip| Family::of(ip) == f)
+                .collect(),
             pod_cidrs: Vec::new(),
         });
     }
