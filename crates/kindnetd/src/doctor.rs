@@ -1307,9 +1307,20 @@ pub struct DoctorCli {
     /// Where the CNI plugins are.
     #[arg(long, env = "KINDNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
+    /// The running kindnetd to ask for its configuration (its /config, at
+    /// host:port); when it answers, its directories, mode and node name are
+    /// checked instead of this command's flags. Default: where a kindnetd
+    /// with this environment listens (HOST_IP:19080, else 127.0.0.1:19080).
+    /// "none": use this command's flags.
+    #[arg(long, env = "KINDNET_DOCTOR_DAEMON")]
+    pub daemon: Option<String>,
 }
 
-fn inputs_of(f: &crate::config::Flags, cni_bin_dir: PathBuf, in_daemon: bool) -> DoctorInputs {
+pub(crate) fn inputs_of(
+    f: &crate::config::Flags,
+    cni_bin_dir: PathBuf,
+    in_daemon: bool,
+) -> DoctorInputs {
     DoctorInputs {
         node_name: f.resolved_node_name().unwrap_or_default(),
         own_ips: f.own_ips(),
@@ -1335,10 +1346,13 @@ pub fn cli_main(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::proc
             return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
         }
     };
-    let inputs = inputs_of(&cli.flags, cli.cni_bin_dir.clone(), false);
-    let nodes = cli.flags.nodes_file.as_deref().map(nodes_from_file);
+    // The daemon's own configuration when it answers, else the flags.
+    let (inputs, nodes_file, source) =
+        crate::effective::doctor_config(&cli.flags, cli.cni_bin_dir.clone(), cli.daemon.as_deref());
+    let nodes = nodes_file.as_deref().map(nodes_from_file);
     let node = inputs.node_name.clone();
-    let results = checks(&gather(inputs, nodes));
+    let mut results = vec![source];
+    results.extend(checks(&gather(inputs, nodes)));
     if cli.json {
         println!(
             "{}",

@@ -1,4 +1,5 @@
-//! /metrics, /healthz and /readyz.
+//! /metrics, /healthz, /readyz and /config (the effective configuration,
+//! [`crate::effective`]).
 
 // Raw syscalls: getrlimit/setrlimit for the open-file limit.
 #![allow(unsafe_code)]
@@ -26,17 +27,29 @@ struct AppState {
     status: Arc<Status>,
     /// Liveness fails when the reconciler has not beaten for this long.
     max_silence: Duration,
+    /// The body of /config, built once at start.
+    config: Arc<str>,
 }
 
-pub fn router(status: Arc<Status>, max_silence: Duration) -> Router {
+/// The endpoints; `config` is the JSON served read-only at /config.
+pub fn router(status: Arc<Status>, max_silence: Duration, config: String) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route(crate::effective::CONFIG_PATH, get(config_json))
         .with_state(AppState {
             status,
             max_silence,
+            config: config.into(),
         })
+}
+
+async fn config_json(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        s.config.to_string(),
+    )
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -314,7 +327,7 @@ mod tests {
                 first_byte_timeout: Duration::from_millis(300),
                 lifetime: Duration::from_secs(2),
             };
-            let app = router(status.clone(), Duration::from_secs(60));
+            let app = router(status.clone(), Duration::from_secs(60), "{}".into());
             tokio::spawn(serve(listener, app, limits, status.clone()));
             // Idle clients (no byte sent), more than the cap.
             let mut idle = Vec::new();

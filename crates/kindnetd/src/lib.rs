@@ -13,6 +13,7 @@ pub mod conffile;
 pub mod config;
 pub mod dataplane;
 pub mod doctor;
+pub mod effective;
 pub mod http;
 pub mod masq;
 pub mod metrics;

@@ -245,13 +245,14 @@ async fn run(flags: Flags) -> ExitCode {
         let listener = match kindnetd::http::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(%addr, error = %e, "cannot listen for /metrics /healthz /readyz");
+                tracing::error!(%addr, error = %e, "cannot listen for /metrics /healthz /readyz /config");
                 return ExitCode::FAILURE;
             }
         };
         let max_silence = (flags.resync_period * 3).max(Duration::from_secs(30));
-        let app = kindnetd::http::router(status.clone(), max_silence);
-        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz");
+        let config = kindnetd::effective::EffectiveConfig::of(&flags).to_json();
+        let app = kindnetd::http::router(status.clone(), max_silence, config);
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz /config");
         let st = status.clone();
         tokio::spawn(async move {
             let limits = kindnetd::http::Limits::default();

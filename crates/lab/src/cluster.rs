@@ -220,7 +220,7 @@ impl Lab {
             .arg("--pod-subnet")
             .arg(plan::cluster_cidrs(self.spec.stack).join(","))
             .arg("--metrics-bind-address")
-            .arg("127.0.0.1:19080")
+            .arg(KINDNETD_HTTP)
             .arg("--resync-period")
             .arg("2s")
             .arg("--cni-chain")
@@ -487,6 +487,34 @@ pub fn remove_node(lab: &mut Lab, name: &str) -> Result<()> {
 }
 
 /// Restarts one node's kindnetd (SIGTERM, then start again).
+/// Where each node's kindnetd serves /metrics, /healthz, /readyz and
+/// /config (in the node's namespace).
+pub const KINDNETD_HTTP: &str = "127.0.0.1:19080";
+
+/// `kindnetd doctor` in the node's namespace, asking the node's running
+/// kindnetd for its configuration; its output passes through and its exit
+/// status is ours.
+pub fn doctor(lab: &Lab, node: &str, json: bool) -> Result<std::process::ExitCode> {
+    let n = lab.node(node)?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &n.netns])
+        .arg(&lab.binaries.kindnetd)
+        .args(["doctor", "--daemon", KINDNETD_HTTP])
+        .arg("--cni-bin-dir")
+        .arg(&lab.binaries.cni_bin_dir);
+    if json {
+        cmd.arg("--json");
+    }
+    let st = cmd
+        .status()
+        .map_err(|e| format!("cannot run kindnetd doctor: {e}"))?;
+    Ok(if st.success() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
 pub fn restart_kindnetd(lab: &mut Lab, name: &str) -> Result<()> {
     let node = lab.node(name)?.clone();
     if let Some((_, pid)) = lab.kindnetd.iter().find(|(n, _)| n == name).cloned() {

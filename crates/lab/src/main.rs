@@ -105,6 +105,16 @@ enum Cmd {
         #[arg(long)]
         number: usize,
     },
+    /// Run `kindnetd doctor` on NODE: it asks the node's running kindnetd
+    /// for its configuration and checks the node as kindnetd sees it.
+    Doctor {
+        #[command(flatten)]
+        lab: NameArg,
+        node: String,
+        /// Print JSON for tools.
+        #[arg(long)]
+        json: bool,
+    },
     /// Restart one node's kindnetd.
     RestartKindnetd {
         #[command(flatten)]
@@ -376,6 +386,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 cluster::result_addrs(&res).join(" ")
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Doctor { lab, node, json } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            cluster::doctor(&l, &node, json)
         }
         Cmd::RestartKindnetd { lab, node } => {
             preflight()?;

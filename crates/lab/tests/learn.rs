@@ -53,27 +53,10 @@ impl Lab {
         v["traces"][0].clone()
     }
 
+    /// `kindnet-lab doctor NODE --json`: no directories, node name or mode
+    /// given; the doctor asks the node's kindnetd for them.
     fn doctor(&self, node: &str) -> (bool, Value) {
-        let s = self.state();
-        let o = run(Command::new("ip")
-            .args(["netns", "exec", &self.ns(node)])
-            .arg(bin_dir().join("kindnetd"))
-            .args([
-                "doctor",
-                "--json",
-                "--node-name",
-                node,
-                "--pod-subnet",
-                "10.244.0.0/16,fd00:10:244::/56",
-            ])
-            .arg("--nodes-file")
-            .arg(s.join("nodes.json"))
-            .arg("--cni-conf-dir")
-            .arg(s.join(node).join("net.d"))
-            .arg("--ipam-data-dir")
-            .arg(s.join(node).join("ipam"))
-            .arg("--cni-bin-dir")
-            .arg(s.join("bin")));
+        let o = lab(&["doctor", node, "--json", "--name", &self.0]);
         let v: Value = serde_json::from_slice(&o.stdout)
             .unwrap_or_else(|e| panic!("doctor: {e}\n{}", text(&o)));
         (o.status.success(), v)
@@ -251,6 +234,20 @@ fn doctor_names_what_was_broken() {
     let (ok, v) = l.doctor("node1");
     assert!(ok, "a fresh lab node is healthy: {v:#}");
     assert_eq!(v["summary"]["fail"], 0, "{v:#}");
+    // It checked the node as its kindnetd sees it: the lab's directories.
+    assert_eq!(v["node"], "node1", "{v:#}");
+    let c = check(&v, "config");
+    assert_eq!(c["level"], "pass", "{c:#}");
+    let net_d = l.state().join("node1/net.d");
+    assert!(
+        c["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("conflist in {:?}", net_d.display().to_string())),
+        "{c:#}"
+    );
+    assert_eq!(check(&v, "conflist")["level"], "pass", "{v:#}");
+    assert_eq!(check(&v, "cni-binaries")["level"], "pass", "{v:#}");
 
     let n1 = l.ns("node1");
     // strict rp_filter on the uplink: a warning with the fix
