@@ -5,8 +5,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 need=()
+# containerd and runc: scripts/image-test.sh runs the image on a containerd
+# of its own (its own socket and directories; the packaged service is not used).
 for pkg in iproute2:ip nftables:nft iputils-ping:ping conntrack:conntrack iperf3:iperf3 \
-           containernetworking-plugins:/usr/lib/cni/ptp; do
+           containernetworking-plugins:/usr/lib/cni/ptp containerd:containerd runc:runc; do
   name=${pkg%%:*} probe=${pkg#*:}
   if [[ $probe == /* ]]; then [ -e "$probe" ] || need+=("$name")
   else command -v "$probe" >/dev/null 2>&1 || need+=("$name"); fi

@@ -33,7 +33,7 @@ fn by_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter().filter(|d| d["kind"] == kind).collect()
 }
 
-/// What deploy/Dockerfile builds: the image reference and where it puts
+/// What scripts/image.sh builds: the image reference and where it puts
 /// each binary.
 struct Build {
     image: String,
@@ -41,36 +41,33 @@ struct Build {
 }
 
 fn build() -> Build {
-    let df = read("deploy/Dockerfile");
-    let image = df
-        .lines()
-        .find_map(|l| l.strip_prefix("# image: "))
-        .expect("Dockerfile names its image in a '# image: ' line")
-        .trim()
-        .to_string();
-    let binaries = df
-        .lines()
-        .filter(|l| l.starts_with("COPY --from=build"))
-        .filter_map(|l| l.split_whitespace().last().map(str::to_string))
+    let sh = read("scripts/image.sh");
+    let value = |key: &str| {
+        sh.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("scripts/image.sh sets {key}="))
+            .trim_matches('"')
+            .to_string()
+    };
+    let image = value("image");
+    let names: Vec<String> = value("binaries")
+        .split_whitespace()
+        .map(str::to_string)
         .collect();
-    // The image is built with this command line; the docs say the same.
-    assert!(df.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")));
-    // It builds exactly the binaries the workspace defines.
+    // It packs exactly the binaries the workspace defines, into /bin.
     for (krate, bin) in [("kindnetd", "kindnetd"), ("kindnet-cni", "kindnet-cni")] {
-        assert!(
-            df.contains(&format!("-p {krate} --bin {bin}")),
-            "Dockerfile builds {bin}"
-        );
+        assert!(names.iter().any(|n| n == bin), "the image holds {bin}");
         let cargo = read(&format!("crates/{krate}/Cargo.toml"));
         assert!(
             cargo.contains(&format!("name = \"{bin}\"")),
             "{krate} defines bin {bin}"
         );
     }
-    assert!(
-        df.contains("nftables"),
-        "kindnetd runs nft: the image needs it"
-    );
+    assert!(sh.contains("\"$work/rootfs/bin/$b\""));
+    // The CI run of the image and the README use the same name.
+    assert!(read("scripts/image-test.sh").contains(&format!("image={image}\n")));
+    assert!(read("README.md").contains(&image));
+    let binaries = names.iter().map(|n| format!("/bin/{n}")).collect();
     Build { image, binaries }
 }
 
@@ -200,7 +197,7 @@ fn check_manifest(rel: &str, bridge: bool) {
         assert_eq!(
             x["image"],
             b.image.as_str(),
-            "every container runs the image the Dockerfile builds"
+            "every container runs the image scripts/image.sh builds"
         );
         let cmd = x["command"][0].as_str().unwrap();
         assert!(b.binaries.iter().any(|p| p == cmd), "{cmd} is in the image");
