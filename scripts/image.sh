@@ -28,6 +28,10 @@ for m in deploy/install-kindnet.yaml deploy/install-kindnet-bridge.yaml; do
   fi
 done
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+[ "${image##*:}" = "$version" ] || {
+  echo "image.sh: the tag of $image is not the workspace version $version" >&2
+  exit 1
+}
 epoch=${SOURCE_DATE_EPOCH:-0}
 out=${KINDNET_IMAGE_OUT:-$root/target/image/kindnet-image.tar}
 
