@@ -105,7 +105,9 @@ containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
 ctrd_pid=$!
 wait_for containerd ctr_ version
 
-ctr_ images import --snapshotter native "$archive" >/dev/null
+# As `kind load image-archive` imports it on a node: from stdin, every
+# platform, digest references too.
+ctr_ images import --all-platforms --digests --snapshotter native - <"$archive" >/dev/null
 ctr_ images ls -q | grep -qx "$image" || fail "the archive did not give $image: $(ctr_ images ls -q)"
 echo "image-test: imported $image"
 
