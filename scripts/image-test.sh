@@ -170,7 +170,7 @@ echo "image-test: kindnetd wrote 10-kindnet.conflist for 10.244.1.0/24"
 
 # 4. `kubectl exec ds/kindnet -- kindnetd doctor`: an exec in the running
 # container (its environment, no flags) checks what the daemon uses.
-ctr_ task exec --exec-id doctor "kd-$$" /bin/kindnetd doctor >"$work/doctor.txt" 2>&1 || true
+ctr_ task exec --exec-id doctor "kd-$$" kindnetd doctor >"$work/doctor.txt" 2>&1 || true
 grep -q '^\[pass\] config .*the running kindnetd .* at 10.99.0.2:19080: node "node1", ptp mode, conflist in "/etc/cni/net.d".*not checked here' \
   "$work/doctor.txt" || fail "the doctor in the container did not use the daemon's configuration: $(cat "$work/doctor.txt")"
 grep -q '^\[pass\] conflist ' "$work/doctor.txt" || fail "the doctor did not find the conflist: $(cat "$work/doctor.txt")"
