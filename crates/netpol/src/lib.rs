@@ -70,6 +70,7 @@
 
 mod cidr;
 mod cluster;
+pub mod cnp;
 mod compile;
 mod eval;
 pub mod input;
