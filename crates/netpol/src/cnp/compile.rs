@@ -31,6 +31,9 @@ use crate::input::Labels;
 const LOG_RATE_PER_SECOND: u32 = 10;
 const LOG_BURST: u32 = 20;
 
+/// Chains by name, each with its rules.
+pub(crate) type Chains = BTreeMap<Name, Vec<Vec<Expr>>>;
+
 /// The tier chains a local pod's chain of one direction refers to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct PodTiers {
@@ -52,7 +55,7 @@ pub(crate) struct TierBuilder<'a> {
     c: &'a Cluster,
     log: bool,
     sets: BTreeMap<Name, SetDef>,
-    chains: BTreeMap<Name, Vec<Vec<Expr>>>,
+    chains: Chains,
     /// By what a pod's tier chains depend on: its namespace, labels and
     /// named ports (pods of one shape share the work).
     shapes: HashMap<(&'a str, &'a Labels, &'a [NamedPort], Direction), PodTiers>,
@@ -126,7 +129,7 @@ impl<'a> TierBuilder<'a> {
     }
 
     /// The sets, and the chains with their rules, in name order.
-    pub fn finish(self) -> (BTreeMap<Name, SetDef>, BTreeMap<Name, Vec<Vec<Expr>>>) {
+    pub fn finish(self) -> (BTreeMap<Name, SetDef>, Chains) {
         (self.sets, self.chains)
     }
 

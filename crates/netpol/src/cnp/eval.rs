@@ -70,6 +70,7 @@ fn rule_matches(
 }
 
 /// The first matching rule of tier `t` for `subject`'s direction `d`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn outcome(
     c: &Cluster,
     t: Tier,

@@ -125,9 +125,12 @@ pub struct Rule {
     /// `Accept`, `Deny` or `Pass`.
     #[serde(default, deserialize_with = "nullable")]
     pub action: String,
-    /// `from` (ingress) or `to` (egress); required, at least one.
-    #[serde(default, alias = "from", alias = "to")]
-    pub peers: Option<Vec<Peer>>,
+    /// Ingress: the sources; required, at least one.
+    #[serde(default)]
+    pub from: Option<Vec<Peer>>,
+    /// Egress: the destinations; required, at least one.
+    #[serde(default)]
+    pub to: Option<Vec<Peer>>,
     /// Absent: all traffic.
     #[serde(default)]
     pub protocols: Option<Vec<Protocol>>,
@@ -262,7 +265,7 @@ mod tests {
         assert_eq!(p.spec.priority, Some(10));
         let r = &p.spec.ingress[0];
         assert_eq!((r.name.as_str(), r.action.as_str()), ("prom", "Accept"));
-        let peers = r.peers.as_ref().unwrap();
+        let peers = r.from.as_ref().unwrap();
         assert!(peers[0].pods.as_ref().unwrap().pod_selector.is_some());
         let protos = r.protocols.as_ref().unwrap();
         assert_eq!(
@@ -273,7 +276,7 @@ mod tests {
             })
         );
         assert_eq!(protos[2].destination_named_port.as_deref(), Some("metrics"));
-        let to = p.spec.egress[0].peers.as_ref().unwrap();
+        let to = p.spec.egress[0].to.as_ref().unwrap();
         assert_eq!(to.len(), 3);
         assert_eq!(to[2], Peer::default(), "an unknown peer kind has no field");
         let n: Node =

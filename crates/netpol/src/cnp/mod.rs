@@ -494,11 +494,11 @@ fn peers_and_ports(x: &input::Rule, d: Direction) -> Result<PeersAndPorts, Strin
 }
 
 fn peers(x: &input::Rule, d: Direction) -> Result<Vec<Peer>, String> {
-    let field = match d {
-        Direction::Ingress => "from",
-        Direction::Egress => "to",
+    let (field, raw) = match d {
+        Direction::Ingress => ("from", &x.from),
+        Direction::Egress => ("to", &x.to),
     };
-    let raw = match &x.peers {
+    let raw = match raw {
         Some(v) if !v.is_empty() => v,
         _ => return Err(format!("no {field} peers")),
     };
