@@ -59,13 +59,17 @@ fn pods() -> Vec<Pod> {
     out
 }
 
-fn cluster(nps: Json, cnps: Json) -> (Cluster, Report) {
-    let namespaces: Vec<Namespace> = ["x", "y", "z"]
+fn namespaces() -> Vec<Namespace> {
+    ["x", "y", "z"]
         .iter()
         .map(|n| {
             serde_json::from_value(json!({"metadata": {"name": n, "labels": {"ns": n}}})).unwrap()
         })
-        .collect();
+        .collect()
+}
+
+fn cluster(nps: Json, cnps: Json) -> (Cluster, Report) {
+    let namespaces = namespaces();
     let nps: Vec<NetworkPolicy> = serde_json::from_value(nps).unwrap();
     let cnps: Vec<ClusterNetworkPolicy> = serde_json::from_value(cnps).unwrap();
     let nodes: Vec<Node> = [(N1, "a"), (N2, "b")]
@@ -215,6 +219,46 @@ fn admin_accept_beats_a_v1_deny_but_egress_accept_still_meets_ingress() {
     assert!(!v.allowed);
     assert!(v.reason.contains("isolated by y/deny-all"), "{}", v.reason);
     assert!(!allowed(&c, "y/a", "x/a"), "v1 deny in x for y");
+}
+
+#[test]
+fn an_admin_egress_accept_is_final_where_the_destination_has_no_ingress_rules() {
+    let deny_egress = |n: &str| {
+        json!({"metadata": {"namespace": n, "name": "deny-egress"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]}})
+    };
+    let (c, _) = cluster(
+        json!([deny_egress("x")]),
+        json!([
+            cnp(
+                "out",
+                "Admin",
+                1,
+                json!({"namespaces": {}}),
+                json!([]),
+                json!([rule(
+                    "Accept",
+                    json!([{"networks": ["203.0.113.0/24", "2001:db8::/32"]}, ns("z")])
+                )])
+            ),
+            cnp(
+                "base",
+                "Baseline",
+                1,
+                json!({"namespaces": {}}),
+                json!([]),
+                json!([rule("Deny", json!([{"networks": ["0.0.0.0/0", "::/0"]}]))])
+            )
+        ]),
+    );
+    // over a v1 egress deny (x) and a Baseline deny (y), to an address
+    // and a pod no ingress rule looks at
+    for from in ["x/a", "y/a"] {
+        assert!(allowed(&c, from, "203.0.113.9"), "{from}");
+        assert!(allowed(&c, from, "2001:db8::9"), "{from}");
+        assert!(allowed(&c, from, "z/c"), "{from}");
+        assert!(!allowed(&c, from, "198.51.100.1"), "{from}");
+    }
 }
 
 #[test]
@@ -588,4 +632,90 @@ fn traffic_with_the_pods_own_node_is_always_allowed() {
         "its own node, despite networks 0/0"
     );
     assert!(!allowed(&c, "x/a", N2.1), "another node: networks 0/0");
+}
+
+#[test]
+fn a_new_pod_under_an_admin_deny_is_enforced_from_the_cni_hand_off() {
+    // x/new is known to kindnetd (scheduled to n1) but has no address yet
+    let mut all = pods();
+    let mut new = all[0].clone();
+    new.name = "new".into();
+    new.pod_ips.clear();
+    all.push(new);
+    let cnps: Vec<ClusterNetworkPolicy> = serde_json::from_value(json!([cnp(
+        "deny-y",
+        "Admin",
+        1,
+        ns("x"),
+        json!([rule("Deny", json!([ns("y")]))]),
+        json!([])
+    )]))
+    .unwrap();
+    let (mut c, _) = Cluster::new(&all, &namespaces(), &[], &[ctx(N1)]);
+    c.set_cluster_network_policies(&cnps, &[]);
+    let mut batch = compile(&c, &ctx(N1)).batch;
+    // the CNI plugin's ADD: the pod's addresses to its chains
+    let ips: Vec<IpAddr> = vec![
+        "10.244.1.99".parse().unwrap(),
+        "fd00::1:99".parse().unwrap(),
+    ];
+    batch
+        .cmds
+        .extend(pod_dispatch_elements("x", "new", &ips).cmds);
+    let rs = Ruleset::load(&batch);
+    let from_y = |v6: bool| Packet {
+        saddr: c.pod_ip("y", "a", v6).unwrap(),
+        daddr: ips[v6 as usize],
+        l4proto: 6,
+        dport: 80,
+    };
+    assert!(!rs.accepts(&from_y(false)));
+    assert!(!rs.accepts(&from_y(true)));
+    let from_z = Packet {
+        saddr: c.pod_ip("z", "c", false).unwrap(),
+        ..from_y(false)
+    };
+    assert!(rs.accepts(&from_z));
+    // without the hand-off, the address is unknown: no pod chain
+    let rs = Ruleset::load(&compile(&c, &ctx(N1)).batch);
+    assert!(rs.accepts(&from_y(false)), "(the gap the hand-off closes)");
+}
+
+#[test]
+fn a_peer_label_change_changes_set_elements_only_and_output_is_deterministic() {
+    let cnps = json!([cnp(
+        "p",
+        "Admin",
+        1,
+        ns("x"),
+        json!([rule(
+            "Deny",
+            json!([{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "bad"}}}}])
+        )]),
+        json!([{"action": "Accept", "to": [ns("y")], "protocols": [{"destinationNamedPort": "http"}]}])
+    )]);
+    let cnps: Vec<ClusterNetworkPolicy> = serde_json::from_value(cnps).unwrap();
+    let build = |all: &[Pod]| {
+        let (mut c, _) = Cluster::new(all, &namespaces(), &[], &[ctx(N1)]);
+        c.set_cluster_network_policies(&cnps, &[]);
+        compile(&c, &ctx(N1)).batch
+    };
+    let mut all = pods();
+    let before = build(&all);
+    assert_eq!(before, build(&all), "deterministic");
+    all[4].labels.insert("role".into(), "bad".into()); // z/c
+    let after = build(&all);
+    assert_ne!(before, after);
+    let shape = |b: &kindnet_nft::Batch| -> Vec<kindnet_nft::Cmd> {
+        b.cmds
+            .iter()
+            .map(|c| match c {
+                kindnet_nft::Cmd::AddSet(t, s) => {
+                    kindnet_nft::Cmd::AddSet(t.clone(), s.clone().with_elements(vec![]))
+                }
+                c => c.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(shape(&before), shape(&after));
 }
