@@ -71,7 +71,9 @@ pub struct Verdict {
     /// Whether the connection is allowed.
     pub allowed: bool,
     /// Allowed: the policies that allowed it, per direction. Denied: the
-    /// policies that isolate the denying direction (none allowed it).
+    /// policies that isolate the denying direction (none allowed it). A
+    /// ClusterNetworkPolicy that decided is listed as `cnp:<name>` (the
+    /// reason names its tier and rule).
     pub by: Vec<(String, Direction)>,
     /// A sentence saying why, for people.
     pub reason: String,
