@@ -120,6 +120,10 @@ pub fn pod_dispatch_elements(namespace: &str, pod: &str, ips: &[IpAddr]) -> Batc
 pub struct Stats {
     /// Valid policies in the cluster.
     pub policies: usize,
+    /// Valid ClusterNetworkPolicies of the Admin tier.
+    pub admin_policies: usize,
+    /// Valid ClusterNetworkPolicies of the Baseline tier.
+    pub baseline_policies: usize,
     /// Local pods isolated in at least one direction.
     pub selected_pods: usize,
     /// Local pods with chains (every local pod on the pod network).
@@ -515,6 +519,8 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     };
     let mut stats = Stats {
         policies: c.policies.len(),
+        admin_policies: c.tiers.admin.len(),
+        baseline_policies: c.tiers.baseline.len(),
         ..Stats::default()
     };
     let mut chains: Vec<ChainDef> = Vec::new();

@@ -701,6 +701,10 @@ fn a_peer_label_change_changes_set_elements_only_and_output_is_deterministic() {
         compile(&c, &ctx(N1)).batch
     };
     let mut all = pods();
+    let (mut c, _) = Cluster::new(&all, &namespaces(), &[], &[ctx(N1)]);
+    c.set_cluster_network_policies(&cnps, &[]);
+    let stats = compile(&c, &ctx(N1)).stats;
+    assert_eq!((stats.admin_policies, stats.baseline_policies), (1, 0));
     let before = build(&all);
     assert_eq!(before, build(&all), "deterministic");
     all[4].labels.insert("role".into(), "bad".into()); // z/c

@@ -643,3 +643,165 @@ fn protocol(p: &input::Protocol) -> Result<PortSel, String> {
         _ => Err("more than one field".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The one rule of an Admin policy, as validated, and the reasons.
+    fn one_rule(dir: &str, rule: serde_json::Value) -> (Rule, Vec<String>) {
+        let p: ClusterNetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "spec": {"tier": "Admin", "priority": 1, "subject": {"namespaces": {}}, dir: [rule]}
+        }))
+        .unwrap();
+        let mut c = Cluster::default();
+        let r = c.set_cluster_network_policies([&p], []);
+        let d = if dir == "ingress" {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let rule = c.tiers.admin[0].rules(d)[0].clone();
+        (rule, r.refused.iter().map(|x| x.reason.clone()).collect())
+    }
+
+    fn denies_all(r: &Rule) -> bool {
+        r.action == Action::Deny && r.peers == Peers::Any && r.ports.is_none()
+    }
+
+    #[test]
+    fn valid_rules_become_peers_and_ports() {
+        let (r, why) = one_rule(
+            "egress",
+            json!({"name": "n", "action": "Pass",
+                "to": [{"networks": ["10.1.2.3/8", "fd00::/64"]}, {"nodes": {}},
+                       {"pods": {"podSelector": {}}}],
+                "protocols": [{"tcp": {"destinationPort": {"number": 80}}},
+                              {"sctp": {"destinationPort": {"range": {"start": 1, "end": 2}}}}]}),
+        );
+        assert!(why.is_empty(), "{why:?}");
+        assert_eq!(r.action, Action::Pass);
+        let Peers::List(l) = &r.peers else {
+            panic!("{r:?}")
+        };
+        assert_eq!(l.len(), 3);
+        let Peer::Networks(n) = &l[0] else {
+            panic!("{l:?}")
+        };
+        assert!(
+            n[0].contains("10.200.0.1".parse().unwrap()),
+            "host bits ignored"
+        );
+        assert!(n[1].v6);
+        assert_eq!(
+            r.ports,
+            Some(vec![
+                PortSel::Range(L4Proto::Tcp, 80, 80),
+                PortSel::Range(L4Proto::Sctp, 1, 2)
+            ])
+        );
+    }
+
+    #[test]
+    fn each_unusable_shape_fails_closed_with_its_reason() {
+        for (dir, rule, why) in [
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"tcp": {}}]}),
+                "destinationPort",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"tcp": {"destinationPort": {"number": 65536}}}]}),
+                "out of range",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"udp": {"destinationPort": {"range": {"start": 5, "end": 5}}}}]}),
+                "not below",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"udp": {"destinationPort": {"number": 5, "range": {"start": 1, "end": 9}}}}]}),
+                "both",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"tcp": {"destinationPort": {"number": 5}}, "udp": {"destinationPort": {"number": 5}}}]}),
+                "more than one",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [ns()], "protocols": [{"destinationNamedPort": "Not_A_Name"}]}),
+                "not a port name",
+            ),
+            (
+                "egress",
+                json!({"action": "Pass", "to": [{"networks": ["10.0.0.0/8"]}], "protocols": [{"destinationNamedPort": "http"}]}),
+                "cannot be used",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [{"pods": {"namespaceSelector": {}}}]}),
+                "podSelector is required",
+            ),
+            (
+                "egress",
+                json!({"action": "Deny", "to": [{"nodes": {}, "networks": ["10.0.0.0/8"]}]}),
+                "more than one",
+            ),
+            ("egress", json!({"action": "Deny", "to": []}), "no to peers"),
+            (
+                "ingress",
+                json!({"action": "Deny", "from": [{"nodes": {}}]}),
+                "ingress peer",
+            ),
+            (
+                "ingress",
+                json!({"action": "Deny", "to": [ns()]}),
+                "no from peers",
+            ),
+            (
+                "ingress",
+                json!({"action": "deny", "from": [ns()]}),
+                "action",
+            ),
+        ] {
+            let (r, reasons) = one_rule(dir, rule.clone());
+            assert!(denies_all(&r), "{rule}: {r:?}");
+            assert_eq!(reasons.len(), 1, "{rule}: {reasons:?}");
+            assert!(reasons[0].contains(why), "{rule}: {reasons:?}");
+        }
+        // the same shapes in an Accept rule match nothing
+        let (r, reasons) = one_rule(
+            "egress",
+            json!({"action": "Accept", "to": [ns()], "protocols": [{"tcp": {}}]}),
+        );
+        assert_eq!((r.peers, r.action), (Peers::List(vec![]), Action::Accept));
+        assert!(reasons[0].contains("matches nothing"), "{reasons:?}");
+    }
+
+    fn ns() -> serde_json::Value {
+        json!({"namespaces": {}})
+    }
+
+    #[test]
+    fn nodes_keep_their_ip_addresses_only() {
+        let n: Node = serde_json::from_value(json!({"metadata": {"name": "n1"},
+            "status": {"addresses": [{"address": "172.18.0.2"}, {"address": "n1.example"},
+                {"address": "fc00::2"}, {"address": "172.18.0.2"}]}}))
+        .unwrap();
+        let mut c = Cluster::default();
+        let r = c.set_cluster_network_policies([], [&n]);
+        assert!(r.refused.is_empty());
+        assert_eq!(
+            c.tiers.nodes["n1"].ips,
+            [
+                "172.18.0.2".parse::<IpAddr>().unwrap(),
+                "fc00::2".parse().unwrap()
+            ]
+        );
+    }
+}
