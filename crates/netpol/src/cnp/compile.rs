@@ -62,6 +62,8 @@ pub(crate) struct TierBuilder<'a> {
     /// A rule's peer sets per family, by (policy, direction, rule).
     peers: HashMap<(&'a str, Direction, usize), [Option<Name>; 2]>,
     ports: HashMap<Vec<Value>, Name>,
+    /// A rule's egress named-port sets per family, by (policy, rule).
+    dports: HashMap<(&'a str, usize), [Name; 2]>,
 }
 
 /// The verdict when no tier decides: on to the destination's ingress, or
@@ -110,6 +112,7 @@ impl<'a> TierBuilder<'a> {
             shapes: HashMap::new(),
             peers: HashMap::new(),
             ports: HashMap::new(),
+            dports: HashMap::new(),
         }
     }
 
@@ -236,6 +239,61 @@ impl<'a> TierBuilder<'a> {
         out
     }
 
+    /// An egress rule's named ports resolved on the pods its peers select:
+    /// `address . protocol . port` per family (made also when empty: pods
+    /// with the port may come). The same for every subject: made once.
+    fn dport_sets(
+        &mut self,
+        pol: &'a Policy,
+        i: usize,
+        peers: &[Peer],
+        named: &[&str],
+    ) -> [Name; 2] {
+        let key = (pol.name.as_str(), i);
+        if let Some(s) = self.dports.get(&key) {
+            return s.clone();
+        }
+        let c = self.c;
+        let mut elems: [Vec<Value>; 2] = Default::default();
+        for q in c.network_pods() {
+            let selected = peers.iter().any(|p| {
+                peer_matches(
+                    c,
+                    p,
+                    PeerEnd {
+                        addr: None,
+                        pod: Some(q),
+                    },
+                )
+            });
+            if !selected {
+                continue;
+            }
+            for ip in &q.ips {
+                for cp in q
+                    .ports
+                    .iter()
+                    .filter(|cp| named.contains(&cp.name.as_str()))
+                {
+                    elems[ip.is_ipv6() as usize].push(Value::Concat(vec![
+                        Value::Addr(*ip),
+                        Value::Proto(cp.proto),
+                        Value::Port(cp.port),
+                    ]));
+                }
+            }
+        }
+        let id = format!("{}/{}/{i}", pol.id(), Direction::Egress);
+        let [e4, e6] = elems;
+        let out = [(false, e4), (true, e6)].map(|(v6, e)| {
+            let prefix = if v6 { "cdports6" } else { "cdports4" };
+            let key = vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService];
+            self.set(prefix, &id, key, false, e)
+        });
+        self.dports.insert(key, out.clone());
+        out
+    }
+
     fn port_set(&mut self, numeric: BTreeMap<L4Proto, Vec<(u16, u16)>>) -> Name {
         let mut elems = Vec::new();
         for (proto, ranges) in numeric {
@@ -329,38 +387,8 @@ impl<'a> TierBuilder<'a> {
                     )));
                 }
                 if !named.is_empty() {
-                    let c = self.c;
-                    for v6 in [false, true] {
-                        let mut elems = Vec::new();
-                        for q in c.network_pods() {
-                            let Some(ip) = q.ip(v6) else { continue };
-                            let end = PeerEnd {
-                                addr: Some(ip),
-                                pod: Some(q),
-                            };
-                            if !peer_list.iter().any(|p| peer_matches(c, p, end)) {
-                                continue;
-                            }
-                            for cp in q
-                                .ports
-                                .iter()
-                                .filter(|cp| named.contains(&cp.name.as_str()))
-                            {
-                                elems.push(Value::Concat(vec![
-                                    Value::Addr(ip),
-                                    Value::Proto(cp.proto),
-                                    Value::Port(cp.port),
-                                ]));
-                            }
-                        }
-                        let prefix = if v6 { "cdports6" } else { "cdports4" };
-                        let set = self.set(
-                            prefix,
-                            &format!("{}/{d}/{i}", pol.id()),
-                            vec![KeyType::addr(v6), KeyType::InetProto, KeyType::InetService],
-                            false,
-                            elems,
-                        );
+                    let sets = self.dport_sets(pol, i, peer_list, &named);
+                    for (v6, set) in [false, true].into_iter().zip(sets) {
                         dst_matches.push(Expr::eq(
                             Lhs::Concat(vec![Lhs::Daddr { v6 }, Lhs::L4Proto, Lhs::ThDport]),
                             Rhs::Set(set),
