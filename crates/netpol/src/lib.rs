@@ -33,9 +33,9 @@
 //!     accept                                    # (explicit: reached from jumps too)
 //! }
 //! chain ing-<hash> {                            # one per local pod and direction
-//!     [jump ain-<rules>]                        # Admin tier (ClusterNetworkPolicy)
+//!     [jump tai-<rules>]                        # Admin tier (ClusterNetworkPolicy)
 //!     goto pin-<rules>                          # its rules, shared (or: accept,
-//! }                                             #   or goto bin-<rules>: Baseline)
+//! }                                             #   or goto tbi-<rules>: Baseline)
 //! chain pin-<rules> {                           # one per distinct set of rules
 //!     ip saddr @peers4-<h> accept               # a rule without ports
 //!     ip saddr @peers4-<h> meta l4proto . th dport @ports-<h> accept
@@ -43,8 +43,8 @@
 //!     [limit rate 10/second log prefix "..."]   # NodeContext::log_denied
 //!     counter counter name "denied-ingress" drop
 //! }
-//! chain egr-<hash> { [jump aeg-<rules>]; goto pen-<rules> }  # (or: goto ingress,
-//!                                               #   or goto beg-<rules>)
+//! chain egr-<hash> { [jump tae-<rules>]; goto pen-<rules> }  # (or: goto ingress,
+//!                                               #   or goto tbe-<rules>)
 //! chain pen-<rules> {                           # the same with daddr, and:
 //!     ip daddr . meta l4proto . th dport @dports4-<h> goto ingress   # named ports
 //!     ...                                       # allowed: on to the ingress check
@@ -66,8 +66,8 @@
 //! chain.
 //!
 //! ClusterNetworkPolicy adds, per direction and distinct set of rules, an
-//! Admin chain (`ain-`/`aeg-`) the pod chain jumps to first and a Baseline
-//! chain (`bin-`/`beg-`) it goes to only when no v1 policy isolates the
+//! Admin chain (`tai-`/`tae-`) the pod chain jumps to first and a Baseline
+//! chain (`tbi-`/`tbe-`) it goes to only when no v1 policy isolates the
 //! pod that way (v1 decides for the pods it isolates). Their rules are
 //! set lookups as above, in priority and written order, with the rule's
 //! verdict: Accept `accept` (ingress) or `goto ingress` (egress, so the

@@ -1,7 +1,7 @@
 //! The Admin and Baseline tiers as nftables chains, built beside the v1
 //! chains by [`crate::compile`]: per local pod and direction at most one
-//! Admin chain (`ain-`/`aeg-`, jumped to first) and one Baseline chain
-//! (`bin-`/`beg-`, gone to when no v1 policy isolates the pod), each
+//! Admin chain (`tai-`/`tae-`, jumped to first) and one Baseline chain
+//! (`tbi-`/`tbe-`, gone to when no v1 policy isolates the pod), each
 //! shared by every pod whose policies come to the same rules, named by
 //! their content. A rule is a few set lookups (peer addresses, `protocol .
 //! port`, or `address . protocol . port` for egress named ports) and its
@@ -85,12 +85,15 @@ pub fn denied_counter(t: Tier, d: Direction) -> Name {
     Name::fixed(name)
 }
 
+/// `t…` names sort after the pod chains (`egr-`, `ing-`) that refer to
+/// them: a diff deleting gone chains in name order empties a pod chain
+/// before deleting the tier chain it jumped to.
 fn chain_prefix(t: Tier, d: Direction) -> &'static str {
     match (t, d) {
-        (Tier::Admin, Direction::Ingress) => "ain",
-        (Tier::Admin, Direction::Egress) => "aeg",
-        (Tier::Baseline, Direction::Ingress) => "bin",
-        (Tier::Baseline, Direction::Egress) => "beg",
+        (Tier::Admin, Direction::Ingress) => "tai",
+        (Tier::Admin, Direction::Egress) => "tae",
+        (Tier::Baseline, Direction::Ingress) => "tbi",
+        (Tier::Baseline, Direction::Egress) => "tbe",
     }
 }
 

@@ -6,7 +6,7 @@
 //! - [`Cluster::set_cluster_network_policies`]: validation into the model
 //!   (refusals per policy in a [`Report`], bounded and escaped).
 //! - the direct semantics extend [`crate::evaluate`]; the compiler extends
-//!   [`crate::compile`] (chains `ain-`/`aeg-` and `bin-`/`beg-` around the
+//!   [`crate::compile`] (chains `tai-`/`tae-` and `tbi-`/`tbe-` around the
 //!   v1 chains, see the crate docs).
 //!
 //! # Semantics
