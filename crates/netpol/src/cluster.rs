@@ -183,6 +183,8 @@ pub struct Cluster {
     pub(crate) nodes: BTreeMap<String, Vec<IpAddr>>,
     /// The addresses of pods on the pod network (not hostNetwork).
     pub(crate) by_ip: BTreeMap<IpAddr, (String, String)>,
+    /// ClusterNetworkPolicies and Nodes ([`Cluster::set_cluster_network_policies`]).
+    pub(crate) tiers: crate::cnp::Tiers,
 }
 
 impl Cluster {
@@ -554,7 +556,7 @@ fn port_sel(p: &input::PolicyPort) -> Result<PortSel, String> {
 }
 
 /// IANA_SVC_NAME, as the API validates named ports.
-fn is_port_name(n: &str) -> bool {
+pub(crate) fn is_port_name(n: &str) -> bool {
     (1..=15).contains(&n.len())
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -49,7 +49,7 @@ fn node_set(v6: bool) -> Name {
     Name::fixed(if v6 { "node-ips6" } else { "node-ips4" })
 }
 
-fn hex16(bytes: &[u8]) -> String {
+pub(crate) fn hex16(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
@@ -120,6 +120,10 @@ pub fn pod_dispatch_elements(namespace: &str, pod: &str, ips: &[IpAddr]) -> Batc
 pub struct Stats {
     /// Valid policies in the cluster.
     pub policies: usize,
+    /// Valid ClusterNetworkPolicies of the Admin tier.
+    pub admin_policies: usize,
+    /// Valid ClusterNetworkPolicies of the Baseline tier.
+    pub baseline_policies: usize,
     /// Local pods isolated in at least one direction.
     pub selected_pods: usize,
     /// Local pods with chains (every local pod on the pod network).
@@ -418,7 +422,7 @@ impl<'a> Builder<'a> {
 
 /// Sorted, overlapping and adjacent ranges merged (interval sets refuse
 /// overlaps).
-fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
+pub(crate) fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     r.sort_unstable();
     let mut out: Vec<(u16, u16)> = Vec::new();
     for (lo, hi) in r {
@@ -515,12 +519,16 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     };
     let mut stats = Stats {
         policies: c.policies.len(),
+        admin_policies: c.tiers.admin.len(),
+        baseline_policies: c.tiers.baseline.len(),
         ..Stats::default()
     };
     let mut chains: Vec<ChainDef> = Vec::new();
     let mut rules: Vec<RuleDef> = Vec::new();
     let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
     let mut made: BTreeSet<Name> = BTreeSet::new();
+    // ClusterNetworkPolicy: the Admin and Baseline chains around v1's
+    let mut tiers = crate::cnp::compile::TierBuilder::new(c, ctx.log_denied);
 
     // What a pod's chains come to depends on its namespace, labels and
     // named ports only, never on its name or addresses: pods of one shape
@@ -550,11 +558,26 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                 Direction::Ingress => Expr::Accept,
                 Direction::Egress => Expr::Goto(ingress.clone()),
             };
+            let tier = tiers.pod(p, d);
+            if let Some(admin) = &tier.admin {
+                rules.push(RuleDef::new(&chain, vec![Expr::Jump(admin.clone())]));
+            }
             let isolating = match chosen {
                 // pass-through: the pod is not isolated this way, but the
                 // chain must exist for the CNI's dispatch elements
                 Chosen::Open => {
-                    rules.push(RuleDef::new(&chain, vec![verdict]));
+                    let tail = match &tier.baseline {
+                        Some(baseline) => Expr::Goto(baseline.clone()),
+                        None => verdict,
+                    };
+                    rules.push(RuleDef::new(&chain, vec![tail]));
+                    if tier.any() {
+                        for v6 in [false, true] {
+                            maps.entry((d, v6))
+                                .or_default()
+                                .extend(dispatch_elems_to(&chain, &p.ips, v6));
+                        }
+                    }
                     continue;
                 }
                 Chosen::All => None,
@@ -615,10 +638,24 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         }
     }
 
+    let (tier_sets, tier_chains) = tiers.finish();
+    b.sets.extend(tier_sets);
+    for (name, body) in tier_chains {
+        chains.push(ChainDef {
+            name: name.clone(),
+            base: None,
+        });
+        rules.extend(body.into_iter().map(|e| RuleDef::new(&name, e)));
+    }
+
     let mut batch = Batch::new();
     // add + delete + add: replaces the table (or makes it) in one transaction
     batch.remove_table(&t).add_table(&t);
-    for c in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
+    let tier_counters = crate::cnp::DENIED_COUNTERS.iter().map(|c| c.2);
+    for c in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER]
+        .into_iter()
+        .chain(tier_counters)
+    {
         batch.add_counter(&t, &Name::fixed(c));
     }
     batch.add_chain(
@@ -718,6 +755,9 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
             }],
         ));
     }
+    // explicit: an Admin tier's egress Accept reaches `ingress` from a
+    // jumped-to chain, where falling off the end would return
+    all.push(RuleDef::new(&ingress, vec![Expr::Accept]));
     all.extend(rules);
     stats.rules = all.len();
     for r in all {

@@ -6,6 +6,10 @@ use kindnet_nft::L4Proto;
 use std::net::IpAddr;
 
 use crate::cluster::{Cluster, Direction, NodeContext, PeerSel, PodInfo, PortMatch, RuleSel};
+use crate::cnp::{
+    self, Tier,
+    eval::{Outcome, PeerEnd},
+};
 
 /// One end of a packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +71,9 @@ pub struct Verdict {
     /// Whether the connection is allowed.
     pub allowed: bool,
     /// Allowed: the policies that allowed it, per direction. Denied: the
-    /// policies that isolate the denying direction (none allowed it).
+    /// policies that isolate the denying direction (none allowed it). A
+    /// ClusterNetworkPolicy that decided is listed as `cnp:<name>` (the
+    /// reason names its tier and rule).
     pub by: Vec<(String, Direction)>,
     /// A sentence saying why, for people.
     pub reason: String,
@@ -223,11 +229,43 @@ fn decide(
             notes.push(format!("{dir} of {who}: its own node"));
             return true;
         }
-        match side(c, dir, p, peer, port, proto) {
-            Side::NotIsolated => {
-                notes.push(format!("{dir} of {who}: no policy selects it"));
-                true
+        // the tiers: Admin, NetworkPolicy v1, Baseline (crate::cnp)
+        let end = PeerEnd {
+            addr: peer.addr,
+            pod: peer.pod,
+        };
+        let tier = |t| cnp::eval::outcome(c, t, dir, p, end, port, proto, who);
+        match tier(Tier::Admin) {
+            Outcome::Decided(allowed, id, note) => {
+                if allowed {
+                    notes.push(note);
+                    by.push((id, dir));
+                } else {
+                    notes = vec![note];
+                    by = vec![(id, dir)];
+                }
+                return allowed;
             }
+            Outcome::Next(pass) => notes.extend(pass),
+        }
+        match side(c, dir, p, peer, port, proto) {
+            Side::NotIsolated => match tier(Tier::Baseline) {
+                Outcome::Decided(allowed, id, note) => {
+                    if allowed {
+                        notes.push(note);
+                        by.push((id, dir));
+                    } else {
+                        notes = vec![note];
+                        by = vec![(id, dir)];
+                    }
+                    allowed
+                }
+                Outcome::Next(pass) => {
+                    notes.extend(pass);
+                    notes.push(format!("{dir} of {who}: no policy selects it"));
+                    true
+                }
+            },
             Side::Allowed(ps) => {
                 notes.push(format!("{dir} of {who}: allowed by {}", ps.join(", ")));
                 by.extend(ps.into_iter().map(|p| (p, dir)));

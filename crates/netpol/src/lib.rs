@@ -1,9 +1,13 @@
-//! NetworkPolicy (networking.k8s.io/v1) in the kernel: the policies of a
+//! NetworkPolicy (networking.k8s.io/v1) and the cluster administrator's
+//! ClusterNetworkPolicy (policy.networking.k8s.io/v1alpha2, Admin and
+//! Baseline tiers around v1; see [`cnp`]) in the kernel: the policies of a
 //! cluster compiled into one nftables table per node, and the direct
 //! semantics they are tested against.
 //!
 //! - [`input`]: slim serde types for Pod, Namespace and NetworkPolicy JSON.
-//! - [`Cluster::new`]: validation (refusals listed in a [`Report`]).
+//! - [`Cluster::new`]: validation (refusals listed in a [`Report`]);
+//!   [`Cluster::set_cluster_network_policies`] adds ClusterNetworkPolicies
+//!   and Nodes (for `nodes` peers).
 //! - [`evaluate`] / [`evaluate_on`]: the decision for one packet of a new
 //!   connection, cluster-wide or for one node's share.
 //! - [`compile`]: the node's ruleset as one [`kindnet_nft::Batch`].
@@ -26,10 +30,12 @@
 //! chain ingress {
 //!     ip daddr vmap @ingress4                   # local pod isolated for ingress:
 //!     ip6 daddr vmap @ingress6                  #   goto ing-<hash>
-//! }                                             # (else: policy accept)
-//! chain ing-<hash> {                            # one per local pod and direction
-//!     goto pin-<rules>                          # its rules, shared (or: accept)
+//!     accept                                    # (explicit: reached from jumps too)
 //! }
+//! chain ing-<hash> {                            # one per local pod and direction
+//!     [jump tai-<rules>]                        # Admin tier (ClusterNetworkPolicy)
+//!     goto pin-<rules>                          # its rules, shared (or: accept,
+//! }                                             #   or goto tbi-<rules>: Baseline)
 //! chain pin-<rules> {                           # one per distinct set of rules
 //!     ip saddr @peers4-<h> accept               # a rule without ports
 //!     ip saddr @peers4-<h> meta l4proto . th dport @ports-<h> accept
@@ -37,7 +43,8 @@
 //!     [limit rate 10/second log prefix "..."]   # NodeContext::log_denied
 //!     counter counter name "denied-ingress" drop
 //! }
-//! chain egr-<hash> { goto pen-<rules> }         # (or: goto ingress)
+//! chain egr-<hash> { [jump tae-<rules>]; goto pen-<rules> }  # (or: goto ingress,
+//!                                               #   or goto tbe-<rules>)
 //! chain pen-<rules> {                           # the same with daddr, and:
 //!     ip daddr . meta l4proto . th dport @dports4-<h> goto ingress   # named ports
 //!     ...                                       # allowed: on to the ingress check
@@ -58,6 +65,18 @@
 //! Pods whose policies come to the same rules share one `pin-`/`pen-`
 //! chain.
 //!
+//! ClusterNetworkPolicy adds, per direction and distinct set of rules, an
+//! Admin chain (`tai-`/`tae-`) the pod chain jumps to first and a Baseline
+//! chain (`tbi-`/`tbe-`) it goes to only when no v1 policy isolates the
+//! pod that way (v1 decides for the pods it isolates). Their rules are
+//! set lookups as above, in priority and written order, with the rule's
+//! verdict: Accept `accept` (ingress) or `goto ingress` (egress, so the
+//! destination's ingress still applies), Deny `counter name
+//! <tier>-denied-<dir> drop`, Pass `return` (Admin: on to v1) or the
+//! default verdict (Baseline). A pod selected only by ClusterNetworkPolicies
+//! is dispatched like an isolated one, so the CNI hand-off below covers
+//! its tiers from the first packet too.
+//!
 //! Every local pod on the pod network has both chains, pass-through
 //! (`accept` / `goto ingress`) when no policy selects it that way; only
 //! isolated pods are in the dispatch maps. Chain names come from
@@ -70,6 +89,7 @@
 
 mod cidr;
 mod cluster;
+pub mod cnp;
 mod compile;
 mod eval;
 pub mod input;

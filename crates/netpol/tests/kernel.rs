@@ -454,6 +454,18 @@ impl Lab {
         pending: Option<(&str, &str)>,
         log: bool,
     ) -> Vec<String> {
+        self.case_with_tiers(name, policies, &[], pending, log)
+    }
+
+    /// [`Lab::case`] with ClusterNetworkPolicies too.
+    fn case_with_tiers(
+        &self,
+        name: &str,
+        policies: &[Json],
+        cluster_policies: &[Json],
+        pending: Option<(&str, &str)>,
+        log: bool,
+    ) -> Vec<String> {
         let t0 = Instant::now();
         let namespaces: Vec<Namespace> = NAMESPACES
             .iter()
@@ -478,17 +490,24 @@ impl Lab {
             node_ips: vec![NODE4.parse().unwrap(), NODE6.parse().unwrap()],
             log_denied: log,
         };
-        let (c, report) = Cluster::new(
+        let cnps: Vec<cnp::input::ClusterNetworkPolicy> = cluster_policies
+            .iter()
+            .map(|p| serde_json::from_value(p.clone()).unwrap())
+            .collect();
+        let (mut c, report) = Cluster::new(
             &self.pod_objects(pending),
             &namespaces,
             &pols,
             std::slice::from_ref(&ctx),
         );
         assert!(report.refused.is_empty(), "{name}: {report:?}");
+        let report = c.set_cluster_network_policies(&cnps, &[]);
+        assert!(report.refused.is_empty(), "{name}: {report:?}");
         let compiled = compile(&c, &ctx);
         self.apply(&compiled.batch);
         // the CNI's hand-off: the pod's addresses, unknown to kindnetd
-        let (full, _) = Cluster::new(&self.pod_objects(None), &namespaces, &pols, &[]);
+        let (mut full, _) = Cluster::new(&self.pod_objects(None), &namespaces, &pols, &[]);
+        full.set_cluster_network_policies(&cnps, &[]);
         if let Some((ns, pod)) = pending {
             let p = self
                 .pods
@@ -726,6 +745,155 @@ fn truth_tables_in_a_real_kernel() {
         .as_u64()
         .unwrap_or(0);
     assert!(packets > 0, "the ingress deny counter counts: {counters}");
+    lab.apply(&{
+        let mut b = kindnet_nft::Batch::new();
+        b.remove_table(&table());
+        b
+    });
+    eprintln!("total {:?}", t0.elapsed());
+    assert!(
+        bad.is_empty(),
+        "{} cells differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+fn cnp(name: &str, tier: &str, priority: u32, subject: Json, ingress: Json, egress: Json) -> Json {
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name},
+        "spec": {"tier": tier, "priority": priority, "subject": subject,
+            "ingress": ingress, "egress": egress}})
+}
+
+fn cnp_ns(n: &str) -> Json {
+    json!({"namespaces": ns_is(n)})
+}
+
+#[test]
+fn cluster_network_policy_tiers_in_a_real_kernel() {
+    require_root!();
+    let t0 = Instant::now();
+    let lab = Lab::new();
+    let allow_all_in = |ns: &str| np(ns, json!({"podSelector": {}, "ingress": [{}]}));
+    let all = json!({"namespaces": {}});
+    let cases: Vec<(&str, Vec<Json>, Vec<Json>)> = vec![
+        (
+            "Admin Deny beats a v1 allow",
+            vec![allow_all_in("x")],
+            vec![cnp(
+                "deny-y",
+                "Admin",
+                10,
+                cnp_ns("x"),
+                json!([{"action": "Deny", "from": [cnp_ns("y")]}]),
+                json!([]),
+            )],
+        ),
+        (
+            "Admin Accept beats a v1 deny, TCP 80 only",
+            vec![np(
+                "y",
+                json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+            )],
+            vec![cnp(
+                "accept-z",
+                "Admin",
+                10,
+                cnp_ns("y"),
+                json!([{"action": "Accept", "from": [cnp_ns("z")],
+                    "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]),
+                json!([]),
+            )],
+        ),
+        (
+            "Admin Pass hands over to v1 and to Baseline",
+            vec![np(
+                "x",
+                json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}),
+            )],
+            vec![
+                cnp(
+                    "pass-x",
+                    "Admin",
+                    1,
+                    all.clone(),
+                    json!([{"action": "Pass", "from": [cnp_ns("x")]}]),
+                    json!([]),
+                ),
+                cnp(
+                    "deny-all",
+                    "Admin",
+                    2,
+                    all.clone(),
+                    json!([{"action": "Deny", "from": [all.clone()]}]),
+                    json!([]),
+                ),
+                cnp(
+                    "baseline",
+                    "Baseline",
+                    1,
+                    all.clone(),
+                    json!([{"action": "Deny", "from": [{"pods": {"namespaceSelector": {}, "podSelector": pod_is("c")}}]}]),
+                    json!([]),
+                ),
+            ],
+        ),
+        (
+            "Baseline Deny overridden by a v1 allow",
+            vec![allow_all_in("x")],
+            vec![cnp(
+                "isolate",
+                "Baseline",
+                5,
+                all.clone(),
+                json!([{"action": "Deny", "from": [all.clone()]}]),
+                json!([]),
+            )],
+        ),
+        (
+            "egress: networks catch pods, ranges, named ports",
+            vec![],
+            vec![cnp(
+                "egress-z",
+                "Admin",
+                3,
+                cnp_ns("z"),
+                json!([]),
+                json!([
+                    {"action": "Accept", "to": [{"pods": {"namespaceSelector": ns_is("x"), "podSelector": {}}}],
+                     "protocols": [{"destinationNamedPort": "serve-81-udp"}]},
+                    {"action": "Deny", "to": [{"networks": ["10.244.1.0/24", "fd00:10:244:1::/64"]}],
+                     "protocols": [{"tcp": {"destinationPort": {"range": {"start": 81, "end": 90}}}},
+                                   {"udp": {"destinationPort": {"number": 81}}}]}
+                ]),
+            )],
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (i, (name, pols, cnps)) in cases.iter().enumerate() {
+        bad.extend(lab.case_with_tiers(name, pols, cnps, None, i == 0));
+    }
+    // x/a pending under an Admin Deny: enforced from the CNI hand-off
+    bad.extend(lab.case_with_tiers(
+        "pending x/a under an Admin Deny + CNI dispatch elements",
+        &[],
+        &[cnp(
+            "deny-y",
+            "Admin",
+            10,
+            cnp_ns("x"),
+            json!([{"action": "Deny", "from": [cnp_ns("y")]}]),
+            json!([]),
+        )],
+        Some(("x", "a")),
+        false,
+    ));
+    let counters = lab.nft_json(&["list", "counter", "inet", TABLE, "admin-denied-ingress"]);
+    let packets = counters["nftables"][1]["counter"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(packets > 0, "the Admin deny counter counts: {counters}");
     lab.apply(&{
         let mut b = kindnet_nft::Batch::new();
         b.remove_table(&table());
