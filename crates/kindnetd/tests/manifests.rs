@@ -216,6 +216,18 @@ fn check_manifest(rel: &str, bridge: bool) {
         .collect();
     caps.sort();
     assert_eq!(caps, vec!["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "the daemon keeps only the capabilities it adds"
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    // The plugin installer needs no capability at all.
+    assert_eq!(
+        install["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(install["securityContext"]["capabilities"]["add"].is_null());
     // kindnetd listens on HOST_IP (status.hostIP) by default; kubelet probes
     // the pod IP, which for a host-network pod is the node's IP: no `host`.
     assert!(c["hostNetwork"].is_null(), "hostNetwork is a pod field");
@@ -231,7 +243,15 @@ fn check_manifest(rel: &str, bridge: bool) {
             .all(|e| e["name"] != "KINDNET_METRICS_BIND_ADDRESS"),
         "the probes rely on the default bind address"
     );
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // The startup probe holds liveness and readiness back until kindnetd
+    // listens: no "connection refused" event at every start.
+    assert!(c["startupProbe"]["httpGet"].is_object(), "a startup probe");
+    assert!(c["livenessProbe"]["initialDelaySeconds"].is_null());
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
         assert!(
             c[probe]["httpGet"]["host"].is_null(),
             "{probe} probes the pod (= node) IP"
@@ -253,6 +273,44 @@ fn check_manifest(rel: &str, bridge: bool) {
     assert_eq!(
         host_path(&ipam_vol),
         defaults.ipam_data_dir.to_str().unwrap()
+    );
+
+    // The lock files kindnetd shares with the CNI plugin (which runs on the
+    // node): the node's own directory, created when missing.
+    let lock_vol =
+        mount_of(c, kindnetd::netpol::run::LOCK_DIR).expect("the node's lock directory is mounted");
+    assert_eq!(host_path(&lock_vol), kindnetd::netpol::run::LOCK_DIR);
+    let lock_type = volumes
+        .iter()
+        .find(|v| v["name"] == lock_vol.as_str())
+        .map(|v| v["hostPath"]["type"].clone());
+    assert_eq!(lock_type, Some(serde_json::json!("DirectoryOrCreate")));
+    // Only the mounts it uses: every volume is mounted by some container.
+    for v in volumes {
+        let name = &v["name"];
+        assert!(
+            inits.iter().chain(containers).any(|x| x["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| &m["name"] == name)),
+            "volume {name} is mounted somewhere"
+        );
+    }
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            defaults.cni_conf_dir.to_str().unwrap(),
+            defaults.ipam_data_dir.to_str().unwrap(),
+            kindnetd::netpol::run::LOCK_DIR,
+        ],
+        "the daemon mounts what it writes and nothing else"
     );
 
     // Every environment variable is one kindnetd reads, and literal values
