@@ -20,6 +20,7 @@ pub mod netpol;
 pub mod node;
 pub mod reclaim;
 pub mod reconcile;
+pub mod resolve;
 pub mod routes;
 pub mod solicit;
 pub mod source;
