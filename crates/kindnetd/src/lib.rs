@@ -8,6 +8,7 @@
 //! the [`reconcile`] loop reads, plans, applies through the dataplane and
 //! records.
 
+pub mod cleanup;
 pub mod cniconf;
 pub mod conffile;
 pub mod config;

@@ -19,6 +19,13 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
         return kindnetd::doctor::cli_main(std::env::args_os().skip(1));
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+        return kindnetd::cleanup::cli_main(std::env::args_os().skip(1));
+    }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) => {
