@@ -366,3 +366,66 @@ fn manifests_differ_only_in_bridge_mode() {
         strip(read("deploy/install-kindnet-bridge.yaml"))
     );
 }
+
+/// The cleanup Job: `kindnetd cleanup` with flags it accepts, on the host
+/// directories the DaemonSet uses, with NET_ADMIN only.
+#[test]
+fn cleanup_job() {
+    use kindnetd::cleanup::CleanupFlags;
+    let d = docs("deploy/cleanup-kindnet.yaml");
+    let jobs = by_kind(&d, "Job");
+    assert_eq!(jobs.len(), 1);
+    let pod = &jobs[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["nodeName"], "NODE", "one Job per node");
+    let c = &pod["containers"][0];
+    let argv: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&argv[..2], ["/bin/kindnetd", "cleanup"]);
+    let f = CleanupFlags::try_parse_from(&argv[1..]).expect("cleanup accepts the Job's flags");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mounted = |path: &std::path::Path| -> String {
+        let m = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{} mounted", path.display()));
+        volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    // Each directory cleanup reads is the node's directory of the same path
+    // (the DaemonSet's, checked above).
+    for dir in [
+        f.cni_conf_dir.clone(),
+        f.ipam_data_dir.clone(),
+        f.lock_dir.clone(),
+        f.cni_bin_dir.clone().expect("the plugins are removed too"),
+    ] {
+        assert_eq!(mounted(&dir), dir.to_str().unwrap());
+    }
+    // The same pod subnet as the DaemonSet's.
+    let ds = docs("deploy/install-kindnet.yaml");
+    let dsc = &by_kind(&ds, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0];
+    let subnet = |c: &Value| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "POD_SUBNET")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(subnet(c), subnet(dsc));
+}
