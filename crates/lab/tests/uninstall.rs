@@ -222,7 +222,12 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
 
     let kindnetd = bin_dir().join("kindnetd");
     let args = |dry: bool| {
+        // with the cleanup Job's capabilities only (deploy/cleanup-kindnet.yaml)
         let mut a = vec![
+            "setpriv".to_string(),
+            "--bounding-set=-all,+net_admin".into(),
+            "--inh-caps=-all".into(),
+            "--".into(),
             kindnetd.to_str().unwrap().to_string(),
             "cleanup".into(),
             "--cni-conf-dir".into(),
