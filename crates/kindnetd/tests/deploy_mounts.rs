@@ -174,13 +174,23 @@ fn start_contained(
     container: &Value,
     node_lock_dir: Option<&Path>,
     stage: &Path,
+    writable: &Path,
     args: &[&str],
     log: PathBuf,
 ) -> Daemon {
-    let script = "set -e; node=\"$1\"; stage=\"$2\"; lock=\"$3\"; shift 3
+    // readOnlyRootFilesystem: everything but the mounts is read-only;
+    // `writable` (the test's directories: the conflist's) stands for the
+    // manifest's other volumes.
+    let ro = if container["securityContext"]["readOnlyRootFilesystem"] == true {
+        "ro"
+    } else {
+        ""
+    };
+    let script = "set -e; node=\"$1\"; stage=\"$2\"; lock=\"$3\"; ro=\"$4\"; rw=\"$5\"; shift 5
         if [ -n \"$node\" ]; then mkdir -p \"$node\"; mount --bind \"$node\" \"$stage\"; fi
         mkdir -p \"$lock\"; mount -t tmpfs kindnetd-container \"$lock\"
         if [ -n \"$node\" ]; then mount --bind \"$stage\" \"$lock\"; fi
+        if [ -n \"$ro\" ]; then mount --bind \"$rw\" \"$rw\"; mount -o remount,bind,ro /; fi
         exec \"$@\"";
     let f = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new("nsenter");
@@ -191,6 +201,8 @@ fn start_contained(
         .arg(node_lock_dir.map(Path::as_os_str).unwrap_or_default())
         .arg(stage)
         .arg(LOCK_DIR)
+        .arg(ro)
+        .arg(writable)
         .args(capabilities(container))
         .arg(env!("CARGO_BIN_EXE_kindnetd"))
         .args(args)
@@ -278,6 +290,7 @@ fn waits_for_the_plugin(container: &Value, volumes: &[Value]) -> bool {
         container,
         node_lock_dir.as_deref(),
         &stage,
+        dir.path(),
         &[
             "--node-name",
             "me",
@@ -398,6 +411,7 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
         &c,
         lock.as_deref(),
         &stage,
+        dir.path(),
         &args,
         dir.path().join("kindnetd.log"),
     );
@@ -413,6 +427,12 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
         policy_table_exists(&ns).then_some(())
     })
     .unwrap_or_else(|| panic!("policy table\n{}", d.log()));
+    // the root filesystem really was read-only for it
+    assert!(
+        !d.log().contains("Read-only file system"),
+        "kindnetd wrote outside its mounts:\n{}",
+        d.log()
+    );
     let t = kindnetd::masq::table();
     let masq = run(ns
         .command("nft")
@@ -430,6 +450,7 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
         &weak,
         lock.as_deref(),
         &stage,
+        dir.path(),
         &args,
         dir.path().join("kindnetd2.log"),
     );
