@@ -145,6 +145,16 @@ impl NodeMounts {
     }
 }
 
+/// The container kindnetd runs as: the manifest's container, the node
+/// directory its lock directory is (if a volume brings one), a staging
+/// directory, and a writable directory standing for its other volumes.
+struct Container<'a> {
+    spec: &'a Value,
+    node_lock_dir: Option<&'a Path>,
+    stage: &'a Path,
+    writable: &'a Path,
+}
+
 /// `setpriv` arguments that leave a root process exactly the container's
 /// capabilities (`drop: [ALL]` plus `add`), as the runtime would.
 fn capabilities(container: &Value) -> Vec<String> {
@@ -171,13 +181,16 @@ fn capabilities(container: &Value) -> Vec<String> {
 fn start_contained(
     node: &NodeMounts,
     ns: &Ns,
-    container: &Value,
-    node_lock_dir: Option<&Path>,
-    stage: &Path,
-    writable: &Path,
+    c: Container,
     args: &[&str],
     log: PathBuf,
 ) -> Daemon {
+    let Container {
+        spec: container,
+        node_lock_dir,
+        stage,
+        writable,
+    } = c;
     // readOnlyRootFilesystem: everything but the mounts is read-only;
     // `writable` (the test's directories: the conflist's) stands for the
     // manifest's other volumes.
@@ -287,10 +300,12 @@ fn waits_for_the_plugin(container: &Value, volumes: &[Value]) -> bool {
     let d = start_contained(
         &node,
         &ns,
-        container,
-        node_lock_dir.as_deref(),
-        &stage,
-        dir.path(),
+        Container {
+            spec: container,
+            node_lock_dir: node_lock_dir.as_deref(),
+            stage: &stage,
+            writable: dir.path(),
+        },
         &[
             "--node-name",
             "me",
@@ -408,10 +423,12 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
     let d = start_contained(
         &node,
         &ns,
-        &c,
-        lock.as_deref(),
-        &stage,
-        dir.path(),
+        Container {
+            spec: &c,
+            node_lock_dir: lock.as_deref(),
+            stage: &stage,
+            writable: dir.path(),
+        },
         &args,
         dir.path().join("kindnetd.log"),
     );
@@ -447,10 +464,12 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
     let d2 = start_contained(
         &node,
         &ns2,
-        &weak,
-        lock.as_deref(),
-        &stage,
-        dir.path(),
+        Container {
+            spec: &weak,
+            node_lock_dir: lock.as_deref(),
+            stage: &stage,
+            writable: dir.path(),
+        },
         &args,
         dir.path().join("kindnetd2.log"),
     );
