@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -147,4 +148,91 @@ fn control_plane_endpoint_by_host_name_from_the_hosts_file() {
         readyz(&ns).and_then(|(_, b)| b.contains("(answering again; last error").then_some(()))
     })
     .unwrap_or_else(|| panic!("/readyz: {:?}\n{}", readyz(&ns), d.log()));
+}
+
+/// Issue 20's cluster: in-cluster configuration (service account files,
+/// KUBERNETES_SERVICE_HOST = the `kubernetes` Service's ClusterIP), no
+/// Service proxy, so the address never answers. /readyz names the address,
+/// "in-cluster", the error, and what to do about it.
+#[test]
+fn in_cluster_without_a_service_proxy_says_to_set_control_plane_endpoint() {
+    require_root!();
+    require_tool!("unshare");
+    require_tool!("nsenter");
+    require_tool!("openssl");
+    let ns = node_ns("kd-apiinc");
+    ns.ip(&["route", "add", "unreachable", "10.96.0.0/12"])
+        .unwrap();
+    let dir = temp_dir("apiinc");
+    // the service account's files, as the kubelet mounts them
+    let sa = dir.path().join("sa");
+    std::fs::create_dir(&sa).unwrap();
+    let (code, _, err) = run(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        "/CN=kubernetes",
+        "-days",
+        "1",
+        "-keyout",
+        sa.join("ca.key").to_str().unwrap(),
+        "-out",
+        sa.join("ca.crt").to_str().unwrap(),
+    ]));
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(sa.join("token"), "token").unwrap();
+    std::fs::write(sa.join("namespace"), "kube-system").unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let cni = dir.path().join("net.d");
+    let log = dir.path().join("log");
+    // A mount namespace where /run (= /var/run) holds those files, as in
+    // the pod; the netns file is opened before.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", ns.path()))
+        .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c"])
+        .arg(
+            "set -e; sa=\"$1\"; shift; mount -t tmpfs kindnetd-pod /run; \
+             d=/run/secrets/kubernetes.io/serviceaccount; mkdir -p $d; \
+             cp \"$sa/ca.crt\" \"$sa/token\" \"$sa/namespace\" $d/; exec \"$@\"",
+        )
+        .arg("sh")
+        .arg(&sa)
+        .arg(env!("CARGO_BIN_EXE_kindnetd"))
+        .args([
+            "--node-name=me",
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address=127.0.0.1:19080",
+        ])
+        .env_remove("KUBECONFIG")
+        .env_remove("CONTROL_PLANE_ENDPOINT")
+        .env_remove("NODE_NAME")
+        .env_remove("POD_SUBNET")
+        .env("HOME", &home)
+        .env("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        .env("KUBERNETES_SERVICE_PORT", "443")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _child = ChildGuard::spawn(&mut cmd).unwrap();
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let want = "[-] API server https://10.96.0.1/ (from in-cluster: the kubernetes Service";
+    let body = wait_for(Duration::from_secs(20), || {
+        readyz(&ns).and_then(|(code, body)| {
+            (code == 503 && body.contains(want) && body.contains("No route to host"))
+                .then_some(body)
+        })
+    })
+    .unwrap_or_else(|| panic!("/readyz: {:?}\n{}", readyz(&ns), text()));
+    assert!(
+        body.contains("set CONTROL_PLANE_ENDPOINT to the API server's host:port"),
+        "{body}"
+    );
 }
