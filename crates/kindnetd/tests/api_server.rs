@@ -236,3 +236,101 @@ fn in_cluster_without_a_service_proxy_says_to_set_control_plane_endpoint() {
         "{body}"
     );
 }
+
+/// A DNS server on port 53 of the namespace's loopback that answers `name`
+/// with 127.0.0.1 (A) and nothing (AAAA), and NXDOMAIN for anything else;
+/// counts the questions it got.
+fn fake_dns(ns: &Ns, name: &'static str) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
+    use simple_dns::rdata::{A, RData};
+    use simple_dns::{CLASS, Packet, QTYPE, RCODE, ResourceRecord, TYPE};
+    let netns = Netns::open(ns.path()).unwrap();
+    let sock = netns
+        .run(|| std::net::UdpSocket::bind("127.0.0.1:53"))
+        .unwrap()
+        .unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let Ok(q) = Packet::parse(&buf[..n]) else {
+                continue;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let qn = q.questions[0].qname.to_string();
+            let a = matches!(q.questions[0].qtype, QTYPE::TYPE(TYPE::A));
+            let mut r = q.clone().into_reply();
+            if qn != name {
+                *r.rcode_mut() = RCODE::NameError;
+            } else if a {
+                r.answers.push(ResourceRecord::new(
+                    q.questions[0].qname.clone(),
+                    CLASS::IN,
+                    30,
+                    RData::A(A {
+                        address: u32::from(std::net::Ipv4Addr::LOCALHOST),
+                    }),
+                ));
+            }
+            let _ = sock.send_to(&r.build_bytes_vec().unwrap(), from);
+        }
+    });
+    asked
+}
+
+/// CONTROL_PLANE_ENDPOINT by a name the hosts file does not know: kindnetd
+/// asks the name server of its resolver file itself (no NSS), uses the
+/// address and is ready.
+#[test]
+fn control_plane_endpoint_by_host_name_from_dns() {
+    require_root!();
+    let ns = node_ns("kd-apidns");
+    let dir = temp_dir("apidns");
+    let asked = fake_dns(&ns, "api.kind.test");
+    let netns = Netns::open(ns.path()).unwrap();
+    let listener = netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap()
+        .unwrap();
+    let api = FakeApi::new();
+    api.preload(vec![node("me", &["10.244.0.0/24"], &["10.0.0.1"])]);
+    let served = api.spawn(listener).unwrap();
+    let port = served.addr.port();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(&kc, kubeconfig("http://127.0.0.1:1")).unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    std::fs::write(&resolv, "search kind.test\nnameserver 127.0.0.1\n").unwrap();
+    let cni = dir.path().join("net.d");
+    // a single label: found through the search list, as glibc would
+    let endpoint = format!("http://api:{port}");
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--node-name=me",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--control-plane-endpoint",
+            &endpoint,
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--hosts-file",
+            hosts.to_str().unwrap(),
+            "--resolv-conf",
+            resolv.to_str().unwrap(),
+            "--metrics-bind-address=127.0.0.1:19080",
+        ],
+        dir.path().join("log"),
+    );
+    let body =
+        wait_ready(&ns, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let want = format!(
+        "[+] API server http://127.0.0.1:{port}/ (from CONTROL_PLANE_ENDPOINT {endpoint})\n"
+    );
+    assert!(body.contains(&want), "{body}");
+    assert!(
+        asked.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+        "A and AAAA asked"
+    );
+}
