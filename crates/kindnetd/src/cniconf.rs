@@ -285,6 +285,38 @@ pub fn pick_mtu(
         .unwrap_or(1500)
 }
 
+/// Whether `content` is a conflist kindnetd wrote: exactly what [`render`]
+/// makes of the ranges, MTU, bridge and IPAM directory it names. Anything
+/// else (another plugin's, or one a person edited) is not kindnetd's.
+pub fn is_ours(content: &str) -> bool {
+    let pod_cidrs = ranges_of(content);
+    if pod_cidrs.is_empty() {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(content) else {
+        return false;
+    };
+    let main = &v["plugins"][0];
+    let (Some(mtu), Some(dir)) = (
+        main["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()),
+        main["ipam"]["dataDir"].as_str(),
+    ) else {
+        return false;
+    };
+    let bridge = main["bridge"].as_str().map(str::to_string);
+    [CniChain::Single, CniChain::Classic]
+        .into_iter()
+        .any(|chain| {
+            render(&CniInputs {
+                chain,
+                pod_cidrs: pod_cidrs.clone(),
+                mtu,
+                bridge: bridge.clone(),
+                ipam_data_dir: dir.into(),
+            }) == content
+        })
+}
+
 /// The pod ranges of a conflist kindnetd wrote (the `subnet` of every IPAM
 /// range of the first plugin). Empty when the content is not such a
 /// conflist, or a range is not a CIDR, or there are two of one family: the
@@ -323,6 +355,35 @@ pub fn ranges_of(content: &str) -> Vec<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_kindnetd_renders_is_ours() {
+        for (chain, bridge) in [
+            (CniChain::Single, None),
+            (CniChain::Classic, None),
+            (CniChain::Classic, Some("kind-br".to_string())),
+        ] {
+            let c = render(&CniInputs {
+                chain,
+                pod_cidrs: vec![
+                    "10.244.1.0/24".parse().unwrap(),
+                    "fd00:10:244:1::/64".parse().unwrap(),
+                ],
+                mtu: 1450,
+                bridge,
+                ipam_data_dir: "/run/cni-ipam-state".into(),
+            });
+            assert!(is_ours(&c), "{c}");
+            // an edit, a comment, another field: no longer ours
+            assert!(!is_ours(&c.replacen("  ", "    ", 1)));
+            assert!(!is_ours(&c.replacen('{', "{\"x\": 1,", 1)));
+            assert!(!is_ours(&c.replace("\"kindnet\"", "\"other\"")));
+        }
+        assert!(!is_ours(""));
+        assert!(!is_ours(
+            r#"{"cniVersion":"1.0.0","name":"kindnet","plugins":[]}"#
+        ));
+    }
     use serde_json::{Value, json};
 
     fn inputs(cidrs: &[&str], bridge: Option<&str>) -> CniInputs {

@@ -66,6 +66,15 @@ pub struct Flags {
     #[arg(long, env = "CONTROL_PLANE_ENDPOINT")]
     pub control_plane_endpoint: Option<String>,
 
+    /// Where API server host names are looked up first (read directly: a
+    /// static kindnetd has no NSS).
+    #[arg(long, env = "KINDNET_HOSTS_FILE", default_value = "/etc/hosts")]
+    pub hosts_file: PathBuf,
+
+    /// The name servers for API server host names not in --hosts-file.
+    #[arg(long, env = "KINDNET_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
     /// Path to a kubeconfig file (default: in-cluster config, then ~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

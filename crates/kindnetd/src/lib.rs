@@ -8,6 +8,7 @@
 //! the [`reconcile`] loop reads, plans, applies through the dataplane and
 //! records.
 
+pub mod cleanup;
 pub mod cniconf;
 pub mod conffile;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod netpol;
 pub mod node;
 pub mod reclaim;
 pub mod reconcile;
+pub mod resolve;
 pub mod routes;
 pub mod solicit;
 pub mod source;

@@ -19,6 +19,13 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
         return kindnetd::doctor::cli_main(std::env::args_os().skip(1));
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+        return kindnetd::cleanup::cli_main(std::env::args_os().skip(1));
+    }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) => {
@@ -141,13 +148,22 @@ async fn run(flags: Flags) -> ExitCode {
     let source_task = match &flags.nodes_file {
         Some(path) => tokio::spawn(source::file::run(path.clone(), sink)),
         None => {
-            let client = match source::kube::client(
+            let names = kindnetd::resolve::Sources {
+                hosts: flags.hosts_file.clone(),
+                resolv_conf: flags.resolv_conf.clone(),
+            };
+            let client = match source::kube::connect(
                 flags.kubeconfig.as_deref(),
                 flags.control_plane_endpoint.as_deref(),
+                &names,
             )
             .await
             {
-                Ok(c) => c,
+                Ok((c, api)) => {
+                    tracing::info!(server = %api.url, from = %api.origin, "API server {api}");
+                    status.set_api_server(api.to_string());
+                    c
+                }
                 Err(e) => {
                     eprintln!("kindnetd: {e}");
                     tracing::error!(error = %e, "cannot build the Kubernetes client");

@@ -35,6 +35,43 @@ pub struct Readiness {
     pub doctor_blocking: bool,
     /// NetworkPolicy: state and refused objects, one line each.
     pub netpol: Vec<String>,
+    /// The API server (none with a nodes file).
+    pub api: Option<ApiState>,
+}
+
+/// The API server kindnetd uses and how its last request went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiState {
+    /// Its address and where that came from
+    /// ([`crate::source::kube::ApiServer`]'s text).
+    pub server: String,
+    /// It answered the last request.
+    pub answered: bool,
+    /// The last failure (kept after it answers again, marked so).
+    pub last_error: Option<String>,
+}
+
+impl ApiState {
+    /// The /readyz line.
+    pub fn line(&self) -> String {
+        let hint = if self.server.contains("in-cluster") {
+            "; without a Service proxy (kube-proxy) the in-cluster address never \
+             answers: set CONTROL_PLANE_ENDPOINT to the API server's host:port"
+        } else {
+            ""
+        };
+        match (self.answered, &self.last_error) {
+            (true, None) => format!("[+] API server {}", self.server),
+            (true, Some(e)) => format!(
+                "[+] API server {} (answering again; last error: {e})",
+                self.server
+            ),
+            (false, None) => format!("[-] API server {}: no answer yet{hint}", self.server),
+            (false, Some(e)) => {
+                format!("[-] API server {}: last error: {e}{hint}", self.server)
+            }
+        }
+    }
 }
 
 pub struct Status {
@@ -43,6 +80,7 @@ pub struct Status {
     source_stale: Mutex<Option<String>>,
     doctor: Mutex<(Vec<String>, bool)>,
     netpol: Mutex<Vec<String>>,
+    api: Mutex<Option<ApiState>>,
     heartbeat: Mutex<Instant>,
     started: Instant,
 }
@@ -61,6 +99,7 @@ impl Status {
             source_stale: Mutex::new(None),
             doctor: Mutex::new((Vec::new(), false)),
             netpol: Mutex::new(Vec::new()),
+            api: Mutex::new(None),
             heartbeat: Mutex::new(Instant::now()),
             started: Instant::now(),
         }
@@ -80,7 +119,38 @@ impl Status {
             (r.doctor, r.doctor_blocking) = g.clone();
         }
         r.netpol = self.netpol.lock().map(|g| g.clone()).unwrap_or_default();
+        r.api = self.api.lock().ok().and_then(|g| g.clone());
         r
+    }
+
+    /// The API server in use (its address and where it came from).
+    pub fn set_api_server(&self, server: String) {
+        if let Ok(mut g) = self.api.lock() {
+            *g = Some(ApiState {
+                server,
+                ..ApiState::default()
+            });
+        }
+    }
+
+    /// The API server's description, when one is in use.
+    pub fn api_server(&self) -> Option<String> {
+        self.api
+            .lock()
+            .ok()
+            .and_then(|g| g.as_ref().map(|a| a.server.clone()))
+    }
+
+    /// How a request to the API server went: `None` it answered, else the
+    /// error.
+    pub fn api_attempt(&self, error: Option<&str>) {
+        if let Ok(mut g) = self.api.lock() {
+            let a = g.get_or_insert_with(ApiState::default);
+            a.answered = error.is_none();
+            if let Some(e) = error {
+                a.last_error = Some(e.to_string());
+            }
+        }
     }
 
     /// The doctor's latest warn/fail lines, and whether a gating check failed.
@@ -137,6 +207,10 @@ impl Readiness {
     pub fn report(&self) -> String {
         let mut s = String::new();
         let mark = |b: bool| if b { "[+]" } else { "[-]" };
+        if let Some(api) = &self.api {
+            s.push_str(&api.line());
+            s.push('\n');
+        }
         s.push_str(&format!("{} nodes synced\n", mark(self.synced)));
         if let Some(why) = &self.source_stale {
             s.push_str(&format!(
@@ -256,6 +330,41 @@ mod tests {
             !s.readiness().ready(),
             "the doctor's state wins over the reconciler's"
         );
+    }
+
+    #[test]
+    fn the_api_server_its_origin_and_last_error_are_in_the_report() {
+        let s = Status::new();
+        assert!(s.readiness().api.is_none(), "a nodes file: no API server");
+        s.set_api_server("https://10.96.0.1:443/ (from in-cluster: the kubernetes Service)".into());
+        let rep = s.readiness().report();
+        assert!(
+            rep.contains("[-] API server https://10.96.0.1:443/ (from in-cluster: the kubernetes Service): no answer yet"),
+            "{rep}"
+        );
+        assert!(rep.contains("set CONTROL_PLANE_ENDPOINT"), "{rep}");
+        s.api_attempt(Some("connect: No route to host"));
+        let rep = s.readiness().report();
+        assert!(
+            rep.contains("[-] API server https://10.96.0.1:443/ (from in-cluster: the kubernetes Service): last error: connect: No route to host"),
+            "{rep}"
+        );
+        s.api_attempt(None);
+        let rep = s.readiness().report();
+        assert!(
+            rep.contains("[+] API server https://10.96.0.1:443/ (from in-cluster: the kubernetes Service) (answering again; last error: connect: No route to host)"),
+            "{rep}"
+        );
+        s.set_api_server(
+            "https://172.18.0.2:6443/ (from CONTROL_PLANE_ENDPOINT kind-control-plane:6443)".into(),
+        );
+        s.api_attempt(None);
+        let rep = s.readiness().report();
+        assert!(
+            rep.starts_with("[+] API server https://172.18.0.2:6443/ (from CONTROL_PLANE_ENDPOINT kind-control-plane:6443)\n"),
+            "{rep}"
+        );
+        assert!(!rep.contains("set CONTROL_PLANE_ENDPOINT"));
     }
 
     #[test]

@@ -213,6 +213,18 @@ fn check_manifest(rel: &str, bridge: bool) {
         .collect();
     caps.sort();
     assert_eq!(caps, vec!["NET_ADMIN", "NET_RAW"]);
+    assert_eq!(
+        sc["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "the daemon keeps only the capabilities it adds"
+    );
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    // The plugin installer needs no capability at all.
+    assert_eq!(
+        install["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert!(install["securityContext"]["capabilities"]["add"].is_null());
     // kindnetd listens on HOST_IP (status.hostIP) by default; kubelet probes
     // the pod IP, which for a host-network pod is the node's IP: no `host`.
     assert!(c["hostNetwork"].is_null(), "hostNetwork is a pod field");
@@ -228,7 +240,15 @@ fn check_manifest(rel: &str, bridge: bool) {
             .all(|e| e["name"] != "KINDNET_METRICS_BIND_ADDRESS"),
         "the probes rely on the default bind address"
     );
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // The startup probe holds liveness and readiness back until kindnetd
+    // listens: no "connection refused" event at every start.
+    assert!(c["startupProbe"]["httpGet"].is_object(), "a startup probe");
+    assert!(c["livenessProbe"]["initialDelaySeconds"].is_null());
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
         assert!(
             c[probe]["httpGet"]["host"].is_null(),
             "{probe} probes the pod (= node) IP"
@@ -250,6 +270,44 @@ fn check_manifest(rel: &str, bridge: bool) {
     assert_eq!(
         host_path(&ipam_vol),
         defaults.ipam_data_dir.to_str().unwrap()
+    );
+
+    // The lock files kindnetd shares with the CNI plugin (which runs on the
+    // node): the node's own directory, created when missing.
+    let lock_vol =
+        mount_of(c, kindnetd::netpol::run::LOCK_DIR).expect("the node's lock directory is mounted");
+    assert_eq!(host_path(&lock_vol), kindnetd::netpol::run::LOCK_DIR);
+    let lock_type = volumes
+        .iter()
+        .find(|v| v["name"] == lock_vol.as_str())
+        .map(|v| v["hostPath"]["type"].clone());
+    assert_eq!(lock_type, Some(serde_json::json!("DirectoryOrCreate")));
+    // Only the mounts it uses: every volume is mounted by some container.
+    for v in volumes {
+        let name = &v["name"];
+        assert!(
+            inits.iter().chain(containers).any(|x| x["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|m| &m["name"] == name)),
+            "volume {name} is mounted somewhere"
+        );
+    }
+    let mounts: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["mountPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mounts,
+        vec![
+            defaults.cni_conf_dir.to_str().unwrap(),
+            defaults.ipam_data_dir.to_str().unwrap(),
+            kindnetd::netpol::run::LOCK_DIR,
+        ],
+        "the daemon mounts what it writes and nothing else"
     );
 
     // Every environment variable is one kindnetd reads, and literal values
@@ -304,4 +362,67 @@ fn manifests_differ_only_in_bridge_mode() {
         strip(read("deploy/install-kindnet.yaml")),
         strip(read("deploy/install-kindnet-bridge.yaml"))
     );
+}
+
+/// The cleanup Job: `kindnetd cleanup` with flags it accepts, on the host
+/// directories the DaemonSet uses, with NET_ADMIN only.
+#[test]
+fn cleanup_job() {
+    use kindnetd::cleanup::CleanupFlags;
+    let d = docs("deploy/cleanup-kindnet.yaml");
+    let jobs = by_kind(&d, "Job");
+    assert_eq!(jobs.len(), 1);
+    let pod = &jobs[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["restartPolicy"], "Never");
+    assert_eq!(pod["nodeName"], "NODE", "one Job per node");
+    let c = &pod["containers"][0];
+    let argv: Vec<&str> = c["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&argv[..2], ["/bin/kindnetd", "cleanup"]);
+    let f = CleanupFlags::try_parse_from(&argv[1..]).expect("cleanup accepts the Job's flags");
+    let sc = &c["securityContext"];
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["NET_ADMIN"]));
+    let volumes = pod["volumes"].as_array().unwrap();
+    let mounted = |path: &std::path::Path| -> String {
+        let m = c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == path.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{} mounted", path.display()));
+        volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .unwrap()
+            .to_string()
+    };
+    // Each directory cleanup reads is the node's directory of the same path
+    // (the DaemonSet's, checked above).
+    for dir in [
+        f.cni_conf_dir.clone(),
+        f.ipam_data_dir.clone(),
+        f.lock_dir.clone(),
+        f.cni_bin_dir.clone().expect("the plugins are removed too"),
+    ] {
+        assert_eq!(mounted(&dir), dir.to_str().unwrap());
+    }
+    // The same pod subnet as the DaemonSet's.
+    let ds = docs("deploy/install-kindnet.yaml");
+    let dsc = &by_kind(&ds, "DaemonSet")[0]["spec"]["template"]["spec"]["containers"][0];
+    let subnet = |c: &Value| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "POD_SUBNET")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(subnet(c), subnet(dsc));
 }

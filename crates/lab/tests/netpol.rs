@@ -398,6 +398,46 @@ fn restart_under_load_keeps_enforcing() {
             .unwrap();
         }));
     }
+    // masquerade: x/c (node1) to the external host, which records the
+    // source address it sees (it must always be a node's, never the pod's)
+    let ext_ns = Netns::open(format!("/var/run/netns/{}", l.netns("ext"))).unwrap();
+    let ext_addr: SocketAddr = "198.51.100.10:9099".parse().unwrap();
+    let ext_listener = ext_ns
+        .run(move || std::net::TcpListener::bind(ext_addr))
+        .unwrap()
+        .unwrap();
+    ext_listener.set_nonblocking(true).unwrap();
+    let sources = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    {
+        let (stop, sources) = (stop.clone(), sources.clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match ext_listener.accept() {
+                    Ok((_, peer)) => {
+                        sources.lock().unwrap().insert(peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        }));
+    }
+    let (masq_ok, masq_fail) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    {
+        let (stop, ok, fail) = (stop.clone(), masq_ok.clone(), masq_fail.clone());
+        let ns = Netns::open(format!("/var/run/netns/{}", l.netns("x-c"))).unwrap();
+        threads.push(std::thread::spawn(move || {
+            ns.run(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match TcpStream::connect_timeout(&ext_addr, Duration::from_millis(500)) {
+                        Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => fail.fetch_add(1, Ordering::Relaxed),
+                    };
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+            .unwrap();
+        }));
+    }
     // an established connection from y/b, echoing all along
     let ns = Netns::open(format!("/var/run/netns/{}", l.netns("y-b"))).unwrap();
     let mut conn: TcpStream = ns
@@ -461,6 +501,26 @@ fn restart_under_load_keeps_enforcing() {
         "an allowed connection was refused"
     );
     assert!(allowed_ok.load(Ordering::Relaxed) > 10);
+    // masquerade held all along: every connection out made it, and the
+    // external host only ever saw one source, a node's, not the pod's
+    assert_eq!(
+        masq_fail.load(Ordering::Relaxed),
+        0,
+        "a connection out failed"
+    );
+    assert!(masq_ok.load(Ordering::Relaxed) > 10);
+    let seen = sources.lock().unwrap().clone();
+    eprintln!(
+        "connections out {} (failed {}), sources seen outside {seen:?}",
+        masq_ok.load(Ordering::Relaxed),
+        masq_fail.load(Ordering::Relaxed)
+    );
+    assert_eq!(seen.len(), 1, "sources seen outside: {seen:?}");
+    let cluster: ipnet::IpNet = "10.244.0.0/16".parse().unwrap();
+    assert!(
+        seen.iter().all(|a| !cluster.contains(a)),
+        "a pod address left the cluster: {seen:?}"
+    );
     // and the policy is still what it was
     assert_eq!(
         blocked(&l.matrix("after restarts", "80/tcp")),

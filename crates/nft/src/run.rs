@@ -131,9 +131,14 @@ pub struct TableLock {
 }
 
 impl TableLock {
-    /// Locks `dir/nft-<family>-<table>.lock`, creating `dir` if needed.
+    /// The lock file of table `t` in `dir`: `dir/nft-<family>-<table>.lock`.
+    pub fn path(dir: &Path, t: &TableRef) -> std::path::PathBuf {
+        dir.join(format!("nft-{}-{}.lock", t.family.as_str(), t.name))
+    }
+
+    /// Locks [`TableLock::path`], creating `dir` if needed.
     pub fn acquire(dir: &Path, t: &TableRef) -> Result<TableLock, NftError> {
-        let path = dir.join(format!("nft-{}-{}.lock", t.family.as_str(), t.name));
+        let path = TableLock::path(dir, t);
         let err = |err| NftError::Lock {
             path: path.display().to_string(),
             err,

@@ -10,7 +10,6 @@
 //! knows meanwhile, so routes stay. A re-list replaces the store as a whole
 //! when it completes, removing nodes deleted while the watch was down.
 
-use std::net::ToSocketAddrs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -88,6 +87,29 @@ pub enum ClientError {
     Client(#[from] kube::Error),
 }
 
+/// The API server kindnetd talks to and where that address came from, for
+/// the log and `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiServer {
+    /// The URL requests go to (a host name already resolved: see
+    /// [`crate::resolve`]).
+    pub url: String,
+    /// Where it came from: `in-cluster (...)`, `kubeconfig PATH`,
+    /// `CONTROL_PLANE_ENDPOINT host:port`, with what was tried first.
+    pub origin: String,
+}
+
+impl std::fmt::Display for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (from {})", self.url, self.origin)
+    }
+}
+
+/// How long a TCP connection to the API server may take: a dead address
+/// (a Service IP without a proxy, a host that went away) is named in
+/// `/readyz` within this, not after the client's default 30 s.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Builds the client: `--kubeconfig`/KUBECONFIG, else in-cluster, else
 /// ~/.kube/config. CONTROL_PLANE_ENDPOINT (host:port) replaces the server
 /// address when it answers, as kind does, so kindnetd does not depend on the
@@ -96,20 +118,39 @@ pub async fn client(
     kubeconfig: Option<&Path>,
     control_plane_endpoint: Option<&str>,
 ) -> Result<Client, ClientError> {
-    let mut config = match kubeconfig {
+    connect(
+        kubeconfig,
+        control_plane_endpoint,
+        &crate::resolve::Sources::default(),
+    )
+    .await
+    .map(|(c, _)| c)
+}
+
+/// [`client`], also saying which API server it uses and why; host names
+/// (CONTROL_PLANE_ENDPOINT's, a kubeconfig's) are resolved through `names`
+/// without NSS, and the client connects to the address found, checking the
+/// server's certificate against the name.
+pub async fn connect(
+    kubeconfig: Option<&Path>,
+    control_plane_endpoint: Option<&str>,
+    names: &crate::resolve::Sources,
+) -> Result<(Client, ApiServer), ClientError> {
+    let (mut config, mut origin) = match kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(p).map_err(|source| ClientError::Kubeconfig {
                 path: p.display().to_string(),
                 source,
             })?;
-            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            let c = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|source| ClientError::Kubeconfig {
                     path: p.display().to_string(),
                     source,
-                })?
+                })?;
+            (c, format!("kubeconfig {}", p.display()))
         }
-        None => Config::infer().await?,
+        None => infer().await?,
     };
     if let Some(ep) = control_plane_endpoint
         .map(str::trim)
@@ -121,13 +162,34 @@ pub async fn client(
             format!("https://{ep}")
         };
         let uri: http::Uri = url.parse().map_err(|_| ClientError::Endpoint(ep.into()))?;
-        if reachable(&uri).await {
-            tracing::info!(server = %uri, "using CONTROL_PLANE_ENDPOINT as the API server address");
-            config.cluster_url = uri;
-        } else {
-            tracing::warn!(endpoint = ep, server = %config.cluster_url, "CONTROL_PLANE_ENDPOINT does not answer; using the configured API server address");
+        match reachable(&uri, names).await {
+            Ok(pinned) => {
+                pin(&mut config, &uri, pinned);
+                origin = format!("CONTROL_PLANE_ENDPOINT {ep}");
+            }
+            Err(why) => {
+                tracing::warn!(endpoint = ep, error = %why, server = %config.cluster_url, "CONTROL_PLANE_ENDPOINT does not answer; using the configured API server address");
+                origin =
+                    format!("{origin}; CONTROL_PLANE_ENDPOINT {ep} did not answer at start: {why}");
+            }
+        }
+    } else if let Some(host) = config.cluster_url.host().map(str::to_string)
+        && host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_err()
+    {
+        // A kubeconfig naming its server: resolve it here too (the
+        // client's own resolver is the C library's, NSS).
+        let uri = config.cluster_url.clone();
+        match crate::resolve::resolve(&host, names).await {
+            Ok(addrs) if !addrs.is_empty() => pin(&mut config, &uri, addrs[0]),
+            Ok(_) => {}
+            Err(e) => origin = format!("{origin}; cannot resolve {host}: {e}"),
         }
     }
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
     // The client's own retry of 429/503/504 doubles its pause up to 15
     // times without a cap (minutes, during an outage); the watch loop
     // retries itself with a capped backoff instead.
@@ -141,42 +203,91 @@ pub async fn client(
         http::header::USER_AGENT,
         http::HeaderValue::from_static(USER_AGENT),
     ));
-    Ok(Client::try_from(config)?)
+    let api = ApiServer {
+        url: config.cluster_url.to_string(),
+        origin,
+    };
+    Ok((Client::try_from(config)?, api))
 }
 
-/// Whether a TCP connection to the URI's host:port succeeds (a few tries).
-async fn reachable(uri: &http::Uri) -> bool {
+/// The configuration `Config::infer` finds, and which one it was.
+async fn infer() -> Result<(Config, String), ClientError> {
+    if let Ok(mut c) = Config::from_kubeconfig(&KubeConfigOptions::default()).await {
+        c.apply_debug_overrides();
+        let path = std::env::var("KUBECONFIG").unwrap_or_else(|_| "~/.kube/config".into());
+        return Ok((c, format!("kubeconfig {path}")));
+    }
+    if let Ok(mut c) = Config::incluster() {
+        c.apply_debug_overrides();
+        return Ok((
+            c,
+            "in-cluster: the kubernetes Service (KUBERNETES_SERVICE_HOST), \
+             reached through the Service proxy"
+                .into(),
+        ));
+    }
+    // Neither: infer's error names both failures.
+    Ok((Config::infer().await?, "inferred".into()))
+}
+
+/// Points the client at `addr` for `uri` (scheme and port kept), checking
+/// the server's certificate against `uri`'s host name when it has one.
+fn pin(config: &mut Config, uri: &http::Uri, addr: std::net::IpAddr) {
+    let host = uri.host().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let authority = match addr {
+        std::net::IpAddr::V4(a) => format!("{a}{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]{port}"),
+    };
+    let scheme = uri.scheme_str().unwrap_or("https");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("");
+    let Ok(pinned) = format!("{scheme}://{authority}{path}").parse::<http::Uri>() else {
+        config.cluster_url = uri.clone();
+        return;
+    };
+    if bare.parse::<std::net::IpAddr>().is_err() && config.tls_server_name.is_none() {
+        config.tls_server_name = Some(bare.to_string());
+    }
+    config.cluster_url = pinned;
+}
+
+/// The first address of the URI's host (resolved without NSS) that takes a
+/// TCP connection (a few tries), or why none did.
+async fn reachable(
+    uri: &http::Uri,
+    names: &crate::resolve::Sources,
+) -> Result<std::net::IpAddr, String> {
     let Some(host) = uri.host() else {
-        return false;
+        return Err("no host".into());
     };
     let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
         Some("http") => 80,
         _ => 443,
     });
-    let target = format!(
-        "{}:{port}",
-        host.trim_start_matches('[').trim_end_matches(']')
-    );
+    let mut last = String::new();
     for attempt in 0..3 {
-        let t = target.clone();
-        let addrs = tokio::task::spawn_blocking(move || {
-            t.to_socket_addrs()
-                .map(|a| a.collect::<Vec<_>>())
-                .unwrap_or_default()
-        })
-        .await
-        .unwrap_or_default();
-        for a in addrs {
-            let c = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(a));
-            if let Ok(Ok(_)) = c.await {
-                return true;
+        match crate::resolve::resolve(host, names).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    let c = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::net::TcpStream::connect((a, port)),
+                    );
+                    match c.await {
+                        Ok(Ok(_)) => return Ok(a),
+                        Ok(Err(e)) => last = format!("{a} port {port}: {e}"),
+                        Err(_) => last = format!("{a} port {port}: no answer within 2s"),
+                    }
+                }
             }
+            Err(e) => last = e,
         }
         if attempt < 2 {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-    false
+    Err(last)
 }
 
 /// The shortest and longest pause between two attempts while the API
@@ -301,6 +412,13 @@ pub trait Feed<K> {
     fn deleted(&mut self, object: K);
     /// The watch failed (counted; the caller logs and retries).
     fn failed(&mut self);
+    /// The API server answered (`None`) or not (the error), after each
+    /// failure and on the first answer after one.
+    fn reached(&mut self, _error: Option<&str>) {}
+    /// The API server and where its address came from, for log lines.
+    fn server(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Watches one collection forever, feeding `feed` — the node watch and
@@ -327,6 +445,11 @@ where
     let mut retry = Retry::default();
     let mut streak = StreakLog::default();
     let (kind, kept) = (feed.kind(), feed.kept());
+    let at = feed
+        .server()
+        .map(|s| format!(" (API server {s})"))
+        .unwrap_or_default();
+    let mut answered = false;
     loop {
         // A fresh watcher starts with a full list.
         let cfg = watcher::Config::default().page_size(500);
@@ -338,6 +461,10 @@ where
                 Ok(Event::Init) => buffer = Some(Vec::new()),
                 Ok(ev) => {
                     retry.succeeded();
+                    if !answered {
+                        answered = true;
+                        feed.reached(None);
+                    }
                     if let Some(StreakLine::Recovered { count, lasted }) =
                         streak.success(Instant::now())
                     {
@@ -366,21 +493,23 @@ where
                 }
                 Err(e) => {
                     feed.failed();
+                    answered = false;
+                    feed.reached(Some(&error_chain(&e)));
                     let failure = classify(&e);
                     let pause = retry.failed(failure, jitter());
                     match streak.failure(Instant::now()) {
                         Some(StreakLine::Started) => tracing::warn!(
                             kind,
-                            error = %e,
-                            "{kind} watch failing; retrying every few seconds, {kept} \
+                            error = %error_chain(&e),
+                            "{kind} watch failing{at}; retrying every few seconds, {kept} \
                              (one line per minute while it lasts)"
                         ),
                         Some(StreakLine::Ongoing { count, lasted }) => tracing::warn!(
                             kind,
-                            error = %e,
+                            error = %error_chain(&e),
                             failures = count,
                             lasted_s = lasted.as_secs(),
-                            "{kind} watch still failing; {kept}"
+                            "{kind} watch still failing{at}; {kept}"
                         ),
                         _ => tracing::debug!(
                             kind,
@@ -403,6 +532,22 @@ where
         }
         tracing::debug!(kind, "restarting the watch with a fresh list");
     }
+}
+
+/// An error with its causes ("client error (Connect): No route to host"):
+/// the client's own text stops at the outermost one.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The node store's side of the node watch.
@@ -432,6 +577,12 @@ impl Feed<SlimNode> for NodeFeed {
     }
     fn failed(&mut self) {
         self.sink.status().metrics.source_error(SOURCE);
+    }
+    fn reached(&mut self, error: Option<&str>) {
+        self.sink.status().api_attempt(error);
+    }
+    fn server(&self) -> Option<String> {
+        self.sink.status().api_server()
     }
 }
 
@@ -565,6 +716,33 @@ mod tests {
         // Another failure in between re-arms the immediate relist.
         r.failed(Failure::Other, 0.5);
         assert_eq!(r.failed(gone, 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn error_chain_names_the_causes_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl std::fmt::Display for E {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let e = E(
+            "client error (Connect)",
+            Some(Box::new(E(
+                "Connect",
+                Some(Box::new(E("No route to host (os error 113)", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "client error (Connect): No route to host (os error 113)"
+        );
     }
 
     #[test]
