@@ -480,12 +480,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                             o.to,
                             o.source,
                             if o.forged { " (forged)" } else { "" },
-                            if o.received { "received" } else { "not received" }
+                            if o.received {
+                                "received"
+                            } else {
+                                "not received"
+                            }
                         );
                     }
                 }
                 if json {
-                    println!("{}", serde_json::to_string(&counted).map_err(|e| e.to_string())?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&counted).map_err(|e| e.to_string())?
+                    );
                 } else {
                     println!(
                         "{} anti-spoofing drops on {}: {} -> {}",

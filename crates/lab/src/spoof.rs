@@ -159,8 +159,7 @@ pub fn default_sources(lab: &Lab, from: &Pod, to: &Pod, f: Family) -> Vec<IpAddr
         .collect();
     let mut out = Vec::new();
     let node = lab.nodes.iter().find(|n| n.name == from.node);
-    if let Some(cidr) = node.and_then(|n| n.pod_cidrs.iter().find(|c| Family::of(&c.addr()) == f))
-    {
+    if let Some(cidr) = node.and_then(|n| n.pod_cidrs.iter().find(|c| Family::of(&c.addr()) == f)) {
         // from the top of the range down: host-local hands out from the bottom
         let top = cidr.broadcast();
         if let Some(a) = (1u8..=64)
