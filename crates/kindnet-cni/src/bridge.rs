@@ -77,6 +77,7 @@ fn options(c: &BridgeConf) -> Options {
     Options {
         mtu: (c.mtu > 0).then_some(c.mtu),
         ip_masq: c.ip_masq,
+        antispoof: crate::antispoof::family(crate::pod::Layout::Bridged),
     }
 }
 

@@ -50,7 +50,8 @@ pub trait Host {
 
     fn link_by_name(&mut self, name: &str) -> NlResult<Option<Link>>;
     fn links(&mut self) -> NlResult<Vec<Link>>;
-    /// A veth pair, the peer born in `pod` with its name and MAC; returns
+    /// A veth pair, the peer born in `pod` with its name and MAC, the host
+    /// end born in link group [`crate::hostlink::POD_VETH_GROUP`]; returns
     /// the host end (with the peer's ifindex).
     fn create_veth(
         &mut self,
@@ -150,8 +151,14 @@ impl Host for NetlinkHost {
             .pods
             .get(pod.0)
             .ok_or_else(|| kindnet_netlink::Error::Invalid("unknown pod namespace".into()))?;
-        self.h
-            .create_veth_echo(name, peer, Some(ns), mtu, Some(peer_mac))
+        self.h.create_veth_in_group(
+            name,
+            peer,
+            Some(ns),
+            mtu,
+            Some(peer_mac),
+            Some(crate::hostlink::POD_VETH_GROUP),
+        )
     }
     fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> NlResult<()> {
         self.h.create_bridge(name, mtu)

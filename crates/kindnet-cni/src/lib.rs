@@ -8,6 +8,7 @@
 //! - `portmap` programs host ports with nftables (crate `kindnet-nft`);
 //! - `loopback` brings `lo` up.
 
+pub mod antispoof;
 pub mod bridge;
 pub mod host;
 pub mod hostlink;

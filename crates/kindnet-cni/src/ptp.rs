@@ -29,6 +29,7 @@ fn options(req: &Request) -> Result<Options, CniError> {
     Ok(Options {
         mtu: (c.mtu > 0).then_some(c.mtu),
         ip_masq: c.ip_masq,
+        antispoof: crate::antispoof::family(Layout::PointToPoint),
     })
 }
 

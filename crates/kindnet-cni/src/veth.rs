@@ -7,6 +7,7 @@
 //! allocated, and any failure after allocation undoes the veth, the
 //! masquerade elements and the allocation.
 
+use crate::antispoof;
 use crate::host::Host;
 use crate::hostlink;
 use crate::ipam::Ipam;
@@ -39,6 +40,8 @@ pub trait HostSide {
 pub struct Options {
     pub mtu: Option<u32>,
     pub ip_masq: bool,
+    /// The family of the anti-spoofing table for the layout.
+    pub antispoof: kindnet_nft::Family,
 }
 
 /// Turns on forwarding for the families the pod uses (the node routes for it).
@@ -86,6 +89,12 @@ pub fn add(
         }
         enable_forwarding(h, &res.ips)?;
         t.mark("forwarding");
+        // The pod's own addresses, before its veth exists (which drops
+        // everything until they are there: it is born in the group).
+        let addrs: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
+        let ifname = antispoof::ifname(&hostlink::host_veth_name(&a))?;
+        antispoof::setup(h.nft(), opts.antispoof, &ifname, &addrs, &owner)?;
+        t.mark("antispoof");
         side.adjust_routes(&res.ips, &mut res.routes);
         let veth = hostlink::create_veth(h, pod, &a, opts.mtu)?;
         let host = &veth.host;
@@ -108,7 +117,6 @@ pub fn add(
         if opts.ip_masq {
             masq::setup(h.nft(), &res.ips, &owner)?;
         }
-        let addrs: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
         crate::netpol::hand_off(h, pod_ref.as_ref(), &addrs)?;
         t.mark("netpol");
         interfaces.push(Interface {
@@ -145,6 +153,8 @@ pub fn add(
                     .map_err(|u| log_warn!("rollback: {u}"));
             }
             let _ = hostlink::remove(h, &a).map_err(|u| log_warn!("rollback: {u}"));
+            let _ = antispoof::teardown(h.nft(), opts.antispoof, &owner, &a.legacy_comment())
+                .map_err(|u| log_warn!("rollback: {u}"));
             let _ = ipam.del(req).map_err(|u| log_warn!("rollback: {u}"));
             Err(e)
         }
@@ -152,8 +162,9 @@ pub fn add(
 }
 
 /// DEL, in the reverse order of ADD: the masquerade elements, the veth,
-/// then the addresses — so an address is free only once nothing of the old
-/// pod refers to it. Idempotent; succeeds when the namespace is gone.
+/// the anti-spoofing pairs, then the addresses — so an address is free
+/// only once nothing of the old pod refers to it. Idempotent; succeeds when
+/// the namespace is gone.
 pub fn del(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniError> {
     let (a, owner) = crate::attachment(req)?;
     let ipam = Ipam::resolve(req)?;
@@ -167,11 +178,12 @@ pub fn del(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniErr
         // No namespace: the pair died with it; remove a leftover host end.
         None => hostlink::remove(h, &a)?,
     }
+    antispoof::teardown(h.nft(), opts.antispoof, &owner, &a.legacy_comment())?;
     ipam.del(req)
 }
 
 pub fn check(h: &mut dyn Host, req: &Request, side: &dyn HostSide) -> Result<(), CniError> {
-    let (a, _) = crate::attachment(req)?;
+    let (a, owner) = crate::attachment(req)?;
     let pod = h
         .open_pod(&req.env.netns, false)?
         .ok_or_else(|| CniError::internal("no pod namespace"))?;
@@ -222,7 +234,15 @@ pub fn check(h: &mut dyn Host, req: &Request, side: &dyn HostSide) -> Result<(),
             "CHECK: host interface {name} is down"
         )));
     }
-    side.check(h, &host, &ips)
+    side.check(h, &host, &ips)?;
+    let addrs: Vec<std::net::IpAddr> = ips.iter().map(|c| c.address.addr()).collect();
+    antispoof::check(
+        h.nft(),
+        antispoof::family(side.layout()),
+        &antispoof::ifname(&name)?,
+        &addrs,
+        &owner,
+    )
 }
 
 pub fn status(req: &Request) -> Result<(), CniError> {
@@ -241,6 +261,13 @@ pub fn gc(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniErro
             valid.iter().map(AttachmentId::owner).collect();
         masq::gc(h.nft(), NetworkKey::of(&req.conf.name), &keep)?;
     }
+    let keep: std::collections::HashSet<OwnerTag> = valid.iter().map(AttachmentId::owner).collect();
+    antispoof::gc(
+        h.nft(),
+        opts.antispoof,
+        NetworkKey::of(&req.conf.name),
+        &keep,
+    )?;
     let leftovers = ipam.leftovers(req, &valid)?;
     hostlink::gc(h, &req.conf.name, &valid, &leftovers)?;
     ipam.gc(req)
@@ -319,6 +346,11 @@ mod tests {
         h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
     }
 
+    fn antispoof_elements(h: &mut FakeHost) -> usize {
+        let t = antispoof::table(Family::Inet);
+        h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
+    }
+
     #[test]
     fn add_rolls_back_completely_whichever_step_fails() {
         let bed = Bed::new();
@@ -327,6 +359,7 @@ mod tests {
         let res = Ptp::add_on(&mut ok, &bed.req(Command::Add, "c1", true)).unwrap();
         assert_eq!(res.ips.len(), 2);
         assert_eq!(masq_elements(&mut ok), 4);
+        assert_eq!(antispoof_elements(&mut ok), 2);
         let steps = ok.steps.len();
         assert!(steps >= 6, "{:?}", ok.steps);
         Ptp::del_on(&mut ok, &bed.req(Command::Del, "c1", true)).unwrap();
@@ -349,12 +382,21 @@ mod tests {
             assert!(h.pod_links.is_empty(), "step {fail}: pod end left");
             assert!(bed.allocations().is_empty(), "step {fail}: address left");
             assert_eq!(masq_elements(&mut h), 0, "step {fail}: masquerade left");
+            assert_eq!(
+                antispoof_elements(&mut h),
+                0,
+                "step {fail}: anti-spoofing pair left"
+            );
         }
-        // and a failing nft transaction (the last step of ADD)
-        let mut h = FakeHost::new();
-        h.nft.fail_apply = Some(0);
-        assert!(Ptp::add_on(&mut h, &bed.req(Command::Add, "c3", true)).is_err());
-        assert!(h.veths().is_empty() && bed.allocations().is_empty());
+        // and each failing nft transaction (anti-spoofing, masquerade)
+        for fail in 0..2 {
+            let mut h = FakeHost::new();
+            h.nft.fail_apply = Some(fail);
+            assert!(Ptp::add_on(&mut h, &bed.req(Command::Add, "c3", true)).is_err());
+            assert!(h.veths().is_empty() && bed.allocations().is_empty());
+            assert_eq!(antispoof_elements(&mut h), 0, "nft batch {fail}");
+            assert_eq!(masq_elements(&mut h), 0, "nft batch {fail}");
+        }
     }
 
     #[test]
@@ -388,8 +430,9 @@ mod tests {
         let nft_before = h.nft.applied.len();
         assert_eq!(bed.allocations().len(), 2);
         Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
-        // the masquerade teardown (one nft batch) before the veth
-        assert_eq!(h.nft.applied.len(), nft_before + 1);
+        // the masquerade teardown (one nft batch) before the veth, the
+        // anti-spoofing pairs after it
+        assert_eq!(h.nft.applied.len(), nft_before + 2);
         assert_eq!(
             h.steps,
             [format!(
@@ -398,6 +441,7 @@ mod tests {
             )]
         );
         assert_eq!(masq_elements(&mut h), 0);
+        assert_eq!(antispoof_elements(&mut h), 0);
         assert!(bed.allocations().is_empty());
         assert!(h.veths().is_empty());
         // again, and with the namespace gone
@@ -458,17 +502,20 @@ mod tests {
     #[test]
     fn netpol_hand_off_points_the_new_pods_addresses_at_its_chains() {
         let bed = Bed::new();
-        // policy off: no table, no nft call at all
+        // policy off: no table, no nft call but the anti-spoofing batch
         let mut h = FakeHost::new();
         Ptp::add_on(
             &mut h,
             &with_pod(bed.req(Command::Add, "c0", false), "x", "a"),
         )
         .unwrap();
-        assert!(h.nft.applied.is_empty() && h.sleeps == 0);
+        assert_eq!(h.nft.applied.len(), 1);
+        assert!(h.nft.table(Family::Inet, antispoof::TABLE).is_some());
+        assert!(dispatch(&mut h).is_empty() && h.sleeps == 0);
         Ptp::del_on(&mut h, &bed.req(Command::Del, "c0", false)).unwrap();
 
-        // kindnetd made the chains: one apply, all four maps
+        // kindnetd made the chains: one apply (after the anti-spoofing
+        // one), all four maps
         let mut h = netpol_host(&[("x", "a")]);
         let before = h.nft.applied.len();
         Ptp::add_on(
@@ -476,7 +523,7 @@ mod tests {
             &with_pod(bed.req(Command::Add, "c1", false), "x", "a"),
         )
         .unwrap();
-        assert_eq!(h.nft.applied.len(), before + 1);
+        assert_eq!(h.nft.applied.len(), before + 2);
         let d = dispatch(&mut h);
         let sets: Vec<&str> = d.iter().map(|(s, _)| s.as_str()).collect();
         assert_eq!(sets, ["egress4", "egress6", "ingress4", "ingress6"]);
@@ -488,7 +535,11 @@ mod tests {
         let mut h = netpol_host(&[]);
         let before = h.nft.applied.len();
         Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", false)).unwrap();
-        assert_eq!(h.nft.applied.len(), before);
+        assert_eq!(
+            h.nft.applied.len(),
+            before + 1,
+            "the anti-spoofing batch only"
+        );
         Ptp::del_on(&mut h, &bed.req(Command::Del, "c2", false)).unwrap();
     }
 

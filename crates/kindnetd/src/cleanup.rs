@@ -33,9 +33,11 @@ pub const PLUGIN_TABLES: &[&str] = &[
     "kindnet-ipmasq",
     // kindnet-cni portmap::TABLE (hostPort)
     "kindnet-portmap",
-    // ANTI-SPOOFING: the plugin's anti-spoofing table (a pub const in
-    // kindnet-cni) goes here, and into tests/cleanup_names.rs.
 ];
+
+/// The plugin's anti-spoofing table (kindnet-cni antispoof::TABLE), in
+/// family inet (ptp) and bridge (bridge mode).
+pub const ANTISPOOF_TABLE: &str = "kindnet-antispoof";
 
 /// What `kindnet-cni install DIR` puts there: the binary, and each plugin
 /// name as a symlink to it (kindnet-cni's PLUGIN_NAMES, checked by a test).
@@ -55,6 +57,10 @@ pub fn owned_tables() -> Vec<TableRef> {
     v.extend(PLUGIN_TABLES.iter().map(|n| TableRef {
         family: Family::Inet,
         name: Name::fixed(n),
+    }));
+    v.extend([Family::Inet, Family::Bridge].map(|family| TableRef {
+        family,
+        name: Name::fixed(ANTISPOOF_TABLE),
     }));
     v
 }

@@ -30,6 +30,28 @@ pub struct BenchArgs {
     /// Reference plugins to compare with; empty to skip.
     #[arg(long, default_value = "/usr/lib/cni")]
     pub reference: PathBuf,
+    /// Also measure our lab with the anti-spoofing check switched off (its
+    /// rules flushed on every node, the pods and elements kept) in the same
+    /// interleaved rounds: the check's cost. For this benchmark only.
+    #[arg(long)]
+    pub spoof_check_ab: bool,
+}
+
+/// Switches the anti-spoofing check of every node of `lab` on or off.
+fn spoof_check(lab: &Lab, on: bool) -> Result<()> {
+    use kindnet_nft::Nft;
+    let f = match lab.spec.mode {
+        Mode::Bridge => kindnet_nft::Family::Bridge,
+        _ => kindnet_nft::Family::Inet,
+    };
+    for n in &lab.nodes {
+        sys::run_in_netns_fn(&n.netns, || {
+            kindnet_nft::NftCli::default()
+                .apply(&kindnet_cni::antispoof::switch_batch(f, on))
+                .map_err(|e| format!("anti-spoofing check on {}: {e}", n.name))
+        })?;
+    }
+    Ok(())
 }
 
 /// An iperf3 run from `client_ns` to `server` (listening in `server_ns`);
@@ -117,6 +139,8 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 struct Side {
     label: &'static str,
     lab: Lab,
+    /// The anti-spoofing check during this side's runs (`None`: as it is).
+    check: Option<bool>,
 }
 
 impl Side {
@@ -217,7 +241,31 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
                     max_cni_version,
                 },
             )?;
-            sides.push(Side { label, lab });
+            sides.push(Side {
+                label,
+                lab,
+                check: None,
+            });
+        }
+        if b.spoof_check_ab {
+            // the same lab measured twice per round: check on, check off
+            let ours = sides.remove(0);
+            let again = cluster::Lab::load(&ours.lab.spec.name)?;
+            sides.insert(
+                0,
+                Side {
+                    label: "ours-nocheck",
+                    lab: again,
+                    check: Some(false),
+                },
+            );
+            sides.insert(
+                0,
+                Side {
+                    check: Some(true),
+                    ..ours
+                },
+            );
         }
         let f = b.stack.families()[0];
         let mut samples: Vec<(String, String, f64)> = Vec::new();
@@ -230,6 +278,9 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
                 order.reverse();
             }
             for side in order {
+                if let Some(on) = side.check {
+                    spoof_check(&side.lab, on)?;
+                }
                 let (n1, n2, n2_ip, p1, p2, p2_ip) = side.endpoints(f)?;
                 let mut paths = [("node", &n1, &n2, n2_ip), ("pod", &p1, &p2, p2_ip)];
                 if round % 4 >= 2 {
@@ -270,10 +321,26 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
                        "throughput_pod_over_node": pg / ng, "node_rtt_ms": nr, "pod_rtt_ms": pr, "rtt_pod_over_node": pr / nr})
             );
         }
+        if b.spoof_check_ab {
+            let on = med("ours", "pod_gbps");
+            let off = med("ours-nocheck", "pod_gbps");
+            println!(
+                "{}",
+                json!({"summary": "anti-spoofing", "rounds": b.rounds, "pod_gbit_per_s_check": on,
+                       "pod_gbit_per_s_nocheck": off, "throughput_check_over_nocheck": on / off,
+                       "pod_rtt_ms_check": med("ours", "pod_rtt"), "pod_rtt_ms_nocheck": med("ours-nocheck", "pod_rtt")})
+            );
+        }
         Ok(())
     })();
+    if let Some(s) = sides.iter().find(|s| s.check.is_some()) {
+        let _ = spoof_check(&s.lab, true);
+    }
+    let mut downed = std::collections::HashSet::new();
     for s in &sides {
-        let _ = cluster::down(&s.lab.spec.name);
+        if downed.insert(s.lab.spec.name.clone()) {
+            let _ = cluster::down(&s.lab.spec.name);
+        }
     }
     result.map(|_| ExitCode::SUCCESS)
 }

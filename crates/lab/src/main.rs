@@ -12,6 +12,7 @@ mod nodes_bench;
 mod plan;
 mod runtime;
 mod sctp;
+mod spoof;
 mod sys;
 mod trace;
 mod trace_live;
@@ -138,6 +139,24 @@ enum Cmd {
         lab: NameArg,
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
+    },
+    /// Try source spoofing: FROM sends UDP to TO from raw sockets with
+    /// forged source addresses (an unused pod address, another pod's, one
+    /// outside the cluster; or --source), then with its own. Exits 1 when a
+    /// forged packet arrived.
+    Spoof {
+        #[command(flatten)]
+        lab: NameArg,
+        from: String,
+        to: String,
+        /// A source address to forge (repeatable; default: see above).
+        #[arg(long)]
+        source: Vec<std::net::IpAddr>,
+        /// Seconds to wait for the packet with the true source.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
     },
     /// Probe FROM -> TO (namespace/name) on PORT[/PROTO]: connected or
     /// blocked, and which policy allowed it or why nothing did.
@@ -439,6 +458,71 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let addrs = netpol::add_model_pod(&mut l, &pod, &labels, &node)?;
             println!("added {pod}: {addrs}");
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Spoof {
+            lab,
+            from,
+            to,
+            source,
+            timeout,
+            json,
+        } => {
+            preflight()?;
+            let l = Lab::load(&lab.name)?;
+            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
+            let mut leaked = false;
+            for f in netpol::families(&l) {
+                let sources = if source.is_empty() {
+                    spoof::default_sources(&l, a, b, f)
+                } else {
+                    source
+                        .iter()
+                        .copied()
+                        .filter(|s| plan::Family::of(s) == f)
+                        .collect()
+                };
+                let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.1, 60.0));
+                let (outcomes, counted) = spoof::run(&l, a, b, f, &sources, wait)?;
+                for o in &outcomes {
+                    leaked |= o.forged && o.received;
+                    if json {
+                        println!("{}", serde_json::to_string(o).map_err(|e| e.to_string())?);
+                    } else {
+                        println!(
+                            "{} {} -> {} from {}{}: {}",
+                            o.family,
+                            o.from,
+                            o.to,
+                            o.source,
+                            if o.forged { " (forged)" } else { "" },
+                            if o.received {
+                                "received"
+                            } else {
+                                "not received"
+                            }
+                        );
+                    }
+                }
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&counted).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    println!(
+                        "{} anti-spoofing drops on {}: {} -> {}",
+                        f.label(),
+                        counted.node,
+                        counted.spoofed_before,
+                        counted.spoofed_after
+                    );
+                }
+            }
+            Ok(if leaked {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Cmd::Probe {
             lab,

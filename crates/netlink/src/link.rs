@@ -223,12 +223,30 @@ impl Handle {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<Option<Link>> {
+        self.create_veth_in_group(name, peer_name, peer_ns, mtu, peer_mac, None)
+    }
+
+    /// [`Handle::create_veth_echo`], with the host end born in link group
+    /// `group` (IFLA_GROUP in the creating message): a firewall rule on
+    /// `meta iifgroup` holds for it from its first packet.
+    pub fn create_veth_in_group(
+        &mut self,
+        name: &str,
+        peer_name: &str,
+        peer_ns: Option<&Netns>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+        group: Option<u32>,
+    ) -> Result<Option<Link>> {
         check_name(name)?;
         check_name(peer_name)?;
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(g) = group {
+            m.attributes.push(LinkAttribute::Group(g));
         }
         let mut peer = veth_peer(peer_name, peer_ns, mtu);
         if let Some(mac) = peer_mac {

@@ -126,6 +126,26 @@ fn veth_peer_is_created_in_the_other_namespace() {
 }
 
 #[test]
+fn veth_host_end_is_born_in_its_group() {
+    require_root!();
+    let host = TestNs::new();
+    let pod = TestNs::new();
+    let mut hh = host.handle();
+    let l = hh
+        .create_veth_in_group("vethgrp0", "eth0", Some(&pod.ns), None, None, Some(27502))
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.name, "vethgrp0");
+    let shown = host.ip(&["-d", "link", "show", "dev", "vethgrp0"]);
+    assert!(shown.contains("group 27502"), "{shown}");
+    // the pod end keeps the default group
+    let mut full = vec!["ip", "-n", &pod.named.name];
+    full.extend_from_slice(&["link", "show", "dev", "eth0"]);
+    let peer = sh_ok(&full);
+    assert!(peer.contains("group default"), "{peer}");
+}
+
+#[test]
 fn addresses_and_dad() {
     require_root!();
     let t = TestNs::new();

@@ -28,6 +28,8 @@ pub enum Lhs {
     IifName,
     /// `meta oifname`.
     OifName,
+    /// `meta iifgroup`: the input interface's group number.
+    IifGroup,
     /// `fib daddr type`.
     FibDaddrType,
     /// `ct status` / `ct state`.
@@ -51,6 +53,7 @@ impl Lhs {
             Lhs::NfProto => json!({"meta": {"key": "nfproto"}}),
             Lhs::IifName => json!({"meta": {"key": "iifname"}}),
             Lhs::OifName => json!({"meta": {"key": "oifname"}}),
+            Lhs::IifGroup => json!({"meta": {"key": "iifgroup"}}),
             Lhs::FibDaddrType => json!({"fib": {"result": "type", "flags": ["daddr"]}}),
             Lhs::CtStatus => json!({"ct": {"key": "status"}}),
             Lhs::CtState => json!({"ct": {"key": "state"}}),

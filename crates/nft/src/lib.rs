@@ -27,4 +27,6 @@ pub use batch::{
 pub use expr::{Expr, Lhs, LimitPer, Op, Rhs};
 pub use listing::{Listed, Listing};
 pub use run::{FakeNft, Nft, NftCli, NftError, TableLock, nft_binary};
-pub use types::{Comment, Elem, Family, KeyType, L4Proto, LogPrefix, Name, TableRef, Value};
+pub use types::{
+    Comment, Elem, Family, IfName, KeyType, L4Proto, LogPrefix, Name, TableRef, Value,
+};

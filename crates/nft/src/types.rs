@@ -16,6 +16,8 @@ pub enum Family {
     Ip,
     /// `ip6`: IPv6 only.
     Ip6,
+    /// `bridge`: frames crossing a bridge, hooked per bridge port.
+    Bridge,
 }
 
 impl Family {
@@ -25,6 +27,7 @@ impl Family {
             Family::Inet => "inet",
             Family::Ip => "ip",
             Family::Ip6 => "ip6",
+            Family::Bridge => "bridge",
         }
     }
 }
@@ -126,6 +129,47 @@ impl LogPrefix {
     }
 }
 
+/// An interface name as nftables matches it (`iifname`, an `ifname` set
+/// key): what the kernel accepts as a name (1-15 bytes, no `/`, `:`,
+/// whitespace or NUL, not `.` or `..`), printable ASCII.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfName(String);
+
+impl IfName {
+    /// The longest name (IFNAMSIZ - 1).
+    pub const MAX_LEN: usize = 15;
+
+    /// Validates `s` as an interface name.
+    pub fn new(s: impl Into<String>) -> Result<IfName, NftError> {
+        let s = s.into();
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| (0x21..0x7f).contains(&b) && b != b'/' && b != b':');
+        if ok {
+            Ok(IfName(s))
+        } else {
+            Err(NftError::Invalid(format!(
+                "interface name {s:?}: 1-{} printable ASCII characters, no '/', ':' or spaces",
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A table and its family.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableRef {
@@ -194,6 +238,8 @@ pub enum KeyType {
     InetProto,
     /// `inet_service`: a port.
     InetService,
+    /// `ifname`: an interface name (16 bytes, NUL-padded, in the kernel).
+    IfName,
 }
 
 impl KeyType {
@@ -204,6 +250,7 @@ impl KeyType {
             KeyType::Ipv6Addr => "ipv6_addr",
             KeyType::InetProto => "inet_proto",
             KeyType::InetService => "inet_service",
+            KeyType::IfName => "ifname",
         }
     }
 
@@ -236,6 +283,10 @@ pub enum Value {
     Goto(Name),
     /// A verdict map's data: `jump CHAIN`.
     Jump(Name),
+    /// An interface name (an `ifname` key, or `iifname`'s right-hand side).
+    IfName(IfName),
+    /// An interface group number (`meta iifgroup`'s right-hand side).
+    IfGroup(u32),
 }
 
 impl Value {
@@ -262,6 +313,8 @@ impl Value {
             Value::Concat(v) => json!({"concat": v.iter().map(Value::to_json).collect::<Vec<_>>()}),
             Value::Goto(c) => json!({"goto": {"target": c.as_str()}}),
             Value::Jump(c) => json!({"jump": {"target": c.as_str()}}),
+            Value::IfName(n) => json!(n.as_str()),
+            Value::IfGroup(g) => json!(g),
         }
     }
 
@@ -277,7 +330,10 @@ impl Value {
                 .parse::<IpAddr>()
                 .ok()
                 .map(Value::Addr)
-                .or_else(|| L4Proto::parse(s).map(Value::Proto)),
+                .or_else(|| L4Proto::parse(s).map(Value::Proto))
+                // what is neither an address nor a protocol keyword: only
+                // `ifname` keys list as other strings
+                .or_else(|| IfName::new(s.as_str()).ok().map(Value::IfName)),
             Json::Object(o) => {
                 if let Some(c) = o.get("concat") {
                     let parts = c.as_array()?;
@@ -325,6 +381,8 @@ impl fmt::Display for Value {
             Value::Proto(p) => write!(f, "{p}"),
             Value::Goto(c) => write!(f, "goto {c}"),
             Value::Jump(c) => write!(f, "jump {c}"),
+            Value::IfName(n) => write!(f, "\"{n}\""),
+            Value::IfGroup(g) => write!(f, "{g}"),
             Value::Concat(v) => {
                 for (i, x) in v.iter().enumerate() {
                     if i > 0 {
@@ -414,6 +472,27 @@ mod tests {
     }
 
     #[test]
+    fn interface_names_are_what_the_kernel_takes() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a b",
+            "a/b",
+            "a:b",
+            "a\0b",
+            "é",
+            "abcdefghijklmnop",
+        ] {
+            assert!(IfName::new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["veth1234abcd", "cni0", "eth0.100", "abcdefghijklmno"] {
+            assert!(IfName::new(good).is_ok(), "{good:?}");
+        }
+        assert_eq!(Value::IfGroup(27502).to_json(), json!(27502));
+    }
+
+    #[test]
     fn comments_are_bounded_and_printable() {
         assert!(Comment::new("kindnet:0123").is_ok());
         assert!(Comment::new("x".repeat(128)).is_ok());
@@ -449,6 +528,11 @@ mod tests {
             Value::Concat(vec![Value::Proto(L4Proto::Tcp), Value::Port(53)]),
             Value::Goto(Name::new("pod-0123").unwrap()),
             Value::Jump(Name::new("egress").unwrap()),
+            Value::IfName(IfName::new("veth1234abcd").unwrap()),
+            Value::Concat(vec![
+                Value::IfName(IfName::new("veth1234abcd").unwrap()),
+                Value::Addr("fd00::5".parse().unwrap()),
+            ]),
         ];
         for v in vals {
             assert_eq!(Value::from_json(&v.to_json()), Some(v.clone()), "{v:?}");
@@ -462,7 +546,7 @@ mod tests {
             Value::from_json(&json!({"prefix": {"addr": "10.0.0.0", "len": 8}})),
             Some(Value::Prefix("10.0.0.0/8".parse().unwrap()))
         );
-        assert_eq!(Value::from_json(&json!("bogus")), None);
+        assert_eq!(Value::from_json(&json!("not a value")), None);
         assert_eq!(
             Value::Concat(vec![Value::Proto(L4Proto::Udp), Value::Port(53)]).to_string(),
             "udp . 53"
