@@ -120,6 +120,19 @@ fn ptp_pods_cannot_send_from_addresses_not_their_own_policy_or_not() {
     let _ = std::fs::remove_file(&f);
     l.assert_held("x/a", "y/b", true); // same node
     l.assert_held("x/a", "y/a", true); // another node
+
+    // Fail closed: a pod veth whose pairs are missing (not written yet,
+    // or removed) sends nothing at all, its own address included.
+    l.assert_held("y/b", "x/b", false);
+    for set in ["src4", "src6"] {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", "kl-asp-node1", "nft", "flush", "set"])
+            .args(["inet", "kindnet-antispoof", set])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    l.assert_held("y/b", "x/b", true);
 }
 
 #[test]
