@@ -198,3 +198,135 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
     })
     .unwrap_or_else(|| panic!("table not removed\n{}", d3.log()));
 }
+
+/// Pod deletion, policy deletion and label changes are applied as diffs
+/// the kernel accepts: never refused (EBUSY: a chain deleted while the
+/// CNI plugin's dispatch element still jumps to it) and replaced whole.
+#[test]
+fn deletions_and_label_changes_apply_incrementally() {
+    require_root!();
+    let ns = node_ns("kd-npi");
+    let dir = temp_dir("netpol-inc");
+    let nodes = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    let deny = policy(
+        "deny",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress", "Egress"]}),
+    );
+    let web = policy(
+        "web",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}],
+        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}}]}]}),
+    );
+    let labelled = |name: &str, ips: &[&str], role: &str| {
+        let mut p = pod(name, ips);
+        p["metadata"]["labels"]["role"] = json!(role);
+        p
+    };
+    let pods = |v: u64, items: Vec<Value>| list(v, items);
+    write_atomic(
+        &nodes,
+        &pods(
+            1,
+            vec![
+                pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+                pod("b", &["10.244.0.3", "fd00:10:244::3"]),
+                pod("c", &["10.244.0.4", "fd00:10:244::4"]),
+                deny.clone(),
+                web.clone(),
+            ],
+        ),
+    );
+    let args = [
+        "--node-name",
+        "me",
+        "--nodes-file",
+        nodes.to_str().unwrap(),
+        "--cni-conf-dir",
+        cni.to_str().unwrap(),
+        "--metrics-bind-address",
+        "127.0.0.1:19080",
+    ];
+    let d = Daemon::start(&ns, &args, dir.path().join("kindnetd.log"));
+    wait_version(&ns, &d, 1);
+    // the CNI plugin's hand-off at ADD of every pod, isolated (a) or not
+    for (p, i) in [("a", 2), ("b", 3), ("c", 4)] {
+        let ips = [
+            format!("10.244.0.{i}").parse().unwrap(),
+            format!("fd00:10:244::{i}").parse().unwrap(),
+        ];
+        nft_apply_batch(&ns, &pod_dispatch_elements("x", p, &ips));
+    }
+    let steps: Vec<Vec<Value>> = vec![
+        // a label change: b becomes a client of a
+        vec![
+            pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+            labelled("b", &["10.244.0.3", "fd00:10:244::3"], "client"),
+            pod("c", &["10.244.0.4", "fd00:10:244::4"]),
+            deny.clone(),
+            web.clone(),
+        ],
+        // a pod deleted (its chains, its elements, its address in a set)
+        vec![
+            pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+            pod("c", &["10.244.0.4", "fd00:10:244::4"]),
+            deny.clone(),
+            web.clone(),
+        ],
+        // a policy deleted (its chains and sets)
+        vec![
+            pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+            pod("c", &["10.244.0.4", "fd00:10:244::4"]),
+            deny.clone(),
+        ],
+        // every policy deleted, then a pod
+        vec![
+            pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+            pod("c", &["10.244.0.4", "fd00:10:244::4"]),
+        ],
+        vec![pod("a", &["10.244.0.2", "fd00:10:244::2"])],
+    ];
+    for (i, items) in steps.into_iter().enumerate() {
+        let v = 2 + i as u64;
+        write_atomic(&nodes, &pods(v, items));
+        wait_version(&ns, &d, v);
+        assert_eq!(
+            metric(&ns, "kindnet_netpol_programs_total{mode=\"full\"}"),
+            Some(1.0),
+            "step {v} replaced the table\n{}",
+            d.log()
+        );
+        assert!(!d.log().contains("refused"), "step {v}\n{}", d.log());
+    }
+    for reason in ["refused", "not_incremental"] {
+        assert_eq!(
+            metric(
+                &ns,
+                &format!("kindnet_netpol_full_replacements_total{{reason=\"{reason}\"}}")
+            ),
+            Some(0.0),
+            "{}",
+            d.log()
+        );
+    }
+    // the deleted pods' elements went with their chains
+    let (_, l) = table(&ns).expect("table");
+    let left: Vec<_> = l
+        .elements
+        .iter()
+        .map(|e| format!("{} {:?}", e.set, e.key))
+        .collect();
+    assert!(
+        !left
+            .iter()
+            .any(|e| e.contains("10.244.0.3") || e.contains("10.244.0.4")),
+        "{left:?}"
+    );
+    assert_eq!(
+        metric(&ns, "kindnet_netpol_programs_total{mode=\"incremental\"}"),
+        Some(5.0),
+        "{}",
+        d.log()
+    );
+}

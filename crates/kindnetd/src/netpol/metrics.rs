@@ -19,12 +19,20 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why a programmed table was replaced whole: `refused` (the kernel
+    /// refused the diff) or `not_incremental` (no diff possible).
+    pub reason: &'static str,
+}
+
 pub struct NetpolMetrics {
     pub policies: Gauge,
     pub selected_pods: Gauge,
     pub local_pods: Gauge,
     pub rules: Gauge,
     pub programs: Family<ModeLabel, Counter>,
+    pub full_replacements: Family<ReasonLabel, Counter>,
     pub program_errors: Counter,
     pub programming_duration: Histogram,
     pub denied_packets: Family<DirectionLabel, Counter>,
@@ -42,6 +50,7 @@ impl Default for NetpolMetrics {
             local_pods: Gauge::default(),
             rules: Gauge::default(),
             programs: Family::default(),
+            full_replacements: Family::default(),
             program_errors: Counter::default(),
             programming_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             denied_packets: Family::default(),
@@ -51,6 +60,9 @@ impl Default for NetpolMetrics {
         };
         for mode in ["full", "incremental"] {
             let _ = m.programs.get_or_create(&ModeLabel { mode });
+        }
+        for reason in ["refused", "not_incremental"] {
+            let _ = m.full_replacements.get_or_create(&ReasonLabel { reason });
         }
         for direction in ["ingress", "egress"] {
             let _ = m
@@ -88,6 +100,11 @@ impl NetpolMetrics {
             "programs",
             "Times the policy ruleset was programmed, by mode",
             self.programs.clone(),
+        );
+        r.register(
+            "full_replacements",
+            "Times a programmed ruleset was replaced whole instead of changed incrementally, by reason",
+            self.full_replacements.clone(),
         );
         r.register(
             "program_errors",

@@ -24,7 +24,7 @@ use kindnet_netpol::{
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
 use super::Inputs;
-use super::metrics::{DirectionLabel, ModeLabel};
+use super::metrics::{DirectionLabel, ModeLabel, ReasonLabel};
 use super::plan::{self, Model, Present};
 use crate::status::Status;
 use crate::store::NodeStore;
@@ -170,6 +170,19 @@ impl PolicyDataplane for FakePolicy {
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
         Ok(None)
     }
+}
+
+/// The dispatch elements of a listing (none without a table).
+fn present_of(l: Option<Listing>) -> Vec<Present> {
+    l.map(|l| l.elements)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| Present {
+            map: e.set,
+            key: e.key,
+            data: e.data,
+        })
+        .collect()
 }
 
 pub struct PolicySettings {
@@ -453,7 +466,17 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             // elements carried before stay while still valid
             let carried = plan::carry_over_from(known, &new, old);
             let applied = Applied::new(new, &carried);
-            if let Some((b, st)) = plan::diff(old, applied.kernel()) {
+            // the CNI plugin's elements matter only where the diff
+            // touches the dispatch maps or deletes chains
+            let present = if plan::touches_dispatch(old, applied.kernel()) {
+                match self.dp.list() {
+                    Ok(l) => Some(present_of(l)),
+                    Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
+                }
+            } else {
+                None
+            };
+            if let Some((b, st)) = plan::diff_in(old, applied.kernel(), present.as_deref()) {
                 let t = Instant::now();
                 let r = self.dp.apply(&b);
                 tracing::debug!(
@@ -467,29 +490,32 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                         return Pass::Incremental(st);
                     }
                     Err(e) => {
-                        tracing::info!(error = %e, "incremental policy update refused; replacing the table");
+                        tracing::warn!(error = %e, "incremental policy update refused; replacing the table");
+                        self.count_replacement("refused");
                     }
                 }
+            } else {
+                self.count_replacement("not_incremental");
             }
             return self.replace(known, applied.compiled);
         }
         self.replace(known, new)
     }
 
+    fn count_replacement(&self, reason: &'static str) {
+        self.status
+            .metrics
+            .netpol
+            .full_replacements
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// The whole table, keeping what the CNI plugin added for pods whose
     /// addresses are not known yet.
     fn replace(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
         let present: Vec<Present> = match self.dp.list() {
-            Ok(Some(l)) => l
-                .elements
-                .into_iter()
-                .map(|e| Present {
-                    map: e.set,
-                    key: e.key,
-                    data: e.data,
-                })
-                .collect(),
-            Ok(None) => Vec::new(),
+            Ok(l) => present_of(l),
             Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
         };
         // the counters restart with the table: account for them first
@@ -710,12 +736,13 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_diff_falls_back_to_the_full_table() {
+    fn a_refused_diff_falls_back_to_the_full_table_and_is_counted() {
         let mut h = harness(true);
         h.sync_nodes();
         h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
         h.r.pass();
-        // someone deleted our element by hand: the diff's delete fails
+        // someone deleted our element by hand: the diff does not delete
+        // it again (the kernel would refuse the whole diff)
         let mut b = Batch::new();
         b.delete_elements(
             &table(),
@@ -724,7 +751,56 @@ mod tests {
         );
         h.r.dataplane().apply(&b).unwrap();
         h.file(vec![deny()]);
+        assert!(matches!(h.r.pass(), Pass::Incremental(_)));
+        let replaced = |h: &H| {
+            h.status
+                .metrics
+                .encode()
+                .contains("kindnet_netpol_full_replacements_total{reason=\"refused\"} 1")
+        };
+        assert!(!replaced(&h));
+        // the kernel refuses a diff: the whole table, counted
+        let n = h.applied();
+        h.r.dataplane().nft.fail_apply = Some(n);
+        h.file(vec![pod("b", &["10.0.1.3"]), deny()]);
         assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        assert!(replaced(&h), "{}", h.status.metrics.encode());
+    }
+
+    #[test]
+    fn a_deleted_open_pods_cni_elements_go_before_its_chain() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        // no policy: x/a's chains only pass, no element of kindnetd's
+        h.file(vec![pod("a", &["10.0.1.2"])]);
+        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        let ip: IpAddr = "10.0.1.2".parse().unwrap();
+        h.r.dataplane()
+            .apply(&pod_dispatch_elements("x", "a", &[ip]))
+            .unwrap();
+        h.file(vec![]);
+        let p = h.r.pass();
+        assert!(
+            matches!(p, Pass::Incremental(st) if st.chains_deleted == 2),
+            "{p:?}"
+        );
+        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
+        let del_elem = b
+            .cmds
+            .iter()
+            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteElements(..)))
+            .expect("the CNI's elements deleted");
+        let del_chain = b
+            .cmds
+            .iter()
+            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteChain(..)))
+            .unwrap();
+        assert!(del_elem < del_chain, "{b:?}");
+        let l = h.r.dataplane().list().unwrap().unwrap();
+        assert!(
+            !l.elements.iter().any(|e| e.key == Value::Addr(ip)),
+            "{l:?}"
+        );
     }
 
     #[test]
