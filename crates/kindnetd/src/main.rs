@@ -184,11 +184,26 @@ async fn run(flags: Flags) -> ExitCode {
         store.clone(),
         status.clone(),
     );
+    let counters = kindnetd::netpol::run::CounterReader::new(
+        kindnetd::netpol::run::NetlinkCounters,
+        status.clone(),
+        policy.replacements(),
+        kindnetd::netpol::run::COUNTER_TIMEOUT,
+    );
+    let policy_resync = flags.resync_period;
     if let Err(e) = std::thread::Builder::new()
         .name("netpol".into())
-        .spawn(move || policy.run(policy_rx))
+        .spawn(move || policy.run(policy_rx, policy_resync))
     {
         tracing::error!(error = %e, "cannot start the NetworkPolicy thread");
+        return ExitCode::FAILURE;
+    }
+    if flags.network_policy
+        && let Err(e) = std::thread::Builder::new()
+            .name("netpol-status".into())
+            .spawn(move || counters.run(kindnetd::netpol::run::COUNTER_PERIOD))
+    {
+        tracing::error!(error = %e, "cannot start the NetworkPolicy counter thread");
         return ExitCode::FAILURE;
     }
     let settings = Settings {

@@ -330,3 +330,45 @@ fn deletions_and_label_changes_apply_incrementally() {
         d.log()
     );
 }
+
+/// The denied counters are read over netlink, one object each, without
+/// reading the table's sets: `None` without a table, the packets with.
+#[test]
+fn counters_are_read_over_netlink() {
+    use kindnetd::netpol::run::{CounterRead, NetlinkCounters};
+    require_root!();
+    let ns = Ns::new("kd-npc");
+    let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
+    let read = || netns.run(|| NetlinkCounters.read()).unwrap().unwrap();
+    assert_eq!(read(), None);
+    let t = kindnet_netpol::table();
+    let mut b = kindnet_nft::Batch::new();
+    b.add_table(&t);
+    b.add_counter(
+        &t,
+        &kindnet_nft::Name::fixed(kindnet_netpol::DENIED_INGRESS_COUNTER),
+    );
+    nft_apply_batch(&ns, &b);
+    // (a counter made with packets already counted, as after traffic)
+    let (code, _, err) = run(ns.command("nft").args([
+        "add",
+        "counter",
+        "inet",
+        "kindnet-netpol",
+        kindnet_netpol::DENIED_EGRESS_COUNTER,
+        "{",
+        "packets",
+        "5",
+        "bytes",
+        "300",
+        "}",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        read(),
+        Some(vec![
+            (kindnet_netpol::DENIED_INGRESS_COUNTER.to_string(), 0),
+            (kindnet_netpol::DENIED_EGRESS_COUNTER.to_string(), 5)
+        ])
+    );
+}

@@ -36,6 +36,7 @@ pub struct NetpolMetrics {
     pub program_errors: Counter,
     pub programming_duration: Histogram,
     pub denied_packets: Family<DirectionLabel, Counter>,
+    pub counter_read_timeouts: Counter,
     pub objects_refused: Gauge,
     pub carried_elements: Gauge,
     /// The nodes file's List resourceVersion last programmed (lab).
@@ -54,6 +55,7 @@ impl Default for NetpolMetrics {
             program_errors: Counter::default(),
             programming_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             denied_packets: Family::default(),
+            counter_read_timeouts: Counter::default(),
             objects_refused: Gauge::default(),
             carried_elements: Gauge::default(),
             programmed_version: Gauge::default(),
@@ -120,6 +122,11 @@ impl NetpolMetrics {
             "denied_packets",
             "Packets dropped by policy, per direction (nft named counters)",
             self.denied_packets.clone(),
+        );
+        r.register(
+            "counter_read_timeouts",
+            "Reads of the denied counters given up on after their timeout (programming never waits for them)",
+            self.counter_read_timeouts.clone(),
         );
         r.register(
             "objects_refused",

@@ -14,6 +14,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -33,16 +34,17 @@ use crate::store::NodeStore;
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
 /// hand-off and kindnetd's list-then-replace never interleave.
 pub const LOCK_DIR: &str = "/run/kindnet";
-/// Counters are read (and the table's presence checked) this often.
+/// The denied counters are read this often ([`CounterReader`]).
 pub const COUNTER_PERIOD: Duration = Duration::from_secs(2);
+/// A counter read that takes longer is given up on (and no other is
+/// started until it ends).
+pub const COUNTER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The effects the policy reconciler needs.
 pub trait PolicyDataplane: Send {
     fn apply(&mut self, b: &Batch) -> Result<(), String>;
     /// The table's sets and elements; `None` when it does not exist.
     fn list(&mut self) -> Result<Option<Listing>, String>;
-    /// Packets of the table's named counters; `None` when no table.
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
     fn lock(&mut self) -> Result<Option<TableLock>, String>;
 }
 
@@ -57,19 +59,6 @@ impl NftPolicy {
             cli: NftCli { lock_dir },
         }
     }
-}
-
-/// Parses `nft -j list counters …`: (name, packets).
-pub fn parse_counters(doc: &serde_json::Value) -> Vec<(String, u64)> {
-    doc["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let c = i.get("counter")?;
-            Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
-        })
-        .collect()
 }
 
 impl PolicyDataplane for NftPolicy {
@@ -115,32 +104,6 @@ impl PolicyDataplane for NftPolicy {
         Ok((!all.sets.is_empty()).then_some(all))
     }
 
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let t = table();
-        let out = std::process::Command::new(kindnet_nft::nft_binary())
-            .args([
-                "-j",
-                "list",
-                "counters",
-                "table",
-                t.family.as_str(),
-                t.name.as_str(),
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run nft: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if err.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(format!("nft list counters: {}", err.trim()));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("nft list counters: not JSON: {e}"))?;
-        Ok(Some(parse_counters(&doc)))
-    }
-
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
         self.cli.lock(&table()).map_err(|e| e.to_string())
     }
@@ -150,7 +113,6 @@ impl PolicyDataplane for NftPolicy {
 #[derive(Default)]
 pub struct FakePolicy {
     pub nft: kindnet_nft::FakeNft,
-    pub counters: Vec<(String, u64)>,
 }
 
 impl PolicyDataplane for FakePolicy {
@@ -160,15 +122,168 @@ impl PolicyDataplane for FakePolicy {
     fn list(&mut self) -> Result<Option<Listing>, String> {
         self.nft.list(&table()).map_err(|e| e.to_string())
     }
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let present = self
-            .nft
-            .table(table().family, table().name.as_str())
-            .is_some();
-        Ok(present.then(|| self.counters.clone()))
-    }
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
         Ok(None)
+    }
+}
+
+/// Reads the table's named denied counters.
+pub trait CounterRead: Send + 'static {
+    /// (name, packets) of the counters that exist; `None`: no table.
+    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
+}
+
+/// The two named counters, each one nf_tables object asked for over
+/// netlink: the cost does not grow with the ruleset (`nft list counters`
+/// reads every set element of the table first).
+pub struct NetlinkCounters;
+
+impl CounterRead for NetlinkCounters {
+    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
+        let t = table();
+        let mut nf = kindnet_netlink::nftables::NfTables::open().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for name in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
+            if let Some(p) = nf
+                .counter_packets(t.name.as_str(), name)
+                .map_err(|e| e.to_string())?
+            {
+                out.push((name.to_string(), p));
+            }
+        }
+        if out.is_empty() && !nf.has_table(t.name.as_str()).map_err(|e| e.to_string())? {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// (name, packets) of the named counters that exist.
+pub type CounterValues = Vec<(String, u64)>;
+type CounterResult = Result<Option<CounterValues>, String>;
+
+/// Reads the denied counters into the metrics on a thread of its own,
+/// every [`COUNTER_PERIOD`], giving up on a read after a timeout: status
+/// reads never hold up programming.
+pub struct CounterReader {
+    status: Arc<Status>,
+    replacements: Arc<AtomicU64>,
+    seen: [u64; 2],
+    generation: u64,
+    /// A read given up on, still running.
+    pending: Option<Receiver<CounterResult>>,
+    reader: Arc<Mutex<dyn CounterRead>>,
+    timeout: Duration,
+}
+
+/// What one [`CounterReader::tick`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterTick {
+    Read,
+    NoTable,
+    Failed(String),
+    /// The read took longer than the timeout (it goes on, alone; the
+    /// next tick waits for it instead of starting another).
+    TimedOut,
+}
+
+impl CounterReader {
+    pub fn new(
+        reader: impl CounterRead,
+        status: Arc<Status>,
+        replacements: Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> CounterReader {
+        CounterReader {
+            status,
+            replacements,
+            seen: [0, 0],
+            generation: 0,
+            pending: None,
+            reader: Arc::new(Mutex::new(reader)),
+            timeout,
+        }
+    }
+
+    /// Runs forever on the calling thread.
+    pub fn run(mut self, period: Duration) {
+        loop {
+            std::thread::sleep(period);
+            match self.tick() {
+                CounterTick::TimedOut => tracing::warn!(
+                    timeout = ?self.timeout,
+                    "reading the NetworkPolicy counters takes too long; trying again later"
+                ),
+                CounterTick::Failed(e) => {
+                    tracing::debug!(error = %e, "cannot read the policy counters")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One read, on a helper thread, waited for at most the timeout.
+    pub fn tick(&mut self) -> CounterTick {
+        let rx = match self.pending.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let reader = self.reader.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("netpol-counters".into())
+                    .spawn(move || {
+                        let r = match reader.lock() {
+                            Ok(mut g) => g.read(),
+                            Err(p) => p.into_inner().read(),
+                        };
+                        let _ = tx.send(r);
+                    });
+                if let Err(e) = spawned {
+                    return CounterTick::Failed(e.to_string());
+                }
+                rx
+            }
+        };
+        match rx.recv_timeout(self.timeout) {
+            Ok(Ok(Some(c))) => {
+                self.account(&c);
+                CounterTick::Read
+            }
+            Ok(Ok(None)) => CounterTick::NoTable,
+            Ok(Err(e)) => CounterTick::Failed(e),
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending = Some(rx);
+                self.status.metrics.netpol.counter_read_timeouts.inc();
+                CounterTick::TimedOut
+            }
+            Err(RecvTimeoutError::Disconnected) => CounterTick::Failed("the read panicked".into()),
+        }
+    }
+
+    fn account(&mut self, c: &[(String, u64)]) {
+        // a replaced table starts its counters again at 0
+        let generation = self.replacements.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.generation = generation;
+            self.seen = [0, 0];
+        }
+        let m = &self.status.metrics.netpol;
+        for (i, (name, direction)) in [
+            (DENIED_INGRESS_COUNTER, "ingress"),
+            (DENIED_EGRESS_COUNTER, "egress"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some((_, v)) = c.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let delta = v.checked_sub(self.seen[i]).unwrap_or(*v);
+            self.seen[i] = *v;
+            m.denied_packets
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(delta);
+        }
     }
 }
 
@@ -236,7 +351,7 @@ pub struct PolicyReconciler<D: PolicyDataplane> {
     last: Option<Applied>,
     removed: bool,
     logged_refusals: BTreeSet<String>,
-    counters_seen: [u64; 2],
+    replacements: Arc<AtomicU64>,
 }
 
 impl<D: PolicyDataplane> PolicyReconciler<D> {
@@ -256,7 +371,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             last: None,
             removed: false,
             logged_refusals: BTreeSet::new(),
-            counters_seen: [0, 0],
+            replacements: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -264,67 +379,49 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         &mut self.dp
     }
 
-    /// Runs until the wake channel closes.
-    pub fn run(mut self, rx: Receiver<()>) {
-        let mut next_counters = Instant::now() + COUNTER_PERIOD;
+    /// Runs until the wake channel closes: a pass on every wake, and a
+    /// check of the kernel against what was applied every `resync`.
+    /// Counters are read elsewhere ([`CounterReader`]): nothing here waits
+    /// for a read that the ruleset's size makes slow.
+    pub fn run(mut self, rx: Receiver<()>, resync: Duration) {
+        let mut next_resync = Instant::now() + resync;
         self.pass();
         loop {
             let now = Instant::now();
-            match rx.recv_timeout(next_counters.saturating_duration_since(now)) {
+            match rx.recv_timeout(next_resync.saturating_duration_since(now)) {
                 Ok(()) => {
                     while rx.try_recv().is_ok() {}
                     self.pass();
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    next_counters = Instant::now() + COUNTER_PERIOD;
-                    self.read_counters();
+                    next_resync = Instant::now() + resync;
+                    self.resync();
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    /// Reads the denied counters into the metrics; a table gone missing
-    /// (removed by hand) is reprogrammed.
-    pub fn read_counters(&mut self) {
-        if !self.cfg.enabled {
-            return;
-        }
-        match self.dp.counters() {
-            Ok(Some(c)) => self.account(&c),
-            Ok(None) => {
-                if self.last.is_some() {
-                    tracing::warn!("table inet kindnet-netpol disappeared; programming it again");
-                    self.last = None;
-                    self.pass();
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the policy counters"),
-        }
+    /// How many times the table was replaced whole: the counters start
+    /// again at 0 each time ([`CounterReader`]).
+    pub fn replacements(&self) -> Arc<AtomicU64> {
+        self.replacements.clone()
     }
 
-    fn account(&mut self, c: &[(String, u64)]) {
-        let m = &self.status.metrics.netpol;
-        for (i, (name, direction)) in [
-            (DENIED_INGRESS_COUNTER, "ingress"),
-            (DENIED_EGRESS_COUNTER, "egress"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let Some((_, v)) = c.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            // a replaced table starts its counters again at 0
-            let delta = if *v >= self.counters_seen[i] {
-                v - self.counters_seen[i]
-            } else {
-                *v
-            };
-            self.counters_seen[i] = *v;
-            m.denied_packets
-                .get_or_create(&DirectionLabel { direction })
-                .inc_by(delta);
+    /// Compares the kernel with what was applied last; a table gone
+    /// missing (removed by hand) is programmed again.
+    pub fn resync(&mut self) {
+        if !self.cfg.enabled || self.last.is_none() {
+            return;
+        }
+        match self.dp.list() {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::warn!("table inet kindnet-netpol disappeared; programming it again");
+                self.last = None;
+                self.pass();
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the policy table"),
         }
     }
 
@@ -518,10 +615,6 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             Ok(l) => present_of(l),
             Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
         };
-        // the counters restart with the table: account for them first
-        if let Ok(Some(c)) = self.dp.counters() {
-            self.account(&c);
-        }
         let carried = plan::carry_over(known, &new, &present);
         for (map, e) in &carried {
             if let Value::Addr(a) = &e.key {
@@ -531,7 +624,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         let applied = Applied::new(new, &carried);
         match self.dp.apply(&applied.kernel().to_batch()) {
             Ok(()) => {
-                self.counters_seen = [0, 0];
+                self.replacements.fetch_add(1, Ordering::Relaxed);
                 self.status
                     .metrics
                     .netpol
@@ -814,15 +907,6 @@ mod tests {
         assert!(r.contains("[!] refused: policy x/bad"), "{r}");
         let text = h.status.metrics.encode();
         assert!(text.contains("kindnet_netpol_policies "), "{text}");
-        h.r.dataplane().counters = vec![(DENIED_INGRESS_COUNTER.into(), 5)];
-        h.r.read_counters();
-        h.r.read_counters();
-        assert!(
-            h.status
-                .metrics
-                .encode()
-                .contains("kindnet_netpol_denied_packets_total{direction=\"ingress\"} 5")
-        );
 
         let mut off = harness(false);
         off.r.dataplane().nft = std::mem::take(&mut h.r.dataplane().nft);
@@ -831,17 +915,112 @@ mod tests {
         assert_eq!(off.r.pass(), Pass::Unchanged);
     }
 
+    /// Counters as the fake kernel has them; `gate`: each read waits for
+    /// a message first (a slow read).
+    struct FakeCounters {
+        values: Arc<Mutex<Option<CounterValues>>>,
+        gate: Option<Receiver<()>>,
+    }
+
+    impl CounterRead for FakeCounters {
+        fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
+            if let Some(g) = &self.gate {
+                g.recv().map_err(|e| e.to_string())?;
+            }
+            Ok(self.values.lock().unwrap().clone())
+        }
+    }
+
+    fn denied(s: &Status, direction: &str) -> String {
+        let text = s.metrics.encode();
+        let key = format!("kindnet_netpol_denied_packets_total{{direction=\"{direction}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or("")
+            .to_string()
+    }
+
     #[test]
-    fn counters_parse_from_nft_json() {
-        let doc = json!({"nftables": [{"metainfo": {}},
-            {"counter": {"family": "inet", "name": "denied-ingress", "table": "kindnet-netpol", "handle": 3, "packets": 12, "bytes": 900}},
-            {"counter": {"name": "denied-egress", "packets": 0, "bytes": 0}}]});
-        assert_eq!(
-            parse_counters(&doc),
-            [
-                ("denied-ingress".to_string(), 12),
-                ("denied-egress".to_string(), 0)
-            ]
+    fn counters_are_accounted_across_replacements() {
+        let status = Arc::new(Status::new());
+        let values = Arc::new(Mutex::new(Some(vec![(DENIED_INGRESS_COUNTER.into(), 5)])));
+        let replaced = Arc::new(AtomicU64::new(1));
+        let mut c = CounterReader::new(
+            FakeCounters {
+                values: values.clone(),
+                gate: None,
+            },
+            status.clone(),
+            replaced.clone(),
+            Duration::from_secs(5),
         );
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(denied(&status, "ingress"), "5");
+        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 7)]);
+        c.tick();
+        assert_eq!(denied(&status, "ingress"), "7");
+        // the table replaced: its counter starts at 0 again
+        replaced.fetch_add(1, Ordering::Relaxed);
+        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 9)]);
+        c.tick();
+        assert_eq!(denied(&status, "ingress"), "16");
+        *values.lock().unwrap() = None;
+        assert_eq!(c.tick(), CounterTick::NoTable);
+    }
+
+    #[test]
+    fn a_slow_counter_read_never_holds_up_programming() {
+        let h = harness(true);
+        h.sync_nodes();
+        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
+        let (gate_tx, gate) = std::sync::mpsc::channel();
+        let mut c = CounterReader::new(
+            FakeCounters {
+                values: Arc::new(Mutex::new(Some(vec![(DENIED_EGRESS_COUNTER.into(), 3)]))),
+                gate: Some(gate),
+            },
+            h.status.clone(),
+            h.r.replacements(),
+            Duration::from_millis(50),
+        );
+        // the policy thread, as kindnetd runs it
+        let (wake, rx) = std::sync::mpsc::channel();
+        let status = h.status.clone();
+        let inputs = h.inputs.clone();
+        let r = h.r;
+        let policy = std::thread::spawn(move || r.run(rx, Duration::from_secs(3600)));
+        let programmed = |v: i64| {
+            kindnet_testbed::wait_for(Duration::from_secs(10), || {
+                (status.metrics.netpol.programmed_version.get() == v).then_some(())
+            })
+        };
+        assert!(programmed(7).is_some());
+        // a read that does not end: given up on, and not started again
+        assert_eq!(c.tick(), CounterTick::TimedOut);
+        assert_eq!(c.tick(), CounterTick::TimedOut);
+        // meanwhile a label change is programmed
+        let b = Object::Pod(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "b", "labels": {"role": "client"}},
+                "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.3"}]}
+            }))
+            .unwrap(),
+        );
+        let a = pod("a", &["10.0.1.2"]);
+        inputs
+            .lock()
+            .unwrap()
+            .replace_file(vec![a, b, deny()], Some(8));
+        wake.send(()).unwrap();
+        assert!(programmed(8).is_some(), "programming waited for the read");
+        // the read ends: counted once
+        gate_tx.send(()).unwrap();
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(denied(&h.status, "egress"), "3");
+        assert_eq!(h.status.metrics.netpol.counter_read_timeouts.get(), 2);
+        drop(wake);
+        policy.join().unwrap();
     }
 }
