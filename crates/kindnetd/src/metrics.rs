@@ -76,7 +76,7 @@ pub struct Metrics {
     pub leaked_addresses_reclaimed: Counter,
     pub leak_candidates: Gauge,
     pub source_errors: Family<SourceLabel, Counter>,
-    pub http_connections_refused: Counter,
+    pub http_connections_evicted: Counter,
     pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
@@ -110,7 +110,7 @@ impl Metrics {
             leaked_addresses_reclaimed: Counter::default(),
             leak_candidates: Gauge::default(),
             source_errors: Family::default(),
-            http_connections_refused: Counter::default(),
+            http_connections_evicted: Counter::default(),
             source_stale: Family::default(),
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
@@ -195,9 +195,9 @@ impl Metrics {
             m.source_errors.clone(),
         );
         registry.register(
-            "http_connections_refused",
-            "HTTP connections closed at once because the connection cap was reached",
-            m.http_connections_refused.clone(),
+            "http_connections_evicted",
+            "HTTP connections closed to make room for a new one because the connection cap was reached (the longest idle, one that never sent a byte first)",
+            m.http_connections_evicted.clone(),
         );
         registry.register(
             "source_stale",
