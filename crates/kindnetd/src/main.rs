@@ -37,12 +37,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Colour only for a person at a terminal: `kubectl logs` and files get
-    // plain text.
+    // Plain text, one line per event: names from outside (nodes, pods,
+    // policies) are printed with their control characters escaped, so
+    // none can break a line or forge one (no colours: they would be
+    // escaped too).
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(false)
+        .with_writer(kindnetd::text::stderr);
     if flags.log_json {
         sub.json().flatten_event(true).init();
     } else {

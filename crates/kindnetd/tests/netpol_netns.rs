@@ -372,3 +372,61 @@ fn counters_are_read_over_netlink() {
         ])
     );
 }
+
+/// Names from the nodes file with control characters (a node, a refused
+/// policy) are printed escaped in the log and in /readyz: no line a name
+/// made can pass for one of kindnetd's.
+#[test]
+fn crafted_names_cannot_forge_status_or_log_lines() {
+    require_root!();
+    let ns = node_ns("kd-npe");
+    let dir = temp_dir("netpol-esc");
+    let nodes = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    let forged = "evil\n[+] NetworkPolicy programmed: 0 policies\n\u{1b}[2K[pass] ok";
+    let bad = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"namespace": "x", "name": forged},
+        "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}});
+    let mut l: Value =
+        serde_json::from_str(&list(1, vec![pod("a", &["10.244.0.2"]), bad])).unwrap();
+    l["items"]
+        .as_array_mut()
+        .unwrap()
+        .push(node(forged, &["10.244.9.0/24"], &["10.9.9.9"]));
+    write_atomic(&nodes, &l.to_string());
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--node-name",
+            "me",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address",
+            "127.0.0.1:19080",
+        ],
+        dir.path().join("kindnetd.log"),
+    );
+    wait_version(&ns, &d, 1);
+    let (_, body) = http_get(&ns, "127.0.0.1:19080", "/readyz").unwrap();
+    assert!(
+        body.contains("evil\\n[+] NetworkPolicy programmed: 0 policies\\n\\u{1b}[2K[pass] ok"),
+        "{body}"
+    );
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("[+] NetworkPolicy programmed"))
+            .count(),
+        1,
+        "{body}"
+    );
+    let log = d.log();
+    assert!(log.contains("evil\\n[+] NetworkPolicy"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+    assert!(
+        !log.lines()
+            .any(|l| l.starts_with("[+]") || l.contains("[pass] ok") && !l.contains("evil")),
+        "{log}"
+    );
+}
