@@ -4,13 +4,17 @@
 //! counter seen (one object, however large the table's sets are: `nft
 //! list counter` reads the whole table first).
 
-use netlink_packet_core::{DefaultNla, NLA_TYPE_MASK, NLM_F_ACK, Nla, NlasIterator, Parseable};
+use netlink_packet_core::{
+    DefaultNla, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, Nla, NlasIterator, Parseable,
+};
 use netlink_packet_netfilter::nftables::{
-    ChainAttribute, ChainMessage, NfTablesMessage, TableAttribute, TableMessage,
+    ChainAttribute, ChainMessage, NfTablesMessage, RuleAttribute, RuleMessage, TableAttribute,
+    TableMessage,
 };
 use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
+use std::collections::BTreeMap;
 
 use crate::error::Result;
 use crate::nfnl::NfSocket;
@@ -81,6 +85,42 @@ impl NfTables {
         }
     }
 
+    /// Every chain of `inet table` with the number of rules it holds;
+    /// `None` when the table does not exist. Two dumps (chains, then the
+    /// table's rules) that never read a set element: the cost grows with
+    /// the rules, not with the sets.
+    pub fn rule_counts(&mut self, table: &str) -> Result<Option<BTreeMap<String, usize>>> {
+        if !self.has_table(table)? {
+            return Ok(None);
+        }
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        let chains = inet(NfTablesMessage::GetChain(ChainMessage {
+            attributes: vec![ChainAttribute::Table(table.into())],
+        }));
+        let kind = |t: u16| (NFNL_SUBSYS_NFTABLES << 8) | t;
+        self.sock
+            .request_raw(chains, NLM_F_DUMP, "dump nf_tables chains", |k, body| {
+                if k == kind(NFT_MSG_NEWCHAIN)
+                    && raw_string(body, NFTA_CHAIN_TABLE).as_deref() == Some(table)
+                    && let Some(name) = raw_string(body, NFTA_CHAIN_NAME)
+                {
+                    out.entry(name).or_default();
+                }
+            })?;
+        let rules = inet(NfTablesMessage::GetRule(RuleMessage {
+            attributes: vec![RuleAttribute::Table(table.into())],
+        }));
+        self.sock
+            .request_raw(rules, NLM_F_DUMP, "dump nf_tables rules", |k, body| {
+                if k == kind(NFT_MSG_NEWRULE)
+                    && let Some(chain) = raw_string(body, NFTA_RULE_CHAIN)
+                {
+                    *out.entry(chain).or_default() += 1;
+                }
+            })?;
+        Ok(Some(out))
+    }
+
     /// The packets named counter `name` of `inet table` has counted;
     /// `None` when the table or the counter does not exist.
     pub fn counter_packets(&mut self, table: &str, name: &str) -> Result<Option<u64>> {
@@ -110,6 +150,29 @@ impl NfTables {
             Err(e) => Err(e),
         }
     }
+}
+
+/// nfnetlink subsystem and message types (linux/netfilter/nfnetlink.h,
+/// nf_tables.h) of the replies [`NfTables::rule_counts`] reads raw.
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_CHAIN: u16 = 2;
+
+/// The string attribute `kind` of a raw nf_tables message (after its
+/// 4-byte nfgenmsg).
+fn raw_string(body: &[u8], kind: u16) -> Option<String> {
+    for nla in NlasIterator::new(body.get(4..)?) {
+        let a = DefaultNla::parse(&nla.ok()?).ok()?;
+        if a.kind() & NLA_TYPE_MASK == kind {
+            let v = value(&a);
+            let v = v.strip_suffix(&[0]).unwrap_or(&v);
+            return String::from_utf8(v.to_vec()).ok();
+        }
+    }
+    None
 }
 
 const NFTA_OBJ_TABLE: u16 = 1;
