@@ -35,6 +35,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -77,6 +82,7 @@ pub struct Metrics {
     pub leak_candidates: Gauge,
     pub source_errors: Family<SourceLabel, Counter>,
     pub http_connections_evicted: Counter,
+    pub drift_repaired: Family<TableLabel, Counter>,
     pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
@@ -111,6 +117,7 @@ impl Metrics {
             leak_candidates: Gauge::default(),
             source_errors: Family::default(),
             http_connections_evicted: Counter::default(),
+            drift_repaired: Family::default(),
             source_stale: Family::default(),
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
@@ -193,6 +200,14 @@ impl Metrics {
             "source_errors",
             "Errors reading nodes (file unreadable or invalid, watch errors)",
             m.source_errors.clone(),
+        );
+        for table in [kindnet_netpol::TABLE, crate::masq::TABLE_NAME] {
+            let _ = m.drift_repaired.get_or_create(&TableLabel { table });
+        }
+        registry.register(
+            "dataplane_drift_repaired",
+            "Times kindnetd found its nftables table changed by someone else (at a resync) and replaced it, per table",
+            m.drift_repaired.clone(),
         );
         registry.register(
             "http_connections_evicted",

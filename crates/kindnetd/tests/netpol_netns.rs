@@ -430,3 +430,96 @@ fn crafted_names_cannot_forge_status_or_log_lines() {
         "{log}"
     );
 }
+
+/// A table changed by hand is repaired at the next resync: the dispatch
+/// maps flushed, a pod's chain flushed; counted per table.
+#[test]
+fn a_tampered_policy_table_is_repaired_at_the_next_resync() {
+    require_root!();
+    let ns = node_ns("kd-npd");
+    let dir = temp_dir("netpol-drift");
+    let nodes = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    let deny = policy(
+        "deny",
+        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+    );
+    write_atomic(
+        &nodes,
+        &list(1, vec![pod("a", &["10.244.0.2", "fd00:10:244::2"]), deny]),
+    );
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--node-name",
+            "me",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address",
+            "127.0.0.1:19080",
+            "--resync-period",
+            "1s",
+        ],
+        dir.path().join("kindnetd.log"),
+    );
+    wait_version(&ns, &d, 1);
+    let repaired = |ns: &Ns| {
+        metric(
+            ns,
+            "kindnet_dataplane_drift_repaired_total{table=\"kindnet-netpol\"}",
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(repaired(&ns), 0.0, "{}", d.log());
+    let chain = pod_chain("x", "a", Direction::Ingress);
+    let tampering: [&[&str]; 3] = [
+        &["flush", "map", "inet", "kindnet-netpol", "ingress4"],
+        &["flush", "map", "inet", "kindnet-netpol", "egress4"],
+        &["flush", "chain", "inet", "kindnet-netpol", chain.as_str()],
+    ];
+    for (i, args) in tampering.iter().enumerate() {
+        let (code, _, err) = run(ns.command("nft").args(*args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let t = std::time::Instant::now();
+        wait_for(Duration::from_secs(10), || {
+            (repaired(&ns) == (i + 1) as f64).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{args:?} not repaired\n{}", d.log()));
+        println!(
+            "{{\"bench\":\"drift_repair\",\"table\":\"kindnet-netpol\",\"tamper\":\"{}\",\"resync_s\":1,\"repaired_after_ms\":{:.0}}}",
+            args.join(" "),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        let (_, l) = table(&ns).expect("table");
+        for (d, v6) in [(Direction::Ingress, false), (Direction::Egress, false)] {
+            assert!(
+                l.in_set(dispatch_map(d, v6).as_str())
+                    .any(|e| e.key == NftValue::Addr("10.244.0.2".parse().unwrap())),
+                "{args:?}: {l:?}"
+            );
+        }
+    }
+    let (code, out, _) =
+        run(ns
+            .command("nft")
+            .args(["list", "chain", "inet", "kindnet-netpol", chain.as_str()]));
+    assert_eq!(code, 0);
+    assert!(out.contains("goto"), "{out}");
+    assert_eq!(
+        d.log()
+            .matches("differed from kindnetd's; replaced")
+            .count(),
+        3,
+        "one line each\n{}",
+        d.log()
+    );
+    assert_eq!(
+        metric(
+            &ns,
+            "kindnet_netpol_full_replacements_total{reason=\"refused\"}"
+        ),
+        Some(0.0)
+    );
+}

@@ -287,6 +287,53 @@ pub fn with_carried(mut model: Model, carried: &[(Name, Elem)]) -> Model {
     model
 }
 
+/// How the kernel differs from `want` (what kindnetd applied, with the
+/// elements it carried), as far as `rules` (each chain's number of rules)
+/// and `maps` (the dispatch maps) show: a chain missing or with another
+/// number of rules, a dispatch element missing. Elements in the kernel
+/// that `want` lacks are the CNI plugin's, not drift; one whose data
+/// differs may be the plugin's hand-off of a reused address. Empty: no
+/// drift.
+pub fn drift(
+    want: &Model,
+    rules: &BTreeMap<String, usize>,
+    maps: &kindnet_nft::Listing,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, (_, r)) in &want.chains {
+        match rules.get(name.as_str()) {
+            None => out.push(format!("chain {name} is missing")),
+            Some(n) if *n != r.len() => {
+                out.push(format!("chain {name} has {n} rules, not {}", r.len()))
+            }
+            Some(_) => {}
+        }
+    }
+    for (d, v6) in DISPATCH {
+        let name = dispatch_map(d, v6);
+        let Some(set) = want.sets.get(&name) else {
+            continue;
+        };
+        if !maps.sets.iter().any(|s| s == name.as_str()) {
+            out.push(format!("map {name} is missing"));
+            continue;
+        }
+        let have: HashSet<&Value> = maps.in_set(name.as_str()).map(|e| &e.key).collect();
+        let missing = set
+            .elements
+            .iter()
+            .filter(|e| !have.contains(&e.key))
+            .count();
+        if missing > 0 {
+            out.push(format!(
+                "map {name} lacks {missing} of its {} elements",
+                set.elements.len()
+            ));
+        }
+    }
+    out
+}
+
 /// What an incremental change consists of (for logs and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiffStats {

@@ -11,7 +11,7 @@
 //! ruleset enforces until the new one replaces it. With
 //! `--network-policy=false` the table is removed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,9 +43,21 @@ pub const COUNTER_TIMEOUT: Duration = Duration::from_secs(1);
 /// The effects the policy reconciler needs.
 pub trait PolicyDataplane: Send {
     fn apply(&mut self, b: &Batch) -> Result<(), String>;
-    /// The table's sets and elements; `None` when it does not exist.
+    /// The dispatch maps and their elements; `None` when the table does
+    /// not exist.
     fn list(&mut self) -> Result<Option<Listing>, String>;
+    /// Every chain of the table with its number of rules; `None` when the
+    /// table does not exist.
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String>;
     fn lock(&mut self) -> Result<Option<TableLock>, String>;
+}
+
+/// The four dispatch maps' names.
+fn dispatch_names() -> Vec<kindnet_nft::Name> {
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| [false, true].map(|v6| dispatch_map(d, v6)))
+        .collect()
 }
 
 /// The real kernel, through `nft`.
@@ -69,39 +81,18 @@ impl PolicyDataplane for NftPolicy {
     /// Only the four dispatch maps: listing the whole table would cost
     /// time and memory in proportion to the ruleset.
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        let t = table();
-        let mut all = Listing::default();
-        for d in [Direction::Ingress, Direction::Egress] {
-            for v6 in [false, true] {
-                let map = dispatch_map(d, v6);
-                let out = std::process::Command::new(kindnet_nft::nft_binary())
-                    .args([
-                        "-j",
-                        "list",
-                        "map",
-                        t.family.as_str(),
-                        t.name.as_str(),
-                        map.as_str(),
-                    ])
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run nft: {e}"))?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    if err.contains("No such file or directory") {
-                        // no table, or a table without this map
-                        continue;
-                    }
-                    return Err(format!("nft list map {map}: {}", err.trim()));
-                }
-                let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| format!("nft list map: not JSON: {e}"))?;
-                let l = Listing::parse(&doc);
-                all.sets.extend(l.sets);
-                all.elements.extend(l.elements);
-            }
-        }
-        Ok((!all.sets.is_empty()).then_some(all))
+        let names = dispatch_names();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        self.cli
+            .list_sets(&table(), &names)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Over netlink: two dumps that read no set element.
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
+        kindnet_netlink::nftables::NfTables::open()
+            .and_then(|mut nf| nf.rule_counts(table().name.as_str()))
+            .map_err(|e| e.to_string())
     }
 
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
@@ -109,18 +100,65 @@ impl PolicyDataplane for NftPolicy {
     }
 }
 
-/// A recording fake over [`kindnet_nft::FakeNft`].
+/// A recording fake over [`kindnet_nft::FakeNft`], which also keeps each
+/// chain's number of rules (what the fake kernel does not model).
 #[derive(Default)]
 pub struct FakePolicy {
     pub nft: kindnet_nft::FakeNft,
+    pub rules: Option<BTreeMap<String, usize>>,
+}
+
+impl FakePolicy {
+    fn count_rules(&mut self, b: &Batch) {
+        use kindnet_nft::Cmd;
+        let ours = |t: &kindnet_nft::TableRef| t == &table();
+        for c in &b.cmds {
+            match c {
+                Cmd::AddTable(t) if ours(t) => {
+                    self.rules.get_or_insert_with(BTreeMap::new);
+                }
+                Cmd::DeleteTable(t) if ours(t) => self.rules = None,
+                Cmd::AddChain(t, ch) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        r.entry(ch.name.to_string()).or_default();
+                    }
+                }
+                Cmd::AddRule(t, rule) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        *r.entry(rule.chain.to_string()).or_default() += 1;
+                    }
+                }
+                Cmd::FlushChain(t, n) if ours(t) => {
+                    if let Some(c) = self.rules.as_mut().and_then(|r| r.get_mut(n.as_str())) {
+                        *c = 0;
+                    }
+                }
+                Cmd::DeleteChain(t, n) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        r.remove(n.as_str());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl PolicyDataplane for FakePolicy {
     fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.nft.apply(b).map_err(|e| e.to_string())
+        self.nft.apply(b).map_err(|e| e.to_string())?;
+        self.count_rules(b);
+        Ok(())
     }
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        self.nft.list(&table()).map_err(|e| e.to_string())
+        let names = dispatch_names();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        self.nft
+            .list_sets(&table(), &names)
+            .map_err(|e| e.to_string())
+    }
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
+        Ok(self.rules.clone())
     }
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
         Ok(None)
@@ -408,21 +446,53 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         self.replacements.clone()
     }
 
-    /// Compares the kernel with what was applied last; a table gone
-    /// missing (removed by hand) is programmed again.
-    pub fn resync(&mut self) {
-        if !self.cfg.enabled || self.last.is_none() {
-            return;
+    /// Compares the kernel with what was applied last: the table, every
+    /// chain and its number of rules, and every element of the dispatch
+    /// maps (reads that never touch the peer sets, so the cost grows with
+    /// the local pods and rules, not with the ruleset). What differs is
+    /// repaired by replacing the table (one transaction, carrying the CNI
+    /// plugin's elements), counted and logged in one line.
+    pub fn resync(&mut self) -> Option<Vec<String>> {
+        if !self.cfg.enabled {
+            return None;
         }
-        match self.dp.list() {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                tracing::warn!("table inet kindnet-netpol disappeared; programming it again");
-                self.last = None;
-                self.pass();
+        let want = self.last.as_ref()?.kernel();
+        let started = Instant::now();
+        let read = self
+            .dp
+            .rule_counts()
+            .and_then(|rules| Ok((rules, self.dp.list()?)));
+        let diffs = match read {
+            Ok((Some(rules), Some(maps))) => plan::drift(want, &rules, &maps),
+            Ok(_) => vec!["table inet kindnet-netpol is missing".to_string()],
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the policy table");
+                return None;
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read the policy table"),
+        };
+        if diffs.is_empty() {
+            return Some(diffs);
         }
+        let read_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.last = None;
+        let outcome = self.pass();
+        self.status
+            .metrics
+            .drift_repaired
+            .get_or_create(&crate::metrics::TableLabel {
+                table: kindnet_netpol::TABLE,
+            })
+            .inc();
+        tracing::warn!(
+            table = kindnet_netpol::TABLE,
+            differences = diffs.len(),
+            first = %diffs[0],
+            read_ms,
+            repair_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms,
+            outcome = ?outcome,
+            "the kernel's ruleset differed from kindnetd's; replaced"
+        );
+        Some(diffs)
     }
 
     /// The inputs as validated, read under their lock (not copied), and
@@ -1022,5 +1092,66 @@ mod tests {
         assert_eq!(h.status.metrics.netpol.counter_read_timeouts.get(), 2);
         drop(wake);
         policy.join().unwrap();
+    }
+
+    #[test]
+    fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
+        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        assert_eq!(h.r.resync(), Some(vec![]), "nothing differs");
+        // the CNI plugin's elements are not drift
+        let ip: IpAddr = "10.0.1.9".parse().unwrap();
+        h.r.dataplane()
+            .apply(&pod_dispatch_elements("x", "a", &[ip]))
+            .unwrap();
+        assert_eq!(h.r.resync(), Some(vec![]));
+        let repaired = |h: &H| {
+            h.status
+                .metrics
+                .drift_repaired
+                .get_or_create(&crate::metrics::TableLabel {
+                    table: kindnet_netpol::TABLE,
+                })
+                .get()
+        };
+        // `nft flush map inet kindnet-netpol ingress4`
+        let ing4 = dispatch_map(Direction::Ingress, false);
+        let mut b = Batch::new();
+        b.delete_elements(
+            &table(),
+            &ing4,
+            vec![Value::Addr("10.0.1.2".parse().unwrap()), Value::Addr(ip)],
+        );
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(
+            d[0].contains("map ingress4 lacks 1 of its 1 elements"),
+            "{d:?}"
+        );
+        assert_eq!(repaired(&h), 1);
+        let last = h.r.dataplane().nft.applied.last().unwrap().clone();
+        assert!(
+            matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
+            "replaced in one batch"
+        );
+        assert_eq!(h.r.resync(), Some(vec![]), "repaired");
+        // a pod's chain flushed
+        let chain = pod_chain("x", "a", Direction::Egress);
+        let mut b = Batch::new();
+        b.flush_chain(&table(), &chain);
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(d[0].contains("has 0 rules, not 1"), "{d:?}");
+        assert_eq!(repaired(&h), 2);
+        // the table deleted
+        let mut b = Batch::new();
+        b.remove_table(&table());
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(d[0].contains("missing"), "{d:?}");
+        assert_eq!(repaired(&h), 3);
+        assert_eq!(h.r.resync(), Some(vec![]));
     }
 }
