@@ -523,3 +523,107 @@ fn a_tampered_policy_table_is_repaired_at_the_next_resync() {
         Some(0.0)
     );
 }
+
+/// A measurement, run by hand (`--ignored --nocapture`): label changes
+/// programmed while the table holds a large peer set (an ipBlock with
+/// many excepts) and the counter thread reads every 2 s. Prints JSON.
+#[test]
+#[ignore]
+fn measure_label_changes_with_a_large_table() {
+    require_root!();
+    let excepts: usize = std::env::var("KINDNET_MEASURE_EXCEPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let ns = node_ns("kd-npm");
+    let dir = temp_dir("netpol-measure");
+    let nodes = dir.path().join("nodes.json");
+    let cni = dir.path().join("net.d");
+    let except: Vec<String> = (0..excepts)
+        .map(|i| format!("fd00:{:x}:{:x}::1/128", i / 65536 + 1, i % 65536))
+        .collect();
+    let big = policy(
+        "big",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}]}),
+    );
+    let web = policy(
+        "web",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}),
+    );
+    let items = |v: u64, role: &str| {
+        let mut b = pod("b", &["10.244.0.3", "fd00:10:244::3"]);
+        b["metadata"]["labels"]["role"] = json!(role);
+        list(
+            v,
+            vec![
+                pod("a", &["10.244.0.2", "fd00:10:244::2"]),
+                b,
+                big.clone(),
+                web.clone(),
+            ],
+        )
+    };
+    write_atomic(&nodes, &items(1, "none"));
+    let started = std::time::Instant::now();
+    let d = Daemon::start(
+        &ns,
+        &[
+            "--node-name",
+            "me",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address",
+            "127.0.0.1:19080",
+            "--log-level",
+            "kindnetd=debug",
+        ],
+        dir.path().join("kindnetd.log"),
+    );
+    wait_for(Duration::from_secs(300), || {
+        (metric(&ns, "kindnet_netpol_programmed_version") == Some(1.0)).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not programmed\n{}", d.log()));
+    let (_, l) = table(&ns).expect("table");
+    println!(
+        "{{\"bench\":\"netpol_large_table\",\"excepts\":{excepts},\"elements\":{},\"first_program_s\":{:.2}}}",
+        l.elements.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let mut times = Vec::new();
+    for v in 2..=21u64 {
+        let t = std::time::Instant::now();
+        write_atomic(
+            &nodes,
+            &items(v, if v % 2 == 0 { "client" } else { "none" }),
+        );
+        wait_for(Duration::from_secs(120), || {
+            (metric(&ns, "kindnet_netpol_programmed_version") == Some(v as f64)).then_some(())
+        })
+        .unwrap_or_else(|| panic!("version {v} not programmed\n{}", d.log()));
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let timeouts = metric(&ns, "kindnet_netpol_counter_read_timeouts_total").unwrap_or(-1.0);
+    println!(
+        "{{\"bench\":\"netpol_label_change_large_table\",\"excepts\":{excepts},\"elements\":{},\"changes\":{},\"p50_ms\":{:.0},\"max_ms\":{:.0},\"counter_read_timeouts\":{timeouts},\"incremental\":{}}}",
+        l.elements.len(),
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1],
+        metric(&ns, "kindnet_netpol_programs_total{mode=\"incremental\"}").unwrap_or(-1.0)
+    );
+    // where the time goes: the last pass's steps
+    for l in d
+        .log()
+        .lines()
+        .rev()
+        .filter(|l| l.contains("NetworkPolicy"))
+        .take(3)
+    {
+        println!("# {l}");
+    }
+}
