@@ -41,14 +41,17 @@ fn main() -> ExitCode {
     // policies) are printed with their control characters escaped, so
     // none can break a line or forge one (no colours: they would be
     // escaped too).
+    // (JSON lines escape control characters themselves.)
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(kindnetd::text::stderr);
+        .with_ansi(false);
     if flags.log_json {
-        sub.json().flatten_event(true).init();
+        sub.with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init();
     } else {
-        sub.init();
+        sub.with_writer(kindnetd::text::stderr).init();
     }
 
     if flags.sysctls_only {
