@@ -88,6 +88,14 @@ pub trait Dataplane: Send {
     fn view(&mut self) -> Result<HostView, DataplaneError>;
     fn apply(&mut self, op: &RouteOp) -> Result<(), DataplaneError>;
     fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), DataplaneError>;
+    /// A table of kindnetd's as the kernel has it (sets, elements, each
+    /// chain's number of rules); `None` when it does not exist.
+    fn nft_read(
+        &mut self,
+        _table: &kindnet_nft::TableRef,
+    ) -> Result<Option<crate::masq::TableRead>, DataplaneError> {
+        Err(kindnet_nft::NftError::Failed("reading tables is not supported here".into()).into())
+    }
     /// None when the key does not exist (IPv6 disabled) or cannot be read.
     fn sysctl_get(&mut self, key: &str) -> Option<String>;
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), DataplaneError>;
@@ -255,6 +263,22 @@ impl Dataplane for Netlink {
     fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), DataplaneError> {
         use kindnet_nft::Nft;
         Ok(kindnet_nft::NftCli::default().apply(batch)?)
+    }
+
+    /// The listing through `nft` (a small table: nft reads only its
+    /// own), the rules over netlink.
+    fn nft_read(
+        &mut self,
+        table: &kindnet_nft::TableRef,
+    ) -> Result<Option<crate::masq::TableRead>, DataplaneError> {
+        use kindnet_nft::Nft;
+        let Some(listing) = kindnet_nft::NftCli::default().list(table)? else {
+            return Ok(None);
+        };
+        let rules = kindnet_netlink::nftables::NfTables::open()
+            .and_then(|mut nf| nf.rule_counts(table.name.as_str()))
+            .map_err(DataplaneError::netlink("count nf_tables rules"))?;
+        Ok(rules.map(|rules| crate::masq::TableRead { listing, rules }))
     }
 
     fn sysctl_get(&mut self, key: &str) -> Option<String> {

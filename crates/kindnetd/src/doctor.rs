@@ -968,18 +968,28 @@ pub fn worst(c: &[Check]) -> Level {
 }
 
 /// The report for people.
+/// The report a person reads. Names in it (nodes, links, files) are
+/// escaped ([`crate::text`]): one check is one line, whatever a name holds.
 pub fn render(node: &str, c: &[Check]) -> String {
+    use crate::text::line;
     let mut s = format!(
-        "kindnetd doctor on {node} (kindnetd {})\n",
+        "kindnetd doctor on {} (kindnetd {})\n",
+        line(node),
         env!("CARGO_PKG_VERSION")
     );
-    let w = c.iter().map(|c| c.id.len()).max().unwrap_or(8);
-    for x in c {
-        s.push_str(&format!("[{}] {:w$}  {}\n", x.level.tag(), x.id, x.message));
+    let ids: Vec<String> = c.iter().map(|c| line(&c.id)).collect();
+    let w = ids.iter().map(|i| i.chars().count()).max().unwrap_or(8);
+    for (x, id) in c.iter().zip(&ids) {
+        s.push_str(&format!(
+            "[{}] {:w$}  {}\n",
+            x.level.tag(),
+            id,
+            line(&x.message)
+        ));
         if x.level != Level::Pass
             && let Some(f) = &x.fix
         {
-            s.push_str(&format!("       {:w$}  fix: {f}\n", ""));
+            s.push_str(&format!("       {:w$}  fix: {}\n", "", line(f)));
         }
     }
     let count = |l: Level| c.iter().filter(|x| x.level == l).count();
@@ -1739,5 +1749,35 @@ mod tests {
         assert!(t.contains("[FAIL] forwarding-ipv4"));
         assert!(t.contains("fix: sysctl -w net.ipv4.ip_forward=1"));
         assert_eq!(readyz_lines(&c).len(), 1);
+    }
+
+    #[test]
+    fn a_crafted_node_name_cannot_forge_a_line() {
+        let mut v = healthy();
+        let mut store = NodeStore::new();
+        store.replace_all(&[
+            raw("node1", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.2")]),
+            raw(
+                "evil\n[pass] forwarding-ipv4  ok\u{1b}[2K",
+                &["10.244.9.0/24"],
+                &[("InternalIP", "172.18.0.9")],
+            ),
+        ]);
+        v.nodes = Some(Ok(store.iter().cloned().collect()));
+        let c = checks(&v);
+        let t = render("node1\n[pass] x", &c);
+        assert_eq!(
+            t.lines()
+                .filter(|l| l.starts_with("[pass] forwarding-ipv4"))
+                .count(),
+            1,
+            "{t}"
+        );
+        assert!(
+            t.contains("evil\\n[pass] forwarding-ipv4  ok\\u{1b}[2K"),
+            "{t}"
+        );
+        assert!(t.starts_with("kindnetd doctor on node1\\n[pass] x "), "{t}");
+        assert!(!t.contains('\u{1b}'));
     }
 }

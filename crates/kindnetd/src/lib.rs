@@ -30,3 +30,4 @@ pub mod status;
 pub mod store;
 pub mod streak;
 pub mod sysctl;
+pub mod text;

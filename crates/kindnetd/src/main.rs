@@ -44,16 +44,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Colour only for a person at a terminal: `kubectl logs` and files get
-    // plain text.
+    // Plain text, one line per event: names from outside (nodes, pods,
+    // policies) are printed with their control characters escaped, so
+    // none can break a line or forge one (no colours: they would be
+    // escaped too).
+    // (JSON lines escape control characters themselves.)
     let sub = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_ansi(false);
     if flags.log_json {
-        sub.json().flatten_event(true).init();
+        sub.with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init();
     } else {
-        sub.init();
+        sub.with_writer(kindnetd::text::stderr).init();
     }
 
     if flags.sysctls_only {
@@ -200,11 +205,26 @@ async fn run(flags: Flags) -> ExitCode {
         store.clone(),
         status.clone(),
     );
+    let counters = kindnetd::netpol::run::CounterReader::new(
+        kindnetd::netpol::run::NetlinkCounters,
+        status.clone(),
+        policy.replacements(),
+        kindnetd::netpol::run::COUNTER_TIMEOUT,
+    );
+    let policy_resync = flags.resync_period;
     if let Err(e) = std::thread::Builder::new()
         .name("netpol".into())
-        .spawn(move || policy.run(policy_rx))
+        .spawn(move || policy.run(policy_rx, policy_resync))
     {
         tracing::error!(error = %e, "cannot start the NetworkPolicy thread");
+        return ExitCode::FAILURE;
+    }
+    if flags.network_policy
+        && let Err(e) = std::thread::Builder::new()
+            .name("netpol-status".into())
+            .spawn(move || counters.run(kindnetd::netpol::run::COUNTER_PERIOD))
+    {
+        tracing::error!(error = %e, "cannot start the NetworkPolicy counter thread");
         return ExitCode::FAILURE;
     }
     let settings = Settings {

@@ -97,6 +97,63 @@ pub fn ruleset(inp: &MasqInputs) -> Batch {
     b
 }
 
+/// A table as the kernel has it: its sets and elements, and each chain's
+/// number of rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRead {
+    pub listing: kindnet_nft::Listing,
+    pub rules: std::collections::BTreeMap<String, usize>,
+}
+
+/// How the kernel's table (`None`: missing) differs from the one `b`
+/// makes: a set missing or with other elements, a chain missing or with
+/// another number of rules. Empty: the same.
+pub fn drift(b: &Batch, kernel: Option<&TableRead>) -> Vec<String> {
+    use kindnet_nft::Cmd;
+    let Some(k) = kernel else {
+        return vec![format!("table inet {TABLE_NAME} is missing")];
+    };
+    let mut out = Vec::new();
+    let mut rules: std::collections::BTreeMap<&str, usize> = Default::default();
+    for c in &b.cmds {
+        match c {
+            Cmd::AddChain(_, ch) => {
+                rules.entry(ch.name.as_str()).or_default();
+            }
+            Cmd::AddRule(_, r) => *rules.entry(r.chain.as_str()).or_default() += 1,
+            Cmd::AddSet(_, s) => {
+                let name = s.name.as_str();
+                if !k.listing.sets.iter().any(|n| n == name) {
+                    out.push(format!("set {name} is missing"));
+                    continue;
+                }
+                let mut want: Vec<&Value> = s.elements.iter().map(|e| &e.key).collect();
+                let mut have: Vec<&Value> = k.listing.in_set(name).map(|e| &e.key).collect();
+                want.sort();
+                have.sort();
+                if want != have {
+                    out.push(format!(
+                        "set {name} has {} elements that differ from kindnetd's {}",
+                        have.len(),
+                        want.len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    for (chain, n) in rules {
+        match k.rules.get(chain) {
+            None => out.push(format!("chain {chain} is missing")),
+            Some(have) if *have != n => {
+                out.push(format!("chain {chain} has {have} rules, not {n}"))
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 /// The batch that removes the table (and succeeds when it is absent).
 pub fn removal() -> Batch {
     let mut b = Batch::new();
@@ -197,5 +254,36 @@ mod tests {
         assert_eq!(b.cmds.len(), 2);
         assert!(matches!(b.cmds[0], kindnet_nft::Cmd::AddTable(_)));
         assert!(matches!(b.cmds[1], kindnet_nft::Cmd::DeleteTable(_)));
+    }
+
+    #[test]
+    fn drift_compares_sets_and_rule_counts() {
+        use kindnet_nft::{FakeNft, Nft};
+        let b = ruleset(&MasqInputs {
+            pod_sources: nets(&["10.244.1.0/24", "fd00:10:244:1::/64"]),
+            no_masquerade: nets(&["10.244.0.0/16"]),
+        });
+        let mut k = FakeNft::default();
+        k.apply(&b).unwrap();
+        let mut read = TableRead {
+            listing: k.list(&table()).unwrap().unwrap(),
+            rules: [("postrouting".to_string(), 3)].into(),
+        };
+        assert!(drift(&b, Some(&read)).is_empty());
+        assert_eq!(drift(&b, None), ["table inet kindnet-masq is missing"]);
+        read.rules.insert("postrouting".into(), 2);
+        assert_eq!(
+            drift(&b, Some(&read)),
+            ["chain postrouting has 2 rules, not 3"]
+        );
+        read.rules.insert("postrouting".into(), 3);
+        read.listing
+            .elements
+            .retain(|e| e.set != "no-masquerade-v4");
+        let d = drift(&b, Some(&read));
+        assert!(
+            d.len() == 1 && d[0].starts_with("set no-masquerade-v4"),
+            "{d:?}"
+        );
     }
 }

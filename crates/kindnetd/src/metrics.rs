@@ -35,6 +35,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OpLabel {
     pub op: &'static str,
 }
@@ -76,7 +81,8 @@ pub struct Metrics {
     pub leaked_addresses_reclaimed: Counter,
     pub leak_candidates: Gauge,
     pub source_errors: Family<SourceLabel, Counter>,
-    pub http_connections_refused: Counter,
+    pub http_connections_evicted: Counter,
+    pub drift_repaired: Family<TableLabel, Counter>,
     pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
@@ -110,7 +116,8 @@ impl Metrics {
             leaked_addresses_reclaimed: Counter::default(),
             leak_candidates: Gauge::default(),
             source_errors: Family::default(),
-            http_connections_refused: Counter::default(),
+            http_connections_evicted: Counter::default(),
+            drift_repaired: Family::default(),
             source_stale: Family::default(),
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
@@ -194,10 +201,18 @@ impl Metrics {
             "Errors reading nodes (file unreadable or invalid, watch errors)",
             m.source_errors.clone(),
         );
+        for table in [kindnet_netpol::TABLE, crate::masq::TABLE_NAME] {
+            let _ = m.drift_repaired.get_or_create(&TableLabel { table });
+        }
         registry.register(
-            "http_connections_refused",
-            "HTTP connections closed at once because the connection cap was reached",
-            m.http_connections_refused.clone(),
+            "dataplane_drift_repaired",
+            "Times kindnetd found its nftables table changed by someone else (at a resync) and replaced it, per table",
+            m.drift_repaired.clone(),
+        );
+        registry.register(
+            "http_connections_evicted",
+            "HTTP connections closed to make room for a new one because the connection cap was reached (the longest idle, one that never sent a byte first)",
+            m.http_connections_evicted.clone(),
         );
         registry.register(
             "source_stale",

@@ -203,19 +203,21 @@ impl Readiness {
             && !self.doctor_blocking
     }
 
-    /// Human-readable detail for /readyz.
+    /// Human-readable detail for /readyz: every name escaped (one line
+    /// stays one line, see [`crate::text`]), every list capped ("… and N
+    /// more"), so its size is bounded whatever the cluster holds.
     pub fn report(&self) -> String {
-        let mut s = String::new();
+        use crate::text::{capped, capped_list, line};
+        let mut out: Vec<String> = Vec::new();
         let mark = |b: bool| if b { "[+]" } else { "[-]" };
         if let Some(api) = &self.api {
-            s.push_str(&api.line());
-            s.push('\n');
+            out.push(line(&api.line()));
         }
-        s.push_str(&format!("{} nodes synced\n", mark(self.synced)));
+        out.push(format!("{} nodes synced", mark(self.synced)));
         if let Some(why) = &self.source_stale {
-            s.push_str(&format!(
-                "[-] node source up to date: no, last read failed ({why}); using the nodes read before\n"
-            ));
+            out.push(line(&format!(
+                "[-] node source up to date: no, last read failed ({why}); using the nodes read before"
+            )));
         }
         let note = self
             .own_note
@@ -223,61 +225,49 @@ impl Readiness {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default();
         if self.own_cidrs.is_empty() {
-            s.push_str(&format!("[-] own pod CIDRs known: no{note}\n"));
+            out.push(line(&format!("[-] own pod CIDRs known: no{note}")));
         } else {
             let list: Vec<String> = self.own_cidrs.iter().map(|c| c.to_string()).collect();
-            s.push_str(&format!(
-                "{} own pod CIDRs: {}{note}\n",
+            out.push(line(&format!(
+                "{} own pod CIDRs: {}{note}",
                 mark(self.own_current),
                 list.join(", ")
-            ));
+            )));
         }
-        s.push_str(&format!(
-            "{} CNI config written\n",
+        out.push(format!(
+            "{} CNI config written",
             mark(self.conflist_written)
         ));
         if !self.duplicates.is_empty() {
-            s.push_str(&format!(
-                "[!] node names listed more than once (entries ignored): {}\n",
-                self.duplicates.join(", ")
+            out.push(format!(
+                "[!] node names listed more than once (entries ignored): {}",
+                capped_list(&self.duplicates)
             ));
         }
         if !self.foreign_routes.is_empty() {
-            s.push_str(&format!(
-                "[!] routes with protocol 217 not made by kindnetd, left in place: {}\n",
-                self.foreign_routes.join(", ")
+            out.push(format!(
+                "[!] routes with protocol 217 not made by kindnetd, left in place: {}",
+                capped_list(&self.foreign_routes)
             ));
         }
-        for l in &self.netpol {
-            s.push_str(l);
-            s.push('\n');
-        }
+        out.extend(capped(&self.netpol));
         if let Some(e) = &self.last_error {
-            s.push_str(&format!("last error: {e}\n"));
+            out.push(line(&format!("last error: {e}")));
         }
         if !self.skipped.is_empty() {
-            s.push_str(&format!("peers not routed ({}):\n", self.skipped.len()));
-            for l in self.skipped.iter().take(100) {
-                s.push_str(&format!("  {l}\n"));
-            }
-            if self.skipped.len() > 100 {
-                s.push_str(&format!("  ... and {} more\n", self.skipped.len() - 100));
-            }
+            out.push(format!("peers not routed ({}):", self.skipped.len()));
+            out.extend(capped(&self.skipped).into_iter().map(|l| format!("  {l}")));
         }
         if !self.doctor.is_empty() {
-            s.push_str(&format!(
-                "doctor ({} findings; only failed forwarding, IPv6, nftables and conflist-order checks make it not ready):\n",
+            out.push(format!(
+                "doctor ({} findings; only failed forwarding, IPv6, nftables and conflist-order checks make it not ready):",
                 self.doctor.len()
             ));
-            for l in &self.doctor {
-                s.push_str(&format!("  {l}\n"));
-            }
+            out.extend(capped(&self.doctor).into_iter().map(|l| format!("  {l}")));
         }
-        s.push_str(if self.ready() {
-            "ready\n"
-        } else {
-            "not ready\n"
-        });
+        out.push(if self.ready() { "ready" } else { "not ready" }.into());
+        let mut s = out.join("\n");
+        s.push('\n');
         s
     }
 }
@@ -374,5 +364,35 @@ mod tests {
         assert!(!s.alive(Duration::from_millis(20)));
         s.beat();
         assert!(s.alive(Duration::from_millis(20)));
+    }
+
+    #[test]
+    fn the_report_is_escaped_and_bounded() {
+        let r = Readiness {
+            synced: true,
+            skipped: vec!["node evil\n[+] nodes synced\n[pass] x: not on-link".into()],
+            netpol: std::iter::once("[+] NetworkPolicy programmed".to_string())
+                .chain(
+                    (0..3000).map(|i| format!("[!] refused: policy x/p{i}: {}", "y".repeat(300))),
+                )
+                .collect(),
+            duplicates: vec!["a\u{1b}[2J".into()],
+            own_note: Some("from node\rX".into()),
+            ..Default::default()
+        };
+        let rep = r.report();
+        assert!(rep.len() < 64 * 1024, "{} bytes", rep.len());
+        assert!(rep.contains("… and 2901 more"), "{rep}");
+        assert!(rep.contains("  node evil\\n[+] nodes synced\\n[pass] x: not on-link\n"));
+        assert!(rep.contains("a\\u{1b}[2J"));
+        assert!(!rep.contains('\r') && !rep.contains('\u{1b}'));
+        // no line a name made starts like one of ours
+        assert_eq!(
+            rep.lines()
+                .filter(|l| l.starts_with("[+] nodes synced"))
+                .count(),
+            1
+        );
+        assert!(!rep.lines().any(|l| l.starts_with("[pass]")));
     }
 }

@@ -717,12 +717,12 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
     // Reconcile still works: a new peer is routed, the file re-read.
     route_new_peer(&ns, &nodes_path, &d, Duration::from_secs(5));
     let (_, metrics) = http_get(&ns, EP, "/metrics").unwrap();
-    let refused: f64 = metrics
+    let evicted: f64 = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("kindnet_http_connections_refused_total "))
+        .find_map(|l| l.strip_prefix("kindnet_http_connections_evicted_total "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0);
-    assert!(refused > 1000.0, "refused {refused}");
+    assert!(evicted > 1000.0, "evicted {evicted}");
     drop(flood);
 }
 

@@ -256,3 +256,105 @@ fn no_masquerade_cidr_is_respected() {
     let peer = seen_source(&ext, &p1, "192.168.100.2:18080".parse().unwrap()).unwrap();
     assert_eq!(peer.ip().to_string(), "10.244.1.2", "{}", d.log());
 }
+
+/// A masquerade rule deleted by hand is put back at the next resync, and
+/// counted; a table as applied is left alone (counter stays).
+#[test]
+fn a_deleted_masquerade_rule_is_repaired_at_the_next_resync() {
+    require_root!();
+    let n1 = node_ns("kd-mqd");
+    let dir = temp_dir("masq-drift");
+    let nodes = dir.path().join("nodes.json");
+    write_atomic(
+        &nodes,
+        &node_list(&[node(
+            "n1",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            &["10.0.0.1", "fd00::1"],
+        )]),
+    );
+    let cni = dir.path().join("cni");
+    let d = Daemon::start(
+        &n1,
+        &[
+            "--node-name=n1",
+            "--nodes-file",
+            nodes.to_str().unwrap(),
+            "--cni-conf-dir",
+            cni.to_str().unwrap(),
+            "--metrics-bind-address=127.0.0.1:19080",
+            "--resync-period=1s",
+        ],
+        dir.path().join("log"),
+    );
+    wait_ready(&n1, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
+    let repaired = || {
+        metric(
+            &n1,
+            "kindnet_dataplane_drift_repaired_total{table=\"kindnet-masq\"}",
+        )
+        .unwrap_or(-1.0)
+    };
+    let syncs = || metric(&n1, "kindnet_masquerade_syncs_total").unwrap_or(-1.0);
+    // a few full passes: nothing differs, nothing is replaced
+    let s0 = syncs();
+    let r0 = metric(&n1, "kindnet_reconciles_total").unwrap_or(0.0);
+    wait_for(Duration::from_secs(10), || {
+        (metric(&n1, "kindnet_reconciles_total").unwrap_or(0.0) >= r0 + 3.0).then_some(())
+    })
+    .expect("resyncs");
+    assert_eq!(repaired(), 0.0, "{}", d.log());
+    assert_eq!(
+        syncs(),
+        s0,
+        "an unchanged table is not replaced\n{}",
+        d.log()
+    );
+    // delete the IPv4 masquerade rule by its handle
+    let (_, out, _) =
+        run(n1
+            .command("nft")
+            .args(["-a", "list", "chain", "inet", "kindnet-masq", "postrouting"]));
+    let handle = out
+        .lines()
+        .find(|l| l.contains("pod-sources-v4") && l.contains("masquerade"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|| panic!("{out}"));
+    let (code, _, err) = run(n1.command("nft").args([
+        "delete",
+        "rule",
+        "inet",
+        "kindnet-masq",
+        "postrouting",
+        "handle",
+        &handle,
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let t = std::time::Instant::now();
+    wait_for(Duration::from_secs(10), || {
+        (repaired() == 1.0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("not repaired\n{}", d.log()));
+    println!(
+        "{{\"bench\":\"drift_repair\",\"table\":\"kindnet-masq\",\"tamper\":\"delete rule (pod-sources-v4 masquerade)\",\"resync_s\":1,\"repaired_after_ms\":{:.0}}}",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let (_, out, _) =
+        run(n1
+            .command("nft")
+            .args(["list", "chain", "inet", "kindnet-masq", "postrouting"]));
+    assert!(
+        out.lines()
+            .any(|l| l.contains("@pod-sources-v4") && l.contains("masquerade")),
+        "{out}"
+    );
+    assert_eq!(
+        d.log()
+            .matches("differed from kindnetd's; replaced")
+            .count(),
+        1,
+        "{}",
+        d.log()
+    );
+}

@@ -343,6 +343,25 @@ fn truth_tables_in_a_lab() {
     assert!(out.contains("blocked (denied: "), "{out}");
     assert!(out.contains("x/upd"), "{out}");
     l.delete(&pol("x", "upd", "{podSelector: {}}"));
+    // every change above was a diff the kernel accepted (issue 20: pod
+    // and policy deletions refused with EBUSY, the table replaced)
+    for node in ["node1", "node2"] {
+        use std::io::{Read, Write};
+        let ns = kindnet_netlink::Netns::open(format!("/var/run/netns/{}", l.netns(node))).unwrap();
+        let text = ns
+            .run(|| {
+                let mut s = std::net::TcpStream::connect("127.0.0.1:19080").unwrap();
+                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap();
+        for reason in ["refused", "not_incremental"] {
+            let line = format!("kindnet_netpol_full_replacements_total{{reason=\"{reason}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{node}: {line}\n{text}");
+        }
+    }
     eprintln!("truth tables: {:?}", started.elapsed());
 }
 

@@ -42,6 +42,26 @@ impl NfSocket {
         what: &str,
         mut each: impl FnMut(&NetfilterMessage),
     ) -> Result<()> {
+        self.request_raw(msg, flags, what, |kind, body| {
+            let mut h = NetlinkHeader::default();
+            h.message_type = kind;
+            if let Ok(msg) = NetfilterMessage::deserialize(&h, body) {
+                each(&msg);
+            }
+        })
+    }
+
+    /// [`NfSocket::request`], handing each reply over undecoded: its
+    /// message type and what follows the netlink header (the nfgenmsg,
+    /// then the attributes), for replies whose every part need not be
+    /// understood.
+    pub(crate) fn request_raw(
+        &mut self,
+        msg: NetfilterMessage,
+        flags: u16,
+        what: &str,
+        mut each: impl FnMut(u16, &[u8]),
+    ) -> Result<()> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
         let mut header = NetlinkHeader::default();
@@ -95,13 +115,7 @@ impl NfSocket {
                             context: what.to_string(),
                         });
                     }
-                    _ => {
-                        let mut h = NetlinkHeader::default();
-                        h.message_type = kind;
-                        if let Ok(msg) = NetfilterMessage::deserialize(&h, &m[16..]) {
-                            each(&msg);
-                        }
-                    }
+                    _ => each(kind, &m[16..]),
                 }
             }
         }

@@ -42,6 +42,16 @@ pub trait Nft {
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError>;
     /// The table's sets and elements; `None` when the table does not exist.
     fn list(&mut self, table: &TableRef) -> Result<Option<Listing>, NftError>;
+    /// The named sets and maps of `table` with their elements only (not
+    /// the whole table, whose other sets may be large); `None` when the
+    /// table does not exist. A name that does not exist is left out.
+    fn list_sets(&mut self, table: &TableRef, names: &[&str]) -> Result<Option<Listing>, NftError> {
+        Ok(self.list(table)?.map(|mut l| {
+            l.sets.retain(|s| names.contains(&s.as_str()));
+            l.elements.retain(|e| names.contains(&e.set.as_str()));
+            l
+        }))
+    }
     /// Locks `table` against other processes' read-modify-write until the
     /// returned guard is dropped; `None` where nothing is shared (fakes,
     /// callers that replace whole tables).
@@ -91,6 +101,21 @@ impl NftCli {
     }
 }
 
+impl NftCli {
+    /// Whether `t` is missing (`nft list chains` reads no set element).
+    fn list_sets_table_gone(&self, t: &TableRef) -> Result<bool, NftError> {
+        let text = NftCli::run(&["-j", "list", "chains", t.family.as_str()], None)?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| NftError::BadOutput(e.to_string()))?;
+        let has = doc["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|i| i["chain"]["table"] == t.name.as_str());
+        Ok(!has)
+    }
+}
+
 impl Nft for NftCli {
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
         if batch.is_empty() {
@@ -114,6 +139,42 @@ impl Nft for NftCli {
         let doc: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| NftError::BadOutput(e.to_string()))?;
         Ok(Some(Listing::parse(&doc)))
+    }
+
+    /// One `nft -j list set|map` per name: nft reads only that set's
+    /// elements.
+    fn list_sets(&mut self, t: &TableRef, names: &[&str]) -> Result<Option<Listing>, NftError> {
+        let missing = |e: &NftError| matches!(e, NftError::Failed(m) if m.contains("No such file or directory"));
+        let mut all = Listing::default();
+        for name in names {
+            let mut found = None;
+            for kind in ["set", "map"] {
+                match NftCli::run(
+                    &["-j", "list", kind, t.family.as_str(), t.name.as_str(), name],
+                    None,
+                ) {
+                    Ok(text) => {
+                        found = Some(text);
+                        break;
+                    }
+                    Err(e) if missing(&e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let Some(text) = found else {
+                // no such set, or no table at all
+                if self.list_sets_table_gone(t)? {
+                    return Ok(None);
+                }
+                continue;
+            };
+            let doc: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| NftError::BadOutput(e.to_string()))?;
+            let l = Listing::parse(&doc);
+            all.sets.extend(l.sets);
+            all.elements.extend(l.elements);
+        }
+        Ok(Some(all))
     }
 
     fn lock(&mut self, t: &TableRef) -> Result<Option<TableLock>, NftError> {
@@ -337,9 +398,13 @@ mod tests {
         assert!(nft.apply(&del).is_err(), "absent element");
         // a failed batch changes nothing
         assert_eq!(nft.list(&t).unwrap().unwrap().elements.len(), 1);
+        let only = nft.list_sets(&t, &["s", "nope"]).unwrap().unwrap();
+        assert_eq!(only.sets, ["s"]);
+        assert!(only.elements.iter().all(|e| e.set == "s"));
         let mut gone = Batch::new();
         gone.remove_table(&t);
         nft.apply(&gone).unwrap();
         assert!(nft.list(&t).unwrap().is_none());
+        assert!(nft.list_sets(&t, &["s"]).unwrap().is_none());
     }
 }

@@ -19,15 +19,24 @@ pub struct ModeLabel {
     pub mode: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why a programmed table was replaced whole: `refused` (the kernel
+    /// refused the diff) or `not_incremental` (no diff possible).
+    pub reason: &'static str,
+}
+
 pub struct NetpolMetrics {
     pub policies: Gauge,
     pub selected_pods: Gauge,
     pub local_pods: Gauge,
     pub rules: Gauge,
     pub programs: Family<ModeLabel, Counter>,
+    pub full_replacements: Family<ReasonLabel, Counter>,
     pub program_errors: Counter,
     pub programming_duration: Histogram,
     pub denied_packets: Family<DirectionLabel, Counter>,
+    pub counter_read_timeouts: Counter,
     pub objects_refused: Gauge,
     pub carried_elements: Gauge,
     /// The nodes file's List resourceVersion last programmed (lab).
@@ -42,15 +51,20 @@ impl Default for NetpolMetrics {
             local_pods: Gauge::default(),
             rules: Gauge::default(),
             programs: Family::default(),
+            full_replacements: Family::default(),
             program_errors: Counter::default(),
             programming_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             denied_packets: Family::default(),
+            counter_read_timeouts: Counter::default(),
             objects_refused: Gauge::default(),
             carried_elements: Gauge::default(),
             programmed_version: Gauge::default(),
         };
         for mode in ["full", "incremental"] {
             let _ = m.programs.get_or_create(&ModeLabel { mode });
+        }
+        for reason in ["refused", "not_incremental"] {
+            let _ = m.full_replacements.get_or_create(&ReasonLabel { reason });
         }
         for direction in ["ingress", "egress"] {
             let _ = m
@@ -90,6 +104,11 @@ impl NetpolMetrics {
             self.programs.clone(),
         );
         r.register(
+            "full_replacements",
+            "Times a programmed ruleset was replaced whole instead of changed incrementally, by reason",
+            self.full_replacements.clone(),
+        );
+        r.register(
             "program_errors",
             "Programming attempts nft refused",
             self.program_errors.clone(),
@@ -103,6 +122,11 @@ impl NetpolMetrics {
             "denied_packets",
             "Packets dropped by policy, per direction (nft named counters)",
             self.denied_packets.clone(),
+        );
+        r.register(
+            "counter_read_timeouts",
+            "Reads of the denied counters given up on after their timeout (programming never waits for them)",
+            self.counter_read_timeouts.clone(),
         );
         r.register(
             "objects_refused",

@@ -287,6 +287,53 @@ pub fn with_carried(mut model: Model, carried: &[(Name, Elem)]) -> Model {
     model
 }
 
+/// How the kernel differs from `want` (what kindnetd applied, with the
+/// elements it carried), as far as `rules` (each chain's number of rules)
+/// and `maps` (the dispatch maps) show: a chain missing or with another
+/// number of rules, a dispatch element missing. Elements in the kernel
+/// that `want` lacks are the CNI plugin's, not drift; one whose data
+/// differs may be the plugin's hand-off of a reused address. Empty: no
+/// drift.
+pub fn drift(
+    want: &Model,
+    rules: &BTreeMap<String, usize>,
+    maps: &kindnet_nft::Listing,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, (_, r)) in &want.chains {
+        match rules.get(name.as_str()) {
+            None => out.push(format!("chain {name} is missing")),
+            Some(n) if *n != r.len() => {
+                out.push(format!("chain {name} has {n} rules, not {}", r.len()))
+            }
+            Some(_) => {}
+        }
+    }
+    for (d, v6) in DISPATCH {
+        let name = dispatch_map(d, v6);
+        let Some(set) = want.sets.get(&name) else {
+            continue;
+        };
+        if !maps.sets.iter().any(|s| s == name.as_str()) {
+            out.push(format!("map {name} is missing"));
+            continue;
+        }
+        let have: HashSet<&Value> = maps.in_set(name.as_str()).map(|e| &e.key).collect();
+        let missing = set
+            .elements
+            .iter()
+            .filter(|e| !have.contains(&e.key))
+            .count();
+        if missing > 0 {
+            out.push(format!(
+                "map {name} lacks {missing} of its {} elements",
+                set.elements.len()
+            ));
+        }
+    }
+    out
+}
+
 /// What an incremental change consists of (for logs and metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiffStats {
@@ -317,8 +364,36 @@ impl DiffStats {
 /// rules differ, chains and sets added and deleted. `None` when only a
 /// replacement of the table will do (the table's skeleton changed, a set
 /// changed its type). Elements the CNI plugin added are not in `old`, so
-/// they are never deleted here.
+/// they are never deleted here: see [`diff_in`] for a kernel where they
+/// may name a chain the diff deletes.
+///
+/// The order is the kernel's (a reference to a chain or set that does
+/// not exist is refused, and so is deleting one still referenced, EBUSY):
+/// what is referenced is added before what references it (sets and
+/// chains, then elements and rules), and references go before what they
+/// reference (elements and rules, then chains, then sets).
 pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
+    diff_in(old, new, None)
+}
+
+/// Whether [`diff`] would change a dispatch map or delete a chain: only
+/// then can the CNI plugin's elements in the kernel matter ([`diff_in`]).
+pub fn touches_dispatch(old: &Model, new: &Model) -> bool {
+    DISPATCH.iter().any(|(d, v6)| {
+        let n = dispatch_map(*d, *v6);
+        old.sets.get(&n).map(|s| &s.elements) != new.sets.get(&n).map(|s| &s.elements)
+    }) || old.chains.keys().any(|c| !new.chains.contains_key(c))
+}
+
+/// [`diff`] for a kernel whose dispatch maps hold `kernel` (as listed
+/// now; `None`: not listed). The CNI plugin adds elements kindnetd's
+/// model does not have (for pods no policy isolates, whose chains only
+/// pass); such an element that jumps to a chain the diff deletes goes
+/// before the chain (else the kernel refuses the whole transaction with
+/// EBUSY), one whose key the diff gives other data goes before the add
+/// (else EEXIST), and an element of `old` the kernel no longer has is not
+/// deleted again (else ENOENT).
+pub fn diff_in(old: &Model, new: &Model, kernel: Option<&[Present]>) -> Option<(Batch, DiffStats)> {
     if old.head != new.head {
         return None;
     }
@@ -358,7 +433,8 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
     let mut adds = Vec::new();
     for (n, o, s) in &sets {
         let (Some(o), Some(s)) = (o, s) else { continue };
-        if o.elements == s.elements {
+        let kernel = kernel.filter(|_| is_dispatch(n));
+        if o.elements == s.elements && kernel.is_none() {
             continue;
         }
         let old_e: HashMap<&Value, &Option<Value>> =
@@ -379,6 +455,9 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
             .filter(|e| old_e.get(&e.key) != Some(&&e.data))
             .cloned()
             .collect();
+        if let Some(kernel) = kernel {
+            reconcile_dispatch(n, kernel, &old_e, &new_e, &chains, &mut del);
+        }
         st.elements_deleted += del.len();
         st.elements_added += add.len();
         b.delete_elements(&t, n, del);
@@ -402,16 +481,27 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
             b.add_rule(&t, r.clone());
         }
     }
-    // 6. chains gone (their dispatch elements went in 3.), 7. sets gone
-    for (n, o, c) in &chains {
-        if let (Some((def, _)), None) = (o, c) {
-            if def.base.is_some() {
-                return None;
-            }
-            b.flush_chain(&t, n);
-            b.delete_chain(&t, n);
-            st.chains_deleted += 1;
+    // 6. chains gone (their dispatch elements went in 3.): every one
+    // emptied before any is deleted (a pod's chain jumps to a shared one),
+    // 7. sets gone (the rules naming them went in 5. and 6.)
+    let gone: Vec<&Name> = chains
+        .iter()
+        .filter(|(_, o, c)| o.is_some() && c.is_none())
+        .map(|(n, _, _)| *n)
+        .collect();
+    for (_, o, c) in &chains {
+        if let (Some((def, _)), None) = (o, c)
+            && def.base.is_some()
+        {
+            return None;
         }
+    }
+    for n in &gone {
+        b.flush_chain(&t, n);
+    }
+    for n in &gone {
+        b.delete_chain(&t, n);
+        st.chains_deleted += 1;
     }
     for (n, o, s) in &sets {
         if let (Some(o), None) = (o, s) {
@@ -423,6 +513,46 @@ pub fn diff(old: &Model, new: &Model) -> Option<(Batch, DiffStats)> {
         }
     }
     Some((b, st))
+}
+
+fn is_dispatch(n: &Name) -> bool {
+    DISPATCH.iter().any(|(d, v6)| &dispatch_map(*d, *v6) == n)
+}
+
+/// Corrects the deletes `del` of dispatch map `map` for what the kernel
+/// has there ([`diff_in`]).
+fn reconcile_dispatch(
+    map: &Name,
+    kernel: &[Present],
+    old_e: &HashMap<&Value, &Option<Value>>,
+    new_e: &HashMap<&Value, &Option<Value>>,
+    chains: &Paired<'_, Name, (ChainDef, Vec<RuleDef>)>,
+    del: &mut Vec<Value>,
+) {
+    let here: HashMap<&Value, &Option<Value>> = kernel
+        .iter()
+        .filter(|e| e.map == map.as_str())
+        .map(|e| (&e.key, &e.data))
+        .collect();
+    // an element of `old` already gone from the kernel
+    del.retain(|k| here.contains_key(k));
+    let gone = |c: &Name| {
+        chains
+            .binary_search_by(|(n, _, _)| (*n).cmp(c))
+            .is_ok_and(|i| chains[i].2.is_none())
+    };
+    for (key, data) in &here {
+        if old_e.contains_key(key) {
+            continue; // kindnetd's own: the diff decided about it
+        }
+        let names_gone = matches!(data, Some(Value::Goto(c) | Value::Jump(c)) if gone(c));
+        let clashes = new_e.get(key).is_some_and(|d| d != data);
+        if names_gone || clashes {
+            del.push((*key).clone());
+        }
+    }
+    del.sort();
+    del.dedup();
 }
 
 /// The entries of two maps side by side in key order: (key, old, new).
@@ -662,24 +792,97 @@ mod tests {
         assert_eq!(norm(&mut k), norm(&mut full));
     }
 
+    /// The chains and sets a rule names.
+    fn rule_refs(r: &RuleDef) -> (Vec<&Name>, Vec<&Name>) {
+        use kindnet_nft::{Expr, Rhs};
+        let (mut chains, mut sets) = (Vec::new(), Vec::new());
+        for e in &r.exprs {
+            match e {
+                Expr::Goto(c) | Expr::Jump(c) => chains.push(c),
+                Expr::Match {
+                    right: Rhs::Set(s), ..
+                } => sets.push(s),
+                Expr::VerdictMap { map, .. } => sets.push(map),
+                Expr::DnatMap { addrs, ports, .. } => sets.extend([addrs, ports]),
+                _ => {}
+            }
+        }
+        (chains, sets)
+    }
+
+    fn elem_ref(e: &Elem) -> Option<&Name> {
+        match &e.data {
+            Some(Value::Goto(c) | Value::Jump(c)) => Some(c),
+            _ => None,
+        }
+    }
+
     /// `old` with a diff batch applied, as the kernel would (what the
-    /// fake kernel cannot show: chains and their rules).
+    /// fake kernel cannot show: chains and their rules), refusing what
+    /// the kernel refuses: a reference to a chain or set that does not
+    /// exist, deleting a chain or set still referenced (EBUSY) or a
+    /// missing element (ENOENT), a map key added with other data (EEXIST).
     fn apply_to(mut m: Model, b: &Batch) -> Model {
         for c in &b.cmds {
             match c {
                 Cmd::AddSet(_, s) => {
+                    for e in &s.elements {
+                        if let Some(c) = elem_ref(e) {
+                            assert!(m.chains.contains_key(c), "{c} before its chain");
+                        }
+                    }
                     m.sets.insert(s.name.clone(), s.clone());
                 }
                 Cmd::AddChain(_, ch) => {
                     m.chains.insert(ch.name.clone(), (ch.clone(), vec![]));
                 }
-                Cmd::AddRule(_, r) => m.chains.get_mut(&r.chain).unwrap().1.push(r.clone()),
+                Cmd::AddRule(_, r) => {
+                    let (chains, sets) = rule_refs(r);
+                    for c in chains {
+                        assert!(m.chains.contains_key(c), "jump to {c} before the chain");
+                    }
+                    for s in sets {
+                        assert!(m.sets.contains_key(s), "@{s} before the set");
+                    }
+                    m.chains.get_mut(&r.chain).unwrap().1.push(r.clone())
+                }
                 Cmd::FlushChain(_, n) => m.chains.get_mut(n).unwrap().1.clear(),
-                Cmd::DeleteChain(_, n) => assert!(m.chains.remove(n).unwrap().1.is_empty()),
+                Cmd::DeleteChain(_, n) => {
+                    assert!(m.chains.remove(n).unwrap().1.is_empty());
+                    for (_, rules) in m.chains.values() {
+                        for r in rules {
+                            assert!(
+                                !rule_refs(r).0.contains(&n),
+                                "EBUSY: {n} jumped to by {r:?}"
+                            );
+                        }
+                    }
+                    for s in m.sets.values() {
+                        for e in &s.elements {
+                            assert_ne!(elem_ref(e), Some(n), "EBUSY: {n} named in @{}", s.name);
+                        }
+                    }
+                }
                 Cmd::DeleteSet(_, n) => {
                     m.sets.remove(n).unwrap();
+                    for (_, rules) in m.chains.values() {
+                        for r in rules {
+                            assert!(!rule_refs(r).1.contains(&n), "EBUSY: @{n} used by {r:?}");
+                        }
+                    }
                 }
-                Cmd::AddElements(_, n, e) => m.sets.get_mut(n).unwrap().elements.extend(e.clone()),
+                Cmd::AddElements(_, n, e) => {
+                    let s = m.sets.get_mut(n).unwrap();
+                    for e in e {
+                        if let Some(c) = elem_ref(e) {
+                            assert!(m.chains.contains_key(c), "{c} before its chain");
+                        }
+                        match s.elements.iter().find(|x| x.key == e.key) {
+                            Some(x) => assert_eq!(x.data, e.data, "EEXIST: {:?} in @{n}", e.key),
+                            None => s.elements.push(e.clone()),
+                        }
+                    }
+                }
                 Cmd::DeleteElements(_, n, keys) => {
                     let s = m.sets.get_mut(n).unwrap();
                     for k in keys {
@@ -692,6 +895,56 @@ mod tests {
             }
         }
         m
+    }
+
+    /// What the CNI plugin adds at ADD of each of `pods` (this node's),
+    /// where the kernel does not have the key yet.
+    fn with_cni_elements(mut kernel: Model, pods: &[(String, String, Vec<IpAddr>)]) -> Model {
+        for (ns, name, ips) in pods {
+            if !kernel
+                .chains
+                .contains_key(&pod_chain(ns, name, Direction::Ingress))
+            {
+                continue;
+            }
+            for c in kindnet_netpol::pod_dispatch_elements(ns, name, ips).cmds {
+                if let Cmd::AddElements(_, map, elems) = c
+                    && let Some(s) = kernel.sets.get_mut(&map)
+                {
+                    for e in elems {
+                        if !s.elements.iter().any(|x| x.key == e.key) {
+                            s.elements.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        kernel
+    }
+
+    fn dispatch_present(kernel: &Model) -> Vec<Present> {
+        kernel
+            .sets
+            .values()
+            .filter(|s| is_dispatch(&s.name))
+            .flat_map(|s| {
+                s.elements.iter().map(|e| Present {
+                    map: s.name.to_string(),
+                    key: e.key.clone(),
+                    data: e.data.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// `kernel` without the dispatch elements `new` does not have.
+    fn without_extra(mut kernel: Model, new: &Model) -> Model {
+        for (n, s) in kernel.sets.iter_mut() {
+            if let Some(want) = new.sets.get(n).filter(|_| is_dispatch(n)) {
+                s.elements.retain(|e| want.elements.contains(e));
+            }
+        }
+        kernel
     }
 
     fn sorted(mut m: Model) -> Model {
@@ -772,7 +1025,23 @@ mod tests {
                 v.push(Object::Namespace(serde_json::from_value(json!({"metadata": {"name": "y", "labels": ns_labels}})).unwrap()));
                 v
             };
+            // the CNI plugin's elements at ADD for this node's pods, with
+            // the addresses they have (also while the API says none yet)
+            let cni = |present: &[bool; 8]| {
+                (0..8usize)
+                    .filter(|i| present[*i] && i % 2 == 0)
+                    .map(|i| {
+                        let ns = if i % 3 == 0 { "y" } else { "x" };
+                        let ips: Vec<IpAddr> = [format!("10.0.1.{}", 2 + i), format!("fd00:1::{:x}", 2 + i)]
+                            .iter()
+                            .map(|a| a.parse().unwrap())
+                            .collect();
+                        (ns.to_string(), format!("p{i}"), ips)
+                    })
+                    .collect::<Vec<_>>()
+            };
             let mut old = model(&inputs(objects(&labels, &present, &pending, &on, team)));
+            let mut kernel = with_cni_elements(old.clone(), &cni(&present));
             for c in changes {
                 match c {
                     Change::Labels(i, l) => labels[i] = l,
@@ -784,6 +1053,12 @@ mod tests {
                 let new = model(&inputs(objects(&labels, &present, &pending, &on, team)));
                 let (b, _) = diff(&old, &new).expect("a diff");
                 proptest::prop_assert_eq!(sorted(apply_to(old.clone(), &b)), sorted(new.clone()));
+                // with the CNI plugin's elements in the kernel: the
+                // transaction is still accepted, and leaves the ruleset
+                let (b, _) = diff_in(&old, &new, Some(&dispatch_present(&kernel))).expect("a diff");
+                let after = apply_to(kernel, &b);
+                proptest::prop_assert_eq!(sorted(without_extra(after.clone(), &new)), sorted(new.clone()));
+                kernel = with_cni_elements(after, &cni(&present));
                 old = new;
             }
         }

@@ -11,9 +11,10 @@
 //! ruleset enforces until the new one replaces it. With
 //! `--network-policy=false` the table is removed.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ use kindnet_netpol::{
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
 use super::Inputs;
-use super::metrics::{DirectionLabel, ModeLabel};
+use super::metrics::{DirectionLabel, ModeLabel, ReasonLabel};
 use super::plan::{self, Model, Present};
 use crate::status::Status;
 use crate::store::NodeStore;
@@ -33,17 +34,30 @@ use crate::store::NodeStore;
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
 /// hand-off and kindnetd's list-then-replace never interleave.
 pub const LOCK_DIR: &str = "/run/kindnet";
-/// Counters are read (and the table's presence checked) this often.
+/// The denied counters are read this often ([`CounterReader`]).
 pub const COUNTER_PERIOD: Duration = Duration::from_secs(2);
+/// A counter read that takes longer is given up on (and no other is
+/// started until it ends).
+pub const COUNTER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The effects the policy reconciler needs.
 pub trait PolicyDataplane: Send {
     fn apply(&mut self, b: &Batch) -> Result<(), String>;
-    /// The table's sets and elements; `None` when it does not exist.
+    /// The dispatch maps and their elements; `None` when the table does
+    /// not exist.
     fn list(&mut self) -> Result<Option<Listing>, String>;
-    /// Packets of the table's named counters; `None` when no table.
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
+    /// Every chain of the table with its number of rules; `None` when the
+    /// table does not exist.
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String>;
     fn lock(&mut self) -> Result<Option<TableLock>, String>;
+}
+
+/// The four dispatch maps' names.
+fn dispatch_names() -> Vec<kindnet_nft::Name> {
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| [false, true].map(|v6| dispatch_map(d, v6)))
+        .collect()
 }
 
 /// The real kernel, through `nft`.
@@ -59,19 +73,6 @@ impl NftPolicy {
     }
 }
 
-/// Parses `nft -j list counters …`: (name, packets).
-pub fn parse_counters(doc: &serde_json::Value) -> Vec<(String, u64)> {
-    doc["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let c = i.get("counter")?;
-            Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
-        })
-        .collect()
-}
-
 impl PolicyDataplane for NftPolicy {
     fn apply(&mut self, b: &Batch) -> Result<(), String> {
         self.cli.apply(b).map_err(|e| e.to_string())
@@ -80,65 +81,18 @@ impl PolicyDataplane for NftPolicy {
     /// Only the four dispatch maps: listing the whole table would cost
     /// time and memory in proportion to the ruleset.
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        let t = table();
-        let mut all = Listing::default();
-        for d in [Direction::Ingress, Direction::Egress] {
-            for v6 in [false, true] {
-                let map = dispatch_map(d, v6);
-                let out = std::process::Command::new(kindnet_nft::nft_binary())
-                    .args([
-                        "-j",
-                        "list",
-                        "map",
-                        t.family.as_str(),
-                        t.name.as_str(),
-                        map.as_str(),
-                    ])
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run nft: {e}"))?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    if err.contains("No such file or directory") {
-                        // no table, or a table without this map
-                        continue;
-                    }
-                    return Err(format!("nft list map {map}: {}", err.trim()));
-                }
-                let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| format!("nft list map: not JSON: {e}"))?;
-                let l = Listing::parse(&doc);
-                all.sets.extend(l.sets);
-                all.elements.extend(l.elements);
-            }
-        }
-        Ok((!all.sets.is_empty()).then_some(all))
+        let names = dispatch_names();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        self.cli
+            .list_sets(&table(), &names)
+            .map_err(|e| e.to_string())
     }
 
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let t = table();
-        let out = std::process::Command::new(kindnet_nft::nft_binary())
-            .args([
-                "-j",
-                "list",
-                "counters",
-                "table",
-                t.family.as_str(),
-                t.name.as_str(),
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run nft: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if err.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(format!("nft list counters: {}", err.trim()));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("nft list counters: not JSON: {e}"))?;
-        Ok(Some(parse_counters(&doc)))
+    /// Over netlink: two dumps that read no set element.
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
+        kindnet_netlink::nftables::NfTables::open()
+            .and_then(|mut nf| nf.rule_counts(table().name.as_str()))
+            .map_err(|e| e.to_string())
     }
 
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
@@ -146,30 +100,242 @@ impl PolicyDataplane for NftPolicy {
     }
 }
 
-/// A recording fake over [`kindnet_nft::FakeNft`].
+/// A recording fake over [`kindnet_nft::FakeNft`], which also keeps each
+/// chain's number of rules (what the fake kernel does not model).
 #[derive(Default)]
 pub struct FakePolicy {
     pub nft: kindnet_nft::FakeNft,
-    pub counters: Vec<(String, u64)>,
+    pub rules: Option<BTreeMap<String, usize>>,
+}
+
+impl FakePolicy {
+    fn count_rules(&mut self, b: &Batch) {
+        use kindnet_nft::Cmd;
+        let ours = |t: &kindnet_nft::TableRef| t == &table();
+        for c in &b.cmds {
+            match c {
+                Cmd::AddTable(t) if ours(t) => {
+                    self.rules.get_or_insert_with(BTreeMap::new);
+                }
+                Cmd::DeleteTable(t) if ours(t) => self.rules = None,
+                Cmd::AddChain(t, ch) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        r.entry(ch.name.to_string()).or_default();
+                    }
+                }
+                Cmd::AddRule(t, rule) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        *r.entry(rule.chain.to_string()).or_default() += 1;
+                    }
+                }
+                Cmd::FlushChain(t, n) if ours(t) => {
+                    if let Some(c) = self.rules.as_mut().and_then(|r| r.get_mut(n.as_str())) {
+                        *c = 0;
+                    }
+                }
+                Cmd::DeleteChain(t, n) if ours(t) => {
+                    if let Some(r) = &mut self.rules {
+                        r.remove(n.as_str());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 impl PolicyDataplane for FakePolicy {
     fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.nft.apply(b).map_err(|e| e.to_string())
+        self.nft.apply(b).map_err(|e| e.to_string())?;
+        self.count_rules(b);
+        Ok(())
     }
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        self.nft.list(&table()).map_err(|e| e.to_string())
+        let names = dispatch_names();
+        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+        self.nft
+            .list_sets(&table(), &names)
+            .map_err(|e| e.to_string())
     }
-    fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let present = self
-            .nft
-            .table(table().family, table().name.as_str())
-            .is_some();
-        Ok(present.then(|| self.counters.clone()))
+    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
+        Ok(self.rules.clone())
     }
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
         Ok(None)
     }
+}
+
+/// Reads the table's named denied counters.
+pub trait CounterRead: Send + 'static {
+    /// (name, packets) of the counters that exist; `None`: no table.
+    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
+}
+
+/// The two named counters, each one nf_tables object asked for over
+/// netlink: the cost does not grow with the ruleset (`nft list counters`
+/// reads every set element of the table first).
+pub struct NetlinkCounters;
+
+impl CounterRead for NetlinkCounters {
+    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
+        let t = table();
+        let mut nf = kindnet_netlink::nftables::NfTables::open().map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for name in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
+            if let Some(p) = nf
+                .counter_packets(t.name.as_str(), name)
+                .map_err(|e| e.to_string())?
+            {
+                out.push((name.to_string(), p));
+            }
+        }
+        if out.is_empty() && !nf.has_table(t.name.as_str()).map_err(|e| e.to_string())? {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// (name, packets) of the named counters that exist.
+pub type CounterValues = Vec<(String, u64)>;
+type CounterResult = Result<Option<CounterValues>, String>;
+
+/// Reads the denied counters into the metrics on a thread of its own,
+/// every [`COUNTER_PERIOD`], giving up on a read after a timeout: status
+/// reads never hold up programming.
+pub struct CounterReader {
+    status: Arc<Status>,
+    replacements: Arc<AtomicU64>,
+    seen: [u64; 2],
+    generation: u64,
+    /// A read given up on, still running.
+    pending: Option<Receiver<CounterResult>>,
+    reader: Arc<Mutex<dyn CounterRead>>,
+    timeout: Duration,
+}
+
+/// What one [`CounterReader::tick`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CounterTick {
+    Read,
+    NoTable,
+    Failed(String),
+    /// The read took longer than the timeout (it goes on, alone; the
+    /// next tick waits for it instead of starting another).
+    TimedOut,
+}
+
+impl CounterReader {
+    pub fn new(
+        reader: impl CounterRead,
+        status: Arc<Status>,
+        replacements: Arc<AtomicU64>,
+        timeout: Duration,
+    ) -> CounterReader {
+        CounterReader {
+            status,
+            replacements,
+            seen: [0, 0],
+            generation: 0,
+            pending: None,
+            reader: Arc::new(Mutex::new(reader)),
+            timeout,
+        }
+    }
+
+    /// Runs forever on the calling thread.
+    pub fn run(mut self, period: Duration) {
+        loop {
+            std::thread::sleep(period);
+            match self.tick() {
+                CounterTick::TimedOut => tracing::warn!(
+                    timeout = ?self.timeout,
+                    "reading the NetworkPolicy counters takes too long; trying again later"
+                ),
+                CounterTick::Failed(e) => {
+                    tracing::debug!(error = %e, "cannot read the policy counters")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// One read, on a helper thread, waited for at most the timeout.
+    pub fn tick(&mut self) -> CounterTick {
+        let rx = match self.pending.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let reader = self.reader.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("netpol-counters".into())
+                    .spawn(move || {
+                        let r = match reader.lock() {
+                            Ok(mut g) => g.read(),
+                            Err(p) => p.into_inner().read(),
+                        };
+                        let _ = tx.send(r);
+                    });
+                if let Err(e) = spawned {
+                    return CounterTick::Failed(e.to_string());
+                }
+                rx
+            }
+        };
+        match rx.recv_timeout(self.timeout) {
+            Ok(Ok(Some(c))) => {
+                self.account(&c);
+                CounterTick::Read
+            }
+            Ok(Ok(None)) => CounterTick::NoTable,
+            Ok(Err(e)) => CounterTick::Failed(e),
+            Err(RecvTimeoutError::Timeout) => {
+                self.pending = Some(rx);
+                self.status.metrics.netpol.counter_read_timeouts.inc();
+                CounterTick::TimedOut
+            }
+            Err(RecvTimeoutError::Disconnected) => CounterTick::Failed("the read panicked".into()),
+        }
+    }
+
+    fn account(&mut self, c: &[(String, u64)]) {
+        // a replaced table starts its counters again at 0
+        let generation = self.replacements.load(Ordering::Relaxed);
+        if generation != self.generation {
+            self.generation = generation;
+            self.seen = [0, 0];
+        }
+        let m = &self.status.metrics.netpol;
+        for (i, (name, direction)) in [
+            (DENIED_INGRESS_COUNTER, "ingress"),
+            (DENIED_EGRESS_COUNTER, "egress"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some((_, v)) = c.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            let delta = v.checked_sub(self.seen[i]).unwrap_or(*v);
+            self.seen[i] = *v;
+            m.denied_packets
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(delta);
+        }
+    }
+}
+
+/// The dispatch elements of a listing (none without a table).
+fn present_of(l: Option<Listing>) -> Vec<Present> {
+    l.map(|l| l.elements)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| Present {
+            map: e.set,
+            key: e.key,
+            data: e.data,
+        })
+        .collect()
 }
 
 pub struct PolicySettings {
@@ -223,7 +389,7 @@ pub struct PolicyReconciler<D: PolicyDataplane> {
     last: Option<Applied>,
     removed: bool,
     logged_refusals: BTreeSet<String>,
-    counters_seen: [u64; 2],
+    replacements: Arc<AtomicU64>,
 }
 
 impl<D: PolicyDataplane> PolicyReconciler<D> {
@@ -243,7 +409,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             last: None,
             removed: false,
             logged_refusals: BTreeSet::new(),
-            counters_seen: [0, 0],
+            replacements: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -251,68 +417,82 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         &mut self.dp
     }
 
-    /// Runs until the wake channel closes.
-    pub fn run(mut self, rx: Receiver<()>) {
-        let mut next_counters = Instant::now() + COUNTER_PERIOD;
+    /// Runs until the wake channel closes: a pass on every wake, and a
+    /// check of the kernel against what was applied every `resync`.
+    /// Counters are read elsewhere ([`CounterReader`]): nothing here waits
+    /// for a read that the ruleset's size makes slow.
+    pub fn run(mut self, rx: Receiver<()>, resync: Duration) {
+        let mut next_resync = Instant::now() + resync;
         self.pass();
         loop {
             let now = Instant::now();
-            match rx.recv_timeout(next_counters.saturating_duration_since(now)) {
+            match rx.recv_timeout(next_resync.saturating_duration_since(now)) {
                 Ok(()) => {
                     while rx.try_recv().is_ok() {}
                     self.pass();
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    next_counters = Instant::now() + COUNTER_PERIOD;
-                    self.read_counters();
+                    next_resync = Instant::now() + resync;
+                    self.resync();
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
-    /// Reads the denied counters into the metrics; a table gone missing
-    /// (removed by hand) is reprogrammed.
-    pub fn read_counters(&mut self) {
-        if !self.cfg.enabled {
-            return;
-        }
-        match self.dp.counters() {
-            Ok(Some(c)) => self.account(&c),
-            Ok(None) => {
-                if self.last.is_some() {
-                    tracing::warn!("table inet kindnet-netpol disappeared; programming it again");
-                    self.last = None;
-                    self.pass();
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read the policy counters"),
-        }
+    /// How many times the table was replaced whole: the counters start
+    /// again at 0 each time ([`CounterReader`]).
+    pub fn replacements(&self) -> Arc<AtomicU64> {
+        self.replacements.clone()
     }
 
-    fn account(&mut self, c: &[(String, u64)]) {
-        let m = &self.status.metrics.netpol;
-        for (i, (name, direction)) in [
-            (DENIED_INGRESS_COUNTER, "ingress"),
-            (DENIED_EGRESS_COUNTER, "egress"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let Some((_, v)) = c.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            // a replaced table starts its counters again at 0
-            let delta = if *v >= self.counters_seen[i] {
-                v - self.counters_seen[i]
-            } else {
-                *v
-            };
-            self.counters_seen[i] = *v;
-            m.denied_packets
-                .get_or_create(&DirectionLabel { direction })
-                .inc_by(delta);
+    /// Compares the kernel with what was applied last: the table, every
+    /// chain and its number of rules, and every element of the dispatch
+    /// maps (reads that never touch the peer sets, so the cost grows with
+    /// the local pods and rules, not with the ruleset). What differs is
+    /// repaired by replacing the table (one transaction, carrying the CNI
+    /// plugin's elements), counted and logged in one line.
+    pub fn resync(&mut self) -> Option<Vec<String>> {
+        if !self.cfg.enabled {
+            return None;
         }
+        let want = self.last.as_ref()?.kernel();
+        let started = Instant::now();
+        let read = self
+            .dp
+            .rule_counts()
+            .and_then(|rules| Ok((rules, self.dp.list()?)));
+        let diffs = match read {
+            Ok((Some(rules), Some(maps))) => plan::drift(want, &rules, &maps),
+            Ok(_) => vec!["table inet kindnet-netpol is missing".to_string()],
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the policy table");
+                return None;
+            }
+        };
+        if diffs.is_empty() {
+            return Some(diffs);
+        }
+        let read_ms = started.elapsed().as_secs_f64() * 1e3;
+        self.last = None;
+        let outcome = self.pass();
+        self.status
+            .metrics
+            .drift_repaired
+            .get_or_create(&crate::metrics::TableLabel {
+                table: kindnet_netpol::TABLE,
+            })
+            .inc();
+        tracing::warn!(
+            table = kindnet_netpol::TABLE,
+            differences = diffs.len(),
+            first = %diffs[0],
+            read_ms,
+            repair_ms = started.elapsed().as_secs_f64() * 1e3 - read_ms,
+            outcome = ?outcome,
+            "the kernel's ruleset differed from kindnetd's; replaced"
+        );
+        Some(diffs)
     }
 
     /// The inputs as validated, read under their lock (not copied), and
@@ -453,7 +633,17 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             // elements carried before stay while still valid
             let carried = plan::carry_over_from(known, &new, old);
             let applied = Applied::new(new, &carried);
-            if let Some((b, st)) = plan::diff(old, applied.kernel()) {
+            // the CNI plugin's elements matter only where the diff
+            // touches the dispatch maps or deletes chains
+            let present = if plan::touches_dispatch(old, applied.kernel()) {
+                match self.dp.list() {
+                    Ok(l) => Some(present_of(l)),
+                    Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
+                }
+            } else {
+                None
+            };
+            if let Some((b, st)) = plan::diff_in(old, applied.kernel(), present.as_deref()) {
                 let t = Instant::now();
                 let r = self.dp.apply(&b);
                 tracing::debug!(
@@ -467,35 +657,34 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                         return Pass::Incremental(st);
                     }
                     Err(e) => {
-                        tracing::info!(error = %e, "incremental policy update refused; replacing the table");
+                        tracing::warn!(error = %e, "incremental policy update refused; replacing the table");
+                        self.count_replacement("refused");
                     }
                 }
+            } else {
+                self.count_replacement("not_incremental");
             }
             return self.replace(known, applied.compiled);
         }
         self.replace(known, new)
     }
 
+    fn count_replacement(&self, reason: &'static str) {
+        self.status
+            .metrics
+            .netpol
+            .full_replacements
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
     /// The whole table, keeping what the CNI plugin added for pods whose
     /// addresses are not known yet.
     fn replace(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
         let present: Vec<Present> = match self.dp.list() {
-            Ok(Some(l)) => l
-                .elements
-                .into_iter()
-                .map(|e| Present {
-                    map: e.set,
-                    key: e.key,
-                    data: e.data,
-                })
-                .collect(),
-            Ok(None) => Vec::new(),
+            Ok(l) => present_of(l),
             Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
         };
-        // the counters restart with the table: account for them first
-        if let Ok(Some(c)) = self.dp.counters() {
-            self.account(&c);
-        }
         let carried = plan::carry_over(known, &new, &present);
         for (map, e) in &carried {
             if let Value::Addr(a) = &e.key {
@@ -505,7 +694,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         let applied = Applied::new(new, &carried);
         match self.dp.apply(&applied.kernel().to_batch()) {
             Ok(()) => {
-                self.counters_seen = [0, 0];
+                self.replacements.fetch_add(1, Ordering::Relaxed);
                 self.status
                     .metrics
                     .netpol
@@ -710,12 +899,13 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_diff_falls_back_to_the_full_table() {
+    fn a_refused_diff_falls_back_to_the_full_table_and_is_counted() {
         let mut h = harness(true);
         h.sync_nodes();
         h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
         h.r.pass();
-        // someone deleted our element by hand: the diff's delete fails
+        // someone deleted our element by hand: the diff does not delete
+        // it again (the kernel would refuse the whole diff)
         let mut b = Batch::new();
         b.delete_elements(
             &table(),
@@ -724,7 +914,56 @@ mod tests {
         );
         h.r.dataplane().apply(&b).unwrap();
         h.file(vec![deny()]);
+        assert!(matches!(h.r.pass(), Pass::Incremental(_)));
+        let replaced = |h: &H| {
+            h.status
+                .metrics
+                .encode()
+                .contains("kindnet_netpol_full_replacements_total{reason=\"refused\"} 1")
+        };
+        assert!(!replaced(&h));
+        // the kernel refuses a diff: the whole table, counted
+        let n = h.applied();
+        h.r.dataplane().nft.fail_apply = Some(n);
+        h.file(vec![pod("b", &["10.0.1.3"]), deny()]);
         assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        assert!(replaced(&h), "{}", h.status.metrics.encode());
+    }
+
+    #[test]
+    fn a_deleted_open_pods_cni_elements_go_before_its_chain() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        // no policy: x/a's chains only pass, no element of kindnetd's
+        h.file(vec![pod("a", &["10.0.1.2"])]);
+        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        let ip: IpAddr = "10.0.1.2".parse().unwrap();
+        h.r.dataplane()
+            .apply(&pod_dispatch_elements("x", "a", &[ip]))
+            .unwrap();
+        h.file(vec![]);
+        let p = h.r.pass();
+        assert!(
+            matches!(p, Pass::Incremental(st) if st.chains_deleted == 2),
+            "{p:?}"
+        );
+        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
+        let del_elem = b
+            .cmds
+            .iter()
+            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteElements(..)))
+            .expect("the CNI's elements deleted");
+        let del_chain = b
+            .cmds
+            .iter()
+            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteChain(..)))
+            .unwrap();
+        assert!(del_elem < del_chain, "{b:?}");
+        let l = h.r.dataplane().list().unwrap().unwrap();
+        assert!(
+            !l.elements.iter().any(|e| e.key == Value::Addr(ip)),
+            "{l:?}"
+        );
     }
 
     #[test]
@@ -738,15 +977,6 @@ mod tests {
         assert!(r.contains("[!] refused: policy x/bad"), "{r}");
         let text = h.status.metrics.encode();
         assert!(text.contains("kindnet_netpol_policies "), "{text}");
-        h.r.dataplane().counters = vec![(DENIED_INGRESS_COUNTER.into(), 5)];
-        h.r.read_counters();
-        h.r.read_counters();
-        assert!(
-            h.status
-                .metrics
-                .encode()
-                .contains("kindnet_netpol_denied_packets_total{direction=\"ingress\"} 5")
-        );
 
         let mut off = harness(false);
         off.r.dataplane().nft = std::mem::take(&mut h.r.dataplane().nft);
@@ -755,17 +985,173 @@ mod tests {
         assert_eq!(off.r.pass(), Pass::Unchanged);
     }
 
+    /// Counters as the fake kernel has them; `gate`: each read waits for
+    /// a message first (a slow read).
+    struct FakeCounters {
+        values: Arc<Mutex<Option<CounterValues>>>,
+        gate: Option<Receiver<()>>,
+    }
+
+    impl CounterRead for FakeCounters {
+        fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
+            if let Some(g) = &self.gate {
+                g.recv().map_err(|e| e.to_string())?;
+            }
+            Ok(self.values.lock().unwrap().clone())
+        }
+    }
+
+    fn denied(s: &Status, direction: &str) -> String {
+        let text = s.metrics.encode();
+        let key = format!("kindnet_netpol_denied_packets_total{{direction=\"{direction}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or("")
+            .to_string()
+    }
+
     #[test]
-    fn counters_parse_from_nft_json() {
-        let doc = json!({"nftables": [{"metainfo": {}},
-            {"counter": {"family": "inet", "name": "denied-ingress", "table": "kindnet-netpol", "handle": 3, "packets": 12, "bytes": 900}},
-            {"counter": {"name": "denied-egress", "packets": 0, "bytes": 0}}]});
-        assert_eq!(
-            parse_counters(&doc),
-            [
-                ("denied-ingress".to_string(), 12),
-                ("denied-egress".to_string(), 0)
-            ]
+    fn counters_are_accounted_across_replacements() {
+        let status = Arc::new(Status::new());
+        let values = Arc::new(Mutex::new(Some(vec![(DENIED_INGRESS_COUNTER.into(), 5)])));
+        let replaced = Arc::new(AtomicU64::new(1));
+        let mut c = CounterReader::new(
+            FakeCounters {
+                values: values.clone(),
+                gate: None,
+            },
+            status.clone(),
+            replaced.clone(),
+            Duration::from_secs(5),
         );
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(denied(&status, "ingress"), "5");
+        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 7)]);
+        c.tick();
+        assert_eq!(denied(&status, "ingress"), "7");
+        // the table replaced: its counter starts at 0 again
+        replaced.fetch_add(1, Ordering::Relaxed);
+        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 9)]);
+        c.tick();
+        assert_eq!(denied(&status, "ingress"), "16");
+        *values.lock().unwrap() = None;
+        assert_eq!(c.tick(), CounterTick::NoTable);
+    }
+
+    #[test]
+    fn a_slow_counter_read_never_holds_up_programming() {
+        let h = harness(true);
+        h.sync_nodes();
+        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
+        let (gate_tx, gate) = std::sync::mpsc::channel();
+        let mut c = CounterReader::new(
+            FakeCounters {
+                values: Arc::new(Mutex::new(Some(vec![(DENIED_EGRESS_COUNTER.into(), 3)]))),
+                gate: Some(gate),
+            },
+            h.status.clone(),
+            h.r.replacements(),
+            Duration::from_millis(50),
+        );
+        // the policy thread, as kindnetd runs it
+        let (wake, rx) = std::sync::mpsc::channel();
+        let status = h.status.clone();
+        let inputs = h.inputs.clone();
+        let r = h.r;
+        let policy = std::thread::spawn(move || r.run(rx, Duration::from_secs(3600)));
+        let programmed = |v: i64| {
+            kindnet_testbed::wait_for(Duration::from_secs(10), || {
+                (status.metrics.netpol.programmed_version.get() == v).then_some(())
+            })
+        };
+        assert!(programmed(7).is_some());
+        // a read that does not end: given up on, and not started again
+        assert_eq!(c.tick(), CounterTick::TimedOut);
+        assert_eq!(c.tick(), CounterTick::TimedOut);
+        // meanwhile a label change is programmed
+        let b = Object::Pod(
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "b", "labels": {"role": "client"}},
+                "spec": {"nodeName": "n1"},
+                "status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.3"}]}
+            }))
+            .unwrap(),
+        );
+        let a = pod("a", &["10.0.1.2"]);
+        inputs
+            .lock()
+            .unwrap()
+            .replace_file(vec![a, b, deny()], Some(8));
+        wake.send(()).unwrap();
+        assert!(programmed(8).is_some(), "programming waited for the read");
+        // the read ends: counted once
+        gate_tx.send(()).unwrap();
+        assert_eq!(c.tick(), CounterTick::Read);
+        assert_eq!(denied(&h.status, "egress"), "3");
+        assert_eq!(h.status.metrics.netpol.counter_read_timeouts.get(), 2);
+        drop(wake);
+        policy.join().unwrap();
+    }
+
+    #[test]
+    fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
+        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+        assert_eq!(h.r.resync(), Some(vec![]), "nothing differs");
+        // the CNI plugin's elements are not drift
+        let ip: IpAddr = "10.0.1.9".parse().unwrap();
+        h.r.dataplane()
+            .apply(&pod_dispatch_elements("x", "a", &[ip]))
+            .unwrap();
+        assert_eq!(h.r.resync(), Some(vec![]));
+        let repaired = |h: &H| {
+            h.status
+                .metrics
+                .drift_repaired
+                .get_or_create(&crate::metrics::TableLabel {
+                    table: kindnet_netpol::TABLE,
+                })
+                .get()
+        };
+        // `nft flush map inet kindnet-netpol ingress4`
+        let ing4 = dispatch_map(Direction::Ingress, false);
+        let mut b = Batch::new();
+        b.delete_elements(
+            &table(),
+            &ing4,
+            vec![Value::Addr("10.0.1.2".parse().unwrap()), Value::Addr(ip)],
+        );
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(
+            d[0].contains("map ingress4 lacks 1 of its 1 elements"),
+            "{d:?}"
+        );
+        assert_eq!(repaired(&h), 1);
+        let last = h.r.dataplane().nft.applied.last().unwrap().clone();
+        assert!(
+            matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
+            "replaced in one batch"
+        );
+        assert_eq!(h.r.resync(), Some(vec![]), "repaired");
+        // a pod's chain flushed
+        let chain = pod_chain("x", "a", Direction::Egress);
+        let mut b = Batch::new();
+        b.flush_chain(&table(), &chain);
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(d[0].contains("has 0 rules, not 1"), "{d:?}");
+        assert_eq!(repaired(&h), 2);
+        // the table deleted
+        let mut b = Batch::new();
+        b.remove_table(&table());
+        h.r.dataplane().apply(&b).unwrap();
+        let d = h.r.resync().unwrap();
+        assert!(d[0].contains("missing"), "{d:?}");
+        assert_eq!(repaired(&h), 3);
+        assert_eq!(h.r.resync(), Some(vec![]));
     }
 }

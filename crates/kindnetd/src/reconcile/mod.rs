@@ -122,6 +122,11 @@ pub struct PassReport {
     /// The conflist on disk is this pass's (written now, or already so).
     pub conflist_in_place: bool,
     pub masquerade_applied: bool,
+    /// A full pass found the table as applied before.
+    pub masquerade_verified: bool,
+    /// A full pass found the table changed by someone else (what
+    /// differed) and replaced it.
+    pub masquerade_repaired: Vec<String>,
     pub masquerade_removed: bool,
     /// Applying or removing the masquerade table failed.
     pub masquerade_failed: bool,
@@ -197,12 +202,23 @@ pub fn apply<D: Dataplane>(dp: &mut D, plan: &Plan) -> PassReport {
     }
     match &plan.masquerade {
         MasqPlan::Unchanged => {}
-        MasqPlan::Apply(batch) => match dp.nft(batch) {
-            Ok(()) => report.masquerade_applied = true,
+        MasqPlan::Apply(batch) => apply_masq(dp, batch, &mut report),
+        MasqPlan::Verify(batch) => match dp.nft_read(&masq::table()) {
+            Ok(read) => {
+                let differs = masq::drift(batch, read.as_ref());
+                if differs.is_empty() {
+                    report.masquerade_verified = true;
+                } else {
+                    apply_masq(dp, batch, &mut report);
+                    if report.masquerade_applied {
+                        report.masquerade_repaired = differs;
+                    }
+                }
+            }
+            // cannot compare: replace it, as every full pass did before
             Err(e) => {
-                report.masquerade_failed = true;
-                tracing::error!(error = %e, "cannot apply masquerade rules");
-                report.errors.push(format!("masquerade: {e}"));
+                tracing::debug!(error = %e, "cannot read the masquerade table");
+                apply_masq(dp, batch, &mut report);
             }
         },
         MasqPlan::Remove => match dp.nft(&masq::removal()) {
@@ -217,6 +233,17 @@ pub fn apply<D: Dataplane>(dp: &mut D, plan: &Plan) -> PassReport {
         },
     }
     report
+}
+
+fn apply_masq<D: Dataplane>(dp: &mut D, batch: &kindnet_nft::Batch, report: &mut PassReport) {
+    match dp.nft(batch) {
+        Ok(()) => report.masquerade_applied = true,
+        Err(e) => {
+            report.masquerade_failed = true;
+            tracing::error!(error = %e, "cannot apply masquerade rules");
+            report.errors.push(format!("masquerade: {e}"));
+        }
+    }
 }
 
 fn set_sysctls<D: Dataplane>(
@@ -434,6 +461,8 @@ impl<D: Dataplane> Reconciler<D> {
                 mem.last_masq = Some(batch.clone());
             }
             MasqPlan::Apply(_) => mem.last_masq = None,
+            MasqPlan::Verify(_) if report.masquerade_verified || report.masquerade_applied => {}
+            MasqPlan::Verify(_) => mem.last_masq = None,
             MasqPlan::Remove => mem.masq_removed |= report.masquerade_removed,
         }
     }
@@ -483,6 +512,19 @@ impl<D: Dataplane> Reconciler<D> {
         }
         if report.masquerade_failed {
             m.masquerade_errors.inc();
+        }
+        if let Some(first) = report.masquerade_repaired.first() {
+            m.drift_repaired
+                .get_or_create(&crate::metrics::TableLabel {
+                    table: masq::TABLE_NAME,
+                })
+                .inc();
+            tracing::warn!(
+                table = masq::TABLE_NAME,
+                differences = report.masquerade_repaired.len(),
+                first = %first,
+                "the kernel's ruleset differed from kindnetd's; replaced"
+            );
         }
 
         self.log_skips(&plan.desired);

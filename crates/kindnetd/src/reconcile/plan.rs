@@ -49,6 +49,9 @@ pub enum MasqPlan {
     Unchanged,
     /// Replace the table with this batch (one transaction).
     Apply(Batch),
+    /// The ruleset applied before, at a full pass: compare the kernel's
+    /// table with it and replace the table only when it differs (drift).
+    Verify(Batch),
     /// Masquerading is off: remove the table once.
     Remove,
 }
@@ -172,10 +175,10 @@ pub fn plan(
             &cfg.pod_subnet,
             &cfg.no_masquerade,
         ));
-        if !full && memory.last_masq.as_ref() == Some(&batch) {
-            MasqPlan::Unchanged
-        } else {
-            MasqPlan::Apply(batch)
+        match (full, memory.last_masq.as_ref() == Some(&batch)) {
+            (false, true) => MasqPlan::Unchanged,
+            (true, true) => MasqPlan::Verify(batch),
+            (_, false) => MasqPlan::Apply(batch),
         }
     };
 
