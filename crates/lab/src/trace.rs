@@ -282,6 +282,7 @@ fn contains(v: &Value, ip: IpAddr) -> bool {
     match v {
         Value::Addr(a) => *a == ip,
         Value::Prefix(n) => n.contains(&ip),
+        Value::AddrRange(lo, hi) => lo.is_ipv6() == ip.is_ipv6() && *lo <= ip && ip <= *hi,
         _ => false,
     }
 }

@@ -495,6 +495,7 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
         .parse()
         .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", b.cidr))?;
     let mut ranges = Ranges::of_net(&cidr);
+    let mut excepts = Vec::with_capacity(b.except.len());
     for e in &b.except {
         let ex: IpNet = e
             .parse()
@@ -506,8 +507,9 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
                 b.cidr
             ));
         }
-        ranges.subtract(&ex);
+        excepts.push(ex);
     }
+    ranges.subtract_all(&excepts);
     Ok(ranges)
 }
 

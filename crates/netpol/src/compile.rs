@@ -221,7 +221,12 @@ impl<'a> Builder<'a> {
     }
 
     fn peer_set(&mut self, id: &str, r: &Ranges) -> Name {
-        let elems = r.to_nets().into_iter().map(Value::net).collect();
+        // one element per range (`a-b`, or the prefix or address it is)
+        let elems = r
+            .intervals()
+            .into_iter()
+            .filter_map(|(a, b)| Value::addr_range(a, b))
+            .collect();
         let prefix = if r.v6 { "peers6" } else { "peers4" };
         self.set(prefix, id, vec![KeyType::addr(r.v6)], true, elems)
     }

@@ -48,7 +48,8 @@
 //! Per new connection a packet costs two verdict-map lookups and, for an
 //! isolated pod, a few set lookups per rule of the policies selecting it,
 //! never a scan of peers or ports: peers are interval sets of pod
-//! addresses and ipBlocks (excepts subtracted), ports are interval sets of
+//! addresses and ipBlocks (excepts subtracted, one element per range:
+//! N excepts make at most N+1), ports are interval sets of
 //! `protocol . port` (endPort ranges), named ports are resolved per
 //! destination pod (ingress: into the port set of that pod's chain;
 //! egress: into `address . protocol . port` elements). Peer sets are named

@@ -55,8 +55,41 @@ fn selector() -> impl Strategy<Value = Json> {
     ]
 }
 
+/// An ipBlock with random excepts over the pod addresses (single
+/// addresses, so the peer set is ranges that are no prefixes), whole
+/// family or pod network.
+fn except_block() -> impl Strategy<Value = Json> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((1..3u8, 2..9u8, 0..3u8), 0..6),
+    )
+        .prop_map(|(v6, whole, ex)| {
+            let except: Vec<String> = ex
+                .iter()
+                .map(|&(node, host, len)| match (v6, len) {
+                    (false, 0) => format!("10.244.{node}.{host}/32"),
+                    (false, 1) => format!("10.244.{node}.{}/31", host & !1),
+                    (false, _) => format!("10.244.{node}.{}/30", host & !3),
+                    (true, 0) => format!("fd00::{node}{host:02x}/128"),
+                    (true, 1) => format!("fd00::{node}{:02x}/127", host & !1),
+                    (true, _) => format!("fd00::{node}{:02x}/126", host & !3),
+                })
+                .collect();
+            let cidr = match (v6, whole) {
+                (false, true) => "0.0.0.0/0",
+                (false, false) => "10.244.0.0/16",
+                (true, true) => "::/0",
+                (true, false) => "fd00::/64",
+            };
+            json!({"ipBlock": {"cidr": cidr, "except": except}})
+        })
+}
+
 fn peer() -> impl Strategy<Value = Json> {
     prop_oneof![
+        except_block(),
+        except_block(),
         selector().prop_map(|s| json!({"podSelector": s})),
         selector().prop_map(|s| json!({"namespaceSelector": s})),
         (selector(), selector())
