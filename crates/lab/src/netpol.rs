@@ -149,6 +149,7 @@ pub fn cluster(lab: &Lab) -> Result<Cluster> {
             node_name: n.name.clone(),
             node_ips: n.addrs.iter().map(|a| a.addr()).collect(),
             log_denied: false,
+            pod_cidrs: Vec::new(),
         })
         .collect();
     Ok(Cluster::new(&pods, &nss, &pols, &nodes).0)

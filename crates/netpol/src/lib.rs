@@ -77,7 +77,10 @@ pub mod input;
 mod selector;
 
 pub use cidr::Ranges;
-pub use cluster::{Cluster, Direction, NAMESPACE_NAME_LABEL, NodeContext, Refusal, Report};
+pub use cluster::{
+    Addressing, Attachment, Cluster, Conflict, Direction, NAMESPACE_NAME_LABEL, NodeContext,
+    Refusal, Report,
+};
 pub use compile::{
     Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,
     TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash, table,

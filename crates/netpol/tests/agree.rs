@@ -22,6 +22,7 @@ fn ctx(i: usize) -> NodeContext {
         node_name: n.into(),
         node_ips: vec![a.parse().unwrap(), b.parse().unwrap()],
         log_denied: i == 0,
+        pod_cidrs: Vec::new(),
     }
 }
 

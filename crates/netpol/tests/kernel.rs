@@ -477,6 +477,7 @@ impl Lab {
             node_name: NODE.into(),
             node_ips: vec![NODE4.parse().unwrap(), NODE6.parse().unwrap()],
             log_denied: log,
+            pod_cidrs: Vec::new(),
         };
         let (c, report) = Cluster::new(
             &self.pod_objects(pending),

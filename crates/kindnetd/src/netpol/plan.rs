@@ -28,6 +28,7 @@ pub fn contexts(
             node_name: s.node.name.clone(),
             node_ips: s.node.addresses().copied().collect(),
             log_denied,
+            pod_cidrs: Vec::new(),
         })
         .collect();
     all.sort_by(|a, b| a.node_name.cmp(&b.node_name));
@@ -39,6 +40,7 @@ pub fn contexts(
             node_name: own_name.to_string(),
             node_ips: Vec::new(),
             log_denied,
+            pod_cidrs: Vec::new(),
         });
     own.node_ips.extend(own_ips.iter().copied());
     own.node_ips.sort();
@@ -503,6 +505,7 @@ mod tests {
             node_name: "n1".into(),
             node_ips: vec!["172.18.0.2".parse().unwrap()],
             log_denied: false,
+            pod_cidrs: Vec::new(),
         };
         (own.clone(), vec![own])
     }
