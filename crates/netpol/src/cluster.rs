@@ -82,7 +82,8 @@ pub struct Addressing {
     /// Check pod addresses against their node's podCIDRs (kindnetd does;
     /// a node without podCIDRs then has no pod addresses).
     pub check_pod_cidrs: bool,
-    /// The node whose CNI record `attached` is.
+    /// The node whose CNI record `attached` is (empty: each attachment is
+    /// the record of its Pod's node, for a lab that made every sandbox).
     pub node_name: String,
     /// The CNI plugin's record on `node_name`.
     pub attached: Vec<Attachment>,
@@ -104,7 +105,9 @@ impl fmt::Display for Conflict {
             if i > 0 {
                 f.write_str(", ")?;
             }
-            write!(f, "{ns}/{n}")?;
+            // names from the nodes file are not validated: no control
+            // character reaches a log or /readyz
+            write!(f, "{}/{}", ns.escape_debug(), n.escape_debug())?;
         }
         Ok(())
     }
@@ -335,11 +338,11 @@ impl Cluster {
             let Some(p) = self.pods.get(&key) else {
                 continue;
             };
-            if p.host_network || p.node != a.node_name {
+            if p.host_network || (!a.node_name.is_empty() && p.node != a.node_name) {
                 continue;
             }
             for ip in &at.ips {
-                if inside(&a.node_name, ip) {
+                if inside(&p.node, ip) {
                     record.entry(*ip).or_insert_with(|| key.clone());
                 }
             }
@@ -411,6 +414,63 @@ impl Cluster {
             }
             self.conflicts.insert(ip, keys);
         }
+    }
+
+    /// Refuses the policies over `budget` (see [`Budget`]) for `node`: each
+    /// keeps isolating the pods it selects and allows nothing (its rules
+    /// are dropped). Returns the refusals, for the [`Report`].
+    pub fn apply_budget(&mut self, budget: &Budget, node: &str) -> Vec<Refusal> {
+        let mut r = Report::default();
+        let mut local: Vec<(usize, usize)> = Vec::new();
+        for (i, pol) in self.policies.iter().enumerate() {
+            let selects_here = self.pods.values().any(|p| {
+                p.node == node
+                    && !p.host_network
+                    && pol.namespace == p.namespace
+                    && pol.selector.matches(&p.labels)
+            });
+            if selects_here {
+                local.push((policy_elements(pol), i));
+            }
+        }
+        // the smallest first: one large policy cannot crowd out the others
+        local.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut total = 0usize;
+        let mut over: Vec<(usize, String)> = Vec::new();
+        for (n, i) in local {
+            if n > budget.per_policy {
+                over.push((
+                    i,
+                    format!(
+                        "{n} set elements, over the budget of {} per policy",
+                        budget.per_policy
+                    ),
+                ));
+            } else if total + n > budget.per_node {
+                over.push((
+                    i,
+                    format!(
+                        "{n} set elements, over what is left of the node's budget of {} ({} taken by smaller policies)",
+                        budget.per_node, total
+                    ),
+                ));
+            } else {
+                total += n;
+            }
+        }
+        over.sort();
+        for (i, why) in over {
+            let pol = &mut self.policies[i];
+            for rules in [&mut pol.ingress, &mut pol.egress].into_iter().flatten() {
+                rules.clear();
+            }
+            r.refuse(
+                format!("policy {}", pol.id()),
+                "the policy's rules",
+                format!("{why}; the pods it selects stay isolated and it allows nothing"),
+            );
+        }
+        r.refused
     }
 
     /// Addresses several Pods claim that no CNI record settles: they match
@@ -505,6 +565,38 @@ impl Cluster {
             PeerSel::Block(_) => false,
         }
     }
+}
+
+/// How many set elements a policy may make (ipBlock ranges and port
+/// entries of its rules; pod peers grow with pods, not with the policy):
+/// one policy, and all the policies selecting a node's pods together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Elements of one policy.
+    pub per_policy: usize,
+    /// Elements of the policies selecting pods of one node.
+    pub per_node: usize,
+}
+
+/// The set elements a policy's rules make: each ipBlock's ranges and each
+/// port entry (at least one per rule).
+pub(crate) fn policy_elements(p: &Policy) -> usize {
+    [p.ingress.as_deref(), p.egress.as_deref()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|rule| {
+            let peers: usize = rule
+                .peers
+                .iter()
+                .map(|s| match s {
+                    PeerSel::Block(r) => r.len(),
+                    PeerSel::Pods { .. } => 1,
+                })
+                .sum();
+            (peers + rule.ports.len()).max(1)
+        })
+        .sum()
 }
 
 fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
@@ -1206,5 +1298,100 @@ mod addressing_tests {
             Proto::Tcp,
         );
         assert!(v.allowed, "{}", v.reason);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::compile::compile;
+    use crate::eval::{Endpoint, Proto, evaluate};
+    use serde_json::json;
+
+    fn except_policy(name: &str, n: u32) -> NetworkPolicy {
+        let except: Vec<String> = (0..n)
+            .map(|i| format!("fd00::{:x}/128", i * 2 + 1))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}],
+                "egress": [{"to": [{"ipBlock": {"cidr": "::/0"}}]}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_policy_over_budget_allows_nothing_and_keeps_isolating() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "a"}, "spec": {"nodeName": "n1"},
+            "status": {"podIPs": [{"ip": "fd00:1::2"}]}}))
+        .unwrap();
+        let pols = [except_policy("big", 1000), except_policy("small", 3)];
+        let (mut c, _) = Cluster::new(&[pod], &[], &pols, &[]);
+        assert_eq!(policy_elements(&c.policies[0]), 1001 + 1);
+        assert_eq!(policy_elements(&c.policies[1]), 4 + 1);
+        let allowed = |c: &Cluster| {
+            evaluate(
+                c,
+                &Endpoint::Addr("2001:db8::1".parse().unwrap()),
+                &Endpoint::pod("x", "a", true),
+                80,
+                Proto::Tcp,
+            )
+            .allowed
+        };
+        assert!(allowed(&c));
+        let budget = Budget {
+            per_policy: 500,
+            per_node: 10_000,
+        };
+        // another node's pods: nothing to refuse there
+        assert!(c.clone().apply_budget(&budget, "n2").is_empty());
+        let refused = c.apply_budget(&budget, "n1");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].object, "policy x/big");
+        assert!(
+            refused[0].reason.contains("1002 set elements"),
+            "{}",
+            refused[0]
+        );
+        // x/small still allows; x/big isolates and allows nothing
+        assert!(allowed(&c));
+        assert!(c.is_isolated("x", "a", Direction::Ingress));
+        assert!(c.policies[0].ingress.as_deref() == Some(&[]));
+        // the node budget: the smaller policy first
+        let (mut c, _) = Cluster::new(&[], &[], &pols, &[]);
+        let (mut c2, _) = Cluster::new(
+            &[
+                serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "a"},
+                "spec": {"nodeName": "n1"}}))
+                .unwrap(),
+            ],
+            &[],
+            &pols,
+            &[],
+        );
+        assert!(
+            c.apply_budget(&budget, "n1").is_empty(),
+            "selects nothing here"
+        );
+        let refused = c2.apply_budget(
+            &Budget {
+                per_policy: 5000,
+                per_node: 1000,
+            },
+            "n1",
+        );
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].reason.contains("node's budget of 1000 (5 taken"),
+            "{}",
+            refused[0]
+        );
+        // compiled: the big policy's 1001 ranges are gone from the table
+        let ctx = NodeContext {
+            node_name: "n1".into(),
+            ..NodeContext::default()
+        };
+        assert!(compile(&c2, &ctx).stats.elements < 50);
     }
 }

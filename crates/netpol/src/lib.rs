@@ -78,8 +78,8 @@ mod selector;
 
 pub use cidr::Ranges;
 pub use cluster::{
-    Addressing, Attachment, Cluster, Conflict, Direction, NAMESPACE_NAME_LABEL, NodeContext,
-    Refusal, Report,
+    Addressing, Attachment, Budget, Cluster, Conflict, Direction, NAMESPACE_NAME_LABEL,
+    NodeContext, Refusal, Report,
 };
 pub use compile::{
     Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,

@@ -19,7 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kindnet_netpol::{
-    DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile, dispatch_map, table,
+    Addressing, Budget, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile,
+    dispatch_map, table,
 };
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
@@ -177,6 +178,29 @@ pub struct PolicySettings {
     pub own_name: String,
     pub own_ips: Vec<IpAddr>,
     pub log_denied: bool,
+    /// Set elements a policy, and this node's policies together, may make.
+    pub budget: Budget,
+}
+
+/// How many conflicts a line names before "… and N more".
+const CONFLICTS_SHOWN: usize = 5;
+
+/// `N pod addresses claimed by several Pods …: a, b, … and M more`.
+pub fn conflict_line(c: &[kindnet_netpol::Conflict]) -> String {
+    let mut s = format!(
+        "{} pod address(es) claimed by several Pods, held by none (no pod peer matches them; a local isolated claimant's traffic is dropped): ",
+        c.len()
+    );
+    for (i, x) in c.iter().take(CONFLICTS_SHOWN).enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&x.to_string());
+    }
+    if c.len() > CONFLICTS_SHOWN {
+        s.push_str(&format!(" … and {} more", c.len() - CONFLICTS_SHOWN));
+    }
+    s
 }
 
 /// What one pass did.
@@ -223,6 +247,7 @@ pub struct PolicyReconciler<D: PolicyDataplane> {
     last: Option<Applied>,
     removed: bool,
     logged_refusals: BTreeSet<String>,
+    logged_conflicts: Vec<kindnet_netpol::Conflict>,
     counters_seen: [u64; 2],
 }
 
@@ -243,6 +268,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             last: None,
             removed: false,
             logged_refusals: BTreeSet::new(),
+            logged_conflicts: Vec::new(),
             counters_seen: [0, 0],
         }
     }
@@ -316,8 +342,11 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
     }
 
     /// The inputs as validated, read under their lock (not copied), and
-    /// the node contexts; `None` until every input is complete.
-    fn snapshot(&self) -> Option<(plan::Snapshot, kindnet_netpol::NodeContext)> {
+    /// the node contexts; `None` until every input is complete. Who holds
+    /// an address: the podCIDRs of each Pod's node, and on this node what
+    /// the CNI plugin recorded in the dispatch maps (read from the kernel:
+    /// the plugin writes them at ADD without telling kindnetd).
+    fn snapshot(&mut self) -> Option<(plan::Snapshot, kindnet_netpol::NodeContext)> {
         let (own, all) = {
             let nodes = match self.nodes.lock() {
                 Ok(g) => g,
@@ -333,6 +362,13 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 self.cfg.log_denied,
             )
         };
+        let present = match self.dp.list() {
+            Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
+                Vec::new()
+            }
+        };
         let inputs = match self.inputs.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -340,7 +376,46 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         if !inputs.synced() {
             return None;
         }
-        Some((plan::Snapshot::of(&inputs, &all), own))
+        let addressing = Addressing {
+            check_pod_cidrs: true,
+            node_name: own.node_name.clone(),
+            attached: super::attachments(
+                &inputs,
+                &own.node_name,
+                present.iter().map(|e| (e.set.as_str(), &e.key, &e.data)),
+            ),
+        };
+        drop(present);
+        let mut snap = plan::Snapshot::of(&inputs, &all, &addressing);
+        drop(inputs);
+        let over = snap.cluster.apply_budget(&self.cfg.budget, &own.node_name);
+        self.status
+            .metrics
+            .netpol
+            .policies_over_budget
+            .set(over.len() as i64);
+        snap.report.refused.extend(over);
+        Some((snap, own))
+    }
+
+    /// Names the addresses several Pods claim (held by none): one log line
+    /// when they change, a /readyz line and a metric; bounded, escaped.
+    fn conflicts(&mut self, c: Vec<kindnet_netpol::Conflict>) -> Option<String> {
+        self.status
+            .metrics
+            .netpol
+            .address_conflicts
+            .set(c.len() as i64);
+        if c.is_empty() {
+            self.logged_conflicts = c;
+            return None;
+        }
+        let line = conflict_line(&c);
+        if c != self.logged_conflicts {
+            tracing::warn!("{line}");
+        }
+        self.logged_conflicts = c;
+        Some(line)
     }
 
     /// One pass.
@@ -381,6 +456,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             "NetworkPolicy compiled"
         );
         self.report(&snap.report);
+        let conflict = self.conflicts(snap.cluster.conflicts());
         let outcome = self.program(&snap.known, model);
         let m = &self.status.metrics.netpol;
         let mut lines = Vec::new();
@@ -406,6 +482,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 m.selected_pods.set(stats.selected_pods as i64);
                 m.local_pods.set(stats.local_pods as i64);
                 m.rules.set(stats.rules as i64);
+                m.elements.set(stats.elements as i64);
                 m.programmed_version
                     .set(snap.file_version.unwrap_or(0) as i64);
                 lines.push(format!(
@@ -413,6 +490,9 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                     stats.policies, stats.selected_pods, stats.local_pods, stats.rules
                 ));
             }
+        }
+        if let Some(c) = conflict {
+            lines.push(format!("[!] {c}"));
         }
         for r in &snap.report.refused {
             lines.push(format!("[!] refused: {r}"));
@@ -574,6 +654,10 @@ mod tests {
             own_name: "n1".into(),
             own_ips: vec!["172.18.0.2".parse().unwrap()],
             log_denied: false,
+            budget: Budget {
+                per_policy: 1000,
+                per_node: 5000,
+            },
         };
         let r = PolicyReconciler::new(
             cfg,
@@ -685,8 +769,8 @@ mod tests {
         ]);
         assert_eq!(
             h2.r.pass(),
-            Pass::Full { carried: 2 },
-            "ingress4 and egress4"
+            Pass::Full { carried: 1 },
+            "ingress4 compiled from the CNI record, egress4 (not isolated) carried"
         );
         assert!(has(&mut h2));
         let last = h2.r.dataplane().nft.applied.last().unwrap().clone();
@@ -694,14 +778,15 @@ mod tests {
             matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
             "replaced in one batch"
         );
-        // kindnetd learns the address: the same element, now compiled
+        // the Pod object reports the address: already compiled from the
+        // CNI record, nothing changes
         h2.file(vec![
             pod("a", &["10.0.1.2"]),
             pod("fresh", &["10.0.1.9"]),
             pod("b", &["10.0.1.3"]),
             deny(),
         ]);
-        assert!(matches!(h2.r.pass(), Pass::Incremental(_)));
+        assert_eq!(h2.r.pass(), Pass::Unchanged);
         assert!(has(&mut h2));
         // the pod is deleted: its element goes with it
         h2.file(vec![pod("a", &["10.0.1.2"]), deny()]);
