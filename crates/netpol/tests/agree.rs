@@ -200,8 +200,9 @@ fn policy() -> impl Strategy<Value = Json> {
         })
 }
 
-/// (namespace, pod label, app label, node, hostNetwork, families, ports)
-type PodGen = (usize, usize, usize, usize, bool, usize, Vec<usize>);
+/// (namespace, pod label, app label, node, hostNetwork, families, ports,
+/// claims the addresses of the pod before it: 1 in 4)
+type PodGen = (usize, usize, usize, usize, bool, usize, Vec<usize>, bool);
 
 fn pod_gen() -> impl Strategy<Value = PodGen> {
     (
@@ -212,6 +213,7 @@ fn pod_gen() -> impl Strategy<Value = PodGen> {
         proptest::bool::weighted(0.1),
         0..4usize,
         proptest::collection::vec(0..6usize, 0..3),
+        proptest::bool::weighted(0.25),
     )
 }
 
@@ -227,9 +229,14 @@ const CONTAINER_PORTS: [(&str, u16, &str); 6] = [
 fn build(pods: &[PodGen], policies: &[Json]) -> (Cluster, Vec<IpAddr>) {
     let mut addrs: Vec<IpAddr> = Vec::new();
     let mut pod_objs = Vec::new();
-    for (i, (ns, label, app, node, host, fams, ports)) in pods.iter().enumerate() {
+    let mut last_ips: Vec<String> = Vec::new();
+    for (i, (ns, label, app, node, host, fams, ports, steal)) in pods.iter().enumerate() {
         let mut ips = Vec::new();
-        if *host {
+        if *steal && !*host && !last_ips.is_empty() {
+            // a second Pod object claiming the addresses of the one before
+            // (on its node or another): held by neither
+            ips = last_ips.clone();
+        } else if *host {
             ips.push(NODES[*node].1.to_string());
         } else {
             // families: 0 none yet, 1 v4, 2 v6, 3 both
@@ -242,6 +249,9 @@ fn build(pods: &[PodGen], policies: &[Json]) -> (Cluster, Vec<IpAddr>) {
         }
         for ip in &ips {
             addrs.push(ip.parse().unwrap());
+        }
+        if !*host {
+            last_ips = ips.clone();
         }
         let mut labels = json!({"pod": (["a", "b", "c"][*label])});
         if *app > 0 {
@@ -360,9 +370,9 @@ proptest! {
 #[test]
 fn sctp_named_and_ranged_ports_through_the_interpreter() {
     let pods = [
-        (0, 0, 1, 0, false, 3, vec![3]), // x/p0 pod=a app=web, sctp-x 9000
-        (1, 1, 0, 0, false, 3, vec![]),  // y/p1 pod=b
-        (2, 2, 0, 1, false, 3, vec![3]), // z/p2 pod=c on n2, sctp-x 9000
+        (0, 0, 1, 0, false, 3, vec![3], false), // x/p0 pod=a app=web, sctp-x 9000
+        (1, 1, 0, 0, false, 3, vec![], false),  // y/p1 pod=b
+        (2, 2, 0, 1, false, 3, vec![3], false), // z/p2 pod=c on n2, sctp-x 9000
     ];
     let policies = [
         json!({"metadata": {"namespace": "x"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
