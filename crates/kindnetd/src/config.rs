@@ -130,7 +130,7 @@ pub struct Flags {
     #[arg(
         long,
         env = "KINDNET_NETWORK_POLICY_MAX_POLICY_ELEMENTS",
-        default_value_t = 20_000
+        default_value_t = 12_000
     )]
     pub network_policy_max_policy_elements: usize,
 
@@ -139,7 +139,7 @@ pub struct Flags {
     #[arg(
         long,
         env = "KINDNET_NETWORK_POLICY_MAX_NODE_ELEMENTS",
-        default_value_t = 100_000
+        default_value_t = 25_000
     )]
     pub network_policy_max_node_elements: usize,
 

@@ -202,6 +202,19 @@ impl Inputs {
     }
 }
 
+/// Returns the heap's free pages to the kernel after a pass built and
+/// dropped a large ruleset (glibc keeps them otherwise, and the resident
+/// size would stay at the pass's peak).
+#[allow(unsafe_code)]
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator;
+    // it takes no pointer and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the CNI plugin recorded on node `node` at ADD, read back from the
 /// dispatch maps its hand-off fills (`address → goto ing-/egr-<hash of
 /// namespace/name>`, see `kindnet_netpol::pod_chain`): the addresses of

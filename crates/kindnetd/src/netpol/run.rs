@@ -498,6 +498,12 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             lines.push(format!("[!] refused: {r}"));
         }
         self.status.set_netpol(lines);
+        // the inputs' validated copy and the compiled batch are gone: give
+        // their pages back (the model applied is all that stays)
+        drop(snap);
+        if !matches!(outcome, Pass::Unchanged) {
+            super::release_memory();
+        }
         outcome
     }
 
@@ -838,6 +844,68 @@ mod tests {
         assert_eq!(off.r.pass(), Pass::Removed);
         assert!(off.r.dataplane().list().unwrap().is_none());
         assert_eq!(off.r.pass(), Pass::Unchanged);
+    }
+
+    #[test]
+    fn over_budget_policies_and_address_conflicts_are_reported() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        // 1,500 excepts: over the harness's budget of 1,000 per policy
+        let except: Vec<String> = (0..1500)
+            .map(|i| format!("fd00:9::{:x}/128", 2 * i + 1))
+            .collect();
+        let big = Object::Policy(
+            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "big"},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}]}}))
+            .unwrap(),
+        );
+        // x/b and x/c claim one address (and no CNI record settles it);
+        // 10.0.9.9 is outside node n1's 10.0.1.0/24
+        h.file(vec![
+            pod("a", &["10.0.1.2"]),
+            pod("b", &["10.0.1.7"]),
+            pod("c", &["10.0.1.7"]),
+            pod("d", &["10.0.9.9"]),
+            big,
+        ]);
+        assert!(matches!(h.r.pass(), Pass::Full { .. }));
+        let m = &h.status.metrics.netpol;
+        assert_eq!(m.policies_over_budget.get(), 1);
+        assert_eq!(m.address_conflicts.get(), 1);
+        assert!(m.elements.get() < 100, "{}", m.elements.get());
+        let r = h.status.readiness().report();
+        assert!(
+            r.contains("[!] refused: policy x/big: the policy's rules refused: 1501 set elements, over the budget of 1000 per policy"),
+            "{r}"
+        );
+        assert!(
+            r.contains("1 pod address(es) claimed by several Pods")
+                && r.contains("address 10.0.1.7 claimed by pods x/b, x/c"),
+            "{r}"
+        );
+        assert!(r.contains("outside the podCIDRs"), "{r}");
+        // the isolated claimants' address is dropped, not passed
+        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
+        let ing4 = b
+            .cmds
+            .iter()
+            .find_map(|c| match c {
+                kindnet_nft::Cmd::AddSet(_, s)
+                    if s.name == dispatch_map(Direction::Ingress, false) =>
+                {
+                    Some(s.elements.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let e = ing4
+            .iter()
+            .find(|e| e.key == Value::Addr("10.0.1.7".parse().unwrap()))
+            .unwrap();
+        assert_eq!(
+            e.data,
+            Some(Value::Goto(kindnet_nft::Name::fixed("conflict-ingress")))
+        );
     }
 
     #[test]
