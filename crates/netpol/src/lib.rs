@@ -59,6 +59,14 @@
 //! Pods whose policies come to the same rules share one `pin-`/`pen-`
 //! chain.
 //!
+//! Who holds an address is decided before any of this
+//! ([`Addressing`]): inside the podCIDRs of the Pod's node, and on this
+//! node as the CNI plugin recorded it. An address several Pods claim
+//! without a record is held by none; where a local claimant is isolated,
+//! it is dispatched to `conflict-ingress` / `conflict-egress`, which count
+//! and drop. A policy over its element [`Budget`] keeps isolating and
+//! allows nothing.
+//!
 //! Every local pod on the pod network has both chains, pass-through
 //! (`accept` / `goto ingress`) when no policy selects it that way; only
 //! isolated pods are in the dispatch maps. Chain names come from
