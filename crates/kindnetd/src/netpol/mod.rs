@@ -265,6 +265,19 @@ pub fn attachments<'a>(
     out
 }
 
+/// The dispatch maps' elements of a model, as [`attachments`] reads them.
+pub fn model_dispatch(m: &plan::Model) -> impl Iterator<Item = (&str, &Value, &Option<Value>)> {
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| [false, true].map(move |v6| dispatch_map(d, v6)))
+        .filter_map(|n| m.sets.get(&n))
+        .flat_map(|s| {
+            s.elements
+                .iter()
+                .map(|e| (s.name.as_str(), &e.key, &e.data))
+        })
+}
+
 /// The sources' handle on the policy inputs: records changes and wakes
 /// the policy reconciler.
 #[derive(Clone)]

@@ -362,32 +362,61 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 self.cfg.log_denied,
             )
         };
-        let present = match self.dp.list() {
-            Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
-                Vec::new()
+        // the CNI record: the dispatch maps applied last (no kernel read);
+        // the kernel's own (which the plugin changed since) only at start
+        // and when a local address is claimed twice: reading costs a
+        // listing per map
+        let mut kernel: Option<Vec<kindnet_nft::Listed>> = None;
+        let mut snap = loop {
+            let inputs = match self.inputs.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !inputs.synced() {
+                return None;
             }
+            let attached = match (&kernel, &self.last) {
+                (Some(k), _) => super::attachments(
+                    &inputs,
+                    &own.node_name,
+                    k.iter().map(|e| (e.set.as_str(), &e.key, &e.data)),
+                ),
+                (None, Some(last)) => super::attachments(
+                    &inputs,
+                    &own.node_name,
+                    super::model_dispatch(last.kernel()),
+                ),
+                (None, None) => Vec::new(),
+            };
+            let addressing = Addressing {
+                check_pod_cidrs: true,
+                node_name: own.node_name.clone(),
+                attached,
+            };
+            let snap = plan::Snapshot::of(&inputs, &all, &addressing);
+            let local_conflict = || {
+                snap.cluster.conflicts().iter().any(|c| {
+                    c.pods.iter().any(|k| {
+                        inputs
+                            .pods
+                            .get(k)
+                            .is_some_and(|p| p.node_name == own.node_name)
+                    })
+                })
+            };
+            if kernel.is_some() || (self.last.is_some() && !local_conflict()) {
+                break snap;
+            }
+            drop(snap);
+            drop(inputs);
+            kernel = Some(match self.dp.list() {
+                Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
+                    Vec::new()
+                }
+            });
         };
-        let inputs = match self.inputs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if !inputs.synced() {
-            return None;
-        }
-        let addressing = Addressing {
-            check_pod_cidrs: true,
-            node_name: own.node_name.clone(),
-            attached: super::attachments(
-                &inputs,
-                &own.node_name,
-                present.iter().map(|e| (e.set.as_str(), &e.key, &e.data)),
-            ),
-        };
-        drop(present);
-        let mut snap = plan::Snapshot::of(&inputs, &all, &addressing);
-        drop(inputs);
         let over = snap.cluster.apply_budget(&self.cfg.budget, &own.node_name);
         self.status
             .metrics
