@@ -865,8 +865,17 @@ mod tests {
             change(&mut s, &pods, &objs[..1], true).is_err(),
             "already gone"
         );
+        // a Pod the lab did not make: published as an object, no sandbox
         let other = parse_objects("kind: Pod\nmetadata: {name: zz, namespace: x}\n").unwrap();
-        assert!(change(&mut s, &pods, &other, false).is_err());
+        assert_eq!(
+            change(&mut s, &pods, &other, false).unwrap(),
+            ["pod object x/zz"]
+        );
+        change(&mut s, &pods, &other, false).unwrap();
+        assert_eq!(s.extra_pods.len(), 1, "replaced, not added twice");
+        change(&mut s, &pods, &other, true).unwrap();
+        assert!(s.extra_pods.is_empty());
+        assert!(change(&mut s, &pods, &other, true).is_err(), "already gone");
         let svc = parse_objects("kind: Service\nmetadata: {name: s}\n").unwrap();
         assert!(change(&mut s, &pods, &svc, false).is_err());
     }
