@@ -134,6 +134,24 @@ pub struct Flags {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub network_policy_log_denied: bool,
 
+    /// Set elements one NetworkPolicy may make (ipBlock ranges, port entries);
+    /// a policy over it is refused: it still isolates the pods it selects and allows nothing.
+    #[arg(
+        long,
+        env = "KINDNET_NETWORK_POLICY_MAX_POLICY_ELEMENTS",
+        default_value_t = 12_000
+    )]
+    pub network_policy_max_policy_elements: usize,
+
+    /// Set elements the policies selecting this node's pods may make together;
+    /// the largest policies beyond it are refused the same way.
+    #[arg(
+        long,
+        env = "KINDNET_NETWORK_POLICY_MAX_NODE_ELEMENTS",
+        default_value_t = 25_000
+    )]
+    pub network_policy_max_node_elements: usize,
+
     /// Destinations never masqueraded, besides the pod CIDRs (comma-separated, repeatable).
     #[arg(long, env = "KINDNET_NO_MASQUERADE_CIDR", value_parser = parse_cidr_list, action = ArgAction::Append)]
     pub no_masquerade_cidr: Vec<CidrList>,

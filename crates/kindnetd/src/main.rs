@@ -199,6 +199,10 @@ async fn run(flags: Flags) -> ExitCode {
             own_name: node_name.clone(),
             own_ips: flags.own_ips(),
             log_denied: flags.network_policy_log_denied,
+            budget: kindnet_netpol::Budget {
+                per_policy: flags.network_policy_max_policy_elements,
+                per_node: flags.network_policy_max_node_elements,
+            },
         },
         kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())),
         policy_inputs,

@@ -582,13 +582,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             sys::require_tools(&[("iperf3", "iperf3")])?;
             let up = UpArgs {
                 nodes: 2,
-                stack: Stack::Ipv4,
+                stack: Stack::Dual,
                 mode: Mode::Ptp,
                 pods_per_node: 1,
                 cni_chain: plan::Chain::Single,
                 node_stack: None,
                 name: b.name.clone(),
-                bin_dir: None,
+                bin_dir: b.bin_dir.clone(),
                 cni_bin_dir: None,
                 netpol_model: false,
             };

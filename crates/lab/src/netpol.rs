@@ -17,7 +17,7 @@ use crate::plan::{self, Family, Pod};
 use crate::runtime::{read_json, write_json};
 use crate::sys::Result;
 use kindnet_netlink::Netns;
-use kindnet_netpol::{Cluster, Endpoint, NodeContext, Proto, evaluate};
+use kindnet_netpol::{Addressing, Attachment, Cluster, Endpoint, NodeContext, Proto, evaluate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -149,9 +149,25 @@ pub fn cluster(lab: &Lab) -> Result<Cluster> {
             node_name: n.name.clone(),
             node_ips: n.addrs.iter().map(|a| a.addr()).collect(),
             log_denied: false,
+            pod_cidrs: n.pod_cidrs.clone(),
         })
         .collect();
-    Ok(Cluster::new(&pods, &nss, &pols, &nodes).0)
+    // as the kindnetds decide: podCIDRs checked, and every node's CNI
+    // record (the lab made every sandbox) over the Pod objects
+    let addressing = Addressing {
+        check_pod_cidrs: true,
+        node_name: String::new(),
+        attached: lab
+            .pods
+            .iter()
+            .map(|p| Attachment {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                ips: pod_ips(lab, p),
+            })
+            .collect(),
+    };
+    Ok(Cluster::new_with(&pods, &nss, &pols, &nodes, &addressing).0)
 }
 
 /// Writes the nodes file and waits until every kindnetd programmed it.
@@ -505,12 +521,27 @@ pub fn change(s: &mut State, pods: &[Pod], objects: &[Value], delete: bool) -> R
                 s.namespaces.insert(name.to_string(), labels);
                 done.push(format!("namespace {name} labels"));
             }
-            "Pod" => {
-                if !pods.iter().any(|p| p.full_name() == id) {
-                    return Err(format!(
-                        "no pod {id} in the lab (pods are made by `up`/`add-pod`)"
-                    ));
+            // a Pod object the lab did not make: published as it is, with
+            // no sandbox (what any kubelet may write, status included)
+            "Pod" if !pods.iter().any(|p| p.full_name() == id) => {
+                let same = |x: &Value| {
+                    x["metadata"]["name"] == o["metadata"]["name"]
+                        && x["metadata"]["namespace"].as_str().unwrap_or("default") == ns
+                };
+                let had = s.extra_pods.iter().any(same);
+                s.extra_pods.retain(|x| !same(x));
+                if delete {
+                    if !had {
+                        return Err(format!("no pod object {id}"));
+                    }
+                } else {
+                    let mut p = o.clone();
+                    p["metadata"]["namespace"] = json!(ns);
+                    s.extra_pods.push(p);
                 }
+                done.push(format!("pod object {id}"));
+            }
+            "Pod" => {
                 if delete {
                     return Err(format!(
                         "pod {id}: delete pods with `kindnet-lab del-pod {id}`"
@@ -834,8 +865,17 @@ mod tests {
             change(&mut s, &pods, &objs[..1], true).is_err(),
             "already gone"
         );
+        // a Pod the lab did not make: published as an object, no sandbox
         let other = parse_objects("kind: Pod\nmetadata: {name: zz, namespace: x}\n").unwrap();
-        assert!(change(&mut s, &pods, &other, false).is_err());
+        assert_eq!(
+            change(&mut s, &pods, &other, false).unwrap(),
+            ["pod object x/zz"]
+        );
+        change(&mut s, &pods, &other, false).unwrap();
+        assert_eq!(s.extra_pods.len(), 1, "replaced, not added twice");
+        change(&mut s, &pods, &other, true).unwrap();
+        assert!(s.extra_pods.is_empty());
+        assert!(change(&mut s, &pods, &other, true).is_err(), "already gone");
         let svc = parse_objects("kind: Service\nmetadata: {name: s}\n").unwrap();
         assert!(change(&mut s, &pods, &svc, false).is_err());
     }

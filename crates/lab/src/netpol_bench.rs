@@ -9,6 +9,9 @@
 //!   the version programmed (includes the file source's 50 ms settle),
 //!   and kindnetd's own programming time;
 //! - kindnetd's resident memory;
+//! - ipBlock excepts (`--excepts 1000,10000`): policies of `::/0` minus N
+//!   addresses: set elements, update and full programming time, resident
+//!   memory now and at its peak;
 //! - pod↔pod across the nodes, TCP throughput (iperf3) and RTT (ping),
 //!   the two real pods selected by policies among the 200, against policy
 //!   off (kindnetd restarted with --network-policy=false), interleaved.
@@ -41,16 +44,99 @@ pub struct BenchNetpolArgs {
     /// Leave the lab up afterwards (kindnetd logs in /run/kindnet-lab/NAME).
     #[arg(long)]
     pub keep: bool,
+    /// ipBlock excepts per policy for the except phase (comma-separated;
+    /// empty: no except phase).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub excepts: Vec<usize>,
+    /// How many such policies at once (the node's budget is for all).
+    #[arg(long, default_value_t = 1)]
+    pub except_policies: usize,
+    /// Only the full program and the except phase (no label changes, new
+    /// pods or per-packet figures).
+    #[arg(long)]
+    pub only_excepts: bool,
+    /// Directory with kindnetd and kindnet-cni (default: next to kindnet-lab).
+    #[arg(long)]
+    pub bin_dir: Option<std::path::PathBuf>,
 }
 
+/// `k` policies in namespace bench selecting app-0's pods on node1, each
+/// allowing ingress from `::/0` minus `n` single addresses (the issue's
+/// case: as prefixes, 1,000 excepts made 53,001 elements).
+fn except_policies(n: usize, k: usize) -> Vec<Value> {
+    (0..k)
+        .map(|j| {
+            let except: Vec<String> = (0..n)
+                .map(|i| format!("fd00:ff:{j:x}::{:x}/128", 2 * i + 1))
+                .collect();
+            json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                "metadata": {"namespace": "bench", "name": format!("excepts-{j}")},
+                "spec": {"podSelector": {"matchLabels": {"app": "app-0"}},
+                    "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}]}})
+        })
+        .collect()
+}
+
+fn status_kb(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Per except count: the policies published (an update of a running
+/// kindnetd), then kindnetd restarted (a full program from nothing):
+/// elements, programming times, resident memory now and at its peak.
+fn measure_excepts(a: &BenchNetpolArgs, lab: &mut Lab, s: &mut State) -> Result<()> {
+    let node1 = lab.nodes[0].name.clone();
+    for &n in &a.excepts {
+        s.policies.retain(|id, _| !id.starts_with("bench/excepts-"));
+        for p in except_policies(n, a.except_policies) {
+            let id = format!("bench/{}", p["metadata"]["name"].as_str().unwrap_or(""));
+            s.policies.insert(id, p);
+        }
+        let (update_wall, update_own) = publish_timed(lab, s)?;
+        let t = Instant::now();
+        cluster::restart_kindnetd(lab, &node1)?;
+        wait_version_on(lab, 0, s.version)?;
+        let restart_ms = t.elapsed().as_secs_f64() * 1e3;
+        let text = netpol::metrics(&lab.nodes[0].netns)?;
+        let (sum, count) = histogram(&text);
+        let pid = pid_of(lab, &node1)?;
+        let mb = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
+        println!(
+            "{}",
+            json!({"bench": "netpol-excepts", "excepts_per_policy": n, "policies": a.except_policies,
+                "elements": netpol::metric(&text, "kindnet_netpol_elements"),
+                "policies_over_budget": netpol::metric(&text, "kindnet_netpol_policies_over_budget"),
+                "update_wall_ms": update_wall, "update_kindnetd_ms": update_own,
+                "restart_to_enforced_ms": restart_ms,
+                "full_program_kindnetd_ms": if count > 0.0 { sum / count * 1e3 } else { f64::NAN },
+                "kindnetd_rss_mb": mb(status_kb(pid, "VmRSS:")),
+                "kindnetd_peak_rss_mb": mb(status_kb(pid, "VmHWM:"))})
+        );
+    }
+    s.policies.retain(|id, _| !id.starts_with("bench/excepts-"));
+    Ok(())
+}
+
+/// A Pod object on node1 without a sandbox. Its addresses lie in node1's
+/// pod CIDRs (kindnetd gives a Pod no address outside its node's): IPv6
+/// for all, IPv4 for the first 200 (the /24 has room for no more beside
+/// the real pod).
 fn fake_pod(i: usize, app: usize) -> Value {
-    let ip4 = format!("10.245.{}.{}", i / 250, i % 250 + 1);
-    let ip6 = format!("fd00:10:245::{:x}", i + 1);
+    let mut ips = vec![json!({"ip": format!("fd00:10:244:1::1:{:x}", i + 1)})];
+    if i < 200 {
+        ips.insert(0, json!({"ip": format!("10.244.1.{}", 50 + i)}));
+    }
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": "bench", "name": format!("p{i}"),
             "labels": {"app": format!("app-{app}"), "tier": format!("t-{}", i % 4)}},
         "spec": {"nodeName": "node1", "containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
-        "status": {"phase": "Running", "podIPs": [{"ip": ip4}, {"ip": ip6}]}})
+        "status": {"phase": "Running", "podIPs": ips}})
 }
 
 fn policies(n: usize) -> Vec<Value> {
@@ -108,16 +194,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
     v[i.min(v.len() - 1)]
-}
-
-fn rss_kb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn pid_of(lab: &Lab, node: &str) -> Result<u32> {
@@ -202,7 +278,8 @@ pub fn run(a: &BenchNetpolArgs, binaries: cluster::Binaries) -> Result<ExitCode>
     let spec = Spec {
         name: a.name.clone(),
         nodes: 2,
-        stack: Stack::Ipv4,
+        // dual: node1's IPv6 pod CIDR holds the 1,000 Pod objects
+        stack: Stack::Dual,
         mode: Mode::Ptp,
         pods_per_node: 1,
         cni_chain: crate::plan::Chain::Single,
@@ -255,6 +332,10 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
             "restart_to_enforced_ms": restart_ms,
             "full_program_kindnetd_ms": if count > 0.0 { sum / count * 1e3 } else { f64::NAN }})
     );
+    measure_excepts(a, lab, &mut s)?;
+    if a.only_excepts {
+        return Ok(());
+    }
     // label changes: pod p{j} moves between apps (other policies select it)
     let (mut walls, mut owns) = (Vec::new(), Vec::new());
     for k in 0..a.changes {
@@ -283,7 +364,7 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
         json!({"bench": "netpol-new-pod", "pods_added": 10,
             "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_max_ms": percentile(&mut walls, 1.0),
             "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_max_ms": percentile(&mut owns, 1.0),
-            "kindnetd_rss_mb": rss_kb(pid).map(|k| k as f64 / 1024.0)})
+            "kindnetd_rss_mb": status_kb(pid, "VmRSS:").map(|k| k as f64 / 1024.0)})
     );
     // per-packet cost, interleaved: policy on (200 policies) vs off
     let p1 = lab

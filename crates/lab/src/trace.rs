@@ -282,6 +282,7 @@ fn contains(v: &Value, ip: IpAddr) -> bool {
     match v {
         Value::Addr(a) => *a == ip,
         Value::Prefix(n) => n.contains(&ip),
+        Value::AddrRange(lo, hi) => lo.is_ipv6() == ip.is_ipv6() && *lo <= ip && ip <= *hi,
         _ => false,
     }
 }
@@ -408,6 +409,7 @@ fn netpol_verdict(
         node_name: node.name.clone(),
         node_ips: node.addrs.clone(),
         log_denied: false,
+        pod_cidrs: Vec::new(),
     };
     let verdict = kindnet_netpol::evaluate_on(
         c,
@@ -1207,6 +1209,7 @@ mod tests {
                 node_name: h.name.clone(),
                 node_ips: h.addrs.clone(),
                 log_denied: false,
+                pod_cidrs: Vec::new(),
             })
             .collect();
         let with = |pols: &[kindnet_netpol::NetworkPolicy]| {

@@ -771,3 +771,85 @@ fn addrs_of(l: &Lab) -> Vec<IpAddr> {
     assert_eq!(a.len(), 2, "x/a is dual-stack: {a:?}");
     a
 }
+
+/// A Pod object claiming another pod's address never switches that pod's
+/// policy off: under deny-all in x, Pods a/evil1 (x/a's node) and a/evil2
+/// (the other node) list x/a's addresses in status.podIPs (what any
+/// kubelet may write). On main the first claimant by namespace/name ("a/…"
+/// before "x/a") took the address and x/a left the dispatch maps,
+/// reachable both ways. Now node1's CNI record keeps it x/a's, and node2's
+/// podCIDRs do not hold it: x/a stays isolated both ways.
+#[test]
+fn a_pod_object_claiming_an_isolated_pods_address_does_not_open_it() {
+    require_root!();
+    let l = Lab::up("npx");
+    l.apply(&pol(
+        "x",
+        "deny",
+        "{podSelector: {}, policyTypes: [Ingress, Egress]}",
+    ));
+    let x_a = pod_addrs(&l, "x-a");
+    assert_eq!(x_a.len(), 2, "{x_a:?}");
+    let probe_all = |when: &str| {
+        // x/a on node1, y/b on node1, y/a on node2
+        for (from, to) in [
+            ("y/a", "x/a"),
+            ("y/b", "x/a"),
+            ("x/a", "y/a"),
+            ("x/a", "y/b"),
+        ] {
+            let out = lab_stdout(&["probe", "--name", &l.name, from, to, "80/tcp", "--json"]);
+            assert_eq!(out.lines().count(), 2, "{out}");
+            for line in out.lines() {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert_eq!(v["connected"], false, "{when}: {from} -> {to}: {v}");
+            }
+        }
+    };
+    probe_all("deny-all");
+    let ips = x_a
+        .iter()
+        .map(|a| format!("{{ip: \"{a}\"}}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let evil = |name: &str, node: &str| {
+        format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: a, labels: {{pod: evil}}}}\nspec: {{nodeName: {node}}}\nstatus: {{phase: Running, podIP: \"{}\", podIPs: [{ips}]}}\n",
+            x_a[0]
+        )
+    };
+    l.apply(&(evil("evil1", "node1") + &evil("evil2", "node2")));
+    probe_all("a/evil1 and a/evil2 claim x/a's addresses");
+    // kindnetd says why the claims do not count
+    let readyz = |node: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &l.netns(node),
+                "curl",
+                "-s",
+                "127.0.0.1:19080/readyz",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (r1, r2) = (readyz("node1"), readyz("node2"));
+    assert!(
+        r1.contains("pod a/evil1") && r1.contains("as the CNI plugin recorded it"),
+        "{r1}"
+    );
+    assert!(
+        r1.contains("pod a/evil2") && r1.contains("outside the podCIDRs"),
+        "{r1}"
+    );
+    // node2 has no record of node1's pods: x/a's address is ambiguous
+    // there (held by none, no pod peer matches it)
+    assert!(
+        r2.contains("pod a/evil2") && r2.contains("claimed by pods a/evil1, x/a"),
+        "{r2}"
+    );
+    l.delete(&(evil("evil1", "node1") + &evil("evil2", "node2")));
+    probe_all("claims withdrawn");
+}

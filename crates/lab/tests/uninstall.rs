@@ -171,7 +171,11 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
     // Until cleanup the node keeps it all, and the pods keep working.
     assert!(conflist.exists());
     let before = tables(&node1);
-    for t in ["inet kindnet-masq", "inet kindnet-netpol", "inet kindnet-antispoof"] {
+    for t in [
+        "inet kindnet-masq",
+        "inet kindnet-netpol",
+        "inet kindnet-antispoof",
+    ] {
         assert!(before.iter().any(|x| x == t), "{t} in {before:?}");
     }
     assert!(!proto_217(&node1).is_empty());

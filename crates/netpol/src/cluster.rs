@@ -51,6 +51,66 @@ pub struct NodeContext {
     pub node_ips: Vec<IpAddr>,
     /// Adds a rate-limited `log` before each pod chain's drop.
     pub log_denied: bool,
+    /// The node's `spec.podCIDRs`: with [`Addressing::check_pod_cidrs`], an
+    /// address counts for a pod only inside those of the pod's node.
+    pub pod_cidrs: Vec<IpNet>,
+}
+
+/// What the CNI plugin recorded on this node at ADD: the pod of an
+/// attachment and the addresses it was given (kindnetd reads it back from
+/// the dispatch maps the plugin's hand-off fills).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attachment {
+    /// `K8S_POD_NAMESPACE`.
+    pub namespace: String,
+    /// `K8S_POD_NAME`.
+    pub name: String,
+    /// The addresses configured in the pod.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Who may hold an address. Pod objects are untrusted (any kubelet writes
+/// `status.podIPs`): with `check_pod_cidrs` an address counts for a Pod only
+/// inside the podCIDRs of the Pod's node ([`NodeContext::pod_cidrs`]); on
+/// `node_name`, what the CNI plugin recorded (`attached`) is authoritative
+/// over every Pod object. An address several Pods claim with no record
+/// belongs to none of them ([`Cluster::conflicts`]): it matches no pod peer,
+/// and where one of the claimants is local and isolated, the node drops its
+/// traffic in that direction (fail closed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Addressing {
+    /// Check pod addresses against their node's podCIDRs (kindnetd does;
+    /// a node without podCIDRs then has no pod addresses).
+    pub check_pod_cidrs: bool,
+    /// The node whose CNI record `attached` is (empty: each attachment is
+    /// the record of its Pod's node, for a lab that made every sandbox).
+    pub node_name: String,
+    /// The CNI plugin's record on `node_name`.
+    pub attached: Vec<Attachment>,
+}
+
+/// An address several Pods claim and no CNI record settles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The address.
+    pub ip: IpAddr,
+    /// The claimants (namespace, name), sorted.
+    pub pods: Vec<(String, String)>,
+}
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "address {} claimed by pods ", self.ip)?;
+        for (i, (ns, n)) in self.pods.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            // names from the nodes file are not validated: no control
+            // character reaches a log or /readyz
+            write!(f, "{}/{}", ns.escape_debug(), n.escape_debug())?;
+        }
+        Ok(())
+    }
 }
 
 /// One refused object, rule or value, and why.
@@ -185,6 +245,8 @@ pub struct Cluster {
     pub(crate) by_ip: BTreeMap<IpAddr, (String, String)>,
     /// ClusterNetworkPolicies and Nodes ([`Cluster::set_cluster_network_policies`]).
     pub(crate) tiers: crate::cnp::Tiers,
+    /// Addresses claimed by several pods (held by none).
+    pub(crate) conflicts: BTreeMap<IpAddr, Vec<(String, String)>>,
 }
 
 impl Cluster {
@@ -196,6 +258,17 @@ impl Cluster {
         namespaces: impl IntoIterator<Item = &'a Namespace>,
         policies: impl IntoIterator<Item = &'a NetworkPolicy>,
         nodes: &[NodeContext],
+    ) -> (Cluster, Report) {
+        Cluster::new_with(pods, namespaces, policies, nodes, &Addressing::default())
+    }
+
+    /// [`Cluster::new`], deciding who holds an address by [`Addressing`].
+    pub fn new_with<'a>(
+        pods: impl IntoIterator<Item = &'a Pod>,
+        namespaces: impl IntoIterator<Item = &'a Namespace>,
+        policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+        nodes: &[NodeContext],
+        addressing: &Addressing,
     ) -> (Cluster, Report) {
         let mut r = Report::default();
         let mut c = Cluster::default();
@@ -228,27 +301,7 @@ impl Cluster {
                 c.pods.insert(key, info);
             }
         }
-        // an address belongs to one pod: the first by namespace/name
-        for (key, info) in c.pods.iter_mut() {
-            if info.host_network {
-                continue;
-            }
-            let mut kept = Vec::new();
-            for ip in &info.ips {
-                match c.by_ip.get(ip) {
-                    Some(owner) => r.refuse(
-                        format!("pod {}/{}", key.0, key.1),
-                        format!("pod IP {ip}"),
-                        format!("already the address of pod {}/{}", owner.0, owner.1),
-                    ),
-                    None => {
-                        c.by_ip.insert(*ip, key.clone());
-                        kept.push(*ip);
-                    }
-                }
-            }
-            info.ips = kept;
-        }
+        c.assign_addresses(nodes, addressing, &mut r);
         let mut seen = std::collections::BTreeSet::new();
         for p in policies {
             if let Some(pol) = policy(p, &mut r) {
@@ -266,6 +319,182 @@ impl Cluster {
         c.policies
             .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         (c, r)
+    }
+
+    /// Decides which pod holds each address (see [`Addressing`]).
+    fn assign_addresses(&mut self, nodes: &[NodeContext], a: &Addressing, r: &mut Report) {
+        let cidrs: BTreeMap<&str, &[IpNet]> = nodes
+            .iter()
+            .map(|n| (n.node_name.as_str(), n.pod_cidrs.as_slice()))
+            .collect();
+        let inside = |node: &str, ip: &IpAddr| {
+            !a.check_pod_cidrs
+                || cidrs
+                    .get(node)
+                    .is_some_and(|cs| cs.iter().any(|n| n.contains(ip)))
+        };
+        // the CNI record: an address given at ADD to a local pod we know
+        let mut record: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
+        for at in &a.attached {
+            let key = (at.namespace.clone(), at.name.clone());
+            let Some(p) = self.pods.get(&key) else {
+                continue;
+            };
+            if p.host_network || (!a.node_name.is_empty() && p.node != a.node_name) {
+                continue;
+            }
+            for ip in &at.ips {
+                if inside(&p.node, ip) {
+                    record.entry(*ip).or_insert_with(|| key.clone());
+                }
+            }
+        }
+        let mut claims: BTreeMap<IpAddr, Vec<(String, String)>> = BTreeMap::new();
+        for (key, info) in self.pods.iter_mut() {
+            if info.host_network {
+                continue;
+            }
+            let id = || format!("pod {}/{}", key.0, key.1);
+            // a recorded pod's addresses are the ones it was given here
+            let recorded: Vec<IpAddr> = record
+                .iter()
+                .filter(|(_, k)| *k == key)
+                .map(|(ip, _)| *ip)
+                .collect();
+            let mut ips: Vec<IpAddr> = Vec::new();
+            for ip in info.ips.iter().chain(&recorded) {
+                if ips.contains(ip) {
+                    continue;
+                }
+                if recorded
+                    .iter()
+                    .any(|x| x.is_ipv6() == ip.is_ipv6() && x != ip)
+                {
+                    r.refuse(
+                        id(),
+                        format!("pod IP {ip}"),
+                        "not the address the CNI plugin gave it on this node",
+                    );
+                    continue;
+                }
+                if !inside(&info.node, ip) {
+                    r.refuse(
+                        id(),
+                        format!("pod IP {ip}"),
+                        format!("outside the podCIDRs of its node {:?}", info.node),
+                    );
+                    continue;
+                }
+                if let Some(owner) = record.get(ip).filter(|o| *o != key) {
+                    r.refuse(
+                        id(),
+                        format!("pod IP {ip}"),
+                        format!(
+                            "the address of pod {}/{} on node {:?}, as the CNI plugin recorded it",
+                            owner.0, owner.1, a.node_name
+                        ),
+                    );
+                    continue;
+                }
+                ips.push(*ip);
+            }
+            for ip in &ips {
+                claims.entry(*ip).or_default().push(key.clone());
+            }
+            info.ips = ips;
+        }
+        for (ip, keys) in claims {
+            if let [one] = keys.as_slice() {
+                self.by_ip.insert(ip, one.clone());
+                continue;
+            }
+            // several claims and no record: nobody holds it (fail closed)
+            for k in &keys {
+                if let Some(p) = self.pods.get_mut(k) {
+                    p.ips.retain(|x| *x != ip);
+                }
+            }
+            self.conflicts.insert(ip, keys);
+        }
+    }
+
+    /// Refuses the policies over `budget` (see [`Budget`]) for `node`: each
+    /// keeps isolating the pods it selects and allows nothing (its rules
+    /// are dropped). Returns the refusals, for the [`Report`].
+    pub fn apply_budget(&mut self, budget: &Budget, node: &str) -> Vec<Refusal> {
+        let mut r = Report::default();
+        let mut local: Vec<(usize, usize)> = Vec::new();
+        for (i, pol) in self.policies.iter().enumerate() {
+            let selects_here = self.pods.values().any(|p| {
+                p.node == node
+                    && !p.host_network
+                    && pol.namespace == p.namespace
+                    && pol.selector.matches(&p.labels)
+            });
+            if selects_here {
+                local.push((policy_elements(pol), i));
+            }
+        }
+        // the smallest first: one large policy cannot crowd out the others
+        local.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut total = 0usize;
+        let mut over: Vec<(usize, String)> = Vec::new();
+        for (n, i) in local {
+            if n > budget.per_policy {
+                over.push((
+                    i,
+                    format!(
+                        "{n} set elements, over the budget of {} per policy",
+                        budget.per_policy
+                    ),
+                ));
+            } else if total + n > budget.per_node {
+                over.push((
+                    i,
+                    format!(
+                        "{n} set elements, over what is left of the node's budget of {} ({} taken by smaller policies)",
+                        budget.per_node, total
+                    ),
+                ));
+            } else {
+                total += n;
+            }
+        }
+        over.sort();
+        for (i, why) in over {
+            let pol = &mut self.policies[i];
+            for rules in [&mut pol.ingress, &mut pol.egress].into_iter().flatten() {
+                rules.clear();
+            }
+            r.refuse(
+                format!("policy {}", pol.id()),
+                "the policy's rules",
+                format!("{why}; the pods it selects stay isolated and it allows nothing"),
+            );
+        }
+        r.refused
+    }
+
+    /// Addresses several Pods claim that no CNI record settles: they match
+    /// no pod peer, and a node drops their traffic in a direction where one
+    /// of its local claimants is isolated.
+    pub fn conflicts(&self) -> Vec<Conflict> {
+        self.conflicts
+            .iter()
+            .map(|(ip, pods)| Conflict {
+                ip: *ip,
+                pods: pods.clone(),
+            })
+            .collect()
+    }
+
+    /// The claimants of a conflicting address (none when it is not one).
+    pub(crate) fn claimants(&self, ip: IpAddr) -> impl Iterator<Item = &PodInfo> {
+        self.conflicts
+            .get(&ip)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
     }
 
     /// The labels of a namespace; one the cluster does not list has only
@@ -338,6 +567,38 @@ impl Cluster {
             PeerSel::Block(_) => false,
         }
     }
+}
+
+/// How many set elements a policy may make (ipBlock ranges and port
+/// entries of its rules; pod peers grow with pods, not with the policy):
+/// one policy, and all the policies selecting a node's pods together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Elements of one policy.
+    pub per_policy: usize,
+    /// Elements of the policies selecting pods of one node.
+    pub per_node: usize,
+}
+
+/// The set elements a policy's rules make: each ipBlock's ranges and each
+/// port entry (at least one per rule).
+pub(crate) fn policy_elements(p: &Policy) -> usize {
+    [p.ingress.as_deref(), p.egress.as_deref()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|rule| {
+            let peers: usize = rule
+                .peers
+                .iter()
+                .map(|s| match s {
+                    PeerSel::Block(r) => r.len(),
+                    PeerSel::Pods { .. } => 1,
+                })
+                .sum();
+            (peers + rule.ports.len()).max(1)
+        })
+        .sum()
 }
 
 fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
@@ -497,6 +758,7 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
         .parse()
         .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", b.cidr))?;
     let mut ranges = Ranges::of_net(&cidr);
+    let mut excepts = Vec::with_capacity(b.except.len());
     for e in &b.except {
         let ex: IpNet = e
             .parse()
@@ -508,8 +770,9 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
                 b.cidr
             ));
         }
-        ranges.subtract(&ex);
+        excepts.push(ex);
     }
+    ranges.subtract_all(&excepts);
     Ok(ranges)
 }
 
@@ -754,18 +1017,13 @@ mod tests {
         };
         let (c, r) = Cluster::new(&[pod.clone(), twin, pod], &[], &[], &[]);
         let a = c.pod("x", "a").unwrap();
-        assert_eq!(
-            a.ips,
-            [
-                "10.0.0.1".parse::<IpAddr>().unwrap(),
-                "fd00::1".parse().unwrap()
-            ]
-        );
+        assert!(a.ips.is_empty(), "x/b claims the same addresses");
         assert_eq!(a.ports.len(), 1);
         assert!(
             c.pod("x", "b").unwrap().ips.is_empty(),
-            "addresses taken by x/a"
+            "addresses claimed by both: held by neither"
         );
+        assert_eq!(c.conflicts().len(), 2);
         let reasons: Vec<String> = r.refused.iter().map(|f| f.to_string()).collect();
         for want in [
             "second address",
@@ -773,7 +1031,6 @@ mod tests {
             "out of range",
             "unknown protocol",
             "listed twice",
-            "already the address",
         ] {
             assert!(
                 reasons.iter().any(|s| s.contains(want)),
@@ -800,5 +1057,343 @@ mod tests {
             Some("x")
         );
         assert_eq!(c.namespace_labels("unknown").len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod addressing_tests {
+    use super::*;
+    use crate::compile::{compile, dispatch_map, pod_chain};
+    use crate::eval::{Endpoint, Proto, evaluate, evaluate_on};
+    use kindnet_nft::{Cmd, Value};
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, node: &str, ips: &[&str]) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+            "spec": {"nodeName": node},
+            "status": {"phase": "Running", "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
+        }))
+        .unwrap()
+    }
+
+    fn deny_all_x() -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}))
+        .unwrap()
+    }
+
+    fn allow_from_pod_evil() -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "from-evil"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {},
+                "podSelector": {"matchExpressions": [
+                    {"key": "pod", "operator": "In", "values": ["evil", "evil2"]}]}}]}]}}))
+        .unwrap()
+    }
+
+    fn node(name: &str, ip: &str, cidr: &str) -> NodeContext {
+        NodeContext {
+            node_name: name.into(),
+            node_ips: vec![ip.parse().unwrap()],
+            log_denied: false,
+            pod_cidrs: vec![cidr.parse().unwrap()],
+        }
+    }
+
+    fn nodes() -> [NodeContext; 2] {
+        [
+            node("n1", "172.18.0.2", "10.244.1.0/24"),
+            node("n2", "172.18.0.3", "10.244.2.0/24"),
+        ]
+    }
+
+    fn checked(attached: &[(&str, &str, &str)]) -> Addressing {
+        Addressing {
+            check_pod_cidrs: true,
+            node_name: "n1".into(),
+            attached: attached
+                .iter()
+                .map(|(ns, n, ip)| Attachment {
+                    namespace: ns.to_string(),
+                    name: n.to_string(),
+                    ips: vec![ip.parse().unwrap()],
+                })
+                .collect(),
+        }
+    }
+
+    /// The ingress4 dispatch map of n1's ruleset: address → chain.
+    fn ingress4(c: &Cluster) -> Vec<(Value, Value)> {
+        compile(c, &nodes()[0])
+            .batch
+            .cmds
+            .into_iter()
+            .find_map(|c| match c {
+                Cmd::AddSet(_, s) if s.name == dispatch_map(Direction::Ingress, false) => Some(
+                    s.elements
+                        .into_iter()
+                        .filter_map(|e| Some((e.key, e.data?)))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    fn addr(s: &str) -> Endpoint {
+        Endpoint::Addr(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_pod_claiming_a_local_isolated_pods_address_never_opens_it() {
+        // a/evil (a remote node, or this one) lists x/a's address: on
+        // today's main the first by namespace/name took it and x/a left
+        // the dispatch maps, reachable under deny-all
+        for evil_node in ["n2", "n1"] {
+            let pods = [
+                pod("x", "a", "n1", &["10.244.1.5"]),
+                pod("a", "evil", evil_node, &["10.244.1.5"]),
+            ];
+            let pols = [deny_all_x()];
+            let (c, _) = Cluster::new(&pods, &[], &pols, &nodes());
+            let map = ingress4(&c);
+            assert_eq!(map.len(), 1, "{evil_node}: {map:?}");
+            assert_eq!(map[0].0, Value::Addr("10.244.1.5".parse().unwrap()));
+            let n1 = &nodes()[0];
+            for (s, d) in [
+                (addr("10.244.2.9"), addr("10.244.1.5")),
+                (addr("10.244.1.5"), addr("10.244.2.9")),
+            ] {
+                let v = evaluate_on(&c, n1, &s, &d, 80, Proto::Tcp);
+                assert!(!v.allowed, "{evil_node}: {}", v.reason);
+            }
+            assert_eq!(c.conflicts().len(), 1);
+            assert!(c.conflicts()[0].to_string().contains("a/evil, x/a"));
+        }
+    }
+
+    #[test]
+    fn an_address_outside_the_podcidrs_of_the_pods_node_does_not_count() {
+        let pods = [
+            pod("x", "a", "n1", &["10.244.1.5"]),
+            // on n2, claiming an n1 address and one outside every CIDR
+            pod("a", "evil", "n2", &["10.244.1.5", "fd00::5"]),
+            pod("a", "ok", "n2", &["10.244.2.7"]),
+        ];
+        let (c, r) = Cluster::new_with(&pods, &[], &[deny_all_x()], &nodes(), &checked(&[]));
+        assert!(c.conflicts().is_empty());
+        assert_eq!(
+            c.pod_ip("x", "a", false),
+            Some("10.244.1.5".parse().unwrap())
+        );
+        assert_eq!(c.pod_ip("a", "evil", false), None);
+        assert_eq!(c.pod_ip("a", "evil", true), None);
+        assert_eq!(
+            c.pod_ip("a", "ok", false),
+            Some("10.244.2.7".parse().unwrap())
+        );
+        let reasons: Vec<String> = r.refused.iter().map(|f| f.to_string()).collect();
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|s| s.contains("outside the podCIDRs"))
+                .count(),
+            2,
+            "{reasons:#?}"
+        );
+        // x/a's chain, not a pass-through
+        assert_eq!(
+            ingress4(&c),
+            [(
+                Value::Addr("10.244.1.5".parse().unwrap()),
+                Value::Goto(pod_chain("x", "a", Direction::Ingress))
+            )]
+        );
+        // a node without podCIDRs has no pod addresses
+        let bare = [
+            nodes()[0].clone(),
+            NodeContext {
+                pod_cidrs: vec![],
+                ..nodes()[1].clone()
+            },
+        ];
+        let (c, _) = Cluster::new_with(&pods, &[], &[], &bare, &checked(&[]));
+        assert_eq!(c.pod_ip("a", "ok", false), None);
+    }
+
+    #[test]
+    fn the_cni_record_settles_a_reused_address_the_old_pod_still_lists() {
+        // x/old finished its sandbox but its Pod object still lists the
+        // address the CNI plugin gave x/new at ADD
+        let pods = [
+            pod("x", "old", "n1", &["10.244.1.5"]),
+            pod("x", "new", "n1", &["10.244.1.5"]),
+            pod("a", "evil", "n1", &["10.244.1.6"]),
+        ];
+        let pols = [deny_all_x(), allow_from_pod_evil()];
+        let rec = checked(&[("x", "new", "10.244.1.5")]);
+        let (c, r) = Cluster::new_with(&pods, &[], &pols, &nodes(), &rec);
+        assert!(c.conflicts().is_empty());
+        assert_eq!(
+            c.pod_ip("x", "new", false),
+            Some("10.244.1.5".parse().unwrap())
+        );
+        assert_eq!(c.pod_ip("x", "old", false), None);
+        assert!(
+            r.refused
+                .iter()
+                .any(|f| f.object == "pod x/old" && f.reason.contains("CNI plugin recorded")),
+            "{r:?}"
+        );
+        assert_eq!(
+            ingress4(&c)
+                .iter()
+                .find(|(k, _)| *k == Value::Addr("10.244.1.5".parse().unwrap()))
+                .map(|(_, v)| v.clone()),
+            Some(Value::Goto(pod_chain("x", "new", Direction::Ingress)))
+        );
+        // n2 has no record: both claims stand, the address is nobody's,
+        // and a rule allowing x/old or x/new does not allow it
+        let (c2, _) = Cluster::new_with(
+            &pods,
+            &[],
+            &pols,
+            &nodes(),
+            &Addressing {
+                node_name: "n2".into(),
+                ..rec.clone()
+            },
+        );
+        assert_eq!(c2.conflicts().len(), 1);
+        assert_eq!(c2.pod_ip("x", "new", false), None);
+        // the record of a pod the objects do not place on the node is ignored
+        let stray = checked(&[("a", "evil", "10.244.1.5")]);
+        let (c3, _) = Cluster::new_with(&pods, &[], &pols, &nodes(), &stray);
+        assert_eq!(
+            c3.pod_ip("a", "evil", false),
+            Some("10.244.1.5".parse().unwrap())
+        );
+        // ... on n1 it is: a/evil was given 10.244.1.5 here, its object's
+        // other address of the family does not count
+        assert!(c3.pod_ip("x", "old", false).is_none());
+    }
+
+    #[test]
+    fn an_ambiguous_remote_address_matches_no_pod_peer() {
+        // x/a on n1 allows ingress from pods labelled evil; two pods on n2
+        // claim the same n2 address, one of them labelled evil
+        let pods = [
+            pod("x", "a", "n1", &["10.244.1.5"]),
+            pod("a", "evil", "n2", &["10.244.2.9"]),
+            pod("a", "other", "n2", &["10.244.2.9"]),
+            pod("a", "evil2", "n2", &["10.244.2.10"]),
+        ];
+        let pols = [deny_all_x(), allow_from_pod_evil()];
+        let (c, _) = Cluster::new(&pods, &[], &pols, &nodes());
+        let v = evaluate(&c, &addr("10.244.2.9"), &addr("10.244.1.5"), 80, Proto::Tcp);
+        assert!(!v.allowed, "{}", v.reason);
+        let v = evaluate(
+            &c,
+            &addr("10.244.2.10"),
+            &addr("10.244.1.5"),
+            80,
+            Proto::Tcp,
+        );
+        assert!(v.allowed, "{}", v.reason);
+    }
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+    use crate::compile::compile;
+    use crate::eval::{Endpoint, Proto, evaluate};
+    use serde_json::json;
+
+    fn except_policy(name: &str, n: u32) -> NetworkPolicy {
+        let except: Vec<String> = (0..n)
+            .map(|i| format!("fd00::{:x}/128", i * 2 + 1))
+            .collect();
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}],
+                "egress": [{"to": [{"ipBlock": {"cidr": "::/0"}}]}]}}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_policy_over_budget_allows_nothing_and_keeps_isolating() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "a"}, "spec": {"nodeName": "n1"},
+            "status": {"podIPs": [{"ip": "fd00:1::2"}]}}))
+        .unwrap();
+        let pols = [except_policy("big", 1000), except_policy("small", 3)];
+        let (mut c, _) = Cluster::new(&[pod], &[], &pols, &[]);
+        assert_eq!(policy_elements(&c.policies[0]), 1001 + 1);
+        assert_eq!(policy_elements(&c.policies[1]), 4 + 1);
+        let allowed = |c: &Cluster| {
+            evaluate(
+                c,
+                &Endpoint::Addr("2001:db8::1".parse().unwrap()),
+                &Endpoint::pod("x", "a", true),
+                80,
+                Proto::Tcp,
+            )
+            .allowed
+        };
+        assert!(allowed(&c));
+        let budget = Budget {
+            per_policy: 500,
+            per_node: 10_000,
+        };
+        // another node's pods: nothing to refuse there
+        assert!(c.clone().apply_budget(&budget, "n2").is_empty());
+        let refused = c.apply_budget(&budget, "n1");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].object, "policy x/big");
+        assert!(
+            refused[0].reason.contains("1002 set elements"),
+            "{}",
+            refused[0]
+        );
+        // x/small still allows; x/big isolates and allows nothing
+        assert!(allowed(&c));
+        assert!(c.is_isolated("x", "a", Direction::Ingress));
+        assert!(c.policies[0].ingress.as_deref() == Some(&[]));
+        // the node budget: the smaller policy first
+        let (mut c, _) = Cluster::new(&[], &[], &pols, &[]);
+        let (mut c2, _) = Cluster::new(
+            &[
+                serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "a"},
+                "spec": {"nodeName": "n1"}}))
+                .unwrap(),
+            ],
+            &[],
+            &pols,
+            &[],
+        );
+        assert!(
+            c.apply_budget(&budget, "n1").is_empty(),
+            "selects nothing here"
+        );
+        let refused = c2.apply_budget(
+            &Budget {
+                per_policy: 5000,
+                per_node: 1000,
+            },
+            "n1",
+        );
+        assert_eq!(refused.len(), 1);
+        assert!(
+            refused[0].reason.contains("node's budget of 1000 (5 taken"),
+            "{}",
+            refused[0]
+        );
+        // compiled: the big policy's 1001 ranges are gone from the table
+        let ctx = NodeContext {
+            node_name: "n1".into(),
+            ..NodeContext::default()
+        };
+        assert!(compile(&c2, &ctx).stats.elements < 50);
     }
 }

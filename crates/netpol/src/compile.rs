@@ -225,7 +225,12 @@ impl<'a> Builder<'a> {
     }
 
     fn peer_set(&mut self, id: &str, r: &Ranges) -> Name {
-        let elems = r.to_nets().into_iter().map(Value::net).collect();
+        // one element per range (`a-b`, or the prefix or address it is)
+        let elems = r
+            .intervals()
+            .into_iter()
+            .filter_map(|(a, b)| Value::addr_range(a, b))
+            .collect();
         let prefix = if r.v6 { "peers6" } else { "peers4" };
         self.set(prefix, id, vec![KeyType::addr(r.v6)], true, elems)
     }
@@ -434,6 +439,19 @@ pub(crate) fn merge_ports(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
     out
 }
 
+fn denied_counter(d: Direction) -> Name {
+    Name::fixed(match d {
+        Direction::Ingress => DENIED_INGRESS_COUNTER,
+        Direction::Egress => DENIED_EGRESS_COUNTER,
+    })
+}
+
+/// The chain dropping a direction's traffic of addresses several pods
+/// claim: `conflict-ingress` / `conflict-egress`.
+fn conflict_chain(d: Direction) -> Name {
+    Name::fixed(&format!("conflict-{d}"))
+}
+
 /// The shared chain of a direction's rules: `pin-<16hex>` (ingress) /
 /// `pen-<16hex>` (egress), named by the rules.
 fn shared_chain(d: Direction, allows: &BTreeSet<Allow>, log: bool) -> Name {
@@ -624,17 +642,47 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
                     ],
                 ));
             }
-            let counter = Name::fixed(match d {
-                Direction::Ingress => DENIED_INGRESS_COUNTER,
-                Direction::Egress => DENIED_EGRESS_COUNTER,
-            });
             rules.push(RuleDef::new(
                 shared,
-                vec![Expr::Counter, Expr::CounterRef(counter), Expr::Drop],
+                vec![
+                    Expr::Counter,
+                    Expr::CounterRef(denied_counter(d)),
+                    Expr::Drop,
+                ],
             ));
         }
         if selected {
             stats.selected_pods += 1;
+        }
+    }
+    // an address several pods claim: where a local claimant is isolated,
+    // its traffic that way is dropped (no claimant's chain is chosen)
+    for (ip, _) in c.conflicts.iter() {
+        for d in [Direction::Ingress, Direction::Egress] {
+            let isolated = c
+                .claimants(*ip)
+                .any(|p| p.node == ctx.node_name && c.policies_for(p, d).next().is_some());
+            if !isolated {
+                continue;
+            }
+            let chain = conflict_chain(d);
+            if made.insert(chain.clone()) {
+                chains.push(ChainDef {
+                    name: chain.clone(),
+                    base: None,
+                });
+                rules.push(RuleDef::new(
+                    &chain,
+                    vec![
+                        Expr::Counter,
+                        Expr::CounterRef(denied_counter(d)),
+                        Expr::Drop,
+                    ],
+                ));
+            }
+            maps.entry((d, ip.is_ipv6()))
+                .or_default()
+                .extend(dispatch_elems_to(&chain, &[*ip], ip.is_ipv6()));
         }
     }
 
@@ -786,6 +834,7 @@ mod tests {
             node_name: "n1".into(),
             node_ips: vec!["172.18.0.2".parse().unwrap()],
             log_denied: false,
+            pod_cidrs: Vec::new(),
         }
     }
 
@@ -938,6 +987,7 @@ mod tests {
             &c,
             &NodeContext {
                 log_denied: true,
+                pod_cidrs: Vec::new(),
                 ..ctx()
             },
         );

@@ -219,6 +219,28 @@ fn decide(
         }
     }
     let local = |p: &PodInfo| node.is_none_or(|n| p.node == n.node_name);
+    // an address several pods claim is held by none of them; where one of
+    // them is isolated this way here, its traffic is dropped (fail closed)
+    for (dir, end, peer) in [(Direction::Egress, &s, &d), (Direction::Ingress, &d, &s)] {
+        let Some(a) = end.addr.filter(|_| end.pod.is_none()) else {
+            continue;
+        };
+        let isolating: Vec<String> = c
+            .claimants(a)
+            .filter(|p| local(p) && !own_node(p, peer.addr))
+            .flat_map(|p| c.policies_for(p, dir).map(|pol| pol.id()))
+            .collect();
+        if !isolating.is_empty() {
+            return Verdict {
+                allowed: false,
+                by: isolating.iter().map(|p| (p.clone(), dir)).collect(),
+                reason: format!(
+                    "{dir} of {a}: several pods claim the address and one is isolated by {}",
+                    isolating.join(", ")
+                ),
+            };
+        }
+    }
     let mut by = Vec::new();
     let mut notes = Vec::new();
     let mut check = |dir: Direction, subject: Option<&PodInfo>, peer: &End, who: &str| -> bool {
@@ -327,11 +349,13 @@ mod tests {
                 node_name: "n1".into(),
                 node_ips: vec!["172.18.0.2".parse().unwrap()],
                 log_denied: false,
+                pod_cidrs: Vec::new(),
             },
             NodeContext {
                 node_name: "n2".into(),
                 node_ips: vec!["172.18.0.3".parse().unwrap()],
                 log_denied: false,
+                pod_cidrs: Vec::new(),
             },
         ];
         let ns: Vec<Namespace> = vec![];

@@ -55,7 +55,8 @@
 //! Per new connection a packet costs two verdict-map lookups and, for an
 //! isolated pod, a few set lookups per rule of the policies selecting it,
 //! never a scan of peers or ports: peers are interval sets of pod
-//! addresses and ipBlocks (excepts subtracted), ports are interval sets of
+//! addresses and ipBlocks (excepts subtracted, one element per range:
+//! N excepts make at most N+1), ports are interval sets of
 //! `protocol . port` (endPort ranges), named ports are resolved per
 //! destination pod (ingress: into the port set of that pod's chain;
 //! egress: into `address . protocol . port` elements). Peer sets are named
@@ -77,6 +78,14 @@
 //! is dispatched like an isolated one, so the CNI hand-off below covers
 //! its tiers from the first packet too.
 //!
+//! Who holds an address is decided before any of this
+//! ([`Addressing`]): inside the podCIDRs of the Pod's node, and on this
+//! node as the CNI plugin recorded it. An address several Pods claim
+//! without a record is held by none; where a local claimant is isolated,
+//! it is dispatched to `conflict-ingress` / `conflict-egress`, which count
+//! and drop. A policy over its element [`Budget`] keeps isolating and
+//! allows nothing.
+//!
 //! Every local pod on the pod network has both chains, pass-through
 //! (`accept` / `goto ingress`) when no policy selects it that way; only
 //! isolated pods are in the dispatch maps. Chain names come from
@@ -96,7 +105,10 @@ pub mod input;
 mod selector;
 
 pub use cidr::Ranges;
-pub use cluster::{Cluster, Direction, NAMESPACE_NAME_LABEL, NodeContext, Refusal, Report};
+pub use cluster::{
+    Addressing, Attachment, Budget, Cluster, Conflict, Direction, NAMESPACE_NAME_LABEL,
+    NodeContext, Refusal, Report,
+};
 pub use compile::{
     Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,
     TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash, table,

@@ -22,6 +22,7 @@ fn ctx(i: usize) -> NodeContext {
         node_name: n.into(),
         node_ips: vec![a.parse().unwrap(), b.parse().unwrap()],
         log_denied: i == 0,
+        pod_cidrs: Vec::new(),
     }
 }
 
@@ -55,8 +56,41 @@ fn selector() -> impl Strategy<Value = Json> {
     ]
 }
 
+/// An ipBlock with random excepts over the pod addresses (single
+/// addresses, so the peer set is ranges that are no prefixes), whole
+/// family or pod network.
+fn except_block() -> impl Strategy<Value = Json> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec((1..3u8, 2..9u8, 0..3u8), 0..6),
+    )
+        .prop_map(|(v6, whole, ex)| {
+            let except: Vec<String> = ex
+                .iter()
+                .map(|&(node, host, len)| match (v6, len) {
+                    (false, 0) => format!("10.244.{node}.{host}/32"),
+                    (false, 1) => format!("10.244.{node}.{}/31", host & !1),
+                    (false, _) => format!("10.244.{node}.{}/30", host & !3),
+                    (true, 0) => format!("fd00::{node}{host:02x}/128"),
+                    (true, 1) => format!("fd00::{node}{:02x}/127", host & !1),
+                    (true, _) => format!("fd00::{node}{:02x}/126", host & !3),
+                })
+                .collect();
+            let cidr = match (v6, whole) {
+                (false, true) => "0.0.0.0/0",
+                (false, false) => "10.244.0.0/16",
+                (true, true) => "::/0",
+                (true, false) => "fd00::/64",
+            };
+            json!({"ipBlock": {"cidr": cidr, "except": except}})
+        })
+}
+
 fn peer() -> impl Strategy<Value = Json> {
     prop_oneof![
+        except_block(),
+        except_block(),
         selector().prop_map(|s| json!({"podSelector": s})),
         selector().prop_map(|s| json!({"namespaceSelector": s})),
         (selector(), selector())
@@ -166,8 +200,9 @@ fn policy() -> impl Strategy<Value = Json> {
         })
 }
 
-/// (namespace, pod label, app label, node, hostNetwork, families, ports)
-type PodGen = (usize, usize, usize, usize, bool, usize, Vec<usize>);
+/// (namespace, pod label, app label, node, hostNetwork, families, ports,
+/// claims the addresses of the pod before it: 1 in 4)
+type PodGen = (usize, usize, usize, usize, bool, usize, Vec<usize>, bool);
 
 fn pod_gen() -> impl Strategy<Value = PodGen> {
     (
@@ -178,6 +213,7 @@ fn pod_gen() -> impl Strategy<Value = PodGen> {
         proptest::bool::weighted(0.1),
         0..4usize,
         proptest::collection::vec(0..6usize, 0..3),
+        proptest::bool::weighted(0.25),
     )
 }
 
@@ -193,9 +229,14 @@ const CONTAINER_PORTS: [(&str, u16, &str); 6] = [
 fn build(pods: &[PodGen], policies: &[Json]) -> (Cluster, Vec<IpAddr>) {
     let mut addrs: Vec<IpAddr> = Vec::new();
     let mut pod_objs = Vec::new();
-    for (i, (ns, label, app, node, host, fams, ports)) in pods.iter().enumerate() {
+    let mut last_ips: Vec<String> = Vec::new();
+    for (i, (ns, label, app, node, host, fams, ports, steal)) in pods.iter().enumerate() {
         let mut ips = Vec::new();
-        if *host {
+        if *steal && !*host && !last_ips.is_empty() {
+            // a second Pod object claiming the addresses of the one before
+            // (on its node or another): held by neither
+            ips = last_ips.clone();
+        } else if *host {
             ips.push(NODES[*node].1.to_string());
         } else {
             // families: 0 none yet, 1 v4, 2 v6, 3 both
@@ -208,6 +249,9 @@ fn build(pods: &[PodGen], policies: &[Json]) -> (Cluster, Vec<IpAddr>) {
         }
         for ip in &ips {
             addrs.push(ip.parse().unwrap());
+        }
+        if !*host {
+            last_ips = ips.clone();
         }
         let mut labels = json!({"pod": (["a", "b", "c"][*label])});
         if *app > 0 {
@@ -326,9 +370,9 @@ proptest! {
 #[test]
 fn sctp_named_and_ranged_ports_through_the_interpreter() {
     let pods = [
-        (0, 0, 1, 0, false, 3, vec![3]), // x/p0 pod=a app=web, sctp-x 9000
-        (1, 1, 0, 0, false, 3, vec![]),  // y/p1 pod=b
-        (2, 2, 0, 1, false, 3, vec![3]), // z/p2 pod=c on n2, sctp-x 9000
+        (0, 0, 1, 0, false, 3, vec![3], false), // x/p0 pod=a app=web, sctp-x 9000
+        (1, 1, 0, 0, false, 3, vec![], false),  // y/p1 pod=b
+        (2, 2, 0, 1, false, 3, vec![3], false), // z/p2 pod=c on n2, sctp-x 9000
     ];
     let policies = [
         json!({"metadata": {"namespace": "x"}, "spec": {"podSelector": {"matchLabels": {"pod": "a"}},

@@ -22,6 +22,7 @@ const NODES: [(&str, &str, &str, &str); 2] = [
 fn ctx(i: usize) -> NodeContext {
     let (n, a, b, _) = NODES[i];
     NodeContext {
+        pod_cidrs: Vec::new(),
         node_name: n.into(),
         node_ips: vec![a.parse().unwrap(), b.parse().unwrap()],
         log_denied: i == 0,

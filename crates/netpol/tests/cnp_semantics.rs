@@ -15,6 +15,7 @@ const N2: (&str, &str, &str) = ("n2", "172.18.0.3", "fc00:f853::3");
 
 fn ctx(n: (&str, &str, &str)) -> NodeContext {
     NodeContext {
+        pod_cidrs: Vec::new(),
         node_name: n.0.into(),
         node_ips: vec![n.1.parse().unwrap(), n.2.parse().unwrap()],
         log_denied: false,

@@ -489,6 +489,7 @@ impl Lab {
             node_name: NODE.into(),
             node_ips: vec![NODE4.parse().unwrap(), NODE6.parse().unwrap()],
             log_denied: log,
+            pod_cidrs: Vec::new(),
         };
         let cnps: Vec<cnp::input::ClusterNetworkPolicy> = cluster_policies
             .iter()

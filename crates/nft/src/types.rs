@@ -275,6 +275,10 @@ pub enum Value {
     Port(u16),
     /// An inclusive port range (`endPort` of a NetworkPolicy).
     PortRange(u16, u16),
+    /// An inclusive address range of one family, first ≤ last (an interval
+    /// set's element, `10.0.0.3-10.0.0.9`). Build it with
+    /// [`Value::addr_range`], which gives the form nft lists it in.
+    AddrRange(IpAddr, IpAddr),
     /// A layer-4 protocol.
     Proto(L4Proto),
     /// A concatenation (`a . b`), for concatenated keys.
@@ -300,6 +304,35 @@ impl Value {
         }
     }
 
+    /// The addresses `first..=last` (of one family, `first <= last`) in the
+    /// form nft lists them: one address, a prefix when the range is exactly
+    /// one, else a range. `None` for mixed families or `first > last`.
+    pub fn addr_range(first: IpAddr, last: IpAddr) -> Option<Value> {
+        let (a, b, bits) = match (first, last) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128),
+            _ => return None,
+        };
+        if a > b {
+            return None;
+        }
+        if a == b {
+            return Some(Value::Addr(first));
+        }
+        // a prefix: the span is 2^k addresses and `a` is aligned to it
+        let span = b - a;
+        if span.wrapping_add(1) & span == 0 {
+            let host_bits = 128 - span.leading_zeros();
+            if a.trailing_zeros() >= host_bits {
+                let len = (bits - host_bits) as u8;
+                if let Ok(n) = IpNet::new(first, len) {
+                    return Some(Value::Prefix(n));
+                }
+            }
+        }
+        Some(Value::AddrRange(first, last))
+    }
+
     /// The value in nft's JSON schema.
     pub fn to_json(&self) -> Json {
         match self {
@@ -309,6 +342,7 @@ impl Value {
             }
             Value::Port(p) => json!(p),
             Value::PortRange(a, b) => json!({"range": [a, b]}),
+            Value::AddrRange(a, b) => json!({"range": [a.to_string(), b.to_string()]}),
             Value::Proto(p) => json!(p.as_str()),
             Value::Concat(v) => json!({"concat": v.iter().map(Value::to_json).collect::<Vec<_>>()}),
             Value::Goto(c) => json!({"goto": {"target": c.as_str()}}),
@@ -359,7 +393,11 @@ impl Value {
                 if let Some(r) = o.get("range") {
                     let r = r.as_array()?;
                     let port = |j: &Json| j.as_u64().and_then(|n| u16::try_from(n).ok());
+                    let addr = |j: &Json| j.as_str().and_then(|s| s.parse::<IpAddr>().ok());
                     if let [a, b] = r.as_slice() {
+                        if let (Some(a), Some(b)) = (addr(a), addr(b)) {
+                            return Value::addr_range(a, b);
+                        }
                         return Some(Value::PortRange(port(a)?, port(b)?));
                     }
                 }
@@ -378,6 +416,7 @@ impl fmt::Display for Value {
             Value::Prefix(n) => write!(f, "{n}"),
             Value::Port(p) => write!(f, "{p}"),
             Value::PortRange(a, b) => write!(f, "{a}-{b}"),
+            Value::AddrRange(a, b) => write!(f, "{a}-{b}"),
             Value::Proto(p) => write!(f, "{p}"),
             Value::Goto(c) => write!(f, "goto {c}"),
             Value::Jump(c) => write!(f, "jump {c}"),
@@ -524,6 +563,8 @@ mod tests {
             Value::Prefix("10.244.1.0/24".parse().unwrap()),
             Value::Port(8080),
             Value::PortRange(80, 90),
+            Value::AddrRange("10.0.0.3".parse().unwrap(), "10.0.0.9".parse().unwrap()),
+            Value::AddrRange("fd00::1".parse().unwrap(), "fd00::ffff".parse().unwrap()),
             Value::Proto(L4Proto::Sctp),
             Value::Concat(vec![Value::Proto(L4Proto::Tcp), Value::Port(53)]),
             Value::Goto(Name::new("pod-0123").unwrap()),
@@ -547,6 +588,38 @@ mod tests {
             Some(Value::Prefix("10.0.0.0/8".parse().unwrap()))
         );
         assert_eq!(Value::from_json(&json!("not a value")), None);
+        // ranges take the form nft lists them in
+        let r = |a: &str, b: &str| Value::addr_range(a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(
+            r("10.0.0.0", "10.0.0.255"),
+            Some(Value::Prefix("10.0.0.0/24".parse().unwrap()))
+        );
+        assert_eq!(
+            r("0.0.0.0", "255.255.255.255"),
+            Some(Value::Prefix("0.0.0.0/0".parse().unwrap()))
+        );
+        assert_eq!(
+            r("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"),
+            Some(Value::Prefix("::/0".parse().unwrap()))
+        );
+        assert_eq!(
+            r("10.0.0.7", "10.0.0.7"),
+            Some(Value::Addr("10.0.0.7".parse().unwrap()))
+        );
+        assert!(matches!(
+            r("10.0.0.1", "10.0.0.2"),
+            Some(Value::AddrRange(..))
+        ));
+        assert!(matches!(
+            r("10.0.0.2", "10.0.1.1"),
+            Some(Value::AddrRange(..))
+        ));
+        assert_eq!(r("10.0.0.2", "10.0.0.1"), None);
+        assert_eq!(r("10.0.0.1", "fd00::1"), None);
+        assert_eq!(
+            r("10.0.0.1", "10.0.0.5").unwrap().to_string(),
+            "10.0.0.1-10.0.0.5"
+        );
         assert_eq!(
             Value::Concat(vec![Value::Proto(L4Proto::Udp), Value::Port(53)]).to_string(),
             "udp . 53"

@@ -39,6 +39,9 @@ pub struct NetpolMetrics {
     pub counter_read_timeouts: Counter,
     pub objects_refused: Gauge,
     pub carried_elements: Gauge,
+    pub elements: Gauge,
+    pub address_conflicts: Gauge,
+    pub policies_over_budget: Gauge,
     /// The nodes file's List resourceVersion last programmed (lab).
     pub programmed_version: Gauge,
 }
@@ -58,6 +61,9 @@ impl Default for NetpolMetrics {
             counter_read_timeouts: Counter::default(),
             objects_refused: Gauge::default(),
             carried_elements: Gauge::default(),
+            elements: Gauge::default(),
+            address_conflicts: Gauge::default(),
+            policies_over_budget: Gauge::default(),
             programmed_version: Gauge::default(),
         };
         for mode in ["full", "incremental"] {
@@ -137,6 +143,21 @@ impl NetpolMetrics {
             "carried_elements",
             "Dispatch elements the CNI plugin added for pods whose address kindnetd does not know yet, kept across the last table replacement",
             self.carried_elements.clone(),
+        );
+        r.register(
+            "elements",
+            "Set and map elements in table inet kindnet-netpol, as compiled",
+            self.elements.clone(),
+        );
+        r.register(
+            "address_conflicts",
+            "Pod addresses claimed by several Pods and held by none (see /readyz)",
+            self.address_conflicts.clone(),
+        );
+        r.register(
+            "policies_over_budget",
+            "Policies refused for making more set elements than the budget allows; they isolate and allow nothing (see /readyz)",
+            self.policies_over_budget.clone(),
         );
         r.register(
             "programmed_version",

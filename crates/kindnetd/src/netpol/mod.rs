@@ -14,11 +14,14 @@ pub mod metrics;
 pub mod plan;
 pub mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kindnet_netpol::{Namespace, NetworkPolicy, Pod};
+use kindnet_netpol::{
+    Attachment, Direction, Namespace, NetworkPolicy, Pod, dispatch_map, pod_chain,
+};
+use kindnet_nft::Value;
 
 /// The kinds of objects policy reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -199,6 +202,82 @@ impl Inputs {
     }
 }
 
+/// Returns the heap's free pages to the kernel after a pass built and
+/// dropped a large ruleset (glibc keeps them otherwise, and the resident
+/// size would stay at the pass's peak).
+#[allow(unsafe_code)]
+pub fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of glibc's allocator;
+    // it takes no pointer and is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// What the CNI plugin recorded on node `node` at ADD, read back from the
+/// dispatch maps its hand-off fills (`address → goto ing-/egr-<hash of
+/// namespace/name>`, see `kindnet_netpol::pod_chain`): the addresses of
+/// each running local Pod the elements point at. Authoritative over any
+/// Pod object's `status.podIPs` (`kindnet_netpol::Addressing`).
+pub fn attachments<'a>(
+    inputs: &Inputs,
+    node: &str,
+    present: impl IntoIterator<Item = (&'a str, &'a Value, &'a Option<Value>)>,
+) -> Vec<Attachment> {
+    let mut by_chain: HashMap<String, usize> = HashMap::new();
+    let mut out: Vec<Attachment> = Vec::new();
+    for p in inputs
+        .pods
+        .values()
+        .filter(|p| p.node_name == node && !p.host_network && !p.is_finished())
+    {
+        for d in [Direction::Ingress, Direction::Egress] {
+            by_chain.insert(
+                pod_chain(&p.namespace, &p.name, d).as_str().to_string(),
+                out.len(),
+            );
+        }
+        out.push(Attachment {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            ips: Vec::new(),
+        });
+    }
+    let maps: Vec<(String, bool)> = [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| [false, true].map(|v6| (dispatch_map(d, v6).as_str().to_string(), v6)))
+        .collect();
+    for (map, key, data) in present {
+        let (Value::Addr(ip), Some(Value::Goto(chain))) = (key, data) else {
+            continue;
+        };
+        if !maps.iter().any(|(m, v6)| m == map && *v6 == ip.is_ipv6()) {
+            continue;
+        }
+        if let Some(&i) = by_chain.get(chain.as_str())
+            && !out[i].ips.contains(ip)
+        {
+            out[i].ips.push(*ip);
+        }
+    }
+    out.retain(|a| !a.ips.is_empty());
+    out
+}
+
+/// The dispatch maps' elements of a model, as [`attachments`] reads them.
+pub fn model_dispatch(m: &plan::Model) -> impl Iterator<Item = (&str, &Value, &Option<Value>)> {
+    [Direction::Ingress, Direction::Egress]
+        .into_iter()
+        .flat_map(|d| [false, true].map(move |v6| dispatch_map(d, v6)))
+        .filter_map(|n| m.sets.get(&n))
+        .flat_map(|s| {
+            s.elements
+                .iter()
+                .map(|e| (s.name.as_str(), &e.key, &e.data))
+        })
+}
+
 /// The sources' handle on the policy inputs: records changes and wakes
 /// the policy reconciler.
 #[derive(Clone)]
@@ -289,6 +368,48 @@ mod tests {
         assert!(i.delete(Kind::Pod, "x", "a"));
         assert!(!i.delete(Kind::Pod, "x", "a"));
         assert_eq!(i.generation, g + 2);
+    }
+
+    #[test]
+    fn the_cni_record_is_read_from_the_dispatch_maps_for_local_pods() {
+        let on = |ns: &str, name: &str, node: &str| -> Object {
+            Object::Pod(
+                serde_json::from_value(json!({"metadata": {"namespace": ns, "name": name},
+                    "spec": {"nodeName": node}, "status": {"phase": "Running"}}))
+                .unwrap(),
+            )
+        };
+        let mut i = Inputs::default();
+        i.replace_kind(
+            Kind::Pod,
+            vec![on("x", "a", "n1"), on("x", "b", "n1"), on("x", "r", "n2")],
+        );
+        let goto = |ns: &str, n: &str, d| Some(Value::Goto(pod_chain(ns, n, d)));
+        let a4 = Value::Addr("10.0.1.5".parse().unwrap());
+        let a6 = Value::Addr("fd00::5".parse().unwrap());
+        let r4 = Value::Addr("10.0.2.5".parse().unwrap());
+        let (ga, ge, gr) = (
+            goto("x", "a", Direction::Ingress),
+            goto("x", "a", Direction::Egress),
+            goto("x", "r", Direction::Ingress),
+        );
+        let present = [
+            ("ingress4", &a4, &ga),
+            ("egress4", &a4, &ge),
+            ("ingress6", &a6, &ga),
+            ("ingress4", &r4, &gr), // a remote pod's chain: not a record here
+            ("ingress6", &a4, &ga), // the wrong family for the map
+            ("egress6", &a6, &None),
+        ];
+        let rec = attachments(&i, "n1", present);
+        assert_eq!(
+            rec,
+            [Attachment {
+                namespace: "x".into(),
+                name: "a".into(),
+                ips: vec!["10.0.1.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            }]
+        );
     }
 
     #[test]

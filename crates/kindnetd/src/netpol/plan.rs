@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use kindnet_netpol::{
-    Cluster, Compiled, Direction, NodeContext, Report, compile, dispatch_map, table,
+    Addressing, Cluster, Compiled, Direction, NodeContext, Report, compile, dispatch_map, table,
 };
 use kindnet_nft::{Batch, ChainDef, Cmd, Elem, Name, RuleDef, SetDef, Value};
 
@@ -28,6 +28,7 @@ pub fn contexts(
             node_name: s.node.name.clone(),
             node_ips: s.node.addresses().copied().collect(),
             log_denied,
+            pod_cidrs: s.node.pod_cidrs.clone(),
         })
         .collect();
     all.sort_by(|a, b| a.node_name.cmp(&b.node_name));
@@ -39,6 +40,7 @@ pub fn contexts(
             node_name: own_name.to_string(),
             node_ips: Vec::new(),
             log_denied,
+            pod_cidrs: Vec::new(),
         });
     own.node_ips.extend(own_ips.iter().copied());
     own.node_ips.sort();
@@ -61,12 +63,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn of(inputs: &Inputs, all: &[NodeContext]) -> Snapshot {
-        let (cluster, report) = Cluster::new(
+    /// `addressing`: who may hold an address (podCIDRs checked, this
+    /// node's CNI record).
+    pub fn of(inputs: &Inputs, all: &[NodeContext], addressing: &Addressing) -> Snapshot {
+        let (cluster, report) = Cluster::new_with(
             inputs.pods.values(),
             inputs.namespaces.values(),
             inputs.policies.values(),
             all,
+            addressing,
         );
         Snapshot {
             cluster,
@@ -93,7 +98,7 @@ pub fn build(
     own: &NodeContext,
     all: &[NodeContext],
 ) -> (Cluster, Compiled, Report) {
-    let s = Snapshot::of(inputs, all);
+    let s = Snapshot::of(inputs, all, &Addressing::default());
     let compiled = compile(&s.cluster, own);
     (s.cluster, compiled, s.report)
 }
@@ -633,6 +638,7 @@ mod tests {
             node_name: "n1".into(),
             node_ips: vec!["172.18.0.2".parse().unwrap()],
             log_denied: false,
+            pod_cidrs: Vec::new(),
         };
         (own.clone(), vec![own])
     }

@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kindnet_netpol::{
-    DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile, dispatch_map, table,
+    Addressing, Budget, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile,
+    dispatch_map, table,
 };
 use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
 
@@ -343,6 +344,29 @@ pub struct PolicySettings {
     pub own_name: String,
     pub own_ips: Vec<IpAddr>,
     pub log_denied: bool,
+    /// Set elements a policy, and this node's policies together, may make.
+    pub budget: Budget,
+}
+
+/// How many conflicts a line names before "… and N more".
+const CONFLICTS_SHOWN: usize = 5;
+
+/// `N pod addresses claimed by several Pods …: a, b, … and M more`.
+pub fn conflict_line(c: &[kindnet_netpol::Conflict]) -> String {
+    let mut s = format!(
+        "{} pod address(es) claimed by several Pods, held by none (no pod peer matches them; a local isolated claimant's traffic is dropped): ",
+        c.len()
+    );
+    for (i, x) in c.iter().take(CONFLICTS_SHOWN).enumerate() {
+        if i > 0 {
+            s.push_str("; ");
+        }
+        s.push_str(&x.to_string());
+    }
+    if c.len() > CONFLICTS_SHOWN {
+        s.push_str(&format!(" … and {} more", c.len() - CONFLICTS_SHOWN));
+    }
+    s
 }
 
 /// What one pass did.
@@ -390,6 +414,7 @@ pub struct PolicyReconciler<D: PolicyDataplane> {
     removed: bool,
     logged_refusals: BTreeSet<String>,
     replacements: Arc<AtomicU64>,
+    logged_conflicts: Vec<kindnet_netpol::Conflict>,
 }
 
 impl<D: PolicyDataplane> PolicyReconciler<D> {
@@ -410,6 +435,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             removed: false,
             logged_refusals: BTreeSet::new(),
             replacements: Arc::new(AtomicU64::new(0)),
+            logged_conflicts: Vec::new(),
         }
     }
 
@@ -496,8 +522,11 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
     }
 
     /// The inputs as validated, read under their lock (not copied), and
-    /// the node contexts; `None` until every input is complete.
-    fn snapshot(&self) -> Option<(plan::Snapshot, kindnet_netpol::NodeContext)> {
+    /// the node contexts; `None` until every input is complete. Who holds
+    /// an address: the podCIDRs of each Pod's node, and on this node what
+    /// the CNI plugin recorded in the dispatch maps (read from the kernel:
+    /// the plugin writes them at ADD without telling kindnetd).
+    fn snapshot(&mut self) -> Option<(plan::Snapshot, kindnet_netpol::NodeContext)> {
         let (own, all) = {
             let nodes = match self.nodes.lock() {
                 Ok(g) => g,
@@ -513,14 +542,89 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 self.cfg.log_denied,
             )
         };
-        let inputs = match self.inputs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
+        // the CNI record: the dispatch maps applied last (no kernel read);
+        // the kernel's own (which the plugin changed since) only at start
+        // and when a local address is claimed twice: reading costs a
+        // listing per map
+        let mut kernel: Option<Vec<kindnet_nft::Listed>> = None;
+        let mut snap = loop {
+            let inputs = match self.inputs.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if !inputs.synced() {
+                return None;
+            }
+            let attached = match (&kernel, &self.last) {
+                (Some(k), _) => super::attachments(
+                    &inputs,
+                    &own.node_name,
+                    k.iter().map(|e| (e.set.as_str(), &e.key, &e.data)),
+                ),
+                (None, Some(last)) => super::attachments(
+                    &inputs,
+                    &own.node_name,
+                    super::model_dispatch(last.kernel()),
+                ),
+                (None, None) => Vec::new(),
+            };
+            let addressing = Addressing {
+                check_pod_cidrs: true,
+                node_name: own.node_name.clone(),
+                attached,
+            };
+            let snap = plan::Snapshot::of(&inputs, &all, &addressing);
+            let local_conflict = || {
+                snap.cluster.conflicts().iter().any(|c| {
+                    c.pods.iter().any(|k| {
+                        inputs
+                            .pods
+                            .get(k)
+                            .is_some_and(|p| p.node_name == own.node_name)
+                    })
+                })
+            };
+            if kernel.is_some() || (self.last.is_some() && !local_conflict()) {
+                break snap;
+            }
+            drop(snap);
+            drop(inputs);
+            kernel = Some(match self.dp.list() {
+                Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
+                    Vec::new()
+                }
+            });
         };
-        if !inputs.synced() {
+        let over = snap.cluster.apply_budget(&self.cfg.budget, &own.node_name);
+        self.status
+            .metrics
+            .netpol
+            .policies_over_budget
+            .set(over.len() as i64);
+        snap.report.refused.extend(over);
+        Some((snap, own))
+    }
+
+    /// Names the addresses several Pods claim (held by none): one log line
+    /// when they change, a /readyz line and a metric; bounded, escaped.
+    fn conflicts(&mut self, c: Vec<kindnet_netpol::Conflict>) -> Option<String> {
+        self.status
+            .metrics
+            .netpol
+            .address_conflicts
+            .set(c.len() as i64);
+        if c.is_empty() {
+            self.logged_conflicts = c;
             return None;
         }
-        Some((plan::Snapshot::of(&inputs, &all), own))
+        let line = conflict_line(&c);
+        if c != self.logged_conflicts {
+            tracing::warn!("{line}");
+        }
+        self.logged_conflicts = c;
+        Some(line)
     }
 
     /// One pass.
@@ -561,6 +665,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             "NetworkPolicy compiled"
         );
         self.report(&snap.report);
+        let conflict = self.conflicts(snap.cluster.conflicts());
         let outcome = self.program(&snap.known, model);
         let m = &self.status.metrics.netpol;
         let mut lines = Vec::new();
@@ -586,6 +691,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 m.selected_pods.set(stats.selected_pods as i64);
                 m.local_pods.set(stats.local_pods as i64);
                 m.rules.set(stats.rules as i64);
+                m.elements.set(stats.elements as i64);
                 m.programmed_version
                     .set(snap.file_version.unwrap_or(0) as i64);
                 lines.push(format!(
@@ -594,10 +700,19 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 ));
             }
         }
+        if let Some(c) = conflict {
+            lines.push(format!("[!] {c}"));
+        }
         for r in &snap.report.refused {
             lines.push(format!("[!] refused: {r}"));
         }
         self.status.set_netpol(lines);
+        // the inputs' validated copy and the compiled batch are gone: give
+        // their pages back (the model applied is all that stays)
+        drop(snap);
+        if !matches!(outcome, Pass::Unchanged) {
+            super::release_memory();
+        }
         outcome
     }
 
@@ -763,6 +878,10 @@ mod tests {
             own_name: "n1".into(),
             own_ips: vec!["172.18.0.2".parse().unwrap()],
             log_denied: false,
+            budget: Budget {
+                per_policy: 1000,
+                per_node: 5000,
+            },
         };
         let r = PolicyReconciler::new(
             cfg,
@@ -874,8 +993,8 @@ mod tests {
         ]);
         assert_eq!(
             h2.r.pass(),
-            Pass::Full { carried: 2 },
-            "ingress4 and egress4"
+            Pass::Full { carried: 1 },
+            "ingress4 compiled from the CNI record, egress4 (not isolated) carried"
         );
         assert!(has(&mut h2));
         let last = h2.r.dataplane().nft.applied.last().unwrap().clone();
@@ -883,14 +1002,15 @@ mod tests {
             matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
             "replaced in one batch"
         );
-        // kindnetd learns the address: the same element, now compiled
+        // the Pod object reports the address: already compiled from the
+        // CNI record, nothing changes
         h2.file(vec![
             pod("a", &["10.0.1.2"]),
             pod("fresh", &["10.0.1.9"]),
             pod("b", &["10.0.1.3"]),
             deny(),
         ]);
-        assert!(matches!(h2.r.pass(), Pass::Incremental(_)));
+        assert_eq!(h2.r.pass(), Pass::Unchanged);
         assert!(has(&mut h2));
         // the pod is deleted: its element goes with it
         h2.file(vec![pod("a", &["10.0.1.2"]), deny()]);
@@ -1008,6 +1128,68 @@ mod tests {
             .find_map(|l| l.strip_prefix(&key))
             .unwrap_or("")
             .to_string()
+    }
+
+    #[test]
+    fn over_budget_policies_and_address_conflicts_are_reported() {
+        let mut h = harness(true);
+        h.sync_nodes();
+        // 1,500 excepts: over the harness's budget of 1,000 per policy
+        let except: Vec<String> = (0..1500)
+            .map(|i| format!("fd00:9::{:x}/128", 2 * i + 1))
+            .collect();
+        let big = Object::Policy(
+            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "big"},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}]}}))
+            .unwrap(),
+        );
+        // x/b and x/c claim one address (and no CNI record settles it);
+        // 10.0.9.9 is outside node n1's 10.0.1.0/24
+        h.file(vec![
+            pod("a", &["10.0.1.2"]),
+            pod("b", &["10.0.1.7"]),
+            pod("c", &["10.0.1.7"]),
+            pod("d", &["10.0.9.9"]),
+            big,
+        ]);
+        assert!(matches!(h.r.pass(), Pass::Full { .. }));
+        let m = &h.status.metrics.netpol;
+        assert_eq!(m.policies_over_budget.get(), 1);
+        assert_eq!(m.address_conflicts.get(), 1);
+        assert!(m.elements.get() < 100, "{}", m.elements.get());
+        let r = h.status.readiness().report();
+        assert!(
+            r.contains("[!] refused: policy x/big: the policy's rules refused: 1501 set elements, over the budget of 1000 per policy"),
+            "{r}"
+        );
+        assert!(
+            r.contains("1 pod address(es) claimed by several Pods")
+                && r.contains("address 10.0.1.7 claimed by pods x/b, x/c"),
+            "{r}"
+        );
+        assert!(r.contains("outside the podCIDRs"), "{r}");
+        // the isolated claimants' address is dropped, not passed
+        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
+        let ing4 = b
+            .cmds
+            .iter()
+            .find_map(|c| match c {
+                kindnet_nft::Cmd::AddSet(_, s)
+                    if s.name == dispatch_map(Direction::Ingress, false) =>
+                {
+                    Some(s.elements.clone())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let e = ing4
+            .iter()
+            .find(|e| e.key == Value::Addr("10.0.1.7".parse().unwrap()))
+            .unwrap();
+        assert_eq!(
+            e.data,
+            Some(Value::Goto(kindnet_nft::Name::fixed("conflict-ingress")))
+        );
     }
 
     #[test]

@@ -51,6 +51,7 @@ fn elem_overlaps(a: &Value, b: &Value) -> bool {
         match v {
             Value::Addr(a) => (x(a), x(a)),
             Value::Prefix(n) => (x(&n.network()), x(&n.broadcast())),
+            Value::AddrRange(a, b) => (x(a), x(b)),
             Value::Port(p) => (*p as u128, *p as u128),
             Value::PortRange(a, b) => (*a as u128, *b as u128),
             Value::Proto(p) => (proto_number(*p) as u128, proto_number(*p) as u128),
@@ -226,6 +227,9 @@ impl Ruleset {
             }
             (Value::Addr(a), [Pv::Addr(b)]) => a == b,
             (Value::Prefix(n), [Pv::Addr(b)]) => n.contains(b),
+            (Value::AddrRange(lo, hi), [Pv::Addr(b)]) => {
+                lo.is_ipv6() == b.is_ipv6() && lo <= b && b <= hi
+            }
             (Value::Port(a), [Pv::Port(b)]) => a == b,
             (Value::PortRange(lo, hi), [Pv::Port(b)]) => lo <= b && b <= hi,
             (Value::Proto(a), [Pv::Proto(b)]) => proto_number(*a) == *b,
