@@ -17,6 +17,7 @@
 mod batch;
 mod expr;
 mod listing;
+mod netlink;
 pub mod owned;
 mod run;
 mod types;
@@ -26,5 +27,6 @@ pub use batch::{
 };
 pub use expr::{Expr, Lhs, LimitPer, Op, Rhs};
 pub use listing::{Listed, Listing};
+pub use netlink::{NftNetlink, SetInfo, TableFlags};
 pub use run::{FakeNft, Nft, NftCli, NftError, TableLock, nft_binary};
 pub use types::{Comment, Elem, Family, KeyType, L4Proto, LogPrefix, Name, TableRef, Value};
