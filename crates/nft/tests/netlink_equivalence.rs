@@ -7,7 +7,7 @@
 
 use kindnet_netlink::Netns;
 use kindnet_nft::*;
-use kindnet_testbed::{Ns, require_root};
+use kindnet_testbed::{Ns, nft_listing, require_root};
 use serde_json::Value as Json;
 
 fn n(s: &str) -> Name {
@@ -22,30 +22,8 @@ fn v(s: &str) -> Value {
     }
 }
 
-/// `nft -j list table` without handles (they differ between runs).
 fn listed(ns: &Ns, t: &TableRef) -> Json {
-    let text = ns.run_ok(&[
-        "nft",
-        "-j",
-        "list",
-        "table",
-        t.family.as_str(),
-        t.name.as_str(),
-    ]);
-    let mut j: Json = serde_json::from_str(&text).unwrap();
-    fn strip(j: &mut Json) {
-        match j {
-            Json::Object(o) => {
-                o.remove("handle");
-                o.remove("metainfo");
-                o.values_mut().for_each(strip);
-            }
-            Json::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut j);
-    j
+    nft_listing(ns, t.family.as_str(), t.name.as_str())
 }
 
 /// Applies each batch in order through both runners and asserts the two

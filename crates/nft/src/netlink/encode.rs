@@ -609,7 +609,9 @@ impl<'a> Encoder<'a> {
                 if let Some(u) = &ud {
                     a.put(NFTA_SET_ELEM_USERDATA, u);
                 }
-                encoded.push((s.clone(), a.buf));
+                let mut sk = s.clone();
+                sk.push(1); // at one key, an end goes before a start
+                encoded.push((sk, a.buf));
                 if let Some(end) = successor(&last) {
                     let mut a = Attrs::default();
                     a.data_value(NFTA_SET_ELEM_KEY, &end);
@@ -631,6 +633,21 @@ impl<'a> Encoder<'a> {
         }
         if info.interval && !info.concat_interval() {
             encoded.sort_by(|a, b| a.0.cmp(&b.0));
+            // nft opens a new set's intervals with an end element at
+            // zero (its "first segment"), unless an interval starts there.
+            if set_id.is_some()
+                && add
+                && encoded.first().is_some_and(|(k, _)| {
+                    let n = key_len(info.key[0]);
+                    !(k[..n.min(k.len())].iter().all(|b| *b == 0) && k.get(n) == Some(&1))
+                })
+            {
+                let zero = vec![0u8; key_len(info.key[0])];
+                let mut a = Attrs::default();
+                a.data_value(NFTA_SET_ELEM_KEY, &zero);
+                a.put_u32(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                encoded.insert(0, (zero, a.buf));
+            }
         }
         let (m, flags, verb) = if add {
             (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add element")
