@@ -351,6 +351,28 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
     }
 }
 
+/// `nft -j list table FAMILY NAME` inside `ns`, without handles and
+/// metainfo (they differ between two namespaces with the same ruleset):
+/// the independent witness that two ways of programming a table agree.
+pub fn nft_listing(ns: &Ns, family: &str, table: &str) -> Value {
+    let text = ns.run_ok(&["nft", "-j", "list", "table", family, table]);
+    let mut j: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("nft -j list table {family} {table}: not JSON: {e}"));
+    fn strip(j: &mut Value) {
+        match j {
+            Value::Object(o) => {
+                o.remove("handle");
+                o.remove("metainfo");
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut j);
+    j
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -379,26 +401,4 @@ mod tests {
     fn a_required_skip_panics() {
         skip_or_fail(true, "reason");
     }
-}
-
-/// `nft -j list table FAMILY NAME` inside `ns`, without handles and
-/// metainfo (they differ between two namespaces with the same ruleset):
-/// the independent witness that two ways of programming a table agree.
-pub fn nft_listing(ns: &Ns, family: &str, table: &str) -> Value {
-    let text = ns.run_ok(&["nft", "-j", "list", "table", family, table]);
-    let mut j: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("nft -j list table {family} {table}: not JSON: {e}"));
-    fn strip(j: &mut Value) {
-        match j {
-            Value::Object(o) => {
-                o.remove("handle");
-                o.remove("metainfo");
-                o.values_mut().for_each(strip);
-            }
-            Value::Array(a) => a.iter_mut().for_each(strip),
-            _ => {}
-        }
-    }
-    strip(&mut j);
-    j
 }
