@@ -529,16 +529,16 @@ pub struct Portmap;
 
 impl Plugin for Portmap {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        add(&mut crate::host_nft(), req)
+        add(&mut crate::host_nft()?, req)
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(&mut crate::host_nft(), req)
+        del(&mut crate::host_nft()?, req)
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        check(&mut crate::host_nft(), req)
+        check(&mut crate::host_nft()?, req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(&mut crate::host_nft(), req)
+        gc(&mut crate::host_nft()?, req)
     }
 }
 

@@ -172,6 +172,14 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let policy_dp =
+        match kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot talk to nf_tables");
+                return ExitCode::FAILURE;
+            }
+        };
     let policy = kindnetd::netpol::run::PolicyReconciler::new(
         kindnetd::netpol::run::PolicySettings {
             enabled: flags.network_policy,
@@ -179,7 +187,7 @@ async fn run(flags: Flags) -> ExitCode {
             own_ips: flags.own_ips(),
             log_denied: flags.network_policy_log_denied,
         },
-        kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())),
+        policy_dp,
         policy_inputs,
         store.clone(),
         status.clone(),

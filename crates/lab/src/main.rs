@@ -237,11 +237,7 @@ fn preflight() -> Result<(), String> {
     if !sys::is_root() {
         return Err("kindnet-lab needs root: it creates network namespaces (and touches nothing outside them)".into());
     }
-    sys::require_tools(&[
-        ("ip", "iproute2"),
-        ("nft", "nftables"),
-        ("ping", "iputils-ping"),
-    ])
+    sys::require_tools(&[("ip", "iproute2"), ("ping", "iputils-ping")])
 }
 
 fn up(a: &UpArgs) -> Result<Lab, String> {

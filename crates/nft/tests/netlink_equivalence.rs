@@ -558,3 +558,69 @@ fn every_shape_lists_the_same_through_netlink_and_nft() {
         &[every_shape(&t), add, del, reflush, every_shape(&t), remove],
     );
 }
+
+#[test]
+fn an_owned_table_refuses_other_writers_and_outlives_its_owner() {
+    require_root!();
+    let ns = Ns::new("nftown");
+    let netns = Netns::open(ns.path()).unwrap();
+    let t = TableRef::new(Family::Inet, "kn-owned").unwrap();
+    let flags = TableFlags {
+        owner: true,
+        persist: true,
+    };
+    let table = |elems: Vec<Elem>| {
+        let mut b = Batch::new();
+        b.remove_table(&t);
+        b.add_table(&t);
+        b.add_set(
+            &t,
+            SetDef::set(n("s"), vec![KeyType::Ipv4Addr]).with_elements(elems),
+        );
+        b
+    };
+    let mut owner = netns.run(NftNetlink::open).unwrap().unwrap();
+    owner.flags.insert(t.clone(), flags);
+    owner.apply(&table(vec![Elem::key(v("10.0.0.1"))])).unwrap();
+    let got = owner.table_flags(&t).unwrap().map(TableFlags::from_bits);
+    eprintln!("table flags in effect: {got:?}");
+    if got != Some(flags) {
+        // a kernel before 6.9 (no NFT_TABLE_F_PERSIST): the fallback made
+        // the table without flags; nothing more to check here
+        assert_eq!(got, Some(TableFlags::default()), "fallback without flags");
+        return;
+    }
+    // another process (nft) cannot change it
+    let o = ns.run(&[
+        "nft",
+        "add",
+        "element",
+        "inet",
+        "kn-owned",
+        "s",
+        "{ 10.0.0.2 }",
+    ]);
+    assert!(!o.status.success(), "nft changed an owned table");
+    // another netlink socket neither
+    let mut other = netns.run(NftNetlink::open).unwrap().unwrap();
+    let mut add = Batch::new();
+    add.add_elements(&t, &n("s"), vec![Elem::key(v("10.0.0.3"))]);
+    let err = other.apply(&add).unwrap_err().to_string();
+    assert!(err.contains("not permitted"), "{err}");
+    // the owner goes away: the table stays, and the next owner adopts it
+    drop(owner);
+    let mut next = netns.run(NftNetlink::open).unwrap().unwrap();
+    next.flags.insert(t.clone(), flags);
+    let l = next
+        .list(&t)
+        .unwrap()
+        .expect("the table outlives its owner");
+    assert_eq!(l.elements.len(), 1);
+    next.apply(&table(vec![Elem::key(v("10.0.0.4"))])).unwrap();
+    assert_eq!(
+        next.table_flags(&t).unwrap().map(TableFlags::from_bits),
+        Some(flags)
+    );
+    let l = next.list(&t).unwrap().unwrap();
+    assert_eq!(l.elements[0].key, v("10.0.0.4"));
+}

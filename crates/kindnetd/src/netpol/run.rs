@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use kindnet_netpol::{
     DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile, dispatch_map, table,
 };
-use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
+use kindnet_nft::{Batch, Listing, Nft, NftNetlink, TableLock, Value};
 
 use super::Inputs;
 use super::metrics::{DirectionLabel, ModeLabel};
@@ -46,103 +46,47 @@ pub trait PolicyDataplane: Send {
     fn lock(&mut self) -> Result<Option<TableLock>, String>;
 }
 
-/// The real kernel, through `nft`.
+/// The real kernel, through nf_tables netlink. The table gets no owner
+/// flag: the CNI plugin adds a new pod's dispatch elements to it at ADD
+/// (the hand-off), which an owned table would refuse.
 pub struct NftPolicy {
-    cli: NftCli,
+    nl: NftNetlink,
 }
 
 impl NftPolicy {
-    pub fn new(lock_dir: Option<PathBuf>) -> NftPolicy {
-        NftPolicy {
-            cli: NftCli { lock_dir },
-        }
+    /// Opens the nf_tables socket in the calling thread's namespace.
+    pub fn new(lock_dir: Option<PathBuf>) -> Result<NftPolicy, kindnet_nft::NftError> {
+        let mut nl = NftNetlink::open()?;
+        nl.lock_dir = lock_dir;
+        Ok(NftPolicy { nl })
     }
-}
-
-/// Parses `nft -j list counters …`: (name, packets).
-pub fn parse_counters(doc: &serde_json::Value) -> Vec<(String, u64)> {
-    doc["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| {
-            let c = i.get("counter")?;
-            Some((c["name"].as_str()?.to_string(), c["packets"].as_u64()?))
-        })
-        .collect()
 }
 
 impl PolicyDataplane for NftPolicy {
     fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.cli.apply(b).map_err(|e| e.to_string())
+        self.nl.apply(b).map_err(|e| e.to_string())
     }
 
     /// Only the four dispatch maps: listing the whole table would cost
     /// time and memory in proportion to the ruleset.
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        let t = table();
-        let mut all = Listing::default();
-        for d in [Direction::Ingress, Direction::Egress] {
-            for v6 in [false, true] {
-                let map = dispatch_map(d, v6);
-                let out = std::process::Command::new(kindnet_nft::nft_binary())
-                    .args([
-                        "-j",
-                        "list",
-                        "map",
-                        t.family.as_str(),
-                        t.name.as_str(),
-                        map.as_str(),
-                    ])
-                    .stdin(std::process::Stdio::null())
-                    .output()
-                    .map_err(|e| format!("cannot run nft: {e}"))?;
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    if err.contains("No such file or directory") {
-                        // no table, or a table without this map
-                        continue;
-                    }
-                    return Err(format!("nft list map {map}: {}", err.trim()));
-                }
-                let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-                    .map_err(|e| format!("nft list map: not JSON: {e}"))?;
-                let l = Listing::parse(&doc);
-                all.sets.extend(l.sets);
-                all.elements.extend(l.elements);
-            }
-        }
-        Ok((!all.sets.is_empty()).then_some(all))
+        let maps: Vec<_> = [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .flat_map(|d| [false, true].map(|v6| dispatch_map(d, v6)))
+            .collect();
+        let l = self
+            .nl
+            .list_sets(&table(), Some(&maps))
+            .map_err(|e| e.to_string())?;
+        Ok(l.filter(|l| !l.sets.is_empty()))
     }
 
     fn counters(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let t = table();
-        let out = std::process::Command::new(kindnet_nft::nft_binary())
-            .args([
-                "-j",
-                "list",
-                "counters",
-                "table",
-                t.family.as_str(),
-                t.name.as_str(),
-            ])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| format!("cannot run nft: {e}"))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            if err.contains("No such file or directory") {
-                return Ok(None);
-            }
-            return Err(format!("nft list counters: {}", err.trim()));
-        }
-        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| format!("nft list counters: not JSON: {e}"))?;
-        Ok(Some(parse_counters(&doc)))
+        self.nl.counters(&table()).map_err(|e| e.to_string())
     }
 
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
-        self.cli.lock(&table()).map_err(|e| e.to_string())
+        self.nl.lock(&table()).map_err(|e| e.to_string())
     }
 }
 
@@ -753,19 +697,5 @@ mod tests {
         assert_eq!(off.r.pass(), Pass::Removed);
         assert!(off.r.dataplane().list().unwrap().is_none());
         assert_eq!(off.r.pass(), Pass::Unchanged);
-    }
-
-    #[test]
-    fn counters_parse_from_nft_json() {
-        let doc = json!({"nftables": [{"metainfo": {}},
-            {"counter": {"family": "inet", "name": "denied-ingress", "table": "kindnet-netpol", "handle": 3, "packets": 12, "bytes": 900}},
-            {"counter": {"name": "denied-egress", "packets": 0, "bytes": 0}}]});
-        assert_eq!(
-            parse_counters(&doc),
-            [
-                ("denied-ingress".to_string(), 12),
-                ("denied-egress".to_string(), 0)
-            ]
-        );
     }
 }

@@ -332,7 +332,18 @@ impl<'a> Encoder<'a> {
     }
 
     pub(crate) fn encode(mut self, b: &Batch) -> Result<Encoded, NftError> {
-        for c in &b.cmds {
+        for (i, c) in b.cmds.iter().enumerate() {
+            // `Batch::remove_table`'s "make sure it exists" add: no flags,
+            // so an existing table's flags (an owner's) are not touched.
+            let ensure = matches!((c, b.cmds.get(i + 1)),
+                (Cmd::AddTable(t), Some(Cmd::DeleteTable(d))) if t == d);
+            if ensure && let Cmd::AddTable(t) = c {
+                let mut a = Attrs::default();
+                a.put_str(NFTA_TABLE_NAME, t.name.as_str());
+                let w = format!("add table {} {}", t.family.as_str(), t.name);
+                self.push(t, NFT_MSG_NEWTABLE, NLM_F_CREATE, a, w);
+                continue;
+            }
             self.cmd(c)?;
         }
         Ok(self.out)

@@ -46,7 +46,16 @@ pub struct TableFlags {
 }
 
 impl TableFlags {
-    fn bits(self) -> u32 {
+    /// The flags among the kernel's `NFTA_TABLE_FLAGS` bits.
+    pub fn from_bits(b: u32) -> TableFlags {
+        TableFlags {
+            owner: b & NFT_TABLE_F_OWNER != 0,
+            persist: b & NFT_TABLE_F_PERSIST != 0,
+        }
+    }
+
+    /// The kernel's bits for these flags.
+    pub fn bits(self) -> u32 {
         let mut b = 0;
         if self.owner {
             b |= NFT_TABLE_F_OWNER;
