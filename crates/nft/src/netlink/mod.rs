@@ -359,3 +359,6 @@ impl Nft for NftNetlink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,8 @@
 //! compared (handles left out). Root only; all inside namespaces made here.
 
 use kindnet_netlink::Netns;
-use kindnet_nft::*;
+
+use crate::*;
 use kindnet_testbed::{Ns, nft_listing, require_root};
 use serde_json::Value as Json;
 
