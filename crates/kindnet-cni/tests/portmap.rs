@@ -286,3 +286,48 @@ fn udp_mapping_flushes_stale_conntrack_entries() {
         entries()
     );
 }
+
+/// A node without `nft` (kind's node image has none): in a mount namespace
+/// where every `nft` is an empty file, a hostPort pod and an ipMasq pod
+/// are set up and torn down, and the host port reaches the pod.
+#[test]
+fn host_port_and_ip_masq_work_without_nft_on_the_node() {
+    require_root!();
+    let b = bed();
+    let dir = temp_dir("nonft");
+    let empty = dir.path().join("nft");
+    std::fs::write(&empty, b"").unwrap();
+    // the bed really hides nft
+    let mut probe = b.node.command("nft");
+    probe.arg("--version");
+    hide_nft(&mut probe, &empty);
+    let o = probe.output().unwrap();
+    assert!(!o.status.success(), "nft still runs: {o:?}");
+
+    let pod = Ns::new("pod");
+    serve(&pod);
+    let data = temp_dir("ipam");
+    let mut ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    ptp["ipMasq"] = json!(true);
+    let args = Args::new("nonft", &pod.path());
+    let res = call_without_nft(&b.node, "ptp", "ADD", &args, &ptp, &empty).ok();
+    let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+    let pm = portmap_conf(&res, maps);
+    call_without_nft(&b.node, "portmap", "ADD", &args, &pm, &empty).ok();
+    assert_eq!(
+        fetch(&b.client, "172.30.0.1:8080").as_deref(),
+        Some("you are 172.30.0.2"),
+        "the host port reaches the pod"
+    );
+    let masq = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(masq.contains("10.244.1.2"), "{masq}");
+    call_without_nft(&b.node, "portmap", "DEL", &args, &pm, &empty).ok();
+    call_without_nft(&b.node, "ptp", "DEL", &args, &with_prev(&ptp, &res), &empty).ok();
+    assert_eq!(fetch(&b.client, "172.30.0.1:8080"), None, "unmapped");
+    let masq = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(!masq.contains("10.244.1.2"), "{masq}");
+}
