@@ -5,9 +5,7 @@
 
 use std::time::Instant;
 
-use kindnet_nft::{
-    Batch, Elem, Family, KeyType, Name, Nft, NftNetlink, SetDef, TableRef, Value,
-};
+use kindnet_nft::{Batch, Elem, Family, KeyType, Name, Nft, NftNetlink, SetDef, TableRef, Value};
 use serde_json::json;
 
 use crate::sys::{self, Result};
@@ -41,7 +39,11 @@ pub fn run(a: &BenchNftArgs) -> Result<()> {
 fn measure(a: &BenchNftArgs, ns: &str) -> Result<()> {
     let t = TableRef::new(Family::Inet, "kindnet-bench").map_err(|e| e.to_string())?;
     let elems: Vec<Elem> = (0..a.elements)
-        .map(|i| Elem::key(Value::Addr(std::net::Ipv4Addr::from(0x0a00_0000 + i).into())))
+        .map(|i| {
+            Elem::key(Value::Addr(
+                std::net::Ipv4Addr::from(0x0a00_0000 + i).into(),
+            ))
+        })
         .collect();
     let mut b = Batch::new();
     b.add_table(&t);
@@ -72,7 +74,15 @@ fn measure(a: &BenchNftArgs, ns: &str) -> Result<()> {
         if sys::output(&["nft", "--version"]).is_ok() {
             for _ in 0..a.reads.min(10) {
                 let s = Instant::now();
-                sys::run(&["nft", "-j", "list", "counters", "table", "inet", "kindnet-bench"])?;
+                sys::run(&[
+                    "nft",
+                    "-j",
+                    "list",
+                    "counters",
+                    "table",
+                    "inet",
+                    "kindnet-bench",
+                ])?;
                 cli.push(s.elapsed().as_secs_f64() * 1e3);
             }
         }

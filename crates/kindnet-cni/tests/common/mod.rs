@@ -2,13 +2,11 @@
 //! and a runner that invokes a plugin the way a runtime does. Network
 //! namespaces and temporary directories come from `kindnet-testbed`.
 #![allow(dead_code)]
-// Raw syscalls: unshare(2) and mount(2) in a child, to hide nft from it.
-#![allow(unsafe_code)]
 
 // Not every test binary uses every item.
 #[allow(unused_imports)]
 pub use kindnet_testbed::{
-    Ns, TempDir, TempDirExt, is_root, require_root, require_tool, sh, sh_ok, temp_dir,
+    Ns, TempDir, TempDirExt, hide_nft, is_root, require_root, require_tool, sh, sh_ok, temp_dir,
 };
 use serde_json::{Value, json};
 use std::io::Write;
@@ -129,58 +127,6 @@ pub fn call_raw(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, stdin:
 
 pub fn call(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, conf: &Value) -> Call {
     call_raw(host, plugin, command, a, conf.to_string().as_bytes())
-}
-
-/// Where an `nft` binary could be (what a node without nftables lacks).
-pub const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
-
-/// Makes `cmd` run in a mount namespace of its own where every `nft` is
-/// an empty file (bind-mounted over it): a node without nftables.
-pub fn hide_nft(cmd: &mut Command, empty: &Path) {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    let empty = CString::new(empty.as_os_str().as_bytes()).unwrap();
-    let targets: Vec<CString> = NFT_PATHS
-        .iter()
-        .filter(|p| Path::new(p).exists())
-        .map(|p| CString::new(*p).unwrap())
-        .collect();
-    let root = CString::new("/").unwrap();
-    // SAFETY: only async-signal-safe syscalls between fork and exec, on
-    // strings made before the fork; the mounts live in the child's own
-    // mount namespace and go away with it.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let flags = libc::MS_REC | libc::MS_PRIVATE;
-            if libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                flags,
-                std::ptr::null(),
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            for t in &targets {
-                let r = libc::mount(
-                    empty.as_ptr(),
-                    t.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                );
-                if r != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
 }
 
 /// [`call`] on a node without `nft` ([`hide_nft`]).
