@@ -277,6 +277,17 @@ impl NftNetlink {
         Ok(Some(out))
     }
 
+    /// Drops cached set types of a deleted set, or of every set of a
+    /// deleted table.
+    fn forget(&mut self, t: &TableRef, set: Option<&Name>) {
+        match set {
+            Some(s) => {
+                self.sets.remove(&(t.clone(), s.clone()));
+            }
+            None => self.sets.retain(|(tt, _), _| tt != t),
+        }
+    }
+
     fn apply_once(&mut self, batch: &Batch) -> Result<(), NftError> {
         let flags = self.flags.clone();
         let refused = self.refused.clone();
@@ -302,8 +313,16 @@ impl NftNetlink {
                 self.last_refused_flags = refused;
                 NftError::Failed(e.to_string())
             })?;
-        for (t, n, i) in enc.new_sets {
+        // the cache follows the batch: deletions and creations in order
+        let mut deleted = enc.deleted.into_iter().peekable();
+        for (k, (t, n, i)) in enc.new_sets.into_iter().enumerate() {
+            while let Some((_, dt, ds)) = deleted.next_if(|(at, _, _)| *at <= k) {
+                self.forget(&dt, ds.as_ref());
+            }
             self.sets.insert((t, n), i);
+        }
+        for (_, dt, ds) in deleted {
+            self.forget(&dt, ds.as_ref());
         }
         Ok(())
     }
