@@ -617,7 +617,13 @@ fn an_owned_table_refuses_other_writers_and_outlives_its_owner() {
         .unwrap()
         .expect("the table outlives its owner");
     assert_eq!(l.elements.len(), 1);
-    next.apply(&table(vec![Elem::key(v("10.0.0.4"))])).unwrap();
+    // The old owner's socket is released once no process holds it: a child
+    // forked by another test thread may hold it until its exec.
+    let adopt = table(vec![Elem::key(v("10.0.0.4"))]);
+    kindnet_testbed::wait_for(std::time::Duration::from_secs(5), || {
+        next.apply(&adopt).ok()
+    })
+    .expect("the next owner adopts the table");
     assert_eq!(
         next.table_flags(&t).unwrap().map(TableFlags::from_bits),
         Some(flags)
