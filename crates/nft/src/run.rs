@@ -45,6 +45,14 @@ pub trait Nft {
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError>;
     /// The table's sets and elements; `None` when the table does not exist.
     fn list(&mut self, table: &TableRef) -> Result<Option<Listing>, NftError>;
+    /// How many rules each chain of `table` has; `None` when the runner
+    /// cannot tell (then callers re-assert their rules).
+    fn rule_counts(
+        &mut self,
+        _table: &TableRef,
+    ) -> Result<Option<HashMap<String, usize>>, NftError> {
+        Ok(None)
+    }
     /// Locks `table` against other processes' read-modify-write until the
     /// returned guard is dropped; `None` where nothing is shared (fakes,
     /// callers that replace whole tables).

@@ -371,6 +371,37 @@ impl Nft for NftNetlink {
         self.list_sets(t, None)
     }
 
+    fn rule_counts(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
+        let mut a = Attrs::default();
+        a.put_str(NFTA_RULE_TABLE, t.name.as_str());
+        let p = payload(t.family, a);
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let r = self.sock()?.get(
+            msg_kind(NFT_MSG_GETRULE),
+            NLM_F_DUMP,
+            &p,
+            || format!("list rules of {} {}", t.family.as_str(), t.name),
+            |_, reply| {
+                let Some(a) = reply.get(4..) else { return };
+                if decode::find(a, NFTA_RULE_TABLE)
+                    .map(decode::string)
+                    .as_deref()
+                    != Some(t.name.as_str())
+                {
+                    return;
+                }
+                if let Some(c) = decode::find(a, NFTA_RULE_CHAIN).map(decode::string) {
+                    *counts.entry(c).or_default() += 1;
+                }
+            },
+        );
+        match r {
+            Ok(()) => Ok(Some(counts)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(nl(e)),
+        }
+    }
+
     fn lock(&mut self, t: &TableRef) -> Result<Option<TableLock>, NftError> {
         match &self.lock_dir {
             Some(dir) => TableLock::acquire(dir, t).map(Some),
