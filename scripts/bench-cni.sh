@@ -11,10 +11,17 @@
 #   floor      libcni plus one exec of the smallest plugin (our loopback)
 # Prints one JSON line per run, then per (stack, pods) the medians over the
 # rounds and the ratios reference/ours (> 1: we are faster) and ours/floor.
-#   scripts/bench-cni.sh [SERIAL_PODS=50] [PODS=100] [PARALLEL=8] [ROUNDS=5]
+# Then the hostPort case (stack "hostport"): one pod at a time with one TCP
+# host port (libcni's portMappings capability), HOSTPORT_RUNS pods per
+# round per implementation (each its own run: the port is free again after
+# the pod's DEL); its summary is over all those pods' ADD times.
+# KINDNET_BENCH_BASELINE=/path/to/an/older/kindnet-cni adds implementation
+# "baseline": the conflist kindnetd writes on that binary (e.g. the release
+# before nf_tables over netlink), interleaved with the others.
+#   scripts/bench-cni.sh [SERIAL_PODS=50] [PODS=100] [PARALLEL=8] [ROUNDS=5] [HOSTPORT_RUNS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-serial=${1:-50} many=${2:-100} par=${3:-8} rounds=${4:-5}
+serial=${1:-50} many=${2:-100} par=${3:-8} rounds=${4:-5} hp_runs=${5:-10}
 [ "$(id -u)" = 0 ] || { echo "bench-cni: needs root (network namespaces)" >&2; exit 1; }
 scripts/setup.sh >&2
 driver=$PWD/target/libcni-driver
@@ -36,12 +43,15 @@ trap cleanup EXIT INT TERM
 ip netns add "$node"
 ip -n "$node" link set lo up
 target/release/kindnet-cni install "$work/ours" >/dev/null
+if [ -n "${KINDNET_BENCH_BASELINE:-}" ]; then
+  "$KINDNET_BENCH_BASELINE" install "$work/baseline" >/dev/null
+fi
 
 conflist() { # IMPL STACK -> the conflist file
   local cidrs=10.244.0.0/16 f="$work/$1-$2.conflist"
   [ "$2" = dual ] && cidrs=10.244.0.0/16,fd00:10:244::/64
   case $1 in
-    ours) "$kindnetd" --print-conflist --static-pod-cidrs "$cidrs" --mtu 1500 \
+    ours|baseline) "$kindnetd" --print-conflist --static-pod-cidrs "$cidrs" --mtu 1500 \
             --ipam-data-dir "$work/ipam-$1" > "$f" ;;
     classic|reference) "$kindnetd" --print-conflist --cni-chain classic --static-pod-cidrs "$cidrs" \
             --mtu 1500 --ipam-data-dir "$work/ipam-$1" > "$f" ;;
@@ -52,9 +62,11 @@ conflist() { # IMPL STACK -> the conflist file
 
 run() { # ROUND IMPL STACK PODS PAR -> JSON line
   local dir="$work/ours"; [ "$2" = reference ] && dir=/usr/lib/cni
+  [ "$2" = baseline ] && dir="$work/baseline"
   local f out
   f=$(conflist "$2" "$3")
-  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$2" ip netns exec "$node" "$driver" bench "$f" "$4" "$5")
+  # a failed call still prints its JSON line, with "errors"
+  out=$(CNI_PATH=$dir CNI_CACHE_DIR="$work/cache-$2" ip netns exec "$node" "$driver" bench "$f" "$4" "$5") || true
   echo "{\"round\":$1,\"impl\":\"$2\",\"stack\":\"$3\",${out#\{}"
 }
 
@@ -74,9 +86,40 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-python3 - "$results" <<'PY'
+# hostPort: one pod at a time, each its own driver run with one host port
+hp_impls=(ours classic reference floor)
+[ -n "${KINDNET_BENCH_BASELINE:-}" ] && hp_impls+=(baseline)
+hp_results="$work/hostport.jsonl"
+n=${#hp_impls[@]}
+for round in $(seq 1 "$rounds"); do
+  for k in $(seq 0 $((n - 1))); do
+    impl=${hp_impls[$(( (k + round) % n ))]}
+    for _ in $(seq 1 "$hp_runs"); do
+      PORTMAP='[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]' \
+        run "$round" "$impl" ipv4 1 1 >> "$hp_results"
+    done
+  done
+done
+tail -n 1 "$hp_results"
+
+python3 - "$results" "$hp_results" <<'PY'
 import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1])]
+hp = [json.loads(l) for l in open(sys.argv[2])]
+impls = ("ours", "classic", "reference", "floor", "baseline")
+# errors may be CHECK's (the reference portmap's CHECK fails on an IPv4-only
+# pod); the ADD time is there when ADD worked
+vals = {i: [r["add_p50_ms"] for r in hp if r["impl"] == i and r.get("add_p50_ms")] for i in impls}
+med = {i: round(statistics.median(v), 3) for i, v in vals.items() if v}
+errors = {i: sum(r["errors"] for r in hp if r["impl"] == i) for i in impls if any(r["impl"] == i for r in hp)}
+out = {"summary": "hostport", "pods_per_impl": {i: len(v) for i, v in vals.items() if v},
+       "errors": errors, "add_p50_ms": med}
+if med.get("floor"):
+    out["ours_over_floor"] = round(med["ours"] / med["floor"], 2) if med.get("ours") else None
+    out["classic_over_floor"] = round(med["classic"] / med["floor"], 2) if med.get("classic") else None
+    if med.get("baseline"):
+        out["baseline_over_floor"] = round(med["baseline"] / med["floor"], 2)
+print(json.dumps(out))
 def med(impl, stack, pods, key):
     v = [r[key] for r in runs if r["impl"] == impl and r["stack"] == stack and r["pods"] == pods]
     return round(statistics.median(v), 3) if v else None

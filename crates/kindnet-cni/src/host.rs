@@ -95,11 +95,11 @@ pub trait Host {
 }
 
 /// The real node: one rtnetlink socket, the pod namespaces it opened, and
-/// the nft binary.
+/// nf_tables over netlink.
 pub struct NetlinkHost {
     h: Handle,
     pods: Vec<Netns>,
-    nft: kindnet_nft::NftCli,
+    nft: kindnet_nft::NftNetlink,
     nf_tables: Option<NfTables>,
 }
 
@@ -108,7 +108,7 @@ impl NetlinkHost {
         Ok(NetlinkHost {
             h: Handle::new().map_err(nl_err("open netlink"))?,
             pods: Vec::new(),
-            nft: crate::host_nft(),
+            nft: crate::host_nft()?,
             nf_tables: None,
         })
     }

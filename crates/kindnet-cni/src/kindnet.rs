@@ -28,7 +28,9 @@ impl Plugin for Kindnet {
         // Validate the mappings before anything is created.
         let maps = portmap::mappings(req)?;
         let res = layout(req).add(req)?;
-        if let Err(e) = portmap::map_ports(&mut crate::host_nft(), req, &maps, &res) {
+        let mapped =
+            crate::host_nft().and_then(|mut nft| portmap::map_ports(&mut nft, req, &maps, &res));
+        if let Err(e) = mapped {
             // All or nothing: the nft batch failed as a whole, so undo the
             // pod (DEL needs nothing but the attachment) before reporting.
             let _ = layout(req)
@@ -42,7 +44,7 @@ impl Plugin for Kindnet {
     /// In the reverse order of ADD: the port mappings, then the pod.
     fn del(&self, req: &Request) -> Result<(), CniError> {
         let maps = portmap::mappings(req)?;
-        portmap::unmap_ports(&mut crate::host_nft(), req, &maps)?;
+        portmap::unmap_ports(&mut crate::host_nft()?, req, &maps)?;
         layout(req).del(req)
     }
 
@@ -52,7 +54,7 @@ impl Plugin for Kindnet {
         let prev = req
             .prev_result()?
             .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs \"prevResult\""))?;
-        portmap::check_ports(&mut crate::host_nft(), req, &maps, &prev)
+        portmap::check_ports(&mut crate::host_nft()?, req, &maps, &prev)
     }
 
     fn status(&self, req: &Request) -> Result<(), CniError> {
@@ -61,7 +63,7 @@ impl Plugin for Kindnet {
     }
 
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        portmap::gc(&mut crate::host_nft(), req)?;
+        portmap::gc(&mut crate::host_nft()?, req)?;
         layout(req).gc(req)
     }
 }

@@ -98,11 +98,13 @@ pub(crate) fn open_netns(path: &str) -> Result<kindnet_netlink::Netns, CniError>
 /// Where plugin invocations lock the nftables tables they share.
 pub const NFT_LOCK_DIR: &str = "/run/kindnet";
 
-/// The real nft, locking shared tables across plugin invocations.
-pub(crate) fn host_nft() -> kindnet_nft::NftCli {
-    kindnet_nft::NftCli {
-        lock_dir: Some(NFT_LOCK_DIR.into()),
-    }
+/// nf_tables over netlink in the plugin's (the node's) network namespace,
+/// locking shared tables across plugin invocations. No `nft` binary: a
+/// kind node has none.
+pub(crate) fn host_nft() -> Result<kindnet_nft::NftNetlink, CniError> {
+    let mut n = kindnet_nft::NftNetlink::open().map_err(nft_err("open nf_tables netlink"))?;
+    n.lock_dir = Some(NFT_LOCK_DIR.into());
+    Ok(n)
 }
 
 /// Maps an nftables failure to a CNI error saying what was being done.

@@ -343,6 +343,14 @@ fn wanted_parts(
     Ok((out, hairpins))
 }
 
+/// The batch for ADD when the table's skeleton is intact: the elements
+/// only (pure).
+pub fn elements_batch(listing: Option<&Listing>, wanted: &[Wanted]) -> Batch {
+    let mut b = Batch::new();
+    owned::upsert(&mut b, &table(), listing, wanted);
+    b
+}
+
 /// The batch for ADD, given the table as it is (pure).
 pub fn add_batch(listing: Option<&Listing>, wanted: &[Wanted]) -> Batch {
     let mut b = Batch::new();
@@ -447,8 +455,16 @@ pub fn map_ports(
         )));
     }
     let want: Vec<Wanted> = ports.into_iter().chain(hairpins).collect();
-    nft.apply(&add_batch(listing.as_ref(), &want))
-        .map_err(nft_err("portmap"))?;
+    let mut skel = Batch::new();
+    skeleton(&mut skel);
+    let intact =
+        owned::skeleton_intact(nft, &t, listing.as_ref(), &skel).map_err(nft_err("portmap"))?;
+    let b = if intact {
+        elements_batch(listing.as_ref(), &want)
+    } else {
+        add_batch(listing.as_ref(), &want)
+    };
+    nft.apply(&b).map_err(nft_err("portmap"))?;
     flush_udp_conntrack(maps_);
     Ok(())
 }
@@ -529,16 +545,16 @@ pub struct Portmap;
 
 impl Plugin for Portmap {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        add(&mut crate::host_nft(), req)
+        add(&mut crate::host_nft()?, req)
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        del(&mut crate::host_nft(), req)
+        del(&mut crate::host_nft()?, req)
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        check(&mut crate::host_nft(), req)
+        check(&mut crate::host_nft()?, req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        gc(&mut crate::host_nft(), req)
+        gc(&mut crate::host_nft()?, req)
     }
 }
 

@@ -286,3 +286,104 @@ fn udp_mapping_flushes_stale_conntrack_entries() {
         entries()
     );
 }
+
+/// A node without `nft` (kind's node image has none): in a mount namespace
+/// where every `nft` is an empty file, a hostPort pod and an ipMasq pod
+/// are set up and torn down, and the host port reaches the pod.
+#[test]
+fn host_port_and_ip_masq_work_without_nft_on_the_node() {
+    require_root!();
+    let b = bed();
+    let dir = temp_dir("nonft");
+    let empty = dir.path().join("nft");
+    std::fs::write(&empty, b"").unwrap();
+    // the bed really hides nft
+    let mut probe = b.node.command("nft");
+    probe.arg("--version");
+    hide_nft(&mut probe, &empty);
+    let o = probe.output().unwrap();
+    assert!(!o.status.success(), "nft still runs: {o:?}");
+
+    let pod = Ns::new("pod");
+    serve(&pod);
+    let data = temp_dir("ipam");
+    let mut ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    ptp["ipMasq"] = json!(true);
+    let args = Args::new("nonft", &pod.path());
+    let res = call_without_nft(&b.node, "ptp", "ADD", &args, &ptp, &empty).ok();
+    let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+    let pm = portmap_conf(&res, maps);
+    call_without_nft(&b.node, "portmap", "ADD", &args, &pm, &empty).ok();
+    assert_eq!(
+        fetch(&b.client, "172.30.0.1:8080").as_deref(),
+        Some("you are 172.30.0.2"),
+        "the host port reaches the pod"
+    );
+    let masq = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(masq.contains("10.244.1.2"), "{masq}");
+    call_without_nft(&b.node, "portmap", "DEL", &args, &pm, &empty).ok();
+    call_without_nft(&b.node, "ptp", "DEL", &args, &with_prev(&ptp, &res), &empty).ok();
+    assert_eq!(fetch(&b.client, "172.30.0.1:8080"), None, "unmapped");
+    let masq = b
+        .node
+        .run_ok(&["nft", "list", "table", "inet", "kindnet-ipmasq"]);
+    assert!(!masq.contains("10.244.1.2"), "{masq}");
+}
+
+/// A pod ADD sends only elements while the table's skeleton is intact (no
+/// rule replaced, nothing for the kernel to free at the plugin's exit); a
+/// rule deleted by hand is restored by the next ADD.
+#[test]
+fn a_rule_deleted_by_hand_is_restored_by_the_next_add() {
+    require_root!();
+    let b = bed();
+    let data = temp_dir("ipam");
+    let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    let handles = |ns: &Ns| {
+        ns.run_ok(&[
+            "nft",
+            "-a",
+            "list",
+            "chain",
+            "inet",
+            "kindnet-portmap",
+            "hostports",
+        ])
+    };
+    let mut before = String::new();
+    let mut pods = Vec::new();
+    for (i, port) in [(0, 8080), (1, 8081), (2, 8082)] {
+        let pod = Ns::new("pod");
+        let args = Args::new(&format!("rr{i}"), &pod.path());
+        let res = call(Some(&b.node), "ptp", "ADD", &args, &ptp).ok();
+        let maps = json!([{"hostPort": port, "containerPort": 80}]);
+        call(
+            Some(&b.node),
+            "portmap",
+            "ADD",
+            &args,
+            &portmap_conf(&res, maps),
+        )
+        .ok();
+        let now = handles(&b.node);
+        match i {
+            0 => before = now,
+            // the rules were not replaced: same handles
+            1 => {
+                assert_eq!(now, before, "the second ADD replaced the rules");
+                b.node.run_ok(&[
+                    "nft",
+                    "flush",
+                    "chain",
+                    "inet",
+                    "kindnet-portmap",
+                    "hostports",
+                ]);
+            }
+            _ => assert!(now.contains("dnat"), "not restored:\n{now}"),
+        }
+        pods.push(pod);
+    }
+}

@@ -1,5 +1,6 @@
 //! The effectful edge: reads the host's routes, links and addresses, applies
-//! route operations through rtnetlink (crate `kindnet-netlink`), runs `nft`,
+//! route operations through rtnetlink (crate `kindnet-netlink`), programs
+//! nf_tables over netlink (no `nft` binary),
 //! touches sysctls and writes the CNI config. Everything here is
 //! synchronous; it runs on the reconciler's own thread, never on the async
 //! runtime. Failures cross the seam as [`DataplaneError`].
@@ -45,7 +46,7 @@ pub enum DataplaneError {
         #[source]
         source: kindnet_netlink::Error,
     },
-    /// nft could not run or refused a batch (nothing of it was applied).
+    /// nf_tables refused a batch (nothing of it was applied).
     #[error(transparent)]
     Nft(#[from] kindnet_nft::NftError),
     /// A sysctl could not be written.
@@ -123,16 +124,31 @@ pub trait Dataplane: Send {
     ) -> Result<Vec<IpAddr>, DataplaneError>;
 }
 
-/// The real host, through one rtnetlink socket.
+/// The real host, through one rtnetlink socket and one nf_tables socket.
+/// The nf_tables socket lives as long as the daemon: it owns the
+/// masquerade table (`NFT_TABLE_F_OWNER`, so no other process can change
+/// it) and the table persists across restarts (`NFT_TABLE_F_PERSIST`: the
+/// next kindnetd adopts it); a kernel without them (before 6.9) gets a
+/// table without flags.
 pub struct Netlink {
     h: Handle,
+    nft: kindnet_nft::NftNetlink,
+}
+
+/// The flags kindnetd asks for on the tables only it writes.
+pub fn owned_table_flags() -> kindnet_nft::TableFlags {
+    kindnet_nft::TableFlags {
+        owner: true,
+        persist: true,
+    }
 }
 
 impl Netlink {
     pub fn new() -> Result<Netlink, DataplaneError> {
-        Handle::new()
-            .map(|h| Netlink { h })
-            .map_err(DataplaneError::netlink("open rtnetlink socket"))
+        let h = Handle::new().map_err(DataplaneError::netlink("open rtnetlink socket"))?;
+        let mut nft = kindnet_nft::NftNetlink::open()?;
+        nft.flags.insert(crate::masq::table(), owned_table_flags());
+        Ok(Netlink { h, nft })
     }
 }
 
@@ -262,23 +278,23 @@ impl Dataplane for Netlink {
 
     fn nft(&mut self, batch: &kindnet_nft::Batch) -> Result<(), DataplaneError> {
         use kindnet_nft::Nft;
-        Ok(kindnet_nft::NftCli::default().apply(batch)?)
+        Ok(self.nft.apply(batch)?)
     }
 
-    /// The listing through `nft` (a small table: nft reads only its
-    /// own), the rules over netlink.
+    /// The listing and the rules per chain, over netlink (a small table).
     fn nft_read(
         &mut self,
         table: &kindnet_nft::TableRef,
     ) -> Result<Option<crate::masq::TableRead>, DataplaneError> {
         use kindnet_nft::Nft;
-        let Some(listing) = kindnet_nft::NftCli::default().list(table)? else {
+        let Some(listing) = self.nft.list(table)? else {
             return Ok(None);
         };
-        let rules = kindnet_netlink::nftables::NfTables::open()
-            .and_then(|mut nf| nf.rule_counts(table.name.as_str()))
-            .map_err(DataplaneError::netlink("count nf_tables rules"))?;
-        Ok(rules.map(|rules| crate::masq::TableRead { listing, rules }))
+        let rules = self.nft.rule_counts(table)?;
+        Ok(rules.map(|rules| crate::masq::TableRead {
+            listing,
+            rules: rules.into_iter().collect(),
+        }))
     }
 
     fn sysctl_get(&mut self, key: &str) -> Option<String> {

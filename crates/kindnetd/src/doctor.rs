@@ -123,6 +123,9 @@ pub struct DoctorView {
     pub neighbours: Vec<Neighbour>,
     /// nftables feature → the error of trying it, if any.
     pub nft: Vec<(String, Option<String>)>,
+    /// kindnet's tables → their flags (`None`: no such table), as the
+    /// kernel reports them.
+    pub nft_tables: Vec<(String, Result<Option<kindnet_nft::TableFlags>, String>)>,
     /// File names in the CNI conf dir.
     pub conf_files: Result<Vec<String>, String>,
     /// 10-kindnet.conflist: None when absent, Err when unreadable.
@@ -147,6 +150,7 @@ impl Default for DoctorView {
             links: Vec::new(),
             neighbours: Vec::new(),
             nft: Vec::new(),
+            nft_tables: Vec::new(),
             conf_files: Ok(Vec::new()),
             conflist: None,
             plugins: Vec::new(),
@@ -461,7 +465,60 @@ fn nftables(v: &DoctorView) -> Check {
             "nftables",
             Level::Fail,
             format!("nftables lacks: {}", failed.join("; ")),
-            Some("install nftables (nft 1.0 or newer) and a kernel with nf_tables, nft_nat, nft_masq, nft_fib and nft_ct (modprobe them if built as modules)".into()),
+            Some("a kernel with nf_tables, nft_nat, nft_masq, nft_fib, nft_ct, nft_objref, nft_limit and nft_log (modprobe them if built as modules; no nft binary is needed)".into()),
+        )
+    }
+}
+
+/// Which table flags are in effect on kindnet's tables: kindnetd's
+/// masquerade table should be owned by kindnetd (nobody else can change
+/// it) and persist across its restarts; the NetworkPolicy table is never
+/// owned (the CNI plugin adds pods to it).
+fn nft_table_flags(v: &DoctorView) -> Check {
+    let mut said = Vec::new();
+    let mut weak = Vec::new();
+    for (name, state) in &v.nft_tables {
+        match state {
+            Err(e) => weak.push(format!("{name}: {e}")),
+            Ok(None) => said.push(format!("{name}: absent")),
+            Ok(Some(f)) => {
+                let mut flags = Vec::new();
+                if f.owner {
+                    flags.push("owner");
+                }
+                if f.persist {
+                    flags.push("persist");
+                }
+                let text = if flags.is_empty() {
+                    "no flags".to_string()
+                } else {
+                    flags.join(",")
+                };
+                if name == crate::masq::TABLE_NAME && !(f.owner && f.persist) {
+                    weak.push(format!("{name}: {text}"));
+                } else {
+                    said.push(format!("{name}: {text}"));
+                }
+            }
+        }
+    }
+    if v.nft_tables.is_empty() {
+        return check(
+            "nft-table-flags",
+            Level::Warn,
+            "table flags not read".into(),
+            None,
+        );
+    }
+    if weak.is_empty() {
+        check("nft-table-flags", Level::Pass, said.join("; "), None)
+    } else {
+        weak.extend(said);
+        check(
+            "nft-table-flags",
+            Level::Warn,
+            format!("kindnetd's tables are not protected from other writers: {}", weak.join("; ")),
+            Some("linux 6.9 or newer keeps an owned table across kindnetd restarts (NFT_TABLE_F_PERSIST); on older kernels kindnetd leaves its tables unowned so masquerade survives a restart".into()),
         )
     }
 }
@@ -951,6 +1008,7 @@ pub fn checks(v: &DoctorView) -> Vec<Check> {
     out.push(accept_ra(v));
     out.extend(bridge_netfilter(v));
     out.push(nftables(v));
+    out.push(nft_table_flags(v));
     out.push(mtu(v));
     out.extend(peers(v));
     out.push(conflist(v));
@@ -1038,7 +1096,7 @@ fn read_sysctls(links: &[LinkInfo]) -> HashMap<String, String> {
 fn try_nft() -> Vec<(String, Option<String>)> {
     use kindnet_nft::{
         BaseChain, Batch, ChainDef, ChainType, Elem, Expr, Family as NF, Hook, KeyType, L4Proto,
-        Lhs, MapData, Name, Nft, NftCli, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+        Lhs, MapData, Name, Nft, NftNetlink, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
     };
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -1129,7 +1187,10 @@ fn try_nft() -> Vec<(String, Option<String>)> {
         ),
     );
     steps.push(("nat chain, fib, masquerade", b));
-    let mut nft = NftCli::default();
+    let mut nft = match NftNetlink::open() {
+        Ok(n) => n,
+        Err(e) => return vec![("nf_tables netlink".into(), Some(e.to_string()))],
+    };
     let mut out = Vec::new();
     let mut broken = false;
     for (what, batch) in steps {
@@ -1150,6 +1211,24 @@ fn try_nft() -> Vec<(String, Option<String>)> {
         out.push(("removing the scratch table".into(), Some(e.to_string())));
     }
     out
+}
+
+/// The flags of kindnet's own tables, read over netlink.
+fn read_table_flags() -> Vec<(String, Result<Option<kindnet_nft::TableFlags>, String>)> {
+    let mut nl = match kindnet_nft::NftNetlink::open() {
+        Ok(n) => n,
+        Err(e) => return vec![("nf_tables".into(), Err(e.to_string()))],
+    };
+    [crate::masq::table(), kindnet_netpol::table()]
+        .into_iter()
+        .map(|t| {
+            let flags = nl
+                .table_flags(&t)
+                .map(|f| f.map(kindnet_nft::TableFlags::from_bits))
+                .map_err(|e| e.to_string());
+            (t.name.to_string(), flags)
+        })
+        .collect()
 }
 
 fn ipam_probe(dir: &Path) -> (Result<(), String>, Vec<IpAddr>) {
@@ -1252,6 +1331,7 @@ pub fn gather(inputs: DoctorInputs, nodes: Option<Result<Vec<StoredNode>, String
     }
     v.sysctls = read_sysctls(&v.links);
     v.nft = try_nft();
+    v.nft_tables = read_table_flags();
     let dir = &v.inputs.cni_conf_dir;
     v.conf_files = std::fs::read_dir(dir)
         .map(|rd| {
@@ -1497,6 +1577,16 @@ mod tests {
                 lladdr: Some(vec![2, 0, 0, 0, 0, 3]),
             }],
             nft: vec![("maps".into(), None)],
+            nft_tables: vec![
+                (
+                    crate::masq::TABLE_NAME.into(),
+                    Ok(Some(kindnet_nft::TableFlags {
+                        owner: true,
+                        persist: true,
+                    })),
+                ),
+                (kindnet_netpol::TABLE.into(), Ok(Some(Default::default()))),
+            ],
             conf_files: Ok(vec![cniconf::CONFLIST_NAME.into()]),
             conflist: Some(Ok(CONFLIST.into())),
             plugins: vec![
@@ -1575,6 +1665,22 @@ mod tests {
                 .unwrap()
                 .contains("eth0.accept_ra=2")
         );
+    }
+
+    #[test]
+    fn table_flags_in_effect_are_reported() {
+        let v = healthy();
+        let c = find(&checks(&v), "nft-table-flags").clone();
+        assert_eq!(c.level, Level::Pass, "{c:?}");
+        assert!(c.message.contains("kindnet-masq: owner,persist"), "{c:?}");
+        assert!(c.message.contains("kindnet-netpol: no flags"), "{c:?}");
+        let mut v = healthy();
+        v.nft_tables[0].1 = Ok(Some(kindnet_nft::TableFlags::default()));
+        let c = find(&checks(&v), "nft-table-flags").clone();
+        assert_eq!(c.level, Level::Warn, "{c:?}");
+        assert!(c.message.contains("kindnet-masq: no flags"), "{c:?}");
+        v.nft_tables.clear();
+        assert_eq!(find(&checks(&v), "nft-table-flags").level, Level::Warn);
     }
 
     #[test]

@@ -193,6 +193,14 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let policy_dp =
+        match kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot talk to nf_tables");
+                return ExitCode::FAILURE;
+            }
+        };
     let policy = kindnetd::netpol::run::PolicyReconciler::new(
         kindnetd::netpol::run::PolicySettings {
             enabled: flags.network_policy,
@@ -204,7 +212,7 @@ async fn run(flags: Flags) -> ExitCode {
                 per_node: flags.network_policy_max_node_elements,
             },
         },
-        kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())),
+        policy_dp,
         policy_inputs,
         store.clone(),
         status.clone(),

@@ -1,7 +1,8 @@
 //! Two nodes, a pod on each, and an "external" host, all network namespaces
 //! (pods wired by hand, ptp style). A kindnetd runs on each node. Checks:
 //! pod → external arrives with the node's address (masquerade), pod → pod
-//! across nodes keeps the pod's address; IPv4 and IPv6. Needs root.
+//! across nodes keeps the pod's address; IPv4 and IPv6. The daemons run
+//! without `nft` (kind's node image has none). Needs root.
 
 mod common;
 
@@ -147,9 +148,11 @@ fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
             ),
         ]),
     );
+    let empty = dir.path().join("nft");
+    std::fs::write(&empty, b"").unwrap();
     let start = |ns: &Ns, name: &str| {
         let cni = dir.path().join(format!("cni-{name}"));
-        Daemon::start(
+        Daemon::start_without_nft(
             ns,
             &[
                 "--node-name",
@@ -164,6 +167,7 @@ fn pod_to_external_is_masqueraded_pod_to_pod_is_not() {
                 "127.0.0.1:19080",
             ],
             dir.path().join(format!("{name}.log")),
+            &empty,
         )
     };
     let d1 = start(&n1, "n1");

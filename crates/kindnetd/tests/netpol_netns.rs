@@ -3,7 +3,8 @@
 //! per-pod chains made before the pod has an address, the CNI plugin's
 //! dispatch elements kept across incremental updates and across a restart
 //! (carried into the replacing table), the table left in place at exit and
-//! removed with --network-policy=false. Needs root.
+//! removed with --network-policy=false. The daemons run without `nft`
+//! (kind's node image has none). Needs root.
 
 mod common;
 
@@ -72,6 +73,8 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
     require_root!();
     let ns = node_ns("kd-np");
     let dir = temp_dir("netpol");
+    let empty = dir.path().join("nft");
+    std::fs::write(&empty, b"").unwrap();
     let nodes = dir.path().join("nodes.json");
     let cni = dir.path().join("net.d");
     let deny = policy(
@@ -95,7 +98,7 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
         "--metrics-bind-address",
         "127.0.0.1:19080",
     ];
-    let d = Daemon::start(&ns, &args, dir.path().join("kindnetd.log"));
+    let d = Daemon::start_without_nft(&ns, &args, dir.path().join("kindnetd.log"), &empty);
     wait_version(&ns, &d, 1);
     let (doc, _) = table(&ns).expect("table made");
     for dir in [Direction::Ingress, Direction::Egress] {
@@ -155,7 +158,7 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
     // restart: the whole table is replaced; the CNI's elements are its
     // record of x/fresh's addresses, read back and compiled (nothing left
     // to carry)
-    let d2 = Daemon::start(&ns, &args, dir.path().join("kindnetd2.log"));
+    let d2 = Daemon::start_without_nft(&ns, &args, dir.path().join("kindnetd2.log"), &empty);
     wait_version(&ns, &d2, 2);
     assert_eq!(
         metric(&ns, "kindnet_netpol_programs_total{mode=\"full\"}"),
@@ -193,7 +196,7 @@ fn chains_before_addresses_cni_elements_carried_and_table_kept() {
     // policy off: the table is removed
     let mut off: Vec<&str> = args.to_vec();
     off.push("--network-policy=false");
-    let d3 = Daemon::start(&ns, &off, dir.path().join("kindnetd3.log"));
+    let d3 = Daemon::start_without_nft(&ns, &off, dir.path().join("kindnetd3.log"), &empty);
     wait_for(Duration::from_secs(10), || {
         table(&ns).is_none().then_some(())
     })

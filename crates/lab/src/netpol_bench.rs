@@ -260,10 +260,14 @@ fn restart_all(lab: &mut Lab, on: bool, version: u64) -> Result<()> {
         if on {
             wait_version_on(lab, i, version)?;
         } else {
-            while crate::sys::ok_in(
-                &n.netns,
-                &["nft", "list", "table", "inet", "kindnet-netpol"],
-            ) {
+            let has_table = || {
+                crate::sys::run_in_netns_fn(&n.netns, || {
+                    kindnet_netlink::nftables::NfTables::open()
+                        .and_then(|mut t| t.has_table(kindnet_netpol::TABLE))
+                        .map_err(|e| e.to_string())
+                })
+            };
+            while has_table()? {
                 if Instant::now() > deadline {
                     return Err("the policy table was not removed".into());
                 }

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kindnet_netlink::{Handle, Netns, RouteQuery};
-use kindnet_nft::{Nft, NftCli, TableRef};
+use kindnet_nft::{Nft, NftNetlink, TableRef};
 use serde::Serialize;
 
 use crate::cluster::Lab;
@@ -179,7 +179,7 @@ impl Kernel {
 
 fn nft_tables(ns: &str) -> Result<NftTables> {
     sys::run_in_netns_fn(ns, || {
-        let mut nft = NftCli::default();
+        let mut nft = NftNetlink::open().map_err(|e| format!("nf_tables netlink in {ns}: {e}"))?;
         let mut list = |name: &str| -> Result<Option<kindnet_nft::Listing>> {
             let t = TableRef::new(kindnet_nft::Family::Inet, name).map_err(|e| e.to_string())?;
             nft.list(&t)

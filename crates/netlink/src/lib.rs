@@ -1,6 +1,17 @@
-//! A thin, synchronous rtnetlink layer for kindnet: links, addresses,
+//! A thin, synchronous netlink layer for kindnet: links, addresses,
 //! routes, route lookups (`ip route get`), neighbours, route events,
-//! network namespaces and sysctls.
+//! network namespaces and sysctls over NETLINK_ROUTE; conntrack and
+//! nf_tables ([`nfnl::NfTablesSocket`]) over NETLINK_NETFILTER. Both go
+//! through one socket type generic over the protocol (`socket.rs`), with
+//! one send/receive loop: truncation growth, `NLM_F_DUMP_INTR` retry and
+//! the kernel's extended-ack text.
+//!
+//! Requests are built with the netlink-packet-* types where they exist.
+//! Replies of the hot dumps (routes, links, addresses, nf_tables objects)
+//! are walked by hand in the receive buffer: netlink-packet-route would
+//! allocate a message tree per route (a 10,000-route dump is most of a
+//! reconcile otherwise), and netlink-packet-netfilter knows only a few
+//! nf_tables expressions and no set element user data.
 //!
 //! Synchronous on purpose: the CNI plugin must start and finish in well
 //! under a millisecond, which rules out an async runtime. Every request
@@ -16,7 +27,7 @@ mod events;
 mod link;
 mod lookup;
 mod netns;
-mod nfnl;
+pub mod nfnl;
 pub mod nftables;
 mod route;
 mod socket;

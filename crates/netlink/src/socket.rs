@@ -1,7 +1,13 @@
-//! Request/response plumbing over a blocking NETLINK_ROUTE socket.
+//! Request/response plumbing over one blocking netlink socket, generic
+//! over the protocol (NETLINK_ROUTE for links, addresses and routes;
+//! NETLINK_NETFILTER for conntrack and nf_tables).
 //!
 //! Replies are walked in place in one reusable receive buffer, so a dump of
 //! 10,000 routes costs a few dozen `recv` calls and no per-message buffers.
+//! Every exchange has the same features whatever the protocol: a datagram
+//! that did not fit grows the buffer and the dump is retried, a dump the
+//! kernel flags `NLM_F_DUMP_INTR` is retried, and a refused request carries
+//! the kernel's extended-ack text.
 
 // Raw syscalls: recv(2) into our own buffer.
 #![allow(unsafe_code)]
@@ -14,7 +20,9 @@ use netlink_packet_core::{
     NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{Socket as NlSocket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{
+    Socket as NlSocket, SocketAddr, protocols::NETLINK_NETFILTER, protocols::NETLINK_ROUTE,
+};
 
 use crate::error::{Error, Result};
 
@@ -36,6 +44,16 @@ pub(crate) struct MsgHeader {
     pub kind: u16,
     pub flags: u16,
     pub seq: u32,
+}
+
+/// Appends a netlink header for a message of `payload_len` bytes.
+pub(crate) fn put_header(buf: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, payload_len: usize) {
+    let len = u32::try_from(NLMSG_HDRLEN + payload_len).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
 }
 
 /// Splits a datagram into (header, payload) pairs. Stops at the first
@@ -64,7 +82,7 @@ pub(crate) fn messages(mut buf: &[u8]) -> impl Iterator<Item = (MsgHeader, &[u8]
 
 /// Reads the error code (negative errno or 0) at the start of an
 /// NLMSG_ERROR / NLMSG_DONE payload.
-fn leading_i32(payload: &[u8]) -> i32 {
+pub(crate) fn leading_i32(payload: &[u8]) -> i32 {
     match payload.get(..4) {
         Some(b) => i32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
         None => 0,
@@ -72,7 +90,7 @@ fn leading_i32(payload: &[u8]) -> i32 {
 }
 
 /// The kernel's extended-ack message of an NLMSG_ERROR payload, if any.
-fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
+pub(crate) fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
     if flags & NLM_F_ACK_TLVS == 0 {
         return None;
     }
@@ -96,7 +114,7 @@ fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
         })
 }
 
-fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
+pub(crate) fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
     let context = match msg {
         Some(m) if !m.is_empty() => format!("{context} ({m})"),
         _ => context,
@@ -116,10 +134,30 @@ pub(crate) struct BatchReq {
     pub context: String,
 }
 
-/// A bound NETLINK_ROUTE socket with its buffers and sequence counter.
+/// The netlink protocols kindnet speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// NETLINK_ROUTE: links, addresses, routes, neighbours.
+    Route,
+    /// NETLINK_NETFILTER: conntrack and nf_tables.
+    Netfilter,
+}
+
+impl Protocol {
+    fn number(self) -> isize {
+        match self {
+            Protocol::Route => NETLINK_ROUTE,
+            Protocol::Netfilter => NETLINK_NETFILTER,
+        }
+    }
+}
+
+/// A bound netlink socket with its buffers and sequence counter.
 pub(crate) struct Socket {
     sock: NlSocket,
     seq: u32,
+    /// The send buffer size set by [`Socket::reserve_send`].
+    send_limit: usize,
     send_buf: Vec<u8>,
     pub(crate) recv_buf: Vec<u8>,
 }
@@ -128,7 +166,13 @@ impl Socket {
     /// Opens a socket in the calling thread's network namespace, joined to
     /// the given multicast groups (none for request sockets).
     pub(crate) fn new(groups: &[u32]) -> Result<Socket> {
-        let mut sock = NlSocket::new(NETLINK_ROUTE).map_err(|e| Error::os("netlink socket", e))?;
+        Socket::open(Protocol::Route, groups)
+    }
+
+    /// Opens a socket of `proto` in the calling thread's network namespace,
+    /// joined to `groups`.
+    pub(crate) fn open(proto: Protocol, groups: &[u32]) -> Result<Socket> {
+        let mut sock = NlSocket::new(proto.number()).map_err(|e| Error::os("netlink socket", e))?;
         sock.bind(&SocketAddr::new(0, 0))
             .map_err(|e| Error::os("netlink bind", e))?;
         for g in groups {
@@ -142,6 +186,7 @@ impl Socket {
         Ok(Socket {
             sock,
             seq: 0,
+            send_limit: 0,
             send_buf: Vec::with_capacity(256),
             recv_buf: vec![0; RECV_BUF],
         })
@@ -181,7 +226,7 @@ impl Socket {
         self.recv_buf.resize(size, 0);
     }
 
-    fn next_seq(&mut self) -> u32 {
+    pub(crate) fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         if self.seq == 0 {
             self.seq = 1;
@@ -189,7 +234,10 @@ impl Socket {
         self.seq
     }
 
-    fn serialize(&mut self, msg: RouteNetlinkMessage, flags: u16) {
+    fn serialize<M>(&mut self, msg: M, flags: u16)
+    where
+        M: netlink_packet_core::NetlinkSerializable + std::fmt::Debug,
+    {
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
         let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
@@ -197,6 +245,60 @@ impl Socket {
         self.send_buf.clear();
         self.send_buf.resize(nl.buffer_len(), 0);
         nl.serialize(&mut self.send_buf);
+    }
+
+    /// Frames a request by hand: header (`kind`, `NLM_F_REQUEST |
+    /// NLM_F_ACK | flags`) and `payload` (which starts with the family
+    /// header, e.g. nfgenmsg).
+    pub(crate) fn frame(&mut self, kind: u16, flags: u16, payload: &[u8]) {
+        self.send_buf.clear();
+        put_header(
+            &mut self.send_buf,
+            kind,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            0,
+            payload.len(),
+        );
+        self.send_buf.extend_from_slice(payload);
+        while !self.send_buf.len().is_multiple_of(4) {
+            self.send_buf.push(0);
+        }
+    }
+
+    /// Sends `buf` (any number of whole messages) in one datagram.
+    pub(crate) fn send_bytes(&mut self, buf: &[u8]) -> io::Result<()> {
+        let kernel = SocketAddr::new(0, 0);
+        loop {
+            match self.sock.send_to(buf, &kernel, 0) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Raises the send buffer so a batch of `len` bytes fits one datagram
+    /// (SO_SNDBUFFORCE needs CAP_NET_ADMIN, which every nf_tables change
+    /// needs anyway; without it the plain limit applies).
+    pub(crate) fn reserve_send(&mut self, len: usize) {
+        let want = len.saturating_add(4096);
+        if want <= self.send_limit {
+            return;
+        }
+        let size = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+        // SAFETY: setsockopt on our own fd with a pointer to a c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            self.send_limit = want;
+        }
     }
 
     /// Stamps a fresh sequence number into the serialized request and sends it.
@@ -225,9 +327,50 @@ impl Socket {
         flags: u16,
         retry: bool,
         context: impl Fn() -> String,
-        mut parse: impl FnMut(u16, &[u8]) -> Option<T>,
+        parse: impl FnMut(u16, &[u8]) -> Option<T>,
     ) -> Result<Vec<T>> {
         self.serialize(msg, flags);
+        self.exchange(flags, retry, context, parse)
+    }
+
+    /// [`Socket::collect`] for a message of another protocol, serialized
+    /// by its netlink-packet crate.
+    pub(crate) fn collect_msg<M, T>(
+        &mut self,
+        msg: M,
+        flags: u16,
+        retry: bool,
+        context: impl Fn() -> String,
+        parse: impl FnMut(u16, &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>>
+    where
+        M: netlink_packet_core::NetlinkSerializable + std::fmt::Debug,
+    {
+        self.serialize(msg, flags);
+        self.exchange(flags, retry, context, parse)
+    }
+
+    /// [`Socket::collect`] for a request framed by hand ([`Socket::frame`]).
+    pub(crate) fn collect_raw<T>(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        payload: &[u8],
+        context: impl Fn() -> String,
+        parse: impl FnMut(u16, &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        self.frame(kind, flags, payload);
+        self.exchange(flags, false, context, parse)
+    }
+
+    /// Sends the request in `send_buf` and collects its replies.
+    fn exchange<T>(
+        &mut self,
+        flags: u16,
+        retry: bool,
+        context: impl Fn() -> String,
+        mut parse: impl FnMut(u16, &[u8]) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let retry = retry || flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut out = Vec::new();
         for attempt in 1..=DUMP_ATTEMPTS {

@@ -11,7 +11,7 @@
 mod common;
 
 use kindnet_netpol::*;
-use kindnet_nft::{Nft, NftCli};
+use kindnet_nft::{Nft, NftNetlink};
 use kindnet_testbed::{Ns, require_root};
 use serde_json::{Value as Json, json};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
@@ -360,8 +360,8 @@ impl Lab {
         std::thread::scope(|s| {
             s.spawn(|| {
                 setns(&path);
-                NftCli::default()
-                    .apply(batch)
+                NftNetlink::open()
+                    .and_then(|mut n| n.apply(batch))
                     .unwrap_or_else(|e| panic!("nft: {e}"));
             })
             .join()

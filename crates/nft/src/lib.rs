@@ -1,22 +1,25 @@
-//! nftables for the whole workspace, as typed JSON batches.
+//! nftables for the whole workspace, as typed batches.
 //!
 //! Every change is a [`Batch`]: tables, chains, sets, maps, rules and
-//! elements as types, serialized to nft's JSON schema and applied with
-//! `nft -j -f -` as one transaction. Nothing is ever built by pasting text
-//! into a script: names are validated identifiers ([`Name`]), comments are
-//! bounded and printable ([`Comment`]), values are addresses, prefixes,
-//! ports and protocols ([`Value`]), and serde does the encoding.
+//! elements as types, applied as one kernel transaction. Nothing is ever
+//! built by pasting text into a script: names are validated identifiers
+//! ([`Name`]), comments are bounded and printable ([`Comment`]), values are
+//! addresses, prefixes, ports and protocols ([`Value`]).
 //!
-//! [`Nft`] is the seam: [`NftCli`] runs the real binary (the one place that
-//! finds it), [`FakeNft`] records batches and serves canned listings for
-//! unit tests. [`Listing`] reads the elements of a table back as typed
-//! values with their owner comments, so callers compare ownership exactly.
+//! [`Nft`] is the seam: [`NftNetlink`] talks nf_tables over netlink (no
+//! `nft` binary on the node; it sends what `nft` sends for the batch's
+//! JSON form, [`Batch::to_json`]), [`FakeNft`] records batches and serves
+//! canned listings for unit tests. With feature `cli` (tests only),
+//! `NftCli` runs the real `nft` binary as an independent witness.
+//! [`Listing`] reads the elements of a table back as typed values with
+//! their owner comments, so callers compare ownership exactly.
 
 #![warn(missing_docs)]
 
 mod batch;
 mod expr;
 mod listing;
+mod netlink;
 pub mod owned;
 mod run;
 mod types;
@@ -26,7 +29,10 @@ pub use batch::{
 };
 pub use expr::{Expr, Lhs, LimitPer, Op, Rhs};
 pub use listing::{Listed, Listing};
-pub use run::{FakeNft, Nft, NftCli, NftError, TableLock, nft_binary};
+pub use netlink::{NftNetlink, SetInfo, TableFlags};
+pub use run::{FakeNft, Nft, NftError, TableLock};
+#[cfg(any(test, feature = "cli"))]
+pub use run::{NftCli, nft_binary};
 pub use types::{
     Comment, Elem, Family, IfName, KeyType, L4Proto, LogPrefix, Name, TableRef, Value,
 };

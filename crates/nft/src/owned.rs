@@ -91,6 +91,45 @@ pub fn remove_where(
     n
 }
 
+/// Whether table `t` already has everything `skeleton` adds to it: each of
+/// its sets and maps (in `listing`) and, in each of its chains, as many
+/// rules as it appends (asked with [`Nft::rule_counts`]). Then a caller
+/// can send only elements: re-adding the rules would replace them, and the
+/// kernel frees replaced rules after an RCU grace period that the next
+/// close of an nf_tables socket waits for (milliseconds at a plugin's
+/// exit). Anything missing, or a count that differs (a rule deleted or
+/// added by hand), and the skeleton is re-asserted.
+pub fn skeleton_intact(
+    nft: &mut dyn Nft,
+    t: &TableRef,
+    listing: Option<&Listing>,
+    skeleton: &Batch,
+) -> Result<bool, NftError> {
+    use crate::batch::Cmd;
+    let Some(listing) = listing else {
+        return Ok(false);
+    };
+    let mut want: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for c in &skeleton.cmds {
+        match c {
+            Cmd::AddSet(_, s) if !listing.sets.iter().any(|n| n == s.name.as_str()) => {
+                return Ok(false);
+            }
+            Cmd::AddChain(_, ch) => {
+                want.entry(ch.name.as_str()).or_default();
+            }
+            Cmd::AddRule(_, r) => *want.entry(r.chain.as_str()).or_default() += 1,
+            _ => {}
+        }
+    }
+    let Some(have) = nft.rule_counts(t)? else {
+        return Ok(false);
+    };
+    Ok(want
+        .iter()
+        .all(|(chain, n)| have.get(*chain).copied().unwrap_or(0) == *n))
+}
+
 /// Under the table's lock: lists `t` and deletes, in one transaction, the
 /// elements whose comment `owns` accepts; returns how many.
 pub fn remove_owned(

@@ -1,10 +1,13 @@
-//! Running batches: the real `nft` binary, a lock for read-modify-write of
-//! a shared table, and a fake for unit tests.
+//! The seam, its error, a lock for read-modify-write of a shared table, a
+//! fake for unit tests, and (feature `cli`, tests only) the `nft` binary
+//! as an independent witness.
 
 use std::collections::HashMap;
 use std::fs::File;
+#[cfg(any(test, feature = "cli"))]
 use std::io::Write;
 use std::path::Path;
+#[cfg(any(test, feature = "cli"))]
 use std::process::{Command, Stdio};
 
 use crate::batch::{Batch, Cmd};
@@ -52,6 +55,15 @@ pub trait Nft {
             l
         }))
     }
+
+    /// How many rules each chain of `table` has; `None` when the runner
+    /// cannot tell (then callers re-assert their rules).
+    fn rule_counts(
+        &mut self,
+        _table: &TableRef,
+    ) -> Result<Option<HashMap<String, usize>>, NftError> {
+        Ok(None)
+    }
     /// Locks `table` against other processes' read-modify-write until the
     /// returned guard is dropped; `None` where nothing is shared (fakes,
     /// callers that replace whole tables).
@@ -60,8 +72,9 @@ pub trait Nft {
     }
 }
 
-/// Where the `nft` binary is: the usual sbin paths first (a plugin's PATH
+/// Where the `nft` binary is (feature `cli`): the usual sbin paths first (a plugin's PATH
 /// is the runtime's and often lacks them), then `$PATH`.
+#[cfg(any(test, feature = "cli"))]
 pub fn nft_binary() -> &'static str {
     ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"]
         .into_iter()
@@ -69,13 +82,16 @@ pub fn nft_binary() -> &'static str {
         .unwrap_or("nft")
 }
 
-/// The real `nft`.
+/// The real `nft` (feature `cli`): what the tests compare the netlink
+/// path with. No product code runs it.
+#[cfg(any(test, feature = "cli"))]
 #[derive(Debug, Default)]
 pub struct NftCli {
     /// Where [`Nft::lock`] keeps its lock files; `None`: no locking.
     pub lock_dir: Option<std::path::PathBuf>,
 }
 
+#[cfg(any(test, feature = "cli"))]
 impl NftCli {
     fn run(args: &[&str], input: Option<&str>) -> Result<String, NftError> {
         let mut child = Command::new(nft_binary())
@@ -101,6 +117,7 @@ impl NftCli {
     }
 }
 
+#[cfg(any(test, feature = "cli"))]
 impl NftCli {
     /// Whether `t` is missing (`nft list chains` reads no set element).
     fn list_sets_table_gone(&self, t: &TableRef) -> Result<bool, NftError> {
@@ -116,6 +133,7 @@ impl NftCli {
     }
 }
 
+#[cfg(any(test, feature = "cli"))]
 impl Nft for NftCli {
     fn apply(&mut self, batch: &Batch) -> Result<(), NftError> {
         if batch.is_empty() {

@@ -8,7 +8,8 @@
 //! is what a test wants and a product binary does not.
 
 #![warn(missing_docs)]
-// Raw syscalls: geteuid(2), kill(2) on our own children.
+// Raw syscalls: geteuid(2), kill(2) on our own children, unshare(2) and
+// mount(2) in a child (hide_nft).
 #![allow(unsafe_code)]
 
 use serde_json::Value;
@@ -348,6 +349,75 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `nft -j list table FAMILY NAME` inside `ns`, without handles and
+/// metainfo (they differ between two namespaces with the same ruleset):
+/// the independent witness that two ways of programming a table agree.
+pub fn nft_listing(ns: &Ns, family: &str, table: &str) -> Value {
+    let text = ns.run_ok(&["nft", "-j", "list", "table", family, table]);
+    let mut j: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("nft -j list table {family} {table}: not JSON: {e}"));
+    fn strip(j: &mut Value) {
+        match j {
+            Value::Object(o) => {
+                o.remove("handle");
+                o.remove("metainfo");
+                o.values_mut().for_each(strip);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut j);
+    j
+}
+
+/// Where an `nft` binary could be (what a node without nftables lacks).
+pub const NFT_PATHS: [&str; 4] = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft", "/bin/nft"];
+
+/// Makes `cmd` run in a mount namespace of its own where every `nft` is
+/// the empty file `empty` (bind-mounted over it): a node without nftables,
+/// as kind's node image is.
+pub fn hide_nft(cmd: &mut Command, empty: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let empty = CString::new(empty.as_os_str().as_bytes()).expect("a path without NUL");
+    let targets: Vec<CString> = NFT_PATHS
+        .iter()
+        .filter(|p| Path::new(p).exists())
+        .filter_map(|p| CString::new(*p).ok())
+        .collect();
+    let root = CString::new("/").expect("no NUL");
+    // SAFETY: only async-signal-safe syscalls between fork and exec, on
+    // strings made before the fork; the mounts live in the child's own
+    // mount namespace and go away with it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let private = libc::MS_REC | libc::MS_PRIVATE;
+            let null = std::ptr::null();
+            if libc::mount(null, root.as_ptr(), null, private, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for t in &targets {
+                if libc::mount(
+                    empty.as_ptr(),
+                    t.as_ptr(),
+                    null,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 

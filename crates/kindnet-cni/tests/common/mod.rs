@@ -6,7 +6,7 @@
 // Not every test binary uses every item.
 #[allow(unused_imports)]
 pub use kindnet_testbed::{
-    Ns, TempDir, TempDirExt, is_root, require_root, require_tool, sh, sh_ok, temp_dir,
+    Ns, TempDir, TempDirExt, hide_nft, is_root, require_root, require_tool, sh, sh_ok, temp_dir,
 };
 use serde_json::{Value, json};
 use std::io::Write;
@@ -127,6 +127,38 @@ pub fn call_raw(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, stdin:
 
 pub fn call(host: Option<&Ns>, plugin: &str, command: &str, a: &Args, conf: &Value) -> Call {
     call_raw(host, plugin, command, a, conf.to_string().as_bytes())
+}
+
+/// [`call`] on a node without `nft` ([`hide_nft`]).
+pub fn call_without_nft(
+    host: &Ns,
+    plugin: &str,
+    command: &str,
+    a: &Args,
+    conf: &Value,
+    empty: &Path,
+) -> Call {
+    let mut cmd = plugin_command(Some(host), plugin, command, a);
+    hide_nft(&mut cmd, empty);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    Call {
+        out: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stdout,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        code: o.status.code().unwrap_or(-1),
+    }
 }
 
 /// The config with `prevResult` set, as runtimes send it for CHECK/DEL.

@@ -23,7 +23,7 @@ use kindnet_netpol::{
     Addressing, Budget, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile,
     dispatch_map, table,
 };
-use kindnet_nft::{Batch, Listing, Nft, NftCli, TableLock, Value};
+use kindnet_nft::{Batch, Listing, Nft, NftNetlink, TableLock, Value};
 
 use super::Inputs;
 use super::metrics::{DirectionLabel, ModeLabel, ReasonLabel};
@@ -61,43 +61,48 @@ fn dispatch_names() -> Vec<kindnet_nft::Name> {
         .collect()
 }
 
-/// The real kernel, through `nft`.
+/// The real kernel, through nf_tables netlink. The table gets no owner
+/// flag: the CNI plugin adds a new pod's dispatch elements to it at ADD
+/// (the hand-off), which an owned table would refuse.
 pub struct NftPolicy {
-    cli: NftCli,
+    nl: NftNetlink,
 }
 
 impl NftPolicy {
-    pub fn new(lock_dir: Option<PathBuf>) -> NftPolicy {
-        NftPolicy {
-            cli: NftCli { lock_dir },
-        }
+    /// Opens the nf_tables socket in the calling thread's namespace.
+    pub fn new(lock_dir: Option<PathBuf>) -> Result<NftPolicy, kindnet_nft::NftError> {
+        let mut nl = NftNetlink::open()?;
+        nl.lock_dir = lock_dir;
+        Ok(NftPolicy { nl })
     }
 }
 
 impl PolicyDataplane for NftPolicy {
     fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.cli.apply(b).map_err(|e| e.to_string())
+        self.nl.apply(b).map_err(|e| e.to_string())
     }
 
     /// Only the four dispatch maps: listing the whole table would cost
     /// time and memory in proportion to the ruleset.
     fn list(&mut self) -> Result<Option<Listing>, String> {
-        let names = dispatch_names();
-        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-        self.cli
-            .list_sets(&table(), &names)
-            .map_err(|e| e.to_string())
+        let maps = dispatch_names();
+        let l = self
+            .nl
+            .list_sets(&table(), Some(&maps))
+            .map_err(|e| e.to_string())?;
+        Ok(l.filter(|l| !l.sets.is_empty()))
     }
 
     /// Over netlink: two dumps that read no set element.
     fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
-        kindnet_netlink::nftables::NfTables::open()
-            .and_then(|mut nf| nf.rule_counts(table().name.as_str()))
+        self.nl
+            .rule_counts(&table())
+            .map(|c| c.map(|c| c.into_iter().collect()))
             .map_err(|e| e.to_string())
     }
 
     fn lock(&mut self) -> Result<Option<TableLock>, String> {
-        self.cli.lock(&table()).map_err(|e| e.to_string())
+        self.nl.lock(&table()).map_err(|e| e.to_string())
     }
 }
 
@@ -172,28 +177,16 @@ pub trait CounterRead: Send + 'static {
     fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
 }
 
-/// The two named counters, each one nf_tables object asked for over
+/// The table's named counters, one dump of nf_tables counter objects over
 /// netlink: the cost does not grow with the ruleset (`nft list counters`
 /// reads every set element of the table first).
 pub struct NetlinkCounters;
 
 impl CounterRead for NetlinkCounters {
     fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        let t = table();
-        let mut nf = kindnet_netlink::nftables::NfTables::open().map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for name in [DENIED_INGRESS_COUNTER, DENIED_EGRESS_COUNTER] {
-            if let Some(p) = nf
-                .counter_packets(t.name.as_str(), name)
-                .map_err(|e| e.to_string())?
-            {
-                out.push((name.to_string(), p));
-            }
-        }
-        if out.is_empty() && !nf.has_table(t.name.as_str()).map_err(|e| e.to_string())? {
-            return Ok(None);
-        }
-        Ok(Some(out))
+        kindnet_nft::NftNetlink::open()
+            .and_then(|mut nl| nl.counters(&table()))
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -157,8 +157,24 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(ns: &Ns, args: &[&str], log: PathBuf) -> Daemon {
+        Daemon::start_with(ns, args, log, |_| {})
+    }
+
+    /// [`Daemon::start`] on a node without `nft` (every `nft` an empty
+    /// file in the daemon's mount namespace).
+    pub fn start_without_nft(ns: &Ns, args: &[&str], log: PathBuf, empty: &Path) -> Daemon {
+        Daemon::start_with(ns, args, log, |c| kindnet_testbed::hide_nft(c, empty))
+    }
+
+    fn start_with(
+        ns: &Ns,
+        args: &[&str],
+        log: PathBuf,
+        setup: impl FnOnce(&mut Command),
+    ) -> Daemon {
         let f = std::fs::File::create(&log).unwrap();
         let mut cmd = ns.command(env!("CARGO_BIN_EXE_kindnetd"));
+        setup(&mut cmd);
         cmd.args(args)
             .env_remove("KUBECONFIG")
             .env_remove("NODE_NAME")
