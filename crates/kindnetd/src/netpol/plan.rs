@@ -62,12 +62,16 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn of(inputs: &Inputs, all: &[NodeContext]) -> Snapshot {
-        let (cluster, report) = Cluster::new(
+        let (mut cluster, mut report) = Cluster::new(
             inputs.pods.values(),
             inputs.namespaces.values(),
             inputs.policies.values(),
             all,
         );
+        // ClusterNetworkPolicies: their refusals listed after v1's
+        let r = cluster
+            .set_cluster_network_policies(inputs.cnp.policies.values(), inputs.cnp.nodes.values());
+        report.refused.extend(r.refused);
         Snapshot {
             cluster,
             report,
