@@ -441,3 +441,98 @@ fn a_pod_created_under_an_admin_deny_is_never_reachable() {
         assert_eq!(v["connected"], true, "{v}");
     }
 }
+
+/// GET `path` from the kindnetd of `node` (its HTTP port in the node's
+/// namespace).
+fn http_get(l: &Lab, node: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let ns = kindnet_netlink::Netns::open(format!("/var/run/netns/kl-{}-{node}", l.name)).unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\n\r\n");
+    ns.run(move || {
+        let to = std::net::SocketAddr::from(([127, 0, 0, 1], 19080));
+        let mut s =
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    })
+    .unwrap()
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn status_names_refusals_and_counts_per_tier() {
+    require_root!();
+    let l = Lab::up("cn13");
+    // a Deny with an unknown peer kind fails closed (denies all) and is
+    // reported; a policy of an unknown tier is refused whole
+    l.apply(
+        &(cnp(
+            "deny-odd",
+            "Admin",
+            1,
+            SUBJECT_X,
+            "ingress: [{action: Deny, from: [{futurePeer: {}}]}]",
+        ) + &cnp("odd-tier", "Middle", 1, SUBJECT_X, "ingress: []")
+            + &cnp(
+                "base",
+                "Baseline",
+                1,
+                "{namespaces: {matchLabels: {ns: y}}}",
+                "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}, {action: Accept, from: [{namespaces: {}}]}]",
+            )),
+    );
+    l.expect("fail closed", "80/tcp", |f, t| {
+        ns(t) == "x" || (ns(t) == "y" && ns(f) == "z")
+    });
+    let ready = http_get(&l, "node1", "/readyz");
+    assert!(
+        ready.contains("clusternetworkpolicy \"deny-odd\": ingress rule 0 refused")
+            && ready.contains("clusternetworkpolicy \"odd-tier\": the policy refused")
+            && ready.contains("[+] ClusterNetworkPolicy: 1 Admin (1 rules), 1 Baseline (2 rules)"),
+        "{ready}"
+    );
+    // the tier counters reach the metrics (read every 2 s)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = http_get(&l, "node1", "/metrics");
+        let admin = metric(
+            &m,
+            "kindnet_cnp_denied_packets_total{tier=\"admin\",direction=\"ingress\"}",
+        );
+        let base = metric(
+            &m,
+            "kindnet_cnp_denied_packets_total{tier=\"baseline\",direction=\"ingress\"}",
+        );
+        if admin > 0.0 && base > 0.0 {
+            assert_eq!(
+                metric(&m, "kindnet_cnp_policies{tier=\"admin\"}"),
+                1.0,
+                "{m}"
+            );
+            assert_eq!(
+                metric(&m, "kindnet_cnp_policies{tier=\"baseline\"}"),
+                1.0,
+                "{m}"
+            );
+            assert_eq!(
+                metric(&m, "kindnet_cnp_rules{tier=\"baseline\"}"),
+                2.0,
+                "{m}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tier counters not in the metrics: admin {admin}, baseline {base}\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -46,6 +46,16 @@ impl CnpInputs {
     }
 }
 
+/// The `/readyz` line on the tiers programmed (None without any).
+pub fn readyz_line(c: &kindnet_netpol::Cluster) -> Option<String> {
+    use kindnet_netpol::cnp::Tier;
+    let (a, ar) = c.cnp_counts(Tier::Admin);
+    let (b, br) = c.cnp_counts(Tier::Baseline);
+    (a + b > 0).then(|| {
+        format!("[+] ClusterNetworkPolicy: {a} Admin ({ar} rules), {b} Baseline ({br} rules)")
+    })
+}
+
 /// A Node as `nodes` peers see it: name, labels, every status address.
 pub fn node_of(raw: &RawNode) -> Option<Node> {
     let name = raw.metadata.name.clone().filter(|n| !n.is_empty())?;
@@ -250,5 +260,132 @@ mod tests {
             report.refused.iter().any(|r| r.to_string().contains("bad")),
             "{report:?}"
         );
+    }
+}
+
+/// ClusterNetworkPolicy metrics (`kindnet_cnp_*`): per tier, the valid
+/// policies and their rules, and the packets the tier's Deny rules dropped
+/// (from the table's named counters).
+pub mod metrics {
+    use std::sync::Mutex;
+
+    use kindnet_netpol::cnp::{DENIED_COUNTERS, Tier};
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    use prometheus_client::registry::Registry;
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct TierLabel {
+        pub tier: &'static str,
+    }
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    pub struct TierDirectionLabel {
+        pub tier: &'static str,
+        pub direction: &'static str,
+    }
+
+    fn tier(t: Tier) -> &'static str {
+        match t {
+            Tier::Admin => "admin",
+            Tier::Baseline => "baseline",
+        }
+    }
+
+    #[derive(Default)]
+    pub struct CnpMetrics {
+        pub policies: Family<TierLabel, Gauge>,
+        pub rules: Family<TierLabel, Gauge>,
+        pub denied_packets: Family<TierDirectionLabel, Counter>,
+        /// The counters' last values (a replaced table starts again at 0).
+        seen: Mutex<[u64; 4]>,
+    }
+
+    impl CnpMetrics {
+        pub fn register(&self, r: &mut Registry) {
+            let r = r.sub_registry_with_prefix("cnp");
+            r.register(
+                "policies",
+                "Valid ClusterNetworkPolicies, per tier",
+                self.policies.clone(),
+            );
+            r.register(
+                "rules",
+                "Rules of the valid ClusterNetworkPolicies, per tier",
+                self.rules.clone(),
+            );
+            r.register(
+                "denied_packets",
+                "Packets dropped by a tier's Deny rules, per direction",
+                self.denied_packets.clone(),
+            );
+            for (t, d, _) in DENIED_COUNTERS {
+                let _ = self.denied_packets.get_or_create(&TierDirectionLabel {
+                    tier: tier(t),
+                    direction: if d == kindnet_netpol::Direction::Ingress {
+                        "ingress"
+                    } else {
+                        "egress"
+                    },
+                });
+            }
+        }
+
+        /// After a pass: the tiers' sizes.
+        pub fn observe(&self, c: &kindnet_netpol::Cluster) {
+            for t in [Tier::Admin, Tier::Baseline] {
+                let (p, r) = c.cnp_counts(t);
+                let l = TierLabel { tier: tier(t) };
+                self.policies.get_or_create(&l).set(p as i64);
+                self.rules.get_or_create(&l).set(r as i64);
+            }
+        }
+
+        /// The table's named counters, as read.
+        pub fn account(&self, counters: &[(String, u64)]) {
+            let mut seen = match self.seen.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            for (i, (t, d, name)) in DENIED_COUNTERS.into_iter().enumerate() {
+                let Some((_, v)) = counters.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                let delta = if *v >= seen[i] { v - seen[i] } else { *v };
+                seen[i] = *v;
+                let direction = if d == kindnet_netpol::Direction::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                };
+                self.denied_packets
+                    .get_or_create(&TierDirectionLabel {
+                        tier: tier(t),
+                        direction,
+                    })
+                    .inc_by(delta);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn tier_counters_count_deltas_and_survive_a_replaced_table() {
+            let m = CnpMetrics::default();
+            let c = |v| vec![("admin-denied-ingress".to_string(), v)];
+            m.account(&c(5));
+            m.account(&c(7));
+            m.account(&c(2));
+            let l = TierDirectionLabel {
+                tier: "admin",
+                direction: "ingress",
+            };
+            assert_eq!(m.denied_packets.get_or_create(&l).get(), 9);
+        }
     }
 }

@@ -291,6 +291,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
     }
 
     fn account(&mut self, c: &[(String, u64)]) {
+        self.status.metrics.cnp.account(c);
         let m = &self.status.metrics.netpol;
         for (i, (name, direction)) in [
             (DENIED_INGRESS_COUNTER, "ingress"),
@@ -402,6 +403,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                     m.programs.get_or_create(&ModeLabel { mode }).inc();
                     tracing::debug!(mode, ms = secs * 1e3, outcome = ?p, "NetworkPolicy programmed");
                 }
+                self.status.metrics.cnp.observe(&snap.cluster);
                 m.policies.set(stats.policies as i64);
                 m.selected_pods.set(stats.selected_pods as i64);
                 m.local_pods.set(stats.local_pods as i64);
@@ -414,6 +416,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 ));
             }
         }
+        lines.extend(super::cnp::readyz_line(&snap.cluster));
         for r in &snap.report.refused {
             lines.push(format!("[!] refused: {r}"));
         }
