@@ -145,6 +145,20 @@ fn admin_deny_beats_a_networkpolicy_allow() {
         why.contains("Admin tier, cnp:no-y ingress rule 0 \"from-y\" (Deny)"),
         "{why}"
     );
+    // trace: the drop at the receiver's hook, naming tier, policy and rule
+    // (it exits non-zero: the packet did not arrive)
+    let t = text(&lab(&["trace", "--name", &l.name, "y/a", "x/b", "80"]));
+    assert_eq!(
+        t.matches("dropped at node2: NetworkPolicy: ingress of")
+            .count(),
+        2,
+        "{t}"
+    );
+    assert_eq!(
+        t.matches("Admin tier, cnp:no-y ingress rule 0").count(),
+        4,
+        "{t}"
+    );
 }
 
 #[test]
