@@ -21,12 +21,14 @@ const NODE2: [&str; 4] = ["x/b", "y/a", "y/c", "z/b"];
 struct Lab {
     name: String,
     dir: tempfile::TempDir,
+    /// What `up` printed (node addresses).
+    up: String,
 }
 
 impl Lab {
     fn up(name: &str) -> Lab {
         let _ = lab(&["down", "--name", name]);
-        lab_stdout(&[
+        let up = lab_ok(&[
             "up",
             "--name",
             name,
@@ -41,6 +43,7 @@ impl Lab {
         Lab {
             name: name.into(),
             dir: tempfile::Builder::new().prefix(name).tempdir().unwrap(),
+            up,
         }
     }
 
@@ -549,4 +552,61 @@ fn status_names_refusals_and_counts_per_tier() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// Whether a TCP connection from `pod` to `to` gets an answer (accepted
+/// or refused) rather than silence (dropped).
+fn answered(l: &Lab, pod: &str, to: std::net::SocketAddr) -> bool {
+    let ns = kindnet_netlink::Netns::open(format!(
+        "/var/run/netns/kl-{}-{}",
+        l.name,
+        pod.replace('/', "-")
+    ))
+    .unwrap();
+    ns.run(move || {
+        match std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(700)) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        }
+    })
+    .unwrap()
+}
+
+#[test]
+fn nodes_peers_match_the_selected_nodes_addresses() {
+    require_root!();
+    let l = Lab::up("cn14");
+    // node2's addresses as `up` printed them
+    let line =
+        l.up.lines()
+            .find(|x| x.trim_start().starts_with("node2:"))
+            .unwrap();
+    let addrs: Vec<std::net::IpAddr> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{line}");
+    // port 19080 on a node address: kindnetd listens on loopback only, so
+    // an allowed SYN is refused at once; a denied one is never answered
+    let before: Vec<bool> = addrs
+        .iter()
+        .map(|a| answered(&l, "x/a", (*a, 19080).into()))
+        .collect();
+    assert_eq!(before, [true, true], "node2 answers before any policy");
+    l.apply(&cnp(
+        "no-node2",
+        "Admin",
+        1,
+        "{pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}}",
+        "egress: [{action: Deny, to: [{nodes: {matchLabels: {kubernetes.io/hostname: node2}}}]}]",
+    ));
+    for a in &addrs {
+        assert!(
+            !answered(&l, "x/a", (*a, 19080).into()),
+            "x/a -> {a} denied"
+        );
+        assert!(answered(&l, "y/b", (*a, 19080).into()), "y/b is no subject");
+    }
+    // pods are not nodes: pod traffic untouched
+    l.expect("nodes peer", "80/tcp", |_, _| false);
 }
