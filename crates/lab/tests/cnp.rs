@@ -610,3 +610,73 @@ fn nodes_peers_match_the_selected_nodes_addresses() {
     // pods are not nodes: pod traffic untouched
     l.expect("nodes peer", "80/tcp", |_, _| false);
 }
+
+#[test]
+fn kindnetd_restarted_under_load_keeps_the_admin_tier() {
+    require_root!();
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let l = Lab::up("cn15");
+    l.apply(
+        &(np("x", "all", "{podSelector: {}, ingress: [{}]}")
+            + &cnp(
+                "no-y",
+                "Admin",
+                1,
+                SUBJECT_X,
+                "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
+            )),
+    );
+    let cells = l.expect("before", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
+    // x/b's addresses, from the matrix's view of the lab
+    let to: Vec<std::net::SocketAddr> = {
+        let out = lab_ok(&["probe", "--name", &l.name, "z/a", "x/b", "80/tcp"]);
+        assert!(out.contains("connected"), "{out}");
+        drop(cells);
+        let line =
+            l.up.lines()
+                .find(|x| x.trim_start().starts_with("x/b:"))
+                .unwrap();
+        line.split_whitespace()
+            .filter_map(|w| w.split('/').next()?.parse::<std::net::IpAddr>().ok())
+            .map(|a| (a, 80).into())
+            .collect()
+    };
+    assert_eq!(to.len(), 2, "both families");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (leaked, tried) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let from = kindnet_netlink::Netns::open(format!("/var/run/netns/kl-{}-y-a", l.name)).unwrap();
+    let t = {
+        let (stop, leaked, tried) = (stop.clone(), leaked.clone(), tried.clone());
+        std::thread::spawn(move || {
+            from.run(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    for a in &to {
+                        tried.fetch_add(1, Ordering::Relaxed);
+                        if std::net::TcpStream::connect_timeout(
+                            a,
+                            std::time::Duration::from_millis(100),
+                        )
+                        .is_ok()
+                        {
+                            leaked.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+            .unwrap()
+        })
+    };
+    for _ in 0..3 {
+        lab_ok(&["restart-kindnetd", "--name", &l.name, "node2"]);
+    }
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    assert!(tried.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        leaked.load(Ordering::Relaxed),
+        0,
+        "y/a reached x/b across restarts"
+    );
+    l.expect("after", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
+}
