@@ -680,3 +680,18 @@ fn kindnetd_restarted_under_load_keeps_the_admin_tier() {
     );
     l.expect("after", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
 }
+
+#[test]
+fn sctp_by_crafted_packets() {
+    require_root!();
+    let l = Lab::up("cn16");
+    l.apply(&cnp(
+        "no-sctp-from-y",
+        "Admin",
+        1,
+        SUBJECT_X,
+        "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{sctp: {destinationPort: {number: 80}}}]}]",
+    ));
+    l.expect("sctp 80", "80/sctp", |f, t| ns(f) == "y" && ns(t) == "x");
+    l.expect("tcp 80", "80/tcp", |_, _| false);
+}
