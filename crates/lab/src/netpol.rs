@@ -53,6 +53,10 @@ pub struct State {
     /// ClusterNetworkPolicy objects, by name.
     #[serde(default)]
     pub cluster_policies: BTreeMap<String, Value>,
+    /// Labels set on Nodes (for `nodes` peers), by node name; replace the
+    /// lab's own.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, Labels>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -97,6 +101,14 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
     let items = list["items"]
         .as_array_mut()
         .ok_or("node list without items")?;
+    for n in items.iter_mut() {
+        if let Some(l) = n["metadata"]["name"]
+            .as_str()
+            .and_then(|name| s.node_labels.get(name))
+        {
+            n["metadata"]["labels"] = json!(l);
+        }
+    }
     for (ns, labels) in &s.namespaces {
         items.push(json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": ns, "labels": labels}}));
@@ -524,6 +536,15 @@ pub fn change(s: &mut State, pods: &[Pod], objects: &[Value], delete: bool) -> R
                 }
                 done.push(format!("clusternetworkpolicy {name}"));
             }
+            "Node" => {
+                if delete {
+                    return Err(format!(
+                        "node {name}: remove nodes with `kindnet-lab remove-node`"
+                    ));
+                }
+                s.node_labels.insert(name.to_string(), labels_of(o));
+                done.push(format!("node {name} labels"));
+            }
             "Namespace" => {
                 let labels = if delete { Labels::new() } else { labels_of(o) };
                 s.namespaces.insert(name.to_string(), labels);
@@ -545,7 +566,7 @@ pub fn change(s: &mut State, pods: &[Pod], objects: &[Value], delete: bool) -> R
             }
             k => {
                 return Err(format!(
-                    "{id}: kind {k:?} is not NetworkPolicy, ClusterNetworkPolicy, Namespace or Pod"
+                    "{id}: kind {k:?} is not NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod or Node"
                 ));
             }
         }

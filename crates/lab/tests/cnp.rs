@@ -609,6 +609,32 @@ fn nodes_peers_match_the_selected_nodes_addresses() {
     }
     // pods are not nodes: pod traffic untouched
     l.expect("nodes peer", "80/tcp", |_, _| false);
+    // a node label change: the peer follows the label, not the name
+    l.apply(&cnp(
+        "no-node2",
+        "Admin",
+        1,
+        "{pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}}",
+        "egress: [{action: Deny, to: [{nodes: {matchLabels: {zone: b}}}]}]",
+    ));
+    assert!(
+        answered(&l, "x/a", (addrs[0], 19080).into()),
+        "no node in zone b yet"
+    );
+    l.apply(
+        "kind: Node\nmetadata: {name: node2, labels: {kubernetes.io/hostname: node2, zone: b}}\n",
+    );
+    for a in &addrs {
+        assert!(
+            !answered(&l, "x/a", (*a, 19080).into()),
+            "node2 now in zone b: {a}"
+        );
+    }
+    l.apply("kind: Node\nmetadata: {name: node2, labels: {kubernetes.io/hostname: node2}}\n");
+    assert!(
+        answered(&l, "x/a", (addrs[1], 19080).into()),
+        "label removed"
+    );
 }
 
 #[test]
