@@ -50,15 +50,22 @@ pub enum Resource {
     Namespaces,
     /// `/apis/networking.k8s.io/v1/networkpolicies`
     NetworkPolicies,
+    /// `/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies`:
+    /// a CRD, served only while installed ([`FakeApi::set_cnp_crd`]).
+    ClusterNetworkPolicies,
 }
+
+/// The ClusterNetworkPolicy CRD's group-version.
+pub const CNP_GROUP_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 
 impl Resource {
     /// Every collection served.
-    pub const ALL: [Resource; 4] = [
+    pub const ALL: [Resource; 5] = [
         Resource::Nodes,
         Resource::Pods,
         Resource::Namespaces,
         Resource::NetworkPolicies,
+        Resource::ClusterNetworkPolicies,
     ];
 
     /// The cluster-wide URL path of the collection.
@@ -68,12 +75,16 @@ impl Resource {
             Resource::Pods => "/api/v1/pods",
             Resource::Namespaces => "/api/v1/namespaces",
             Resource::NetworkPolicies => "/apis/networking.k8s.io/v1/networkpolicies",
+            Resource::ClusterNetworkPolicies => {
+                "/apis/policy.networking.k8s.io/v1alpha2/clusternetworkpolicies"
+            }
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Resource::NetworkPolicies => "networking.k8s.io/v1",
+            Resource::ClusterNetworkPolicies => CNP_GROUP_VERSION,
             _ => "v1",
         }
     }
@@ -84,6 +95,7 @@ impl Resource {
             Resource::Pods => "PodList",
             Resource::Namespaces => "NamespaceList",
             Resource::NetworkPolicies => "NetworkPolicyList",
+            Resource::ClusterNetworkPolicies => "ClusterNetworkPolicyList",
         }
     }
 
@@ -123,6 +135,10 @@ struct Inner {
     watches: u64,
     /// The User-Agent of every request, in order (None: no header).
     user_agents: Vec<Option<String>>,
+    /// The ClusterNetworkPolicy CRD is installed.
+    cnp_crd: bool,
+    /// Discovery requests for the CRD's group-version.
+    discoveries: u64,
 }
 
 /// The fake API server's state: nodes, event history, outage switches and
@@ -315,6 +331,25 @@ impl FakeApi {
         self.bump(&mut g);
     }
 
+    /// Installs or removes the ClusterNetworkPolicy CRD: without it its
+    /// group-version and collection are 404, and removing it deletes its
+    /// objects and cuts the open watches.
+    pub fn set_cnp_crd(&self, installed: bool) {
+        let mut g = self.lock();
+        g.cnp_crd = installed;
+        if !installed {
+            g.objects
+                .retain(|(r, _), _| *r != Resource::ClusterNetworkPolicies);
+        }
+        g.epoch += 1;
+        self.bump(&mut g);
+    }
+
+    /// Discovery requests for the ClusterNetworkPolicy group-version.
+    pub fn cnp_discoveries(&self) -> u64 {
+        self.lock().discoveries
+    }
+
     /// The User-Agent header of every request served so far.
     pub fn user_agents(&self) -> Vec<Option<String>> {
         self.lock().user_agents.clone()
@@ -328,7 +363,11 @@ impl FakeApi {
 
     /// The HTTP routes (`/api` and every [`Resource`]'s path) over this state.
     pub fn router(&self) -> Router {
-        let mut r = Router::new().route("/api", get(api_versions));
+        let disc = self.clone();
+        let mut r = Router::new().route("/api", get(api_versions)).route(
+            "/apis/policy.networking.k8s.io/v1alpha2",
+            get(move || cnp_discovery(disc)),
+        );
         for res in Resource::ALL {
             let api = self.clone();
             r = r.route(
@@ -486,6 +525,29 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+fn not_found() -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                "message": "the server could not find the requested resource",
+                "reason": "NotFound", "code": 404}),
+    )
+}
+
+async fn cnp_discovery(api: FakeApi) -> Response {
+    let mut g = api.lock();
+    g.discoveries += 1;
+    if !g.cnp_crd {
+        return not_found();
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": CNP_GROUP_VERSION,
+                "resources": [{"name": "clusternetworkpolicies", "singularName": "clusternetworkpolicy",
+                    "namespaced": false, "kind": "ClusterNetworkPolicy", "verbs": ["list", "watch"]}]}),
+    )
+}
+
 async fn list_or_watch(
     api: FakeApi,
     res: Resource,
@@ -504,6 +566,9 @@ async fn list_or_watch(
             &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                     "message": "the server is currently unable to handle the request", "code": 503}),
         );
+    }
+    if res == Resource::ClusterNetworkPolicies && !g.cnp_crd {
+        return not_found();
     }
     if !watch {
         g.lists += 1;

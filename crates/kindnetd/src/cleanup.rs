@@ -375,8 +375,16 @@ pub fn cli_main(args: impl Iterator<Item = std::ffi::OsString>) -> std::process:
         pod_subnet: flags.pod_subnet.0,
         cni_bin_dir: flags.cni_bin_dir,
     };
-    let mut nft = kindnet_nft::NftCli {
-        lock_dir: Some(flags.lock_dir),
+    // nf_tables over netlink: no `nft` on the node
+    let mut nft = match kindnet_nft::NftNetlink::open() {
+        Ok(mut n) => {
+            n.lock_dir = Some(flags.lock_dir);
+            n
+        }
+        Err(e) => {
+            eprintln!("kindnetd cleanup: nf_tables: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let found = match find(&opts, &mut nft) {
         Ok(f) => f,

@@ -176,6 +176,13 @@ async fn run(flags: Flags) -> ExitCode {
                 }
             };
             if flags.network_policy {
+                // before the v1 watches: policy waits for discovery
+                tokio::spawn(source::kube_cnp::start(
+                    client.clone(),
+                    policy_sink.clone(),
+                    status.clone(),
+                    source::kube_cnp::DISCOVERY_PERIOD,
+                ));
                 tokio::spawn(source::kube_netpol::run(
                     client.clone(),
                     policy_sink.clone(),

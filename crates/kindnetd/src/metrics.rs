@@ -87,6 +87,7 @@ pub struct Metrics {
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
     pub netpol: crate::netpol::metrics::NetpolMetrics,
+    pub cnp: crate::netpol::cnp::metrics::CnpMetrics,
 }
 
 impl Default for Metrics {
@@ -122,6 +123,7 @@ impl Metrics {
             foreign_proto_routes: Gauge::default(),
             build_info: Family::default(),
             netpol: Default::default(),
+            cnp: Default::default(),
             registry: Registry::default(),
         };
         registry.register("nodes", "Nodes known (valid Node objects)", m.nodes.clone());
@@ -226,6 +228,7 @@ impl Metrics {
         );
         registry.register("build_info", "Build information", m.build_info.clone());
         m.netpol.register(&mut registry);
+        m.cnp.register(&mut registry);
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),

@@ -32,6 +32,23 @@ pub struct RawNode {
 pub struct RawMeta {
     #[serde(default)]
     pub name: Option<String>,
+    /// For ClusterNetworkPolicy `nodes` peers only (never routing); what is
+    /// not a string map reads as no labels.
+    #[serde(default, deserialize_with = "lenient_labels")]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn lenient_labels<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -247,6 +264,7 @@ pub(crate) mod tests {
             malformed: None,
             metadata: RawMeta {
                 name: Some(name.into()),
+                ..Default::default()
             },
             spec: Some(RawSpec {
                 pod_cidr: cidrs.first().map(|s| s.to_string()),
@@ -367,6 +385,7 @@ pub(crate) mod tests {
         let r = RawNode {
             metadata: RawMeta {
                 name: Some("bare".into()),
+                ..Default::default()
             },
             ..Default::default()
         };

@@ -89,7 +89,7 @@ fn check_manifest(rel: &str, bridge: bool) {
     let role = by_kind(&d, "ClusterRole");
     assert_eq!(role.len(), 1);
     let rules = role[0]["rules"].as_array().unwrap();
-    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert_eq!(rules.len(), 4, "{rules:?}");
     assert_eq!(rules[0]["apiGroups"], serde_json::json!([""]));
     assert_eq!(rules[0]["resources"], serde_json::json!(["nodes"]));
     assert_eq!(
@@ -111,6 +111,16 @@ fn check_manifest(rel: &str, bridge: bool) {
         serde_json::json!(["networkpolicies"])
     );
     assert_eq!(rules[2]["verbs"], serde_json::json!(["list", "watch"]));
+    // ClusterNetworkPolicy: list and watch of that one collection only
+    assert_eq!(
+        rules[3]["apiGroups"],
+        serde_json::json!(["policy.networking.k8s.io"])
+    );
+    assert_eq!(
+        rules[3]["resources"],
+        serde_json::json!(["clusternetworkpolicies"])
+    );
+    assert_eq!(rules[3]["verbs"], serde_json::json!(["list", "watch"]));
     let binding = by_kind(&d, "ClusterRoleBinding");
     assert_eq!(binding.len(), 1);
     assert_eq!(binding[0]["roleRef"]["name"], role[0]["metadata"]["name"]);

@@ -46,8 +46,8 @@ fn spoof_check(lab: &Lab, on: bool) -> Result<()> {
     };
     for n in &lab.nodes {
         sys::run_in_netns_fn(&n.netns, || {
-            kindnet_nft::NftCli::default()
-                .apply(&kindnet_cni::antispoof::switch_batch(f, on))
+            kindnet_nft::NftNetlink::open()
+                .and_then(|mut nl| nl.apply(&kindnet_cni::antispoof::switch_batch(f, on)))
                 .map_err(|e| format!("anti-spoofing check on {}: {e}", n.name))
         })?;
     }

@@ -127,14 +127,14 @@ enum Cmd {
     Bench(bench::BenchArgs),
     /// Walk a packet hop by hop through the live lab, then send a real one.
     Trace(trace_live::TraceArgs),
-    /// Apply NetworkPolicies and namespace/pod label changes (YAML/JSON).
+    /// Apply NetworkPolicies, ClusterNetworkPolicies and namespace/pod/node label changes (YAML/JSON).
     Apply {
         #[command(flatten)]
         lab: NameArg,
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Delete NetworkPolicies (namespace objects: their labels are cleared).
+    /// Delete NetworkPolicies and ClusterNetworkPolicies (namespace objects: their labels are cleared).
     Delete {
         #[command(flatten)]
         lab: NameArg,

@@ -17,6 +17,7 @@ use crate::plan::{self, Family, Pod};
 use crate::runtime::{read_json, write_json};
 use crate::sys::Result;
 use kindnet_netlink::Netns;
+use kindnet_netpol::cnp::input::{ClusterNetworkPolicy, Node as CnpNode};
 use kindnet_netpol::{Addressing, Attachment, Cluster, Endpoint, NodeContext, Proto, evaluate};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -49,6 +50,13 @@ pub struct State {
     /// Pod objects without a sandbox (the benchmark's 1,000 pods).
     #[serde(default)]
     pub extra_pods: Vec<Value>,
+    /// ClusterNetworkPolicy objects, by name.
+    #[serde(default)]
+    pub cluster_policies: BTreeMap<String, Value>,
+    /// Labels set on Nodes (for `nodes` peers), by node name; replace the
+    /// lab's own.
+    #[serde(default)]
+    pub node_labels: BTreeMap<String, Labels>,
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -93,6 +101,14 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
     let items = list["items"]
         .as_array_mut()
         .ok_or("node list without items")?;
+    for n in items.iter_mut() {
+        if let Some(l) = n["metadata"]["name"]
+            .as_str()
+            .and_then(|name| s.node_labels.get(name))
+        {
+            n["metadata"]["labels"] = json!(l);
+        }
+    }
     for (ns, labels) in &s.namespaces {
         items.push(json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": ns, "labels": labels}}));
@@ -122,6 +138,9 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
     for pol in s.policies.values() {
         items.push(pol.clone());
     }
+    for pol in s.cluster_policies.values() {
+        items.push(pol.clone());
+    }
     list["kind"] = json!("List");
     if s.version > 0 {
         list["metadata"] = json!({"resourceVersion": s.version.to_string()});
@@ -133,12 +152,17 @@ pub fn node_list(lab: &Lab) -> Result<Value> {
 pub fn cluster(lab: &Lab) -> Result<Cluster> {
     let list = node_list(lab)?;
     let (mut pods, mut nss, mut pols) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cnps, mut knodes) = (Vec::new(), Vec::new());
     for i in list["items"].as_array().into_iter().flatten() {
         let bad = |e: serde_json::Error| format!("model object: {e}");
         match i["kind"].as_str() {
             Some("Pod") => pods.push(serde_json::from_value(i.clone()).map_err(bad)?),
             Some("Namespace") => nss.push(serde_json::from_value(i.clone()).map_err(bad)?),
             Some("NetworkPolicy") => pols.push(serde_json::from_value(i.clone()).map_err(bad)?),
+            Some(kindnet_netpol::cnp::KIND) => {
+                cnps.push(serde_json::from_value::<ClusterNetworkPolicy>(i.clone()).map_err(bad)?)
+            }
+            Some("Node") => knodes.push(serde_json::from_value::<CnpNode>(i.clone()).map_err(bad)?),
             _ => {}
         }
     }
@@ -167,7 +191,9 @@ pub fn cluster(lab: &Lab) -> Result<Cluster> {
             })
             .collect(),
     };
-    Ok(Cluster::new_with(&pods, &nss, &pols, &nodes, &addressing).0)
+    let mut c = Cluster::new_with(&pods, &nss, &pols, &nodes, &addressing).0;
+    c.set_cluster_network_policies(&cnps, &knodes);
+    Ok(c)
 }
 
 /// Writes the nodes file and waits until every kindnetd programmed it.
@@ -516,6 +542,25 @@ pub fn change(s: &mut State, pods: &[Pod], objects: &[Value], delete: bool) -> R
                 }
                 done.push(format!("networkpolicy {id}"));
             }
+            kindnet_netpol::cnp::KIND => {
+                if delete {
+                    if s.cluster_policies.remove(name).is_none() {
+                        return Err(format!("no clusternetworkpolicy {name}"));
+                    }
+                } else {
+                    s.cluster_policies.insert(name.to_string(), o.clone());
+                }
+                done.push(format!("clusternetworkpolicy {name}"));
+            }
+            "Node" => {
+                if delete {
+                    return Err(format!(
+                        "node {name}: remove nodes with `kindnet-lab remove-node`"
+                    ));
+                }
+                s.node_labels.insert(name.to_string(), labels_of(o));
+                done.push(format!("node {name} labels"));
+            }
             "Namespace" => {
                 let labels = if delete { Labels::new() } else { labels_of(o) };
                 s.namespaces.insert(name.to_string(), labels);
@@ -552,7 +597,7 @@ pub fn change(s: &mut State, pods: &[Pod], objects: &[Value], delete: bool) -> R
             }
             k => {
                 return Err(format!(
-                    "{id}: kind {k:?} is not NetworkPolicy, Namespace or Pod"
+                    "{id}: kind {k:?} is not NetworkPolicy, ClusterNetworkPolicy, Namespace, Pod or Node"
                 ));
             }
         }
@@ -742,7 +787,8 @@ pub fn probe(
 pub fn print_probe(r: &ProbeResult) -> String {
     let state = if r.connected { "connected" } else { "blocked" };
     let why = if r.expected {
-        if r.by.is_empty() {
+        if r.by.is_empty() || r.by.iter().any(|b| b.contains("cnp:")) {
+            // a ClusterNetworkPolicy decided: the reason names tier and rule
             format!("allowed: {}", r.reason)
         } else {
             format!("allowed by {}", r.by.join(", "))
@@ -878,6 +924,20 @@ mod tests {
         assert!(change(&mut s, &pods, &other, true).is_err(), "already gone");
         let svc = parse_objects("kind: Service\nmetadata: {name: s}\n").unwrap();
         assert!(change(&mut s, &pods, &svc, false).is_err());
+    }
+
+    #[test]
+    fn cluster_network_policies_apply_and_delete_by_name() {
+        let mut s = State::default();
+        let objs = parse_objects("apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: deny-x}\nspec: {tier: Admin, priority: 5, subject: {namespaces: {}}}\n").unwrap();
+        assert_eq!(
+            change(&mut s, &[], &objs, false).unwrap(),
+            ["clusternetworkpolicy deny-x"]
+        );
+        assert_eq!(s.cluster_policies["deny-x"]["spec"]["priority"], 5);
+        change(&mut s, &[], &objs, true).unwrap();
+        assert!(s.cluster_policies.is_empty());
+        assert!(change(&mut s, &[], &objs, true).is_err(), "already gone");
     }
 
     #[test]

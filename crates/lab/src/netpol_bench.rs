@@ -33,6 +33,10 @@ pub struct BenchNetpolArgs {
     pub pods: usize,
     #[arg(long, default_value_t = 200)]
     pub policies: usize,
+    /// ClusterNetworkPolicies, half Admin and half Baseline (issue 18's
+    /// figures: 50).
+    #[arg(long, default_value_t = 0)]
+    pub cluster_policies: usize,
     #[arg(long, default_value_t = 30)]
     pub changes: usize,
     #[arg(long, default_value_t = 3)]
@@ -177,6 +181,56 @@ fn policies(n: usize) -> Vec<Value> {
     v
 }
 
+/// `n` ClusterNetworkPolicies over the bench pods, half in each tier
+/// (`version` is in cnp-0's port, so a new version is one change), and
+/// (when any) one Admin policy the two real pods' traffic is accepted by.
+fn cluster_policies(n: usize, version: usize) -> Vec<Value> {
+    let bench = json!({"matchLabels": {"bench": "yes"}});
+    let mut v: Vec<Value> = (0..n.saturating_sub(1))
+        .map(|k| {
+            let admin = k % 2 == 0;
+            let subject = json!({"pods": {"namespaceSelector": bench,
+                "podSelector": {"matchLabels": {"app": format!("app-{}", k % 50)}}}});
+            let spec = if admin {
+                json!({"tier": "Admin", "priority": k, "subject": subject,
+                    "ingress": [
+                        {"name": "deny-tier", "action": "Deny",
+                         "from": [{"pods": {"namespaceSelector": bench, "podSelector": {"matchLabels": {"tier": format!("t-{}", k % 4)}}}}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 9000 + if k == 0 { version % 1000 } else { k % 50 } as u16}}}]},
+                        {"name": "pass-bench", "action": "Pass", "from": [{"namespaces": bench}]}],
+                    "egress": [
+                        {"action": "Accept", "to": [{"networks": ["10.0.0.0/8", "fd00::/8"]}],
+                         "protocols": [{"tcp": {"destinationPort": {"number": 443}}}]},
+                        {"action": "Deny", "to": [{"networks": ["192.0.2.0/24"]}]}]})
+            } else {
+                json!({"tier": "Baseline", "priority": k % 1000, "subject": subject,
+                    "ingress": [{"action": "Deny", "from": [{"namespaces": {}}],
+                        "protocols": [{"udp": {"destinationPort": {"range": {"start": 5000, "end": 5100}}}},
+                                      {"destinationNamedPort": "http"}]}],
+                    "egress": [{"action": "Accept", "to": [{"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"tier": "t-0"}}}}]}]})
+            };
+            json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": format!("cnp-{k}")}, "spec": spec})
+        })
+        .collect();
+    if n > 0 {
+        let real = json!({"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "bench"}}}});
+        v.push(json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+            "metadata": {"name": "bench-real"},
+            "spec": {"tier": "Admin", "priority": 0, "subject": real,
+                "ingress": [{"action": "Accept", "from": [real]}],
+                "egress": [{"action": "Accept", "to": [real]}]}}));
+    }
+    v
+}
+
+fn set_cluster_policies(s: &mut State, n: usize, version: usize) {
+    s.cluster_policies = cluster_policies(n, version)
+        .into_iter()
+        .map(|p| (p["metadata"]["name"].as_str().unwrap_or("").to_string(), p))
+        .collect();
+}
+
 fn histogram(text: &str) -> (f64, f64) {
     (
         netpol::metric(text, "kindnet_netpol_programming_duration_seconds_sum").unwrap_or(0.0),
@@ -307,7 +361,11 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
             [("role".to_string(), "bench".to_string())].into(),
         );
     }
-    s.namespaces.insert("bench".into(), Default::default());
+    s.namespaces.insert(
+        "bench".into(),
+        [("bench".to_string(), "yes".to_string())].into(),
+    );
+    set_cluster_policies(&mut s, a.cluster_policies, 0);
     s.extra_pods = (0..a.pods).map(|i| fake_pod(i, i % 60)).collect();
     for p in policies(a.policies) {
         let id = format!(
@@ -331,6 +389,7 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-full-program", "pods": a.pods, "policies": a.policies,
+            "cluster_policies": a.cluster_policies,
             "rules": rules, "selected_pods": selected,
             "first_program_wall_ms": first_wall, "first_program_kindnetd_ms": first_own,
             "restart_to_enforced_ms": restart_ms,
@@ -355,6 +414,22 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
             "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
             "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
     );
+    if a.cluster_policies > 0 {
+        // one ClusterNetworkPolicy change at a time: cnp-0's port moves
+        let (mut walls, mut owns) = (Vec::new(), Vec::new());
+        for k in 0..a.changes {
+            set_cluster_policies(&mut s, a.cluster_policies, k + 1);
+            let (w, o) = publish_timed(lab, &mut s)?;
+            walls.push(w);
+            owns.push(o);
+        }
+        println!(
+            "{}",
+            json!({"bench": "cnp-change", "changes": a.changes, "cluster_policies": a.cluster_policies,
+                "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
+                "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+        );
+    }
     let (mut walls, mut owns) = (Vec::new(), Vec::new());
     for k in 0..10 {
         s.extra_pods.push(fake_pod(a.pods + k, k % 50));
@@ -416,6 +491,7 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-per-packet", "rounds": a.rounds, "policies": a.policies,
+            "cluster_policies": a.cluster_policies,
             "pod_pod_gbps_policy_on": on_t / 1e9, "pod_pod_gbps_policy_off": off_t / 1e9,
             "throughput_ratio_on_off": on_t / off_t,
             "rtt_ms_policy_on": on_r, "rtt_ms_policy_off": off_r, "rtt_ratio_on_off": on_r / off_r})

@@ -122,30 +122,21 @@ pub struct Counted {
 /// Packets dropped by the anti-spoofing check on `node` (0 without the
 /// table): the named counter of the layout's table.
 pub fn spoofed(lab: &Lab, node_netns: &str) -> u64 {
-    let fam = match lab.spec.mode {
-        Mode::Bridge => "bridge",
-        _ => "inet",
+    let f = match lab.spec.mode {
+        Mode::Bridge => kindnet_nft::Family::Bridge,
+        _ => kindnet_nft::Family::Inet,
     };
-    let out = sys::output(&[
-        "ip",
-        "netns",
-        "exec",
-        node_netns,
-        "nft",
-        "-j",
-        "list",
-        "counter",
-        fam,
-        "kindnet-antispoof",
-        "spoofed",
-    ]);
-    let Ok(out) = out else { return 0 };
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["nftables"]
-        .as_array()
+    let t = kindnet_cni::antispoof::table(f);
+    let read = sys::run_in_netns_fn(node_netns, || {
+        kindnet_nft::NftNetlink::open()
+            .and_then(|mut nl| nl.counters(&t))
+            .map_err(|e| e.to_string())
+    });
+    let Ok(Some(counters)) = read else { return 0 };
+    counters
         .into_iter()
-        .flatten()
-        .find_map(|i| i["counter"]["packets"].as_u64())
+        .find(|(n, _)| n == kindnet_cni::antispoof::COUNTER)
+        .map(|(_, p)| p)
         .unwrap_or(0)
 }
 

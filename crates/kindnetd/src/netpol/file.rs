@@ -13,6 +13,8 @@ use crate::source::file::{looks_like_json, parse_node_list, raw_node_from_value}
 pub struct ClusterList {
     pub nodes: Vec<RawNode>,
     pub objects: Vec<Object>,
+    /// ClusterNetworkPolicies (`policy.networking.k8s.io/v1alpha2`).
+    pub cnps: Vec<kindnet_netpol::cnp::input::ClusterNetworkPolicy>,
     /// The List's `metadata.resourceVersion`, when a number.
     pub version: Option<u64>,
     /// Items of a policy kind that did not parse (logged by the caller).
@@ -22,6 +24,7 @@ pub struct ClusterList {
 enum Item {
     Node(RawNode),
     Object(Object),
+    Cnp(kindnet_netpol::cnp::input::ClusterNetworkPolicy),
     Bad(String),
 }
 
@@ -38,6 +41,12 @@ impl<'de> Deserialize<'de> for Item {
             "Pod" => serde_json::from_value(v).map(Object::Pod),
             "Namespace" => serde_json::from_value(v).map(Object::Namespace),
             "NetworkPolicy" => serde_json::from_value(v).map(Object::Policy),
+            kindnet_netpol::cnp::KIND => {
+                return Ok(match serde_json::from_value(v) {
+                    Ok(p) => Item::Cnp(p),
+                    Err(e) => Item::Bad(format!("{kind}: {e}")),
+                });
+            }
             _ => return Ok(Item::Node(raw_node_from_value(v))),
         };
         Ok(match parsed {
@@ -96,6 +105,7 @@ pub fn parse_cluster_list(bytes: &[u8]) -> Result<ClusterList, String> {
         match i {
             Item::Node(n) => out.nodes.push(n),
             Item::Object(o) => out.objects.push(o),
+            Item::Cnp(p) => out.cnps.push(p),
             Item::Bad(e) => out.bad.push(e),
         }
     }
@@ -121,12 +131,17 @@ mod tests {
             {"kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}},
             {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
              "metadata": {"namespace": "x", "name": "deny"}, "spec": {"podSelector": {}}},
+            {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "admin"}, "spec": {"tier": "Admin", "priority": 3,
+                "subject": {"namespaces": {}}}},
             {"kind": "Pod", "metadata": "not an object"}
         ]}"#;
         let l = parse_cluster_list(j.as_bytes()).unwrap();
         assert_eq!(l.nodes.len(), 1);
         assert_eq!(l.nodes[0].metadata.name.as_deref(), Some("n1"));
         assert_eq!(l.objects.len(), 3);
+        assert_eq!(l.cnps.len(), 1);
+        assert_eq!(l.cnps[0].name, "admin");
         assert!(matches!(&l.objects[0], Object::Pod(p) if p.pod_ips == ["10.244.1.2"]));
         assert_eq!(l.version, Some(12));
         assert_eq!(l.bad.len(), 1);

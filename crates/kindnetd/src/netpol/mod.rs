@@ -9,6 +9,7 @@
 //! replaces enforced rules with a partial view; until then the previous
 //! table, if any, keeps enforcing.
 
+pub mod cnp;
 pub mod file;
 pub mod metrics;
 pub mod plan;
@@ -76,6 +77,8 @@ pub struct Inputs {
     pub pods: BTreeMap<(String, String), Pod>,
     pub namespaces: BTreeMap<String, Namespace>,
     pub policies: BTreeMap<(String, String), NetworkPolicy>,
+    /// ClusterNetworkPolicies and Nodes ([`cnp`]).
+    pub cnp: cnp::CnpInputs,
     synced: [bool; 3],
     /// `metadata.resourceVersion` of the nodes file's List when numeric
     /// (the lab numbers its writes), reported once programmed.
@@ -91,7 +94,7 @@ fn idx(k: Kind) -> usize {
 impl Inputs {
     /// Every kind delivered a complete list.
     pub fn synced(&self) -> bool {
-        self.synced.iter().all(|s| *s)
+        self.synced.iter().all(|s| *s) && self.cnp.synced()
     }
 
     /// The addresses of the running Pods on `node`, once the Pod list is

@@ -66,13 +66,17 @@ impl Snapshot {
     /// `addressing`: who may hold an address (podCIDRs checked, this
     /// node's CNI record).
     pub fn of(inputs: &Inputs, all: &[NodeContext], addressing: &Addressing) -> Snapshot {
-        let (cluster, report) = Cluster::new_with(
+        let (mut cluster, mut report) = Cluster::new_with(
             inputs.pods.values(),
             inputs.namespaces.values(),
             inputs.policies.values(),
             all,
             addressing,
         );
+        // ClusterNetworkPolicies: their refusals listed after v1's
+        let r = cluster
+            .set_cluster_network_policies(inputs.cnp.policies.values(), inputs.cnp.nodes.values());
+        report.refused.extend(r.refused);
         Snapshot {
             cluster,
             report,

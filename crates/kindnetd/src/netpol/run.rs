@@ -293,6 +293,7 @@ impl CounterReader {
     }
 
     fn account(&mut self, c: &[(String, u64)]) {
+        self.status.metrics.cnp.account(c);
         // a replaced table starts its counters again at 0
         let generation = self.replacements.load(Ordering::Relaxed);
         if generation != self.generation {
@@ -680,6 +681,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                     m.programs.get_or_create(&ModeLabel { mode }).inc();
                     tracing::debug!(mode, ms = secs * 1e3, outcome = ?p, "NetworkPolicy programmed");
                 }
+                self.status.metrics.cnp.observe(&snap.cluster);
                 m.policies.set(stats.policies as i64);
                 m.selected_pods.set(stats.selected_pods as i64);
                 m.local_pods.set(stats.local_pods as i64);
@@ -696,6 +698,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         if let Some(c) = conflict {
             lines.push(format!("[!] {c}"));
         }
+        lines.extend(super::cnp::readyz_line(&snap.cluster));
         for r in &snap.report.refused {
             lines.push(format!("[!] refused: {r}"));
         }

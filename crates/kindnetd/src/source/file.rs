@@ -51,6 +51,7 @@ impl From<Item> for RawNode {
             Item::Named(n) => RawNode {
                 metadata: RawMeta {
                     name: Some(n.metadata.name),
+                    ..Default::default()
                 },
                 malformed: Some("fields of the wrong type".into()),
                 ..Default::default()
@@ -329,7 +330,7 @@ async fn read_and_apply(
     let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
     sink.replace_all(SOURCE, &parsed.nodes);
     if let Some(p) = sink.policy() {
-        p.replace_file(parsed.objects, parsed.version);
+        p.replace_file_with_cnps(parsed.objects, parsed.cnps, parsed.version);
     }
     Ok(v)
 }

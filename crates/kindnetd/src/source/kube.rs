@@ -49,11 +49,20 @@ fn slim_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
         name: Option<String>,
         #[serde(default, rename = "resourceVersion")]
         resource_version: Option<String>,
+        #[serde(default)]
+        labels: Option<serde_json::Value>,
     }
     let m = M::deserialize(d)?;
+    // labels: for ClusterNetworkPolicy `nodes` peers (string values only)
+    let labels = m.labels.as_ref().and_then(|v| v.as_object()).map(|o| {
+        o.iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect()
+    });
     Ok(ObjectMeta {
         name: m.name,
         resource_version: m.resource_version,
+        labels,
         ..Default::default()
     })
 }
@@ -64,6 +73,7 @@ impl SlimNode {
             kind: None,
             metadata: RawMeta {
                 name: self.metadata.name.clone(),
+                labels: self.metadata.labels.clone().unwrap_or_default(),
             },
             spec: self.spec.clone(),
             status: self.status.clone(),
@@ -619,7 +629,11 @@ mod tests {
         let n: SlimNode = serde_json::from_str(j).unwrap();
         assert_eq!(n.metadata.name.as_deref(), Some("a"));
         assert_eq!(n.metadata.resource_version.as_deref(), Some("42"));
-        assert!(n.metadata.labels.is_none());
+        assert_eq!(
+            n.to_raw().metadata.labels.get("x").map(String::as_str),
+            Some("y"),
+            "labels are kept for ClusterNetworkPolicy nodes peers"
+        );
         assert!(n.metadata.managed_fields.is_none());
         let (node, _) = validate(&n.to_raw()).unwrap();
         assert_eq!(node.pod_cidrs[0].to_string(), "10.244.1.0/24");

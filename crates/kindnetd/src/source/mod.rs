@@ -4,6 +4,7 @@
 
 pub mod file;
 pub mod kube;
+pub mod kube_cnp;
 pub mod kube_netpol;
 
 use std::sync::mpsc::Sender;
@@ -102,6 +103,9 @@ impl Sink {
         for n in &summary.notes {
             self.note(source, n);
         }
+        if let Some(p) = &self.policy {
+            p.replace_cnp_nodes(nodes);
+        }
         if summary.any_change() || first_sync {
             tracing::info!(
                 source,
@@ -119,6 +123,9 @@ impl Sink {
     /// One added or modified node.
     pub fn upsert(&self, source: &str, node: &RawNode) {
         let outcome = self.lock().upsert(node);
+        if let Some(p) = &self.policy {
+            p.upsert_cnp_node(node);
+        }
         let name = node.metadata.name.clone();
         self.note(
             source,
@@ -135,6 +142,9 @@ impl Sink {
 
     /// One deleted node.
     pub fn delete(&self, source: &str, name: &str) {
+        if let Some(p) = &self.policy {
+            p.delete_cnp_node(name);
+        }
         if self.lock().remove(name) {
             tracing::info!(source, node = name, "node deleted");
             self.wake();

@@ -210,6 +210,14 @@ impl Tiers {
 }
 
 impl Cluster {
+    /// The valid ClusterNetworkPolicies of tier `t` and their rules (both
+    /// directions), for metrics.
+    pub fn cnp_counts(&self, t: Tier) -> (usize, usize) {
+        let ps = self.tiers.tier(t);
+        let rules = ps.iter().map(|p| p.ingress.len() + p.egress.len()).sum();
+        (ps.len(), rules)
+    }
+
     /// Adds the ClusterNetworkPolicies (replacing any set before) and the
     /// Nodes their `nodes` peers select; what cannot be used is left out
     /// or fails closed, and is listed in the report.
