@@ -5,7 +5,6 @@
 
 mod common;
 
-use common::{Packet, Ruleset, proto_number};
 use kindnet_netpol::*;
 use proptest::prelude::*;
 use serde_json::{Value as Json, json};
@@ -302,54 +301,7 @@ fn build(pods: &[PodGen], policies: &[Json]) -> (Cluster, Vec<IpAddr>) {
 }
 
 fn check(c: &Cluster, addrs: &[IpAddr]) -> Result<(), TestCaseError> {
-    let rulesets: Vec<Ruleset> = (0..2)
-        .map(|i| Ruleset::load(&compile(c, &ctx(i)).batch))
-        .collect();
-    for &s in addrs {
-        for &d in addrs {
-            if s == d || s.is_ipv6() != d.is_ipv6() {
-                continue;
-            }
-            for (proto, port) in TRAFFIC {
-                let pkt = Packet {
-                    saddr: s,
-                    daddr: d,
-                    l4proto: proto.l4().map(proto_number).unwrap_or(1),
-                    dport: port,
-                };
-                let (src, dst) = (Endpoint::Addr(s), Endpoint::Addr(d));
-                let mut both = true;
-                for (i, rs) in rulesets.iter().enumerate() {
-                    let want = evaluate_on(c, &ctx(i), &src, &dst, port, proto);
-                    let got = rs.accepts(&pkt);
-                    prop_assert_eq!(
-                        got,
-                        want.allowed,
-                        "node {} {} -> {} {:?}/{}: {}",
-                        i + 1,
-                        s,
-                        d,
-                        proto,
-                        port,
-                        want.reason
-                    );
-                    both &= got;
-                }
-                let whole = evaluate(c, &src, &dst, port, proto);
-                prop_assert_eq!(
-                    whole.allowed,
-                    both,
-                    "cluster-wide {} -> {} {:?}/{}: {}",
-                    s,
-                    d,
-                    proto,
-                    port,
-                    whole.reason
-                );
-            }
-        }
-    }
-    Ok(())
+    common::agree_on_every_pair(c, addrs, ctx, &TRAFFIC, false)
 }
 
 proptest! {

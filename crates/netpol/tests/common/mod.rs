@@ -337,3 +337,66 @@ impl Ruleset {
         }
     }
 }
+
+/// Every pair of `addrs` (one family; `hairpin`: also an address to
+/// itself) under every `traffic` case: each node's compiled ruleset
+/// (`ctx(0)`, `ctx(1)`) accepts exactly what the direct semantics allow on
+/// that node, and both together what they allow cluster-wide.
+pub fn agree_on_every_pair(
+    c: &kindnet_netpol::Cluster,
+    addrs: &[IpAddr],
+    ctx: impl Fn(usize) -> kindnet_netpol::NodeContext,
+    traffic: &[(kindnet_netpol::Proto, u16)],
+    hairpin: bool,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use kindnet_netpol::{Endpoint, compile, evaluate, evaluate_on};
+    use proptest::prop_assert_eq;
+    let rulesets: Vec<Ruleset> = (0..2)
+        .map(|i| Ruleset::load(&compile(c, &ctx(i)).batch))
+        .collect();
+    for &s in addrs {
+        for &d in addrs {
+            if (s == d && !hairpin) || s.is_ipv6() != d.is_ipv6() {
+                continue;
+            }
+            for &(proto, port) in traffic {
+                let pkt = Packet {
+                    saddr: s,
+                    daddr: d,
+                    l4proto: proto.l4().map(proto_number).unwrap_or(1),
+                    dport: port,
+                };
+                let (src, dst) = (Endpoint::Addr(s), Endpoint::Addr(d));
+                let mut both = true;
+                for (i, rs) in rulesets.iter().enumerate() {
+                    let want = evaluate_on(c, &ctx(i), &src, &dst, port, proto);
+                    let got = rs.accepts(&pkt);
+                    prop_assert_eq!(
+                        got,
+                        want.allowed,
+                        "node {} {} -> {} {:?}/{}: {}",
+                        i + 1,
+                        s,
+                        d,
+                        proto,
+                        port,
+                        want.reason
+                    );
+                    both &= got;
+                }
+                let whole = evaluate(c, &src, &dst, port, proto);
+                prop_assert_eq!(
+                    whole.allowed,
+                    both,
+                    "cluster-wide {} -> {} {:?}/{}: {}",
+                    s,
+                    d,
+                    proto,
+                    port,
+                    whole.reason
+                );
+            }
+        }
+    }
+    Ok(())
+}
