@@ -261,10 +261,13 @@ fn no_masquerade_cidr_is_respected() {
     assert_eq!(peer.ip().to_string(), "10.244.1.2", "{}", d.log());
 }
 
-/// A masquerade rule deleted by hand is put back at the next resync, and
-/// counted; a table as applied is left alone (counter stays).
+/// kindnetd's masquerade table is owned by kindnetd (nf_tables owner flag):
+/// a rule deleted by another process while kindnetd runs is refused. A rule
+/// deleted while kindnetd is down (the table persists, unowned) is put back
+/// by the next kindnetd, which adopts the table, and counted; a table as
+/// applied is left alone (counter stays).
 #[test]
-fn a_deleted_masquerade_rule_is_repaired_at_the_next_resync() {
+fn a_masquerade_rule_is_kindnetds_own_and_repaired_after_a_restart() {
     require_root!();
     let n1 = node_ns("kd-mqd");
     let dir = temp_dir("masq-drift");
@@ -278,19 +281,16 @@ fn a_deleted_masquerade_rule_is_repaired_at_the_next_resync() {
         )]),
     );
     let cni = dir.path().join("cni");
-    let d = Daemon::start(
-        &n1,
-        &[
-            "--node-name=n1",
-            "--nodes-file",
-            nodes.to_str().unwrap(),
-            "--cni-conf-dir",
-            cni.to_str().unwrap(),
-            "--metrics-bind-address=127.0.0.1:19080",
-            "--resync-period=1s",
-        ],
-        dir.path().join("log"),
-    );
+    let args = [
+        "--node-name=n1",
+        "--nodes-file",
+        nodes.to_str().unwrap(),
+        "--cni-conf-dir",
+        cni.to_str().unwrap(),
+        "--metrics-bind-address=127.0.0.1:19080",
+        "--resync-period=1s",
+    ];
+    let d = Daemon::start(&n1, &args, dir.path().join("log"));
     wait_ready(&n1, Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}\n{}", d.log()));
     let repaired = || {
         metric(
@@ -315,50 +315,59 @@ fn a_deleted_masquerade_rule_is_repaired_at_the_next_resync() {
         d.log()
     );
     // delete the IPv4 masquerade rule by its handle
-    let (_, out, _) =
-        run(n1
-            .command("nft")
-            .args(["-a", "list", "chain", "inet", "kindnet-masq", "postrouting"]));
-    let handle = out
-        .lines()
-        .find(|l| l.contains("pod-sources-v4") && l.contains("masquerade"))
-        .and_then(|l| l.rsplit("# handle ").next())
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|| panic!("{out}"));
-    let (code, _, err) = run(n1.command("nft").args([
-        "delete",
-        "rule",
-        "inet",
-        "kindnet-masq",
-        "postrouting",
-        "handle",
-        &handle,
-    ]));
-    assert_eq!(code, 0, "{err}");
+    let handle = || {
+        let (_, out, _) = run(n1.command("nft").args([
+            "-a",
+            "list",
+            "chain",
+            "inet",
+            "kindnet-masq",
+            "postrouting",
+        ]));
+        out.lines()
+            .find(|l| l.contains("pod-sources-v4") && l.contains("masquerade"))
+            .and_then(|l| l.rsplit("# handle ").next())
+            .map(|h| h.trim().to_string())
+    };
+    let delete = |h: &str| {
+        run(n1.command("nft").args([
+            "delete",
+            "rule",
+            "inet",
+            "kindnet-masq",
+            "postrouting",
+            "handle",
+            h,
+        ]))
+    };
+    let h = handle().unwrap_or_else(|| panic!("no masquerade rule\n{}", d.log()));
+    // while kindnetd runs, its table is its own: another process is refused
+    let (code, _, err) = delete(&h);
+    assert_ne!(code, 0, "a foreign process deleted kindnetd's rule");
+    assert!(err.contains("Operation not permitted"), "{err}");
+    assert_eq!(handle(), Some(h), "the rule is still there");
+    // kindnetd stops: the table stays (persist), unowned; tampered with now
+    drop(d);
+    let deleted = wait_for(Duration::from_secs(10), || {
+        let h = handle()?;
+        (delete(&h).0 == 0).then_some(())
+    });
+    assert!(deleted.is_some(), "the orphaned table could not be changed");
+    assert_eq!(handle(), None);
+    // the next kindnetd adopts the table and puts the rule back
     let t = std::time::Instant::now();
-    wait_for(Duration::from_secs(10), || {
-        (repaired() == 1.0).then_some(())
-    })
-    .unwrap_or_else(|| panic!("not repaired\n{}", d.log()));
+    let d = Daemon::start(&n1, &args, dir.path().join("log2"));
+    wait_for(Duration::from_secs(10), || handle().map(drop))
+        .unwrap_or_else(|| panic!("not repaired\n{}", d.log()));
     println!(
-        "{{\"bench\":\"drift_repair\",\"table\":\"kindnet-masq\",\"tamper\":\"delete rule (pod-sources-v4 masquerade)\",\"resync_s\":1,\"repaired_after_ms\":{:.0}}}",
+        "{{\"bench\":\"drift_repair\",\"table\":\"kindnet-masq\",\"tamper\":\"delete rule (pod-sources-v4 masquerade) while kindnetd was down\",\"repaired_after_start_ms\":{:.0}}}",
         t.elapsed().as_secs_f64() * 1e3
     );
-    let (_, out, _) =
-        run(n1
-            .command("nft")
-            .args(["list", "chain", "inet", "kindnet-masq", "postrouting"]));
-    assert!(
-        out.lines()
-            .any(|l| l.contains("@pod-sources-v4") && l.contains("masquerade")),
-        "{out}"
-    );
-    assert_eq!(
-        d.log()
-            .matches("differed from kindnetd's; replaced")
-            .count(),
-        1,
-        "{}",
-        d.log()
-    );
+    // and owns it again
+    let h = handle().unwrap_or_default();
+    wait_for(Duration::from_secs(10), || {
+        (delete(&h).0 != 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the adopted table is not owned\n{}", d.log()));
+    assert!(handle().is_some());
 }
