@@ -167,10 +167,18 @@ wait_for "the conflist" test -s "$work/host/etc-cni-net.d/10-kindnet.conflist"
 grep -q '10.244.1.0/24' "$work/host/etc-cni-net.d/10-kindnet.conflist" \
   || fail "the conflist lacks the node's pod CIDR"
 echo "image-test: kindnetd wrote 10-kindnet.conflist for 10.244.1.0/24"
+# no nft in the image: masquerade is programmed over nf_tables netlink
+ready() { get /readyz | head -1 | grep -q ' 200 '; }
+wait_for "kindnetd's /readyz (routes, conflist, masquerade)" ready
+ip netns exec "$ns" nft list table inet kindnet-masq >/dev/null 2>&1 \
+  || fail "kindnetd in the image did not program table inet kindnet-masq"
+echo "image-test: kindnetd is ready and programmed its masquerade table without nft"
 
 # 4. `kubectl exec ds/kindnet -- kindnetd doctor`: an exec in the running
 # container (its environment, no flags) checks what the daemon uses.
-ctr_ task exec --exec-id doctor "kd-$$" kindnetd doctor >"$work/doctor.txt" 2>&1 || true
+doctor_rc=0
+ctr_ task exec --exec-id doctor "kd-$$" kindnetd doctor >"$work/doctor.txt" 2>&1 || doctor_rc=$?
+[ "$doctor_rc" = 0 ] || fail "the doctor in the container found a failure: $(cat "$work/doctor.txt")"
 grep -q '^\[pass\] config .*the running kindnetd .* at 10.99.0.2:19080: node "node1", ptp mode, conflist in "/etc/cni/net.d".*not checked here' \
   "$work/doctor.txt" || fail "the doctor in the container did not use the daemon's configuration: $(cat "$work/doctor.txt")"
 grep -q '^\[pass\] conflist ' "$work/doctor.txt" || fail "the doctor did not find the conflist: $(cat "$work/doctor.txt")"
