@@ -170,6 +170,10 @@ pub fn setup_batch(f: Family, ifname: &IfName, ips: &[IpAddr], owner: &Comment) 
     b
 }
 
+/// ADD: the pod's pairs, with the skeleton re-asserted only when it is not
+/// intact (re-adding rules replaces them, and the kernel frees replaced
+/// rules after an RCU grace period that the plugin's exit would wait for:
+/// ~10 ms on every ADD).
 pub fn setup(
     nft: &mut dyn Nft,
     f: Family,
@@ -177,8 +181,22 @@ pub fn setup(
     ips: &[IpAddr],
     owner: &Comment,
 ) -> Result<(), CniError> {
-    nft.apply(&setup_batch(f, ifname, ips, owner))
-        .map_err(nft_err("anti-spoofing"))
+    let t = table(f);
+    let mut skel = Batch::new();
+    skeleton(&mut skel, f, true);
+    let listing = nft.list(&t).map_err(nft_err("anti-spoofing"))?;
+    let intact = owned::skeleton_intact(nft, &t, listing.as_ref(), &skel)
+        .map_err(nft_err("anti-spoofing"))?;
+    let b = if intact {
+        // elements only, and a key deleted only where another owner holds
+        // it: a deletion, too, leaves work for the exit to wait for
+        let mut b = Batch::new();
+        owned::upsert(&mut b, &t, listing.as_ref(), &wanted(ifname, ips, owner));
+        b
+    } else {
+        setup_batch(f, ifname, ips, owner)
+    };
+    nft.apply(&b).map_err(nft_err("anti-spoofing"))
 }
 
 /// Removes what `owns` accepts, in one transaction under the table lock.
