@@ -368,7 +368,14 @@ impl Nft for NftNetlink {
     }
 
     fn list(&mut self, t: &TableRef) -> Result<Option<Listing>, NftError> {
-        self.list_sets(t, None)
+        NftNetlink::list_sets(self, t, None)
+    }
+
+    /// Only the named sets' elements are dumped (the trait's default
+    /// would dump the whole table and filter).
+    fn list_sets(&mut self, t: &TableRef, names: &[&str]) -> Result<Option<Listing>, NftError> {
+        let names: Vec<Name> = names.iter().filter_map(|n| Name::new(*n).ok()).collect();
+        NftNetlink::list_sets(self, t, Some(&names))
     }
 
     fn rule_counts(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
