@@ -526,3 +526,151 @@ impl Host for FakeHost {
         self.sleeps += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The fake is only worth its tests if it refuses what the kernel
+    //! refuses: these pin that down.
+    use super::*;
+
+    fn route(dst: &str, gw: Option<&str>, oif: u32) -> Route {
+        let mut r = Route::new(dst.parse().unwrap());
+        r.gateway = gw.map(|g| g.parse().unwrap());
+        r.oif = Some(oif);
+        r
+    }
+
+    /// A node with one pod and a veth between them: (host, host end, pod
+    /// end's index).
+    fn pair() -> (FakeHost, Link, u32) {
+        let mut h = FakeHost::new();
+        let pod = h.open_pod("/ns/a", false).unwrap().unwrap();
+        let host = h
+            .create_veth("veth1", "eth0", pod, None, [2, 0, 0, 0, 0, 9])
+            .unwrap()
+            .unwrap();
+        let peer = host.peer_index.unwrap();
+        (h, host, peer)
+    }
+
+    #[test]
+    fn routes_need_their_link_up_and_their_gateway_on_it() {
+        let (mut h, host, _) = pair();
+        let via = route("10.0.0.0/8", Some("192.168.0.1"), host.index);
+        let mut s = LinkSetup {
+            index: host.index,
+            routes: vec![via.clone()],
+            ..Default::default()
+        };
+        let e = h.configure_link(&s).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENETDOWN), "{e}");
+        s.up = true;
+        let e = h.configure_link(&s).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{e}");
+        // the gateway on the link first: by a route, or an address's prefix
+        s.routes = vec![route("192.168.0.1/32", None, host.index), via.clone()];
+        h.configure_link(&s).unwrap();
+        h.configure_link(&s).unwrap(); // again: "already there" is fine
+        let mut other = FakeHost::new();
+        let pod = other.open_pod("/ns/b", false).unwrap().unwrap();
+        let l = other
+            .create_veth("veth2", "eth0", pod, None, [2; 6])
+            .unwrap()
+            .unwrap();
+        let with_prefix = LinkSetup {
+            index: l.index,
+            addresses: vec!["192.168.0.2/24".parse().unwrap()],
+            up: true,
+            routes: vec![route("10.0.0.0/8", Some("192.168.0.1"), l.index)],
+            ..Default::default()
+        };
+        other.configure_link(&with_prefix).unwrap();
+        let no_prefix = LinkSetup {
+            addr_flags: AddrFlags {
+                nodad: true,
+                noprefixroute: true,
+            },
+            routes: vec![route("10.1.0.0/16", Some("192.168.0.1"), l.index)],
+            ..with_prefix.clone()
+        };
+        other.host.addrs.clear();
+        let e = other.configure_link(&no_prefix).unwrap_err();
+        assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{e}");
+        // replace: one route per destination, the new one
+        let mut s2 = s.clone();
+        s2.routes = vec![route("10.0.0.0/8", None, host.index)];
+        s2.replace_routes = true;
+        h.configure_link(&s2).unwrap();
+        let dsts: Vec<_> = h.host.routes.iter().map(|r| r.gateway).collect();
+        assert_eq!(dsts, [None, None]);
+    }
+
+    #[test]
+    fn names_are_taken_links_must_exist_and_ports_need_a_bridge() {
+        let (mut h, host, _) = pair();
+        let pod = PodId(0);
+        let e = h
+            .create_veth("veth1", "eth1", pod, None, [2; 6])
+            .unwrap_err();
+        assert!(e.is_exists(), "{e}");
+        let e = h
+            .create_veth("veth9", "eth0", pod, None, [2; 6])
+            .unwrap_err();
+        assert!(e.is_exists(), "the pod's name is taken: {e}");
+        let e = h.add_address(99, "10.0.0.1/32".parse().unwrap(), AddrFlags::default());
+        assert!(e.unwrap_err().is_not_found());
+        let e = h.change_link(host.index, LinkChange::Master(host.index));
+        assert_eq!(e.unwrap_err().errno(), Some(libc::EINVAL));
+        h.create_bridge("br0", None).unwrap();
+        assert!(h.create_bridge("br0", None).unwrap_err().is_exists());
+    }
+
+    #[test]
+    fn either_end_takes_the_pair_with_its_addresses_and_routes() {
+        for from_pod in [false, true] {
+            let (mut h, host, peer) = pair();
+            let s = LinkSetup {
+                index: host.index,
+                addresses: vec!["10.0.0.1/32".parse().unwrap()],
+                up: true,
+                routes: vec![route("10.0.0.2/32", None, host.index)],
+                ..Default::default()
+            };
+            h.configure_link(&s).unwrap();
+            let ps = PodSetup {
+                sysctls: Vec::new(),
+                link: LinkSetup {
+                    index: peer,
+                    routes: vec![route("10.0.0.1/32", None, peer)],
+                    ..s.clone()
+                },
+            };
+            h.configure_pod(PodId(0), &ps).unwrap();
+            if from_pod {
+                h.delete_pod_link(PodId(0), "eth0").unwrap();
+            } else {
+                h.delete_link(host.index).unwrap();
+            }
+            let pod = h.pod("/ns/a").unwrap();
+            assert!(pod.links.is_empty() && pod.addrs.is_empty() && pod.routes.is_empty());
+            assert!(h.host.links.is_empty() && h.host.addrs.is_empty());
+            assert!(h.host.routes.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_failed_setup_may_have_been_applied() {
+        let (mut h, host, _) = pair();
+        h.fail_at = Some(h.steps.len());
+        let s = LinkSetup {
+            index: host.index,
+            addresses: vec!["10.0.0.1/32".parse().unwrap()],
+            up: true,
+            ..Default::default()
+        };
+        let e = h.configure_link(&s).unwrap_err();
+        assert!(e.to_string().contains("injected"), "{e}");
+        assert_eq!(h.link_setups, [s]);
+        assert_eq!(h.host.addrs.len(), 1, "the worst case: all of it made");
+    }
+}

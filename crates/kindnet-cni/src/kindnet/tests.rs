@@ -14,10 +14,15 @@ use kindnet_nft::Family;
 use serde_json::{Value, json};
 
 fn req(bed: &Bed, cid: &str, bridge: bool) -> Request {
+    req_at(bed, cid, bridge, 0)
+}
+
+/// With the host ports moved by `off` (two pods cannot map the same).
+fn req_at(bed: &Bed, cid: &str, bridge: bool, off: u16) -> Request {
     let mut conf = json!({"type": "kindnet", "ipMasq": true,
         "runtimeConfig": {"portMappings": [
-            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
-            {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "10.0.0.1"}]}});
+            {"hostPort": 8080 + off, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353 + off, "containerPort": 53, "protocol": "udp", "hostIP": "10.0.0.1"}]}});
     if bridge {
         conf["bridge"] = Value::from("kn0");
         conf["isGateway"] = Value::from(true);
@@ -98,5 +103,29 @@ fn del_removes_the_ports_then_the_pod_and_is_idempotent() {
         h.gone.push(netns("c1"));
         Kindnet.del_on(&mut h, &del).unwrap();
         assert_nothing_left(&mut h, &bed, "DEL again");
+    }
+}
+
+#[test]
+fn gc_removes_what_is_not_valid_through_the_same_host() {
+    for bridge in [false, true] {
+        let bed = Bed::new();
+        let mut h = FakeHost::new();
+        let kept = Kindnet.add_on(&mut h, &req(&bed, "keep", bridge)).unwrap();
+        Kindnet
+            .add_on(&mut h, &req_at(&bed, "leak", bridge, 1))
+            .unwrap();
+        let full = (port_elements(&mut h), bed.allocations().len());
+        let mut gc = crate::host::bed::as_command(&req(&bed, "keep", bridge), Command::Gc);
+        gc.conf.valid_attachments = Some(vec![
+            serde_json::from_value(json!({"containerID": "keep", "ifname": "eth0"})).unwrap(),
+        ]);
+        Kindnet.gc_on(&mut h, &gc).unwrap();
+        assert_eq!(h.veths().len(), 1, "bridge {bridge}");
+        assert_eq!(bed.allocations().len(), full.1 / 2);
+        assert_eq!(port_elements(&mut h), full.0 / 2);
+        // what is kept is whole
+        let check = check_of(&req(&bed, "keep", bridge), &kept);
+        Kindnet.check_on(&mut h, &check).unwrap();
     }
 }
