@@ -386,6 +386,44 @@ fn detach_stdio() {
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_is_one_batch_of_addresses_up_and_routes() {
+        let mut r = Route::new("10.0.0.0/8".parse().unwrap());
+        r.oif = Some(3);
+        let s = LinkSetup {
+            index: 3,
+            addresses: vec![
+                "10.0.0.1/32".parse().unwrap(),
+                "fd00::1/128".parse().unwrap(),
+            ],
+            up: true,
+            routes: vec![r.clone()],
+            ..Default::default()
+        };
+        assert_eq!(s.to_batch().unwrap().len(), 4);
+        let quiet = LinkSetup {
+            up: false,
+            ..s.clone()
+        };
+        assert_eq!(quiet.to_batch().unwrap().len(), 3);
+        // what netlink cannot express is refused before anything is sent
+        let mut bad = Route::new("fd00::/64".parse().unwrap());
+        bad.gateway = Some("10.0.0.1".parse().unwrap());
+        let Err(e) = (LinkSetup {
+            routes: vec![r, bad],
+            ..s
+        })
+        .to_batch() else {
+            panic!("an IPv6 route via an IPv4 gateway was taken");
+        };
+        assert!(e.to_string().contains("IPv4 gateway"), "{e}");
+    }
+}
+
+#[cfg(test)]
 pub mod bed;
 #[cfg(test)]
 pub mod fake;
