@@ -358,7 +358,15 @@ pub fn del(
     container_id: &str,
     ifname: &str,
 ) -> Result<(), CniError> {
-    release(&cfg.data_dir, network, container_id, ifname, |_| true, true).map(drop)
+    release(
+        &cfg.data_dir,
+        network,
+        container_id,
+        ifname,
+        &|_| true,
+        true,
+    )
+    .map(drop)
 }
 
 /// Releases, of `ips`, those still held by exactly (`container_id`,
@@ -373,14 +381,16 @@ pub fn release_attachment(
     ifname: &str,
     ips: &[IpAddr],
 ) -> Result<Vec<IpAddr>, CniError> {
-    release(
+    let mut released = release(
         data_dir,
         network,
         container_id,
         ifname,
-        |ip| ips.contains(&ip),
+        &|ip| ips.contains(&ip),
         false,
-    )
+    )?;
+    released.sort();
+    Ok(released)
 }
 
 /// What [`del`] and [`release_attachment`] share: under the exclusive lock,
@@ -388,13 +398,13 @@ pub fn release_attachment(
 /// (with `legacy`, when it holds none, those its container holds in
 /// legacy files), then the attachment's owner links whose address is gone.
 /// Every release is tried; the first failure is returned. Returns the
-/// addresses released, sorted.
+/// addresses released.
 fn release(
     data_dir: &Path,
     network: &str,
     container_id: &str,
     ifname: &str,
-    which: impl Fn(IpAddr) -> bool,
+    which: &dyn Fn(IpAddr) -> bool,
     legacy: bool,
 ) -> Result<Vec<IpAddr>, CniError> {
     let id = attachment(container_id, ifname)?;
@@ -402,9 +412,9 @@ fn release(
         return Ok(Vec::new());
     };
     let mut view = View::new(&store, false)?;
-    let mut targets = view.held_by(id, ifname, &which);
+    let mut targets = view.held_by(id, ifname, which);
     if targets.is_empty() && legacy {
-        targets = view.legacy_held_by(id, &which);
+        targets = view.legacy_held_by(id, which);
     }
     let mut first_err = None;
     let mut released = Vec::new();
@@ -423,7 +433,6 @@ fn release(
             let _ = store.remove(view.scan.link_name(l));
         }
     }
-    released.sort();
     first_err.map_or(Ok(released), Err)
 }
 
