@@ -358,29 +358,15 @@ pub fn del(
     container_id: &str,
     ifname: &str,
 ) -> Result<(), CniError> {
-    let id = attachment(container_id, ifname)?;
-    let Some(store) = Store::open_existing(&cfg.data_dir, network, LockMode::Exclusive)? else {
-        return Ok(());
-    };
-    let mut view = View::new(&store, false)?;
-    let mut targets = view.held_by(id, ifname, |_| true);
-    if targets.is_empty() {
-        targets = view.legacy_held_by(id, |_| true);
-    }
-    let mut first_err = None;
-    for i in targets {
-        if let Err(e) = view.release(i) {
-            first_err.get_or_insert(e);
-        }
-    }
-    // Owner links of this attachment whose address is already gone.
-    let live: Vec<(u64, IpAddr)> = view.scan.ips.iter().map(|f| (f.ino, f.ip)).collect();
-    for l in view.scan.links_of(id, ifname) {
-        if !live.contains(&(l.ino, l.ip)) {
-            let _ = store.remove(view.scan.link_name(l));
-        }
-    }
-    first_err.map_or(Ok(()), Err)
+    release(
+        &cfg.data_dir,
+        network,
+        container_id,
+        ifname,
+        &|_| true,
+        true,
+    )
+    .map(drop)
 }
 
 /// Releases, of `ips`, those still held by exactly (`container_id`,
@@ -395,19 +381,59 @@ pub fn release_attachment(
     ifname: &str,
     ips: &[IpAddr],
 ) -> Result<Vec<IpAddr>, CniError> {
+    let mut released = release(
+        data_dir,
+        network,
+        container_id,
+        ifname,
+        &|ip| ips.contains(&ip),
+        false,
+    )?;
+    released.sort();
+    Ok(released)
+}
+
+/// What [`del`] and [`release_attachment`] share: under the exclusive lock,
+/// releases the addresses of `which` that (`container_id`, `ifname`) holds
+/// (with `legacy`, when it holds none, those its container holds in
+/// legacy files), then the attachment's owner links whose address is gone.
+/// Every release is tried; the first failure is returned. Returns the
+/// addresses released.
+fn release(
+    data_dir: &Path,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    which: &dyn Fn(IpAddr) -> bool,
+    legacy: bool,
+) -> Result<Vec<IpAddr>, CniError> {
     let id = attachment(container_id, ifname)?;
     let Some(store) = Store::open_existing(data_dir, network, LockMode::Exclusive)? else {
         return Ok(Vec::new());
     };
     let mut view = View::new(&store, false)?;
-    let targets = view.held_by(id, ifname, |ip| ips.contains(&ip));
+    let mut targets = view.held_by(id, ifname, which);
+    if targets.is_empty() && legacy {
+        targets = view.legacy_held_by(id, which);
+    }
+    let mut first_err = None;
     let mut released = Vec::new();
     for i in targets {
-        view.release(i)?;
-        released.push(view.scan.ips[i].ip);
+        match view.release(i) {
+            Ok(()) => released.push(view.scan.ips[i].ip),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
     }
-    released.sort();
-    Ok(released)
+    // Owner links of this attachment whose address is already gone.
+    let live: Vec<(u64, IpAddr)> = view.scan.ips.iter().map(|f| (f.ino, f.ip)).collect();
+    for l in view.scan.links_of(id, ifname) {
+        if !live.contains(&(l.ino, l.ip)) {
+            let _ = store.remove(view.scan.link_name(l));
+        }
+    }
+    first_err.map_or(Ok(released), Err)
 }
 
 /// CHECK: (`container_id`, `ifname`) holds an address in every range set

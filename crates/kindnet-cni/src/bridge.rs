@@ -1,7 +1,7 @@
 //! `bridge`: every pod's host end is a port of one bridge per node; with
 //! `isGateway` the bridge carries the gateway address of each range.
 
-use crate::host::{Host, LinkChange, NetlinkHost};
+use crate::host::{Host, LinkChange, NetlinkHost, OnHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
@@ -239,23 +239,41 @@ fn unspecified(a: IpAddr) -> IpAddr {
 
 pub struct Bridge;
 
+impl OnHost for Bridge {
+    fn add_on(&self, h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError> {
+        let c = parse(req)?;
+        veth::add(h, req, &options(&c), &BridgeHost(&c))
+    }
+    fn del_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        veth::del(h, req, &options(&parse(req)?))
+    }
+    fn check_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        let c = parse(req)?;
+        veth::check(h, req, &BridgeHost(&c))
+    }
+    fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        veth::gc(h, req, &options(&parse(req)?))
+    }
+}
+
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        let c = parse(req)?;
-        veth::add(&mut NetlinkHost::new()?, req, &options(&c), &BridgeHost(&c))
+        self.add_on(&mut NetlinkHost::new()?, req)
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        veth::del(&mut NetlinkHost::new()?, req, &options(&parse(req)?))
+        self.del_on(&mut NetlinkHost::new()?, req)
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        let c = parse(req)?;
-        veth::check(&mut NetlinkHost::new()?, req, &BridgeHost(&c))
+        self.check_on(&mut NetlinkHost::new()?, req)
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         parse(req)?;
         veth::status(req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        veth::gc(&mut NetlinkHost::new()?, req, &options(&parse(req)?))
+        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,16 +1,19 @@
 //! The seam between the veth plugins' decisions and the kernel: every
 //! effect `ptp`, `bridge` and `kindnet` have on the node and the pod —
 //! links, addresses, routes, sysctls, the pod's namespace, nftables — goes
-//! through [`Host`]. [`NetlinkHost`] is the real node; the unit tests use
-//! a recording fake (`host::fake`) that can fail at any step, so every
-//! rollback path is tested without root.
+//! through [`Host`], as typed values: a [`LinkSetup`] (addresses, up,
+//! routes of one link), a [`PodSetup`] (the pod end's sysctls and setup),
+//! a [`LinkChange`]. Only [`NetlinkHost`], the real node, turns them into
+//! netlink messages. The unit tests use a fake (`host::fake`) that models
+//! the namespaces, records every setup and can fail at any step, so the
+//! layouts, CHECK and every rollback path are tested without root.
 
 // Raw syscalls: fork(2) for the detached veth delete, and the child's stdio.
 #![allow(unsafe_code)]
 
 use crate::nl_err;
 use ipnet::IpNet;
-use kindnet_cni_spec::CniError;
+use kindnet_cni_spec::{CniError, CniResult, Request};
 use kindnet_netlink::nftables::{ChainState, NfTables};
 use kindnet_netlink::{
     AddrFlags, Address, Batch, Family, Handle, Link, Netns, Route, RouteFilter, sysctl,
@@ -31,6 +34,55 @@ pub enum LinkChange {
     /// Enslave to this bridge.
     Master(u32),
     Hairpin,
+}
+
+/// Addresses, up, routes of one link, applied in this order in one netlink
+/// round trip (each change acknowledged on its own).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkSetup {
+    /// The link's ifindex in the namespace the setup is applied in.
+    pub index: u32,
+    /// Added to the link; one already there is fine.
+    pub addresses: Vec<IpNet>,
+    pub addr_flags: AddrFlags,
+    /// Set the link up, after its addresses.
+    pub up: bool,
+    /// Routes, after the link is up, in order: a route via a gateway comes
+    /// after the route that puts the gateway on the link.
+    pub routes: Vec<Route>,
+    /// Replace a route to the same destination (a stale route of a reused
+    /// address) instead of keeping it.
+    pub replace_routes: bool,
+}
+
+impl LinkSetup {
+    /// The netlink batch of the setup: what only the real host builds.
+    pub fn to_batch(&self) -> NlResult<Batch> {
+        let mut b = Batch::new();
+        for a in &self.addresses {
+            b.ensure_address(self.index, *a, self.addr_flags);
+        }
+        if self.up {
+            b.set_up(self.index);
+        }
+        for r in &self.routes {
+            if self.replace_routes {
+                b.replace_route(r)?;
+            } else {
+                b.ensure_route(r)?;
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// The pod end's setup, in one visit to the pod's namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSetup {
+    /// Sysctls (keys as [`sysctl::set`] takes them) set first: they must be
+    /// in place before the addresses (IPv6 DAD).
+    pub sysctls: Vec<(String, &'static str)>,
+    pub link: LinkSetup,
 }
 
 /// What CHECK reads of the pod end, in one visit to its namespace.
@@ -69,19 +121,14 @@ pub trait Host {
     fn add_address(&mut self, index: u32, addr: IpNet, flags: AddrFlags) -> NlResult<()>;
     fn del_address(&mut self, index: u32, addr: IpNet) -> NlResult<()>;
     fn routes(&mut self, family: Family, filter: RouteFilter) -> NlResult<Vec<Route>>;
-    /// Host-side changes in one round trip.
-    fn apply(&mut self, batch: Batch) -> NlResult<()>;
+    /// A host link's addresses, up and routes in one round trip.
+    fn configure_link(&mut self, setup: &LinkSetup) -> NlResult<()>;
 
     fn sysctl_get(&mut self, key: &str) -> Option<String>;
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), CniError>;
 
-    /// Inside the pod: `sysctls`, then `batch` in one round trip.
-    fn configure_pod(
-        &mut self,
-        pod: PodId,
-        sysctls: &[(String, &'static str)],
-        batch: Batch,
-    ) -> Result<(), CniError>;
+    /// Inside the pod: the sysctls, then the link's setup in one round trip.
+    fn configure_pod(&mut self, pod: PodId, setup: &PodSetup) -> Result<(), CniError>;
     fn pod_view(&mut self, pod: PodId, ifname: &str) -> Result<PodView, CniError>;
     /// Deletes the pod end without making the runtime wait (the host end
     /// and its routes go with it).
@@ -92,6 +139,18 @@ pub trait Host {
     /// process on the hot path).
     fn nft_chain_state(&mut self, table: &str, chain: &str) -> Result<ChainState, CniError>;
     fn sleep(&mut self, d: std::time::Duration);
+}
+
+/// A plugin whose every effect goes through a [`Host`]: its [`Plugin`]
+/// commands run these on the real node ([`NetlinkHost`]), the unit tests
+/// on a fake.
+///
+/// [`Plugin`]: kindnet_cni_spec::Plugin
+pub trait OnHost: kindnet_cni_spec::Plugin {
+    fn add_on(&self, h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError>;
+    fn del_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
+    fn check_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
+    fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
 }
 
 /// The real node: one rtnetlink socket, the pod namespaces it opened, and
@@ -189,8 +248,9 @@ impl Host for NetlinkHost {
     fn routes(&mut self, family: Family, filter: RouteFilter) -> NlResult<Vec<Route>> {
         self.h.routes(family, filter)
     }
-    fn apply(&mut self, batch: Batch) -> NlResult<()> {
-        self.h.apply(batch)
+    fn configure_link(&mut self, setup: &LinkSetup) -> NlResult<()> {
+        let b = setup.to_batch()?;
+        self.h.apply(b)
     }
 
     fn sysctl_get(&mut self, key: &str) -> Option<String> {
@@ -204,15 +264,14 @@ impl Host for NetlinkHost {
     /// Runs on this thread inside the namespace (the plugin is
     /// single-threaded), because `/proc/sys/net` follows the namespace of
     /// the thread that opens it.
-    fn configure_pod(
-        &mut self,
-        pod: PodId,
-        sysctls: &[(String, &'static str)],
-        batch: Batch,
-    ) -> Result<(), CniError> {
+    fn configure_pod(&mut self, pod: PodId, setup: &PodSetup) -> Result<(), CniError> {
+        let batch = setup
+            .link
+            .to_batch()
+            .map_err(nl_err("configure the pod end"))?;
         let ns = self.pod(pod)?;
         ns.enter(|| -> Result<(), CniError> {
-            for (key, val) in sysctls {
+            for (key, val) in &setup.sysctls {
                 sysctl::set(key, val)
                     .map_err(|e| CniError::io(format!("set {}: {e}", key.replace('/', "."))))?;
             }
@@ -326,5 +385,45 @@ fn detach_stdio() {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setup_is_one_batch_of_addresses_up_and_routes() {
+        let mut r = Route::new("10.0.0.0/8".parse().unwrap());
+        r.oif = Some(3);
+        let s = LinkSetup {
+            index: 3,
+            addresses: vec![
+                "10.0.0.1/32".parse().unwrap(),
+                "fd00::1/128".parse().unwrap(),
+            ],
+            up: true,
+            routes: vec![r.clone()],
+            ..Default::default()
+        };
+        assert_eq!(s.to_batch().unwrap().len(), 4);
+        let quiet = LinkSetup {
+            up: false,
+            ..s.clone()
+        };
+        assert_eq!(quiet.to_batch().unwrap().len(), 3);
+        // what netlink cannot express is refused before anything is sent
+        let mut bad = Route::new("fd00::/64".parse().unwrap());
+        bad.gateway = Some("10.0.0.1".parse().unwrap());
+        let Err(e) = (LinkSetup {
+            routes: vec![r, bad],
+            ..s
+        })
+        .to_batch() else {
+            panic!("an IPv6 route via an IPv4 gateway was taken");
+        };
+        assert!(e.to_string().contains("IPv4 gateway"), "{e}");
+    }
+}
+
+#[cfg(test)]
+pub mod bed;
 #[cfg(test)]
 pub mod fake;

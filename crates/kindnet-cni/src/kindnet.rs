@@ -7,13 +7,15 @@
 //! `portmap`) keeps: the same veth names and owner tags, the same IPAM
 //! files, the same nftables elements. So the conflist can switch between
 //! the two under running pods: DEL, CHECK and GC of a pod made by either
-//! work with either.
+//! work with either. Every effect, the port mappings' nftables included,
+//! goes through one [`Host`].
 
+use crate::host::{Host, NetlinkHost, OnHost};
 use crate::{bridge, portmap, ptp};
-use kindnet_cni_spec::{CniError, CniResult, Plugin, Request, code};
+use kindnet_cni_spec::{CniError, CniResult, Plugin, Request, code, log_warn};
 
 /// Which veth layout the configuration asks for.
-fn layout(req: &Request) -> &'static dyn Plugin {
+fn layout(req: &Request) -> &'static dyn OnHost {
     if req.conf.raw.contains_key("bridge") {
         &bridge::Bridge
     } else {
@@ -23,47 +25,62 @@ fn layout(req: &Request) -> &'static dyn Plugin {
 
 pub struct Kindnet;
 
-impl Plugin for Kindnet {
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+impl OnHost for Kindnet {
+    fn add_on(&self, h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError> {
         // Validate the mappings before anything is created.
         let maps = portmap::mappings(req)?;
-        let res = layout(req).add(req)?;
-        let mapped =
-            crate::host_nft().and_then(|mut nft| portmap::map_ports(&mut nft, req, &maps, &res));
-        if let Err(e) = mapped {
+        let res = layout(req).add_on(h, req)?;
+        if let Err(e) = portmap::map_ports(h.nft(), req, &maps, &res) {
             // All or nothing: the nft batch failed as a whole, so undo the
             // pod (DEL needs nothing but the attachment) before reporting.
             let _ = layout(req)
-                .del(req)
-                .map_err(|u| kindnet_cni_spec::log_warn!("rollback: {u}"));
+                .del_on(h, req)
+                .map_err(|u| log_warn!("rollback: {u}"));
             return Err(e);
         }
         Ok(res)
     }
 
     /// In the reverse order of ADD: the port mappings, then the pod.
-    fn del(&self, req: &Request) -> Result<(), CniError> {
+    fn del_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         let maps = portmap::mappings(req)?;
-        portmap::unmap_ports(&mut crate::host_nft()?, req, &maps)?;
-        layout(req).del(req)
+        portmap::unmap_ports(h.nft(), req, &maps)?;
+        layout(req).del_on(h, req)
     }
 
-    fn check(&self, req: &Request) -> Result<(), CniError> {
+    fn check_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         let maps = portmap::mappings(req)?;
-        layout(req).check(req)?;
+        layout(req).check_on(h, req)?;
         let prev = req
             .prev_result()?
             .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "CHECK needs \"prevResult\""))?;
-        portmap::check_ports(&mut crate::host_nft()?, req, &maps, &prev)
+        portmap::check_ports(h.nft(), req, &maps, &prev)
     }
 
+    fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+        portmap::gc(h.nft(), req)?;
+        layout(req).gc_on(h, req)
+    }
+}
+
+impl Plugin for Kindnet {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        self.add_on(&mut NetlinkHost::new()?, req)
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        self.del_on(&mut NetlinkHost::new()?, req)
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        self.check_on(&mut NetlinkHost::new()?, req)
+    }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         portmap::mappings(req)?;
         layout(req).status(req)
     }
-
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        portmap::gc(&mut crate::host_nft()?, req)?;
-        layout(req).gc(req)
+        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
+
+#[cfg(test)]
+mod tests;

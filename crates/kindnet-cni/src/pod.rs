@@ -7,11 +7,10 @@
 //! - bridged (`bridge`): `IP/prefix` with its connected route, then the IPAM
 //!   routes via GW.
 
-use crate::host::{Host, PodId, PodView};
-use crate::nl_err;
+use crate::host::{Host, LinkSetup, PodId, PodSetup, PodView};
 use ipnet::IpNet;
 use kindnet_cni_spec::{CniError, IpConfig, RouteConfig};
-use kindnet_netlink::{AddrFlags, Batch, Route, Scope};
+use kindnet_netlink::{AddrFlags, Route, Scope};
 use std::net::IpAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,9 +94,41 @@ pub fn format_mac(mac: Option<[u8; 6]>) -> String {
     .unwrap_or_default()
 }
 
-/// Configures the pod end (`ifname`, ifindex `index` inside `pod`, known
-/// from the veth's creation) in one netlink round trip: every address, up,
-/// every route.
+/// The pod end's setup (`ifname`, ifindex `index` inside the pod, known
+/// from the veth's creation): every address, up, every route of `layout`
+/// (pure).
+pub fn setup_of(
+    ifname: &str,
+    index: u32,
+    layout: Layout,
+    ips: &[IpConfig],
+    ipam_routes: &[RouteConfig],
+) -> PodSetup {
+    let mut sysctls = Vec::new();
+    if ips.iter().any(|c| c.address.addr().is_ipv6()) {
+        // Usable at once: no duplicate address detection (the reference
+        // waits ~1.8 s for it) and no router advertisements.
+        for (key, val) in [("accept_dad", "0"), ("accept_ra", "0")] {
+            sysctls.push((kindnet_netlink::sysctl::ipv6_conf(ifname, key), val));
+        }
+    }
+    PodSetup {
+        sysctls,
+        link: LinkSetup {
+            index,
+            addresses: ips.iter().map(|c| c.address).collect(),
+            addr_flags: AddrFlags {
+                nodad: true,
+                noprefixroute: layout == Layout::PointToPoint,
+            },
+            up: true,
+            routes: pod_routes(layout, ips, ipam_routes, index),
+            replace_routes: false,
+        },
+    }
+}
+
+/// Configures the pod end in one visit to its namespace (see [`setup_of`]).
 pub fn setup(
     host: &mut dyn Host,
     pod: PodId,
@@ -107,28 +138,7 @@ pub fn setup(
     ips: &[IpConfig],
     ipam_routes: &[RouteConfig],
 ) -> Result<(), CniError> {
-    let mut sysctls = Vec::new();
-    if ips.iter().any(|c| c.address.addr().is_ipv6()) {
-        // Usable at once: no duplicate address detection (the reference
-        // waits ~1.8 s for it) and no router advertisements.
-        for (key, val) in [("accept_dad", "0"), ("accept_ra", "0")] {
-            sysctls.push((kindnet_netlink::sysctl::ipv6_conf(ifname, key), val));
-        }
-    }
-    let flags = AddrFlags {
-        nodad: true,
-        noprefixroute: layout == Layout::PointToPoint,
-    };
-    let mut b = Batch::new();
-    for c in ips {
-        b.ensure_address(index, c.address, flags);
-    }
-    b.set_up(index);
-    for r in pod_routes(layout, ips, ipam_routes, index) {
-        b.ensure_route(&r)
-            .map_err(nl_err(format!("route {} in the pod", r.dst)))?;
-    }
-    host.configure_pod(pod, &sysctls, b)
+    host.configure_pod(pod, &setup_of(ifname, index, layout, ips, ipam_routes))
 }
 
 /// CHECK of the pod end (as read into `view`) against the previous result:

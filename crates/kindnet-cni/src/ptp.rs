@@ -2,14 +2,14 @@
 //! address as /32 (/128) and the host has one /32 (/128) route per pod
 //! address to its veth (seed 003).
 
-use crate::host::{Host, NetlinkHost};
+use crate::host::{Host, LinkSetup, NetlinkHost, OnHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
 use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request};
-use kindnet_netlink::{AddrFlags, Batch, Family, Link, Route, RouteFilter, Scope};
+use kindnet_netlink::{AddrFlags, Family, Link, Route, RouteFilter, Scope};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -54,6 +54,23 @@ fn host_route(host: &Link, ip: &IpConfig) -> Route {
     r
 }
 
+/// The host end in one round trip: the gateway(s) without their prefix
+/// route, up, one host route per pod address (replacing a stale one of a
+/// reused address).
+fn host_setup(host: &Link, ips: &[IpConfig]) -> LinkSetup {
+    LinkSetup {
+        index: host.index,
+        addresses: gateways(ips),
+        addr_flags: AddrFlags {
+            nodad: true,
+            noprefixroute: true,
+        },
+        up: true,
+        routes: ips.iter().map(|ip| host_route(host, ip)).collect(),
+        replace_routes: true,
+    }
+}
+
 impl HostSide for PtpHost {
     fn layout(&self) -> Layout {
         Layout::PointToPoint
@@ -65,25 +82,7 @@ impl HostSide for PtpHost {
         host: &Link,
         ips: &[IpConfig],
     ) -> Result<Vec<Interface>, CniError> {
-        let flags = AddrFlags {
-            nodad: true,
-            noprefixroute: true,
-        };
-        // One round trip: the gateway(s), up, one host route per address.
-        let mut b = Batch::new();
-        for gw in gateways(ips) {
-            b.ensure_address(host.index, gw, flags);
-        }
-        b.set_up(host.index);
-        for ip in ips {
-            b.replace_route(&host_route(host, ip))
-                .map_err(nl_err(format!(
-                    "route {} dev {}",
-                    ip.address.addr(),
-                    host.name
-                )))?;
-        }
-        h.apply(b)
+        h.configure_link(&host_setup(host, ips))
             .map_err(nl_err(format!("configure host end {}", host.name)))?;
         Ok(Vec::new())
     }
@@ -127,38 +126,40 @@ impl HostSide for PtpHost {
     }
 }
 
-impl Ptp {
-    /// The plugin against any host (a fake in unit tests).
-    pub fn add_on(h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError> {
+impl OnHost for Ptp {
+    fn add_on(&self, h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError> {
         veth::add(h, req, &options(req)?, &PtpHost)
     }
-    pub fn del_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+    fn del_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         veth::del(h, req, &options(req)?)
     }
-    pub fn check_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+    fn check_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         options(req)?;
         veth::check(h, req, &PtpHost)
     }
-    pub fn gc_on(h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
+    fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         veth::gc(h, req, &options(req)?)
     }
 }
 
 impl Plugin for Ptp {
     fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        Ptp::add_on(&mut NetlinkHost::new()?, req)
+        self.add_on(&mut NetlinkHost::new()?, req)
     }
     fn del(&self, req: &Request) -> Result<(), CniError> {
-        Ptp::del_on(&mut NetlinkHost::new()?, req)
+        self.del_on(&mut NetlinkHost::new()?, req)
     }
     fn check(&self, req: &Request) -> Result<(), CniError> {
-        Ptp::check_on(&mut NetlinkHost::new()?, req)
+        self.check_on(&mut NetlinkHost::new()?, req)
     }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         options(req)?;
         veth::status(req)
     }
     fn gc(&self, req: &Request) -> Result<(), CniError> {
-        Ptp::gc_on(&mut NetlinkHost::new()?, req)
+        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -74,7 +74,7 @@ pub fn add(
 ) -> Result<CniResult, CniError> {
     let mut t = crate::timing::Steps::start();
     let (a, owner) = crate::attachment(req)?;
-    let pod_ref = crate::netpol::pod_ref(req)?;
+    let pod_ref = crate::policy_handoff::pod_ref(req)?;
     let ipam = Ipam::resolve(req)?;
     t.mark("resolve");
     let pod = h
@@ -117,7 +117,7 @@ pub fn add(
         if opts.ip_masq {
             masq::setup(h.nft(), &res.ips, &owner)?;
         }
-        crate::netpol::hand_off(h, pod_ref.as_ref(), &addrs)?;
+        crate::policy_handoff::hand_off(h, pod_ref.as_ref(), &addrs)?;
         t.mark("netpol");
         interfaces.push(Interface {
             name: host.name.clone(),
@@ -275,128 +275,25 @@ pub fn gc(h: &mut dyn Host, req: &Request, opts: &Options) -> Result<(), CniErro
 
 #[cfg(test)]
 mod tests {
-    //! ADD's rollback at every step, the replacement of a killed ADD's
-    //! leftover, and DEL's order — against the recording fake host, no root.
+    //! The flow every veth plugin shares, through `ptp`: the replacement of
+    //! a killed ADD's leftover, DEL's order, the NetworkPolicy hand-off —
+    //! against the fake host, no root. Each plugin's layout, rollback and
+    //! CHECK are tested beside it (`ptp/tests.rs`, `bridge/tests.rs`,
+    //! `kindnet/tests.rs`).
     use super::*;
+    use crate::host::OnHost;
+    use crate::host::bed::{Bed, elements};
     use crate::host::fake::FakeHost;
     use crate::ptp::Ptp;
-    use kindnet_cni_spec::{Command, Env, NetConf, version::Version};
-    use kindnet_nft::{Family, Nft, TableRef, Value};
-
-    struct Bed {
-        dir: tempfile::TempDir,
-    }
-
-    impl Bed {
-        /// A CNI_PATH whose `host-local` is this very binary (so IPAM runs
-        /// in-process) and an IPAM data dir, both temporary.
-        fn new() -> Bed {
-            let dir = tempfile::tempdir().unwrap();
-            let exe = std::fs::read_link("/proc/self/exe").unwrap();
-            std::os::unix::fs::symlink(exe, dir.path().join("host-local")).unwrap();
-            Bed { dir }
-        }
-
-        fn req(&self, command: Command, container_id: &str, ip_masq: bool) -> Request {
-            self.req_in(
-                command,
-                container_id,
-                ip_masq,
-                ["10.244.1.0/24", "fd00:1::/64"],
-            )
-        }
-
-        fn req_in(
-            &self,
-            command: Command,
-            container_id: &str,
-            ip_masq: bool,
-            subnets: [&str; 2],
-        ) -> Request {
-            let data = self.dir.path().join("ipam");
-            let conf = serde_json::json!({
-                "cniVersion": "1.1.0", "name": "net", "type": "ptp", "ipMasq": ip_masq,
-                "ipam": {"type": "host-local", "dataDir": data,
-                         "ranges": [[{"subnet": subnets[0]}], [{"subnet": subnets[1]}]],
-                         "routes": [{"dst": "0.0.0.0/0"}]},
-            });
-            let stdin = conf.to_string().into_bytes();
-            Request {
-                command,
-                env: Env {
-                    container_id: container_id.into(),
-                    netns: format!("/var/run/netns/{container_id}"),
-                    ifname: "eth0".into(),
-                    args: Vec::new(),
-                    path: vec![self.dir.path().to_path_buf()],
-                },
-                conf: NetConf::parse(&stdin).unwrap(),
-                stdin,
-                version: Version::V1_1_0,
-            }
-        }
-
-        fn allocations(&self) -> Vec<kindnet_ipam::Allocation> {
-            kindnet_ipam::allocations(&self.dir.path().join("ipam"), "net").unwrap_or_default()
-        }
-    }
+    use kindnet_cni_spec::Command;
+    use kindnet_nft::{Family, Nft, Value};
 
     fn masq_elements(h: &mut FakeHost) -> usize {
-        let t = TableRef::new(Family::Inet, masq::TABLE).unwrap();
-        h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
+        elements(h, Family::Inet, masq::TABLE)
     }
 
     fn antispoof_elements(h: &mut FakeHost) -> usize {
-        let t = antispoof::table(Family::Inet);
-        h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
-    }
-
-    #[test]
-    fn add_rolls_back_completely_whichever_step_fails() {
-        let bed = Bed::new();
-        // A successful ADD, to count its steps.
-        let mut ok = FakeHost::new();
-        let res = Ptp::add_on(&mut ok, &bed.req(Command::Add, "c1", true)).unwrap();
-        assert_eq!(res.ips.len(), 2);
-        assert_eq!(masq_elements(&mut ok), 4);
-        assert_eq!(antispoof_elements(&mut ok), 2);
-        let steps = ok.steps.len();
-        assert!(steps >= 6, "{:?}", ok.steps);
-        Ptp::del_on(&mut ok, &bed.req(Command::Del, "c1", true)).unwrap();
-        assert!(bed.allocations().is_empty());
-
-        for fail in 0..steps {
-            let mut h = FakeHost::new();
-            h.fail_at = Some(fail);
-            let e = Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", true)).unwrap_err();
-            assert!(
-                e.msg.contains("injected"),
-                "step {fail} ({}): {e}",
-                h.steps[fail]
-            );
-            assert!(
-                h.veths().is_empty(),
-                "step {fail}: veth left: {:?}",
-                h.steps
-            );
-            assert!(h.pod_links.is_empty(), "step {fail}: pod end left");
-            assert!(bed.allocations().is_empty(), "step {fail}: address left");
-            assert_eq!(masq_elements(&mut h), 0, "step {fail}: masquerade left");
-            assert_eq!(
-                antispoof_elements(&mut h),
-                0,
-                "step {fail}: anti-spoofing pair left"
-            );
-        }
-        // and each failing nft transaction (anti-spoofing, masquerade)
-        for fail in 0..2 {
-            let mut h = FakeHost::new();
-            h.nft.fail_apply = Some(fail);
-            assert!(Ptp::add_on(&mut h, &bed.req(Command::Add, "c3", true)).is_err());
-            assert!(h.veths().is_empty() && bed.allocations().is_empty());
-            assert_eq!(antispoof_elements(&mut h), 0, "nft batch {fail}");
-            assert_eq!(masq_elements(&mut h), 0, "nft batch {fail}");
-        }
+        elements(h, Family::Inet, antispoof::TABLE)
     }
 
     #[test]
@@ -406,18 +303,22 @@ mod tests {
         let name = hostlink::host_veth_name(&a);
         // untagged: an ADD killed between creating and tagging
         let mut h = FakeHost::new().with_link(&name, "veth", None);
-        let old = h.links[0].index;
-        Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap();
+        let old = h.host.links[0].index;
+        Ptp.add_on(&mut h, &bed.req(Command::Add, "c1", false))
+            .unwrap();
         assert!(h.steps.iter().any(|s| s == &format!("delete link #{old}")));
-        let l = h.links.iter().find(|l| l.name == name).unwrap();
+        let l = h.host.link(&name).unwrap();
         assert_eq!(l.alias.as_deref(), Some(a.owner().to_string().as_str()));
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c1", false))
+            .unwrap();
 
         // a link of the same name that someone else tagged is not ours
         let mut h = FakeHost::new().with_link(&name, "veth", Some("someone else"));
-        let e = Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap_err();
+        let e = Ptp
+            .add_on(&mut h, &bed.req(Command::Add, "c1", false))
+            .unwrap_err();
         assert!(e.msg.contains("belongs to something else"), "{e}");
-        assert_eq!(h.links.len(), 1, "the foreign link stays");
+        assert_eq!(h.host.links.len(), 1, "the foreign link stays");
         assert!(bed.allocations().is_empty(), "the address was released");
     }
 
@@ -425,11 +326,13 @@ mod tests {
     fn del_tears_down_in_reverse_and_is_idempotent() {
         let bed = Bed::new();
         let mut h = FakeHost::new();
-        Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", true)).unwrap();
+        Ptp.add_on(&mut h, &bed.req(Command::Add, "c1", true))
+            .unwrap();
         h.steps.clear();
         let nft_before = h.nft.applied.len();
         assert_eq!(bed.allocations().len(), 2);
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c1", true))
+            .unwrap();
         // the masquerade teardown (one nft batch) before the veth, the
         // anti-spoofing pairs after it
         assert_eq!(h.nft.applied.len(), nft_before + 2);
@@ -445,10 +348,11 @@ mod tests {
         assert!(bed.allocations().is_empty());
         assert!(h.veths().is_empty());
         // again, and with the namespace gone
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", true)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c1", true))
+            .unwrap();
         let mut gone = bed.req(Command::Del, "c1", true);
         gone.env.netns.clear();
-        Ptp::del_on(&mut h, &gone).unwrap();
+        Ptp.del_on(&mut h, &gone).unwrap();
     }
 
     /// A fake kindnetd table with the dispatch maps and the chains of `pods`.
@@ -504,7 +408,7 @@ mod tests {
         let bed = Bed::new();
         // policy off: no table, no nft call but the anti-spoofing batch
         let mut h = FakeHost::new();
-        Ptp::add_on(
+        Ptp.add_on(
             &mut h,
             &with_pod(bed.req(Command::Add, "c0", false), "x", "a"),
         )
@@ -512,13 +416,14 @@ mod tests {
         assert_eq!(h.nft.applied.len(), 1);
         assert!(h.nft.table(Family::Inet, antispoof::TABLE).is_some());
         assert!(dispatch(&mut h).is_empty() && h.sleeps == 0);
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c0", false)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c0", false))
+            .unwrap();
 
         // kindnetd made the chains: one apply (after the anti-spoofing
         // one), all four maps
         let mut h = netpol_host(&[("x", "a")]);
         let before = h.nft.applied.len();
-        Ptp::add_on(
+        Ptp.add_on(
             &mut h,
             &with_pod(bed.req(Command::Add, "c1", false), "x", "a"),
         )
@@ -529,18 +434,21 @@ mod tests {
         assert_eq!(sets, ["egress4", "egress6", "ingress4", "ingress6"]);
         let ing = kindnet_netpol::pod_chain("x", "a", kindnet_netpol::Direction::Ingress);
         assert!(d.contains(&("ingress4".into(), Value::Goto(ing))));
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c1", false))
+            .unwrap();
 
         // no CNI_ARGS: not a Kubernetes pod, nothing to hand off
         let mut h = netpol_host(&[]);
         let before = h.nft.applied.len();
-        Ptp::add_on(&mut h, &bed.req(Command::Add, "c2", false)).unwrap();
+        Ptp.add_on(&mut h, &bed.req(Command::Add, "c2", false))
+            .unwrap();
         assert_eq!(
             h.nft.applied.len(),
             before + 1,
             "the anti-spoofing batch only"
         );
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c2", false)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c2", false))
+            .unwrap();
     }
 
     #[test]
@@ -555,33 +463,36 @@ mod tests {
                 .map(|d| format!("kindnet-netpol {}", pod_chain("y", "b", d)))
                 .to_vec(),
         ));
-        Ptp::add_on(
+        Ptp.add_on(
             &mut h,
             &with_pod(bed.req(Command::Add, "c1", false), "y", "b"),
         )
         .unwrap();
         assert_eq!(h.sleeps, 3);
         assert_eq!(dispatch(&mut h).len(), 4);
-        Ptp::del_on(&mut h, &bed.req(Command::Del, "c1", false)).unwrap();
+        Ptp.del_on(&mut h, &bed.req(Command::Del, "c1", false))
+            .unwrap();
 
         // never: code 11 (try again later), and nothing of the pod is left
         let mut h = netpol_host(&[]);
-        let e = Ptp::add_on(
-            &mut h,
-            &with_pod(bed.req(Command::Add, "c2", false), "y", "b"),
-        )
-        .unwrap_err();
+        let e = Ptp
+            .add_on(
+                &mut h,
+                &with_pod(bed.req(Command::Add, "c2", false), "y", "b"),
+            )
+            .unwrap_err();
         assert_eq!(e.code, 11, "{e}");
         assert!(h.veths().is_empty() && bed.allocations().is_empty());
         assert!(dispatch(&mut h).is_empty());
 
         // malformed pod names are refused before anything is created
         let mut h = netpol_host(&[]);
-        let e = Ptp::add_on(
-            &mut h,
-            &with_pod(bed.req(Command::Add, "c3", false), "Bad_NS", "b"),
-        )
-        .unwrap_err();
+        let e = Ptp
+            .add_on(
+                &mut h,
+                &with_pod(bed.req(Command::Add, "c3", false), "Bad_NS", "b"),
+            )
+            .unwrap_err();
         assert_eq!(e.code, 4, "{e}");
         // Nothing was even tried: not a rolled-back ADD.
         assert!(h.steps.is_empty(), "{:?}", h.steps);
@@ -602,32 +513,17 @@ mod tests {
         h.nft
             .apply(&pod_dispatch_elements("x", "old", &ips))
             .unwrap();
-        let res = Ptp::add_on(
-            &mut h,
-            &with_pod(bed.req_in(Command::Add, "c1", false, tiny), "x", "new"),
-        )
-        .unwrap();
+        let res = Ptp
+            .add_on(
+                &mut h,
+                &with_pod(bed.req_in(Command::Add, "c1", false, tiny), "x", "new"),
+            )
+            .unwrap();
         let got: Vec<std::net::IpAddr> = res.ips.iter().map(|c| c.address.addr()).collect();
         assert_eq!(got, ips);
         let d = dispatch(&mut h);
         assert_eq!(d.len(), 4, "{d:?}");
         let new_ing = Value::Goto(pod_chain("x", "new", Direction::Ingress));
         assert!(d.contains(&("ingress4".into(), new_ing)), "{d:?}");
-    }
-
-    #[test]
-    fn check_sees_a_missing_or_down_host_end() {
-        let bed = Bed::new();
-        let mut h = FakeHost::new();
-        let res = Ptp::add_on(&mut h, &bed.req(Command::Add, "c1", false)).unwrap();
-        let mut check = bed.req(Command::Check, "c1", false);
-        check.conf.prev_result = Some(res.to_version("1.1.0"));
-        // the fake's pod view has no addresses: CHECK names the first one
-        let e = Ptp::check_on(&mut h, &check).unwrap_err();
-        assert!(e.msg.contains("missing address 10.244.1."), "{e}");
-        // the pod end gone
-        h.pod_links.clear();
-        let e = Ptp::check_on(&mut h, &check).unwrap_err();
-        assert!(e.msg.contains("eth0 is missing"), "{e}");
     }
 }
