@@ -9,11 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::route::{RTM_DELROUTE, RTM_NEWROUTE, Route};
+use crate::route::Route;
 use crate::socket::{Socket, messages};
-
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const RTNLGRP_IPV6_ROUTE: u32 = 11;
+use crate::wire::{RTM_DELROUTE, RTM_NEWROUTE, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE};
 /// Room for bursts (e.g. a link going down flushes thousands of routes);
 /// needs CAP_NET_ADMIN for more than rmem_max, otherwise best effort.
 const EVENT_RCVBUF: libc::c_int = 8 << 20;

@@ -17,7 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+    NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{
@@ -25,15 +25,12 @@ use netlink_sys::{
 };
 
 use crate::error::{Error, Result};
+use crate::wire::{NLM_F_ACK_TLVS, NLM_F_CAPPED, NLMSGERR_ATTR_MSG, c_str, nested};
 
 /// Big enough for any dump datagram the kernel builds by default (it caps
 /// them at 32 KiB); larger ones grow the buffer and retry.
 const RECV_BUF: usize = 64 * 1024;
 const NLMSG_HDRLEN: usize = 16;
-/// `nlmsgerr` TLV carrying the kernel's human readable error (extended ack).
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
 /// How often a dump is retried when the kernel flags it inconsistent
 /// (NLM_F_DUMP_INTR) or a datagram did not fit the buffer.
 const DUMP_ATTEMPTS: usize = 5;
@@ -104,14 +101,9 @@ pub(crate) fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
         (l + 3) & !3
     };
     let tlvs = payload.get(4 + skip..)?;
-    NlasIterator::new(tlvs)
-        .filter_map(|n| n.ok())
-        .find(|n| n.kind() == NLMSGERR_ATTR_MSG)
-        .map(|n| {
-            let v = n.value();
-            let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
-            String::from_utf8_lossy(&v[..end]).into_owned()
-        })
+    nested(tlvs)
+        .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
+        .map(|(_, v)| c_str(v))
 }
 
 pub(crate) fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
