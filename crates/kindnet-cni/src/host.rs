@@ -8,7 +8,7 @@
 //! the namespaces, records every setup and can fail at any step, so the
 //! layouts, CHECK and every rollback path are tested without root.
 
-// Raw syscalls: fork(2) for the detached veth delete, and the child's stdio.
+// fork(2) for the detached veth delete: no safe equivalent (see there).
 #![allow(unsafe_code)]
 
 use crate::nl_err;
@@ -353,13 +353,18 @@ fn delete_pod_link_detached(ns: &Netns, ifname: &str) -> Result<(), CniError> {
             _ => Ok(()),
         }
     };
-    // SAFETY: the plugin is single-threaded (no thread is alive here), so
-    // the child may run arbitrary code before it exits.
+    // SAFETY: fork(2) is only sound when no other thread exists (the child
+    // gets a copy of memory that other threads may hold locks in). The
+    // plugin is single-threaded and no thread is alive here, so the child
+    // may run arbitrary code before it exits. No safe equivalent: rustix's
+    // fork is `unsafe` for the same reason.
     match unsafe { libc::fork() } {
         0 => {
             detach_stdio();
             let rc = i32::from(delete().is_err());
-            // SAFETY: ends the child without running the parent's exit handlers.
+            // SAFETY: _exit(2) ends the child at once, without running the
+            // exit handlers and destructors it inherited from the parent
+            // (std::process::exit would run them, twice for that state).
             unsafe { libc::_exit(rc) }
         }
         -1 => delete(),
@@ -370,17 +375,19 @@ fn delete_pod_link_detached(ns: &Netns, ifname: &str) -> Result<(), CniError> {
 /// Points stdin/stdout/stderr at /dev/null and leaves the session, so the
 /// runtime, which reads the plugin's stdout to EOF, does not wait for us.
 fn detach_stdio() {
-    // SAFETY: plain syscalls on fds this process owns.
-    unsafe {
-        libc::setsid();
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
-        if null >= 0 {
-            for fd in 0..3 {
-                libc::dup2(null, fd);
-            }
-            if null > 2 {
-                libc::close(null);
-            }
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let _ = rustix::process::setsid();
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    if let Ok(null) = null.map(OwnedFd::from) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+        if null.as_raw_fd() <= 2 {
+            // It landed on a closed stdio slot, which must stay open.
+            std::mem::forget(null);
         }
     }
 }

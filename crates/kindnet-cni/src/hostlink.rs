@@ -6,9 +6,6 @@
 //! alias records the owner (`kindnet <network> <containerID> <ifname>`), so
 //! nothing ever removes a veth that another pod or plugin made.
 
-// Raw syscalls: getrandom(2) for the pod end's MAC.
-#![allow(unsafe_code)]
-
 use crate::host::{Host, PodId};
 use crate::nl_err;
 use kindnet_cni_spec::{AttachmentId, CniError, NetworkKey, OwnerTag};
@@ -69,9 +66,8 @@ pub struct Veth {
 /// chosen here so the pod end needs no lookup after creation.
 fn random_mac() -> [u8; 6] {
     let mut m = [0u8; 6];
-    // SAFETY: getrandom writes at most len bytes into our buffer.
-    let n = unsafe { libc::getrandom(m.as_mut_ptr().cast(), m.len(), 0) };
-    if n != 6 {
+    let n = rustix::rand::getrandom(&mut m, rustix::rand::GetRandomFlags::empty());
+    if !matches!(n, Ok(6)) {
         // No entropy syscall: fall back on the clock, still unique enough
         // for a link-local MAC of one veth.
         let t = std::time::SystemTime::now()

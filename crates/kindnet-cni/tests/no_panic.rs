@@ -18,9 +18,6 @@
 //! same JSON parser the skeleton uses, and skips any input that breaks these
 //! rules. `PROPTEST_CASES` sets the number of cases (default 2048, ~1.5 s).
 
-// Raw syscalls: raw syscalls in test setup.
-#![allow(unsafe_code)]
-
 use kindnet_cni::{PLUGIN_NAMES, plugin_for};
 use kindnet_cni_spec::skeleton::dispatch;
 use kindnet_testbed::temp_dir;
@@ -519,10 +516,17 @@ fn mutated_configs_never_panic() {
         resolv_conf: resolv.display().to_string(),
     };
     if std::env::var_os("CNI_LOG_FILE").is_none() {
-        // SAFETY: the only test of this binary, and it has started no thread:
-        // nothing else reads or writes the environment. (The skeleton logs
-        // every failed case to stderr otherwise, which is noise here.)
-        unsafe { std::env::set_var("CNI_LOG_FILE", tmp.path().join("cni.log")) };
+        // The skeleton logs every failed case to stderr otherwise, which is
+        // noise here: run this test again in a child whose environment
+        // names a log file (setting our own would need `unsafe`).
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let status = std::process::Command::new(exe)
+            .args(["--exact", "mutated_configs_never_panic", "--nocapture"])
+            .env("CNI_LOG_FILE", tmp.path().join("cni.log"))
+            .status()
+            .expect("run the test binary again");
+        assert!(status.success(), "the run with CNI_LOG_FILE set: {status}");
+        return;
     }
     let bases = bases(&sb);
     // The unmutated bases are safe as they are (they would make real

@@ -1,13 +1,10 @@
 //! /metrics, /healthz, /readyz and /config (the effective configuration,
 //! [`crate::effective`]).
 
-// Raw syscalls: getrlimit/setrlimit for the open-file limit.
-#![allow(unsafe_code)]
-
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -157,26 +154,18 @@ struct SlotState {
     accepted: u64,
     activity: Arc<Activity>,
     evict: Arc<Notify>,
-    /// The connection's socket: open while the slot is in `live` (the
-    /// slot is given back before the socket is closed).
-    fd: std::os::fd::RawFd,
+    /// A duplicate of the connection's socket, to peek at (None if the
+    /// duplicate could not be made).
+    fd: Option<OwnedFd>,
 }
 
 /// Whether bytes wait to be read on `fd` (a request not read yet: the
 /// connection is not idle).
-fn pending(fd: std::os::fd::RawFd) -> bool {
+fn pending(fd: &OwnedFd) -> bool {
+    use rustix::net::{RecvFlags, recv};
     let mut b = [0u8; 1];
-    // SAFETY: `fd` is an open socket (see SlotState::fd); recv writes at
-    // most one byte into the buffer we own, and MSG_PEEK leaves it queued.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            b.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    n > 0
+    // MSG_PEEK leaves the byte queued.
+    matches!(recv(fd, &mut b, RecvFlags::PEEK | RecvFlags::DONTWAIT), Ok((_, n)) if n > 0)
 }
 
 /// A connection's activity, written by its own I/O.
@@ -223,7 +212,7 @@ impl Limited {
 
     /// Takes a slot for a new connection, closing the longest-idle one
     /// when all are taken.
-    fn admit(&self, fd: std::os::fd::RawFd) -> (u64, Arc<Activity>, Arc<Notify>) {
+    fn admit(&self, fd: Option<OwnedFd>) -> (u64, Arc<Activity>, Arc<Notify>) {
         let mut slots = match self.slots.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -240,7 +229,7 @@ impl Limited {
             // one whose request waits unread is served: it sent bytes
             if let Some(v) = victim.and_then(|id| slots.live.get(&id))
                 && !v.activity.got_bytes.load(Ordering::Relaxed)
-                && pending(v.fd)
+                && v.fd.as_ref().is_some_and(pending)
             {
                 v.activity.got_bytes.store(true, Ordering::Relaxed);
                 continue;
@@ -282,7 +271,8 @@ impl axum::serve::Listener for Limited {
         loop {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
-                    let (id, activity, evict) = self.admit(stream.as_raw_fd());
+                    let (id, activity, evict) =
+                        self.admit(stream.as_fd().try_clone_to_owned().ok());
                     let slot = Slot {
                         id,
                         slots: self.slots.clone(),
@@ -442,23 +432,15 @@ pub async fn serve(
 /// Raises the soft limit of open descriptors to the hard limit (a 1024
 /// soft limit is common); returns (old soft, new soft).
 pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let old = lim.rlim_cur;
-    let Some(new) = raised_soft_limit(lim.rlim_cur, lim.rlim_max) else {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    // None is RLIM_INFINITY.
+    let old = lim.current.unwrap_or(u64::MAX);
+    let Some(new) = raised_soft_limit(old, lim.maximum.unwrap_or(u64::MAX)) else {
         return Ok((old, old));
     };
-    lim.rlim_cur = new;
-    // SAFETY: setrlimit reads the struct we own.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    lim.current = Some(new);
+    setrlimit(Resource::Nofile, lim)?;
     Ok((old, new))
 }
 

@@ -4,14 +4,21 @@
 //! [`crate::routes`], and the answer is read back from the neighbour table
 //! on the next pass, never guessed.
 
-// Raw syscalls: a raw ICMPv6 socket (socket/setsockopt/sendto/recvfrom/poll
-// with sockaddr_in6 scope ids), which std does not offer.
+// One raw syscall: setsockopt(ICMP6_FILTER), which neither rustix nor
+// socket2 offers.
 #![allow(unsafe_code)]
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::net::sockopt::{set_ipv6_multicast_if, set_ipv6_multicast_loop};
+use rustix::net::{
+    AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, ipproto, recvfrom, sendto,
+    socket_with,
+};
 
 /// How long replies to the all-nodes echo are collected.
 pub const LISTEN: Duration = Duration::from_millis(150);
@@ -25,35 +32,27 @@ const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
 /// peer's MAC (ARP); the peer drops it.
 const DISCARD: u16 = 9;
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn setsockopt<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
-    // SAFETY: `v` is a live value of the size passed; the fd is open.
-    cvt(unsafe {
+/// Passes only ICMPv6 echo replies to the socket (ICMP6_FILTER: a set
+/// bit blocks the type).
+fn only_echo_replies(fd: &OwnedFd) -> io::Result<()> {
+    let mut filter = [u32::MAX; 8];
+    filter[usize::from(ICMP6_ECHO_REPLY >> 5)] &= !(1u32 << (ICMP6_ECHO_REPLY & 31));
+    // SAFETY: setsockopt(2) reads exactly `size_of_val(&filter)` bytes from
+    // the live array passed; the fd is open. No safe equivalent: neither
+    // rustix nor socket2 wraps ICMP6_FILTER.
+    let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            level,
-            name,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
+            libc::IPPROTO_ICMPV6,
+            ICMP6_FILTER,
+            filter.as_ptr().cast(),
+            std::mem::size_of_val(&filter) as libc::socklen_t,
         )
-    })
-    .map(|_| ())
-}
-
-fn sockaddr(addr: Ipv6Addr, scope: u32) -> libc::sockaddr_in6 {
-    // SAFETY: sockaddr_in6 is plain old data; all zeroes is valid.
-    let mut sa: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-    sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-    sa.sin6_addr.s6_addr = addr.octets();
-    sa.sin6_scope_id = scope;
-    sa
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn echo(fd: &OwnedFd, to: Ipv6Addr, scope: u32, id: u16) -> io::Result<()> {
@@ -61,20 +60,10 @@ fn echo(fd: &OwnedFd, to: Ipv6Addr, scope: u32, id: u16) -> io::Result<()> {
     pkt[0] = ICMP6_ECHO_REQUEST;
     pkt[4..6].copy_from_slice(&id.to_be_bytes());
     pkt[8..16].copy_from_slice(b"kindnetd");
-    let sa = sockaddr(to, scope);
-    // SAFETY: the buffer and address are live and sized as passed. The
-    // kernel fills in the ICMPv6 checksum of raw ICMPv6 sockets.
-    cvt(unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            (&sa as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        ) as libc::c_int
-    })
-    .map(|_| ())
+    // The kernel fills in the ICMPv6 checksum of raw ICMPv6 sockets.
+    let to = SocketAddrV6::new(to, 0, 0, scope);
+    sendto(fd, &pkt, SendFlags::empty(), &to)?;
+    Ok(())
 }
 
 fn is_link_local(a: &Ipv6Addr) -> bool {
@@ -94,28 +83,15 @@ pub fn solicit(oif: u32, arp: &[Ipv4Addr]) -> io::Result<Vec<Ipv6Addr>> {
             let _ = s.send_to(b"kindnetd", SocketAddrV4::new(*peer, DISCARD));
         }
     }
-    // SAFETY: plain socket(2); the result is checked and owned below.
-    let raw = cvt(unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            libc::IPPROTO_ICMPV6,
-        )
-    })?;
-    // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let ifindex = oif as libc::c_int;
-    setsockopt(&fd, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_IF, &ifindex)?;
-    setsockopt(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_LOOP,
-        &0 as &libc::c_int,
+    let fd = socket_with(
+        AddressFamily::INET6,
+        SocketType::RAW,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        Some(ipproto::ICMPV6),
     )?;
-    // Pass echo replies only (a set bit blocks the type).
-    let mut filter = [u32::MAX; 8];
-    filter[usize::from(ICMP6_ECHO_REPLY >> 5)] &= !(1u32 << (ICMP6_ECHO_REPLY & 31));
-    setsockopt(&fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &filter)?;
+    set_ipv6_multicast_if(&fd, oif)?;
+    set_ipv6_multicast_loop(&fd, false)?;
+    only_echo_replies(&fd)?;
     let id = (std::process::id() as u16) ^ (oif as u16).rotate_left(8);
     echo(&fd, ALL_NODES, oif, id)?;
 
@@ -126,40 +102,26 @@ pub fn solicit(oif: u32, arp: &[Ipv4Addr]) -> io::Result<Vec<Ipv6Addr>> {
         if left.is_zero() {
             break;
         }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one pollfd, live for the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().max(1) as libc::c_int) };
-        if n <= 0 {
+        let mut pfd = [PollFd::new(&fd, PollFlags::IN)];
+        if !matches!(poll(&mut pfd, Timespec::try_from(left).ok().as_ref()), Ok(n) if n > 0) {
             continue;
         }
         let mut buf = [0u8; 256];
-        // SAFETY: sockaddr_in6 is plain old data.
-        let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        // SAFETY: buffers live and sized as passed.
-        let got = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut from as *mut libc::sockaddr_in6).cast(),
-                &mut len,
-            )
+        let Ok((got, _, Some(from))) = recvfrom(&fd, &mut buf, RecvFlags::empty()) else {
+            continue;
+        };
+        let Ok(from) = SocketAddrV6::try_from(from) else {
+            continue;
         };
         if got < 8 {
             continue;
         }
         let reply_id = u16::from_be_bytes([buf[4], buf[5]]);
-        let src = Ipv6Addr::from(from.sin6_addr.s6_addr);
+        let src = *from.ip();
         if buf[0] == ICMP6_ECHO_REPLY
             && reply_id == id
             && is_link_local(&src)
-            && (from.sin6_scope_id == 0 || from.sin6_scope_id == oif)
+            && (from.scope_id() == 0 || from.scope_id() == oif)
             && !found.contains(&src)
         {
             found.push(src);

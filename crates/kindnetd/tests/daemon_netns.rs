@@ -1,9 +1,6 @@
 //! The real kindnetd binary inside a network namespace, fed by a nodes file.
 //! Needs root; skips otherwise.
 
-// Raw syscalls: raw syscalls in test setup.
-#![allow(unsafe_code)]
-
 mod common;
 
 use std::time::Duration;
@@ -628,15 +625,12 @@ fn http_endpoint_survives_a_flood_of_idle_connections() {
     require_root!();
     const FLOOD: usize = 1500;
     // This test process holds the flood's client ends.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 4096 {
-            lim.rlim_cur = lim.rlim_max.min(4096);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut lim = getrlimit(Resource::Nofile);
+        if lim.current.is_some_and(|c| c < 4096) {
+            lim.current = Some(lim.maximum.unwrap_or(u64::MAX).min(4096));
+            let _ = setrlimit(Resource::Nofile, lim);
         }
     }
     let ns = node_ns();

@@ -3,12 +3,10 @@
 //! `kl-<lab>-` (namespaces) or lives under its state directory, so `down`
 //! can remove it all, also after a crashed `up`.
 
-// Raw syscalls: process groups and signals of the lab's own processes.
-#![allow(unsafe_code)]
-
 use crate::plan::{self, Family, Mode, Node, Pod, Spec};
 use crate::runtime::{Attachment, Runtime, read_json, write_json};
 use crate::sys::{self, Result};
+use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::os::unix::process::CommandExt;
@@ -200,8 +198,9 @@ fn build_node(spec: &Spec, node: &Node) -> Result<()> {
 
 impl Lab {
     /// Starts kindnetd in the node's namespace, detached from this process
-    /// (it keeps running after `up` returns), logging to the node's directory.
-    fn start_kindnetd(&mut self, node: &Node) -> Result<()> {
+    /// (it keeps running after `up` returns), logging to the node's directory,
+    /// with `env` added to the environment it inherits.
+    fn start_kindnetd(&mut self, node: &Node, env: &[(&str, &str)]) -> Result<()> {
         let dir = self.node_dir(&node.name);
         std::fs::create_dir_all(dir.join("net.d")).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.join("kindnetd.log")).map_err(|e| e.to_string())?;
@@ -229,6 +228,7 @@ impl Lab {
             cmd.arg("--cni-bridge").arg("true");
         }
         let child = cmd
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -403,7 +403,7 @@ pub fn up(spec: Spec, binaries: Binaries) -> Result<Lab> {
             addrs_text(&node)
         ));
         build_node(&lab.spec, &node)?;
-        lab.start_kindnetd(&node)?;
+        lab.start_kindnetd(&node, &[])?;
     }
     for node in lab.nodes.clone() {
         lab.wait_conflist(&node)?;
@@ -455,7 +455,7 @@ pub fn add_node(lab: &mut Lab) -> Result<Node> {
     lab.nodes.push(node.clone());
     lab.save()?;
     lab.write_node_list()?;
-    lab.start_kindnetd(&node)?;
+    lab.start_kindnetd(&node, &[])?;
     lab.wait_conflist(&node)?;
     for pod in plan::pods(&lab.spec, &node) {
         lab.add_pod(pod)?;
@@ -516,11 +516,16 @@ pub fn doctor(lab: &Lab, node: &str, json: bool) -> Result<std::process::ExitCod
 }
 
 pub fn restart_kindnetd(lab: &mut Lab, name: &str) -> Result<()> {
+    restart_kindnetd_with_env(lab, name, &[])
+}
+
+/// [`restart_kindnetd`], with `env` added to the new kindnetd's environment.
+pub fn restart_kindnetd_with_env(lab: &mut Lab, name: &str, env: &[(&str, &str)]) -> Result<()> {
     let node = lab.node(name)?.clone();
     if let Some((_, pid)) = lab.kindnetd.iter().find(|(n, _)| n == name).cloned() {
         stop_kindnetd(pid, &lab.state_dir);
     }
-    lab.start_kindnetd(&node)
+    lab.start_kindnetd(&node, env)
 }
 
 /// Whether `pid` is a kindnetd this lab started (so `down` never signals a
@@ -540,25 +545,25 @@ pub fn stop_kindnetd(pid: u32, state_dir: &Path) {
     if !is_our_kindnetd(pid, state_dir) {
         return;
     }
-    let Ok(p) = i32::try_from(pid) else { return };
-    // SAFETY: signalling a process we started (checked above).
-    unsafe { libc::kill(p, libc::SIGTERM) };
+    let Some(p) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    // a process we started (checked above)
+    let _ = kill_process(p, Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(3);
     while is_our_kindnetd(pid, state_dir) && Instant::now() < deadline {
         reap(p);
         std::thread::sleep(Duration::from_millis(20));
     }
     if is_our_kindnetd(pid, state_dir) {
-        // SAFETY: as above.
-        unsafe { libc::kill(p, libc::SIGKILL) };
+        let _ = kill_process(p, Signal::KILL);
     }
     reap(p);
 }
 
-fn reap(pid: i32) {
-    let mut status = 0;
-    // SAFETY: non-blocking wait on a child of ours, if it is one.
-    unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+/// Non-blocking wait on a child of ours, if it is one.
+fn reap(pid: Pid) {
+    let _ = waitpid(Some(pid), WaitOptions::NOHANG);
 }
 
 /// Every kindnetd whose command line names this lab's state directory

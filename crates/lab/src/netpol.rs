@@ -9,9 +9,6 @@
 //! after each write the lab waits until every node's kindnetd reports that
 //! version programmed (`kindnet_netpol_programmed_version` in /metrics).
 
-// Raw syscalls: signals and reaping of the lab's own pod servers.
-#![allow(unsafe_code)]
-
 use crate::cluster::{Lab, pod_ips, result_addrs};
 use crate::plan::{self, Family, Pod};
 use crate::runtime::{read_json, write_json};
@@ -19,6 +16,7 @@ use crate::sys::Result;
 use kindnet_netlink::Netns;
 use kindnet_netpol::cnp::input::{ClusterNetworkPolicy, Node as CnpNode};
 use kindnet_netpol::{Addressing, Attachment, Cluster, Endpoint, NodeContext, Proto, evaluate};
+use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -343,12 +341,11 @@ pub fn stop_servers(dir: &Path) -> usize {
         })
         .unwrap_or_default();
     for pid in &pids {
-        if let Ok(p) = i32::try_from(*pid) {
-            // SAFETY: a server this lab started (checked by its command line).
-            unsafe { libc::kill(p, libc::SIGKILL) };
-            let mut st = 0;
-            // SAFETY: non-blocking reap, if it is our child.
-            unsafe { libc::waitpid(p, &mut st, libc::WNOHANG) };
+        if let Some(p) = i32::try_from(*pid).ok().and_then(Pid::from_raw) {
+            // a server this lab started (checked by its command line)
+            let _ = kill_process(p, Signal::KILL);
+            // non-blocking reap, if it is our child
+            let _ = waitpid(Some(p), WaitOptions::NOHANG);
         }
     }
     pids.len()

@@ -16,9 +16,6 @@
 //!   the two real pods selected by policies among the 200, against policy
 //!   off (kindnetd restarted with --network-policy=false), interleaved.
 
-// Raw syscalls: the environment the lab's kindnetds inherit.
-#![allow(unsafe_code)]
-
 use crate::cluster::{self, Lab};
 use crate::netpol::{self, State};
 use crate::plan::{Family, Mode, Spec, Stack};
@@ -298,16 +295,10 @@ fn wait_version_on(lab: &Lab, node: usize, v: u64) -> Result<()> {
     }
 }
 
-fn set_policy_env(on: bool) {
-    // SAFETY: called while this process runs no other thread; the
-    // kindnetds started next inherit it.
-    unsafe { std::env::set_var("KINDNET_NETWORK_POLICY", if on { "true" } else { "false" }) };
-}
-
 fn restart_all(lab: &mut Lab, on: bool, version: u64) -> Result<()> {
-    set_policy_env(on);
+    let env = [("KINDNET_NETWORK_POLICY", if on { "true" } else { "false" })];
     for n in lab.nodes.clone() {
-        cluster::restart_kindnetd(lab, &n.name)?;
+        cluster::restart_kindnetd_with_env(lab, &n.name, &env)?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for (i, n) in lab.nodes.clone().iter().enumerate() {
@@ -346,7 +337,6 @@ pub fn run(a: &BenchNetpolArgs, binaries: cluster::Binaries) -> Result<ExitCode>
     };
     let mut lab = cluster::up(spec, binaries)?;
     let result = measure(a, &mut lab);
-    set_policy_env(true);
     if !a.keep {
         let _ = cluster::down(&a.name);
     }

@@ -1,9 +1,6 @@
 //! Running system tools (`ip`, `nft`, `ping`, `iperf3`) with errors that say
 //! what failed.
 
-// Raw syscalls: geteuid and signals of the lab's own processes.
-#![allow(unsafe_code)]
-
 use std::process::{Command, Output, Stdio};
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -67,8 +64,7 @@ pub fn netns_del(name: &str) {
 }
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// Checks the tools the lab needs, naming the Debian package of a missing one.

@@ -3,19 +3,20 @@
 //! nftables tables), walks it (pure, [`crate::trace`]), then sends a real
 //! packet and reports what the receiver saw.
 
-// Raw syscalls: raw sockets for the traced packet.
-#![allow(unsafe_code)]
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kindnet_netlink::{Handle, Netns, RouteQuery};
 use kindnet_nft::{Nft, NftNetlink, TableRef};
+use rustix::net::sockopt::{Timeout, set_socket_timeout};
+use rustix::net::{
+    AddressFamily, RecvFlags, SocketFlags, SocketType, ipproto, recvfrom, socket_with,
+};
 use serde::Serialize;
 
 use crate::cluster::Lab;
@@ -372,55 +373,25 @@ const MARKER: &[u8] = b"kn-trace";
 /// arrives, with the source address as the receiver sees it.
 fn raw_icmp(ns: &str, v6: bool) -> Result<OwnedFd> {
     let (dom, proto) = if v6 {
-        (libc::AF_INET6, libc::IPPROTO_ICMPV6)
+        (AddressFamily::INET6, ipproto::ICMPV6)
     } else {
-        (libc::AF_INET, libc::IPPROTO_ICMP)
+        (AddressFamily::INET, ipproto::ICMP)
     };
     open(ns)?
         .run(move || {
-            // SAFETY: plain socket(2); the fd is owned right away.
-            let fd = unsafe { libc::socket(dom, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error().to_string());
-            }
-            // SAFETY: fd is a fresh descriptor nobody else owns.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            socket_with(dom, SocketType::RAW, SocketFlags::CLOEXEC, Some(proto))
+                .map_err(|e| e.to_string())
         })
         .map_err(|e| e.to_string())?
 }
 
 fn recv_echo(fd: &OwnedFd, v6: bool, deadline: Instant) -> Option<IpAddr> {
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: setsockopt reads the timeval we own for its size.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    let _ = set_socket_timeout(fd, Timeout::Recv, Some(Duration::from_millis(200)));
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        // SAFETY: zeroed sockaddr_storage is a valid out-parameter.
-        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: buffer and address point at our own memory of the given sizes.
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                0,
-                (&mut ss as *mut libc::sockaddr_storage).cast(),
-                &mut len,
-            )
+        let Ok((n, _, from)) = recvfrom(fd, &mut buf, RecvFlags::empty()) else {
+            continue;
         };
-        let Ok(n) = usize::try_from(n) else { continue };
         let pkt = &buf[..n.min(buf.len())];
         // IPv4 raw sockets get the IP header, IPv6 ones the ICMPv6 message.
         let (icmp, echo_request) = if v6 {
@@ -432,17 +403,10 @@ fn recv_echo(fd: &OwnedFd, v6: bool, deadline: Instant) -> Option<IpAddr> {
         if icmp.first() != Some(&echo_request) || !icmp.windows(MARKER.len()).any(|w| w == MARKER) {
             continue;
         }
-        return Some(if v6 {
-            // SAFETY: the kernel filled an AF_INET6 address into the storage.
-            let sa: libc::sockaddr_in6 =
-                unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            IpAddr::from(sa.sin6_addr.s6_addr)
-        } else {
-            // SAFETY: the kernel filled an AF_INET address into the storage.
-            let sa: libc::sockaddr_in =
-                unsafe { std::ptr::read((&ss as *const libc::sockaddr_storage).cast()) };
-            IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes())
-        });
+        match from.map(SocketAddr::try_from) {
+            Some(Ok(from)) => return Some(from.ip()),
+            _ => continue,
+        }
     }
     None
 }

@@ -1,9 +1,7 @@
 //! Interface addresses.
 
-use std::net::IpAddr;
-
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NlasIterator};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, Parseable};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, AddressScope,
@@ -12,23 +10,9 @@ use netlink_packet_route::address::{
 use crate::error::Result;
 use crate::route::Family;
 use crate::socket::Handle;
-
-/// IFA_F_NODAD: no duplicate address detection (IPv6).
-pub const IFA_F_NODAD: u32 = 0x02;
-/// IFA_F_DADFAILED: duplicate address detection failed (IPv6).
-pub const IFA_F_DADFAILED: u32 = 0x08;
-/// IFA_F_TENTATIVE: duplicate address detection still running (IPv6): not usable yet.
-pub const IFA_F_TENTATIVE: u32 = 0x40;
-/// IFA_F_PERMANENT: configured, not learned (e.g. from router advertisements).
-pub const IFA_F_PERMANENT: u32 = 0x80;
-/// IFA_F_NOPREFIXROUTE: no connected route for the prefix.
-pub const IFA_F_NOPREFIXROUTE: u32 = 0x200;
-
-const RTM_NEWADDR: u16 = 20;
-const ADDR_HEADER_LEN: usize = 8;
-const IFA_ADDRESS: u16 = 1;
-const IFA_LOCAL: u16 = 2;
-const IFA_FLAGS: u16 = 8;
+use crate::wire::{
+    IFA_F_DADFAILED, IFA_F_NODAD, IFA_F_NOPREFIXROUTE, IFA_F_TENTATIVE, RTM_NEWADDR,
+};
 
 /// Options for adding an address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -75,41 +59,27 @@ impl Address {
         self.flags & IFA_F_DADFAILED != 0
     }
 
-    /// Decodes an RTM_NEWADDR body, preferring IFA_LOCAL (the local end on
-    /// point-to-point links) over IFA_ADDRESS.
+    /// Decodes an RTM_NEWADDR body with netlink-packet-route, preferring
+    /// IFA_LOCAL (the local end on point-to-point links) over IFA_ADDRESS.
     pub(crate) fn parse(payload: &[u8]) -> Option<Address> {
-        let h = payload.get(..ADDR_HEADER_LEN)?;
-        let fam = match i32::from(h[0]) {
-            libc::AF_INET => Family::V4,
-            libc::AF_INET6 => Family::V6,
-            _ => return None,
-        };
-        let prefix = h[1];
-        let mut flags = u32::from(h[2]);
-        let index = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]);
+        let m = AddressMessage::parse(payload).ok()?;
+        Family::from_af(m.header.family)?;
+        let mut flags = u32::from(m.header.flags.bits());
         let (mut local, mut address) = (None, None);
-        for nla in NlasIterator::new(&payload[ADDR_HEADER_LEN..]).flatten() {
-            let v = nla.value();
-            match nla.kind() {
-                IFA_ADDRESS => address = ip(fam, v),
-                IFA_LOCAL => local = ip(fam, v),
-                IFA_FLAGS => {
-                    if let Ok(b) = <[u8; 4]>::try_from(v) {
-                        flags = u32::from_ne_bytes(b);
-                    }
-                }
+        for a in &m.attributes {
+            match a {
+                AddressAttribute::Address(ip) => address = Some(*ip),
+                AddressAttribute::Local(ip) => local = Some(*ip),
+                AddressAttribute::Flags(f) => flags = f.bits(),
                 _ => {}
             }
         }
-        let addr = IpNet::new(local.or(address)?, prefix).ok()?;
-        Some(Address { index, addr, flags })
-    }
-}
-
-fn ip(fam: Family, v: &[u8]) -> Option<IpAddr> {
-    match fam {
-        Family::V4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
-        Family::V6 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
+        let addr = IpNet::new(local.or(address)?, m.header.prefix_len).ok()?;
+        Some(Address {
+            index: m.header.index,
+            addr,
+            flags,
+        })
     }
 }
 
@@ -205,6 +175,7 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::IFA_F_PERMANENT;
     use netlink_packet_core::Emitable;
 
     fn wire(m: &AddressMessage) -> Vec<u8> {

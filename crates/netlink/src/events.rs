@@ -1,22 +1,22 @@
 //! Route change notifications, for a daemon that repairs drift instead of
 //! polling full dumps.
 
-// Raw syscalls: poll(2) on the netlink socket.
-#![allow(unsafe_code)]
-
 use std::io;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 use crate::error::{Error, Result};
 use crate::netns::Netns;
-use crate::route::{RTM_DELROUTE, RTM_NEWROUTE, Route};
+use crate::route::Route;
 use crate::socket::{Socket, messages};
-
-const RTNLGRP_IPV4_ROUTE: u32 = 7;
-const RTNLGRP_IPV6_ROUTE: u32 = 11;
+use crate::wire::{RTM_DELROUTE, RTM_NEWROUTE, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE};
 /// Room for bursts (e.g. a link going down flushes thousands of routes);
 /// needs CAP_NET_ADMIN for more than rmem_max, otherwise best effort.
-const EVENT_RCVBUF: libc::c_int = 8 << 20;
+const EVENT_RCVBUF: usize = 8 << 20;
 
 /// One route change the kernel announced.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -33,21 +33,12 @@ pub struct RouteEvents {
     sock: Socket,
 }
 
-fn set_rcvbuf(fd: libc::c_int, size: libc::c_int) {
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt with a pointer to a live c_int of matching size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+/// SO_RCVBUFFORCE (beyond rmem_max, needs CAP_NET_ADMIN), else
+/// SO_RCVBUF; best effort.
+fn set_rcvbuf(fd: impl AsFd, size: usize) {
+    use rustix::net::sockopt::{set_socket_recv_buffer_size, set_socket_recv_buffer_size_force};
+    if set_socket_recv_buffer_size_force(&fd, size).is_err() {
+        let _ = set_socket_recv_buffer_size(&fd, size);
     }
 }
 
@@ -55,7 +46,7 @@ impl RouteEvents {
     /// Subscribes in the calling thread's network namespace.
     pub fn subscribe() -> Result<RouteEvents> {
         let sock = Socket::new(&[RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE])?;
-        set_rcvbuf(sock.fd(), EVENT_RCVBUF);
+        set_rcvbuf(sock.as_fd(), EVENT_RCVBUF);
         Ok(RouteEvents { sock })
     }
 
@@ -84,33 +75,21 @@ impl RouteEvents {
     /// poll(2) until readable (true) or the deadline passes (false).
     fn wait(&self, deadline: Option<Instant>) -> Result<bool> {
         loop {
-            let ms = match deadline {
-                None => -1,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    // Round up so we never wake just before the deadline.
-                    left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
-                }
+            // ppoll(2) takes nanoseconds: no rounding that could wake us
+            // before the deadline. A deadline beyond Timespec waits forever.
+            let left = deadline
+                .and_then(|d| Timespec::try_from(d.saturating_duration_since(Instant::now())).ok());
+            let mut pfd = [PollFd::new(&self.sock, PollFlags::IN)];
+            let n = match poll(&mut pfd, left.as_ref()) {
+                Ok(n) => n,
+                Err(e) if e == Errno::INTR => continue,
+                Err(e) => return Err(Error::os("poll route events", e.into())),
             };
-            let mut pfd = libc::pollfd {
-                fd: self.sock.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
             if n > 0 {
                 return Ok(true);
             }
-            if n == 0 {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(false);
-                }
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(Error::os("poll route events", e));
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(false);
             }
         }
     }
@@ -119,7 +98,7 @@ impl RouteEvents {
     fn drain(&mut self) -> Result<Vec<RouteEvent>> {
         let mut out = Vec::new();
         loop {
-            let n = match self.sock.recv(libc::MSG_DONTWAIT) {
+            let n = match self.sock.recv(RecvFlags::DONTWAIT) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
                 Err(e) => return Err(Error::os("receive route events", e)),

@@ -3,9 +3,7 @@
 
 use std::os::fd::AsRawFd;
 
-use netlink_packet_core::{
-    DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL, NlasIterator,
-};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage,
     LinkProtoInfoBridge,
@@ -15,21 +13,11 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
 use crate::socket::Handle;
-
-const RTM_NEWLINK: u16 = 16;
-const LINK_HEADER_LEN: usize = 16;
-const IFLA_ADDRESS: u16 = 1;
-const IFLA_IFNAME: u16 = 3;
-const IFLA_MTU: u16 = 4;
-const IFLA_LINK: u16 = 5;
-const IFLA_MASTER: u16 = 10;
-const IFLA_LINKINFO: u16 = 18;
-const IFLA_IFALIAS: u16 = 20;
-const IFLA_LINK_NETNSID: u16 = 37;
-const IFLA_INFO_KIND: u16 = 1;
-/// IFLA_BRPORT_MODE inside IFLA_PROTINFO: the bridge port's hairpin flag.
-const IFLA_BRPORT_MODE: u16 = 4;
-const IFNAMSIZ: usize = 16;
+use crate::wire::{
+    IFLA_ADDRESS, IFLA_BRPORT_MODE, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINK,
+    IFLA_LINK_NETNSID, IFLA_LINKINFO, IFLA_MASTER, IFLA_MTU, IFNAMSIZ, LINK_HEADER_LEN,
+    RTM_NEWLINK, attrs, c_str, nested, u32_of,
+};
 
 /// What `ip link` shows about an interface, minus statistics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -74,9 +62,8 @@ impl Link {
             peer_index: None,
             alias: None,
         };
-        for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..)?).flatten() {
-            let v = nla.value();
-            match nla.kind() {
+        for (kind, v) in attrs(payload, LINK_HEADER_LEN)? {
+            match kind {
                 IFLA_IFNAME => l.name = c_str(v),
                 IFLA_MTU => l.mtu = u32_of(v).unwrap_or(0),
                 IFLA_IFALIAS => l.alias = Some(c_str(v)).filter(|a| !a.is_empty()),
@@ -85,25 +72,15 @@ impl Link {
                 IFLA_LINK => l.peer_index = u32_of(v).filter(|&p| p != 0),
                 IFLA_LINK_NETNSID => l.link_netnsid = u32_of(v).map(|n| n as i32),
                 IFLA_LINKINFO => {
-                    l.kind = NlasIterator::new(v)
-                        .flatten()
-                        .find(|n| n.kind() == IFLA_INFO_KIND)
-                        .map(|n| c_str(n.value()));
+                    l.kind = nested(v)
+                        .find(|(k, _)| *k == IFLA_INFO_KIND)
+                        .map(|(_, v)| c_str(v));
                 }
                 _ => {}
             }
         }
         Some(l)
     }
-}
-
-fn c_str(v: &[u8]) -> String {
-    let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
-    String::from_utf8_lossy(&v[..end]).into_owned()
-}
-
-fn u32_of(v: &[u8]) -> Option<u32> {
-    <[u8; 4]>::try_from(v).ok().map(u32::from_ne_bytes)
 }
 
 /// Rejects names the kernel would refuse, with a clearer message.

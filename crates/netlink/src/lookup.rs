@@ -8,29 +8,20 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_DUMP, NlasIterator};
+use netlink_packet_core::{NLM_F_DUMP, Parseable};
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::neighbour::{NeighbourHeader, NeighbourMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteType, RouteVia,
 };
 
 use crate::error::{Error, Result};
-use crate::route::{Family, RTM_NEWROUTE};
+use crate::route::Family;
 use crate::socket::Handle;
-
-const ROUTE_HEADER_LEN: usize = 12;
-const NEIGH_HEADER_LEN: usize = 12;
-const RTM_NEWNEIGH: u16 = 28;
-const RTA_DST: u16 = 1;
-const RTA_IIF: u16 = 3;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PREFSRC: u16 = 7;
-const RTA_TABLE: u16 = 15;
-const RTA_VIA: u16 = 18;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
+use crate::wire::{
+    NUD_DELAY, NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_PROBE, NUD_REACHABLE,
+    NUD_STALE, RTM_NEWNEIGH, RTM_NEWROUTE,
+};
 
 /// One lookup, as `ip route get DST [from SRC] [iif DEV] [oif DEV]
 /// [fibmatch]` takes it. With `iif` the kernel simulates a packet
@@ -174,8 +165,11 @@ pub struct RouteLookup {
 }
 
 impl RouteLookup {
+    /// Decodes an answer with netlink-packet-route (one message, not a
+    /// dump: its allocations do not matter).
     pub(crate) fn parse(payload: &[u8]) -> Option<RouteLookup> {
-        let h = RouteHeader::parse(payload).ok()?;
+        let m = RouteMessage::parse(payload).ok()?;
+        let h = &m.header;
         let fam = Family::from_af(h.address_family)?;
         let mut dst_addr = None;
         let mut out = RouteLookup {
@@ -191,17 +185,17 @@ impl RouteLookup {
             table: u32::from(h.table),
             protocol: u8::from(h.protocol),
         };
-        for nla in NlasIterator::new(payload.get(ROUTE_HEADER_LEN..)?).flatten() {
-            let v = nla.value();
-            match nla.kind() {
-                RTA_DST => dst_addr = Some(ip_any(v)?),
-                RTA_GATEWAY => out.gateway = Some(ip_any(v)?),
-                // struct rtvia: a 16-bit family, then the address.
-                RTA_VIA => out.gateway = Some(ip_any(v.get(2..)?)?),
-                RTA_PREFSRC => out.src = Some(ip_any(v)?),
-                RTA_OIF => out.oif = Some(u32_of(v)?),
-                RTA_IIF => out.iif = Some(u32_of(v)?),
-                RTA_TABLE => out.table = u32_of(v)?,
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(d) => dst_addr = Some(route_ip(d)?),
+                RouteAttribute::Gateway(g) => out.gateway = Some(route_ip(g)?),
+                RouteAttribute::Via(RouteVia::Inet(g)) => out.gateway = Some(IpAddr::V4(*g)),
+                RouteAttribute::Via(RouteVia::Inet6(g)) => out.gateway = Some(IpAddr::V6(*g)),
+                RouteAttribute::Via(_) => return None,
+                RouteAttribute::PrefSource(s) => out.src = Some(route_ip(s)?),
+                RouteAttribute::Oif(o) => out.oif = Some(*o),
+                RouteAttribute::Iif(i) => out.iif = Some(*i),
+                RouteAttribute::Table(t) => out.table = *t,
                 _ => {}
             }
         }
@@ -212,16 +206,12 @@ impl RouteLookup {
     }
 }
 
-fn ip_any(v: &[u8]) -> Option<IpAddr> {
-    match v.len() {
-        4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
-        16 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     }
-}
-
-fn u32_of(v: &[u8]) -> Option<u32> {
-    <[u8; 4]>::try_from(v).ok().map(u32::from_ne_bytes)
 }
 
 impl fmt::Display for RouteLookup {
@@ -249,23 +239,6 @@ impl fmt::Display for RouteLookup {
         Ok(())
     }
 }
-
-/// Neighbour states (NUD_*), as `ip neigh` prints them.
-pub const NUD_INCOMPLETE: u16 = 0x01;
-/// Confirmed reachable.
-pub const NUD_REACHABLE: u16 = 0x02;
-/// Not confirmed recently; used, and re-confirmed when sent to.
-pub const NUD_STALE: u16 = 0x04;
-/// Waiting before re-confirming.
-pub const NUD_DELAY: u16 = 0x08;
-/// Being re-confirmed.
-pub const NUD_PROBE: u16 = 0x10;
-/// Resolution failed.
-pub const NUD_FAILED: u16 = 0x20;
-/// No resolution needed (e.g. point-to-point).
-pub const NUD_NOARP: u16 = 0x40;
-/// Set by hand, never expires.
-pub const NUD_PERMANENT: u16 = 0x80;
 
 /// One entry of the ARP / NDP table.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -304,22 +277,30 @@ impl Neighbour {
         }
     }
 
+    /// Decodes an RTM_NEWNEIGH body with netlink-packet-route (the table
+    /// is small and read by tools, not on a hot path).
     pub(crate) fn parse(payload: &[u8]) -> Option<Neighbour> {
-        let h = NeighbourHeader::parse(payload).ok()?;
-        Family::from_af(h.family)?;
+        let m = NeighbourMessage::parse(payload).ok()?;
+        Family::from_af(m.header.family)?;
         let mut addr = None;
         let mut lladdr = None;
-        for nla in NlasIterator::new(payload.get(NEIGH_HEADER_LEN..)?).flatten() {
-            match nla.kind() {
-                NDA_DST => addr = ip_any(nla.value()),
-                NDA_LLADDR => lladdr = Some(nla.value().to_vec()),
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => {
+                    addr = Some(IpAddr::V4(*v4));
+                }
+                NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
+                    addr = Some(IpAddr::V6(*v6));
+                }
+                NeighbourAttribute::Destination(_) => addr = None,
+                NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
                 _ => {}
             }
         }
         Some(Neighbour {
             addr: addr?,
-            index: h.ifindex,
-            state: u16::from(h.state),
+            index: m.header.ifindex,
+            state: u16::from(m.header.state),
             lladdr,
         })
     }
@@ -414,6 +395,54 @@ mod tests {
         assert_eq!(a.table, 255);
         assert_eq!(a.to_string(), "local 10.0.0.1 dev #1");
         assert_eq!(RouteLookup::parse(&[1, 2]), None);
+    }
+
+    #[test]
+    fn neighbours_parse_and_other_families_are_skipped() {
+        use netlink_packet_route::AddressFamily;
+        use netlink_packet_route::neighbour::NeighbourState;
+        let mut m = NeighbourMessage::default();
+        m.header.family = Family::V6.af();
+        m.header.ifindex = 3;
+        m.header.state = NeighbourState::Reachable;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(
+                "fd00::3".parse().unwrap(),
+            )));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 3]));
+        let mut buf = vec![0; m.buffer_len()];
+        m.emit(&mut buf);
+        let n = Neighbour::parse(&buf).unwrap();
+        assert_eq!(
+            n,
+            Neighbour {
+                addr: "fd00::3".parse().unwrap(),
+                index: 3,
+                state: NUD_REACHABLE,
+                lladdr: Some(vec![2, 0, 0, 0, 0, 3]),
+            }
+        );
+        m.header.family = AddressFamily::Bridge;
+        let mut buf = vec![0; m.buffer_len()];
+        m.emit(&mut buf);
+        assert_eq!(Neighbour::parse(&buf), None);
+        assert_eq!(Neighbour::parse(&[10, 0]), None);
+    }
+
+    #[test]
+    fn an_ipv6_next_hop_of_an_ipv4_lookup_is_the_gateway() {
+        let mut m = RouteMessage::default();
+        m.header.address_family = Family::V4.af();
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Via(RouteVia::Inet6(
+            "fd00::1".parse().unwrap(),
+        )));
+        m.attributes.push(RouteAttribute::Table(1000));
+        let a = RouteLookup::parse(&wire(&m)).unwrap();
+        assert_eq!(a.gateway, "fd00::1".parse().ok());
+        assert_eq!(a.table, 1000);
+        assert_eq!(a.to_string(), "default via fd00::1");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Network namespace handles and the two safe ways of running code in one.
 
-// Raw syscalls: setns(2), fstatfs(2) and the nsfs ioctl.
+// The nsfs ioctl NS_GET_NSTYPE (see Netns::open_pod).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+
 /// `NSFS_MAGIC` of linux/magic.h.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
+const NSFS_MAGIC: i64 = libc::NSFS_MAGIC;
 /// `NS_GET_NSTYPE` of linux/nsfs.h: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::Ioctl = 0xb703;
 
@@ -25,12 +27,10 @@ pub struct Netns {
 }
 
 fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: plain syscall on a valid fd.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    Ok(move_into_link_name_space(
+        fd,
+        Some(LinkNameSpaceType::Network),
+    )?)
 }
 
 impl Netns {
@@ -58,20 +58,18 @@ impl Netns {
     pub fn open_pod(path: impl AsRef<Path>) -> Result<Netns> {
         let ns = Netns::open(path)?;
         let shown = ns.path.display().to_string();
-        // SAFETY: fstatfs on a valid fd into a zeroed struct it fills.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(ns.fd.as_raw_fd(), &mut st) } != 0 {
-            return Err(Error::os(
-                format!("statfs {shown}"),
-                io::Error::last_os_error(),
-            ));
-        }
+        let st = rustix::fs::fstatfs(&ns.fd)
+            .map_err(|e| Error::os(format!("statfs {shown}"), e.into()))?;
         if st.f_type as i64 != NSFS_MAGIC {
             return Err(Error::Invalid(format!(
                 "{shown} is not a network namespace (not a file of the namespace filesystem)"
             )));
         }
-        // SAFETY: NS_GET_NSTYPE takes no argument and returns the type.
+        // SAFETY: NS_GET_NSTYPE (linux/nsfs.h) takes no argument and only
+        // returns the namespace type of a valid fd; nothing is read or
+        // written through a pointer. No safe equivalent: neither rustix nor
+        // std wraps it, and the fd's /proc name does not show the type for
+        // a bind-mounted namespace (/var/run/netns/X).
         let ty = unsafe { libc::ioctl(ns.fd.as_raw_fd(), NS_GET_NSTYPE) };
         if ty != libc::CLONE_NEWNET {
             return Err(Error::Invalid(format!(
@@ -189,5 +187,17 @@ mod tests {
         let other = Netns::open("/proc/self/ns/uts").unwrap();
         assert!(!a.is_same(&other).unwrap());
         assert_eq!(b.path(), Path::new("/proc/self/ns/net"));
+    }
+
+    #[test]
+    fn open_pod_refuses_what_is_not_another_network_namespace() {
+        let refused = |p: &str| match Netns::open_pod(p) {
+            Err(Error::Invalid(why)) => why,
+            other => panic!("{p}: {other:?}"),
+        };
+        assert!(refused("/dev/null").contains("not a file of the namespace filesystem"));
+        assert!(refused("/proc/self/ns/uts").contains("not a network namespace"));
+        assert!(refused("/proc/self/ns/mnt").contains("not a network namespace"));
+        assert!(refused("/proc/thread-self/ns/net").contains("node's own"));
     }
 }

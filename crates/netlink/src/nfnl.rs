@@ -177,7 +177,7 @@ impl NfTablesSocket {
         // Everything the kernel has to say is queued now.
         let mut first_err: Option<(usize, Error)> = None;
         loop {
-            let n = match self.sock.recv(libc::MSG_DONTWAIT) {
+            let n = match self.sock.recv(rustix::net::RecvFlags::DONTWAIT) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(Error::os(format!("{}: reading the answers", what(0)), e)),

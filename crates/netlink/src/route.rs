@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NlasIterator};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType, RouteVia,
@@ -14,30 +14,11 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Error, Result};
 use crate::socket::Handle;
-
-/// RTPROT_KERNEL: made by the kernel (connected subnets, own addresses).
-pub const RTPROT_KERNEL: u8 = 2;
-/// RTPROT_BOOT: the default for routes added by hand (`ip route add`).
-pub const RTPROT_BOOT: u8 = 3;
-/// RTPROT_STATIC: added by an administrator as permanent.
-pub const RTPROT_STATIC: u8 = 4;
-/// The main routing table (`ip route`).
-pub const RT_TABLE_MAIN: u32 = 254;
-/// The local table (this host's own and broadcast addresses).
-pub const RT_TABLE_LOCAL: u32 = 255;
-
-pub(crate) const RTM_NEWROUTE: u16 = 24;
-pub(crate) const RTM_DELROUTE: u16 = 25;
-const ROUTE_HEADER_LEN: usize = 12;
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_GATEWAY: u16 = 5;
-const RTA_PRIORITY: u16 = 6;
-const RTA_PREFSRC: u16 = 7;
-const RTA_MULTIPATH: u16 = 9;
-const RTA_TABLE: u16 = 15;
-const RTA_VIA: u16 = 18;
-const RTA_NH_ID: u16 = 30;
+use crate::wire::{
+    ROUTE_HEADER_LEN, RT_TABLE_MAIN, RTA_DST, RTA_GATEWAY, RTA_MULTIPATH, RTA_NH_ID, RTA_OIF,
+    RTA_PREFSRC, RTA_PRIORITY, RTA_TABLE, RTA_VIA, RTM_NEWROUTE, RTPROT_BOOT, attrs, ip, u16_at,
+    u32_of,
+};
 
 /// An address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -246,9 +227,8 @@ impl Route {
         r.protocol = u8::from(h.protocol);
         r.table = u32::from(h.table);
         r.onlink = h.flags.contains(RouteFlags::Onlink);
-        for nla in NlasIterator::new(payload.get(ROUTE_HEADER_LEN..)?).flatten() {
-            let v = nla.value();
-            match nla.kind() {
+        for (kind, v) in attrs(payload, ROUTE_HEADER_LEN)? {
+            match kind {
                 RTA_DST => dst_addr = Some(ip(fam, v)?),
                 RTA_GATEWAY => r.gateway = Some(ip(fam, v)?),
                 RTA_PREFSRC => r.src = Some(ip(fam, v)?),
@@ -258,8 +238,7 @@ impl Route {
                 // struct rtvia: family (u16), then the address. Only an
                 // IPv6 next hop of an IPv4 route is represented.
                 RTA_VIA if fam == Family::V4 => {
-                    let af = u16::from_ne_bytes(<[u8; 2]>::try_from(v.get(..2)?).ok()?);
-                    if af != libc::AF_INET6 as u16 {
+                    if u16_at(v)? != libc::AF_INET6 as u16 {
                         return None;
                     }
                     r.gateway = Some(ip(Family::V6, v.get(2..)?)?);
@@ -275,17 +254,6 @@ impl Route {
         }
         Some(r)
     }
-}
-
-fn ip(fam: Family, v: &[u8]) -> Option<IpAddr> {
-    match fam {
-        Family::V4 => <[u8; 4]>::try_from(v).ok().map(IpAddr::from),
-        Family::V6 => <[u8; 16]>::try_from(v).ok().map(IpAddr::from),
-    }
-}
-
-fn u32_of(v: &[u8]) -> Option<u32> {
-    <[u8; 4]>::try_from(v).ok().map(u32::from_ne_bytes)
 }
 
 impl fmt::Display for Route {
@@ -417,6 +385,7 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{RT_TABLE_LOCAL, RTPROT_KERNEL};
     use netlink_packet_core::{Emitable, Parseable};
 
     fn wire(r: &Route, delete: bool) -> Vec<u8> {

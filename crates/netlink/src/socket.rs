@@ -9,31 +9,28 @@
 //! kernel flags `NLM_F_DUMP_INTR` is retried, and a refused request carries
 //! the kernel's extended-ack text.
 
-// Raw syscalls: recv(2) into our own buffer.
-#![allow(unsafe_code)]
-
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP,
-    NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlasIterator,
+    NLMSG_OVERRUN, NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{
     Socket as NlSocket, SocketAddr, protocols::NETLINK_NETFILTER, protocols::NETLINK_ROUTE,
 };
 
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
+
 use crate::error::{Error, Result};
+use crate::wire::{NLM_F_ACK_TLVS, NLM_F_CAPPED, NLMSGERR_ATTR_MSG, c_str, nested};
 
 /// Big enough for any dump datagram the kernel builds by default (it caps
 /// them at 32 KiB); larger ones grow the buffer and retry.
 const RECV_BUF: usize = 64 * 1024;
 const NLMSG_HDRLEN: usize = 16;
-/// `nlmsgerr` TLV carrying the kernel's human readable error (extended ack).
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const NLM_F_CAPPED: u16 = 0x100;
-const NLM_F_ACK_TLVS: u16 = 0x200;
 /// How often a dump is retried when the kernel flags it inconsistent
 /// (NLM_F_DUMP_INTR) or a datagram did not fit the buffer.
 const DUMP_ATTEMPTS: usize = 5;
@@ -104,14 +101,9 @@ pub(crate) fn ext_ack_msg(flags: u16, payload: &[u8]) -> Option<String> {
         (l + 3) & !3
     };
     let tlvs = payload.get(4 + skip..)?;
-    NlasIterator::new(tlvs)
-        .filter_map(|n| n.ok())
-        .find(|n| n.kind() == NLMSGERR_ATTR_MSG)
-        .map(|n| {
-            let v = n.value();
-            let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
-            String::from_utf8_lossy(&v[..end]).into_owned()
-        })
+    nested(tlvs)
+        .find(|(k, _)| *k == NLMSGERR_ATTR_MSG)
+        .map(|(_, v)| c_str(v))
 }
 
 pub(crate) fn netlink_error(code: i32, context: String, msg: Option<String>) -> Error {
@@ -162,6 +154,12 @@ pub(crate) struct Socket {
     pub(crate) recv_buf: Vec<u8>,
 }
 
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
 impl Socket {
     /// Opens a socket in the calling thread's network namespace, joined to
     /// the given multicast groups (none for request sockets).
@@ -198,24 +196,12 @@ impl Socket {
 
     /// Receives one datagram into `recv_buf`. Returns the datagram's real
     /// length, which exceeds the buffer when it was truncated.
-    pub(crate) fn recv(&mut self, flags: libc::c_int) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, flags: RecvFlags) -> io::Result<usize> {
         loop {
-            // SAFETY: the pointer/length pair describes our own initialised
-            // buffer, which the kernel writes at most `len` bytes into.
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    self.recv_buf.as_mut_ptr().cast(),
-                    self.recv_buf.len(),
-                    flags | libc::MSG_TRUNC,
-                )
-            };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match rustix::net::recv(&self.sock, &mut self.recv_buf[..], flags | RecvFlags::TRUNC) {
+                Ok((_, real_len)) => return Ok(real_len),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -285,18 +271,8 @@ impl Socket {
         if want <= self.send_limit {
             return;
         }
-        let size = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
-        // SAFETY: setsockopt on our own fd with a pointer to a c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_SNDBUFFORCE,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
+        let size = want.min(libc::c_int::MAX as usize);
+        if rustix::net::sockopt::set_socket_send_buffer_size_force(&self.sock, size).is_ok() {
             self.send_limit = want;
         }
     }
@@ -379,7 +355,9 @@ impl Socket {
             let mut truncated = false;
             let mut interrupted = false;
             'recv: loop {
-                let n = self.recv(0).map_err(|e| Error::os(context(), e))?;
+                let n = self
+                    .recv(RecvFlags::empty())
+                    .map_err(|e| Error::os(context(), e))?;
                 if n > self.recv_buf.len() {
                     // The kernel dropped the part that did not fit; finish
                     // this exchange and try again with a bigger buffer.
@@ -477,7 +455,9 @@ impl Socket {
         let mut results: Vec<Option<Result<()>>> = (0..reqs.len()).map(|_| None).collect();
         let mut pending = reqs.len();
         while pending > 0 {
-            let n = self.recv(0).map_err(|e| Error::os(ctx(0), e))?;
+            let n = self
+                .recv(RecvFlags::empty())
+                .map_err(|e| Error::os(ctx(0), e))?;
             let n = n.min(self.recv_buf.len());
             for (hdr, payload) in messages(&self.recv_buf[..n]) {
                 if hdr.kind != NLMSG_ERROR {

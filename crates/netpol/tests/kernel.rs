@@ -5,19 +5,19 @@
 //! and compared with `evaluate_on`. Root only; everything happens inside
 //! namespaces this test makes.
 
-// Raw syscalls: raw syscalls in test setup.
-#![allow(unsafe_code)]
-
 mod common;
 
 use kindnet_netpol::*;
 use kindnet_nft::{Nft, NftNetlink};
 use kindnet_testbed::{Ns, require_root};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::net::{RecvFlags, SendFlags, recvfrom, sendto};
+use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 use serde_json::{Value as Json, json};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -39,9 +39,9 @@ const SERVICES: [(Proto, u16); 4] = [
 
 fn setns(path: &str) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-    // SAFETY: plain syscall on a valid fd; only this thread moves.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+    // only this thread moves
+    move_into_link_name_space(f.as_fd(), Some(LinkNameSpaceType::Network))
+        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
 }
 
 struct PodNs {
@@ -76,30 +76,26 @@ fn serve(path: String, stop: Arc<AtomicBool>, ready: std::sync::mpsc::Sender<()>
         socks.push((s, ty == Type::DGRAM));
     }
     let _ = ready.send(());
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+    let mut buf = [0u8; 64];
+    let tick = Timespec {
+        tv_sec: 0,
+        tv_nsec: 100_000_000,
+    };
     while !stop.load(Ordering::Relaxed) {
-        let mut fds: Vec<libc::pollfd> = socks
+        let mut fds: Vec<PollFd> = socks
             .iter()
-            .map(|(s, _)| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
+            .map(|(s, _)| PollFd::new(s, PollFlags::IN))
             .collect();
-        // SAFETY: fds is a valid array of pollfd for its length.
-        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
-        for (i, (s, udp)) in socks.iter().enumerate() {
-            if fds[i].revents == 0 {
+        let _ = poll(&mut fds, Some(&tick));
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        for ((s, udp), ready) in socks.iter().zip(ready) {
+            if !ready {
                 continue;
             }
             if *udp {
-                while let Ok((n, from)) = s.recv_from(&mut buf) {
-                    // SAFETY: recv_from initialized the first n bytes.
-                    let data: Vec<u8> = buf[..n]
-                        .iter()
-                        .map(|b| unsafe { b.assume_init() })
-                        .collect();
-                    let _ = s.send_to(&data, &from);
+                while let Ok((n, _, Some(from))) = recvfrom(s, &mut buf, RecvFlags::empty()) {
+                    let _ = sendto(s, &buf[..n], SendFlags::empty(), &from);
                 }
             } else {
                 while s.accept().is_ok() {}
@@ -177,25 +173,16 @@ fn probe(
         if left.is_zero() {
             break;
         }
-        let mut fds: Vec<libc::pollfd> = pending
+        let mut fds: Vec<PollFd> = pending
             .iter()
-            .map(|(_, s, udp)| libc::pollfd {
-                fd: s.as_raw_fd(),
-                events: if *udp { libc::POLLIN } else { libc::POLLOUT },
-                revents: 0,
-            })
+            .map(|(_, s, udp)| PollFd::new(s, if *udp { PollFlags::IN } else { PollFlags::OUT }))
             .collect();
-        // SAFETY: fds is a valid array of pollfd for its length.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                left.as_millis().max(1) as i32,
-            )
-        };
+        let _ = poll(&mut fds, Timespec::try_from(left).ok().as_ref());
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
         let mut still = Vec::new();
-        for ((i, s, udp), fd) in pending.into_iter().zip(fds) {
-            if fd.revents == 0 {
+        for ((i, s, udp), ready) in pending.into_iter().zip(ready) {
+            if !ready {
                 still.push((i, s, udp));
                 continue;
             }

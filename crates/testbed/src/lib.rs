@@ -8,8 +8,8 @@
 //! is what a test wants and a product binary does not.
 
 #![warn(missing_docs)]
-// Raw syscalls: geteuid(2), kill(2) on our own children, unshare(2) and
-// mount(2) in a child (hide_nft).
+// Only for `CommandExt::pre_exec` (unshare(2) and mount(2) in a child,
+// hide_nft), which has no safe equivalent.
 #![allow(unsafe_code)]
 
 use serde_json::Value;
@@ -26,8 +26,7 @@ pub const PREFIX: &str = "kntb";
 
 /// Whether this process runs as root (what the namespace tests need).
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 /// The environment variable that turns every skip into a failure: CI runs
@@ -299,13 +298,14 @@ impl ChildGuard {
         let Some(pid) = self.id() else {
             return Ok(());
         };
-        let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
-        // SAFETY: kill on the PID of a child we spawned and have not reaped.
-        if unsafe { libc::kill(pid, sig) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        let pid = i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| io::Error::other(format!("PID {pid}")))?;
+        let sig = rustix::process::Signal::from_named_raw(sig)
+            .ok_or_else(|| io::Error::other(format!("signal {sig}")))?;
+        // a child we spawned and have not reaped
+        Ok(rustix::process::kill_process(pid, sig)?)
     }
 
     /// Waits for the child to exit, up to `timeout`; its exit status if it
@@ -391,9 +391,11 @@ pub fn hide_nft(cmd: &mut Command, empty: &Path) {
         .filter_map(|p| CString::new(*p).ok())
         .collect();
     let root = CString::new("/").expect("no NUL");
-    // SAFETY: only async-signal-safe syscalls between fork and exec, on
-    // strings made before the fork; the mounts live in the child's own
-    // mount namespace and go away with it.
+    // SAFETY: pre_exec runs its closure in the forked child, where only
+    // async-signal-safe calls are sound: these are plain syscalls on
+    // strings made before the fork (no allocation, no lock). The mounts
+    // live in the child's own mount namespace and go away with it. No
+    // safe equivalent: std offers no other hook between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if libc::unshare(libc::CLONE_NEWNS) != 0 {
