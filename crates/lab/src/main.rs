@@ -6,11 +6,13 @@
 mod bench;
 mod check;
 mod cluster;
-mod netpol;
+mod model_state;
 mod netpol_bench;
 mod nft_bench;
 mod nodes_bench;
 mod plan;
+mod pod_server;
+mod policy_model;
 mod runtime;
 mod sctp;
 mod spoof;
@@ -322,7 +324,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             preflight()?;
             let mut lab = up(&a)?;
             if a.netpol_model
-                && let Err(e) = netpol::create_model(&mut lab)
+                && let Err(e) = policy_model::create_model(&mut lab)
             {
                 eprintln!("up failed: {e}\ncleaning up lab {:?}", a.name);
                 let _ = cluster::down(&a.name);
@@ -425,7 +427,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Apply { lab, file } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            for d in netpol::apply(&l, &file, false)? {
+            for d in policy_model::apply(&l, &file, false)? {
                 println!("{d} applied");
             }
             Ok(ExitCode::SUCCESS)
@@ -433,7 +435,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Delete { lab, file } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            for d in netpol::apply(&l, &file, true)? {
+            for d in policy_model::apply(&l, &file, true)? {
                 println!("{d} deleted");
             }
             Ok(ExitCode::SUCCESS)
@@ -455,7 +457,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         .ok_or_else(|| format!("--labels: {kv:?} is not key=value"))
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            let addrs = netpol::add_model_pod(&mut l, &pod, &labels, &node)?;
+            let addrs = policy_model::add_model_pod(&mut l, &pod, &labels, &node)?;
             println!("added {pod}: {addrs}");
             Ok(ExitCode::SUCCESS)
         }
@@ -469,9 +471,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
+            let (a, b) = (
+                policy_model::find_pod(&l, &from)?,
+                policy_model::find_pod(&l, &to)?,
+            );
             let mut leaked = false;
-            for f in netpol::families(&l) {
+            for f in policy_model::families(&l) {
                 let sources = if source.is_empty() {
                     spoof::default_sources(&l, a, b, f)
                 } else {
@@ -533,15 +538,18 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            let (port, proto) = netpol::parse_port(&port)?;
-            let c = netpol::cluster(&l)?;
-            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
-            for f in netpol::families(&l) {
-                let r = netpol::probe(&l, &c, a, b, port, proto, f)?;
+            let (port, proto) = policy_model::parse_port(&port)?;
+            let c = policy_model::cluster(&l)?;
+            let (a, b) = (
+                policy_model::find_pod(&l, &from)?,
+                policy_model::find_pod(&l, &to)?,
+            );
+            for f in policy_model::families(&l) {
+                let r = policy_model::probe(&l, &c, a, b, port, proto, f)?;
                 if json {
                     println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
                 } else {
-                    println!("{}", netpol::print_probe(&r));
+                    println!("{}", policy_model::print_probe(&r));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -549,10 +557,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Reachability { lab, port, json } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            let (port, proto) = netpol::parse_port(&port)?;
-            for f in netpol::families(&l) {
-                let rs = netpol::reachability(&l, port, proto, f)?;
-                let wrong: Vec<&netpol::ProbeResult> =
+            let (port, proto) = policy_model::parse_port(&port)?;
+            for f in policy_model::families(&l) {
+                let rs = policy_model::reachability(&l, port, proto, f)?;
+                let wrong: Vec<&policy_model::ProbeResult> =
                     rs.iter().filter(|r| r.connected != r.expected).collect();
                 if json {
                     let v = serde_json::json!({"port": port, "family": f.label(),
@@ -564,9 +572,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         f.label(),
                         rs.first().map(|r| r.proto).unwrap_or("")
                     );
-                    print!("{}", netpol::print_matrix(&rs));
+                    print!("{}", policy_model::print_matrix(&rs));
                     for w in &wrong {
-                        println!("  {}", netpol::print_probe(w));
+                        println!("  {}", policy_model::print_probe(w));
                     }
                     println!(
                         "{} cells, {} differ from the semantics\n",
@@ -607,7 +615,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             state_dir,
         } => {
             let _ = state_dir;
-            netpol::serve(&identity)?;
+            pod_server::serve(&identity)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {

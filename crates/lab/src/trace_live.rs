@@ -218,7 +218,7 @@ pub fn walk_live(lab: &Lab, f: Family, from: &str, to: &str, t: Target) -> Resul
         lookups: HashMap::new(),
         nft: HashMap::new(),
         // The same model `probe` evaluates (the lab's nodes file).
-        policy: crate::netpol::cluster(lab).ok(),
+        policy: crate::policy_model::cluster(lab).ok(),
     };
     let mut kernel = Kernel::default();
     trace::resolve(
