@@ -13,6 +13,7 @@ mod nodes_bench;
 mod plan;
 mod pod_server;
 mod policy_model;
+mod port;
 mod runtime;
 mod sctp;
 mod spoof;
@@ -161,8 +162,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Probe FROM -> TO (namespace/name) on PORT[/PROTO]: connected or
-    /// blocked, and which policy allowed it or why nothing did.
+    /// Probe FROM -> TO (namespace/name) on PORT[/PROTO] (tcp, udp or
+    /// sctp, any case; port 1-65535): connected or blocked, and which
+    /// policy allowed it or why nothing did.
     Probe {
         #[command(flatten)]
         lab: NameArg,
@@ -538,7 +540,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            let (port, proto) = policy_model::parse_port(&port)?;
+            let (port, proto) = port::parse_port(&port)?;
             let c = policy_model::cluster(&l)?;
             let (a, b) = (
                 policy_model::find_pod(&l, &from)?,
@@ -557,7 +559,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Reachability { lab, port, json } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            let (port, proto) = policy_model::parse_port(&port)?;
+            let (port, proto) = port::parse_port(&port)?;
             for f in policy_model::families(&l) {
                 let rs = policy_model::reachability(&l, port, proto, f)?;
                 let wrong: Vec<&policy_model::ProbeResult> =

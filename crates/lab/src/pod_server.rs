@@ -9,7 +9,7 @@ use crate::model_state::PORTS;
 use crate::plan::Pod;
 use crate::sys::Result;
 use kindnet_netlink::Netns;
-use kindnet_netpol::Proto;
+use kindnet_nft::L4Proto;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
@@ -121,7 +121,7 @@ pub fn wait_ready(pod: &Pod) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let to = SocketAddr::from(([127, 0, 0, 1], 80));
-        if ask(&pod.netns, to, Proto::Tcp, Duration::from_millis(200)).is_ok() {
+        if ask(&pod.netns, to, L4Proto::Tcp, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -136,14 +136,14 @@ pub fn wait_ready(pod: &Pod) -> Result<()> {
 pub fn ask(
     netns: &str,
     to: SocketAddr,
-    proto: Proto,
+    proto: L4Proto,
     timeout: Duration,
 ) -> std::result::Result<String, String> {
     let n =
         Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
     n.run(move || -> std::result::Result<String, String> {
         match proto {
-            Proto::Udp => {
+            L4Proto::Udp => {
                 let bind = if to.is_ipv6() {
                     SocketAddr::from(([0u16; 8], 0))
                 } else {

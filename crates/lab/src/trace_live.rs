@@ -15,15 +15,15 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kindnet_netlink::{Handle, Netns, RouteQuery};
-use kindnet_nft::{Nft, NftNetlink, TableRef};
+use kindnet_nft::{L4Proto, Nft, NftNetlink, TableRef};
 use serde::Serialize;
 
 use crate::cluster::Lab;
 use crate::plan::{self, Family, Mode};
 use crate::sys::{self, Result};
 use crate::trace::{
-    self, Answer, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Proto,
-    Query, Target, Verdict, View, Walk,
+    self, Answer, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Query,
+    Target, Verdict, View, Walk,
 };
 
 #[derive(clap::Args, Clone)]
@@ -31,7 +31,8 @@ pub struct TraceArgs {
     /// A pod (node1-pod1), a node (node2) or `external`.
     pub from: String,
     pub to: String,
-    /// PORT, PORT/tcp or PORT/udp; without it an ICMP echo is sent.
+    /// PORT or PORT/PROTO (tcp, udp or sctp, any case; port 1-65535);
+    /// without it an ICMP echo is sent.
     pub target: Option<String>,
     /// One family only (default: every family of the lab).
     #[arg(long, value_parser = ["4", "6"])]
@@ -487,6 +488,34 @@ fn probe_icmp(from_ns: &str, to: IpAddr, recv_ns: &str) -> Probe {
     }
 }
 
+/// An SCTP INIT from a raw socket (the kernel may have no SCTP, see
+/// [`crate::sctp`]), watched for in `recv_ns` on `recv_port`. A raw socket
+/// reports no peer, so the source the receiver saw is not known.
+fn probe_sctp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv_port: u16) -> Probe {
+    let sent = format!("sctp INIT to {to}");
+    let (arrived, note) = match crate::sctp::probe_arriving(
+        from_ns,
+        to,
+        recv_ns,
+        recv_port,
+        Duration::from_secs(2),
+    ) {
+        Ok(true) => (
+            true,
+            format!("the INIT arrived in {recv_ns} on port {recv_port}"),
+        ),
+        Ok(false) => (false, format!("no SCTP INIT arrived in {recv_ns}")),
+        Err(e) => (false, e),
+    };
+    Probe {
+        sent,
+        arrived,
+        seen_src: None,
+        expected_src: None,
+        note,
+    }
+}
+
 /// Sends the real packet along `w` and reports what arrived.
 pub fn probe(lab: &Lab, w: &Walk) -> Result<Probe> {
     let hosts = hosts(
@@ -509,22 +538,28 @@ pub fn probe(lab: &Lab, w: &Walk) -> Result<Probe> {
             src,
             ..
         } => (netns.clone(), *dst, *port, Some(*src)),
-        Verdict::Dropped { .. } => (to.netns.clone(), dst, w.target.port, None),
+        Verdict::Dropped { .. } => (to.netns.clone(), dst, w.target.port(), None),
     };
-    let mut p = match (w.target.proto, w.target.port) {
-        (Proto::Tcp, Some(port)) => probe_tcp(
+    let mut p = match w.target {
+        Target::Port(L4Proto::Tcp, port) => probe_tcp(
             &from.netns,
             SocketAddr::new(dst, port),
             &recv_ns,
             SocketAddr::new(recv_ip, recv_port.unwrap_or(port)),
         ),
-        (Proto::Udp, Some(port)) => probe_udp(
+        Target::Port(L4Proto::Udp, port) => probe_udp(
             &from.netns,
             SocketAddr::new(dst, port),
             &recv_ns,
             SocketAddr::new(recv_ip, recv_port.unwrap_or(port)),
         ),
-        _ => probe_icmp(&from.netns, dst, &recv_ns),
+        Target::Port(L4Proto::Sctp, port) => probe_sctp(
+            &from.netns,
+            SocketAddr::new(dst, port),
+            &recv_ns,
+            recv_port.unwrap_or(port),
+        ),
+        Target::Echo => probe_icmp(&from.netns, dst, &recv_ns),
     };
     p.expected_src = expected;
     Ok(p)
@@ -647,10 +682,7 @@ pub fn demo(lab: &Lab) -> Result<bool> {
         plan::SERVICE_PORT,
         lab.spec.name
     );
-    let t = Target {
-        proto: Proto::Tcp,
-        port: Some(plan::SERVICE_PORT),
-    };
+    let t = Target::Port(L4Proto::Tcp, plan::SERVICE_PORT);
     let tr = trace_one(lab, f, &first.name, &other.name, t)?;
     print!("{}", trace::render(&tr.walk));
     print!("{}", render_probe(&tr.walk, &tr.probe));

@@ -14,9 +14,7 @@
 
 mod probe;
 
-pub use probe::{
-    ProbeResult, families, find_pod, parse_port, print_matrix, print_probe, probe, reachability,
-};
+pub use probe::{ProbeResult, families, find_pod, print_matrix, print_probe, probe, reachability};
 
 use crate::cluster::{Lab, pod_ips, result_addrs};
 use crate::model_state::{self, Labels, NAMESPACES, PODS, State};
@@ -396,7 +394,6 @@ pub fn apply(lab: &Lab, file: &Path, delete: bool) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kindnet_netpol::Proto;
 
     fn pod(ns: &str, name: &str) -> Pod {
         Pod {
@@ -464,12 +461,7 @@ mod tests {
     }
 
     #[test]
-    fn ports_and_metrics_parse() {
-        assert_eq!(parse_port("80").unwrap(), (80, Proto::Tcp));
-        assert_eq!(parse_port("81/UDP").unwrap(), (81, Proto::Udp));
-        assert!(parse_port("x/tcp").is_err());
-        assert!(parse_port("80/icmp").is_err());
-        assert_eq!(parse_port("80/SCTP").unwrap(), (80, Proto::Sctp));
+    fn metrics_parse() {
         let t = "# HELP x\nkindnet_netpol_programmed_version 7\nkindnet_netpol_programmed_version_x 9\n";
         assert_eq!(metric(t, "kindnet_netpol_programmed_version"), Some(7.0));
     }

@@ -6,37 +6,16 @@ use crate::cluster::{Lab, pod_ips};
 use crate::model_state::is_model_pod;
 use crate::plan::{Family, Pod};
 use crate::pod_server;
+use crate::port::policy_proto;
 use crate::sys::Result;
-use kindnet_netpol::{Cluster, Endpoint, Proto, evaluate};
+use kindnet_netpol::{Cluster, Endpoint, evaluate};
+use kindnet_nft::L4Proto;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// A probe waits this long for a connection or a reply.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(700);
-
-/// `PORT[/PROTO]`.
-pub fn parse_port(s: &str) -> Result<(u16, Proto)> {
-    let (p, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    let port: u16 = p.parse().map_err(|_| format!("port {p:?}"))?;
-    let proto = match proto.to_ascii_lowercase().as_str() {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        // raw sockets: crafted INITs (see crate::sctp)
-        "sctp" => Proto::Sctp,
-        o => return Err(format!("protocol {o:?}: tcp, udp or sctp")),
-    };
-    Ok((port, proto))
-}
-
-fn proto_name(p: Proto) -> &'static str {
-    match p {
-        Proto::Tcp => "tcp",
-        Proto::Udp => "udp",
-        Proto::Sctp => "sctp",
-        Proto::Other => "other",
-    }
-}
 
 /// One probe's outcome, with what the semantics say.
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +56,7 @@ pub fn probe(
     from: &Pod,
     to: &Pod,
     port: u16,
-    proto: Proto,
+    proto: L4Proto,
     f: Family,
 ) -> Result<ProbeResult> {
     let v6 = f == Family::V6;
@@ -90,7 +69,7 @@ pub fn probe(
         &Endpoint::pod(&from.namespace, &from.name, v6),
         &Endpoint::pod(&to.namespace, &to.name, v6),
         port,
-        proto,
+        policy_proto(Some(proto)),
     );
     // a pod reaching itself never leaves it (upstream: AllowLoopback)
     let verdict = if from.full_name() == to.full_name() {
@@ -106,10 +85,12 @@ pub fn probe(
     let measured = match proto {
         // no SCTP sockets needed: an INIT from a raw socket, watched for
         // by a raw socket in the destination pod
-        Proto::Sctp => match crate::sctp::probe(&from.netns, &to.netns, to_addr, PROBE_TIMEOUT)? {
-            true => Ok(format!("SCTP INIT arrived in {}", to.netns)),
-            false => Err("no SCTP INIT arrived".to_string()),
-        },
+        L4Proto::Sctp => {
+            match crate::sctp::probe(&from.netns, &to.netns, to_addr, PROBE_TIMEOUT)? {
+                true => Ok(format!("SCTP INIT arrived in {}", to.netns)),
+                false => Err("no SCTP INIT arrived".to_string()),
+            }
+        }
         _ => pod_server::ask(&from.netns, to_addr, proto, PROBE_TIMEOUT),
     };
     if let Err(e) = &measured
@@ -121,7 +102,7 @@ pub fn probe(
         from: from.full_name(),
         to: to.full_name(),
         port,
-        proto: proto_name(proto),
+        proto: proto.as_str(),
         family: f.label(),
         connected: measured.is_ok(),
         expected: verdict.allowed,
@@ -167,7 +148,7 @@ pub fn model_pods(lab: &Lab) -> Vec<Pod> {
 }
 
 /// Every model pod to every model pod, concurrently.
-pub fn reachability(lab: &Lab, port: u16, proto: Proto, f: Family) -> Result<Vec<ProbeResult>> {
+pub fn reachability(lab: &Lab, port: u16, proto: L4Proto, f: Family) -> Result<Vec<ProbeResult>> {
     let c = cluster(lab)?;
     let pods = model_pods(lab);
     let results: Vec<Result<ProbeResult>> = std::thread::scope(|sc| {

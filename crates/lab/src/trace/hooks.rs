@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use kindnet_nft::{Listing, Value};
 
 use super::{
-    Hop, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Pkt, Proto,
-    Query, Target, View, route_kernel,
+    Hop, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Pkt, Query,
+    Target, View, route_kernel,
 };
 use crate::plan::Family;
 
@@ -36,7 +36,7 @@ pub(super) fn host_port_dnat(
         Some((a, p, map)) => {
             hop.nft.push(format!(
                 "{PORTMAP_TABLE}: {}/{} is a hostPort (@{map}): DNAT to {}",
-                t.proto.as_str(),
+                t.proto_name(),
                 pkt.port.unwrap_or_default(),
                 std::net::SocketAddr::new(a, p)
             ));
@@ -47,7 +47,7 @@ pub(super) fn host_port_dnat(
         None => {
             hop.nft.push(format!(
                 "{PORTMAP_TABLE}: no hostPort mapping for {}/{}: the node itself must answer",
-                t.proto.as_str(),
+                t.proto_name(),
                 pkt.port.unwrap_or_default()
             ));
             Ok(false)
@@ -258,12 +258,8 @@ fn netpol_verdict(
             None,
         );
     };
-    use kindnet_netpol::{Endpoint, Proto as NP};
-    let proto = match target.proto {
-        Proto::Tcp => NP::Tcp,
-        Proto::Udp => NP::Udp,
-        Proto::Icmp => NP::Other,
-    };
+    use kindnet_netpol::Endpoint;
+    let proto = crate::port::policy_proto(target.l4());
     let here = kindnet_netpol::NodeContext {
         node_name: node.name.clone(),
         node_ips: node.addrs.clone(),
@@ -275,7 +271,7 @@ fn netpol_verdict(
         &here,
         &Endpoint::Addr(pkt.src),
         &Endpoint::Addr(pkt.dst),
-        target.port.unwrap_or(0),
+        target.port().unwrap_or(0),
         proto,
     );
     if verdict.allowed {

@@ -27,63 +27,52 @@ pub const PORTMAP_TABLE: &str = "kindnet-portmap";
 /// verdict from the semantics (see [`hooks`]).
 pub const NETPOL_TABLE: &str = "kindnet-netpol";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Icmp,
-}
-
-impl Proto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Icmp => "icmp",
-        }
-    }
-}
-
-/// What to send: a port and protocol, or ICMP echo.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Target {
-    pub proto: Proto,
-    pub port: Option<u16>,
+/// What to send: a port of a protocol, or ICMP echo.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Echo,
+    Port(L4Proto, u16),
 }
 
 impl Target {
-    /// `8080`, `8080/tcp`, `53/udp`; `None` = ICMP.
+    /// `8080`, `8080/tcp`, `53/UDP`, `80/sctp` ([`crate::port::parse_port`]);
+    /// `None` = ICMP echo.
     pub fn parse(s: Option<&str>) -> Result<Target, String> {
-        let Some(s) = s else {
-            return Ok(Target {
-                proto: Proto::Icmp,
-                port: None,
-            });
-        };
-        let (port, proto) = match s.split_once('/') {
-            Some((p, "tcp")) => (p, Proto::Tcp),
-            Some((p, "udp")) => (p, Proto::Udp),
-            Some((_, other)) => return Err(format!("{s:?}: protocol {other:?} is not tcp or udp")),
-            None => (s, Proto::Tcp),
-        };
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{s:?}: expected PORT or PORT/tcp|udp (port 1-65535)"))?;
-        Ok(Target {
-            proto,
-            port: Some(port),
-        })
+        match s {
+            None => Ok(Target::Echo),
+            Some(s) => crate::port::parse_port(s).map(|(port, proto)| Target::Port(proto, port)),
+        }
+    }
+
+    pub fn port(self) -> Option<u16> {
+        match self {
+            Target::Echo => None,
+            Target::Port(_, p) => Some(p),
+        }
+    }
+
+    /// The protocol's name: `tcp`, `udp`, `sctp`, `icmp`.
+    pub fn proto_name(self) -> &'static str {
+        self.l4().map_or("icmp", L4Proto::as_str)
     }
 
     fn l4(self) -> Option<L4Proto> {
-        match self.proto {
-            Proto::Tcp => Some(L4Proto::Tcp),
-            Proto::Udp => Some(L4Proto::Udp),
-            Proto::Icmp => None,
+        match self {
+            Target::Echo => None,
+            Target::Port(proto, _) => Some(proto),
         }
+    }
+}
+
+/// As before the protocol enum went: `{"proto": "tcp", "port": 80}`,
+/// `{"proto": "icmp", "port": null}`.
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Target", 2)?;
+        st.serialize_field("proto", self.proto_name())?;
+        st.serialize_field("port", &self.port())?;
+        st.end()
     }
 }
 
@@ -268,8 +257,8 @@ struct Pkt {
 impl Pkt {
     fn text(&self, t: Target) -> String {
         match self.port {
-            Some(p) => format!("{} -> {} {}/{p}", self.src, self.dst, t.proto.as_str()),
-            None => format!("{} -> {} {}", self.src, self.dst, t.proto.as_str()),
+            Some(p) => format!("{} -> {} {}/{p}", self.src, self.dst, t.proto_name()),
+            None => format!("{} -> {} {}", self.src, self.dst, t.proto_name()),
         }
     }
 }
@@ -312,8 +301,8 @@ pub fn render(w: &Walk) -> String {
         w.from,
         w.to,
         w.family,
-        match w.target.port {
-            Some(p) => format!("{}/{p}", w.target.proto.as_str()),
+        match w.target.port() {
+            Some(p) => format!("{}/{p}", w.target.proto_name()),
             None => "icmp echo".into(),
         }
     );

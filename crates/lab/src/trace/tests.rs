@@ -231,10 +231,7 @@ impl Lab {
 }
 
 fn tcp(p: u16) -> Target {
-    Target {
-        proto: Proto::Tcp,
-        port: Some(p),
-    }
+    Target::Port(L4Proto::Tcp, p)
 }
 
 fn hosts(w: &Walk) -> Vec<&str> {
@@ -243,18 +240,30 @@ fn hosts(w: &Walk) -> Vec<&str> {
 
 #[test]
 fn targets_parse() {
-    assert_eq!(Target::parse(None).unwrap().proto, Proto::Icmp);
+    assert_eq!(Target::parse(None).unwrap(), Target::Echo);
+    assert_eq!(Target::parse(None).unwrap().proto_name(), "icmp");
     assert_eq!(Target::parse(Some("8080")).unwrap(), tcp(8080));
     assert_eq!(
         Target::parse(Some("53/udp")).unwrap(),
-        Target {
-            proto: Proto::Udp,
-            port: Some(53)
-        }
+        Target::Port(L4Proto::Udp, 53)
     );
-    for bad in ["0", "x/tcp", "80/sctp", "70000"] {
+    // one parser with the policy model's probe: Kubernetes' spelling
+    assert_eq!(
+        Target::parse(Some("80/SCTP")).unwrap(),
+        Target::Port(L4Proto::Sctp, 80)
+    );
+    for bad in ["0", "x/tcp", "80/icmp", "70000"] {
         assert!(Target::parse(Some(bad)).is_err(), "{bad}");
     }
+    // the JSON of `trace --json` keeps its shape
+    assert_eq!(
+        serde_json::to_value(tcp(80)).unwrap(),
+        serde_json::json!({"proto": "tcp", "port": 80})
+    );
+    assert_eq!(
+        serde_json::to_value(Target::Echo).unwrap(),
+        serde_json::json!({"proto": "icmp", "port": null})
+    );
 }
 
 /// node2-pod1 (x/b on node2) under deny-all ingress: the packet from

@@ -27,7 +27,7 @@ pub fn walk(v: &View, from: &Host, to: &Host, t: Target) -> Result<Walk, Need> {
     let mut pkt = Pkt {
         src,
         dst,
-        port: t.port,
+        port: t.port(),
     };
     let mut hops: Vec<Hop> = Vec::new();
     let mut at = from.clone();
