@@ -17,6 +17,7 @@ mod port;
 mod runtime;
 mod sctp;
 mod spoof;
+mod stats;
 mod sys;
 mod trace;
 mod trace_live;

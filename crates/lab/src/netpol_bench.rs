@@ -23,6 +23,7 @@ use crate::cluster::{self, Lab};
 use crate::model_state::State;
 use crate::plan::{Family, Mode, Spec, Stack};
 use crate::policy_model;
+use crate::stats::{median, nearest_rank};
 use crate::sys::Result;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -241,18 +242,6 @@ fn histogram(text: &str) -> (f64, f64) {
     )
 }
 
-/// The p-quantile of the samples that are numbers (a change kindnetd
-/// found nothing to do for has no programming time).
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
 fn pid_of(lab: &Lab, node: &str) -> Result<u32> {
     lab.kindnetd
         .iter()
@@ -414,8 +403,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-label-change", "changes": a.changes,
-            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
-            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+            "enforced_wall_p50_ms": median(&walls), "enforced_wall_p99_ms": nearest_rank(&walls, 0.99),
+            "kindnetd_p50_ms": median(&owns), "kindnetd_p99_ms": nearest_rank(&owns, 0.99)})
     );
     if a.cluster_policies > 0 {
         // one ClusterNetworkPolicy change at a time: cnp-0's port moves
@@ -429,8 +418,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
         println!(
             "{}",
             json!({"bench": "cnp-change", "changes": a.changes, "cluster_policies": a.cluster_policies,
-                "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
-                "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+                "enforced_wall_p50_ms": median(&walls), "enforced_wall_p99_ms": nearest_rank(&walls, 0.99),
+                "kindnetd_p50_ms": median(&owns), "kindnetd_p99_ms": nearest_rank(&owns, 0.99)})
         );
     }
     let (mut walls, mut owns) = (Vec::new(), Vec::new());
@@ -444,8 +433,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-new-pod", "pods_added": 10,
-            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_max_ms": percentile(&mut walls, 1.0),
-            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_max_ms": percentile(&mut owns, 1.0),
+            "enforced_wall_p50_ms": median(&walls), "enforced_wall_max_ms": nearest_rank(&walls, 1.0),
+            "kindnetd_p50_ms": median(&owns), "kindnetd_max_ms": nearest_rank(&owns, 1.0),
             "kindnetd_rss_mb": status_kb(pid, "VmRSS:").map(|k| k as f64 / 1024.0)})
     );
     // per-packet cost, interleaved: policy on (200 policies) vs off
@@ -489,8 +478,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
             off_rtt.push(rtt);
         }
     }
-    let (on_t, off_t) = (crate::bench::median(on_bps), crate::bench::median(off_bps));
-    let (on_r, off_r) = (crate::bench::median(on_rtt), crate::bench::median(off_rtt));
+    let (on_t, off_t) = (median(&on_bps), median(&off_bps));
+    let (on_r, off_r) = (median(&on_rtt), median(&off_rtt));
     println!(
         "{}",
         json!({"bench": "netpol-per-packet", "rounds": a.rounds, "policies": a.policies,
