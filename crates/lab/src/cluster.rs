@@ -308,7 +308,7 @@ impl Lab {
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         sys::netns_add(&pod.netns)?;
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         let res = sys::run_in_netns_fn(&node.netns, || {
             self.runtime().add(&list, &Self::attachment(&pod, &path))
         })?;
@@ -321,7 +321,7 @@ impl Lab {
         let node = self.node(&pod.node)?;
         let list = read_json(&self.conflist_path(&node.name))?;
         let res = read_json(&self.result_path(pod))?;
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         sys::run_in_netns_fn(&node.netns, || {
             self.runtime()
                 .check(&list, &Self::attachment(pod, &path), &res)
@@ -340,7 +340,7 @@ impl Lab {
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         let res = read_json(&self.result_path(&pod)).ok();
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         sys::run_in_netns_fn(&node.netns, || {
             self.runtime()
                 .del(&list, &Self::attachment(&pod, &path), res.as_ref())

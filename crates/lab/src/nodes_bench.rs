@@ -102,11 +102,11 @@ impl Drop for Kindnetd<'_> {
 fn setup(lab: &str, source: &str) -> Result<Setup> {
     let ns = format!("{}{source}", plan::prefix(lab));
     sys::netns_add(&ns)?;
-    let netns = match Netns::open(format!("/var/run/netns/{ns}")) {
+    let netns = match sys::netns(&ns) {
         Ok(n) => n,
         Err(e) => {
             sys::netns_del(&ns);
-            return Err(format!("open netns {ns}: {e}"));
+            return Err(e);
         }
     };
     let dir = cluster::state_dir(lab).join(source);

@@ -8,7 +8,6 @@
 use crate::model_state::PORTS;
 use crate::plan::Pod;
 use crate::sys::Result;
-use kindnet_netlink::Netns;
 use kindnet_nft::L4Proto;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -139,9 +138,7 @@ pub fn ask(
     proto: L4Proto,
     timeout: Duration,
 ) -> std::result::Result<String, String> {
-    let n =
-        Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
-    n.run(move || -> std::result::Result<String, String> {
+    crate::sys::in_netns(netns, move || -> std::result::Result<String, String> {
         match proto {
             L4Proto::Udp => {
                 let bind = if to.is_ipv6() {

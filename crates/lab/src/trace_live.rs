@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kindnet_netlink::{Handle, Netns, RouteQuery};
+use kindnet_netlink::{Handle, RouteQuery};
 use kindnet_nft::{L4Proto, Nft, NftNetlink, TableRef};
 use serde::Serialize;
 
@@ -123,8 +123,7 @@ struct Kernel {
 impl Kernel {
     fn handle(&mut self, ns: &str) -> Result<&mut Handle> {
         if !self.handles.contains_key(ns) {
-            let n = Netns::open(format!("/var/run/netns/{ns}"))
-                .map_err(|e| format!("open netns {ns}: {e}"))?;
+            let n = sys::netns(ns)?;
             let h = Handle::in_netns(&n).map_err(|e| format!("netlink in {ns}: {e}"))?;
             self.handles.insert(ns.to_string(), h);
         }
@@ -235,17 +234,13 @@ pub fn walk_live(lab: &Lab, f: Family, from: &str, to: &str, t: Target) -> Resul
     )
 }
 
-fn open(ns: &str) -> Result<Netns> {
-    Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| format!("open netns {ns}: {e}"))
-}
-
 /// Connects from `from_ns`; a listener of ours in the receiver's namespace
 /// records the peer address (else whatever listens there is asked: the
 /// lab's check servers answer with it too).
 fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> Probe {
     let sent = format!("tcp connect to {to}");
     let (tx, rx) = mpsc::channel::<IpAddr>();
-    let ours = open(recv_ns)
+    let ours = sys::netns(recv_ns)
         .and_then(|n| {
             n.run(move || TcpListener::bind(recv))
                 .map_err(|e| e.to_string())
@@ -268,7 +263,7 @@ fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
             }
         });
     }
-    let client = open(from_ns).and_then(|n| {
+    let client = sys::netns(from_ns).and_then(|n| {
         n.run(move || -> std::result::Result<String, String> {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
                 .map_err(|e| format!("connect {to}: {e}"))?;
@@ -313,7 +308,7 @@ fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
 
 fn probe_udp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> Probe {
     let sent = format!("udp datagram to {to}");
-    let sock = open(recv_ns)
+    let sock = sys::netns(recv_ns)
         .and_then(|n| {
             n.run(move || UdpSocket::bind(recv))
                 .map_err(|e| e.to_string())
@@ -343,7 +338,7 @@ fn probe_udp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let sender = open(from_ns).and_then(|n| {
+    let sender = sys::netns(from_ns).and_then(|n| {
         n.run(move || -> std::io::Result<()> {
             let s = UdpSocket::bind(any)?;
             for _ in 0..3 {
@@ -377,7 +372,7 @@ fn raw_icmp(ns: &str, v6: bool) -> Result<OwnedFd> {
     } else {
         (libc::AF_INET, libc::IPPROTO_ICMP)
     };
-    open(ns)?
+    sys::netns(ns)?
         .run(move || {
             // SAFETY: plain socket(2); the fd is owned right away.
             let fd = unsafe { libc::socket(dom, libc::SOCK_RAW | libc::SOCK_CLOEXEC, proto) };

@@ -21,7 +21,6 @@ use crate::model_state::{self, Labels, NAMESPACES, PODS, State};
 use crate::plan::{self, Pod};
 use crate::pod_server;
 use crate::sys::Result;
-use kindnet_netlink::Netns;
 use kindnet_netpol::cnp::input::{ClusterNetworkPolicy, Node as CnpNode};
 use kindnet_netpol::{Addressing, Attachment, Cluster, NodeContext};
 use serde::Deserialize;
@@ -97,9 +96,7 @@ pub fn publish(lab: &Lab, s: &mut State) -> Result<()> {
 }
 
 pub fn metrics(netns: &str) -> Result<String> {
-    let n =
-        Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
-    n.run(|| -> Result<String> {
+    crate::sys::in_netns(netns, || -> Result<String> {
         let to = SocketAddr::from(([127, 0, 0, 1], 19080));
         let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(500))
             .map_err(|e| e.to_string())?;
