@@ -24,6 +24,7 @@ mod addr;
 pub mod conntrack;
 mod error;
 mod events;
+mod l4;
 mod link;
 mod lookup;
 mod netns;
@@ -39,6 +40,7 @@ pub use addr::{
 };
 pub use error::{Error, Result};
 pub use events::{RouteEvent, RouteEvents};
+pub use l4::L4Proto;
 pub use link::Link;
 pub use lookup::{
     NUD_FAILED, NUD_INCOMPLETE, NUD_NOARP, NUD_PERMANENT, NUD_REACHABLE, NUD_STALE, Neighbour,
