@@ -3,12 +3,13 @@
 //! Only the keys the spec defines are typed here; plugin-specific keys are
 //! decoded by each plugin from [`NetConf::raw`] with [`decode`].
 
-use crate::error::{CniError, code};
+use crate::error::CniError;
 use crate::result::Dns;
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+
+pub use crate::decode::decode;
 
 /// The spec-defined keys of a network configuration (a conflist's entry with `name` and `cniVersion` filled in).
 #[derive(Debug, Clone, Deserialize)]
@@ -75,7 +76,7 @@ impl NetConf {
                 "network configuration: \"cniVersion\" is empty",
             ));
         }
-        crate::attachment::validate_network_name(&conf.name)?;
+        validate_network_name(&conf.name)?;
         conf.raw = raw;
         Ok(conf)
     }
@@ -100,29 +101,69 @@ pub fn refuse_keys(obj: &Map<String, Value>, keys: &[&str]) -> Result<(), CniErr
     }
 }
 
-/// Decodes a typed view of `value`; errors name the path of the bad key
-/// (e.g. `ipam.ranges[0][0].subnet`) under `what`.
-pub fn decode<T: DeserializeOwned>(what: &str, value: &Value) -> Result<T, CniError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        let code = if inner.starts_with("missing field") {
-            code::INVALID_CONFIG
-        } else {
-            code::DECODE_FAILURE
-        };
-        let at = if path == "." {
-            String::new()
-        } else {
-            format!(" at {path:?}")
-        };
-        CniError::new(code, format!("{what}{at}: {inner}"))
-    })
+/// The longest network name: it names a directory of the IPAM store.
+pub const MAX_NETWORK_NAME: usize = 255;
+
+/// Spec (and the reference libcni): a network name starts with a letter or
+/// digit, then letters, digits, `_`, `.` and `-`. Code 7 otherwise.
+pub fn validate_network_name(name: &str) -> Result<(), CniError> {
+    let first_ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if name.is_empty() {
+        Err(CniError::invalid_config(
+            "network configuration: \"name\" is empty",
+        ))
+    } else if !first_ok || !rest_ok || name == "." || name == ".." {
+        Err(CniError::invalid_config(format!(
+            "network configuration: \"name\" {name:?} is invalid: use letters, digits, '_', '.', '-', starting with a letter or digit"
+        )))
+    } else if name.len() > MAX_NETWORK_NAME {
+        Err(CniError::invalid_config(format!(
+            "network configuration: \"name\" is {} bytes long, more than {MAX_NETWORK_NAME}",
+            name.len()
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "blue team",
+            "a\"b",
+            "a;b",
+            "a}b",
+            "a\nb",
+            "-a",
+            ".",
+            "..",
+            "_a",
+            "a/b",
+            "é",
+            "a\u{0}",
+        ] {
+            let e = validate_network_name(bad).unwrap_err();
+            assert_eq!(e.code, 7, "{bad:?}");
+            assert!(e.msg.contains("name"), "{e}");
+        }
+        assert_eq!(validate_network_name(&"a".repeat(256)).unwrap_err().code, 7);
+        for good in ["kindnet", "a", "1", "my-net.v2_x", &"a".repeat(255)] {
+            validate_network_name(good).unwrap();
+        }
+    }
 
     #[test]
     fn parses_envelope_and_keeps_raw() {

@@ -1,8 +1,8 @@
 //! Results. One in-memory form (the 1.1.0 superset) and a conversion to the
 //! JSON of any supported version; prevResults of any version parse into it.
 
+use crate::decode::decode;
 use crate::error::CniError;
-use crate::netconf::decode;
 use crate::version::Version;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};

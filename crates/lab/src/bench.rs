@@ -123,19 +123,6 @@ pub(crate) fn rtt(from_ns: &str, to: IpAddr) -> Result<f64> {
         .ok_or_else(|| format!("cannot parse {line:?}"))
 }
 
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 struct Side {
     label: &'static str,
     lab: Lab,
@@ -299,12 +286,12 @@ pub fn run(b: &BenchArgs) -> Result<ExitCode> {
             }
         }
         let med = |label: &str, key: &str| {
-            median(
-                samples
+            crate::stats::median(
+                &samples
                     .iter()
                     .filter(|s| s.0 == label && s.1 == key)
                     .map(|s| s.2)
-                    .collect(),
+                    .collect::<Vec<f64>>(),
             )
         };
         for side in &sides {

@@ -10,7 +10,6 @@
 use crate::cluster::Lab;
 use crate::plan::{self, Family, Mode, Pod};
 use crate::sys::{self, Result};
-use kindnet_netlink::Netns;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -28,11 +27,8 @@ pub struct Outcome {
 /// Serves "the address you came from" on SERVICE_PORT inside `ns`, on a
 /// background thread, for the life of the process.
 fn serve(ns: &str) -> Result<()> {
-    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| format!("open {ns}: {e}"))?;
     let addr = SocketAddr::from(([0u16; 8], plan::SERVICE_PORT));
-    let listener = n
-        .run(move || TcpListener::bind(addr))
-        .map_err(|e| format!("enter {ns}: {e}"))?
+    let listener = sys::in_netns(ns, move || TcpListener::bind(addr))?
         .map_err(|e| format!("listen in {ns}: {e}"))?;
     std::thread::spawn(move || {
         for s in listener.incoming() {
@@ -49,8 +45,7 @@ fn serve(ns: &str) -> Result<()> {
 
 /// Connects from inside `ns` and returns what the server saw us as.
 fn seen_as(ns: &str, to: SocketAddr) -> std::result::Result<String, String> {
-    let n = Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| format!("open {ns}: {e}"))?;
-    n.run(move || -> std::result::Result<String, String> {
+    sys::in_netns(ns, move || -> std::result::Result<String, String> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
             .map_err(|e| format!("connect {to}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))

@@ -3,6 +3,7 @@
 //! `kl-<lab>-` (namespaces) or lives under its state directory, so `down`
 //! can remove it all, also after a crashed `up`.
 
+use crate::model_state;
 use crate::plan::{self, Family, Mode, Node, Pod, Spec};
 use crate::runtime::{Attachment, Runtime, read_json, write_json};
 use crate::sys::{self, Result};
@@ -101,7 +102,7 @@ impl Lab {
 
     pub fn write_node_list(&self) -> Result<()> {
         // with the NetworkPolicy model: a List with its pods and policies
-        let list = crate::netpol::node_list(self)?;
+        let list = node_list(self)?;
         write_json(&self.state_dir.join("nodes.json"), &list)
     }
 }
@@ -307,7 +308,7 @@ impl Lab {
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         sys::netns_add(&pod.netns)?;
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         let res = sys::run_in_netns_fn(&node.netns, || {
             self.runtime().add(&list, &Self::attachment(&pod, &path))
         })?;
@@ -320,7 +321,7 @@ impl Lab {
         let node = self.node(&pod.node)?;
         let list = read_json(&self.conflist_path(&node.name))?;
         let res = read_json(&self.result_path(pod))?;
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         sys::run_in_netns_fn(&node.netns, || {
             self.runtime()
                 .check(&list, &Self::attachment(pod, &path), &res)
@@ -339,7 +340,7 @@ impl Lab {
         let node = self.node(&pod.node)?.clone();
         let list = read_json(&self.conflist_path(&node.name))?;
         let res = read_json(&self.result_path(&pod)).ok();
-        let path = format!("/var/run/netns/{}", pod.netns);
+        let path = sys::netns_path(&pod.netns);
         sys::run_in_netns_fn(&node.netns, || {
             self.runtime()
                 .del(&list, &Self::attachment(&pod, &path), res.as_ref())
@@ -444,6 +445,62 @@ pub fn pod_ips(lab: &Lab, pod: &Pod) -> Vec<std::net::IpAddr> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The nodes file: a NodeList, or with the model a List of everything.
+pub fn node_list(lab: &Lab) -> Result<Value> {
+    let mut list = plan::node_list(&lab.nodes);
+    // without the model: the pods still, so that kindnetd makes their
+    // chains before CNI ADD (the plugin waits for them)
+    let s = model_state::load(&lab.state_dir).unwrap_or_default();
+    let items = list["items"]
+        .as_array_mut()
+        .ok_or("node list without items")?;
+    for n in items.iter_mut() {
+        if let Some(l) = n["metadata"]["name"]
+            .as_str()
+            .and_then(|name| s.node_labels.get(name))
+        {
+            n["metadata"]["labels"] = json!(l);
+        }
+    }
+    for (ns, labels) in &s.namespaces {
+        items.push(json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "labels": labels}}));
+    }
+    for p in &lab.pods {
+        let labels = s
+            .pod_labels
+            .get(&p.full_name())
+            .cloned()
+            .unwrap_or_default();
+        let ips: Vec<Value> = pod_ips(lab, p)
+            .iter()
+            .map(|i| json!({"ip": i.to_string()}))
+            .collect();
+        let ports = if model_state::is_model_pod(p) {
+            model_state::model_ports()
+        } else {
+            Vec::new()
+        };
+        let phase = if ips.is_empty() { "Pending" } else { "Running" };
+        items.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": p.namespace, "name": p.name, "labels": labels},
+            "spec": {"nodeName": p.node, "containers": [{"name": "agnhost", "ports": ports}]},
+            "status": {"phase": phase, "podIPs": ips}}));
+    }
+    items.extend(s.extra_pods.iter().cloned());
+    for pol in s.policies.values() {
+        items.push(pol.clone());
+    }
+    for pol in s.cluster_policies.values() {
+        items.push(pol.clone());
+    }
+    list["kind"] = json!("List");
+    if s.version > 0 {
+        list["metadata"] = json!({"resourceVersion": s.version.to_string()});
+    }
+    Ok(list)
 }
 
 /// Adds a node to a running lab: namespace, kindnetd, NodeList update (the
@@ -583,7 +640,7 @@ fn lab_kindnetds(state_dir: &Path) -> Vec<u32> {
 pub fn down(name: &str) -> Result<usize> {
     validate_name(name)?;
     let dir = state_dir(name);
-    let mut removed = crate::netpol::stop_servers(&dir);
+    let mut removed = crate::pod_server::stop_all(&dir);
     for pid in lab_kindnetds(&dir) {
         stop_kindnetd(pid, &dir);
         removed += 1;

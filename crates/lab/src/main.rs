@@ -6,14 +6,18 @@
 mod bench;
 mod check;
 mod cluster;
-mod netpol;
+mod model_state;
 mod netpol_bench;
 mod nft_bench;
 mod nodes_bench;
 mod plan;
+mod pod_server;
+mod policy_model;
+mod port;
 mod runtime;
 mod sctp;
 mod spoof;
+mod stats;
 mod sys;
 mod trace;
 mod trace_live;
@@ -159,8 +163,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Probe FROM -> TO (namespace/name) on PORT[/PROTO]: connected or
-    /// blocked, and which policy allowed it or why nothing did.
+    /// Probe FROM -> TO (namespace/name) on PORT[/PROTO] (tcp, udp or
+    /// sctp, any case; port 1-65535): connected or blocked, and which
+    /// policy allowed it or why nothing did.
     Probe {
         #[command(flatten)]
         lab: NameArg,
@@ -322,7 +327,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             preflight()?;
             let mut lab = up(&a)?;
             if a.netpol_model
-                && let Err(e) = netpol::create_model(&mut lab)
+                && let Err(e) = policy_model::create_model(&mut lab)
             {
                 eprintln!("up failed: {e}\ncleaning up lab {:?}", a.name);
                 let _ = cluster::down(&a.name);
@@ -425,7 +430,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Apply { lab, file } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            for d in netpol::apply(&l, &file, false)? {
+            for d in policy_model::apply(&l, &file, false)? {
                 println!("{d} applied");
             }
             Ok(ExitCode::SUCCESS)
@@ -433,7 +438,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Delete { lab, file } => {
             preflight()?;
             let l = Lab::load(&lab.name)?;
-            for d in netpol::apply(&l, &file, true)? {
+            for d in policy_model::apply(&l, &file, true)? {
                 println!("{d} deleted");
             }
             Ok(ExitCode::SUCCESS)
@@ -455,7 +460,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                         .ok_or_else(|| format!("--labels: {kv:?} is not key=value"))
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            let addrs = netpol::add_model_pod(&mut l, &pod, &labels, &node)?;
+            let addrs = policy_model::add_model_pod(&mut l, &pod, &labels, &node)?;
             println!("added {pod}: {addrs}");
             Ok(ExitCode::SUCCESS)
         }
@@ -466,117 +471,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             source,
             timeout,
             json,
-        } => {
-            preflight()?;
-            let l = Lab::load(&lab.name)?;
-            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
-            let mut leaked = false;
-            for f in netpol::families(&l) {
-                let sources = if source.is_empty() {
-                    spoof::default_sources(&l, a, b, f)
-                } else {
-                    source
-                        .iter()
-                        .copied()
-                        .filter(|s| plan::Family::of(s) == f)
-                        .collect()
-                };
-                let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.1, 60.0));
-                let (outcomes, counted) = spoof::run(&l, a, b, f, &sources, wait)?;
-                for o in &outcomes {
-                    leaked |= o.forged && o.received;
-                    if json {
-                        println!("{}", serde_json::to_string(o).map_err(|e| e.to_string())?);
-                    } else {
-                        println!(
-                            "{} {} -> {} from {}{}: {}",
-                            o.family,
-                            o.from,
-                            o.to,
-                            o.source,
-                            if o.forged { " (forged)" } else { "" },
-                            if o.received {
-                                "received"
-                            } else {
-                                "not received"
-                            }
-                        );
-                    }
-                }
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&counted).map_err(|e| e.to_string())?
-                    );
-                } else {
-                    println!(
-                        "{} anti-spoofing drops on {}: {} -> {}",
-                        f.label(),
-                        counted.node,
-                        counted.spoofed_before,
-                        counted.spoofed_after
-                    );
-                }
-            }
-            Ok(if leaked {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => spoof_cmd(&lab, &from, &to, &source, timeout, json),
         Cmd::Probe {
             lab,
             from,
             to,
             port,
             json,
-        } => {
-            preflight()?;
-            let l = Lab::load(&lab.name)?;
-            let (port, proto) = netpol::parse_port(&port)?;
-            let c = netpol::cluster(&l)?;
-            let (a, b) = (netpol::find_pod(&l, &from)?, netpol::find_pod(&l, &to)?);
-            for f in netpol::families(&l) {
-                let r = netpol::probe(&l, &c, a, b, port, proto, f)?;
-                if json {
-                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
-                } else {
-                    println!("{}", netpol::print_probe(&r));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Cmd::Reachability { lab, port, json } => {
-            preflight()?;
-            let l = Lab::load(&lab.name)?;
-            let (port, proto) = netpol::parse_port(&port)?;
-            for f in netpol::families(&l) {
-                let rs = netpol::reachability(&l, port, proto, f)?;
-                let wrong: Vec<&netpol::ProbeResult> =
-                    rs.iter().filter(|r| r.connected != r.expected).collect();
-                if json {
-                    let v = serde_json::json!({"port": port, "family": f.label(),
-                        "cells": rs, "mismatches": wrong.len()});
-                    println!("{v}");
-                } else {
-                    println!(
-                        "reachability {port} {} ({}): . connected, X blocked; ! or ? = differs from the semantics",
-                        f.label(),
-                        rs.first().map(|r| r.proto).unwrap_or("")
-                    );
-                    print!("{}", netpol::print_matrix(&rs));
-                    for w in &wrong {
-                        println!("  {}", netpol::print_probe(w));
-                    }
-                    println!(
-                        "{} cells, {} differ from the semantics\n",
-                        rs.len(),
-                        wrong.len()
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => probe_cmd(&lab, &from, &to, &port, json),
+        Cmd::Reachability { lab, port, json } => reachability_cmd(&lab, &port, json),
         Cmd::BenchNft(b) => {
             preflight()?;
             nft_bench::run(&b)?;
@@ -607,7 +510,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             state_dir,
         } => {
             let _ = state_dir;
-            netpol::serve(&identity)?;
+            pod_server::serve(&identity)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => {
@@ -631,6 +534,137 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             nodes_bench::run(&args, &kindnetd)
         }
     }
+}
+
+/// `spoof`: forged and honest sources from one pod to another, per family;
+/// exit 1 if a forged packet arrived.
+fn spoof_cmd(
+    lab: &NameArg,
+    from: &str,
+    to: &str,
+    source: &[std::net::IpAddr],
+    timeout: f64,
+    json: bool,
+) -> Result<ExitCode, String> {
+    preflight()?;
+    let l = Lab::load(&lab.name)?;
+    let (a, b) = (
+        policy_model::find_pod(&l, from)?,
+        policy_model::find_pod(&l, to)?,
+    );
+    let mut leaked = false;
+    for f in policy_model::families(&l) {
+        let sources = if source.is_empty() {
+            spoof::default_sources(&l, a, b, f)
+        } else {
+            source
+                .iter()
+                .copied()
+                .filter(|s| plan::Family::of(s) == f)
+                .collect()
+        };
+        let wait = std::time::Duration::from_secs_f64(timeout.clamp(0.1, 60.0));
+        let (outcomes, counted) = spoof::run(&l, a, b, f, &sources, wait)?;
+        for o in &outcomes {
+            leaked |= o.forged && o.received;
+            if json {
+                println!("{}", serde_json::to_string(o).map_err(|e| e.to_string())?);
+            } else {
+                println!(
+                    "{} {} -> {} from {}{}: {}",
+                    o.family,
+                    o.from,
+                    o.to,
+                    o.source,
+                    if o.forged { " (forged)" } else { "" },
+                    if o.received {
+                        "received"
+                    } else {
+                        "not received"
+                    }
+                );
+            }
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&counted).map_err(|e| e.to_string())?
+            );
+        } else {
+            println!(
+                "{} anti-spoofing drops on {}: {} -> {}",
+                f.label(),
+                counted.node,
+                counted.spoofed_before,
+                counted.spoofed_after
+            );
+        }
+    }
+    Ok(if leaked {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `probe`: one connection per family, with what the semantics say.
+fn probe_cmd(
+    lab: &NameArg,
+    from: &str,
+    to: &str,
+    port: &str,
+    json: bool,
+) -> Result<ExitCode, String> {
+    preflight()?;
+    let l = Lab::load(&lab.name)?;
+    let (port, proto) = port::parse_port(port)?;
+    let c = policy_model::cluster(&l)?;
+    let (a, b) = (
+        policy_model::find_pod(&l, from)?,
+        policy_model::find_pod(&l, to)?,
+    );
+    for f in policy_model::families(&l) {
+        let r = policy_model::probe(&l, &c, a, b, port, proto, f)?;
+        if json {
+            println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+        } else {
+            println!("{}", policy_model::print_probe(&r));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reachability`: the model's matrix per family, as upstream prints it.
+fn reachability_cmd(lab: &NameArg, port: &str, json: bool) -> Result<ExitCode, String> {
+    preflight()?;
+    let l = Lab::load(&lab.name)?;
+    let (port, proto) = port::parse_port(port)?;
+    for f in policy_model::families(&l) {
+        let rs = policy_model::reachability(&l, port, proto, f)?;
+        let wrong: Vec<&policy_model::ProbeResult> =
+            rs.iter().filter(|r| r.connected != r.expected).collect();
+        if json {
+            let v = serde_json::json!({"port": port, "family": f.label(),
+                "cells": rs, "mismatches": wrong.len()});
+            println!("{v}");
+        } else {
+            println!(
+                "reachability {port} {} ({}): . connected, X blocked; ! or ? = differs from the semantics",
+                f.label(),
+                rs.first().map(|r| r.proto).unwrap_or("")
+            );
+            print!("{}", policy_model::print_matrix(&rs));
+            for w in &wrong {
+                println!("  {}", policy_model::print_probe(w));
+            }
+            println!(
+                "{} cells, {} differ from the semantics\n",
+                rs.len(),
+                wrong.len()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

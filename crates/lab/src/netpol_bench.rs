@@ -17,8 +17,10 @@
 //!   off (kindnetd restarted with --network-policy=false), interleaved.
 
 use crate::cluster::{self, Lab};
-use crate::netpol::{self, State};
+use crate::model_state::State;
 use crate::plan::{Family, Mode, Spec, Stack};
+use crate::policy_model;
+use crate::stats::{median, nearest_rank};
 use crate::sys::Result;
 use serde_json::{Value, json};
 use std::process::ExitCode;
@@ -104,15 +106,15 @@ fn measure_excepts(a: &BenchNetpolArgs, lab: &mut Lab, s: &mut State) -> Result<
         cluster::restart_kindnetd(lab, &node1)?;
         wait_version_on(lab, 0, s.version)?;
         let restart_ms = t.elapsed().as_secs_f64() * 1e3;
-        let text = netpol::metrics(&lab.nodes[0].netns)?;
+        let text = policy_model::metrics(&lab.nodes[0].netns)?;
         let (sum, count) = histogram(&text);
         let pid = pid_of(lab, &node1)?;
         let mb = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
         println!(
             "{}",
             json!({"bench": "netpol-excepts", "excepts_per_policy": n, "policies": a.except_policies,
-                "elements": netpol::metric(&text, "kindnet_netpol_elements"),
-                "policies_over_budget": netpol::metric(&text, "kindnet_netpol_policies_over_budget"),
+                "elements": policy_model::metric(&text, "kindnet_netpol_elements"),
+                "policies_over_budget": policy_model::metric(&text, "kindnet_netpol_policies_over_budget"),
                 "update_wall_ms": update_wall, "update_kindnetd_ms": update_own,
                 "restart_to_enforced_ms": restart_ms,
                 "full_program_kindnetd_ms": if count > 0.0 { sum / count * 1e3 } else { f64::NAN },
@@ -230,21 +232,11 @@ fn set_cluster_policies(s: &mut State, n: usize, version: usize) {
 
 fn histogram(text: &str) -> (f64, f64) {
     (
-        netpol::metric(text, "kindnet_netpol_programming_duration_seconds_sum").unwrap_or(0.0),
-        netpol::metric(text, "kindnet_netpol_programming_duration_seconds_count").unwrap_or(0.0),
+        policy_model::metric(text, "kindnet_netpol_programming_duration_seconds_sum")
+            .unwrap_or(0.0),
+        policy_model::metric(text, "kindnet_netpol_programming_duration_seconds_count")
+            .unwrap_or(0.0),
     )
-}
-
-/// The p-quantile of the samples that are numbers (a change kindnetd
-/// found nothing to do for has no programming time).
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 fn pid_of(lab: &Lab, node: &str) -> Result<u32> {
@@ -259,14 +251,14 @@ fn pid_of(lab: &Lab, node: &str) -> Result<u32> {
 /// with the bench pods but the two real ones).
 fn publish_timed(lab: &Lab, s: &mut State) -> Result<(f64, f64)> {
     let node1 = lab.nodes[0].netns.clone();
-    let before = histogram(&netpol::metrics(&node1)?);
+    let before = histogram(&policy_model::metrics(&node1)?);
     s.version += 1;
-    netpol::save(lab, s)?;
+    policy_model::save(lab, s)?;
     let t = Instant::now();
     lab.write_node_list()?;
     wait_version_on(lab, 0, s.version)?;
     let wall = t.elapsed().as_secs_f64() * 1e3;
-    let after = histogram(&netpol::metrics(&node1)?);
+    let after = histogram(&policy_model::metrics(&node1)?);
     let own = if after.1 > before.1 {
         (after.0 - before.0) / (after.1 - before.1) * 1e3
     } else {
@@ -279,8 +271,8 @@ fn wait_version_on(lab: &Lab, node: usize, v: u64) -> Result<()> {
     let ns = &lab.nodes[node].netns;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(t) = netpol::metrics(ns)
-            && netpol::metric(&t, "kindnet_netpol_programmed_version")
+        if let Ok(t) = policy_model::metrics(ns)
+            && policy_model::metric(&t, "kindnet_netpol_programmed_version")
                 .is_some_and(|x| x >= v as f64)
         {
             return Ok(());
@@ -372,10 +364,10 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     cluster::restart_kindnetd(lab, &node1)?;
     wait_version_on(lab, 0, s.version)?;
     let restart_ms = t.elapsed().as_secs_f64() * 1e3;
-    let text = netpol::metrics(&lab.nodes[0].netns)?;
+    let text = policy_model::metrics(&lab.nodes[0].netns)?;
     let (sum, count) = histogram(&text);
-    let rules = netpol::metric(&text, "kindnet_netpol_rules").unwrap_or(0.0);
-    let selected = netpol::metric(&text, "kindnet_netpol_selected_pods").unwrap_or(0.0);
+    let rules = policy_model::metric(&text, "kindnet_netpol_rules").unwrap_or(0.0);
+    let selected = policy_model::metric(&text, "kindnet_netpol_selected_pods").unwrap_or(0.0);
     println!(
         "{}",
         json!({"bench": "netpol-full-program", "pods": a.pods, "policies": a.policies,
@@ -401,8 +393,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-label-change", "changes": a.changes,
-            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
-            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+            "enforced_wall_p50_ms": median(&walls), "enforced_wall_p99_ms": nearest_rank(&walls, 0.99),
+            "kindnetd_p50_ms": median(&owns), "kindnetd_p99_ms": nearest_rank(&owns, 0.99)})
     );
     if a.cluster_policies > 0 {
         // one ClusterNetworkPolicy change at a time: cnp-0's port moves
@@ -416,8 +408,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
         println!(
             "{}",
             json!({"bench": "cnp-change", "changes": a.changes, "cluster_policies": a.cluster_policies,
-                "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_p99_ms": percentile(&mut walls, 0.99),
-                "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_p99_ms": percentile(&mut owns, 0.99)})
+                "enforced_wall_p50_ms": median(&walls), "enforced_wall_p99_ms": nearest_rank(&walls, 0.99),
+                "kindnetd_p50_ms": median(&owns), "kindnetd_p99_ms": nearest_rank(&owns, 0.99)})
         );
     }
     let (mut walls, mut owns) = (Vec::new(), Vec::new());
@@ -431,8 +423,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
     println!(
         "{}",
         json!({"bench": "netpol-new-pod", "pods_added": 10,
-            "enforced_wall_p50_ms": percentile(&mut walls.clone(), 0.5), "enforced_wall_max_ms": percentile(&mut walls, 1.0),
-            "kindnetd_p50_ms": percentile(&mut owns.clone(), 0.5), "kindnetd_max_ms": percentile(&mut owns, 1.0),
+            "enforced_wall_p50_ms": median(&walls), "enforced_wall_max_ms": nearest_rank(&walls, 1.0),
+            "kindnetd_p50_ms": median(&owns), "kindnetd_max_ms": nearest_rank(&owns, 1.0),
             "kindnetd_rss_mb": status_kb(pid, "VmRSS:").map(|k| k as f64 / 1024.0)})
     );
     // per-packet cost, interleaved: policy on (200 policies) vs off
@@ -476,8 +468,8 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
             off_rtt.push(rtt);
         }
     }
-    let (on_t, off_t) = (crate::bench::median(on_bps), crate::bench::median(off_bps));
-    let (on_r, off_r) = (crate::bench::median(on_rtt), crate::bench::median(off_rtt));
+    let (on_t, off_t) = (median(&on_bps), median(&off_bps));
+    let (on_r, off_r) = (median(&on_rtt), median(&off_rtt));
     println!(
         "{}",
         json!({"bench": "netpol-per-packet", "rounds": a.rounds, "policies": a.policies,

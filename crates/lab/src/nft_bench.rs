@@ -8,6 +8,7 @@ use std::time::Instant;
 use kindnet_nft::{Batch, Elem, Family, KeyType, Name, Nft, NftNetlink, SetDef, TableRef, Value};
 use serde_json::json;
 
+use crate::stats::{median, nearest_rank};
 use crate::sys::{self, Result};
 
 #[derive(clap::Args)]
@@ -18,14 +19,6 @@ pub struct BenchNftArgs {
     /// Counter reads timed per path.
     #[arg(long, default_value_t = 50)]
     pub reads: usize,
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
 pub fn run(a: &BenchNftArgs) -> Result<()> {
@@ -88,9 +81,9 @@ fn measure(a: &BenchNftArgs, ns: &str) -> Result<()> {
         }
         let line = json!({"bench": "nft-counters", "netns": ns2, "elements": a.elements,
             "apply_ms": (apply_ms * 1000.0).round() / 1000.0,
-            "netlink_p50_ms": percentile(&mut netlink.clone(), 0.5),
-            "netlink_p99_ms": percentile(&mut netlink, 0.99),
-            "nft_cli_p50_ms": (!cli.is_empty()).then(|| percentile(&mut cli, 0.5))});
+            "netlink_p50_ms": median(&netlink),
+            "netlink_p99_ms": nearest_rank(&netlink, 0.99),
+            "nft_cli_p50_ms": (!cli.is_empty()).then(|| median(&cli))});
         println!("{line}");
         Ok(())
     })

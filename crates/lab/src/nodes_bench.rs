@@ -102,11 +102,11 @@ impl Drop for Kindnetd<'_> {
 fn setup(lab: &str, source: &str) -> Result<Setup> {
     let ns = format!("{}{source}", plan::prefix(lab));
     sys::netns_add(&ns)?;
-    let netns = match Netns::open(format!("/var/run/netns/{ns}")) {
+    let netns = match sys::netns(&ns) {
         Ok(n) => n,
         Err(e) => {
             sys::netns_del(&ns);
-            return Err(format!("open netns {ns}: {e}"));
+            return Err(e);
         }
     };
     let dir = cluster::state_dir(lab).join(source);
@@ -196,11 +196,6 @@ fn wait_routes(
         }
     }
     Ok(())
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 enum Feed {
@@ -342,14 +337,14 @@ fn bench(args: &BenchNodesArgs, source: &str, kindnetd: &Path) -> Result<Value> 
     if args.log_level != "warn" {
         eprintln!("--- kindnetd log ({source}) ---\n{}", logtail(&s.dir));
     }
-    let max = change_ms.iter().cloned().fold(0.0, f64::max);
+    let max = crate::stats::nearest_rank(&change_ms, 1.0);
     Ok(json!({
         "bench": "kindnetd",
         "source": source,
         "nodes": n,
         "routes_installed": installed,
         "start_to_all_routes_ms": (converge.as_secs_f64() * 1e3 * 10.0).round() / 10.0,
-        "node_change_to_route_ms_p50": (median(&mut change_ms) * 10.0).round() / 10.0,
+        "node_change_to_route_ms_p50": (crate::stats::median(&change_ms) * 10.0).round() / 10.0,
         "node_change_to_route_ms_max": (max * 10.0).round() / 10.0,
         "node_changes": args.changes,
         "rss_mb_after_convergence": (rss as f64 / 1024.0 * 10.0).round() / 10.0,

@@ -32,7 +32,7 @@ pub struct Attachment<'a> {
 /// The version to speak: the highest of `cniVersions` we (and the plugins,
 /// up to `max`) know, else `cniVersion`.
 pub fn pick_version(list: &Value, max: Option<&str>) -> String {
-    const KNOWN: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+    const KNOWN: &[&str] = kindnet_cni_spec::version::SUPPORTED; // oldest first
     let offered: Vec<&str> = list["cniVersions"]
         .as_array()
         .into_iter()

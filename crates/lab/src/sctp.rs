@@ -121,6 +121,7 @@ pub fn fresh(dst_port: u16) -> Init {
 /// A raw SCTP socket opened inside network namespace `netns`
 /// (`/var/run/netns/NAME`); it stays there whichever thread uses it.
 pub fn open(netns: &str, v6: bool) -> Result<Socket, String> {
+    // (no crate::sys here: the lab's tests include this file on its own)
     let n =
         Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
     let domain = if v6 { Domain::IPV6 } else { Domain::IPV4 };
@@ -173,11 +174,27 @@ pub fn probe(
     to: SocketAddr,
     timeout: Duration,
 ) -> Result<bool, String> {
+    probe_arriving(from_netns, to, to_netns, to.port(), timeout)
+}
+
+/// [`probe`] of a packet that arrives on port `arrives_on` of `to_netns`
+/// (a DNAT on the way changes the port).
+pub fn probe_arriving(
+    from_netns: &str,
+    to: SocketAddr,
+    to_netns: &str,
+    arrives_on: u16,
+    timeout: Duration,
+) -> Result<bool, String> {
     let v6 = to.is_ipv6();
     let rx = open(to_netns, v6)?;
     let tx = open(from_netns, v6)?;
     let id = fresh(to.port());
     let packet = init_packet(id.src_port, id.dst_port, id.init_tag);
+    let id = Init {
+        dst_port: arrives_on,
+        ..id
+    };
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         send(&tx, to.ip(), &packet)?;

@@ -11,7 +11,6 @@
 use crate::cluster::{self, Lab};
 use crate::plan::{Family, Mode, Pod};
 use crate::sys::{self, Result};
-use kindnet_netlink::Netns;
 use serde::Serialize;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -88,11 +87,7 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 }
 
 fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> std::io::Result<T> + Send) -> Result<T> {
-    let n =
-        Netns::open(format!("/var/run/netns/{netns}")).map_err(|e| format!("open {netns}: {e}"))?;
-    n.run(f)
-        .map_err(|e| format!("enter {netns}: {e}"))?
-        .map_err(|e| format!("socket in {netns}: {e}"))
+    sys::in_netns(netns, f)?.map_err(|e| format!("socket in {netns}: {e}"))
 }
 
 fn domain(v6: bool) -> Domain {

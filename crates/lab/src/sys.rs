@@ -1,6 +1,7 @@
 //! Running system tools (`ip`, `nft`, `ping`, `iperf3`) with errors that say
 //! what failed.
 
+use kindnet_netlink::Netns;
 use std::process::{Command, Output, Stdio};
 
 pub type Result<T> = std::result::Result<T, String>;
@@ -45,7 +46,7 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
 }
 
 pub fn netns_list() -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
+    std::fs::read_dir(NETNS_DIR)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -85,10 +86,29 @@ pub fn require_tools(tools: &[(&str, &str)]) -> Result<()> {
     }
 }
 
+/// Where `ip netns` keeps the named network namespaces.
+const NETNS_DIR: &str = "/var/run/netns";
+
+/// The path of named network namespace `ns` (a pod's `CNI_NETNS`).
+pub fn netns_path(ns: &str) -> String {
+    format!("{NETNS_DIR}/{ns}")
+}
+
+/// Network namespace `ns`, as `ip netns` names them. The error starts
+/// with "open ".
+pub fn netns(ns: &str) -> Result<Netns> {
+    Netns::open(netns_path(ns)).map_err(|e| format!("open netns {ns}: {e}"))
+}
+
 /// Runs `f` on a thread inside network namespace `ns`; processes it spawns
 /// start in that namespace too (as `ip netns exec` would, without the exec).
+pub fn in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> Result<R> {
+    netns(ns)?
+        .run(f)
+        .map_err(|e| format!("enter netns {ns}: {e}"))
+}
+
+/// [`in_netns`] for an `f` that fails with a message.
 pub fn run_in_netns_fn<R: Send>(ns: &str, f: impl FnOnce() -> Result<R> + Send) -> Result<R> {
-    let n = kindnet_netlink::Netns::open(format!("/var/run/netns/{ns}"))
-        .map_err(|e| format!("open netns {ns}: {e}"))?;
-    n.run(f).map_err(|e| format!("enter netns {ns}: {e}"))?
+    in_netns(ns, f)?
 }

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kindnet_netlink::{Handle, Netns, RouteQuery};
-use kindnet_nft::{Nft, NftNetlink, TableRef};
+use kindnet_netlink::{Handle, RouteQuery};
+use kindnet_nft::{L4Proto, Nft, NftNetlink, TableRef};
 use rustix::net::sockopt::{Timeout, set_socket_timeout};
 use rustix::net::{
     AddressFamily, RecvFlags, SocketFlags, SocketType, ipproto, recvfrom, socket_with,
@@ -23,8 +23,8 @@ use crate::cluster::Lab;
 use crate::plan::{self, Family, Mode};
 use crate::sys::{self, Result};
 use crate::trace::{
-    self, Answer, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Proto,
-    Query, Target, Verdict, View, Walk,
+    self, Answer, Host, HostKind, MASQ_TABLE, NETPOL_TABLE, Need, NftTables, PORTMAP_TABLE, Query,
+    Target, Verdict, View, Walk,
 };
 
 #[derive(clap::Args, Clone)]
@@ -32,7 +32,8 @@ pub struct TraceArgs {
     /// A pod (node1-pod1), a node (node2) or `external`.
     pub from: String,
     pub to: String,
-    /// PORT, PORT/tcp or PORT/udp; without it an ICMP echo is sent.
+    /// PORT or PORT/PROTO (tcp, udp or sctp, any case; port 1-65535);
+    /// without it an ICMP echo is sent.
     pub target: Option<String>,
     /// One family only (default: every family of the lab).
     #[arg(long, value_parser = ["4", "6"])]
@@ -123,8 +124,7 @@ struct Kernel {
 impl Kernel {
     fn handle(&mut self, ns: &str) -> Result<&mut Handle> {
         if !self.handles.contains_key(ns) {
-            let n = Netns::open(format!("/var/run/netns/{ns}"))
-                .map_err(|e| format!("open netns {ns}: {e}"))?;
+            let n = sys::netns(ns)?;
             let h = Handle::in_netns(&n).map_err(|e| format!("netlink in {ns}: {e}"))?;
             self.handles.insert(ns.to_string(), h);
         }
@@ -219,7 +219,7 @@ pub fn walk_live(lab: &Lab, f: Family, from: &str, to: &str, t: Target) -> Resul
         lookups: HashMap::new(),
         nft: HashMap::new(),
         // The same model `probe` evaluates (the lab's nodes file).
-        policy: crate::netpol::cluster(lab).ok(),
+        policy: crate::policy_model::cluster(lab).ok(),
     };
     let mut kernel = Kernel::default();
     trace::resolve(
@@ -235,17 +235,13 @@ pub fn walk_live(lab: &Lab, f: Family, from: &str, to: &str, t: Target) -> Resul
     )
 }
 
-fn open(ns: &str) -> Result<Netns> {
-    Netns::open(format!("/var/run/netns/{ns}")).map_err(|e| format!("open netns {ns}: {e}"))
-}
-
 /// Connects from `from_ns`; a listener of ours in the receiver's namespace
 /// records the peer address (else whatever listens there is asked: the
 /// lab's check servers answer with it too).
 fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> Probe {
     let sent = format!("tcp connect to {to}");
     let (tx, rx) = mpsc::channel::<IpAddr>();
-    let ours = open(recv_ns)
+    let ours = sys::netns(recv_ns)
         .and_then(|n| {
             n.run(move || TcpListener::bind(recv))
                 .map_err(|e| e.to_string())
@@ -268,7 +264,7 @@ fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
             }
         });
     }
-    let client = open(from_ns).and_then(|n| {
+    let client = sys::netns(from_ns).and_then(|n| {
         n.run(move || -> std::result::Result<String, String> {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
                 .map_err(|e| format!("connect {to}: {e}"))?;
@@ -313,7 +309,7 @@ fn probe_tcp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
 
 fn probe_udp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> Probe {
     let sent = format!("udp datagram to {to}");
-    let sock = open(recv_ns)
+    let sock = sys::netns(recv_ns)
         .and_then(|n| {
             n.run(move || UdpSocket::bind(recv))
                 .map_err(|e| e.to_string())
@@ -343,7 +339,7 @@ fn probe_udp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv: SocketAddr) -> 
     } else {
         SocketAddr::from(([0u16; 8], 0))
     };
-    let sender = open(from_ns).and_then(|n| {
+    let sender = sys::netns(from_ns).and_then(|n| {
         n.run(move || -> std::io::Result<()> {
             let s = UdpSocket::bind(any)?;
             for _ in 0..3 {
@@ -377,7 +373,7 @@ fn raw_icmp(ns: &str, v6: bool) -> Result<OwnedFd> {
     } else {
         (AddressFamily::INET, ipproto::ICMP)
     };
-    open(ns)?
+    sys::netns(ns)?
         .run(move || {
             socket_with(dom, SocketType::RAW, SocketFlags::CLOEXEC, Some(proto))
                 .map_err(|e| e.to_string())
@@ -451,6 +447,34 @@ fn probe_icmp(from_ns: &str, to: IpAddr, recv_ns: &str) -> Probe {
     }
 }
 
+/// An SCTP INIT from a raw socket (the kernel may have no SCTP, see
+/// [`crate::sctp`]), watched for in `recv_ns` on `recv_port`. A raw socket
+/// reports no peer, so the source the receiver saw is not known.
+fn probe_sctp(from_ns: &str, to: SocketAddr, recv_ns: &str, recv_port: u16) -> Probe {
+    let sent = format!("sctp INIT to {to}");
+    let (arrived, note) = match crate::sctp::probe_arriving(
+        from_ns,
+        to,
+        recv_ns,
+        recv_port,
+        Duration::from_secs(2),
+    ) {
+        Ok(true) => (
+            true,
+            format!("the INIT arrived in {recv_ns} on port {recv_port}"),
+        ),
+        Ok(false) => (false, format!("no SCTP INIT arrived in {recv_ns}")),
+        Err(e) => (false, e),
+    };
+    Probe {
+        sent,
+        arrived,
+        seen_src: None,
+        expected_src: None,
+        note,
+    }
+}
+
 /// Sends the real packet along `w` and reports what arrived.
 pub fn probe(lab: &Lab, w: &Walk) -> Result<Probe> {
     let hosts = hosts(
@@ -473,22 +497,28 @@ pub fn probe(lab: &Lab, w: &Walk) -> Result<Probe> {
             src,
             ..
         } => (netns.clone(), *dst, *port, Some(*src)),
-        Verdict::Dropped { .. } => (to.netns.clone(), dst, w.target.port, None),
+        Verdict::Dropped { .. } => (to.netns.clone(), dst, w.target.port(), None),
     };
-    let mut p = match (w.target.proto, w.target.port) {
-        (Proto::Tcp, Some(port)) => probe_tcp(
+    let mut p = match w.target {
+        Target::Port(L4Proto::Tcp, port) => probe_tcp(
             &from.netns,
             SocketAddr::new(dst, port),
             &recv_ns,
             SocketAddr::new(recv_ip, recv_port.unwrap_or(port)),
         ),
-        (Proto::Udp, Some(port)) => probe_udp(
+        Target::Port(L4Proto::Udp, port) => probe_udp(
             &from.netns,
             SocketAddr::new(dst, port),
             &recv_ns,
             SocketAddr::new(recv_ip, recv_port.unwrap_or(port)),
         ),
-        _ => probe_icmp(&from.netns, dst, &recv_ns),
+        Target::Port(L4Proto::Sctp, port) => probe_sctp(
+            &from.netns,
+            SocketAddr::new(dst, port),
+            &recv_ns,
+            recv_port.unwrap_or(port),
+        ),
+        Target::Echo => probe_icmp(&from.netns, dst, &recv_ns),
     };
     p.expected_src = expected;
     Ok(p)
@@ -611,10 +641,7 @@ pub fn demo(lab: &Lab) -> Result<bool> {
         plan::SERVICE_PORT,
         lab.spec.name
     );
-    let t = Target {
-        proto: Proto::Tcp,
-        port: Some(plan::SERVICE_PORT),
-    };
+    let t = Target::Port(L4Proto::Tcp, plan::SERVICE_PORT);
     let tr = trace_one(lab, f, &first.name, &other.name, t)?;
     print!("{}", trace::render(&tr.walk));
     print!("{}", render_probe(&tr.walk, &tr.probe));

@@ -16,16 +16,9 @@ use netlink_packet_netfilter::{
     NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily,
 };
 
-/// Layer-4 protocols whose entries can be selected by port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CtProto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
+/// Layer-4 protocols whose entries can be selected by port: the
+/// workspace's one [`L4Proto`](crate::L4Proto).
+pub use crate::L4Proto as CtProto;
 
 impl CtProto {
     fn matches(self, p: &Protocol) -> bool {

@@ -189,43 +189,9 @@ impl TableRef {
     }
 }
 
-/// Layer-4 protocols of port mappings and policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum L4Proto {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-    /// SCTP.
-    Sctp,
-}
-
-impl L4Proto {
-    /// The protocol's keyword.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            L4Proto::Tcp => "tcp",
-            L4Proto::Udp => "udp",
-            L4Proto::Sctp => "sctp",
-        }
-    }
-
-    /// Case-insensitive, as runtimes send `TCP` or `tcp`.
-    pub fn parse(s: &str) -> Option<L4Proto> {
-        match s.to_ascii_lowercase().as_str() {
-            "tcp" => Some(L4Proto::Tcp),
-            "udp" => Some(L4Proto::Udp),
-            "sctp" => Some(L4Proto::Sctp),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for L4Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// Layer-4 protocols of port mappings and policies: the netlink crate's
+/// (one type for conntrack, nftables and the lab).
+pub use kindnet_netlink::L4Proto;
 
 /// Key and data types of sets and maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
