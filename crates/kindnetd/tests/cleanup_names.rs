@@ -1,7 +1,7 @@
 //! `kindnetd cleanup` names the plugin's tables, binaries and lock
 //! directory without linking the plugin: they must be the plugin's own.
 
-use kindnetd::cleanup::{ANTISPOOF_TABLE, PLUGIN_NAMES, PLUGIN_TABLES};
+use kindnetd::tools::cleanup::{ANTISPOOF_TABLE, PLUGIN_NAMES, PLUGIN_TABLES};
 
 #[test]
 fn cleanup_knows_every_plugin_table_name_and_the_lock_dir() {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Deserializer};
 
 use super::Object;
-use crate::node::RawNode;
+use crate::inputs::node::RawNode;
 use crate::source::file::{looks_like_json, parse_node_list, raw_node_from_value};
 
 /// A parsed nodes file.

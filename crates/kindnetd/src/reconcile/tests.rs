@@ -1,7 +1,7 @@
 use super::*;
-use crate::dataplane::DataplaneError;
-use crate::node::tests::raw;
-use crate::routes::{InstalledRoute, KernelRoute, Topology};
+use crate::host::dataplane::DataplaneError;
+use crate::host::routes::{InstalledRoute, KernelRoute, Topology};
+use crate::inputs::node::tests::raw;
 
 /// A host with eth0 (index 2, 172.18.0.2/16, mtu 1400) and default via 172.18.0.1.
 #[derive(Default)]
@@ -13,9 +13,9 @@ struct Fake {
     fail_view: bool,
     solicits: Vec<(u32, Vec<std::net::Ipv4Addr>)>,
     neighbours: Vec<(u32, IpAddr, Vec<u8>)>,
-    allocated: Vec<crate::reclaim::Allocated>,
-    reclaimed: Vec<crate::reclaim::Leak>,
-    veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
+    allocated: Vec<crate::host::reclaim::Allocated>,
+    reclaimed: Vec<crate::host::reclaim::Leak>,
+    veths: Vec<(crate::host::reclaim::HostVeth, Option<u32>)>,
     host_routes: Vec<KernelRoute>,
 }
 
@@ -37,8 +37,9 @@ impl Dataplane for Fake {
         foreign.extend(self.host_routes.iter().cloned());
         let local = vec!["172.18.0.2".parse().unwrap()];
         Ok(HostView {
-            topology: Topology::new(foreign.clone(), local)
-                .with_neighbours(crate::routes::Neighbours::new(self.neighbours.clone())),
+            topology: Topology::new(foreign.clone(), local).with_neighbours(
+                crate::host::routes::Neighbours::new(self.neighbours.clone()),
+            ),
             ours: self.installed.clone(),
             foreign,
             link_mtus: [(2, 1400)].into_iter().collect(),
@@ -87,12 +88,12 @@ impl Dataplane for Fake {
         dir: &std::path::Path,
         content: &str,
     ) -> Result<bool, DataplaneError> {
-        crate::conffile::write_if_changed(dir, cniconf::CONFLIST_NAME, content).map_err(|source| {
-            DataplaneError::ConfWrite {
+        crate::host::conffile::write_if_changed(dir, cniconf::CONFLIST_NAME, content).map_err(
+            |source| DataplaneError::ConfWrite {
                 path: dir.join(cniconf::CONFLIST_NAME),
                 source,
-            }
-        })
+            },
+        )
     }
     fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), DataplaneError> {
         self.solicits.push((oif, arp.to_vec()));
@@ -102,14 +103,14 @@ impl Dataplane for Fake {
         &mut self,
         _data_dir: &std::path::Path,
         _network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError> {
+    ) -> Result<Vec<crate::host::reclaim::Allocated>, DataplaneError> {
         Ok(self.allocated.clone())
     }
     fn reclaim(
         &mut self,
         _data_dir: &std::path::Path,
         _network: &str,
-        leak: &crate::reclaim::Leak,
+        leak: &crate::host::reclaim::Leak,
     ) -> Result<Vec<IpAddr>, DataplaneError> {
         self.allocated
             .retain(|a| !(a.container_id == leak.container_id && a.ifname == leak.ifname));
@@ -201,7 +202,7 @@ fn converges_then_stays_quiet() {
     assert!(conf.contains("\"mtu\": 1400"));
     assert_eq!(r.dp.nft.len(), 1);
     assert!(
-        masq::set_elements(&r.dp.nft[0], "pod-sources-v4")
+        masquerade::set_elements(&r.dp.nft[0], "pod-sources-v4")
             .contains(&"10.244.0.0/16".parse().unwrap())
     );
     let ready = r.status.readiness();
@@ -283,12 +284,12 @@ fn own_ranges(dir: &tempfile::TempDir) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn b() -> crate::node::RawNode {
+fn b() -> crate::inputs::node::RawNode {
     raw("b", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.3")])
 }
 
 /// Node lists in which this node ("me") has no usable pod CIDRs.
-fn lists_without_own_cidrs() -> Vec<(&'static str, Vec<crate::node::RawNode>)> {
+fn lists_without_own_cidrs() -> Vec<(&'static str, Vec<crate::inputs::node::RawNode>)> {
     let me = |cidrs: &[&str]| raw("me", cidrs, &[("InternalIP", "172.18.0.2")]);
     vec![
         ("missing", vec![b()]),
@@ -366,7 +367,7 @@ fn last_known_own_cidrs_come_from_the_conflist_on_disk_at_start() {
         bridge: None,
         ipam_data_dir: "/run/cni-ipam-state".into(),
     });
-    crate::conffile::write_if_changed(dir.path(), cniconf::CONFLIST_NAME, &before).unwrap();
+    crate::host::conffile::write_if_changed(dir.path(), cniconf::CONFLIST_NAME, &before).unwrap();
     let store = Arc::new(Mutex::new(NodeStore::new()));
     let mut r = Reconciler::new(
         settings(dir.path()),
@@ -514,7 +515,7 @@ fn routes_of_known_peers_outside_pod_subnet_are_removed_when_they_go() {
 /// The `elements = { ... }` of one nft set in a ruleset.
 /// The elements of a set of a masquerade batch, as `{ a, b }`.
 fn set_elements(b: &kindnet_nft::Batch, set: &str) -> String {
-    let e: Vec<String> = masq::set_elements(b, set)
+    let e: Vec<String> = masquerade::set_elements(b, set)
         .iter()
         .map(|n| n.to_string())
         .collect();
@@ -589,7 +590,7 @@ fn masquerading_off_removes_the_table_once() {
     )]);
     r.pass(true);
     r.pass(true);
-    assert_eq!(r.dp.nft, vec![masq::removal()]);
+    assert_eq!(r.dp.nft, vec![masquerade::removal()]);
 }
 
 #[test]
@@ -685,7 +686,7 @@ fn solicitations_are_per_uplink_and_wait_their_pause() {
 
 #[test]
 fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
-    use crate::reclaim::{Allocated, HostVeth};
+    use crate::host::reclaim::{Allocated, HostVeth};
     let (mut r, store, _dir) = setup("reclaim");
     store.lock().unwrap().replace_all(&[raw(
         "me",
@@ -780,13 +781,13 @@ fn host_read_failure_is_reported_not_fatal() {
 
 // The plan alone: host view + node list + settings + memory in, changes out.
 
-fn synced_store(nodes: &[crate::node::RawNode]) -> NodeStore {
+fn synced_store(nodes: &[crate::inputs::node::RawNode]) -> NodeStore {
     let mut s = NodeStore::new();
     s.replace_all(nodes);
     s
 }
 
-fn me() -> crate::node::RawNode {
+fn me() -> crate::inputs::node::RawNode {
     raw("me", &["10.244.0.0/24"], &[("InternalIP", "172.18.0.2")])
 }
 
@@ -969,14 +970,14 @@ impl Dataplane for Failing {
         &mut self,
         data_dir: &std::path::Path,
         network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError> {
+    ) -> Result<Vec<crate::host::reclaim::Allocated>, DataplaneError> {
         self.inner.allocations(data_dir, network)
     }
     fn reclaim(
         &mut self,
         data_dir: &std::path::Path,
         network: &str,
-        leak: &crate::reclaim::Leak,
+        leak: &crate::host::reclaim::Leak,
     ) -> Result<Vec<IpAddr>, DataplaneError> {
         self.inner.reclaim(data_dir, network, leak)
     }
@@ -1075,8 +1076,8 @@ fn policy_on_a_bridge_turns_br_netfilter_hand_off_on() {
 
 #[test]
 fn an_address_a_running_pod_of_this_node_reports_is_never_reclaimed() {
+    use crate::host::reclaim::Allocated;
     use crate::netpol::{Inputs, Kind, Object};
-    use crate::reclaim::Allocated;
     let (r, store, _dir) = setup("reclaim-pods");
     store.lock().unwrap().replace_all(&[me()]);
     let pods = Arc::new(Mutex::new(Inputs::default()));

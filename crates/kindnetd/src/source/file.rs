@@ -15,7 +15,7 @@ use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
 use serde::Deserialize;
 
-use crate::node::{RawMeta, RawNode};
+use crate::inputs::node::{RawMeta, RawNode};
 use crate::source::Sink;
 
 const SOURCE: &str = "file";
@@ -338,7 +338,7 @@ async fn read_and_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::validate;
+    use crate::inputs::node::validate;
 
     const KUBECTL_JSON: &str = r#"{
     "apiVersion": "v1",
@@ -384,8 +384,8 @@ mod tests {
     "metadata": {"resourceVersion": ""}
 }"#;
 
-    use crate::status::Status;
-    use crate::store::NodeStore;
+    use crate::inputs::store::NodeStore;
+    use crate::serve::status::Status;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 

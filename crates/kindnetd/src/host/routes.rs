@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv6Net};
 
-use crate::store::StoredNode;
+use crate::inputs::store::StoredNode;
 
 /// The rtnetlink route protocol number that marks kindnetd's routes
 /// (`ip route show proto 217`). Unassigned in the kernel's and iproute2's
@@ -433,7 +433,7 @@ impl NodeNetwork {
     pub fn new<'a>(
         topo: &Topology,
         own_ips: &[IpAddr],
-        nodes: impl IntoIterator<Item = &'a crate::node::Node>,
+        nodes: impl IntoIterator<Item = &'a crate::inputs::node::Node>,
     ) -> NodeNetwork {
         let mut node_ips: Vec<(IpAddr, String)> = own_ips
             .iter()
@@ -713,7 +713,7 @@ pub enum NextHop {
 /// does not exist).
 pub fn next_hop_for(
     v6: bool,
-    node: &crate::node::Node,
+    node: &crate::inputs::node::Node,
     opts: &RouteOptions,
     topo: &Topology,
 ) -> Result<NextHop, SkipReason> {
@@ -838,7 +838,7 @@ pub fn diff(desired: &BTreeMap<IpNet, PeerRoute>, installed: &[InstalledRoute]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::Node;
+    use crate::inputs::node::Node;
 
     fn node(name: &str, cidrs: &[&str], ips: &[&str]) -> Node {
         Node {

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Serialize};
 
-use crate::cniconf::CniChain;
-use crate::config::Flags;
-use crate::doctor::{Check, DoctorInputs, Level};
+use crate::host::cniconf::CniChain;
+use crate::inputs::config::Flags;
+use crate::tools::doctor::{Check, DoctorInputs, Level};
 
 /// The path of the endpoint.
 pub const CONFIG_PATH: &str = "/config";
@@ -263,9 +263,9 @@ pub fn decide(
         level,
         message,
         fix,
-        gates_readiness: crate::doctor::gates_readiness("config"),
+        gates_readiness: crate::tools::doctor::gates_readiness("config"),
     };
-    let own = || crate::doctor::inputs_of(flags, cni_bin_dir.clone(), false);
+    let own = || crate::tools::doctor::inputs_of(flags, cni_bin_dir.clone(), false);
     match answer {
         Answer::NotAsked => (
             own(),
@@ -438,14 +438,15 @@ mod tests {
             .unwrap();
         let c = EffectiveConfig::of(&flags(&["--node-name", "n1", "--cni-conf-dir", "/a/b"]));
         let addr = rt.block_on(async {
-            let status = std::sync::Arc::new(crate::status::Status::new());
+            let status = std::sync::Arc::new(crate::serve::status::Status::new());
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            let app = crate::http::router(status.clone(), Duration::from_secs(60), c.to_json());
-            tokio::spawn(crate::http::serve(
+            let app =
+                crate::serve::http::router(status.clone(), Duration::from_secs(60), c.to_json());
+            tokio::spawn(crate::serve::http::serve(
                 l,
                 app,
-                crate::http::Limits::default(),
+                crate::serve::http::Limits::default(),
                 status,
             ));
             addr

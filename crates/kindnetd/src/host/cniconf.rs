@@ -1,5 +1,5 @@
 //! The CNI network configuration kindnetd writes for its node: pure
-//! rendering and reading back (the write is [`crate::conffile`]).
+//! rendering and reading back (the write is [`crate::host::conffile`]).
 //!
 //! By default one plugin, `kindnet`, does the whole pod in one exec (veth
 //! as ptp lays it out, or bridge when CNI_BRIDGE is set; host-local IPAM
@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::routes::KernelRoute;
+use crate::host::routes::KernelRoute;
 
 pub const CONFLIST_NAME: &str = "10-kindnet.conflist";
 pub const NETWORK_NAME: &str = "kindnet";

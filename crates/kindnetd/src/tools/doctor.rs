@@ -14,10 +14,10 @@ use ipnet::IpNet;
 use kindnet_netlink::{Family, Handle, Neighbour};
 use serde::Serialize;
 
-use crate::cniconf;
-use crate::dataplane::{Dataplane, HostView, Netlink};
-use crate::routes::{self, RouteOptions, SkipReason};
-use crate::store::{NodeStore, StoredNode};
+use crate::host::cniconf;
+use crate::host::dataplane::{Dataplane, HostView, Netlink};
+use crate::host::routes::{self, RouteOptions, SkipReason};
+use crate::inputs::store::{NodeStore, StoredNode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -91,7 +91,7 @@ pub struct DoctorInputs {
     /// Inside the daemon's container the CNI binary and IPAM directories
     /// are not mounted: those checks are left out.
     pub in_daemon: bool,
-    /// NetworkPolicy on, pods on a bridge ([`crate::config::Flags::policy_on_bridge`]).
+    /// NetworkPolicy on, pods on a bridge ([`crate::inputs::config::Flags::policy_on_bridge`]).
     pub policy_on_bridge: bool,
 }
 
@@ -494,7 +494,7 @@ fn nft_table_flags(v: &DoctorView) -> Check {
                 } else {
                     flags.join(",")
                 };
-                if name == crate::masq::TABLE_NAME && !(f.owner && f.persist) {
+                if name == crate::host::masquerade::TABLE_NAME && !(f.owner && f.persist) {
                     weak.push(format!("{name}: {text}"));
                 } else {
                     said.push(format!("{name}: {text}"));
@@ -1027,9 +1027,9 @@ pub fn worst(c: &[Check]) -> Level {
 
 /// The report for people.
 /// The report a person reads. Names in it (nodes, links, files) are
-/// escaped ([`crate::text`]): one check is one line, whatever a name holds.
+/// escaped ([`crate::serve::text`]): one check is one line, whatever a name holds.
 pub fn render(node: &str, c: &[Check]) -> String {
-    use crate::text::line;
+    use crate::serve::text::line;
     let mut s = format!(
         "kindnetd doctor on {} (kindnetd {})\n",
         line(node),
@@ -1219,7 +1219,7 @@ fn read_table_flags() -> Vec<(String, Result<Option<kindnet_nft::TableFlags>, St
         Ok(n) => n,
         Err(e) => return vec![("nf_tables".into(), Err(e.to_string()))],
     };
-    [crate::masq::table(), kindnet_netpol::table()]
+    [crate::host::masquerade::table(), kindnet_netpol::table()]
         .into_iter()
         .map(|t| {
             let flags = nl
@@ -1390,7 +1390,7 @@ pub fn to_json(node: &str, c: &[Check]) -> serde_json::Value {
 )]
 pub struct DoctorCli {
     #[command(flatten)]
-    pub flags: crate::config::Flags,
+    pub flags: crate::inputs::config::Flags,
     /// Print JSON for tools.
     #[arg(long)]
     pub json: bool,
@@ -1407,7 +1407,7 @@ pub struct DoctorCli {
 }
 
 pub(crate) fn inputs_of(
-    f: &crate::config::Flags,
+    f: &crate::inputs::config::Flags,
     cni_bin_dir: PathBuf,
     in_daemon: bool,
 ) -> DoctorInputs {
@@ -1437,8 +1437,11 @@ pub fn cli_main(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::proc
         }
     };
     // The daemon's own configuration when it answers, else the flags.
-    let (inputs, nodes_file, source) =
-        crate::effective::doctor_config(&cli.flags, cli.cni_bin_dir.clone(), cli.daemon.as_deref());
+    let (inputs, nodes_file, source) = crate::serve::effective::doctor_config(
+        &cli.flags,
+        cli.cni_bin_dir.clone(),
+        cli.daemon.as_deref(),
+    );
     let nodes = nodes_file.as_deref().map(nodes_from_file);
     let node = inputs.node_name.clone();
     let mut results = vec![source];
@@ -1464,9 +1467,9 @@ pub const DAEMON_PERIOD: std::time::Duration = std::time::Duration::from_secs(60
 /// Runs the checks in the daemon (first after `first`, then every
 /// [`DAEMON_PERIOD`]) with the nodes the daemon knows, into `/readyz`.
 pub fn spawn_in_daemon(
-    flags: &crate::config::Flags,
+    flags: &crate::inputs::config::Flags,
     store: std::sync::Arc<std::sync::Mutex<NodeStore>>,
-    status: std::sync::Arc<crate::status::Status>,
+    status: std::sync::Arc<crate::serve::status::Status>,
     first: std::time::Duration,
 ) -> std::io::Result<()> {
     let inputs = inputs_of(flags, PathBuf::new(), true);
@@ -1493,8 +1496,8 @@ pub fn spawn_in_daemon(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::tests::raw;
-    use crate::routes::{InstalledRoute, KernelRoute, Topology};
+    use crate::host::routes::{InstalledRoute, KernelRoute, Topology};
+    use crate::inputs::node::tests::raw;
     use kindnet_netlink::NUD_REACHABLE;
 
     fn ip(s: &str) -> IpAddr {
@@ -1579,7 +1582,7 @@ mod tests {
             nft: vec![("maps".into(), None)],
             nft_tables: vec![
                 (
-                    crate::masq::TABLE_NAME.into(),
+                    crate::host::masquerade::TABLE_NAME.into(),
                     Ok(Some(kindnet_nft::TableFlags {
                         owner: true,
                         persist: true,
