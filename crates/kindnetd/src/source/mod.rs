@@ -6,6 +6,7 @@ pub mod file;
 pub mod kube;
 pub mod kube_cnp;
 pub mod kube_netpol;
+pub mod list;
 pub mod streak;
 
 use std::sync::mpsc::Sender;

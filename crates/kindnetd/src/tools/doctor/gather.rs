@@ -235,7 +235,7 @@ fn plugins(dir: &Path) -> (Vec<(String, Plugin)>, Result<String, String>) {
 /// Reads a nodes file into validated nodes, as the daemon's store does.
 pub fn nodes_from_file(path: &Path) -> Result<Vec<StoredNode>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let raws = crate::source::file::parse_node_list(&bytes)?;
+    let raws = crate::source::list::parse_cluster_list(&bytes)?.nodes;
     let mut store = NodeStore::new();
     store.replace_all(&raws);
     Ok(store.iter().cloned().collect())
