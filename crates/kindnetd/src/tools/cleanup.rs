@@ -13,8 +13,9 @@
 //! - host-local's store of the `kindnet` network (`<ipam-data-dir>/kindnet`);
 //! - the lock files of those tables in the lock directory (and the
 //!   directory, when that leaves it empty);
-//! - with `--cni-bin-dir DIR`: `DIR/kindnet-cni` and the plugin names that
-//!   are symlinks to it (a reference plugin of the same name is kept).
+//! - with `--cni-bin-dir DIR`: `DIR/kindnet-cni` and the plugin names
+//!   ([`kindnet_cni_spec::binary`]) that are symlinks to it (a reference
+//!   plugin of the same name is kept).
 //!
 //! Deciding is [`plan`], a pure function of what was [`Found`]; [`run`]
 //! reads the node and carries the plan out.
@@ -22,6 +23,9 @@
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+// What `kindnet-cni install DIR` puts there: the binary, and each plugin
+// name as a symlink to it (one list, shared with the plugin).
+use kindnet_cni_spec::binary::{NAME as PLUGIN_BINARY, PLUGIN_NAMES};
 use kindnet_nft::{Batch, Family, Name, Nft, TableLock, TableRef};
 
 use crate::host::routes::InstalledRoute;
@@ -38,18 +42,6 @@ pub const PLUGIN_TABLES: &[&str] = &[
 /// The plugin's anti-spoofing table (kindnet-cni antispoof::TABLE), in
 /// family inet (ptp) and bridge (bridge mode).
 pub const ANTISPOOF_TABLE: &str = "kindnet-antispoof";
-
-/// What `kindnet-cni install DIR` puts there: the binary, and each plugin
-/// name as a symlink to it (kindnet-cni's PLUGIN_NAMES, checked by a test).
-pub const PLUGIN_BINARY: &str = "kindnet-cni";
-pub const PLUGIN_NAMES: &[&str] = &[
-    "kindnet",
-    "ptp",
-    "bridge",
-    "host-local",
-    "portmap",
-    "loopback",
-];
 
 /// Every table that is ours: kindnetd's, then the plugins'.
 pub fn owned_tables() -> Vec<TableRef> {

@@ -196,15 +196,7 @@ fn ipam_probe(dir: &Path) -> (Result<(), String>, Vec<IpAddr>) {
 }
 
 fn plugins(dir: &Path) -> (Vec<(String, Plugin)>, Result<String, String>) {
-    let names = [
-        "kindnet",
-        "ptp",
-        "bridge",
-        "host-local",
-        "portmap",
-        "loopback",
-    ];
-    let list = names
+    let list = kindnet_cni_spec::binary::PLUGIN_NAMES
         .iter()
         .map(|n| {
             let p = dir.join(n);
@@ -216,7 +208,7 @@ fn plugins(dir: &Path) -> (Vec<(String, Plugin)>, Result<String, String>) {
             (n.to_string(), state)
         })
         .collect();
-    let bin = dir.join("kindnet-cni");
+    let bin = dir.join(kindnet_cni_spec::binary::NAME);
     let version = std::process::Command::new(&bin)
         .arg("version")
         .stdin(std::process::Stdio::null())
