@@ -5,6 +5,7 @@
 //! the same checks and lists warnings and failures in `/readyz`.
 
 mod cni;
+pub mod daemon;
 mod gather;
 mod kernel;
 mod nft;
@@ -391,11 +392,8 @@ pub fn cli_main(args: impl IntoIterator<Item = std::ffi::OsString>) -> std::proc
         }
     };
     // The daemon's own configuration when it answers, else the flags.
-    let (inputs, nodes_file, source) = crate::serve::effective::doctor_config(
-        &cli.flags,
-        cli.cni_bin_dir.clone(),
-        cli.daemon.as_deref(),
-    );
+    let (inputs, nodes_file, source) =
+        daemon::doctor_config(&cli.flags, cli.cni_bin_dir.clone(), cli.daemon.as_deref());
     let nodes = nodes_file.as_deref().map(nodes_from_file);
     let node = inputs.node_name.clone();
     let mut results = vec![source];
