@@ -17,8 +17,8 @@
 //!   ([`kindnet_cni_spec::binary`]) that are symlinks to it (a reference
 //!   plugin of the same name is kept).
 //!
-//! Deciding is [`plan`], a pure function of what was [`Found`]; [`run`]
-//! reads the node and carries the plan out.
+//! Deciding is [`plan`], a pure function of what was [`Found`]; [`find`]
+//! reads the node and [`apply`] carries the plan out.
 
 use std::path::{Path, PathBuf};
 
