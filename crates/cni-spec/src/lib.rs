@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod attachment;
+pub mod binary;
 pub mod decode;
 pub mod env;
 pub mod error;

@@ -8,7 +8,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-const BINARY: &str = "kindnet-cni";
+use kindnet_cni_spec::binary::NAME as BINARY;
 
 pub fn install(dir: &Path) -> io::Result<Vec<String>> {
     let me = std::fs::read("/proc/self/exe")?;

@@ -26,15 +26,9 @@ pub mod veth;
 
 use kindnet_cni_spec::{CniError, Plugin};
 
-/// The names this binary answers to.
-pub const PLUGIN_NAMES: &[&str] = &[
-    "kindnet",
-    "ptp",
-    "bridge",
-    "host-local",
-    "portmap",
-    "loopback",
-];
+/// The names this binary answers to (kept in `cni-spec`, which kindnetd
+/// shares without linking the plugin).
+pub use kindnet_cni_spec::binary::PLUGIN_NAMES;
 
 pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {

@@ -1,33 +1,29 @@
 //! kindnetd: the kindnet node daemon.
 //!
-//! Pure decisions (nodes in → desired routes, nft ruleset, conflist out)
-//! live in [`routes`], [`masq`], [`cniconf`], [`sysctl`] and [`node`];
-//! [`reconcile::plan`] puts them together into one pass's [`reconcile::Plan`].
-//! The effectful edges are [`dataplane`] (the host: rtnetlink, nft,
-//! sysctls, and the one file, [`conffile`]), the [`source`]s and [`http`];
-//! the [`reconcile`] loop reads, plans, applies through the dataplane and
-//! records.
+//! The folders follow the data flow:
+//! - [`inputs`]: what the daemon reads — its flags ([`inputs::config`]), the
+//!   Node model and its validation ([`inputs::node`]), the node store the
+//!   [`source`]s feed ([`inputs::store`]), host names ([`inputs::resolve`]);
+//! - [`source`]: where nodes come from (the Kubernetes watch or a file);
+//! - [`reconcile`]: the loop; [`reconcile::plan`] puts the pure decisions
+//!   together into one pass's [`reconcile::Plan`], and the loop applies it
+//!   through the dataplane and records the outcome;
+//! - [`host`]: the node's own network — one pure decision per effect
+//!   (peer [`host::routes`], the daemon's [`host::masquerade`] table,
+//!   [`host::sysctl`]s, the [`host::cniconf`] conflist, leak
+//!   [`host::reclaim`]) and the effectful edge that carries them out
+//!   ([`host::dataplane`]: rtnetlink, nf_tables, sysctls and the one file,
+//!   [`host::conffile`]; neighbour [`host::solicit`]ation);
+//! - [`netpol`]: the NetworkPolicy thread (its own inputs, plan and apply);
+//! - [`serve`]: what the daemon tells — `/metrics`, `/healthz`, `/readyz`,
+//!   `/config` ([`serve::http`]), readiness ([`serve::status`]), the
+//!   effective configuration and the text escaping of outside names;
+//! - [`tools`]: the subcommands `kindnetd doctor` and `kindnetd cleanup`.
 
-pub mod cleanup;
-pub mod cniconf;
-pub mod conffile;
-pub mod config;
-pub mod dataplane;
-pub mod doctor;
-pub mod effective;
-pub mod http;
-pub mod masq;
-pub mod metrics;
+pub mod host;
+pub mod inputs;
 pub mod netpol;
-pub mod node;
-pub mod reclaim;
 pub mod reconcile;
-pub mod resolve;
-pub mod routes;
-pub mod solicit;
+pub mod serve;
 pub mod source;
-pub mod status;
-pub mod store;
-pub mod streak;
-pub mod sysctl;
-pub mod text;
+pub mod tools;

@@ -6,25 +6,25 @@ use std::time::Duration;
 
 use clap::Parser;
 use kindnet_netlink::RouteEvents;
-use kindnetd::config::Flags;
-use kindnetd::dataplane::Netlink;
+use kindnetd::host::dataplane::Netlink;
+use kindnetd::host::routes::{ROUTE_PROTOCOL, RouteOptions};
+use kindnetd::inputs::config::Flags;
+use kindnetd::inputs::store::NodeStore;
 use kindnetd::reconcile::{Reconciler, Settings, Trigger, route_event_matters};
-use kindnetd::routes::{ROUTE_PROTOCOL, RouteOptions};
+use kindnetd::serve::status::Status;
 use kindnetd::source::{self, Sink};
-use kindnetd::status::Status;
-use kindnetd::store::NodeStore;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "doctor") {
-        return kindnetd::doctor::cli_main(std::env::args_os().skip(1));
+        return kindnetd::tools::doctor::cli_main(std::env::args_os().skip(1));
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "cleanup") {
         let _ = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .without_time()
             .try_init();
-        return kindnetd::cleanup::cli_main(std::env::args_os().skip(1));
+        return kindnetd::tools::cleanup::cli_main(std::env::args_os().skip(1));
     }
     let flags = match Flags::try_parse() {
         Ok(f) => f,
@@ -37,7 +37,7 @@ fn main() -> ExitCode {
         eprintln!("kindnetd: {msg}");
         return ExitCode::from(2);
     }
-    let filter = match EnvFilter::try_new(kindnetd::config::log_filter(&flags.log_level)) {
+    let filter = match EnvFilter::try_new(kindnetd::inputs::config::log_filter(&flags.log_level)) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("kindnetd: --log-level {:?}: {e}", flags.log_level);
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             .flatten_event(true)
             .init();
     } else {
-        sub.with_writer(kindnetd::text::stderr).init();
+        sub.with_writer(kindnetd::serve::text::stderr).init();
     }
 
     if flags.sysctls_only {
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     }
     // Descriptors: sockets, netlink, the nodes file, nft children. A 1024
     // soft limit is common and too low to ride out a connection flood.
-    match kindnetd::http::raise_nofile_limit() {
+    match kindnetd::serve::http::raise_nofile_limit() {
         Ok((old, new)) if new != old => {
             tracing::info!(old, new, "raised the soft limit of open files")
         }
@@ -153,7 +153,7 @@ async fn run(flags: Flags) -> ExitCode {
     let source_task = match &flags.nodes_file {
         Some(path) => tokio::spawn(source::file::run(path.clone(), sink)),
         None => {
-            let names = kindnetd::resolve::Sources {
+            let names = kindnetd::inputs::resolve::Sources {
                 hosts: flags.hosts_file.clone(),
                 resolv_conf: flags.resolv_conf.clone(),
             };
@@ -280,7 +280,7 @@ async fn run(flags: Flags) -> ExitCode {
         return ExitCode::FAILURE;
     }
     // The doctor's findings in /readyz, after the first passes settled.
-    if let Err(e) = kindnetd::doctor::spawn_in_daemon(
+    if let Err(e) = kindnetd::tools::doctor::spawn_in_daemon(
         &flags,
         store.clone(),
         status.clone(),
@@ -297,7 +297,7 @@ async fn run(flags: Flags) -> ExitCode {
     }
 
     if let Some(addr) = flags.metrics_bind() {
-        let listener = match kindnetd::http::bind(addr).await {
+        let listener = match kindnetd::serve::http::bind(addr).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(%addr, error = %e, "cannot listen for /metrics /healthz /readyz /config");
@@ -305,13 +305,13 @@ async fn run(flags: Flags) -> ExitCode {
             }
         };
         let max_silence = (flags.resync_period * 3).max(Duration::from_secs(30));
-        let config = kindnetd::effective::EffectiveConfig::of(&flags).to_json();
-        let app = kindnetd::http::router(status.clone(), max_silence, config);
+        let config = kindnetd::serve::effective::EffectiveConfig::of(&flags).to_json();
+        let app = kindnetd::serve::http::router(status.clone(), max_silence, config);
         tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /metrics /healthz /readyz /config");
         let st = status.clone();
         tokio::spawn(async move {
-            let limits = kindnetd::http::Limits::default();
-            if let Err(e) = kindnetd::http::serve(listener, app, limits, st).await {
+            let limits = kindnetd::serve::http::Limits::default();
+            if let Err(e) = kindnetd::serve::http::serve(listener, app, limits, st).await {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
@@ -354,7 +354,7 @@ fn print_conflist(flags: &Flags) -> ExitCode {
     }
     print!(
         "{}",
-        kindnetd::cniconf::render(&kindnetd::cniconf::CniInputs {
+        kindnetd::host::cniconf::render(&kindnetd::host::cniconf::CniInputs {
             chain: flags.cni_chain,
             pod_cidrs: flags.static_pod_cidrs.0.clone(),
             mtu: if flags.mtu == 0 { 1500 } else { flags.mtu },
@@ -367,7 +367,7 @@ fn print_conflist(flags: &Flags) -> ExitCode {
 
 /// `--sysctls-only`: set the forwarding sysctls once and exit.
 fn sysctls_only(policy_on_bridge: bool) -> ExitCode {
-    use kindnetd::dataplane::Dataplane;
+    use kindnetd::host::dataplane::Dataplane;
     let mut dp = match Netlink::new() {
         Ok(d) => d,
         Err(e) => {

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::*;
-use kindnetd::cniconf::{self, CniChain, CniInputs};
+use kindnetd::host::cniconf::{self, CniChain, CniInputs};
 use serde_json::Value;
 
 fn target_dir() -> PathBuf {
@@ -63,7 +63,8 @@ fn the_written_conflist_loads_in_old_libcni_at_1_0_0_and_offers_1_1_0() {
             bridge: None,
             ipam_data_dir: dir.path().join(format!("ipam-{chain:?}")),
         });
-        kindnetd::conffile::write_if_changed(&conf_dir, cniconf::CONFLIST_NAME, &text).unwrap();
+        kindnetd::host::conffile::write_if_changed(&conf_dir, cniconf::CONFLIST_NAME, &text)
+            .unwrap();
         let list = conf_dir.join(cniconf::CONFLIST_NAME);
 
         // What the real (old) libcni made of the file.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use inotify::{EventMask, Inotify, WatchMask};
 use kindnet_testbed::temp_dir;
-use kindnetd::cniconf::{self, CniChain, CniInputs};
+use kindnetd::host::cniconf::{self, CniChain, CniInputs};
 
 /// What one load of the directory found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +182,7 @@ fn a_runtime_watching_the_directory_never_sees_a_partial_config() {
     let rounds = 200;
     for i in 0..rounds {
         assert!(
-            kindnetd::conffile::write_if_changed(&dir, cniconf::CONFLIST_NAME, &content(i))
+            kindnetd::host::conffile::write_if_changed(&dir, cniconf::CONFLIST_NAME, &content(i))
                 .unwrap()
         );
     }

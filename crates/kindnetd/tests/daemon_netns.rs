@@ -313,7 +313,7 @@ fn bridge_mode_conflist_and_masquerade_off() {
     )
     .unwrap();
     // Leftover rules from an earlier run with masquerading on.
-    let leftover = kindnetd::masq::ruleset(&kindnetd::masq::MasqInputs {
+    let leftover = kindnetd::host::masquerade::ruleset(&kindnetd::host::masquerade::MasqInputs {
         pod_sources: vec!["10.244.0.0/16".parse().unwrap()],
         no_masquerade: vec![],
     });
@@ -423,7 +423,7 @@ fn conflist_rewritten_atomically_only_on_change() {
     let leftovers: Vec<_> = std::fs::read_dir(&cni)
         .unwrap()
         .map(|e| e.unwrap().file_name())
-        .filter(|n| n != kindnetd::conffile::STAGING_DIR)
+        .filter(|n| n != kindnetd::host::conffile::STAGING_DIR)
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
     // Someone deletes it: it is written again at the next resync.

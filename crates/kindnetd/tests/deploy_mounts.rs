@@ -450,7 +450,7 @@ fn kindnetd_works_with_only_the_manifests_capabilities() {
         "kindnetd wrote outside its mounts:\n{}",
         d.log()
     );
-    let t = kindnetd::masq::table();
+    let t = kindnetd::host::masquerade::table();
     let masq = run(ns
         .command("nft")
         .args(["list", "table", t.family.as_str(), t.name.as_str()]));

@@ -12,8 +12,8 @@ use common::temp_dir;
 use kindnet_fakeapi::{FakeApi, Resource, kubeconfig};
 use kindnetd::netpol::cnp::CnpState;
 use kindnetd::netpol::{Inputs, PolicySink};
+use kindnetd::serve::status::Status;
 use kindnetd::source;
-use kindnetd::status::Status;
 use serde_json::json;
 
 fn cnp(name: &str, priority: u32) -> serde_json::Value {

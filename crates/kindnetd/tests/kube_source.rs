@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use common::{TempDir, temp_dir};
 use kindnet_fakeapi::{FakeApi, GoneMode, kubeconfig, node_json};
+use kindnetd::inputs::store::NodeStore;
+use kindnetd::serve::status::Status;
 use kindnetd::source::{self, Sink};
-use kindnetd::status::Status;
-use kindnetd::store::NodeStore;
 
 struct Harness {
     api: FakeApi,

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::{CommandFactory, Parser};
-use kindnetd::config::Flags;
+use kindnetd::inputs::config::Flags;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -378,7 +378,7 @@ fn manifests_differ_only_in_bridge_mode() {
 /// directories the DaemonSet uses, with NET_ADMIN only.
 #[test]
 fn cleanup_job() {
-    use kindnetd::cleanup::CleanupFlags;
+    use kindnetd::tools::cleanup::CleanupFlags;
     let d = docs("deploy/cleanup-kindnet.yaml");
     let jobs = by_kind(&d, "Job");
     assert_eq!(jobs.len(), 1);

@@ -6,7 +6,7 @@
 use kindnet_netlink::Netns;
 use kindnet_nft::{Nft, NftCli, NftNetlink};
 use kindnet_testbed::{Ns, nft_listing, require_root};
-use kindnetd::masq::{MasqInputs, removal, ruleset, table};
+use kindnetd::host::masquerade::{MasqInputs, removal, ruleset, table};
 
 fn nets(v: &[&str]) -> Vec<ipnet::IpNet> {
     v.iter().map(|s| s.parse().unwrap()).collect()

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use kindnet_netpol::cnp::input::{ClusterNetworkPolicy, Node};
 
 use super::{Inputs, PolicySink};
-use crate::node::RawNode;
+use crate::inputs::node::RawNode;
 
 /// Where the ClusterNetworkPolicies stand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

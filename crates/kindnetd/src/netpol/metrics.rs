@@ -1,5 +1,5 @@
 //! NetworkPolicy metrics (`kindnet_netpol_*`), registered by
-//! [`crate::metrics::Metrics`].
+//! [`crate::serve::metrics::Metrics`].
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

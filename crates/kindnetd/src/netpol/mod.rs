@@ -10,7 +10,6 @@
 //! table, if any, keeps enforcing.
 
 pub mod cnp;
-pub mod file;
 pub mod metrics;
 pub mod plan;
 pub mod run;

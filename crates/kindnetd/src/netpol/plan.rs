@@ -12,7 +12,7 @@ use kindnet_netpol::{
 use kindnet_nft::{Batch, ChainDef, Cmd, Elem, Name, RuleDef, SetDef, Value};
 
 use super::Inputs;
-use crate::store::NodeStore;
+use crate::inputs::store::NodeStore;
 
 /// Every node's context (its addresses), and this node's. `own_ips` are
 /// the flags' addresses (`--host-ip`), added to this node's own.
@@ -1147,8 +1147,16 @@ mod tests {
     fn contexts_put_flag_addresses_on_this_node() {
         let mut s = NodeStore::new();
         s.replace_all(&[
-            crate::node::tests::raw("n1", &["10.244.1.0/24"], &[("InternalIP", "172.18.0.2")]),
-            crate::node::tests::raw("n2", &["10.244.2.0/24"], &[("InternalIP", "172.18.0.3")]),
+            crate::inputs::node::tests::raw(
+                "n1",
+                &["10.244.1.0/24"],
+                &[("InternalIP", "172.18.0.2")],
+            ),
+            crate::inputs::node::tests::raw(
+                "n2",
+                &["10.244.2.0/24"],
+                &[("InternalIP", "172.18.0.3")],
+            ),
         ]);
         let (own, all) = contexts(&s, "n1", &["fc00::2".parse().unwrap()], true);
         assert_eq!(own.node_ips.len(), 2);

@@ -28,8 +28,8 @@ use kindnet_nft::{Batch, Listing, Nft, NftNetlink, TableLock, Value};
 use super::Inputs;
 use super::metrics::{DirectionLabel, ModeLabel, ReasonLabel};
 use super::plan::{self, Model, Present};
-use crate::status::Status;
-use crate::store::NodeStore;
+use crate::inputs::store::NodeStore;
+use crate::serve::status::Status;
 
 /// Where the CNI plugin (kindnet-cni `NFT_LOCK_DIR`) and kindnetd lock
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
@@ -499,7 +499,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         self.status
             .metrics
             .drift_repaired
-            .get_or_create(&crate::metrics::TableLabel {
+            .get_or_create(&crate::serve::metrics::TableLabel {
                 table: kindnet_netpol::TABLE,
             })
             .inc();
@@ -897,7 +897,7 @@ mod tests {
     impl H {
         fn sync_nodes(&self) {
             let mut n = self.nodes.lock().unwrap();
-            n.replace_all(&[crate::node::tests::raw(
+            n.replace_all(&[crate::inputs::node::tests::raw(
                 "n1",
                 &["10.0.1.0/24"],
                 &[("InternalIP", "172.18.0.2")],
@@ -1289,7 +1289,7 @@ mod tests {
             h.status
                 .metrics
                 .drift_repaired
-                .get_or_create(&crate::metrics::TableLabel {
+                .get_or_create(&crate::serve::metrics::TableLabel {
                     table: kindnet_netpol::TABLE,
                 })
                 .get()

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::cniconf;
-use crate::dataplane::{Dataplane, HostView};
-use crate::masq;
-use crate::metrics::{FamilyLabel, OpLabel, ReasonLabel};
-use crate::routes::{self, Desired, RouteOp, RouteOptions, SkipReason};
-use crate::status::{Readiness, Status};
-use crate::store::NodeStore;
-use crate::sysctl::{self, SysctlView};
+use crate::host::cniconf;
+use crate::host::dataplane::{Dataplane, HostView};
+use crate::host::masquerade;
+use crate::host::routes::{self, Desired, RouteOp, RouteOptions, SkipReason};
+use crate::host::sysctl::{self, SysctlView};
+use crate::inputs::store::NodeStore;
+use crate::serve::metrics::{FamilyLabel, OpLabel, ReasonLabel};
+use crate::serve::status::{Readiness, Status};
 
 pub use plan::{
     ConflistPlan, MasqPlan, Memory, OwnCidrs, OwnNode, Plan, decide_own_cidrs, due_solicitations,
@@ -94,7 +94,7 @@ pub struct Reconciler<D: Dataplane> {
     /// next resync.
     retry_at: Option<Instant>,
     /// Leaked attachments waiting out the grace period.
-    leaks: crate::reclaim::Tracker,
+    leaks: crate::host::reclaim::Tracker,
     /// The reason reclaiming could not decide, as last logged.
     logged_undecidable: Option<String>,
     /// The last solicitation error logged.
@@ -203,9 +203,9 @@ pub fn apply<D: Dataplane>(dp: &mut D, plan: &Plan) -> PassReport {
     match &plan.masquerade {
         MasqPlan::Unchanged => {}
         MasqPlan::Apply(batch) => apply_masq(dp, batch, &mut report),
-        MasqPlan::Verify(batch) => match dp.nft_read(&masq::table()) {
+        MasqPlan::Verify(batch) => match dp.nft_read(&masquerade::table()) {
             Ok(read) => {
-                let differs = masq::drift(batch, read.as_ref());
+                let differs = masquerade::drift(batch, read.as_ref());
                 if differs.is_empty() {
                     report.masquerade_verified = true;
                 } else {
@@ -221,10 +221,13 @@ pub fn apply<D: Dataplane>(dp: &mut D, plan: &Plan) -> PassReport {
                 apply_masq(dp, batch, &mut report);
             }
         },
-        MasqPlan::Remove => match dp.nft(&masq::removal()) {
+        MasqPlan::Remove => match dp.nft(&masquerade::removal()) {
             Ok(()) => {
                 report.masquerade_removed = true;
-                tracing::info!(table = masq::TABLE_NAME, "masquerading off: rules removed");
+                tracing::info!(
+                    table = masquerade::TABLE_NAME,
+                    "masquerading off: rules removed"
+                );
             }
             Err(e) => {
                 report.masquerade_failed = true;
@@ -332,7 +335,7 @@ impl<D: Dataplane> Reconciler<D> {
             logged_foreign: Vec::new(),
             solicited: HashMap::new(),
             retry_at: None,
-            leaks: crate::reclaim::Tracker::default(),
+            leaks: crate::host::reclaim::Tracker::default(),
             logged_undecidable: None,
             logged_solicit_error: None,
             pods: None,
@@ -456,7 +459,7 @@ impl<D: Dataplane> Reconciler<D> {
             MasqPlan::Unchanged => {}
             MasqPlan::Apply(batch) if report.masquerade_applied => {
                 if mem.last_masq.as_ref() != Some(batch) {
-                    tracing::info!(table = masq::TABLE_NAME, "masquerade rules applied");
+                    tracing::info!(table = masquerade::TABLE_NAME, "masquerade rules applied");
                 }
                 mem.last_masq = Some(batch.clone());
             }
@@ -515,12 +518,12 @@ impl<D: Dataplane> Reconciler<D> {
         }
         if let Some(first) = report.masquerade_repaired.first() {
             m.drift_repaired
-                .get_or_create(&crate::metrics::TableLabel {
-                    table: masq::TABLE_NAME,
+                .get_or_create(&crate::serve::metrics::TableLabel {
+                    table: masquerade::TABLE_NAME,
                 })
                 .inc();
             tracing::warn!(
-                table = masq::TABLE_NAME,
+                table = masquerade::TABLE_NAME,
                 differences = report.masquerade_repaired.len(),
                 first = %first,
                 "the kernel's ruleset differed from kindnetd's; replaced"
@@ -595,11 +598,11 @@ impl<D: Dataplane> Reconciler<D> {
             .collect()
     }
 
-    /// This pass's evidence about leaked attachments ([`crate::reclaim`]).
+    /// This pass's evidence about leaked attachments ([`crate::host::reclaim`]).
     fn leak_findings(
         &mut self,
         view: &HostView,
-    ) -> Result<crate::reclaim::Findings, crate::dataplane::DataplaneError> {
+    ) -> Result<crate::host::reclaim::Findings, crate::host::dataplane::DataplaneError> {
         let allocations = self
             .dp
             .allocations(&self.cfg.ipam_data_dir, cniconf::NETWORK_NAME)?;
@@ -609,10 +612,10 @@ impl<D: Dataplane> Reconciler<D> {
                 .find(|(_, n)| *n == b)
                 .map(|(i, _)| *i)
         });
-        let veths: Vec<crate::reclaim::HostVeth> = view
+        let veths: Vec<crate::host::reclaim::HostVeth> = view
             .veths
             .iter()
-            .map(|(v, master)| crate::reclaim::HostVeth {
+            .map(|(v, master)| crate::host::reclaim::HostVeth {
                 on_pod_bridge: bridge_index.is_some() && *master == bridge_index,
                 ..v.clone()
             })
@@ -624,13 +627,15 @@ impl<D: Dataplane> Reconciler<D> {
             };
             inputs.pod_ips_on(&self.cfg.own_name)
         });
-        Ok(crate::reclaim::find_leaks(&crate::reclaim::Evidence {
-            network: cniconf::NETWORK_NAME,
-            allocations: &allocations,
-            veths: &veths,
-            routes: &view.foreign,
-            pod_ips: pod_ips.as_ref(),
-        }))
+        Ok(crate::host::reclaim::find_leaks(
+            &crate::host::reclaim::Evidence {
+                network: cniconf::NETWORK_NAME,
+                allocations: &allocations,
+                veths: &veths,
+                routes: &view.foreign,
+                pod_ips: pod_ips.as_ref(),
+            },
+        ))
     }
 
     /// Releases attachments that have looked leaked for the whole grace

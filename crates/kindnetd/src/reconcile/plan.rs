@@ -11,12 +11,12 @@ use ipnet::IpNet;
 use kindnet_nft::Batch;
 
 use super::Settings;
-use crate::cniconf::{self, CniInputs};
-use crate::dataplane::HostView;
-use crate::masq::{self, MasqInputs};
-use crate::routes::{self, Desired, InstalledRoute, NodeNetwork, RouteOp};
-use crate::store::NodeStore;
-use crate::sysctl;
+use crate::host::cniconf::{self, CniInputs};
+use crate::host::dataplane::HostView;
+use crate::host::masquerade::{self, MasqInputs};
+use crate::host::routes::{self, Desired, InstalledRoute, NodeNetwork, RouteOp};
+use crate::host::sysctl;
+use crate::inputs::store::NodeStore;
 
 /// What earlier passes learned and the next plan needs.
 #[derive(Debug, Clone, Default)]
@@ -89,7 +89,7 @@ pub fn plan(
     full: bool,
 ) -> Plan {
     let synced = store.synced();
-    let nodes: Vec<&crate::store::StoredNode> = store.iter().collect();
+    let nodes: Vec<&crate::inputs::store::StoredNode> = store.iter().collect();
     let net = NodeNetwork::new(
         &view.topology,
         &cfg.route_opts.own_ips,
@@ -169,7 +169,7 @@ pub fn plan(
         MasqPlan::Unchanged
     } else {
         let routed: Vec<IpNet> = desired.routes.keys().copied().collect();
-        let batch = masq::ruleset(&masquerade_inputs(
+        let batch = masquerade::ruleset(&masquerade_inputs(
             &own.cidrs,
             &routed,
             &cfg.pod_subnet,

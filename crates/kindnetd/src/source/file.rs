@@ -1,5 +1,7 @@
 //! Static node source: a Kubernetes NodeList in JSON or YAML (exactly what
-//! `kubectl get nodes -o json` prints), re-read when it changes.
+//! `kubectl get nodes -o json` prints), re-read when it changes; the
+//! format, with the policy kinds a `List` may also carry, is read by
+//! [`super::list`].
 //!
 //! Changes are noticed through inotify on the file's directory (which also
 //! catches atomic renames and ConfigMap symlink swaps), with a slow poll as
@@ -13,9 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use inotify::{Inotify, WatchMask};
-use serde::Deserialize;
 
-use crate::node::{RawMeta, RawNode};
 use crate::source::Sink;
 
 const SOURCE: &str = "file";
@@ -23,100 +23,6 @@ const SOURCE: &str = "file";
 const POLL: Duration = Duration::from_secs(2);
 /// Events arriving this close together are handled as one.
 const SETTLE: Duration = Duration::from_millis(5);
-
-#[derive(Deserialize)]
-struct NameOnly {
-    name: String,
-}
-
-#[derive(Deserialize)]
-struct Named {
-    metadata: NameOnly,
-}
-
-/// One list item; items that are not node-shaped still yield their name
-/// when they have one, so the node keeps its previous state.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Item {
-    Node(RawNode),
-    Named(Named),
-    Junk(serde::de::IgnoredAny),
-}
-
-impl From<Item> for RawNode {
-    fn from(i: Item) -> RawNode {
-        match i {
-            Item::Node(n) => n,
-            Item::Named(n) => RawNode {
-                metadata: RawMeta {
-                    name: Some(n.metadata.name),
-                    ..Default::default()
-                },
-                malformed: Some("fields of the wrong type".into()),
-                ..Default::default()
-            },
-            Item::Junk(_) => RawNode {
-                malformed: Some("list item is not an object with metadata.name".into()),
-                ..Default::default()
-            },
-        }
-    }
-}
-
-/// One node item of a List given as a JSON value (see [`crate::netpol::file`]).
-pub fn raw_node_from_value(v: serde_json::Value) -> RawNode {
-    match serde_json::from_value::<Item>(v) {
-        Ok(i) => RawNode::from(i),
-        Err(e) => RawNode {
-            malformed: Some(format!("list item: {e}")),
-            ..Default::default()
-        },
-    }
-}
-
-#[derive(Deserialize)]
-struct Doc {
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    items: Option<Vec<Item>>,
-}
-
-pub(crate) fn looks_like_json(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .find(|b| !b.is_ascii_whitespace())
-        .is_some_and(|b| *b == b'{')
-}
-
-/// Parses a NodeList / List of Nodes (or one Node) in JSON or YAML.
-pub fn parse_node_list(bytes: &[u8]) -> Result<Vec<RawNode>, String> {
-    if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-        return Err("the file is empty".into());
-    }
-    let json = looks_like_json(bytes);
-    let doc: Doc = if json {
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?
-    } else {
-        serde_yaml::from_slice(bytes).map_err(|e| format!("invalid YAML: {e}"))?
-    };
-    match (doc.items, doc.kind.as_deref()) {
-        (Some(items), _) => Ok(items.into_iter().map(RawNode::from).collect()),
-        (None, Some("Node")) => {
-            let one: RawNode = if json {
-                serde_json::from_slice(bytes).map_err(|e| format!("invalid Node: {e}"))?
-            } else {
-                serde_yaml::from_slice(bytes).map_err(|e| format!("invalid Node: {e}"))?
-            };
-            Ok(vec![one])
-        }
-        (None, kind) => Err(format!(
-            "expected a NodeList (an object with \"items\"), got kind {:?}",
-            kind.unwrap_or("<none>")
-        )),
-    }
-}
 
 /// What identifies one version of the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,7 +233,7 @@ async fn read_and_apply(
     let (v, bytes) = read_stable(path, reader, stable, complete).await?;
     // a List may also carry Pods, Namespaces and NetworkPolicies: they go
     // to the policy inputs (or nowhere with policy off), never to the nodes
-    let parsed = crate::netpol::file::parse_cluster_list(&bytes)?;
+    let parsed = super::list::parse_cluster_list(&bytes)?;
     sink.replace_all(SOURCE, &parsed.nodes);
     if let Some(p) = sink.policy() {
         p.replace_file_with_cnps(parsed.objects, parsed.cnps, parsed.version);
@@ -338,54 +244,9 @@ async fn read_and_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::validate;
 
-    const KUBECTL_JSON: &str = r#"{
-    "apiVersion": "v1",
-    "items": [
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "annotations": {"kubeadm.alpha.kubernetes.io/cri-socket": "unix:///run/containerd/containerd.sock"},
-                "creationTimestamp": "2024-05-01T10:00:00Z",
-                "labels": {"kubernetes.io/hostname": "kind-control-plane"},
-                "name": "kind-control-plane",
-                "resourceVersion": "1234",
-                "uid": "5b7e6a9c-0000-0000-0000-000000000000"
-            },
-            "spec": {
-                "podCIDR": "10.244.0.0/24",
-                "podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"],
-                "providerID": "kind://docker/kind/kind-control-plane",
-                "taints": [{"effect": "NoSchedule", "key": "node-role.kubernetes.io/control-plane"}]
-            },
-            "status": {
-                "addresses": [
-                    {"address": "172.18.0.2", "type": "InternalIP"},
-                    {"address": "fc00:f853:ccd:e793::2", "type": "InternalIP"},
-                    {"address": "kind-control-plane", "type": "Hostname"}
-                ],
-                "allocatable": {"cpu": "8", "memory": "32Gi"},
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "images": [{"names": ["registry.k8s.io/pause:3.9"], "sizeBytes": 321520}],
-                "nodeInfo": {"kubeletVersion": "v1.30.0"}
-            }
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": "kind-worker"},
-            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
-            "status": {"addresses": [{"address": "172.18.0.3", "type": "InternalIP"}]}
-        }
-    ],
-    "kind": "List",
-    "metadata": {"resourceVersion": ""}
-}"#;
-
-    use crate::status::Status;
-    use crate::store::NodeStore;
+    use crate::inputs::store::NodeStore;
+    use crate::serve::status::Status;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -588,93 +449,5 @@ mod tests {
         for a in [7, 8, 100, u32::MAX] {
             assert_eq!(retry_delay(a), Duration::from_secs(5), "{a}");
         }
-    }
-
-    #[test]
-    fn kubectl_json_output() {
-        let nodes = parse_node_list(KUBECTL_JSON.as_bytes()).unwrap();
-        assert_eq!(nodes.len(), 2);
-        let (cp, w) = validate(&nodes[0]).unwrap();
-        assert!(w.is_empty());
-        assert_eq!(cp.name, "kind-control-plane");
-        assert_eq!(cp.pod_cidrs.len(), 2);
-        assert_eq!(cp.internal_ips.len(), 2);
-        assert_eq!(validate(&nodes[1]).unwrap().0.name, "kind-worker");
-    }
-
-    #[test]
-    fn yaml_node_list() {
-        let y = r#"
-apiVersion: v1
-kind: NodeList
-items:
-- apiVersion: v1
-  kind: Node
-  metadata:
-    name: a
-  spec:
-    podCIDRs: [10.244.1.0/24]
-  status:
-    addresses:
-    - type: InternalIP
-      address: 10.0.0.1
-"#;
-        let nodes = parse_node_list(y.as_bytes()).unwrap();
-        let (n, _) = validate(&nodes[0]).unwrap();
-        assert_eq!(n.name, "a");
-        assert_eq!(n.pod_cidrs[0].to_string(), "10.244.1.0/24");
-    }
-
-    #[test]
-    fn single_node_document() {
-        let j = r#"{"kind":"Node","metadata":{"name":"solo"},"spec":{"podCIDR":"10.244.5.0/24"}}"#;
-        let nodes = parse_node_list(j.as_bytes()).unwrap();
-        assert_eq!(nodes.len(), 1);
-        assert_eq!(nodes[0].metadata.name.as_deref(), Some("solo"));
-    }
-
-    #[test]
-    fn empty_items_is_a_valid_empty_cluster() {
-        assert!(
-            parse_node_list(br#"{"kind":"NodeList","items":[]}"#)
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[test]
-    fn invalid_documents_are_errors_not_panics() {
-        for bad in [
-            &b""[..],
-            b"   \n",
-            b"{",
-            b"{\"items\": 5}",
-            b"- just\n- a list\n",
-            b"\x00\xff\xfe",
-            b"kind: Pod\nmetadata: {name: x}\n",
-            b"items: [",
-        ] {
-            assert!(
-                parse_node_list(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
-
-    #[test]
-    fn odd_items_are_kept_as_rejections_with_their_names() {
-        let j = r#"{"items":[
-            {"metadata":{"name":"typed-wrong"},"spec":{"podCIDRs":[5]}},
-            "a string",
-            {"metadata":{"name":"ok"},"spec":{"podCIDRs":["10.244.1.0/24"]}}
-        ]}"#;
-        let nodes = parse_node_list(j.as_bytes()).unwrap();
-        assert_eq!(nodes.len(), 3);
-        let e = validate(&nodes[0]).unwrap_err();
-        assert_eq!(e.reason(), "malformed-object");
-        assert_eq!(nodes[0].metadata.name.as_deref(), Some("typed-wrong"));
-        assert!(validate(&nodes[1]).is_err());
-        assert!(validate(&nodes[2]).is_ok());
     }
 }

@@ -20,9 +20,9 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, Config};
 use serde::{Deserialize, Deserializer};
 
-use crate::node::{RawMeta, RawNode, RawSpec, RawStatus};
+use crate::inputs::node::{RawMeta, RawNode, RawSpec, RawStatus};
 use crate::source::Sink;
-use crate::streak::{StreakLine, StreakLog};
+use crate::source::streak::{StreakLine, StreakLog};
 
 const SOURCE: &str = "kube";
 
@@ -102,7 +102,7 @@ pub enum ClientError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiServer {
     /// The URL requests go to (a host name already resolved: see
-    /// [`crate::resolve`]).
+    /// [`crate::inputs::resolve`]).
     pub url: String,
     /// Where it came from: `in-cluster (...)`, `kubeconfig PATH`,
     /// `CONTROL_PLANE_ENDPOINT host:port`, with what was tried first.
@@ -131,7 +131,7 @@ pub async fn client(
     connect(
         kubeconfig,
         control_plane_endpoint,
-        &crate::resolve::Sources::default(),
+        &crate::inputs::resolve::Sources::default(),
     )
     .await
     .map(|(c, _)| c)
@@ -144,7 +144,7 @@ pub async fn client(
 pub async fn connect(
     kubeconfig: Option<&Path>,
     control_plane_endpoint: Option<&str>,
-    names: &crate::resolve::Sources,
+    names: &crate::inputs::resolve::Sources,
 ) -> Result<(Client, ApiServer), ClientError> {
     let (mut config, mut origin) = match kubeconfig {
         Some(p) => {
@@ -193,7 +193,7 @@ pub async fn connect(
         // A kubeconfig naming its server: resolve it here too (the
         // client's own resolver is the C library's, NSS).
         let uri = config.cluster_url.clone();
-        match crate::resolve::resolve(&host, names).await {
+        match crate::inputs::resolve::resolve(&host, names).await {
             Ok(addrs) if !addrs.is_empty() => pin(&mut config, &uri, addrs[0]),
             Ok(_) => {}
             Err(e) => origin = format!("{origin}; cannot resolve {host}: {e}"),
@@ -266,7 +266,7 @@ fn pin(config: &mut Config, uri: &http::Uri, addr: std::net::IpAddr) {
 /// TCP connection (a few tries), or why none did.
 async fn reachable(
     uri: &http::Uri,
-    names: &crate::resolve::Sources,
+    names: &crate::inputs::resolve::Sources,
 ) -> Result<std::net::IpAddr, String> {
     let Some(host) = uri.host() else {
         return Err("no host".into());
@@ -277,7 +277,7 @@ async fn reachable(
     });
     let mut last = String::new();
     for attempt in 0..3 {
-        match crate::resolve::resolve(host, names).await {
+        match crate::inputs::resolve::resolve(host, names).await {
             Ok(addrs) => {
                 for a in addrs {
                     let c = tokio::time::timeout(
@@ -604,7 +604,7 @@ pub async fn run(client: Client, sink: Sink) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::validate;
+    use crate::inputs::node::validate;
 
     #[test]
     fn slim_node_is_a_node_for_the_api() {

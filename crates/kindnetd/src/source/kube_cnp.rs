@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer};
 use super::kube::{Feed, watch_forever};
 use crate::netpol::PolicySink;
 use crate::netpol::cnp::CnpState;
-use crate::status::Status;
+use crate::serve::status::Status;
 
 /// The API group.
 pub const GROUP: &str = "policy.networking.k8s.io";

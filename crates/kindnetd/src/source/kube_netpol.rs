@@ -18,7 +18,7 @@ use serde::{Deserialize, Deserializer};
 
 use super::kube::{Feed, watch_forever};
 use crate::netpol::{Kind, Object, PolicySink};
-use crate::status::Status;
+use crate::serve::status::Status;
 
 fn slim_meta(v: &serde_json::Value) -> ObjectMeta {
     let s = |k: &str| v["metadata"][k].as_str().map(str::to_string);

@@ -6,14 +6,16 @@ pub mod file;
 pub mod kube;
 pub mod kube_cnp;
 pub mod kube_netpol;
+pub mod list;
+pub mod streak;
 
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::node::RawNode;
+use crate::inputs::node::RawNode;
+use crate::inputs::store::{NodeStore, Note, Outcome, Summary};
 use crate::reconcile::Trigger;
-use crate::status::Status;
-use crate::store::{NodeStore, Note, Outcome, Summary};
+use crate::serve::status::Status;
 
 #[derive(Clone)]
 pub struct Sink {
@@ -162,7 +164,7 @@ impl Sink {
         self.status
             .metrics
             .source_stale
-            .get_or_create(&crate::metrics::SourceLabel { source })
+            .get_or_create(&crate::serve::metrics::SourceLabel { source })
             .set(i64::from(why.is_some()));
         self.status.set_source_stale(why);
     }

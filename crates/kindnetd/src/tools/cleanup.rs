@@ -9,22 +9,26 @@
 //!   destination lies inside the cluster's pod subnet (`--pod-subnet` /
 //!   `POD_SUBNET`, as the daemon decides it); without a pod subnet, none;
 //! - the conflist `10-kindnet.conflist` when it is exactly what kindnetd
-//!   renders ([`crate::cniconf::is_ours`]);
+//!   renders ([`crate::host::cniconf::is_ours`]);
 //! - host-local's store of the `kindnet` network (`<ipam-data-dir>/kindnet`);
 //! - the lock files of those tables in the lock directory (and the
 //!   directory, when that leaves it empty);
-//! - with `--cni-bin-dir DIR`: `DIR/kindnet-cni` and the plugin names that
-//!   are symlinks to it (a reference plugin of the same name is kept).
+//! - with `--cni-bin-dir DIR`: `DIR/kindnet-cni` and the plugin names
+//!   ([`kindnet_cni_spec::binary`]) that are symlinks to it (a reference
+//!   plugin of the same name is kept).
 //!
-//! Deciding is [`plan`], a pure function of what was [`Found`]; [`run`]
-//! reads the node and carries the plan out.
+//! Deciding is [`plan`], a pure function of what was [`Found`]; [`find`]
+//! reads the node and [`apply`] carries the plan out.
 
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
+// What `kindnet-cni install DIR` puts there: the binary, and each plugin
+// name as a symlink to it (one list, shared with the plugin).
+use kindnet_cni_spec::binary::{NAME as PLUGIN_BINARY, PLUGIN_NAMES};
 use kindnet_nft::{Batch, Family, Name, Nft, TableLock, TableRef};
 
-use crate::routes::InstalledRoute;
+use crate::host::routes::InstalledRoute;
 
 /// The CNI plugins' nftables tables (family inet). kindnetd does not link
 /// the plugin: a test checks these names against kindnet-cni's constants.
@@ -39,21 +43,9 @@ pub const PLUGIN_TABLES: &[&str] = &[
 /// family inet (ptp) and bridge (bridge mode).
 pub const ANTISPOOF_TABLE: &str = "kindnet-antispoof";
 
-/// What `kindnet-cni install DIR` puts there: the binary, and each plugin
-/// name as a symlink to it (kindnet-cni's PLUGIN_NAMES, checked by a test).
-pub const PLUGIN_BINARY: &str = "kindnet-cni";
-pub const PLUGIN_NAMES: &[&str] = &[
-    "kindnet",
-    "ptp",
-    "bridge",
-    "host-local",
-    "portmap",
-    "loopback",
-];
-
 /// Every table that is ours: kindnetd's, then the plugins'.
 pub fn owned_tables() -> Vec<TableRef> {
-    let mut v = vec![crate::masq::table(), kindnet_netpol::table()];
+    let mut v = vec![crate::host::masquerade::table(), kindnet_netpol::table()];
     v.extend(PLUGIN_TABLES.iter().map(|n| TableRef {
         family: Family::Inet,
         name: Name::fixed(n),
@@ -148,9 +140,9 @@ fn inside(dst: &IpNet, subnet: &[IpNet]) -> bool {
 /// Decides what to remove.
 pub fn plan(found: &Found, opts: &Options) -> Plan {
     let mut p = Plan::default();
-    let conf = opts.cni_conf_dir.join(crate::cniconf::CONFLIST_NAME);
+    let conf = opts.cni_conf_dir.join(crate::host::cniconf::CONFLIST_NAME);
     match &found.conflist {
-        Some(c) if crate::cniconf::is_ours(c) => p.remove.push(Action::File(conf)),
+        Some(c) if crate::host::cniconf::is_ours(c) => p.remove.push(Action::File(conf)),
         Some(_) => p.kept.push(format!(
             "{}: not what kindnetd writes (edited, or another network's)",
             conf.display()
@@ -177,7 +169,7 @@ pub fn plan(found: &Found, opts: &Options) -> Plan {
     }
     if found.ipam_store {
         p.remove.push(Action::Tree(
-            opts.ipam_data_dir.join(crate::cniconf::NETWORK_NAME),
+            opts.ipam_data_dir.join(crate::host::cniconf::NETWORK_NAME),
         ));
     }
     let ours: Vec<PathBuf> = owned_tables()
@@ -227,7 +219,7 @@ pub fn find(opts: &Options, nft: &mut dyn Nft) -> Result<Found, String> {
         }
     }
     f.routes = our_protocol_routes()?;
-    let conf = opts.cni_conf_dir.join(crate::cniconf::CONFLIST_NAME);
+    let conf = opts.cni_conf_dir.join(crate::host::cniconf::CONFLIST_NAME);
     f.conflist = match std::fs::read_to_string(&conf) {
         Ok(c) => Some(c),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -236,7 +228,7 @@ pub fn find(opts: &Options, nft: &mut dyn Nft) -> Result<Found, String> {
     };
     f.ipam_store = opts
         .ipam_data_dir
-        .join(crate::cniconf::NETWORK_NAME)
+        .join(crate::host::cniconf::NETWORK_NAME)
         .is_dir();
     if let Ok(rd) = std::fs::read_dir(&opts.lock_dir) {
         f.lock_files = rd
@@ -262,8 +254,8 @@ pub fn find(opts: &Options, nft: &mut dyn Nft) -> Result<Found, String> {
 }
 
 fn our_protocol_routes() -> Result<Vec<InstalledRoute>, String> {
-    use crate::dataplane::Dataplane;
-    let mut dp = crate::dataplane::Netlink::new().map_err(|e| e.to_string())?;
+    use crate::host::dataplane::Dataplane;
+    let mut dp = crate::host::dataplane::Netlink::new().map_err(|e| e.to_string())?;
     dp.view()
         .map(|v| v.ours)
         .map_err(|e| format!("cannot read routes: {e}"))
@@ -271,7 +263,7 @@ fn our_protocol_routes() -> Result<Vec<InstalledRoute>, String> {
 
 /// Carries a plan out: every step is tried, failures are collected.
 pub fn apply(plan: &Plan, nft: &mut dyn Nft, lock_dir: &Path) -> Vec<String> {
-    use crate::dataplane::Dataplane;
+    use crate::host::dataplane::Dataplane;
     let mut errors = Vec::new();
     let mut dp = None;
     for a in &plan.remove {
@@ -290,11 +282,11 @@ pub fn apply(plan: &Plan, nft: &mut dyn Nft, lock_dir: &Path) -> Vec<String> {
             }
             Action::Route(r) => {
                 if dp.is_none() {
-                    dp = crate::dataplane::Netlink::new().ok();
+                    dp = crate::host::dataplane::Netlink::new().ok();
                 }
                 match dp.as_mut() {
                     Some(dp) => dp
-                        .apply(&crate::routes::RouteOp::Delete(r.clone()))
+                        .apply(&crate::host::routes::RouteOp::Delete(r.clone()))
                         .map_err(|e| e.to_string()),
                     None => Err("cannot open rtnetlink".into()),
                 }
@@ -342,8 +334,8 @@ pub struct CleanupFlags {
     pub ipam_data_dir: PathBuf,
     /// The cluster's pod CIDR(s): kindnetd's routes (protocol 217) inside
     /// them are removed; without it no route is.
-    #[arg(long, env = "POD_SUBNET", value_parser = crate::config::parse_cidr_list, default_value = "")]
-    pub pod_subnet: crate::config::CidrList,
+    #[arg(long, env = "POD_SUBNET", value_parser = crate::inputs::config::parse_cidr_list, default_value = "")]
+    pub pod_subnet: crate::inputs::config::CidrList,
     /// Also remove the plugins `kindnet-cni install` put in this directory
     /// (e.g. /opt/cni/bin).
     #[arg(long)]
@@ -444,8 +436,8 @@ mod tests {
     }
 
     fn ours_conflist() -> String {
-        crate::cniconf::render(&crate::cniconf::CniInputs {
-            chain: crate::cniconf::CniChain::Single,
+        crate::host::cniconf::render(&crate::host::cniconf::CniInputs {
+            chain: crate::host::cniconf::CniChain::Single,
             pod_cidrs: vec!["10.244.0.0/24".parse().unwrap()],
             mtu: 1500,
             bridge: None,

@@ -1,5 +1,5 @@
 //! /metrics, /healthz, /readyz and /config (the effective configuration,
-//! [`crate::effective`]).
+//! [`crate::serve::effective`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +20,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::status::Status;
+use crate::serve::status::Status;
 
 #[derive(Clone)]
 struct AppState {
@@ -37,7 +37,7 @@ pub fn router(status: Arc<Status>, max_silence: Duration, config: String) -> Rou
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(crate::effective::CONFIG_PATH, get(config_json))
+        .route(crate::serve::effective::CONFIG_PATH, get(config_json))
         .with_state(AppState {
             status,
             max_silence,

@@ -1,5 +1,5 @@
 //! The CNI network configuration kindnetd writes for its node: pure
-//! rendering and reading back (the write is [`crate::conffile`]).
+//! rendering and reading back (the write is [`crate::host::conffile`]).
 //!
 //! By default one plugin, `kindnet`, does the whole pod in one exec (veth
 //! as ptp lays it out, or bridge when CNI_BRIDGE is set; host-local IPAM
@@ -14,14 +14,12 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::routes::KernelRoute;
+use crate::host::routes::KernelRoute;
 
 pub const CONFLIST_NAME: &str = "10-kindnet.conflist";
 pub const NETWORK_NAME: &str = "kindnet";
 /// What libcni 1.1 (Debian's) reads: the highest version it knows.
 pub const CNI_VERSION: &str = "1.0.0";
-/// Every version our plugins speak; newer libcni picks the highest it knows.
-pub const CNI_VERSIONS: [&str; 4] = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// Which plugins the conflist chains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -183,7 +181,9 @@ pub fn render(inp: &CniInputs) -> String {
     };
     let conf = Conflist {
         cni_version: CNI_VERSION,
-        cni_versions: &CNI_VERSIONS,
+        // every version our plugins speak; a newer libcni picks the
+        // highest it knows
+        cni_versions: kindnet_cni_spec::version::SUPPORTED,
         name: NETWORK_NAME,
         plugins: if single {
             vec![PluginEntry::Main(main)]
@@ -460,7 +460,7 @@ mod tests {
             v,
             json!({
                 "cniVersion": "1.0.0",
-                "cniVersions": ["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+                "cniVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
                 "name": "kindnet",
                 "plugins": [
                     {

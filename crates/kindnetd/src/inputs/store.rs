@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::node::{Node, RawNode, Rejection, Warning, validate};
+use crate::inputs::node::{Node, RawNode, Rejection, Warning, validate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredNode {
@@ -221,7 +221,7 @@ impl NodeStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::tests::raw;
+    use crate::inputs::node::tests::raw;
 
     #[test]
     fn add_change_unchanged_remove() {

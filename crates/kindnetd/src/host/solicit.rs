@@ -1,7 +1,7 @@
 //! Makes the neighbour tables learn what seed 004's last resort needs: a
 //! peer's MAC (ARP) and the IPv6 link-local addresses of the nodes on an
 //! uplink (all-nodes echo). Effects only; what to solicit is decided in
-//! [`crate::routes`], and the answer is read back from the neighbour table
+//! [`crate::host::routes`], and the answer is read back from the neighbour table
 //! on the next pass, never guessed.
 
 // One raw syscall: setsockopt(ICMP6_FILTER), which neither rustix nor

@@ -1,158 +1,46 @@
-//! kindnetd's effective configuration: what `GET /config` serves and what
-//! `kindnetd doctor` asks the running daemon for, so that the doctor checks
-//! the node as the daemon sees it (its directories, mode and node name)
-//! rather than the doctor's own flags and defaults.
+//! The doctor's side of `GET /config`: finding the running kindnetd,
+//! asking it for its [`EffectiveConfig`], and deciding from the answer what
+//! the doctor checks (the daemon's directories, mode and node name, else
+//! this command's flags) with a `config` check saying which.
 //!
-//! The endpoint is read-only and its body is built once at start (small,
-//! fixed). The client side is bounded: one connection with deadlines, at
-//! most [`MAX_RESPONSE`] bytes read, and every string checked for control
-//! characters before anything prints it.
+//! The client is bounded: one connection with deadlines, at most
+//! [`MAX_RESPONSE`] bytes read, and every string checked for control
+//! characters ([`EffectiveConfig::validate`]) before anything prints it.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv6Net};
-use serde::{Deserialize, Serialize};
+use super::{Check, DoctorInputs, Level};
+use crate::inputs::config::Flags;
+use crate::serve::effective::{CONFIG_PATH, EffectiveConfig, own_mount_namespace};
 
-use crate::cniconf::CniChain;
-use crate::config::Flags;
-use crate::doctor::{Check, DoctorInputs, Level};
-
-/// The path of the endpoint.
-pub const CONFIG_PATH: &str = "/config";
 /// The client reads at most this much (the real body is well under 2 KiB).
 pub const MAX_RESPONSE: usize = 64 * 1024;
 /// Connect, write and read together take at most this long.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// What the running daemon uses. Paths are as the daemon sees them (inside
-/// its container when it runs in one).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EffectiveConfig {
-    pub version: String,
-    pub node_name: String,
-    /// "ptp" or "bridge".
-    pub mode: String,
-    pub bridge: Option<String>,
-    /// "single" or "classic".
-    pub cni_chain: String,
-    pub own_ips: Vec<IpAddr>,
-    pub pod_subnet: Vec<IpNet>,
-    pub ipv6_prefix: Option<Ipv6Net>,
-    pub cni_conf_dir: String,
-    pub ipam_data_dir: String,
-    /// 0 = the uplink's MTU.
-    pub mtu: u32,
-    pub masquerading: bool,
-    pub network_policy: bool,
-    /// Where the nodes come from when not from the API server.
-    pub nodes_file: Option<String>,
-    /// The daemon's mount namespace (`mnt:[N]`): a doctor in the same one
-    /// runs inside the daemon's container.
-    pub mount_namespace: Option<String>,
-}
-
-impl EffectiveConfig {
-    /// The configuration the daemon runs with, from its parsed flags.
-    pub fn of(flags: &Flags) -> EffectiveConfig {
-        let lossy = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        EffectiveConfig {
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            node_name: flags.resolved_node_name().unwrap_or_default(),
-            mode: if flags.cni_bridge.0.is_some() {
-                "bridge"
-            } else {
-                "ptp"
-            }
-            .into(),
-            bridge: flags.cni_bridge.0.clone(),
-            cni_chain: match flags.cni_chain {
-                CniChain::Single => "single",
-                CniChain::Classic => "classic",
-            }
-            .into(),
-            own_ips: flags.own_ips(),
-            pod_subnet: flags.pod_subnet.0.clone(),
-            ipv6_prefix: flags.ipv6_prefix,
-            cni_conf_dir: lossy(&flags.cni_conf_dir),
-            ipam_data_dir: lossy(&flags.ipam_data_dir),
-            mtu: flags.mtu,
-            masquerading: flags.masquerading,
-            network_policy: flags.network_policy,
-            nodes_file: flags.nodes_file.as_deref().map(lossy),
-            mount_namespace: own_mount_namespace(),
-        }
+/// The doctor's inputs for the daemon's configuration. `in_daemon`: the
+/// doctor runs where the daemon runs and the CNI binary and IPAM
+/// directories are not mounted there (those checks are left out).
+pub fn inputs_of_config(
+    cfg: &EffectiveConfig,
+    cni_bin_dir: PathBuf,
+    in_daemon: bool,
+) -> DoctorInputs {
+    DoctorInputs {
+        node_name: cfg.node_name.clone(),
+        own_ips: cfg.own_ips.clone(),
+        pod_subnet: cfg.pod_subnet.clone(),
+        ipv6_prefix: cfg.ipv6_prefix,
+        cni_conf_dir: PathBuf::from(&cfg.cni_conf_dir),
+        cni_bin_dir,
+        ipam_data_dir: PathBuf::from(&cfg.ipam_data_dir),
+        mtu: cfg.mtu,
+        in_daemon,
+        policy_on_bridge: cfg.network_policy && cfg.bridge.is_some(),
     }
-
-    /// The body of `GET /config`.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
-    }
-
-    /// Refuses what the doctor must not print or use: control characters
-    /// in any string, relative directories, an unknown mode.
-    pub fn validate(&self) -> Result<(), String> {
-        let strings = [
-            ("version", Some(&self.version)),
-            ("node_name", Some(&self.node_name)),
-            ("mode", Some(&self.mode)),
-            ("bridge", self.bridge.as_ref()),
-            ("cni_chain", Some(&self.cni_chain)),
-            ("cni_conf_dir", Some(&self.cni_conf_dir)),
-            ("ipam_data_dir", Some(&self.ipam_data_dir)),
-            ("nodes_file", self.nodes_file.as_ref()),
-            ("mount_namespace", self.mount_namespace.as_ref()),
-        ];
-        for (key, v) in strings {
-            if let Some(v) = v
-                && (v.chars().any(char::is_control) || v.len() > 4096)
-            {
-                return Err(format!("{key} {v:?}: not a plain string"));
-            }
-        }
-        if self.node_name.is_empty() {
-            return Err("node_name is empty".into());
-        }
-        for (key, dir) in [
-            ("cni_conf_dir", &self.cni_conf_dir),
-            ("ipam_data_dir", &self.ipam_data_dir),
-        ] {
-            if !dir.starts_with('/') {
-                return Err(format!("{key} {dir:?}: not an absolute path"));
-            }
-        }
-        if !matches!(self.mode.as_str(), "ptp" | "bridge") {
-            return Err(format!("mode {:?}: neither ptp nor bridge", self.mode));
-        }
-        Ok(())
-    }
-
-    /// The doctor's inputs for this configuration. `in_daemon`: the doctor
-    /// runs where the daemon runs and the CNI binary and IPAM directories
-    /// are not mounted there (those checks are left out).
-    pub fn doctor_inputs(&self, cni_bin_dir: PathBuf, in_daemon: bool) -> DoctorInputs {
-        DoctorInputs {
-            node_name: self.node_name.clone(),
-            own_ips: self.own_ips.clone(),
-            pod_subnet: self.pod_subnet.clone(),
-            ipv6_prefix: self.ipv6_prefix,
-            cni_conf_dir: PathBuf::from(&self.cni_conf_dir),
-            cni_bin_dir,
-            ipam_data_dir: PathBuf::from(&self.ipam_data_dir),
-            mtu: self.mtu,
-            in_daemon,
-            policy_on_bridge: self.network_policy && self.bridge.is_some(),
-        }
-    }
-}
-
-/// This process's mount namespace, as `/proc/self/ns/mnt` names it.
-pub fn own_mount_namespace() -> Option<String> {
-    std::fs::read_link("/proc/self/ns/mnt")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned())
 }
 
 /// Where a doctor finds the daemon that has the same flags (in the
@@ -263,9 +151,9 @@ pub fn decide(
         level,
         message,
         fix,
-        gates_readiness: crate::doctor::gates_readiness("config"),
+        gates_readiness: super::gates_readiness("config"),
     };
-    let own = || crate::doctor::inputs_of(flags, cni_bin_dir.clone(), false);
+    let own = || super::inputs_of(flags, cni_bin_dir.clone(), false);
     match answer {
         Answer::NotAsked => (
             own(),
@@ -309,7 +197,7 @@ pub fn decide(
                     "; run inside its container: the CNI binaries and the IPAM state are not checked here",
                 );
             }
-            let inputs = cfg.doctor_inputs(cni_bin_dir, in_daemon);
+            let inputs = inputs_of_config(&cfg, cni_bin_dir, in_daemon);
             (inputs, nodes, check(Level::Pass, message, None))
         }
     }
@@ -382,7 +270,7 @@ mod tests {
         assert_eq!(c.mode, "bridge");
         let back = parse_response(&response(&c.to_json())).unwrap();
         assert_eq!(back, c);
-        let i = back.doctor_inputs("/opt/cni/bin".into(), false);
+        let i = inputs_of_config(&back, "/opt/cni/bin".into(), false);
         assert_eq!(i.node_name, "n1");
         assert_eq!(i.cni_conf_dir, PathBuf::from("/x/net.d"));
         assert_eq!(i.ipam_data_dir, PathBuf::from("/x/ipam"));
@@ -438,14 +326,15 @@ mod tests {
             .unwrap();
         let c = EffectiveConfig::of(&flags(&["--node-name", "n1", "--cni-conf-dir", "/a/b"]));
         let addr = rt.block_on(async {
-            let status = std::sync::Arc::new(crate::status::Status::new());
+            let status = std::sync::Arc::new(crate::serve::status::Status::new());
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
-            let app = crate::http::router(status.clone(), Duration::from_secs(60), c.to_json());
-            tokio::spawn(crate::http::serve(
+            let app =
+                crate::serve::http::router(status.clone(), Duration::from_secs(60), c.to_json());
+            tokio::spawn(crate::serve::http::serve(
                 l,
                 app,
-                crate::http::Limits::default(),
+                crate::serve::http::Limits::default(),
                 status,
             ));
             addr

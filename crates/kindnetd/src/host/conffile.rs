@@ -93,7 +93,7 @@ fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cniconf::CONFLIST_NAME;
+    use crate::host::cniconf::CONFLIST_NAME;
 
     #[test]
     fn atomic_write_only_on_change() {

@@ -61,7 +61,7 @@ pub fn line(s: &str) -> String {
     format!("{}…", &e[..end])
 }
 
-/// Up to [`MAX_ENTRIES`] of `items` as [`line`]s, then "… and N more".
+/// Up to [`MAX_ENTRIES`] of `items` as [`line()`]s, then "… and N more".
 pub fn capped<S: AsRef<str>>(items: &[S]) -> Vec<String> {
     let mut out: Vec<String> = items
         .iter()

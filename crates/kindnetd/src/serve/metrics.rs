@@ -7,7 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::routes::SkipReason;
+use crate::host::routes::SkipReason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FamilyLabel {
@@ -203,7 +203,7 @@ impl Metrics {
             "Errors reading nodes (file unreadable or invalid, watch errors)",
             m.source_errors.clone(),
         );
-        for table in [kindnet_netpol::TABLE, crate::masq::TABLE_NAME] {
+        for table in [kindnet_netpol::TABLE, crate::host::masquerade::TABLE_NAME] {
             let _ = m.drift_repaired.get_or_create(&TableLabel { table });
         }
         registry.register(
@@ -232,7 +232,7 @@ impl Metrics {
         m.build_info
             .get_or_create(&BuildLabels {
                 version: env!("CARGO_PKG_VERSION"),
-                route_protocol: crate::routes::ROUTE_PROTOCOL.to_string(),
+                route_protocol: crate::host::routes::ROUTE_PROTOCOL.to_string(),
             })
             .set(1);
         for family in &FamilyLabel::ALL {

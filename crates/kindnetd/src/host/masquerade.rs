@@ -1,5 +1,7 @@
 //! Masquerade of pod traffic leaving the cluster, as an nftables table of
-//! kindnetd's own (`table inet kindnet-masq`).
+//! kindnetd's own (`table inet kindnet-masq`). This is the daemon's
+//! node-wide table; the CNI plugin's per-pod `ipMasq` (crate `kindnet-cni`,
+//! module `masq`, table `inet kindnet-ipmasq`) is another thing.
 //!
 //! The ruleset is a typed batch (crate `kindnet-nft`) built from the pod
 //! CIDRs; it deletes and recreates the table in one transaction, so the

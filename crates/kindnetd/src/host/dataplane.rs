@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use kindnet_netlink::{Family, Handle, RT_TABLE_MAIN, Route, RouteFilter, Scope};
 
-use crate::routes::{InstalledRoute, KernelRoute, Neighbours, ROUTE_PROTOCOL, RouteOp, Topology};
+use crate::host::routes::{
+    InstalledRoute, KernelRoute, Neighbours, ROUTE_PROTOCOL, RouteOp, Topology,
+};
 
 /// RTPROT_RA: routes learned from IPv6 router advertisements.
 pub const RTPROT_RA: u8 = 9;
@@ -31,9 +33,9 @@ pub struct HostView {
     /// Links carrying an IPv6 default route learned from an RA.
     pub ra_default_oifs: Vec<u32>,
     /// The host's veths, with the index of their master (bridge), if any.
-    pub veths: Vec<(crate::reclaim::HostVeth, Option<u32>)>,
+    pub veths: Vec<(crate::host::reclaim::HostVeth, Option<u32>)>,
     /// The forwarding sysctls, read only for passes that may write them.
-    pub sysctls: Option<crate::sysctl::SysctlView>,
+    pub sysctls: Option<crate::host::sysctl::SysctlView>,
 }
 
 /// Why a host operation failed: what was being done, with the cause.
@@ -94,7 +96,7 @@ pub trait Dataplane: Send {
     fn nft_read(
         &mut self,
         _table: &kindnet_nft::TableRef,
-    ) -> Result<Option<crate::masq::TableRead>, DataplaneError> {
+    ) -> Result<Option<crate::host::masquerade::TableRead>, DataplaneError> {
         Err(kindnet_nft::NftError::Failed("reading tables is not supported here".into()).into())
     }
     /// None when the key does not exist (IPv6 disabled) or cannot be read.
@@ -102,25 +104,25 @@ pub trait Dataplane: Send {
     fn sysctl_set(&mut self, key: &str, value: &str) -> Result<(), DataplaneError>;
     /// The CNI config kindnetd wrote in `dir` before, if any.
     fn read_conflist(&mut self, dir: &Path) -> Option<String>;
-    /// Writes the CNI config in `dir` if it differs ([`crate::conffile`]);
+    /// Writes the CNI config in `dir` if it differs ([`crate::host::conffile`]);
     /// returns whether it wrote.
     fn write_conflist(&mut self, dir: &Path, content: &str) -> Result<bool, DataplaneError>;
     /// Makes the neighbour tables learn the MACs of `arp` and the IPv6
-    /// link-local addresses of the nodes on link `oif` ([`crate::solicit`]).
+    /// link-local addresses of the nodes on link `oif` ([`crate::host::solicit`]).
     fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), DataplaneError>;
     /// The allocations of `network` in host-local's store at `data_dir`.
     fn allocations(
         &mut self,
         data_dir: &Path,
         network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError>;
+    ) -> Result<Vec<crate::host::reclaim::Allocated>, DataplaneError>;
     /// Releases a leaked attachment's addresses (those it still holds) and
     /// removes its leftover host veths. Returns the addresses released.
     fn reclaim(
         &mut self,
         data_dir: &Path,
         network: &str,
-        leak: &crate::reclaim::Leak,
+        leak: &crate::host::reclaim::Leak,
     ) -> Result<Vec<IpAddr>, DataplaneError>;
 }
 
@@ -147,7 +149,8 @@ impl Netlink {
     pub fn new() -> Result<Netlink, DataplaneError> {
         let h = Handle::new().map_err(DataplaneError::netlink("open rtnetlink socket"))?;
         let mut nft = kindnet_nft::NftNetlink::open()?;
-        nft.flags.insert(crate::masq::table(), owned_table_flags());
+        nft.flags
+            .insert(crate::host::masquerade::table(), owned_table_flags());
         Ok(Netlink { h, nft })
     }
 }
@@ -213,7 +216,7 @@ impl Dataplane for Netlink {
             v.link_mtus.insert(l.index, l.mtu);
             if l.kind.as_deref() == Some("veth") {
                 v.veths.push((
-                    crate::reclaim::HostVeth {
+                    crate::host::reclaim::HostVeth {
                         index: l.index,
                         name: l.name.clone(),
                         alias: l.alias.clone(),
@@ -285,13 +288,13 @@ impl Dataplane for Netlink {
     fn nft_read(
         &mut self,
         table: &kindnet_nft::TableRef,
-    ) -> Result<Option<crate::masq::TableRead>, DataplaneError> {
+    ) -> Result<Option<crate::host::masquerade::TableRead>, DataplaneError> {
         use kindnet_nft::Nft;
         let Some(listing) = self.nft.list(table)? else {
             return Ok(None);
         };
         let rules = self.nft.rule_counts(table)?;
-        Ok(rules.map(|rules| crate::masq::TableRead {
+        Ok(rules.map(|rules| crate::host::masquerade::TableRead {
             listing,
             rules: rules.into_iter().collect(),
         }))
@@ -310,20 +313,19 @@ impl Dataplane for Netlink {
     }
 
     fn read_conflist(&mut self, dir: &Path) -> Option<String> {
-        std::fs::read_to_string(dir.join(crate::cniconf::CONFLIST_NAME)).ok()
+        std::fs::read_to_string(dir.join(crate::host::cniconf::CONFLIST_NAME)).ok()
     }
 
     fn write_conflist(&mut self, dir: &Path, content: &str) -> Result<bool, DataplaneError> {
-        crate::conffile::write_if_changed(dir, crate::cniconf::CONFLIST_NAME, content).map_err(
-            |source| DataplaneError::ConfWrite {
-                path: dir.join(crate::cniconf::CONFLIST_NAME),
+        crate::host::conffile::write_if_changed(dir, crate::host::cniconf::CONFLIST_NAME, content)
+            .map_err(|source| DataplaneError::ConfWrite {
+                path: dir.join(crate::host::cniconf::CONFLIST_NAME),
                 source,
-            },
-        )
+            })
     }
 
     fn solicit(&mut self, oif: u32, arp: &[std::net::Ipv4Addr]) -> Result<(), DataplaneError> {
-        crate::solicit::solicit(oif, arp)
+        crate::host::solicit::solicit(oif, arp)
             .map(|found| {
                 tracing::debug!(oif, arp = ?arp, answered = ?found, "solicited all nodes on the uplink");
             })
@@ -334,11 +336,11 @@ impl Dataplane for Netlink {
         &mut self,
         data_dir: &Path,
         network: &str,
-    ) -> Result<Vec<crate::reclaim::Allocated>, DataplaneError> {
+    ) -> Result<Vec<crate::host::reclaim::Allocated>, DataplaneError> {
         kindnet_ipam::allocations(data_dir, network)
             .map(|v| {
                 v.into_iter()
-                    .map(|a| crate::reclaim::Allocated {
+                    .map(|a| crate::host::reclaim::Allocated {
                         ip: a.ip,
                         container_id: a.container_id,
                         ifname: a.ifname,
@@ -355,7 +357,7 @@ impl Dataplane for Netlink {
         &mut self,
         data_dir: &Path,
         network: &str,
-        leak: &crate::reclaim::Leak,
+        leak: &crate::host::reclaim::Leak,
     ) -> Result<Vec<IpAddr>, DataplaneError> {
         for index in &leak.leftover_links {
             match self.h.delete_link(*index) {

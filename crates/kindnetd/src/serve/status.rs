@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
-use crate::metrics::Metrics;
+use crate::serve::metrics::Metrics;
 
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
@@ -29,7 +29,7 @@ pub struct Readiness {
     /// One line per peer pod CIDR that is not routed.
     pub skipped: Vec<String>,
     pub last_error: Option<String>,
-    /// The doctor's warn/fail lines (see [`crate::doctor`]).
+    /// The doctor's warn/fail lines (see [`crate::tools::doctor`]).
     pub doctor: Vec<String>,
     /// A doctor check that gates readiness failed.
     pub doctor_blocking: bool,
@@ -204,10 +204,10 @@ impl Readiness {
     }
 
     /// Human-readable detail for /readyz: every name escaped (one line
-    /// stays one line, see [`crate::text`]), every list capped ("… and N
+    /// stays one line, see [`crate::serve::text`]), every list capped ("… and N
     /// more"), so its size is bounded whatever the cluster holds.
     pub fn report(&self) -> String {
-        use crate::text::{capped, capped_list, line};
+        use crate::serve::text::{capped, capped_list, line};
         let mut out: Vec<String> = Vec::new();
         let mark = |b: bool| if b { "[+]" } else { "[-]" };
         if let Some(api) = &self.api {

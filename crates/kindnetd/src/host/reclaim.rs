@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kindnet_cni_spec::{AttachmentId, OwnerTag};
 
-use crate::routes::KernelRoute;
+use crate::host::routes::KernelRoute;
 
 /// One allocated address of the IPAM store and its recorded owner.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -59,7 +59,7 @@ pub struct Flags {
     /// The conflist's plugins: "single" (default) = the `kindnet` plugin,
     /// the whole pod in one exec; "classic" = kind's ptp/bridge + portmap.
     #[arg(long, env = "KINDNET_CNI_CHAIN", value_parser = parse_cni_chain, default_value = "single")]
-    pub cni_chain: crate::cniconf::CniChain,
+    pub cni_chain: crate::host::cniconf::CniChain,
 
     /// API server host:port used instead of the in-cluster service address
     /// (as kind does, so kindnetd does not wait for kube-proxy).
@@ -369,8 +369,9 @@ pub fn parse_ipv6_prefix(s: &str) -> Result<Ipv6Net, String> {
     Ok(n)
 }
 
-pub fn parse_cni_chain(s: &str) -> Result<crate::cniconf::CniChain, String> {
-    crate::cniconf::CniChain::parse(s).ok_or_else(|| format!("{s:?}: expected single or classic"))
+pub fn parse_cni_chain(s: &str) -> Result<crate::host::cniconf::CniChain, String> {
+    crate::host::cniconf::CniChain::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected single or classic"))
 }
 
 pub fn parse_bridge(s: &str) -> Result<Bridge, String> {
