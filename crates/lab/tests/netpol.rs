@@ -329,40 +329,59 @@ fn sctp_inits_through_the_nft_ruleset() {
     let l = Lab::up("ns");
     let dst = addrs_of(&l);
     let senders = ["y-b", "y-a"];
+    // The probes of one check run at once (each has its own identity):
+    // a "must not arrive" costs its 700 ms once, not once per probe.
     let check = |case: &str, port: u16, want: bool| {
-        for from in senders {
-            for ip in &dst {
-                // arriving returns at once; "must not arrive" waits 700 ms
-                let timeout = Duration::from_millis(if want { 3000 } else { 700 });
-                let got = sctp::probe(
-                    &l.netns(from),
-                    &l.netns("x-a"),
-                    SocketAddr::new(*ip, port),
-                    timeout,
-                )
-                .unwrap();
-                assert_eq!(got, want, "{case}: SCTP {from} -> x/a {ip} port {port}");
+        std::thread::scope(|s| {
+            let probes: Vec<_> = senders
+                .iter()
+                .flat_map(|from| dst.iter().map(move |ip| (*from, *ip)))
+                .map(|(from, ip)| {
+                    let l = &l;
+                    s.spawn(move || {
+                        // arriving returns at once; "must not arrive" waits 700 ms
+                        let timeout = Duration::from_millis(if want { 3000 } else { 700 });
+                        let got = sctp::probe(
+                            &l.netns(from),
+                            &l.netns("x-a"),
+                            SocketAddr::new(ip, port),
+                            timeout,
+                        );
+                        (from, ip, got)
+                    })
+                })
+                .collect();
+            for p in probes {
+                let (from, ip, got) = p.join().expect("a probe thread");
+                assert_eq!(got, Ok(want), "{case}: SCTP {from} -> x/a {ip} port {port}");
             }
-        }
+        });
     };
     // (a) no policy
     check("no policy", 80, true);
     check("no policy", 81, true);
-    for from in senders {
-        for ip in &dst {
-            let v6 = ip.is_ipv6();
-            let rx = sctp::open(&l.netns("x-a"), v6).unwrap();
-            let tx = sctp::open(&l.netns(from), v6).unwrap();
-            let id = sctp::fresh(80);
-            let mut bad = sctp::init_packet(id.src_port, id.dst_port, id.init_tag);
-            bad[8] ^= 0xff;
-            sctp::send(&tx, *ip, &bad).unwrap();
-            assert!(
-                !sctp::wait(&rx, v6, id, Duration::from_millis(700)).unwrap(),
-                "{from} -> {ip}: an INIT with a bad checksum arrived (not parsed as SCTP?)"
-            );
+    // An INIT with a bad checksum, from every sender to every address at
+    // once: none arrives.
+    std::thread::scope(|s| {
+        for from in senders {
+            for ip in &dst {
+                let l = &l;
+                s.spawn(move || {
+                    let v6 = ip.is_ipv6();
+                    let rx = sctp::open(&l.netns("x-a"), v6).unwrap();
+                    let tx = sctp::open(&l.netns(from), v6).unwrap();
+                    let id = sctp::fresh(80);
+                    let mut bad = sctp::init_packet(id.src_port, id.dst_port, id.init_tag);
+                    bad[8] ^= 0xff;
+                    sctp::send(&tx, *ip, &bad).unwrap();
+                    assert!(
+                        !sctp::wait(&rx, v6, id, Duration::from_millis(700)).unwrap(),
+                        "{from} -> {ip}: an INIT with a bad checksum arrived (not parsed as SCTP?)"
+                    );
+                });
+            }
         }
-    }
+    });
     let out = lab_stdout(&[
         "probe", "--name", &l.name, "y/a", "x/a", "80/sctp", "--json",
     ]);
@@ -453,21 +472,28 @@ fn a_pod_object_claiming_an_isolated_pods_address_does_not_open_it() {
     ));
     let x_a = pod_addrs(&l, "x-a");
     assert_eq!(x_a.len(), 2, "{x_a:?}");
+    // The four probes run at once: each blocked one costs its timeout once.
     let probe_all = |when: &str| {
         // x/a on node1, y/b on node1, y/a on node2
-        for (from, to) in [
-            ("y/a", "x/a"),
-            ("y/b", "x/a"),
-            ("x/a", "y/a"),
-            ("x/a", "y/b"),
-        ] {
-            let out = lab_stdout(&["probe", "--name", &l.name, from, to, "80/tcp", "--json"]);
-            assert_eq!(out.lines().count(), 2, "{out}");
-            for line in out.lines() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                assert_eq!(v["connected"], false, "{when}: {from} -> {to}: {v}");
+        std::thread::scope(|s| {
+            for (from, to) in [
+                ("y/a", "x/a"),
+                ("y/b", "x/a"),
+                ("x/a", "y/a"),
+                ("x/a", "y/b"),
+            ] {
+                let l = &l;
+                s.spawn(move || {
+                    let out =
+                        lab_stdout(&["probe", "--name", &l.name, from, to, "80/tcp", "--json"]);
+                    assert_eq!(out.lines().count(), 2, "{out}");
+                    for line in out.lines() {
+                        let v: Value = serde_json::from_str(line).unwrap();
+                        assert_eq!(v["connected"], false, "{when}: {from} -> {to}: {v}");
+                    }
+                });
             }
-        }
+        });
     };
     probe_all("deny-all");
     let ips = x_a
