@@ -257,6 +257,13 @@ impl Ns {
             .status
             .success()
     }
+    /// Whether `addr` answers a ping from inside the namespace within
+    /// 10 s (one ping after another): for a path that must work, where one
+    /// lost first packet (a neighbour still resolving on a loaded machine)
+    /// is no failure. A path that must not work wants [`Ns::ping`].
+    pub fn ping_eventually(&self, addr: &str) -> bool {
+        wait_for(Duration::from_secs(10), || self.ping(addr).then_some(())).is_some()
+    }
     /// Names of the links in the namespace.
     pub fn links(&self) -> Vec<String> {
         self.ip_json(&["link", "show"])
