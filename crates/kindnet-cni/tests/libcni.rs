@@ -139,7 +139,7 @@ fn libcni_accepts_every_version_and_command() {
             "{version} {chain}: {res}"
         );
         assert!(
-            pod.ping("10.244.1.1") && pod.ping("fd00:10:244:1::1"),
+            pod.ping_eventually("10.244.1.1") && pod.ping_eventually("fd00:10:244:1::1"),
             "{version}"
         );
         if kindnet_cni_spec::version::has_check(version) {
@@ -223,7 +223,7 @@ fn libcni_status_and_gc_release_what_is_not_valid() {
     assert_eq!(allocated(&ipam).len(), 2);
     eventually("ctr1's veth removed", || veths() == 1);
     assert!(
-        pods[0].ping("10.244.1.1"),
+        pods[0].ping_eventually("10.244.1.1"),
         "the valid pod keeps its network"
     );
 }

@@ -90,6 +90,8 @@ struct Seen {
     /// The strict watcher found no config after it had found one.
     strict_lost: Vec<String>,
     events: usize,
+    /// The file named by the last event handled.
+    last_name: Option<OsString>,
 }
 
 fn watch(
@@ -127,6 +129,7 @@ fn watch(
                 let strict = load_dir(&dir);
                 let mut s = seen.lock().unwrap();
                 s.events += 1;
+                s.last_name = name.clone();
                 match &strict {
                     Load::Invalid(_) => s.strict_invalid.push((what.clone(), strict.clone())),
                     Load::NoConfig if had_config => s.strict_lost.push(what.clone()),
@@ -186,17 +189,21 @@ fn a_runtime_watching_the_directory_never_sees_a_partial_config() {
                 .unwrap()
         );
     }
-    // Let the watcher drain its queue.
+    // Let the watcher drain its queue: inotify keeps events in order, so
+    // once it has handled a sentinel made after the last write (a file no
+    // runtime loads), it has handled every event of the writes.
+    let sentinel = OsString::from("drained.done");
+    std::fs::write(dir.join(&sentinel), "").unwrap();
+    let drained = kindnet_testbed::wait_for(std::time::Duration::from_secs(10), || {
+        (seen.lock().unwrap().last_name.as_ref() == Some(&sentinel)).then_some(())
+    });
+    assert!(drained.is_some(), "the watcher never reached the sentinel");
     let last = content(rounds - 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let done = seen.lock().unwrap().containerd_last.as_deref() == Some(last.as_str());
-        if done || std::time::Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        seen.lock().unwrap().containerd_last.as_deref(),
+        Some(last.as_str()),
+        "the last load is the last write"
+    );
     stop.store(true, Ordering::SeqCst);
     t.join().unwrap();
 

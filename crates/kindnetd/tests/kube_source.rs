@@ -110,6 +110,22 @@ impl Harness {
     }
 }
 
+/// Waits until the fake API server has refused `n` more requests than
+/// `before` (what `api.user_agents().len()` was when its outage began):
+/// the source has met the outage, retried, and had its chance to drop
+/// what it knows. The positive signal behind "nothing was dropped".
+async fn refused(api: &FakeApi, before: usize, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while api.user_agents().len() < before + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} requests during the outage, want {n}",
+            api.user_agents().len() - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn n(name: &str, cidr: &str, ip: &str) -> serde_json::Value {
     node_json(name, &[cidr], &[ip])
 }
@@ -241,8 +257,9 @@ async fn gone_as_http_status_on_watch_start_triggers_relist() {
     .await;
     // Cut the watch during an outage, then come back with the history gone
     // and HTTP 410 for old resource versions.
+    let before = h.api.user_agents().len();
     h.api.set_down(true);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    refused(&h.api, before, 1).await;
     h.api.delete("a");
     h.api.preload([n("z", "10.244.9.0/24", "10.0.0.9")]);
     h.api.expire(GoneMode::Http);
@@ -271,10 +288,30 @@ async fn outage_keeps_nodes_and_resumes() {
     )
     .await;
 
+    let before = h.api.user_agents().len();
     h.api.set_down(true);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     // Nothing known is dropped while the API server is away (the client
-    // retries 503s itself before the watcher reports an error).
+    // retries 503s itself before the watcher reports an error): not after
+    // several refusals either.
+    refused(&h.api, before, 3).await;
+    // ...and after the watcher itself reported the failure.
+    let errors = || {
+        h.status
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix("kindnet_source_errors_total{source=\"kube\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while errors() < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node watch never reported the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(h.view().len(), 2);
 
     // Changes made meanwhile show up once it is back.
@@ -446,8 +483,11 @@ async fn pods_namespaces_and_policies_follow_the_api() {
     .await;
 
     // An outage: nothing known is dropped; afterwards the watches resume.
+    let before = h.api.user_agents().len();
     h.api.set_down(true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Every watch (pods, namespaces, policies, nodes) refused at least
+    // once, some more.
+    refused(&h.api, before, 6).await;
     assert_eq!(seen().1.len(), 2, "pods kept during the outage");
     assert_eq!(seen().3, vec!["x/deny".to_string()]);
     h.api.set_down(false);

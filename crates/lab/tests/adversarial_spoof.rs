@@ -14,16 +14,17 @@ use common::*;
 use kindnet_testbed::require_root;
 use serde_json::Value;
 
-struct Lab(&'static str);
+struct Lab(String);
 
 impl Lab {
-    fn up(name: &'static str, mode: &str) -> Lab {
-        let _ = lab(&["down", "--name", name]);
-        let l = Lab(name);
+    /// A lab named `tag` and a suffix unique to this run (two checkouts
+    /// testing at once do not collide).
+    fn up(tag: &str, mode: &str) -> Lab {
+        let l = Lab(kindnet_testbed::unique_short(tag));
         lab_stdout(&[
             "up",
             "--name",
-            name,
+            &l.0,
             "--nodes",
             "2",
             "--stack",
@@ -43,7 +44,7 @@ impl Lab {
         let o = lab(&[
             "spoof",
             "--name",
-            self.0,
+            &self.0,
             from,
             to,
             "--json",
@@ -96,14 +97,14 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = lab(&["down", "--name", self.0]);
+        let _ = lab(&["down", "--name", &self.0]);
     }
 }
 
 #[test]
 fn ptp_pods_cannot_send_from_addresses_not_their_own_policy_or_not() {
     require_root!();
-    let l = Lab::up("asp", "ptp");
+    let l = Lab::up("as", "ptp");
     // node1: x/a, x/c, y/b, z/a, z/c; node2: x/b, y/a, y/c, z/b
     l.assert_held("x/a", "x/b", false); // to another node
     l.assert_held("x/a", "x/c", false); // on the same node
@@ -116,7 +117,7 @@ fn ptp_pods_cannot_send_from_addresses_not_their_own_policy_or_not() {
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Egress]}\n",
     )
     .unwrap();
-    lab_stdout(&["apply", "--name", "asp", "-f", f.to_str().unwrap()]);
+    lab_stdout(&["apply", "--name", &l.0, "-f", f.to_str().unwrap()]);
     let _ = std::fs::remove_file(&f);
     l.assert_held("x/a", "y/b", true); // same node
     l.assert_held("x/a", "y/a", true); // another node
@@ -126,7 +127,8 @@ fn ptp_pods_cannot_send_from_addresses_not_their_own_policy_or_not() {
     l.assert_held("y/b", "x/b", false);
     for set in ["src4", "src6"] {
         let o = std::process::Command::new("ip")
-            .args(["netns", "exec", "kl-asp-node1", "nft", "flush", "set"])
+            .args(["netns", "exec", &format!("kl-{}-node1", l.0)])
+            .args(["nft", "flush", "set"])
             .args(["inet", "kindnet-antispoof", set])
             .output()
             .unwrap();
@@ -138,7 +140,7 @@ fn ptp_pods_cannot_send_from_addresses_not_their_own_policy_or_not() {
 #[test]
 fn bridge_pods_cannot_send_from_addresses_not_their_own() {
     require_root!();
-    let l = Lab::up("asb", "bridge");
+    let l = Lab::up("ab", "bridge");
     l.assert_held("x/a", "x/b", false); // to another node
     l.assert_held("x/a", "x/c", false); // across the bridge, never routed
     l.assert_held("y/b", "x/a", false);

@@ -12,7 +12,9 @@ use serde_json::Value;
 #[test]
 fn bench_nodes_reports_both_sources_and_removes_its_lab() {
     require_root!();
-    const NAME: &str = "tbnodes";
+    // A name unique to this run: two checkouts testing at once do not collide.
+    let name = kindnet_testbed::unique_short("tb");
+    let name = name.as_str();
     let out = lab_stdout(&[
         "bench-nodes",
         "--nodes",
@@ -20,7 +22,7 @@ fn bench_nodes_reports_both_sources_and_removes_its_lab() {
         "--changes",
         "2",
         "--name",
-        NAME,
+        name,
     ]);
     let lines: Vec<Value> = out
         .lines()
@@ -37,7 +39,7 @@ fn bench_nodes_reports_both_sources_and_removes_its_lab() {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&format!("kl-{NAME}-")))
+                .filter(|n| n.starts_with(&format!("kl-{name}-")))
                 .collect()
         })
         .unwrap_or_default();
@@ -45,6 +47,6 @@ fn bench_nodes_reports_both_sources_and_removes_its_lab() {
     let state = std::env::var_os("KINDNET_LAB_STATE")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| "/run/kindnet-lab".into())
-        .join(NAME);
+        .join(name);
     assert!(!state.exists(), "{} left", state.display());
 }

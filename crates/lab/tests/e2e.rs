@@ -15,12 +15,14 @@ use std::time::{Duration, Instant};
 struct Lab(String);
 
 impl Lab {
-    fn up(name: &str, extra: &[&str]) -> Lab {
-        let _ = lab(&["down", "--name", name]);
-        let mut args = vec!["up", "--name", name];
+    /// A lab named by `tag`'s first two characters and a suffix unique
+    /// to this run (two checkouts testing at once do not collide).
+    fn up(tag: &str, extra: &[&str]) -> Lab {
+        let name = kindnet_testbed::unique_short(&tag[..tag.len().min(2)]);
+        let mut args = vec!["up", "--name", &name];
         args.extend_from_slice(extra);
         lab_ok(&args);
-        Lab(name.to_string())
+        Lab(name)
     }
     fn check(&self) -> String {
         let out = lab_ok(&["check", "--name", &self.0]);
@@ -84,7 +86,8 @@ fn matrix_on(name: &str, stack: &str, node_stack: Option<&str>, mode: &str, chai
     }
     let l = Lab::up(name, &args);
     let conflist = std::fs::read_to_string(format!(
-        "/run/kindnet-lab/{name}/node1/net.d/10-kindnet.conflist"
+        "/run/kindnet-lab/{}/node1/net.d/10-kindnet.conflist",
+        l.0
     ))
     .unwrap_or_default();
     let want = if chain == "single" {
@@ -204,6 +207,16 @@ fn routes(ns: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Packets received on eth0 in namespace `ns`.
+fn rx_packets(ns: &str) -> u64 {
+    let o = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    v[0]["stats64"]["rx"]["packets"].as_u64().unwrap_or(0)
+}
+
 fn eventually(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -219,7 +232,7 @@ fn nodes_come_and_go() {
         "enode",
         &["--nodes", "2", "--pods-per-node", "1", "--stack", "ipv4"],
     );
-    lab_ok(&["add-node", "--name", "enode"]);
+    lab_ok(&["add-node", "--name", &l.0]);
     let n1 = l.netns("node1");
     eventually(
         "node1 routes to node3's pod CIDR",
@@ -227,7 +240,7 @@ fn nodes_come_and_go() {
         || routes(&n1).contains("10.244.3.0/24 via 172.18.0.4"),
     );
     l.check();
-    lab_ok(&["remove-node", "--name", "enode", "node2"]);
+    lab_ok(&["remove-node", "--name", &l.0, "node2"]);
     eventually("node1 drops node2's route", Duration::from_secs(3), || {
         !routes(&n1).contains("10.244.2.0/24")
     });
@@ -245,7 +258,8 @@ fn deleted_pod_frees_its_address() {
         "epod",
         &["--nodes", "1", "--pods-per-node", "2", "--stack", "dual"],
     );
-    let store = PathBuf::from("/run/kindnet-lab/epod/node1/ipam/kindnet");
+    let store = PathBuf::from(format!("/run/kindnet-lab/{}/node1/ipam/kindnet", l.0));
+    let pod2 = format!("{}-node1-pod2", l.0);
     let owned = |cid: &str| -> Vec<String> {
         std::fs::read_dir(&store)
             .unwrap()
@@ -259,15 +273,12 @@ fn deleted_pod_frees_its_address() {
             })
             .collect()
     };
-    let before = owned("epod-node1-pod2");
+    let before = owned(&pod2);
     assert_eq!(before.len(), 2, "one address per family");
-    lab_ok(&["del-pod", "--name", "epod", "node1-pod2"]);
-    assert!(
-        owned("epod-node1-pod2").is_empty(),
-        "DEL released the addresses"
-    );
+    lab_ok(&["del-pod", "--name", &l.0, "node1-pod2"]);
+    assert!(owned(&pod2).is_empty(), "DEL released the addresses");
     assert!(!std::path::Path::new(&format!("/var/run/netns/{}", l.netns("node1-pod2"))).exists());
-    lab_ok(&["add-pod", "--name", "epod", "node1", "--number", "3"]);
+    lab_ok(&["add-pod", "--name", &l.0, "node1", "--number", "3"]);
     l.check();
 }
 
@@ -298,8 +309,16 @@ fn kindnetd_restart_loses_no_connectivity() {
             .output()
             .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(500));
-    lab_ok(&["restart-kindnetd", "--name", "erst", "node1"]);
+    // The restart comes once the pings flow (a few answered).
+    let pod = l.netns("node1-pod1");
+    let received = || rx_packets(&pod);
+    let start = received();
+    eventually(
+        "pings flow before the restart",
+        Duration::from_secs(5),
+        || received() >= start + 3,
+    );
+    lab_ok(&["restart-kindnetd", "--name", &l.0, "node1"]);
     let out = pinger.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -21,13 +21,15 @@ fn run(cmd: &mut Command) -> Output {
 struct Lab(String);
 
 impl Lab {
-    fn up(name: &str, extra: &[&str]) -> Lab {
-        let _ = lab(&["down", "--name", name]);
-        let mut args = vec!["up", "--name", name];
+    /// A lab named by `tag`'s first two characters and a suffix unique
+    /// to this run (two checkouts testing at once do not collide).
+    fn up(tag: &str, extra: &[&str]) -> Lab {
+        let name = kindnet_testbed::unique_short(&tag[..tag.len().min(2)]);
+        let mut args = vec!["up", "--name", &name];
         args.extend_from_slice(extra);
         let o = lab(&args);
         assert!(o.status.success(), "up {name}: {}", text(&o));
-        Lab(name.to_string())
+        Lab(name)
     }
 
     fn ns(&self, node: &str) -> String {
@@ -155,18 +157,21 @@ fn trace_ptp_both_families() {
         "node1-pod1",
         "node2-pod1",
         "--name",
-        "ltp",
+        &l.0,
         "--family",
         "4",
     ]);
     let out = text(&o);
-    assert!(out.contains(" 1. node1-pod1 [kl-ltp-node1-pod1]"), "{out}");
+    assert!(
+        out.contains(&format!(" 1. node1-pod1 [kl-{}-node1-pod1]", l.0)),
+        "{out}"
+    );
     assert!(
         out.contains("real packet: icmp echo to 10.244.2.2"),
         "{out}"
     );
     // unknown endpoint
-    let o = lab(&["trace", "node1-pod1", "nope", "--name", "ltp"]);
+    let o = lab(&["trace", "node1-pod1", "nope", "--name", &l.0]);
     assert!(
         !o.status.success() && text(&o).contains("endpoints:"),
         "{}",
@@ -302,7 +307,7 @@ fn doctor_names_what_was_broken() {
     );
 
     // /readyz of a restarted kindnetd lists the findings; conflist-order gates readiness
-    let o = lab(&["restart-kindnetd", "--name", "ldoc", "node1"]);
+    let o = lab(&["restart-kindnetd", "--name", &l.0, "node1"]);
     assert!(o.status.success(), "{}", text(&o));
     let end = Instant::now() + Duration::from_secs(15);
     let readyz = loop {

@@ -1,15 +1,12 @@
-//! NetworkPolicy truth tables in a real lab, modeled on the upstream
-//! Kubernetes e2e suite: namespaces x, y, z × pods a, b, c spread over two
-//! dual-stack nodes; per case the measured matrix (every pod to every pod,
-//! both families) is compared cell by cell with `kindnet_netpol::evaluate`
-//! (`kindnet-lab reachability --json` does both). One lab serves every
-//! case: policies are applied and deleted between them, and `apply` waits
-//! until every kindnetd reports the new version programmed (a condition,
-//! not a sleep). A second lab restarts kindnetd under load; a third sends
-//! crafted SCTP packets through the ruleset (no SCTP sockets needed).
+//! NetworkPolicy in a real lab beyond the truth tables (`netpol_truth.rs`):
+//! kindnetd restarted under load, a pod isolated from its first packet,
+//! crafted SCTP packets through the ruleset (no SCTP sockets needed), a
+//! Pod object claiming an isolated pod's address. Each test has a lab of
+//! its own (`common::netpol_lab`), named uniquely for the run.
 
 mod common;
 
+use common::netpol_lab::{Lab, blocked, pol};
 use common::*;
 use kindnet_testbed::require_root;
 use serde_json::Value;
@@ -17,353 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
-
-struct Lab {
-    name: String,
-    dir: tempfile::TempDir,
-}
-
-impl Lab {
-    fn up(name: &str) -> Lab {
-        let _ = lab(&["down", "--name", name]);
-        lab_stdout(&[
-            "up",
-            "--name",
-            name,
-            "--nodes",
-            "2",
-            "--stack",
-            "dual",
-            "--pods-per-node",
-            "0",
-            "--netpol-model",
-        ]);
-        Lab {
-            name: name.into(),
-            dir: tempfile::Builder::new().prefix(name).tempdir().unwrap(),
-        }
-    }
-
-    fn file(&self, tag: &str, yaml: &str) -> String {
-        let p = self.dir.path().join(format!("{tag}.yaml"));
-        std::fs::write(&p, yaml).unwrap();
-        p.to_string_lossy().into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let f = self.file("apply", yaml);
-        lab_stdout(&["apply", "--name", &self.name, "-f", &f]);
-    }
-
-    fn delete(&self, yaml: &str) {
-        let f = self.file("delete", yaml);
-        lab_stdout(&["delete", "--name", &self.name, "-f", &f]);
-    }
-
-    /// Both families' matrices for a port; panics on any cell that differs
-    /// from the semantics. Returns the cells.
-    fn matrix(&self, case: &str, port: &str) -> Vec<Value> {
-        let out = lab_stdout(&["reachability", "--name", &self.name, port, "--json"]);
-        let mut cells = Vec::new();
-        let mut families = 0;
-        for line in out.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            families += 1;
-            if v["mismatches"] != 0 {
-                let text = lab_stdout(&["reachability", "--name", &self.name, port]);
-                panic!(
-                    "{case} {port} {}: measured differs from the semantics:\n{text}",
-                    v["family"]
-                );
-            }
-            cells.extend(v["cells"].as_array().unwrap().iter().cloned());
-        }
-        assert_eq!(families, 2, "both families");
-        assert_eq!(cells.len(), 2 * 81);
-        cells
-    }
-
-    fn netns(&self, s: &str) -> String {
-        format!("kl-{}-{s}", self.name)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = lab(&["down", "--name", &self.name]);
-    }
-}
-
-fn blocked(cells: &[Value]) -> usize {
-    cells.iter().filter(|c| c["connected"] == false).count()
-}
-
-fn cell<'a>(cells: &'a [Value], from: &str, to: &str, family: &str) -> &'a Value {
-    cells
-        .iter()
-        .find(|c| c["from"] == from && c["to"] == to && c["family"] == family)
-        .unwrap()
-}
-
-fn pol(ns: &str, name: &str, spec: &str) -> String {
-    format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
-    )
-}
-
-struct Case {
-    name: &'static str,
-    policies: String,
-    ports: &'static [&'static str],
-    /// Blocked cells summed over the ports and both families.
-    blocked: usize,
-}
-
-#[test]
-fn truth_tables_in_a_lab() {
-    require_root!();
-    let started = Instant::now();
-    let l = Lab::up("npt");
-    // x/a on node1, x/b node2, x/c node1, y/a node2, y/b node1, y/c node2,
-    // z/a node1, z/b node2, z/c node1
-    let cases = vec![
-        Case {
-            name: "default-deny ingress",
-            policies: pol("x", "deny", "{podSelector: {}}"),
-            ports: &["80/tcp"],
-            // every other pod into the 3 pods of x, per family
-            blocked: 2 * 3 * 8,
-        },
-        Case {
-            name: "default-deny egress",
-            policies: pol("x", "deny", "{podSelector: {}, policyTypes: [Egress]}"),
-            ports: &["80/tcp"],
-            blocked: 2 * 3 * 8,
-        },
-        Case {
-            name: "allow-all ingress beside deny-all",
-            policies: pol("x", "deny", "{podSelector: {}}")
-                + &pol("x", "all", "{podSelector: {}, ingress: [{}]}"),
-            ports: &["80/tcp"],
-            blocked: 0,
-        },
-        Case {
-            name: "same namespace only",
-            policies: pol(
-                "x",
-                "same",
-                "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            blocked: 2 * 3 * 6,
-        },
-        Case {
-            name: "namespace selector",
-            policies: pol(
-                "x",
-                "from-y",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            // into x/a: all but y's 3 (and itself)
-            blocked: 2 * 5,
-        },
-        Case {
-            name: "pod AND namespace selector in one peer",
-            policies: pol(
-                "x",
-                "and",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            blocked: 2 * 7,
-        },
-        Case {
-            name: "pod OR namespace selector in two peers",
-            policies: pol(
-                "x",
-                "or",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            // x/a from y/* and x/b only
-            blocked: 2 * 4,
-        },
-        Case {
-            name: "ipBlock with except",
-            // node2's pod ranges excepted: x/b, y/a, y/c, z/b are out
-            policies: pol(
-                "x",
-                "block",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{ipBlock: {cidr: 10.244.0.0/16, except: [10.244.2.0/24]}}, {ipBlock: {cidr: 'fd00:10:244::/56', except: ['fd00:10:244:2::/64']}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            blocked: 2 * 4,
-        },
-        Case {
-            name: "named port",
-            policies: pol(
-                "x",
-                "named",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{port: serve-81-tcp}]}]}",
-            ),
-            ports: &["80/tcp", "81/tcp"],
-            blocked: 2 * 8,
-        },
-        Case {
-            name: "endPort range",
-            policies: pol(
-                "x",
-                "range",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{protocol: TCP, port: 81, endPort: 90}]}]}",
-            ),
-            ports: &["80/tcp", "81/tcp"],
-            blocked: 2 * 8,
-        },
-        Case {
-            name: "UDP",
-            policies: pol(
-                "x",
-                "udp",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{ports: [{protocol: UDP, port: 80}]}]}",
-            ),
-            ports: &["80/udp", "80/tcp"],
-            blocked: 2 * 8,
-        },
-        Case {
-            name: "egress to one port only",
-            policies: pol(
-                "x",
-                "egress-81",
-                "{podSelector: {}, policyTypes: [Egress], egress: [{ports: [{protocol: TCP, port: 81}]}]}",
-            ),
-            ports: &["80/tcp", "81/tcp"],
-            blocked: 2 * 3 * 8,
-        },
-        Case {
-            name: "several policies on one pod (union)",
-            policies: pol(
-                "x",
-                "from-y",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}",
-            ) + &pol(
-                "x",
-                "from-z-c",
-                "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}, podSelector: {matchLabels: {pod: c}}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            blocked: 2 * 4,
-        },
-        Case {
-            name: "egress and ingress across nodes",
-            policies: pol(
-                "y",
-                "egress-to-x",
-                "{podSelector: {}, policyTypes: [Egress], egress: [{to: [{namespaceSelector: {matchLabels: {ns: x}}}]}]}",
-            ) + &pol(
-                "x",
-                "from-y-b",
-                "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]}",
-            ),
-            ports: &["80/tcp"],
-            // y/a, y/c reach nothing (y's own too) but... counted by the semantics
-            blocked: usize::MAX,
-        },
-    ];
-    for c in &cases {
-        let t = Instant::now();
-        l.apply(&c.policies);
-        let mut cells = Vec::new();
-        for p in c.ports {
-            cells.extend(l.matrix(c.name, p));
-        }
-        if c.blocked != usize::MAX {
-            assert_eq!(blocked(&cells), c.blocked, "{}: blocked cells", c.name);
-        }
-        l.delete(&c.policies);
-        eprintln!("case {:<40} {:>5} ms", c.name, t.elapsed().as_millis());
-    }
-    // everything open again once deleted
-    assert_eq!(blocked(&l.matrix("after delete", "80/tcp")), 0);
-
-    // a policy update: deny into x/a, then the same policy allowing y
-    let v1 = pol("x", "upd", "{podSelector: {matchLabels: {pod: a}}}");
-    l.apply(&v1);
-    assert_eq!(blocked(&l.matrix("update v1", "80/tcp")), 2 * 8);
-    l.apply(&pol("x", "upd", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}"));
-    assert_eq!(blocked(&l.matrix("update v2", "80/tcp")), 2 * 5);
-
-    // a pod label change: x/a allows pod=b of x; x/c becomes pod=b
-    l.apply(&pol("x", "upd", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}"));
-    let cells = l.matrix("pod label before", "80/tcp");
-    assert_eq!(cell(&cells, "x/c", "x/a", "IPv4")["connected"], false);
-    l.apply("kind: Pod\nmetadata: {name: c, namespace: x, labels: {pod: b}}\n");
-    let cells = l.matrix("pod label after", "80/tcp");
-    assert_eq!(cell(&cells, "x/c", "x/a", "IPv4")["connected"], true);
-    assert_eq!(cell(&cells, "x/c", "x/a", "IPv6")["connected"], true);
-    l.apply("kind: Pod\nmetadata: {name: c, namespace: x, labels: {pod: c}}\n");
-
-    // a namespace label change: x/a allows namespaces team=t; z joins
-    l.apply(&pol("x", "upd", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {team: t}}}]}]}"));
-    let cells = l.matrix("namespace label before", "80/tcp");
-    assert_eq!(cell(&cells, "z/b", "x/a", "IPv4")["connected"], false);
-    l.apply("kind: Namespace\nmetadata: {name: z, labels: {ns: z, team: t}}\n");
-    let cells = l.matrix("namespace label after", "80/tcp");
-    assert_eq!(cell(&cells, "z/b", "x/a", "IPv6")["connected"], true);
-    assert_eq!(cell(&cells, "y/b", "x/a", "IPv6")["connected"], false);
-    l.apply("kind: Namespace\nmetadata: {name: z, labels: {ns: z}}\n");
-
-    // node to its own pod: always allowed, also under deny-all
-    l.apply(&pol(
-        "x",
-        "upd",
-        "{podSelector: {}, policyTypes: [Ingress, Egress]}",
-    ));
-    for (node, ip) in [("node1", "10.244.1.2"), ("node1", "fd00:10:244:1::2")] {
-        let ok = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &l.netns(node),
-                "bash",
-                "-c",
-                &format!("exec 3<>/dev/tcp/{ip}/80 && head -c 3 <&3"),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            ok.status.success(),
-            "{node} -> x/a {ip}: {}",
-            String::from_utf8_lossy(&ok.stderr)
-        );
-    }
-    // the probe says why a connection is blocked
-    let out = lab_stdout(&["probe", "--name", &l.name, "y/b", "x/a", "80"]);
-    assert!(out.contains("blocked (denied: "), "{out}");
-    assert!(out.contains("x/upd"), "{out}");
-    l.delete(&pol("x", "upd", "{podSelector: {}}"));
-    // every change above was a diff the kernel accepted (issue 20: pod
-    // and policy deletions refused with EBUSY, the table replaced)
-    for node in ["node1", "node2"] {
-        use std::io::{Read, Write};
-        let ns = kindnet_netlink::Netns::open(format!("/var/run/netns/{}", l.netns(node))).unwrap();
-        let text = ns
-            .run(|| {
-                let mut s = std::net::TcpStream::connect("127.0.0.1:19080").unwrap();
-                s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
-                out
-            })
-            .unwrap();
-        for reason in ["refused", "not_incremental"] {
-            let line = format!("kindnet_netpol_full_replacements_total{{reason=\"{reason}\"}} 0");
-            assert!(text.lines().any(|l| l == line), "{node}: {line}\n{text}");
-        }
-    }
-    eprintln!("truth tables: {:?}", started.elapsed());
-}
+use std::time::Duration;
 
 /// kindnetd restarted under load: no probe that should be blocked gets
 /// through, an established allowed connection keeps working, and new
@@ -374,7 +25,7 @@ fn restart_under_load_keeps_enforcing() {
     use kindnet_netlink::Netns;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpStream};
-    let l = Lab::up("npr");
+    let l = Lab::up("nr");
     // x/a (node1) accepts y/b (node1) and y/a (node2) only
     l.apply(&(pol("x", "deny", "{podSelector: {}}") + &pol("x", "from-y", "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}")));
     let stop = Arc::new(AtomicBool::new(false));
@@ -485,11 +136,23 @@ fn restart_under_load_keeps_enforcing() {
         })
     };
     let restarts = 3;
+    // After each round of restarts the load runs against the new
+    // kindnetds: every prober and the echo have made progress.
+    let progress = || [&denied_ok, &allowed_ok, &echoes].map(|c| c.load(Ordering::Relaxed));
     for _ in 0..restarts {
         for node in ["node1", "node2"] {
             lab_stdout(&["restart-kindnetd", "--name", &l.name, node]);
         }
-        std::thread::sleep(Duration::from_millis(700));
+        let from = progress();
+        let moved = kindnet_testbed::wait_for(Duration::from_secs(20), || {
+            let now = progress();
+            (0..3).all(|i| now[i] >= from[i] + 5).then_some(())
+        });
+        assert!(
+            moved.is_some(),
+            "the load stalled after a restart: {from:?} -> {:?}",
+            progress()
+        );
     }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
@@ -556,7 +219,7 @@ fn a_pod_created_under_deny_all_is_isolated_from_its_first_packet() {
     require_root!();
     use kindnet_netlink::Netns;
     use std::net::{IpAddr, SocketAddr, TcpStream};
-    let l = Lab::up("npf");
+    let l = Lab::up("nf");
     l.apply(&pol("x", "deny", "{podSelector: {}}"));
     let from = Netns::open(format!("/var/run/netns/{}", l.netns("y-a"))).unwrap();
     for round in 0..3 {
@@ -663,43 +326,62 @@ fn pod_addrs(l: &Lab, pod: &str) -> Vec<IpAddr> {
 #[test]
 fn sctp_inits_through_the_nft_ruleset() {
     require_root!();
-    let l = Lab::up("nps");
+    let l = Lab::up("ns");
     let dst = addrs_of(&l);
     let senders = ["y-b", "y-a"];
+    // The probes of one check run at once (each has its own identity):
+    // a "must not arrive" costs its 700 ms once, not once per probe.
     let check = |case: &str, port: u16, want: bool| {
-        for from in senders {
-            for ip in &dst {
-                // arriving returns at once; "must not arrive" waits 700 ms
-                let timeout = Duration::from_millis(if want { 3000 } else { 700 });
-                let got = sctp::probe(
-                    &l.netns(from),
-                    &l.netns("x-a"),
-                    SocketAddr::new(*ip, port),
-                    timeout,
-                )
-                .unwrap();
-                assert_eq!(got, want, "{case}: SCTP {from} -> x/a {ip} port {port}");
+        std::thread::scope(|s| {
+            let probes: Vec<_> = senders
+                .iter()
+                .flat_map(|from| dst.iter().map(move |ip| (*from, *ip)))
+                .map(|(from, ip)| {
+                    let l = &l;
+                    s.spawn(move || {
+                        // arriving returns at once; "must not arrive" waits 700 ms
+                        let timeout = Duration::from_millis(if want { 3000 } else { 700 });
+                        let got = sctp::probe(
+                            &l.netns(from),
+                            &l.netns("x-a"),
+                            SocketAddr::new(ip, port),
+                            timeout,
+                        );
+                        (from, ip, got)
+                    })
+                })
+                .collect();
+            for p in probes {
+                let (from, ip, got) = p.join().expect("a probe thread");
+                assert_eq!(got, Ok(want), "{case}: SCTP {from} -> x/a {ip} port {port}");
             }
-        }
+        });
     };
     // (a) no policy
     check("no policy", 80, true);
     check("no policy", 81, true);
-    for from in senders {
-        for ip in &dst {
-            let v6 = ip.is_ipv6();
-            let rx = sctp::open(&l.netns("x-a"), v6).unwrap();
-            let tx = sctp::open(&l.netns(from), v6).unwrap();
-            let id = sctp::fresh(80);
-            let mut bad = sctp::init_packet(id.src_port, id.dst_port, id.init_tag);
-            bad[8] ^= 0xff;
-            sctp::send(&tx, *ip, &bad).unwrap();
-            assert!(
-                !sctp::wait(&rx, v6, id, Duration::from_millis(700)).unwrap(),
-                "{from} -> {ip}: an INIT with a bad checksum arrived (not parsed as SCTP?)"
-            );
+    // An INIT with a bad checksum, from every sender to every address at
+    // once: none arrives.
+    std::thread::scope(|s| {
+        for from in senders {
+            for ip in &dst {
+                let l = &l;
+                s.spawn(move || {
+                    let v6 = ip.is_ipv6();
+                    let rx = sctp::open(&l.netns("x-a"), v6).unwrap();
+                    let tx = sctp::open(&l.netns(from), v6).unwrap();
+                    let id = sctp::fresh(80);
+                    let mut bad = sctp::init_packet(id.src_port, id.dst_port, id.init_tag);
+                    bad[8] ^= 0xff;
+                    sctp::send(&tx, *ip, &bad).unwrap();
+                    assert!(
+                        !sctp::wait(&rx, v6, id, Duration::from_millis(700)).unwrap(),
+                        "{from} -> {ip}: an INIT with a bad checksum arrived (not parsed as SCTP?)"
+                    );
+                });
+            }
         }
-    }
+    });
     let out = lab_stdout(&[
         "probe", "--name", &l.name, "y/a", "x/a", "80/sctp", "--json",
     ]);
@@ -782,7 +464,7 @@ fn addrs_of(l: &Lab) -> Vec<IpAddr> {
 #[test]
 fn a_pod_object_claiming_an_isolated_pods_address_does_not_open_it() {
     require_root!();
-    let l = Lab::up("npx");
+    let l = Lab::up("nx");
     l.apply(&pol(
         "x",
         "deny",
@@ -790,21 +472,28 @@ fn a_pod_object_claiming_an_isolated_pods_address_does_not_open_it() {
     ));
     let x_a = pod_addrs(&l, "x-a");
     assert_eq!(x_a.len(), 2, "{x_a:?}");
+    // The four probes run at once: each blocked one costs its timeout once.
     let probe_all = |when: &str| {
         // x/a on node1, y/b on node1, y/a on node2
-        for (from, to) in [
-            ("y/a", "x/a"),
-            ("y/b", "x/a"),
-            ("x/a", "y/a"),
-            ("x/a", "y/b"),
-        ] {
-            let out = lab_stdout(&["probe", "--name", &l.name, from, to, "80/tcp", "--json"]);
-            assert_eq!(out.lines().count(), 2, "{out}");
-            for line in out.lines() {
-                let v: Value = serde_json::from_str(line).unwrap();
-                assert_eq!(v["connected"], false, "{when}: {from} -> {to}: {v}");
+        std::thread::scope(|s| {
+            for (from, to) in [
+                ("y/a", "x/a"),
+                ("y/b", "x/a"),
+                ("x/a", "y/a"),
+                ("x/a", "y/b"),
+            ] {
+                let l = &l;
+                s.spawn(move || {
+                    let out =
+                        lab_stdout(&["probe", "--name", &l.name, from, to, "80/tcp", "--json"]);
+                    assert_eq!(out.lines().count(), 2, "{out}");
+                    for line in out.lines() {
+                        let v: Value = serde_json::from_str(line).unwrap();
+                        assert_eq!(v["connected"], false, "{when}: {from} -> {to}: {v}");
+                    }
+                });
             }
-        }
+        });
     };
     probe_all("deny-all");
     let ips = x_a

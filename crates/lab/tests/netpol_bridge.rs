@@ -11,18 +11,23 @@ use std::time::{Duration, Instant};
 use common::{lab_ok, lab_stdout};
 use serde_json::Value;
 
-const LAB: &str = "npbr";
+/// The lab's name: unique to this run, so two checkouts testing at once
+/// do not collide.
+fn lab_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| kindnet_testbed::unique_short("nb"))
+}
 
 struct Down;
 impl Drop for Down {
     fn drop(&mut self) {
-        let _ = common::lab(&["down", "--name", LAB]);
+        let _ = common::lab(&["down", "--name", lab_name()]);
     }
 }
 
 fn node_sysctl(key: &str) -> String {
     let o = Command::new("ip")
-        .args(["netns", "exec", &format!("kl-{LAB}-node1"), "cat"])
+        .args(["netns", "exec", &format!("kl-{}-node1", lab_name()), "cat"])
         .arg(format!("/proc/sys/{key}"))
         .output()
         .unwrap();
@@ -31,7 +36,13 @@ fn node_sysctl(key: &str) -> String {
 
 fn set_node_sysctl(key: &str, value: &str) {
     let st = Command::new("ip")
-        .args(["netns", "exec", &format!("kl-{LAB}-node1"), "sh", "-c"])
+        .args([
+            "netns",
+            "exec",
+            &format!("kl-{}-node1", lab_name()),
+            "sh",
+            "-c",
+        ])
         .arg(format!("echo {value} > /proc/sys/{key}"))
         .status()
         .unwrap();
@@ -40,7 +51,7 @@ fn set_node_sysctl(key: &str, value: &str) {
 
 /// (family, connected) of each probe line.
 fn probe(from: &str, to: &str) -> Vec<(String, bool)> {
-    lab_stdout(&["probe", "--name", LAB, from, to, "80/tcp", "--json"])
+    lab_stdout(&["probe", "--name", lab_name(), from, to, "80/tcp", "--json"])
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .map(|v| {
@@ -55,12 +66,11 @@ fn probe(from: &str, to: &str) -> Vec<(String, bool)> {
 #[test]
 fn policy_holds_between_pods_of_one_node_on_a_bridge() {
     kindnet_testbed::require_root!();
-    let _ = common::lab(&["down", "--name", LAB]);
     let _down = Down;
     lab_ok(&[
         "up",
         "--name",
-        LAB,
+        lab_name(),
         "--nodes",
         "1",
         "--mode",
@@ -69,7 +79,7 @@ fn policy_holds_between_pods_of_one_node_on_a_bridge() {
         "1",
         "--netpol-model",
     ]);
-    let deny = std::env::temp_dir().join(format!("{LAB}-deny-{}.yaml", std::process::id()));
+    let deny = std::env::temp_dir().join(format!("{}-deny.yaml", lab_name()));
     std::fs::write(
         &deny,
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n",
@@ -78,7 +88,7 @@ fn policy_holds_between_pods_of_one_node_on_a_bridge() {
     let probed = probe("y/a", "x/a");
     assert_eq!(probed.len(), 2, "both families: {probed:?}");
     assert!(probed.iter().all(|(_, c)| *c), "no policy yet: {probed:?}");
-    lab_ok(&["apply", "--name", LAB, "-f", deny.to_str().unwrap()]);
+    lab_ok(&["apply", "--name", lab_name(), "-f", deny.to_str().unwrap()]);
     let _ = std::fs::remove_file(&deny);
     assert!(probe("y/a", "x/a").iter().all(|(_, c)| !*c));
 
@@ -106,7 +116,15 @@ fn policy_holds_between_pods_of_one_node_on_a_bridge() {
     // The trace says where and why: node1's forward hook, x/deny.
     // (trace exits non-zero when the packet does not arrive, as ping does)
     let out = common::lab(&[
-        "trace", "--name", LAB, "y/a", "x/a", "80", "--json", "--family", "4",
+        "trace",
+        "--name",
+        lab_name(),
+        "y/a",
+        "x/a",
+        "80",
+        "--json",
+        "--family",
+        "4",
     ]);
     let walk: Value = serde_json::from_slice(&out.stdout).unwrap();
     let walk = &walk["traces"][0];

@@ -114,11 +114,12 @@ fn names(dir: &Path) -> Vec<String> {
 #[test]
 fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
     require_root!();
-    let _ = lab(&["down", "--name", "unin"]);
+    // A name unique to this run: two checkouts testing at once do not collide.
+    let name = kindnet_testbed::unique_short("un");
     lab_stdout(&[
         "up",
         "--name",
-        "unin",
+        &name,
         "--nodes",
         "2",
         "--stack",
@@ -127,7 +128,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
         "0",
         "--netpol-model",
     ]);
-    let l = Lab("unin".into());
+    let l = Lab(name);
     let dir = tempfile::Builder::new().prefix("unin").tempdir().unwrap();
     // x/a (node1) accepts ns y only
     let policy = dir.path().join("policy.yaml");
@@ -137,7 +138,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
          spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}\n",
     )
     .unwrap();
-    lab_stdout(&["apply", "--name", "unin", "-f", policy.to_str().unwrap()]);
+    lab_stdout(&["apply", "--name", &l.0, "-f", policy.to_str().unwrap()]);
     let xa: SocketAddr = "10.244.1.2:80".parse().unwrap();
     assert!(connects(&l, "y-a", xa), "allowed across nodes");
     assert!(!connects(&l, "z-b", xa), "denied");

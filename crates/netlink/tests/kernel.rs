@@ -39,6 +39,25 @@ impl TestNs {
     }
 }
 
+/// The preamble of a kernel test: without root it skips (or fails, under
+/// `KINDNET_TEST_REQUIRE_ROOT=1`) by returning from the test; else a
+/// namespace of the test's own.
+macro_rules! test_ns {
+    () => {{
+        require_root!();
+        TestNs::new()
+    }};
+}
+
+/// [`test_ns!`] and a netlink handle in the namespace.
+macro_rules! test_ns_handle {
+    () => {{
+        let t = test_ns!();
+        let h = t.handle();
+        (t, h)
+    }};
+}
+
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
 }
@@ -60,8 +79,7 @@ fn veth_pair(h: &mut Handle, a: &str, b: &str) -> (u32, u32) {
 
 #[test]
 fn veth_peer_is_created_in_the_other_namespace() {
-    require_root!();
-    let host = TestNs::new();
+    let host = test_ns!();
     let pod = TestNs::new();
     let mut hh = host.handle();
     let mut ph = pod.handle();
@@ -127,8 +145,7 @@ fn veth_peer_is_created_in_the_other_namespace() {
 
 #[test]
 fn veth_host_end_is_born_in_its_group() {
-    require_root!();
-    let host = TestNs::new();
+    let host = test_ns!();
     let pod = TestNs::new();
     let mut hh = host.handle();
     let l = hh
@@ -147,9 +164,7 @@ fn veth_host_end_is_born_in_its_group() {
 
 #[test]
 fn addresses_and_dad() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (_t, mut h) = test_ns_handle!();
     let (a, _b) = veth_pair(&mut h, "va", "vb");
 
     let v4 = net("10.99.0.1/24");
@@ -199,9 +214,7 @@ fn addresses_and_dad() {
 
 #[test]
 fn routes_add_replace_list_delete() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (_t, mut h) = test_ns_handle!();
     let (a, b) = veth_pair(&mut h, "va", "vb");
     h.add_address(a, net("10.99.0.1/24"), AddrFlags::default())
         .unwrap();
@@ -317,9 +330,7 @@ fn routes_add_replace_list_delete() {
 
 #[test]
 fn large_route_dump_spans_many_datagrams() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (_t, mut h) = test_ns_handle!();
     let (a, _) = veth_pair(&mut h, "va", "vb");
     const N: u32 = 5000;
     let start = Instant::now();
@@ -353,9 +364,7 @@ fn large_route_dump_spans_many_datagrams() {
 
 #[test]
 fn bridge_master_hairpin_promisc_rename_delete() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (t, mut h) = test_ns_handle!();
     h.create_bridge("kbr0", Some(1400)).unwrap();
     let e = h.create_bridge("kbr0", None).unwrap_err();
     assert!(e.is_exists(), "{e}");
@@ -401,8 +410,7 @@ fn bridge_master_hairpin_promisc_rename_delete() {
 
 #[test]
 fn enter_switches_and_restores_the_calling_thread() {
-    require_root!();
-    let t = TestNs::new();
+    let t = test_ns!();
     // A dedicated thread, so the harness's threads are never moved.
     std::thread::spawn(move || {
         let before = Netns::current().unwrap();
@@ -433,8 +441,7 @@ fn enter_switches_and_restores_the_calling_thread() {
 
 #[test]
 fn sysctl_follows_the_namespace() {
-    require_root!();
-    let a = TestNs::new();
+    let a = test_ns!();
     let b = TestNs::new();
     let key = "net/ipv6/conf/default/accept_dad";
     a.ns.run(|| sysctl::set(key, "0")).unwrap().unwrap();
@@ -445,9 +452,7 @@ fn sysctl_follows_the_namespace() {
 
 #[test]
 fn route_events_see_add_and_delete() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (t, mut h) = test_ns_handle!();
     let (a, _) = veth_pair(&mut h, "va", "vb");
     let mut ev = RouteEvents::in_netns(&t.ns).unwrap();
 
@@ -508,8 +513,7 @@ fn missing_netns_is_not_found() {
 
 #[test]
 fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
-    require_root!();
-    let t = TestNs::new();
+    let t = test_ns!();
     let ct = |args: &[&str]| {
         let mut full = vec!["ip", "netns", "exec", &t.named.name, "conntrack"];
         full.extend_from_slice(args);
@@ -571,9 +575,8 @@ fn conntrack_entries_are_deleted_by_protocol_and_destination_port() {
 
 #[test]
 fn nf_tables_table_and_chain_existence_over_netlink() {
-    require_root!();
     use kindnet_netlink::nftables::{ChainState, NfTables};
-    let t = TestNs::new();
+    let t = test_ns!();
     let state = |chain: &str| {
         let chain = chain.to_string();
         t.ns.run(move || NfTables::open().and_then(|mut n| n.chain_state("kn-test", &chain)))
@@ -617,9 +620,7 @@ fn nf_tables_table_and_chain_existence_over_netlink() {
 #[test]
 fn route_get_answers_as_ip_route_get() {
     use kindnet_netlink::{RouteKind, RouteQuery};
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (t, mut h) = test_ns_handle!();
     let (ia, ib) = veth_pair(&mut h, "rga", "rgb");
     h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
         .unwrap();
@@ -697,9 +698,7 @@ fn route_get_answers_as_ip_route_get() {
 
 #[test]
 fn neighbours_are_listed_with_their_state() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (t, mut h) = test_ns_handle!();
     let (ia, _) = veth_pair(&mut h, "nba", "nbb");
     h.add_address(ia, net("10.0.0.1/24"), AddrFlags::default())
         .unwrap();
@@ -726,9 +725,7 @@ fn neighbours_are_listed_with_their_state() {
 /// listed back with its IPv6 gateway, replaced in place, deleted.
 #[test]
 fn ipv4_route_via_an_ipv6_next_hop() {
-    require_root!();
-    let t = TestNs::new();
-    let mut h = t.handle();
+    let (t, mut h) = test_ns_handle!();
     let (a, _) = veth_pair(&mut h, "via0", "via1");
     let nodad = AddrFlags {
         nodad: true,

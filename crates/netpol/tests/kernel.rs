@@ -577,150 +577,137 @@ fn ns_is(n: &str) -> Json {
     json!({"matchLabels": {"ns": n}})
 }
 
-#[test]
-fn truth_tables_in_a_real_kernel() {
-    require_root!();
+/// Default-deny ingress in x, for the cases that build on it.
+fn deny_in(ns: &str) -> Json {
+    np(ns, json!({"podSelector": {}, "policyTypes": ["Ingress"]}))
+}
+
+/// One case in a lab of its own: every cell as `evaluate_on` says.
+fn truth_case(name: &str, policies: &[Json]) {
     let t0 = Instant::now();
     let lab = Lab::new();
-    eprintln!("lab up in {:?}", t0.elapsed());
-    let deny_in = |ns: &str| np(ns, json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
-    let cases: Vec<(&str, Vec<Json>)> = vec![
-        ("no policies: everything open", vec![]),
-        ("default-deny ingress in x", vec![deny_in("x")]),
-        (
-            "default-deny egress in x",
-            vec![np(
-                "x",
-                json!({"podSelector": {}, "policyTypes": ["Egress"]}),
-            )],
+    let bad = lab.case(name, policies, None, false);
+    eprintln!("{name}: {:?} with the lab", t0.elapsed());
+    assert!(
+        bad.is_empty(),
+        "{} cells differ:\n{}",
+        bad.len(),
+        bad.join("\n")
+    );
+}
+
+/// One `#[test]` per case, each with a lab of its own, so cargo runs them
+/// in parallel.
+macro_rules! truth_table {
+    ($($test:ident: $name:literal => $policies:expr;)+) => {$(
+        #[test]
+        fn $test() {
+            require_root!();
+            let policies: Vec<Json> = $policies;
+            truth_case($name, &policies);
+        }
+    )+};
+}
+
+truth_table! {
+    no_policies_everything_open: "no policies: everything open" => vec![];
+    default_deny_egress_in_x: "default-deny egress in x" => vec![np(
+        "x",
+        json!({"podSelector": {}, "policyTypes": ["Egress"]}),
+    )];
+    allow_all_ingress_beside_deny_all_union: "allow-all ingress beside deny-all (union)" => vec![
+        deny_in("x"),
+        np("x", json!({"podSelector": {}, "ingress": [{}]})),
+    ];
+    same_namespace_only: "same namespace only" => vec![np(
+        "x",
+        json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+    )];
+    namespace_selector_ns_y_to_x_a: "namespace selector ns=y to x/a" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}),
+    )];
+    pod_selector_pod_b_to_x_a: "pod selector pod=b to x/a" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}),
+    )];
+    pod_and_namespace_in_one_peer: "pod AND namespace in one peer" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+    {"podSelector": pod_is("b"), "namespaceSelector": ns_is("y")}]}]}),
+    )];
+    pod_or_namespace_in_two_peers: "pod OR namespace in two peers" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+    {"podSelector": pod_is("b")}, {"namespaceSelector": ns_is("y")}]}]}),
+    )];
+    ipblock_with_except_both_families: "ipBlock with except, both families" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "ingress": [{"from": [
+    {"ipBlock": {"cidr": "10.244.1.0/24", "except": ["10.244.1.12/30", "10.244.1.16/32"]}},
+    {"ipBlock": {"cidr": "fd00:10:244:1::/64", "except": ["fd00:10:244:1::10/124"]}}]}]}),
+    )];
+    named_ports_serve_80_tcp_serve_81_udp: "named ports serve-80-tcp, serve-81-udp" => vec![np(
+        "x",
+        json!({"podSelector": {}, "ingress": [{"ports": [
+    {"port": "serve-80-tcp"}, {"protocol": "UDP", "port": "serve-81-udp"}]}]}),
+    )];
+    endport_range_79_80_tcp: "endPort range 79-80 TCP" => vec![np(
+        "y",
+        json!({"podSelector": {}, "ingress": [{"ports": [{"port": 79, "endPort": 80}]}]}),
+    )];
+    udp_81_only_from_z: "UDP 81 only from z" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("b"), "ingress": [{"from": [{"namespaceSelector": ns_is("z")}],
+    "ports": [{"protocol": "UDP", "port": 81}]}]}),
+    )];
+    egress_to_tcp_80_only: "egress to TCP 80 only" => vec![np(
+        "x",
+        json!({"podSelector": pod_is("a"), "egress": [{"ports": [{"protocol": "TCP", "port": 80}]}]}),
+    )];
+    egress_named_port_serve_81_udp_to_y: "egress named port serve-81-udp to y" => vec![np(
+        "z",
+        json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
+    "to": [{"namespaceSelector": ns_is("y")}], "ports": [{"protocol": "UDP", "port": "serve-81-udp"}]}]}),
+    )];
+    several_policies_on_x_a_union: "several policies on x/a (union)" => vec![
+        np(
+            "x",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}], "ports": [{"port": 80}]}]}),
         ),
-        (
-            "allow-all ingress beside deny-all (union)",
-            vec![
-                deny_in("x"),
-                np("x", json!({"podSelector": {}, "ingress": [{}]})),
-            ],
+        np(
+            "x",
+            json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81}]}]}),
         ),
-        (
-            "same namespace only",
-            vec![np(
-                "x",
-                json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
-            )],
-        ),
-        (
-            "namespace selector ns=y to x/a",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}]}]}),
-            )],
-        ),
-        (
-            "pod selector pod=b to x/a",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}]}]}),
-            )],
-        ),
-        (
-            "pod AND namespace in one peer",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "ingress": [{"from": [
-            {"podSelector": pod_is("b"), "namespaceSelector": ns_is("y")}]}]}),
-            )],
-        ),
-        (
-            "pod OR namespace in two peers",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "ingress": [{"from": [
-            {"podSelector": pod_is("b")}, {"namespaceSelector": ns_is("y")}]}]}),
-            )],
-        ),
-        (
-            "ipBlock with except, both families",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "ingress": [{"from": [
-            {"ipBlock": {"cidr": "10.244.1.0/24", "except": ["10.244.1.12/30", "10.244.1.16/32"]}},
-            {"ipBlock": {"cidr": "fd00:10:244:1::/64", "except": ["fd00:10:244:1::10/124"]}}]}]}),
-            )],
-        ),
-        (
-            "named ports serve-80-tcp, serve-81-udp",
-            vec![np(
-                "x",
-                json!({"podSelector": {}, "ingress": [{"ports": [
-            {"port": "serve-80-tcp"}, {"protocol": "UDP", "port": "serve-81-udp"}]}]}),
-            )],
-        ),
-        (
-            "endPort range 79-80 TCP",
-            vec![np(
-                "y",
-                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 79, "endPort": 80}]}]}),
-            )],
-        ),
-        (
-            "UDP 81 only from z",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("b"), "ingress": [{"from": [{"namespaceSelector": ns_is("z")}],
-            "ports": [{"protocol": "UDP", "port": 81}]}]}),
-            )],
-        ),
-        (
-            "egress to TCP 80 only",
-            vec![np(
-                "x",
-                json!({"podSelector": pod_is("a"), "egress": [{"ports": [{"protocol": "TCP", "port": 80}]}]}),
-            )],
-        ),
-        (
-            "egress named port serve-81-udp to y",
-            vec![np(
-                "z",
-                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{
-            "to": [{"namespaceSelector": ns_is("y")}], "ports": [{"protocol": "UDP", "port": "serve-81-udp"}]}]}),
-            )],
-        ),
-        (
-            "several policies on x/a (union)",
-            vec![
-                np(
-                    "x",
-                    json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"podSelector": pod_is("b")}], "ports": [{"port": 80}]}]}),
-                ),
-                np(
-                    "x",
-                    json!({"podSelector": pod_is("a"), "ingress": [{"from": [{"namespaceSelector": ns_is("y")}], "ports": [{"port": 81}]}]}),
-                ),
-                np(
-                    "x",
-                    json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "c"]}]},
-                "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x", "y"]}]}}]}]}),
-                ),
-            ],
-        ),
-        (
-            "deny all ingress and egress everywhere",
-            ["x", "y", "z"]
-                .iter()
-                .map(|n| {
-                    np(
-                        n,
-                        json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
-                    )
-                })
-                .collect(),
+        np(
+            "x",
+            json!({"podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "c"]}]},
+        "ingress": [{"from": [{"namespaceSelector": {"matchExpressions": [{"key": "ns", "operator": "NotIn", "values": ["x", "y"]}]}}]}]}),
         ),
     ];
-    let mut bad = Vec::new();
-    for (i, (name, pols)) in cases.iter().enumerate() {
-        // logging on in one case: the kernel takes the limit + log rules
-        bad.extend(lab.case(name, pols, None, i == 1));
-    }
+    deny_all_ingress_and_egress_everywhere: "deny all ingress and egress everywhere" => ["x", "y", "z"]
+        .iter()
+        .map(|n| {
+            np(
+                n,
+                json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
+            )
+        })
+        .collect();
+}
+
+/// Default-deny ingress in x with logging on (the kernel takes the limit +
+/// log rules); the ingress deny counter counts; the table goes away whole.
+#[test]
+fn default_deny_ingress_in_x_logged_and_counted() {
+    require_root!();
+    let lab = Lab::new();
+    let mut bad = lab.case("default-deny ingress in x", &[deny_in("x")], None, true);
+    let counters = lab.nft_json(&["list", "counter", "inet", TABLE, DENIED_INGRESS_COUNTER]);
+    let packets = counters["nftables"][1]["counter"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(packets > 0, "the ingress deny counter counts: {counters}");
     // x/a pending: kindnetd made its chains, the CNI adds its addresses
     bad.extend(lab.case(
         "pending x/a + CNI dispatch elements",
@@ -728,17 +715,11 @@ fn truth_tables_in_a_real_kernel() {
         Some(("x", "a")),
         false,
     ));
-    let counters = lab.nft_json(&["list", "counter", "inet", TABLE, DENIED_INGRESS_COUNTER]);
-    let packets = counters["nftables"][1]["counter"]["packets"]
-        .as_u64()
-        .unwrap_or(0);
-    assert!(packets > 0, "the ingress deny counter counts: {counters}");
     lab.apply(&{
         let mut b = kindnet_nft::Batch::new();
         b.remove_table(&table());
         b
     });
-    eprintln!("total {:?}", t0.elapsed());
     assert!(
         bad.is_empty(),
         "{} cells differ:\n{}",

@@ -121,6 +121,33 @@ pub fn unique(tag: &str) -> String {
     )
 }
 
+/// `<tag><6 base-36 digits>`: `tag` (at most 2 lowercase letters or
+/// digits) and this process's id with a counter, 8 characters in all: for
+/// names with a small budget (a `kindnet-lab` name, which prefixes
+/// namespace and interface names). Unique across processes alive at the
+/// same time (two checkouts running the tests at once) and within a
+/// process for 64 names in a row.
+pub fn unique_short(tag: &str) -> String {
+    assert!(
+        tag.len() <= 2
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+        "unique_short({tag:?}): at most 2 lowercase letters or digits"
+    );
+    // A pid is below 2^22 (Linux's pid_max limit): with 6 counter bits the
+    // number stays below 36^6.
+    let n =
+        (u64::from(std::process::id()) << 6) | (COUNTER.fetch_add(1, Ordering::SeqCst) as u64 & 63);
+    let mut digits = [b'0'; 6];
+    let mut rest = n;
+    for d in digits.iter_mut().rev() {
+        *d = b"0123456789abcdefghijklmnopqrstuvwxyz"[(rest % 36) as usize];
+        rest /= 36;
+    }
+    format!("{tag}{}", String::from_utf8_lossy(&digits))
+}
+
 /// Runs `args[0]` with the rest as arguments.
 pub fn sh(args: &[&str]) -> std::process::Output {
     Command::new(args[0])
@@ -228,6 +255,13 @@ impl Ns {
         self.run(&["ping", "-c", "1", "-W", "2", "-q", addr])
             .status
             .success()
+    }
+    /// Whether `addr` answers a ping from inside the namespace within
+    /// 10 s (one ping after another): for a path that must work, where one
+    /// lost first packet (a neighbour still resolving on a loaded machine)
+    /// is no failure. A path that must not work wants [`Ns::ping`].
+    pub fn ping_eventually(&self, addr: &str) -> bool {
+        wait_for(Duration::from_secs(10), || self.ping(addr).then_some(())).is_some()
     }
     /// Names of the links in the namespace.
     pub fn links(&self) -> Vec<String> {
@@ -439,6 +473,22 @@ mod tests {
         let plain = plain.display().to_string();
         assert!(find_tool(&plain).is_none(), "not executable");
         assert!(find_tool(&dir.str()).is_none(), "a directory");
+    }
+
+    #[test]
+    fn short_unique_names_fit_a_lab_name_and_differ() {
+        let a = unique_short("np");
+        let b = unique_short("np");
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert_eq!(n.len(), 8, "{n}");
+            assert!(n.starts_with("np"), "{n}");
+            assert!(
+                n.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+                "{n}"
+            );
+        }
     }
 
     #[test]

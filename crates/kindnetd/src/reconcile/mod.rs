@@ -37,6 +37,44 @@ pub use plan::{
     masquerade_inputs, route_event_matters,
 };
 
+/// Where a reconciler reads the time for what it decides by the clock
+/// (leak grace periods, solicitation pauses): the monotonic clock, or in
+/// unit tests a clock moved by hand, so they need not sleep.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// [`Instant::now`].
+    #[default]
+    Real,
+    /// A time that moves only when [`Clock::advance`] is called.
+    #[cfg(test)]
+    Manual(Arc<Mutex<Instant>>),
+}
+
+impl Clock {
+    /// A hand-moved clock, starting now.
+    #[cfg(test)]
+    pub fn manual() -> Clock {
+        Clock::Manual(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    /// The time now.
+    pub fn now(&self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            #[cfg(test)]
+            Clock::Manual(t) => *t.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Moves a manual clock on by `d` (a real one cannot be moved).
+    #[cfg(test)]
+    pub fn advance(&self, d: Duration) {
+        if let Clock::Manual(t) = self {
+            *t.lock().unwrap_or_else(|p| p.into_inner()) += d;
+        }
+    }
+}
+
 /// Why the reconciler wakes up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -102,6 +140,8 @@ pub struct Reconciler<D: Dataplane> {
     /// The Pods the NetworkPolicy side watches: an address a running Pod
     /// of this node reports is never reclaimed.
     pods: Option<Arc<Mutex<crate::netpol::Inputs>>>,
+    /// The time of leak grace periods and solicitation pauses.
+    clock: Clock,
 }
 
 /// Pause after the first solicitation of an uplink; doubles to
@@ -339,6 +379,7 @@ impl<D: Dataplane> Reconciler<D> {
             logged_undecidable: None,
             logged_solicit_error: None,
             pods: None,
+            clock: Clock::Real,
             cfg,
             dp,
             store,
@@ -658,7 +699,7 @@ impl<D: Dataplane> Reconciler<D> {
         }
         let due = self
             .leaks
-            .due(&findings.leaks, Instant::now(), self.cfg.reclaim_grace);
+            .due(&findings.leaks, self.clock.now(), self.cfg.reclaim_grace);
         m.leak_candidates.set(self.leaks.pending() as i64);
         if due.is_empty() {
             return;
@@ -703,7 +744,7 @@ impl<D: Dataplane> Reconciler<D> {
     /// Solicits the uplinks of peers whose IPv6 link-local next hop is not
     /// known yet, and asks for a pass soon after to read the answers.
     fn solicit(&mut self, view: &HostView, desired: &Desired) {
-        let now = Instant::now();
+        let now = self.clock.now();
         self.solicited
             .retain(|oif, _| desired.solicit.iter().any(|(o, _)| o == oif));
         let due = due_solicitations(

@@ -152,12 +152,14 @@ fn setup(tag: &str) -> (Reconciler<Fake>, Arc<Mutex<NodeStore>>, tempfile::TempD
         .tempdir()
         .unwrap();
     let store = Arc::new(Mutex::new(NodeStore::new()));
-    let r = Reconciler::new(
+    let mut r = Reconciler::new(
         settings(dir.path()),
         Fake::default(),
         store.clone(),
         Arc::new(Status::new()),
     );
+    // Time moves only when a test says so: grace periods pass without sleeping.
+    r.clock = Clock::manual();
     (r, store, dir)
 }
 

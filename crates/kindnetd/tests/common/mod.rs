@@ -190,6 +190,35 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Fails the test with `e` and the daemon's log.
+    #[track_caller]
+    pub fn fail(&self, e: impl std::fmt::Display) -> ! {
+        panic!("{e}\n--- kindnetd log ---\n{}", self.log())
+    }
+
+    /// Waits (5 s) for /readyz to answer 200 in `ns`; its body. Fails the
+    /// test with the log otherwise.
+    #[track_caller]
+    pub fn ready(&self, ns: &Ns) -> String {
+        wait_ready(ns, Duration::from_secs(5)).unwrap_or_else(|e| self.fail(e))
+    }
+}
+
+/// Reconcile passes kindnetd in `ns` has finished.
+pub fn passes(ns: &Ns) -> Option<f64> {
+    metric(ns, "kindnet_reconcile_duration_seconds_count")
+}
+
+/// Waits until `n` reconcile passes that began after this call have
+/// finished (one more than `n` finished: the first may have begun before):
+/// whatever was true when it was called, every one of them saw. The
+/// positive signal behind a "nothing changed" check, in place of a sleep.
+pub fn wait_passes(ns: &Ns, n: u32, timeout: Duration) -> Result<(), String> {
+    let from = passes(ns).ok_or("no reconcile pass count in /metrics")?;
+    let want = from + f64::from(n) + 1.0;
+    wait_for(timeout, || (passes(ns)? >= want).then_some(()))
+        .ok_or_else(|| format!("{:?} passes after {from}, want {want}", passes(ns)))
 }
 
 /// Waits for /readyz to answer 200.

@@ -1,6 +1,8 @@
 //! Running the built `kindnet-lab` from the lab's integration tests.
 #![allow(dead_code)]
 
+pub mod netpol_lab;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -43,7 +43,7 @@ fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
             .contains("kindnet_leak_candidates 1")
     );
     // Non-full passes do not reclaim.
-    std::thread::sleep(Duration::from_millis(60));
+    r.clock.advance(Duration::from_millis(60));
     r.pass(false);
     assert!(r.dp.reclaimed.is_empty());
     r.pass(true);
@@ -62,7 +62,7 @@ fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
     assert!(metrics.contains("kindnet_leak_candidates 0"));
     // Many passes later the live pod is still untouched.
     for _ in 0..3 {
-        std::thread::sleep(Duration::from_millis(60));
+        r.clock.advance(Duration::from_millis(60));
         r.pass(true);
     }
     assert_eq!(r.dp.reclaimed.len(), 1);
@@ -77,7 +77,7 @@ fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
     )]);
     off.dp.allocated = vec![a("10.244.0.3", "leaked")];
     off.pass(true);
-    std::thread::sleep(Duration::from_millis(60));
+    off.clock.advance(Duration::from_millis(60));
     off.pass(true);
     assert!(off.dp.reclaimed.is_empty());
 }
@@ -112,7 +112,7 @@ fn an_address_a_running_pod_of_this_node_reports_is_never_reclaimed() {
         .replace_kind(Kind::Pod, vec![pod("me", "Running")]);
     for _ in 0..3 {
         r.pass(true);
-        std::thread::sleep(Duration::from_millis(60));
+        r.clock.advance(Duration::from_millis(60));
     }
     assert!(r.dp.reclaimed.is_empty(), "{:?}", r.dp.reclaimed);
     // The same Pod on another node, or finished, is no evidence.
@@ -125,7 +125,7 @@ fn an_address_a_running_pod_of_this_node_reports_is_never_reclaimed() {
         }];
         r.dp.reclaimed.clear();
         r.pass(true);
-        std::thread::sleep(Duration::from_millis(60));
+        r.clock.advance(Duration::from_millis(60));
         r.pass(true);
         assert_eq!(r.dp.reclaimed.len(), 1, "{:?}", r.dp.reclaimed);
     }
