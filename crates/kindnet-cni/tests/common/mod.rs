@@ -19,7 +19,11 @@ use std::sync::OnceLock;
 pub fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("kncni-bin-{}", std::process::id()));
+        // Under the target directory, one per test binary (cargo runs those
+        // one after another): a copy per process in /tmp was never removed.
+        let exe = std::env::current_exe().unwrap();
+        let name = exe.file_stem().unwrap().to_string_lossy().into_owned();
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("kncni-bin-{name}"));
         let _ = std::fs::remove_dir_all(&dir);
         let o = Command::new(env!("CARGO_BIN_EXE_kindnet-cni"))
             .arg("install")
