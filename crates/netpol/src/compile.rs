@@ -21,6 +21,9 @@ use crate::input::Labels;
 pub const TABLE: &str = "kindnet-netpol";
 /// The base chain (hook forward, priority filter).
 pub const FORWARD_CHAIN: &str = "forward";
+/// The base chain of traffic to the node itself (hook input, priority
+/// filter): the egress of the node's own pods to its addresses.
+pub const INPUT_CHAIN: &str = "input";
 /// The chain holding the ingress dispatch, reached after egress allowed.
 pub const INGRESS_CHAIN: &str = "ingress";
 /// Named counters of packets dropped per direction (for metrics).
@@ -528,6 +531,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let t = table();
     let ingress = Name::fixed(INGRESS_CHAIN);
     let forward = Name::fixed(FORWARD_CHAIN);
+    let input = Name::fixed(INPUT_CHAIN);
     let mut b = Builder {
         c,
         sets: BTreeMap::new(),
@@ -721,11 +725,23 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     batch.add_chain(
         &t,
         ChainDef {
+            name: input.clone(),
+            base: Some(BaseChain {
+                ty: ChainType::Filter,
+                hook: Hook::Input,
+                prio: 0,
+                policy: Policy::Accept,
+            }),
+        },
+    );
+    batch.add_chain(
+        &t,
+        ChainDef {
             name: ingress.clone(),
             base: None,
         },
     );
-    stats.chains = 2 + chains.len();
+    stats.chains = 3 + chains.len();
     for ch in chains {
         batch.add_chain(&t, ch);
     }
@@ -794,6 +810,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         .into_iter()
         .map(|e| RuleDef::new(&forward, e))
         .collect();
+    all.extend(input_rules().into_iter().map(|e| RuleDef::new(&input, e)));
     for v6 in [false, true] {
         all.push(RuleDef::new(
             &ingress,
@@ -812,6 +829,35 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
         batch.push(Cmd::AddRule(t.clone(), r));
     }
     Compiled { batch, stats }
+}
+
+/// The input hook: a packet from one of the node's own pods to one of
+/// the node's addresses (its node IPs, the pods' gateway, a hostNetwork
+/// pod) goes through the pod's egress chain as forwarded traffic does;
+/// the destination has no ingress chain, so `goto ingress` ends in
+/// `accept`. Only a source address in the egress dispatch maps is
+/// looked at: the node's own pods (the anti-spoofing table makes their
+/// packets carry their own address), never the node's own traffic.
+/// Replies and related ICMP pass; so does what conntrack leaves
+/// untracked (IPv6 neighbour discovery and MLD, which a pod must send to
+/// reach anything). The host's own connections to its pods (kubelet
+/// probes) leave through the output hook and are not looked at.
+fn input_rules() -> Vec<Vec<Expr>> {
+    let mut out = vec![vec![
+        Expr::Match {
+            left: Lhs::CtState,
+            op: Op::In,
+            right: Rhs::Keywords(&["established", "related", "untracked"]),
+        },
+        Expr::Accept,
+    ]];
+    for v6 in [false, true] {
+        out.push(vec![Expr::VerdictMap {
+            key: Lhs::Saddr { v6 },
+            map: dispatch_map(Direction::Egress, v6),
+        }]);
+    }
+    out
 }
 
 #[cfg(test)]

@@ -177,13 +177,15 @@ fn rule_matches(
 
 /// The cluster-wide decision: the egress policies of `src` (enforced by
 /// its node) and the ingress policies of `dst` (enforced by its node) must
-/// both allow. Traffic between a pod and its own node is always allowed.
+/// both allow. Traffic from a pod's own node to the pod is always allowed;
+/// traffic from the pod to its own node is the pod's egress like any other.
 pub fn evaluate(c: &Cluster, src: &Endpoint, dst: &Endpoint, port: u16, proto: Proto) -> Verdict {
     decide(c, None, src, dst, port, proto)
 }
 
 /// The share of [`evaluate`] that one node enforces: egress of its own
-/// pods, ingress of its own pods, and nothing for its own addresses. A
+/// pods (to the node's own addresses too), ingress of its own pods, and
+/// nothing for traffic the node itself sends. A
 /// packet crossing nodes is allowed when both nodes allow it.
 pub fn evaluate_on(
     c: &Cluster,
@@ -208,15 +210,17 @@ fn decide(
     let own_node = |pod: &PodInfo, addr: Option<IpAddr>| {
         addr.is_some_and(|a| c.nodes.get(&pod.node).is_some_and(|ips| ips.contains(&a)))
     };
-    if let Some(n) = node {
-        let mine = |a: Option<IpAddr>| a.is_some_and(|a| n.node_ips.contains(&a));
-        if mine(s.addr) || mine(d.addr) {
-            return Verdict {
-                allowed: true,
-                by: Vec::new(),
-                reason: format!("traffic of node {} itself", n.node_name),
-            };
-        }
+    // the node's own traffic (to its pods: kubelet probes) leaves through
+    // the output hook, which no policy looks at; a pod's traffic to its
+    // own node is its egress (input hook), and the node has no ingress
+    if let Some(n) = node
+        && s.addr.is_some_and(|a| n.node_ips.contains(&a))
+    {
+        return Verdict {
+            allowed: true,
+            by: Vec::new(),
+            reason: format!("traffic of node {} itself", n.node_name),
+        };
     }
     let local = |p: &PodInfo| node.is_none_or(|n| p.node == n.node_name);
     // an address several pods claim is held by none of them; where one of
@@ -227,7 +231,7 @@ fn decide(
         };
         let isolating: Vec<String> = c
             .claimants(a)
-            .filter(|p| local(p) && !own_node(p, peer.addr))
+            .filter(|p| local(p) && !(dir == Direction::Ingress && own_node(p, peer.addr)))
             .flat_map(|p| c.policies_for(p, dir).map(|pol| pol.id()))
             .collect();
         if !isolating.is_empty() {
@@ -247,8 +251,10 @@ fn decide(
         let Some(p) = subject.filter(|p| local(p)) else {
             return true;
         };
-        if own_node(p, peer.addr) {
-            notes.push(format!("{dir} of {who}: its own node"));
+        // from its own node (kubelet probes): always allowed; to its own
+        // node: the pod's egress decides, as for any other address
+        if dir == Direction::Ingress && own_node(p, peer.addr) {
+            notes.push(format!("{dir} of {who}: from its own node"));
             return true;
         }
         // the tiers: Admin, NetworkPolicy v1, Baseline (crate::cnp)

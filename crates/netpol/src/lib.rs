@@ -27,6 +27,11 @@
 //!     ip6 saddr vmap @egress6                   #   goto egr-<hash>
 //!     goto ingress
 //! }
+//! chain input { type filter hook input priority filter; policy accept;
+//!     ct state established,related,untracked accept  # (untracked: IPv6 ND)
+//!     ip saddr vmap @egress4                    # a local pod to the node's
+//!     ip6 saddr vmap @egress6                   #   own addresses: its egress
+//! }
 //! chain ingress {
 //!     ip daddr vmap @ingress4                   # local pod isolated for ingress:
 //!     ip6 daddr vmap @ingress6                  #   goto ing-<hash>
@@ -110,8 +115,9 @@ pub use cluster::{
     NodeContext, Refusal, Report,
 };
 pub use compile::{
-    Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,
-    TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash, table,
+    Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN,
+    INPUT_CHAIN, Stats, TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash,
+    table,
 };
 pub use eval::{Endpoint, Proto, Verdict, evaluate, evaluate_on};
 pub use input::{Namespace, NetworkPolicy, Pod};
