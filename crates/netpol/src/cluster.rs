@@ -418,27 +418,49 @@ impl Cluster {
         }
     }
 
-    /// Refuses the policies over `budget` (see [`Budget`]) for `node`: each
-    /// keeps isolating the pods it selects and allows nothing (its rules
-    /// are dropped). Returns the refusals, for the [`Report`].
+    /// Refuses the policies over `budget` (see [`Budget`]) for `node`,
+    /// NetworkPolicies and ClusterNetworkPolicies counted together, the
+    /// smallest first. A NetworkPolicy keeps isolating the pods it selects
+    /// and allows nothing (its rules are dropped); a ClusterNetworkPolicy
+    /// denies everything to its subjects in each direction it has rules
+    /// for. Returns the refusals, for the [`Report`].
     pub fn apply_budget(&mut self, budget: &Budget, node: &str) -> Vec<Refusal> {
+        use crate::cnp::Tier;
+        /// A NetworkPolicy, or a ClusterNetworkPolicy of a tier.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+        enum Which {
+            V1(usize),
+            Cnp(Tier, usize),
+        }
         let mut r = Report::default();
-        let mut local: Vec<(usize, usize)> = Vec::new();
+        let mut local: Vec<(usize, Which)> = Vec::new();
+        let here = |p: &&PodInfo| p.node == node && !p.host_network;
         for (i, pol) in self.policies.iter().enumerate() {
-            let selects_here = self.pods.values().any(|p| {
-                p.node == node
-                    && !p.host_network
-                    && pol.namespace == p.namespace
-                    && pol.selector.matches(&p.labels)
-            });
+            let selects_here = self
+                .pods
+                .values()
+                .filter(here)
+                .any(|p| pol.namespace == p.namespace && pol.selector.matches(&p.labels));
             if selects_here {
-                local.push((policy_elements(pol), i));
+                local.push((policy_elements(pol), Which::V1(i)));
+            }
+        }
+        for t in [Tier::Admin, Tier::Baseline] {
+            for (i, pol) in self.tiers.tier(t).iter().enumerate() {
+                let selects_here = self
+                    .pods
+                    .values()
+                    .filter(here)
+                    .any(|p| self.cnp_selects(&pol.subject, p));
+                if selects_here {
+                    local.push((crate::cnp::policy_elements(pol), Which::Cnp(t, i)));
+                }
             }
         }
         // the smallest first: one large policy cannot crowd out the others
-        local.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        local.sort();
         let mut total = 0usize;
-        let mut over: Vec<(usize, String)> = Vec::new();
+        let mut over: Vec<(Which, String)> = Vec::new();
         for (n, i) in local {
             if n > budget.per_policy {
                 over.push((
@@ -462,15 +484,33 @@ impl Cluster {
         }
         over.sort();
         for (i, why) in over {
-            let pol = &mut self.policies[i];
-            for rules in [&mut pol.ingress, &mut pol.egress].into_iter().flatten() {
-                rules.clear();
+            match i {
+                Which::V1(i) => {
+                    let pol = &mut self.policies[i];
+                    for rules in [&mut pol.ingress, &mut pol.egress].into_iter().flatten() {
+                        rules.clear();
+                    }
+                    r.refuse(
+                        format!("policy {}", pol.id()),
+                        "the policy's rules",
+                        format!("{why}; the pods it selects stay isolated and it allows nothing"),
+                    );
+                }
+                Which::Cnp(t, i) => {
+                    let pol = match t {
+                        Tier::Admin => &mut self.tiers.admin[i],
+                        Tier::Baseline => &mut self.tiers.baseline[i],
+                    };
+                    pol.deny_all();
+                    r.refuse(
+                        format!("clusternetworkpolicy {}", crate::cnp::shown(&pol.name)),
+                        "the policy's rules",
+                        format!(
+                            "{why}; each direction it has rules for denies everything to its subjects"
+                        ),
+                    );
+                }
             }
-            r.refuse(
-                format!("policy {}", pol.id()),
-                "the policy's rules",
-                format!("{why}; the pods it selects stay isolated and it allows nothing"),
-            );
         }
         r.refused
     }
@@ -569,9 +609,11 @@ impl Cluster {
     }
 }
 
-/// How many set elements a policy may make (ipBlock ranges and port
-/// entries of its rules; pod peers grow with pods, not with the policy):
-/// one policy, and all the policies selecting a node's pods together.
+/// How many set elements a policy may make (ipBlock or `networks` ranges
+/// and port entries of its rules; pod and node peers grow with the
+/// cluster, not with the policy): one policy, and all the policies
+/// (NetworkPolicies and ClusterNetworkPolicies) selecting a node's pods
+/// together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Elements of one policy.
@@ -1395,5 +1437,123 @@ mod budget_tests {
             ..NodeContext::default()
         };
         assert!(compile(&c2, &ctx).stats.elements < 50);
+    }
+
+    #[test]
+    fn cluster_network_policies_count_and_fail_closed_over_budget() {
+        use crate::cnp::input::ClusterNetworkPolicy;
+        let pods: Vec<Pod> = ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                serde_json::from_value(json!({
+                    "metadata": {"namespace": "x", "name": n, "labels": {"pod": n}},
+                    "spec": {"nodeName": "n1"},
+                    "status": {"podIPs": [{"ip": format!("fd00:1::{}", i + 2)}]}}))
+                .unwrap()
+            })
+            .collect();
+        // an Admin Accept of 600 single addresses for x/a, a small Baseline
+        // Deny of one network for x/b
+        let nets: Vec<String> = (0..600)
+            .map(|i| format!("2001:db8::{:x}/128", i * 2 + 1))
+            .collect();
+        let cnps: Vec<ClusterNetworkPolicy> = serde_json::from_value(json!([
+            {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "big"},
+             "spec": {"tier": "Admin", "priority": 1,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "a"}}}},
+                "egress": [{"action": "Accept", "to": [{"networks": nets}]}]}},
+            {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+             "metadata": {"name": "small"},
+             "spec": {"tier": "Baseline", "priority": 1,
+                "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"pod": "b"}}}},
+                "egress": [{"action": "Deny", "to": [{"networks": ["2001:db8:1::/48"]}]}]}}
+        ]))
+        .unwrap();
+        let build = || {
+            let (mut c, _) = Cluster::new(&pods, &[], &[except_policy("v1", 3)], &[]);
+            assert!(
+                c.set_cluster_network_policies(&cnps, &[])
+                    .refused
+                    .is_empty()
+            );
+            c
+        };
+        let out = |c: &Cluster, from: &str, to: &str| {
+            evaluate(
+                c,
+                &Endpoint::pod("x", from, true),
+                &Endpoint::Addr(to.parse().unwrap()),
+                80,
+                Proto::Tcp,
+            )
+            .allowed
+        };
+        let c = build();
+        assert_eq!(crate::cnp::policy_elements(&c.tiers.admin[0]), 600);
+        assert_eq!(crate::cnp::policy_elements(&c.tiers.baseline[0]), 1);
+        assert!(out(&c, "a", "2001:db8::1"), "within the budget: accepted");
+        // one policy's budget
+        let mut c1 = build();
+        let refused = c1.apply_budget(
+            &Budget {
+                per_policy: 500,
+                per_node: 10_000,
+            },
+            "n1",
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].object, "clusternetworkpolicy \"big\"");
+        assert!(
+            refused[0].reason.contains("600 set elements"),
+            "{}",
+            refused[0]
+        );
+        assert!(
+            refused[0].reason.contains("denies everything"),
+            "{}",
+            refused[0]
+        );
+        // fail closed: x/a's egress denied everywhere (the v1 policy would
+        // allow ::/0), x/b's Baseline untouched
+        assert!(!out(&c1, "a", "2001:db8::1"));
+        assert!(!out(&c1, "a", "2001:db8:2::1"));
+        assert!(out(&c1, "b", "2001:db8:2::1"), "v1 allows x/b ::/0");
+        // another node: nothing selected there
+        assert!(
+            build()
+                .apply_budget(
+                    &Budget {
+                        per_policy: 1,
+                        per_node: 1
+                    },
+                    "n2"
+                )
+                .is_empty()
+        );
+        // the node's budget: v1 (6) and small (1) fit, big does not
+        let mut c2 = build();
+        let refused = c2.apply_budget(
+            &Budget {
+                per_policy: 5000,
+                per_node: 100,
+            },
+            "n1",
+        );
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].reason.contains("node's budget of 100 (6 taken"),
+            "{}",
+            refused[0]
+        );
+        assert!(!out(&c2, "a", "2001:db8::1"));
+        // compiled: the 600 ranges are not in the table
+        let ctx = NodeContext {
+            node_name: "n1".into(),
+            ..NodeContext::default()
+        };
+        assert!(compile(&c2, &ctx).stats.elements < 100);
+        assert!(compile(&c, &ctx).stats.elements > 600);
     }
 }
