@@ -210,6 +210,19 @@ fn admin_pass_hands_over_to_networkpolicy() {
     l.expect("admin pass to v1", "80/tcp", |f, t| {
         ns(t) == "x" && !(ns(f) == "y" && name(f) == "a")
     });
+    // the probe names the v1 rule that decided and the Pass before it
+    let out = lab_stdout(&["probe", "--name", &l.name, "y/a", "x/b", "80/tcp"]);
+    assert!(
+        out.contains(
+            "ingress of x/b: NetworkPolicy tier, allowed by x/only-a rule 0, after Admin Pass cnp:pass-y ingress rule 0)"
+        ) && out.contains("connected (allowed: "),
+        "{out}"
+    );
+    let out = lab_stdout(&["probe", "--name", &l.name, "y/b", "x/b", "80/tcp"]);
+    assert!(
+        out.contains("isolated by x/only-a and allowed by none, after Admin Pass cnp:pass-y"),
+        "{out}"
+    );
 }
 
 #[test]

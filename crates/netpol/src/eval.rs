@@ -111,7 +111,8 @@ fn resolve<'a>(c: &'a Cluster, e: &Endpoint) -> End<'a> {
 
 enum Side {
     NotIsolated,
-    Allowed(Vec<String>),
+    /// The allowing policies, each with its first matching rule.
+    Allowed(Vec<(String, usize)>),
     Denied(Vec<String>),
 }
 
@@ -121,11 +122,11 @@ fn side(c: &Cluster, d: Direction, subject: &PodInfo, peer: &End, port: u16, pro
     for pol in c.policies_for(subject, d) {
         isolating.push(pol.id());
         let rules = pol.rules(d).unwrap_or_default();
-        if rules
+        if let Some(i) = rules
             .iter()
-            .any(|r| rule_matches(c, &pol.namespace, r, d, subject, peer, port, proto))
+            .position(|r| rule_matches(c, &pol.namespace, r, d, subject, peer, port, proto))
         {
-            allowing.push(pol.id());
+            allowing.push((pol.id(), i));
         }
     }
     if isolating.is_empty() {
@@ -263,6 +264,11 @@ fn decide(
             pod: peer.pod,
         };
         let tier = |t| cnp::eval::outcome(c, t, dir, p, end, port, proto, who);
+        // the Pass rules walked past, named in what decides after them
+        let mut passes: Vec<String> = Vec::new();
+        let after = |passes: &[String]| -> String {
+            passes.iter().map(|p| format!(", after {p}")).collect()
+        };
         match tier(Tier::Admin) {
             Outcome::Decided(allowed, id, note) => {
                 if allowed {
@@ -274,11 +280,12 @@ fn decide(
                 }
                 return allowed;
             }
-            Outcome::Next(pass) => notes.extend(pass),
+            Outcome::Next(pass) => passes.extend(pass),
         }
         match side(c, dir, p, peer, port, proto) {
             Side::NotIsolated => match tier(Tier::Baseline) {
                 Outcome::Decided(allowed, id, note) => {
+                    let note = format!("{note}{}", after(&passes));
                     if allowed {
                         notes.push(note);
                         by.push((id, dir));
@@ -289,20 +296,29 @@ fn decide(
                     allowed
                 }
                 Outcome::Next(pass) => {
-                    notes.extend(pass);
-                    notes.push(format!("{dir} of {who}: no policy selects it"));
+                    passes.extend(pass);
+                    notes.push(format!(
+                        "{dir} of {who}: no policy selects it{}",
+                        after(&passes)
+                    ));
                     true
                 }
             },
             Side::Allowed(ps) => {
-                notes.push(format!("{dir} of {who}: allowed by {}", ps.join(", ")));
-                by.extend(ps.into_iter().map(|p| (p, dir)));
+                let rules: Vec<String> = ps.iter().map(|(p, i)| format!("{p} rule {i}")).collect();
+                notes.push(format!(
+                    "{dir} of {who}: NetworkPolicy tier, allowed by {}{}",
+                    rules.join(", "),
+                    after(&passes)
+                ));
+                by.extend(ps.into_iter().map(|(p, _)| (p, dir)));
                 true
             }
             Side::Denied(ps) => {
                 notes = vec![format!(
-                    "{dir} of {who}: isolated by {} and allowed by none",
-                    ps.join(", ")
+                    "{dir} of {who}: NetworkPolicy tier, isolated by {} and allowed by none{}",
+                    ps.join(", "),
+                    after(&passes)
                 )];
                 by = ps.into_iter().map(|p| (p, dir)).collect();
                 false

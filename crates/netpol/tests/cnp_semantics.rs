@@ -294,14 +294,28 @@ fn admin_pass_hands_over_to_v1_and_to_baseline_when_v1_does_not_select() {
     let (c, _) = cluster(json!([allow_all_ingress_np("x")]), cnps);
     // x is isolated by v1, which allows: the Baseline Deny is never reached
     assert!(allowed(&c, "y/a", "x/a"));
+    // the reason names the v1 rule and the Pass before it
+    let v = decide(&c, "y/a", "x/a", 80, Proto::Tcp, false);
+    assert!(
+        v.reason.contains(
+            "NetworkPolicy tier, allowed by x/allow-all rule 0, after Admin Pass cnp:pass ingress rule 0"
+        ),
+        "{}",
+        v.reason
+    );
     // z is not selected by v1: Pass -> v1 (nothing) -> Baseline Deny
     let v = decide(&c, "y/a", "z/c", 80, Proto::Tcp, false);
     assert!(!v.allowed);
     assert!(
-        v.reason.contains("Baseline tier, cnp:baseline-deny"),
+        v.reason.contains(
+            "Baseline tier, cnp:baseline-deny ingress rule 0 (Deny), after Admin Pass cnp:pass ingress rule 0"
+        ),
         "{}",
         v.reason
     );
+    // no Pass, no "after"
+    let v = decide(&c, "z/c", "x/a", 80, Proto::Tcp, false);
+    assert!(!v.reason.contains("after"), "{}", v.reason);
     // from z itself: no Pass, the Admin deny-all decides
     assert!(!allowed(&c, "z/c", "x/a"));
 }
