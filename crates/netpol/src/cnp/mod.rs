@@ -187,7 +187,7 @@ impl Policy {
 }
 
 /// The set elements a ClusterNetworkPolicy's rules make, counted as a v1
-/// policy's are ([`crate::cluster::policy_elements`]): each network's
+/// policy's are (`cluster::budget::policy_elements`): each network's
 /// ranges, one per `pods`/`namespaces`/`nodes` peer (they grow with the
 /// cluster, not with the policy) and each port entry; at least one per
 /// rule.
