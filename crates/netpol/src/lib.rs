@@ -83,6 +83,18 @@
 //! is dispatched like an isolated one, so the CNI hand-off below covers
 //! its tiers from the first packet too.
 //!
+//! A pod's own node: the node reaches its pods whatever the policies
+//! (its connections leave through the output hook, which the table does
+//! not hook: kubelet probes), but a pod's traffic to its own node (the
+//! node's addresses, the pods' gateway, hostNetwork pods there) is the
+//! pod's egress, as to any other node: chain `input` sends it through the
+//! same egress dispatch, and the destination has no ingress chain. The
+//! Kubernetes concepts page says traffic "to and from the node where a Pod
+//! is running is always allowed" for ipBlocks, while the API reference
+//! exempts only ingress from the pod's node; a default-deny egress, an
+//! Admin Deny to a `nodes` peer or `networks` covering the node must hold
+//! for the pod's own node too, so only the node → pod direction is exempt.
+//!
 //! Who holds an address is decided before any of this
 //! ([`Addressing`]): inside the podCIDRs of the Pod's node, and on this
 //! node as the CNI plugin recorded it. An address several Pods claim
