@@ -283,3 +283,46 @@ fn ports_merge_into_disjoint_ranges() {
     );
     assert_eq!(merge_ports(vec![(0, u16::MAX), (5, 6)]), [(0, u16::MAX)]);
 }
+
+#[test]
+fn the_input_hook_sends_local_pods_to_their_egress_dispatch_only() {
+    let c = cluster(deny_ingress());
+    let b = compile(&c, &ctx()).batch;
+    let input = Name::fixed(INPUT_CHAIN);
+    let base = b.cmds.iter().find_map(|c| match c {
+        Cmd::AddChain(_, ch) if ch.name == input => ch.base,
+        _ => None,
+    });
+    let base = base.expect("an input base chain");
+    assert_eq!(base.hook, Hook::Input);
+    assert_eq!(
+        base.policy,
+        Policy::Accept,
+        "the node's own traffic is untouched"
+    );
+    let rules: Vec<&RuleDef> = b
+        .cmds
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::AddRule(_, r) if r.chain == input => Some(r),
+            _ => None,
+        })
+        .collect();
+    // replies, related ICMP and what conntrack leaves untracked (IPv6
+    // neighbour discovery) first; then the egress maps, by source only
+    assert_eq!(rules.len(), 3, "{rules:?}");
+    assert!(matches!(
+        &rules[0].exprs[..],
+        [Expr::Match { left: Lhs::CtState, right: Rhs::Keywords(k), .. }, Expr::Accept]
+            if k.contains(&"untracked") && k.contains(&"established")
+    ));
+    for (r, v6) in rules[1..].iter().zip([false, true]) {
+        assert_eq!(
+            r.exprs,
+            [Expr::VerdictMap {
+                key: Lhs::Saddr { v6 },
+                map: dispatch_map(Direction::Egress, v6),
+            }]
+        );
+    }
+}
