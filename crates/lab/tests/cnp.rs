@@ -210,6 +210,19 @@ fn admin_pass_hands_over_to_networkpolicy() {
     l.expect("admin pass to v1", "80/tcp", |f, t| {
         ns(t) == "x" && !(ns(f) == "y" && name(f) == "a")
     });
+    // the probe names the v1 rule that decided and the Pass before it
+    let out = lab_stdout(&["probe", "--name", &l.name, "y/a", "x/b", "80/tcp"]);
+    assert!(
+        out.contains(
+            "ingress of x/b: NetworkPolicy tier, allowed by x/only-a rule 0, after Admin Pass cnp:pass-y ingress rule 0)"
+        ) && out.contains("connected (allowed: "),
+        "{out}"
+    );
+    let out = lab_stdout(&["probe", "--name", &l.name, "y/b", "x/b", "80/tcp"]);
+    assert!(
+        out.contains("isolated by x/only-a and allowed by none, after Admin Pass cnp:pass-y"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -557,12 +570,12 @@ fn status_names_refusals_and_counts_per_tier() {
 /// Whether a TCP connection from `pod` to `to` gets an answer (accepted
 /// or refused) rather than silence (dropped).
 fn answered(l: &Lab, pod: &str, to: std::net::SocketAddr) -> bool {
-    let ns = kindnet_netlink::Netns::open(format!(
-        "/var/run/netns/kl-{}-{}",
-        l.name,
-        pod.replace('/', "-")
-    ))
-    .unwrap();
+    answered_in(l, &pod.replace('/', "-"), to)
+}
+
+/// [`answered`] from the lab namespace `kl-<lab>-<ns>` (a pod or a node).
+fn answered_in(l: &Lab, ns: &str, to: std::net::SocketAddr) -> bool {
+    let ns = kindnet_netlink::Netns::open(format!("/var/run/netns/kl-{}-{ns}", l.name)).unwrap();
     ns.run(move || {
         match std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(700)) {
             Ok(_) => true,
@@ -635,6 +648,138 @@ fn nodes_peers_match_the_selected_nodes_addresses() {
         answered(&l, "x/a", (addrs[1], 19080).into()),
         "label removed"
     );
+}
+
+/// The addresses of `node` as `up` printed them (both families).
+fn node_addrs(l: &Lab, node: &str) -> Vec<std::net::IpAddr> {
+    let line =
+        l.up.lines()
+            .find(|x| x.trim_start().starts_with(&format!("{node}:")))
+            .unwrap();
+    let addrs: Vec<std::net::IpAddr> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(addrs.len(), 2, "{line}");
+    addrs
+}
+
+/// The address `pod` sends from towards `to` (its own, of that family).
+fn pod_addr(l: &Lab, pod: &str, to: std::net::IpAddr) -> std::net::IpAddr {
+    let ns = kindnet_netlink::Netns::open(format!(
+        "/var/run/netns/kl-{}-{}",
+        l.name,
+        pod.replace('/', "-")
+    ))
+    .unwrap();
+    ns.run(move || {
+        let any: std::net::IpAddr = if to.is_ipv6() {
+            std::net::Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED.into()
+        };
+        let s = std::net::UdpSocket::bind((any, 0)).unwrap();
+        s.connect((to, 9)).unwrap();
+        s.local_addr().unwrap().ip()
+    })
+    .unwrap()
+}
+
+#[test]
+fn egress_to_the_pods_own_node_is_policed_and_the_node_still_reaches_it() {
+    require_root!();
+    let l = Lab::up("cn17");
+    // x/a and x/c run on node1; port 19080 on a node address: kindnetd
+    // listens on loopback only, so an allowed SYN is refused at once and a
+    // denied one is never answered
+    let own = node_addrs(&l, "node1");
+    let to = |a: &std::net::IpAddr| std::net::SocketAddr::from((*a, 19080));
+    let reach = |pod: &str| -> Vec<bool> { own.iter().map(|a| answered(&l, pod, to(a))).collect() };
+    // node1 -> x/a:80, as the kubelet's probes: the pod's reply is the
+    // established direction of the node's own connection
+    let probes: Vec<std::net::SocketAddr> = own
+        .iter()
+        .map(|a| (pod_addr(&l, "x/a", *a), 80).into())
+        .collect();
+    let node_reaches_xa = || -> Vec<bool> {
+        probes
+            .iter()
+            .map(|p| answered_in(&l, "node1", *p))
+            .collect()
+    };
+    assert_eq!(reach("x/a"), [true, true], "no policy yet");
+    assert_eq!(node_reaches_xa(), [true, true]);
+
+    // v1: default-deny egress in x
+    let deny_egress = np(
+        "x",
+        "deny-egress",
+        "{podSelector: {}, policyTypes: [Egress]}",
+    );
+    l.apply(&deny_egress);
+    assert_eq!(
+        reach("x/a"),
+        [false, false],
+        "v1 default-deny egress, own node"
+    );
+    assert_eq!(reach("y/b"), [true, true], "y is not isolated");
+    assert_eq!(
+        node_reaches_xa(),
+        [true, true],
+        "node -> pod: never policed"
+    );
+    l.delete(&deny_egress);
+    assert_eq!(reach("x/a"), [true, true], "deleted");
+
+    // Admin Deny to a nodes peer selecting the pod's own node
+    let xa =
+        "{pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}}";
+    l.apply(&cnp(
+        "no-own-node",
+        "Admin",
+        1,
+        xa,
+        "egress: [{action: Deny, to: [{nodes: {matchLabels: {kubernetes.io/hostname: node1}}}]}]",
+    ));
+    assert_eq!(reach("x/a"), [false, false], "Admin Deny, nodes peer");
+    assert_eq!(reach("x/c"), [true, true], "x/c is no subject");
+    assert_eq!(node_reaches_xa(), [true, true]);
+
+    // networks covering the node's addresses
+    let cidrs: Vec<String> = own
+        .iter()
+        .map(|a| format!("{a}/{}", if a.is_ipv6() { 128 } else { 32 }))
+        .collect();
+    let nets = format!(
+        "egress: [{{action: Deny, to: [{{networks: [{}]}}]}}]",
+        cidrs.join(", ")
+    );
+    l.apply(&cnp("no-own-node", "Admin", 1, xa, &nets));
+    assert_eq!(reach("x/a"), [false, false], "Admin Deny, networks");
+    // the other tiers: Pass hands the own node over to v1, which allows
+    l.apply(&cnp(
+        "no-own-node",
+        "Admin",
+        1,
+        xa,
+        "egress: [{action: Pass, to: [{nodes: {matchLabels: {kubernetes.io/hostname: node1}}}]}]",
+    ));
+    l.apply(&cnp(
+        "baseline-deny",
+        "Baseline",
+        1,
+        xa,
+        "egress: [{action: Deny, to: [{nodes: {matchLabels: {kubernetes.io/hostname: node1}}}]}]",
+    ));
+    assert_eq!(reach("x/a"), [false, false], "Pass, then Baseline Deny");
+    l.apply(&np(
+        "x",
+        "allow-egress",
+        "{podSelector: {}, policyTypes: [Egress], egress: [{}]}",
+    ));
+    assert_eq!(reach("x/a"), [true, true], "Pass, then a v1 allow");
+    // the pod-to-pod matrix follows the semantics on both families
+    l.expect("own node", "80/tcp", |_, _| false);
 }
 
 #[test]

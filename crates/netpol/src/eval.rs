@@ -111,7 +111,8 @@ fn resolve<'a>(c: &'a Cluster, e: &Endpoint) -> End<'a> {
 
 enum Side {
     NotIsolated,
-    Allowed(Vec<String>),
+    /// The allowing policies, each with its first matching rule.
+    Allowed(Vec<(String, usize)>),
     Denied(Vec<String>),
 }
 
@@ -121,11 +122,11 @@ fn side(c: &Cluster, d: Direction, subject: &PodInfo, peer: &End, port: u16, pro
     for pol in c.policies_for(subject, d) {
         isolating.push(pol.id());
         let rules = pol.rules(d).unwrap_or_default();
-        if rules
+        if let Some(i) = rules
             .iter()
-            .any(|r| rule_matches(c, &pol.namespace, r, d, subject, peer, port, proto))
+            .position(|r| rule_matches(c, &pol.namespace, r, d, subject, peer, port, proto))
         {
-            allowing.push(pol.id());
+            allowing.push((pol.id(), i));
         }
     }
     if isolating.is_empty() {
@@ -177,13 +178,15 @@ fn rule_matches(
 
 /// The cluster-wide decision: the egress policies of `src` (enforced by
 /// its node) and the ingress policies of `dst` (enforced by its node) must
-/// both allow. Traffic between a pod and its own node is always allowed.
+/// both allow. Traffic from a pod's own node to the pod is always allowed;
+/// traffic from the pod to its own node is the pod's egress like any other.
 pub fn evaluate(c: &Cluster, src: &Endpoint, dst: &Endpoint, port: u16, proto: Proto) -> Verdict {
     decide(c, None, src, dst, port, proto)
 }
 
 /// The share of [`evaluate`] that one node enforces: egress of its own
-/// pods, ingress of its own pods, and nothing for its own addresses. A
+/// pods (to the node's own addresses too), ingress of its own pods, and
+/// nothing for traffic the node itself sends. A
 /// packet crossing nodes is allowed when both nodes allow it.
 pub fn evaluate_on(
     c: &Cluster,
@@ -208,15 +211,17 @@ fn decide(
     let own_node = |pod: &PodInfo, addr: Option<IpAddr>| {
         addr.is_some_and(|a| c.nodes.get(&pod.node).is_some_and(|ips| ips.contains(&a)))
     };
-    if let Some(n) = node {
-        let mine = |a: Option<IpAddr>| a.is_some_and(|a| n.node_ips.contains(&a));
-        if mine(s.addr) || mine(d.addr) {
-            return Verdict {
-                allowed: true,
-                by: Vec::new(),
-                reason: format!("traffic of node {} itself", n.node_name),
-            };
-        }
+    // the node's own traffic (to its pods: kubelet probes) leaves through
+    // the output hook, which no policy looks at; a pod's traffic to its
+    // own node is its egress (input hook), and the node has no ingress
+    if let Some(n) = node
+        && s.addr.is_some_and(|a| n.node_ips.contains(&a))
+    {
+        return Verdict {
+            allowed: true,
+            by: Vec::new(),
+            reason: format!("traffic of node {} itself", n.node_name),
+        };
     }
     let local = |p: &PodInfo| node.is_none_or(|n| p.node == n.node_name);
     // an address several pods claim is held by none of them; where one of
@@ -227,7 +232,7 @@ fn decide(
         };
         let isolating: Vec<String> = c
             .claimants(a)
-            .filter(|p| local(p) && !own_node(p, peer.addr))
+            .filter(|p| local(p) && !(dir == Direction::Ingress && own_node(p, peer.addr)))
             .flat_map(|p| c.policies_for(p, dir).map(|pol| pol.id()))
             .collect();
         if !isolating.is_empty() {
@@ -247,8 +252,10 @@ fn decide(
         let Some(p) = subject.filter(|p| local(p)) else {
             return true;
         };
-        if own_node(p, peer.addr) {
-            notes.push(format!("{dir} of {who}: its own node"));
+        // from its own node (kubelet probes): always allowed; to its own
+        // node: the pod's egress decides, as for any other address
+        if dir == Direction::Ingress && own_node(p, peer.addr) {
+            notes.push(format!("{dir} of {who}: from its own node"));
             return true;
         }
         // the tiers: Admin, NetworkPolicy v1, Baseline (crate::cnp)
@@ -257,6 +264,11 @@ fn decide(
             pod: peer.pod,
         };
         let tier = |t| cnp::eval::outcome(c, t, dir, p, end, port, proto, who);
+        // the Pass rules walked past, named in what decides after them
+        let mut passes: Vec<String> = Vec::new();
+        let after = |passes: &[String]| -> String {
+            passes.iter().map(|p| format!(", after {p}")).collect()
+        };
         match tier(Tier::Admin) {
             Outcome::Decided(allowed, id, note) => {
                 if allowed {
@@ -268,11 +280,12 @@ fn decide(
                 }
                 return allowed;
             }
-            Outcome::Next(pass) => notes.extend(pass),
+            Outcome::Next(pass) => passes.extend(pass),
         }
         match side(c, dir, p, peer, port, proto) {
             Side::NotIsolated => match tier(Tier::Baseline) {
                 Outcome::Decided(allowed, id, note) => {
+                    let note = format!("{note}{}", after(&passes));
                     if allowed {
                         notes.push(note);
                         by.push((id, dir));
@@ -283,20 +296,29 @@ fn decide(
                     allowed
                 }
                 Outcome::Next(pass) => {
-                    notes.extend(pass);
-                    notes.push(format!("{dir} of {who}: no policy selects it"));
+                    passes.extend(pass);
+                    notes.push(format!(
+                        "{dir} of {who}: no policy selects it{}",
+                        after(&passes)
+                    ));
                     true
                 }
             },
             Side::Allowed(ps) => {
-                notes.push(format!("{dir} of {who}: allowed by {}", ps.join(", ")));
-                by.extend(ps.into_iter().map(|p| (p, dir)));
+                let rules: Vec<String> = ps.iter().map(|(p, i)| format!("{p} rule {i}")).collect();
+                notes.push(format!(
+                    "{dir} of {who}: NetworkPolicy tier, allowed by {}{}",
+                    rules.join(", "),
+                    after(&passes)
+                ));
+                by.extend(ps.into_iter().map(|(p, _)| (p, dir)));
                 true
             }
             Side::Denied(ps) => {
                 notes = vec![format!(
-                    "{dir} of {who}: isolated by {} and allowed by none",
-                    ps.join(", ")
+                    "{dir} of {who}: NetworkPolicy tier, isolated by {} and allowed by none{}",
+                    ps.join(", "),
+                    after(&passes)
                 )];
                 by = ps.into_iter().map(|p| (p, dir)).collect();
                 false

@@ -27,6 +27,11 @@
 //!     ip6 saddr vmap @egress6                   #   goto egr-<hash>
 //!     goto ingress
 //! }
+//! chain input { type filter hook input priority filter; policy accept;
+//!     ct state established,related,untracked accept  # (untracked: IPv6 ND)
+//!     ip saddr vmap @egress4                    # a local pod to the node's
+//!     ip6 saddr vmap @egress6                   #   own addresses: its egress
+//! }
 //! chain ingress {
 //!     ip daddr vmap @ingress4                   # local pod isolated for ingress:
 //!     ip6 daddr vmap @ingress6                  #   goto ing-<hash>
@@ -78,6 +83,18 @@
 //! is dispatched like an isolated one, so the CNI hand-off below covers
 //! its tiers from the first packet too.
 //!
+//! A pod's own node: the node reaches its pods whatever the policies
+//! (its connections leave through the output hook, which the table does
+//! not hook: kubelet probes), but a pod's traffic to its own node (the
+//! node's addresses, the pods' gateway, hostNetwork pods there) is the
+//! pod's egress, as to any other node: chain `input` sends it through the
+//! same egress dispatch, and the destination has no ingress chain. The
+//! Kubernetes concepts page says traffic "to and from the node where a Pod
+//! is running is always allowed" for ipBlocks, while the API reference
+//! exempts only ingress from the pod's node; a default-deny egress, an
+//! Admin Deny to a `nodes` peer or `networks` covering the node must hold
+//! for the pod's own node too, so only the node → pod direction is exempt.
+//!
 //! Who holds an address is decided before any of this
 //! ([`Addressing`]): inside the podCIDRs of the Pod's node, and on this
 //! node as the CNI plugin recorded it. An address several Pods claim
@@ -110,8 +127,9 @@ pub use cluster::{
     NodeContext, Refusal, Report,
 };
 pub use compile::{
-    Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN, Stats,
-    TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash, table,
+    Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN,
+    INPUT_CHAIN, Stats, TABLE, compile, dispatch_map, pod_chain, pod_dispatch_elements, pod_hash,
+    table,
 };
 pub use eval::{Endpoint, Proto, Verdict, evaluate, evaluate_on};
 pub use input::{Namespace, NetworkPolicy, Pod};

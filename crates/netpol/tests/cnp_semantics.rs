@@ -294,14 +294,28 @@ fn admin_pass_hands_over_to_v1_and_to_baseline_when_v1_does_not_select() {
     let (c, _) = cluster(json!([allow_all_ingress_np("x")]), cnps);
     // x is isolated by v1, which allows: the Baseline Deny is never reached
     assert!(allowed(&c, "y/a", "x/a"));
+    // the reason names the v1 rule and the Pass before it
+    let v = decide(&c, "y/a", "x/a", 80, Proto::Tcp, false);
+    assert!(
+        v.reason.contains(
+            "NetworkPolicy tier, allowed by x/allow-all rule 0, after Admin Pass cnp:pass ingress rule 0"
+        ),
+        "{}",
+        v.reason
+    );
     // z is not selected by v1: Pass -> v1 (nothing) -> Baseline Deny
     let v = decide(&c, "y/a", "z/c", 80, Proto::Tcp, false);
     assert!(!v.allowed);
     assert!(
-        v.reason.contains("Baseline tier, cnp:baseline-deny"),
+        v.reason.contains(
+            "Baseline tier, cnp:baseline-deny ingress rule 0 (Deny), after Admin Pass cnp:pass ingress rule 0"
+        ),
         "{}",
         v.reason
     );
+    // no Pass, no "after"
+    let v = decide(&c, "z/c", "x/a", 80, Proto::Tcp, false);
+    assert!(!v.reason.contains("after"), "{}", v.reason);
     // from z itself: no Pass, the Admin deny-all decides
     assert!(!allowed(&c, "z/c", "x/a"));
 }
@@ -610,7 +624,7 @@ fn policies_that_cannot_be_read_are_refused_with_bounded_escaped_reasons() {
 }
 
 #[test]
-fn traffic_with_the_pods_own_node_is_always_allowed() {
+fn the_pods_own_node_reaches_it_and_its_egress_to_the_node_is_policed() {
     let (c, _) = cluster(
         json!([]),
         json!([cnp(
@@ -629,10 +643,38 @@ fn traffic_with_the_pods_own_node_is_always_allowed() {
     );
     assert!(!allowed(&c, "x/a", "y/a"));
     assert!(
-        allowed(&c, "x/a", N1.1),
-        "its own node, despite networks 0/0"
+        !allowed(&c, "x/a", N1.1),
+        "its own node: networks 0/0 covers it (input hook)"
     );
     assert!(!allowed(&c, "x/a", N2.1), "another node: networks 0/0");
+    // a nodes peer selecting the pod's own node, v1 default-deny egress
+    let deny_node = |sel: Json| {
+        cnp(
+            "no-node",
+            "Admin",
+            1,
+            json!({"namespaces": {}}),
+            json!([]),
+            json!([rule("Deny", json!([{"nodes": sel}]))]),
+        )
+    };
+    let (c, _) = cluster(
+        json!([]),
+        json!([deny_node(json!({"matchLabels": {"zone": "a"}}))]),
+    );
+    assert!(!allowed(&c, "x/a", N1.1), "n1 is in zone a");
+    assert!(allowed(&c, "x/a", N2.1), "n2 is not");
+    assert!(allowed(&c, N1.1, "x/a"), "n1 still reaches its pods");
+    let (c, _) = cluster(
+        json!([{"metadata": {"namespace": "x", "name": "deny-egress"},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"]}}]),
+        json!([]),
+    );
+    assert!(!allowed(&c, "x/a", N1.1), "v1 default-deny egress");
+    assert!(allowed(&c, "y/a", N1.1), "y is not isolated");
+    assert!(allowed(&c, N1.1, "x/a"));
+    let v = decide(&c, "x/a", N1.2, 80, Proto::Tcp, true);
+    assert!(v.reason.contains("x/deny-egress"), "{}", v.reason);
 }
 
 #[test]

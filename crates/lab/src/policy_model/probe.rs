@@ -115,8 +115,10 @@ pub fn probe(
 pub fn print_probe(r: &ProbeResult) -> String {
     let state = if r.connected { "connected" } else { "blocked" };
     let why = if r.expected {
-        if r.by.is_empty() || r.by.iter().any(|b| b.contains("cnp:")) {
-            // a ClusterNetworkPolicy decided: the reason names tier and rule
+        if r.by.is_empty() || r.by.iter().any(|b| b.contains("cnp:")) || r.reason.contains(" Pass ")
+        {
+            // a ClusterNetworkPolicy decided or passed: the reason names
+            // tier and rule
             format!("allowed: {}", r.reason)
         } else {
             format!("allowed by {}", r.by.join(", "))

@@ -13,8 +13,9 @@ pub(crate) enum Outcome {
     /// Accept (`true`) or Deny (`false`): final; the deciding policy's id
     /// and a sentence.
     Decided(bool, String, String),
-    /// No rule matched, or a Pass: the next tier decides (a sentence for a
-    /// Pass).
+    /// No rule matched, or a Pass: the next tier decides (for a Pass,
+    /// `<tier> Pass <policy> <direction> rule <i> ["name"]`, which the
+    /// decision after it names).
     Next(Option<String>),
 }
 
@@ -99,7 +100,10 @@ pub(crate) fn outcome(
             return match r.action {
                 Action::Accept => Outcome::Decided(true, pol.id(), note),
                 Action::Deny => Outcome::Decided(false, pol.id(), note),
-                Action::Pass => Outcome::Next(Some(note)),
+                // named in what decides next: "after Admin Pass cnp:x …"
+                Action::Pass => {
+                    Outcome::Next(Some(format!("{t} Pass {} {d} rule {i}{named}", pol.id())))
+                }
             };
         }
     }

@@ -28,7 +28,9 @@
 //! that way. A policy with no rules for a direction does not apply to it.
 //! hostNetwork pods are never subjects nor `namespaces`/`pods` peers (they
 //! are their node's addresses: `nodes` and `networks` match them).
-//! Traffic between a pod and its own node is always allowed, as for v1.
+//! Traffic from a pod's own node to the pod is always allowed; traffic
+//! from the pod to its own node is its egress like any other (a `nodes`
+//! peer or `networks` covering the node's addresses match it), as for v1.
 //!
 //! # Fail closed
 //!
@@ -181,6 +183,48 @@ impl Policy {
     /// `cnp:<name>`: a policy id that cannot be a v1 `namespace/name`.
     pub fn id(&self) -> String {
         format!("cnp:{}", self.name)
+    }
+}
+
+/// The set elements a ClusterNetworkPolicy's rules make, counted as a v1
+/// policy's are (`cluster::budget::policy_elements`): each network's
+/// ranges, one per `pods`/`namespaces`/`nodes` peer (they grow with the
+/// cluster, not with the policy) and each port entry; at least one per
+/// rule.
+pub(crate) fn policy_elements(p: &Policy) -> usize {
+    p.ingress
+        .iter()
+        .chain(&p.egress)
+        .map(|r| {
+            let peers: usize = match &r.peers {
+                Peers::Any => 0,
+                Peers::List(l) => l
+                    .iter()
+                    .map(|x| match x {
+                        Peer::Networks(rs) => rs.iter().map(Ranges::len).sum(),
+                        Peer::Pods(_) | Peer::Nodes(_) => 1,
+                    })
+                    .sum(),
+            };
+            (peers + r.ports.as_ref().map_or(0, Vec::len)).max(1)
+        })
+        .sum()
+}
+
+impl Policy {
+    /// Fails closed (over the element budget): each direction the policy
+    /// has rules for comes to one rule denying everything to its subjects.
+    pub(crate) fn deny_all(&mut self) {
+        for rules in [&mut self.ingress, &mut self.egress] {
+            if !rules.is_empty() {
+                *rules = vec![Rule {
+                    name: "over the element budget".into(),
+                    action: Action::Deny,
+                    peers: Peers::Any,
+                    ports: None,
+                }];
+            }
+        }
     }
 }
 

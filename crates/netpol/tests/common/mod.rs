@@ -38,7 +38,10 @@ enum Pv {
 pub struct Ruleset {
     sets: BTreeMap<String, SetDef>,
     chains: BTreeMap<String, Vec<Vec<Expr>>>,
+    /// The forward hook's base chain.
     base: Option<(String, Policy)>,
+    /// The input hook's base chain (packets to the node's own addresses).
+    input: Option<(String, Policy)>,
     counters: Vec<String>,
 }
 
@@ -82,8 +85,12 @@ impl Ruleset {
                 Cmd::AddChain(_, ch) => {
                     r.chains.entry(ch.name.to_string()).or_default();
                     if let Some(bc) = &ch.base {
-                        assert_eq!(bc.hook, Hook::Forward);
-                        r.base = Some((ch.name.to_string(), bc.policy));
+                        let b = Some((ch.name.to_string(), bc.policy));
+                        match bc.hook {
+                            Hook::Forward => r.base = b,
+                            Hook::Input => r.input = b,
+                            other => panic!("base chain on {other:?}"),
+                        }
                     }
                 }
                 Cmd::FlushChain(_, n) => {
@@ -254,9 +261,35 @@ impl Ruleset {
         s.elements.iter().find(|e| Self::value_matches(&e.key, pv))
     }
 
-    /// Whether the packet (the first of a new connection) is accepted.
+    /// Whether the address is one of the node's own (set `node-ips4/6`).
+    fn is_node(&self, a: IpAddr) -> bool {
+        let set = if a.is_ipv6() {
+            "node-ips6"
+        } else {
+            "node-ips4"
+        };
+        self.sets
+            .get(set)
+            .is_some_and(|s| s.elements.iter().any(|e| e.key == Value::Addr(a)))
+    }
+
+    /// Whether the packet (the first of a new connection) is accepted, on
+    /// the hook the kernel would route it through: output (the node's own
+    /// traffic, no base chain here), input (to the node's own addresses)
+    /// or forward.
     pub fn accepts(&self, p: &Packet) -> bool {
-        let (base, policy) = self.base.clone().expect("a base chain");
+        if self.is_node(p.saddr) {
+            return true;
+        }
+        let hook = if self.is_node(p.daddr) {
+            &self.input
+        } else {
+            &self.base
+        };
+        let Some((base, policy)) = hook.clone() else {
+            return true;
+        };
+        assert!(self.base.is_some(), "a forward base chain");
         let mut stack: Vec<(String, usize)> = Vec::new();
         let (mut chain, mut idx) = (base, 0usize);
         let mut steps = 0;
