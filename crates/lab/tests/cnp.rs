@@ -26,8 +26,9 @@ struct Lab {
 }
 
 impl Lab {
-    fn up(name: &str) -> Lab {
-        let _ = lab(&["down", "--name", name]);
+    fn up(_case: &str) -> Lab {
+        // unique per run: two checkouts testing at once never share a lab
+        let name = &kindnet_testbed::unique_short("cn");
         let up = lab_ok(&[
             "up",
             "--name",
