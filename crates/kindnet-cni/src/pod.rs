@@ -1,6 +1,6 @@
 //! The pod end of the veth: sysctls, addresses, routes — and their CHECK.
 //!
-//! Layouts (seed 003):
+//! Layouts (the ptp and bridge layouts kind's pods have):
 //! - point-to-point (`ptp`): `IP/prefix` without the kernel's prefix route,
 //!   `GW dev eth0 scope link src IP`, `SUBNET via GW src IP`, then the IPAM
 //!   routes (e.g. `default`) via GW;

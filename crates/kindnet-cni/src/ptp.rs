@@ -1,6 +1,6 @@
 //! `ptp`: a veth per pod, no bridge. Every host end carries the gateway
 //! address as /32 (/128) and the host has one /32 (/128) route per pod
-//! address to its veth (seed 003).
+//! address to its veth (the ptp layout).
 
 use crate::host::{Host, LinkSetup, NetlinkHost, OnHost};
 use crate::nl_err;

@@ -68,7 +68,7 @@ fn ptp_dual_stack_every_version_add_check_del() {
             ("fd00:10:244:1::2/64", "fd00:10:244:1::1")
         );
 
-        // seed 003 layout, pod side
+        // the ptp layout, pod side
         assert_eq!(addrs(&pod, "eth0"), vec![ip4.clone(), ip6.clone()]);
         let r4 = routes(&pod, "-4");
         assert!(

@@ -1,5 +1,5 @@
 //! `kindnet-lab check`: the connectivity matrix per IP family and the
-//! layout of seed 003, printed as tables; any failure makes the exit code
+//! pod network layout, printed as tables; any failure makes the exit code
 //! non-zero.
 //!
 //! Every pod and the external host run a tiny TCP server (a listener bound
@@ -254,11 +254,11 @@ fn dst_is(r: &Value, dst: &str) -> bool {
     d == dst || d == dst.trim_end_matches("/32").trim_end_matches("/128")
 }
 
-/// The layout of seed 003 on every node.
+/// The pod network layout on every node.
 pub fn layout(lab: &Lab, f: Family) -> Vec<Outcome> {
     let mut out = Vec::new();
     let o = |what: String, ok: bool, detail: String| Outcome {
-        group: "layout (seed 003)".into(),
+        group: "layout".into(),
         what,
         ok,
         detail,

@@ -311,13 +311,13 @@ What gets built (nothing outside namespaces named kl-<lab>-*):
 
 const DEMO_CHECKS: &str = "\
 What the checks prove:
-  pod -> pod, same node ........ the node's veths/bridge and host routes (seed 003 layout)
+  pod -> pod, same node ........ the node's veths/bridge and host routes (the ptp layout)
   pod -> pod, across nodes ..... kindnetd's peer routes; the receiver sees the sender's
                                  pod address: no NAT between pods
   pod -> own node, node -> pod . the gateway on the host side; nodes reach every pod
   pod -> external .............. masquerade: the external host sees the NODE's address
   hostPort from another node ... portmap's DNAT on the node
-  layout ....................... routes and addresses are where seed 003 puts them
+  layout ....................... routes and addresses are where the ptp/bridge layout puts them
   CNI CHECK .................... the plugins confirm every pod is as they left it
 ";
 

@@ -635,7 +635,7 @@ pub fn demo(lab: &Lab) -> Result<bool> {
         .copied()
         .unwrap_or(Family::V4);
     println!(
-        "\nA day in the life of a packet (seed 003), from the live lab: kindnet-lab trace {} {} {}/tcp --name {}",
+        "\nA day in the life of a packet, from the live lab: kindnet-lab trace {} {} {}/tcp --name {}",
         first.name,
         other.name,
         plan::SERVICE_PORT,

@@ -102,7 +102,7 @@ fn matrix_on(name: &str, stack: &str, node_stack: Option<&str>, mode: &str, chai
         "pod -> external (masquerade)",
         "hostPort from another node",
         "node -> remote pod",
-        "layout (seed 003)",
+        "layout",
         "CNI CHECK",
     ] {
         assert!(

@@ -117,7 +117,7 @@ fn trace_ptp_both_families() {
             "{t:#}"
         );
         delivered(&t, "node1-pod2", pod11);
-        // across nodes: seed 003's four lookups, kindnetd's route
+        // across nodes: four route lookups, kindnetd's route
         let t = l.trace("node1-pod1", "node2-pod1", Some("8080/tcp"), fam);
         assert_eq!(
             hosts(&t),

@@ -1,4 +1,5 @@
-//! Makes the neighbour tables learn what seed 004's last resort needs: a
+//! Makes the neighbour tables learn what an IPv6 next hop for an IPv4-only
+//! peer needs when no `--ipv6-prefix` is set: a
 //! peer's MAC (ARP) and the IPv6 link-local addresses of the nodes on an
 //! uplink (all-nodes echo). Effects only; what to solicit is decided in
 //! [`crate::host::routes`], and the answer is read back from the neighbour table

@@ -289,7 +289,7 @@ fn link_local(ns: &Ns) -> String {
         .to_string()
 }
 
-/// Seed 004's last resort, for real: a peer that publishes only an IPv4
+/// An IPv6 next hop for an IPv4-only peer, the last resort, for real: a peer that publishes only an IPv4
 /// address gets its IPv6 pod CIDR routed via its actual link-local address
 /// (found through its MAC, after soliciting all nodes), on the uplink.
 #[test]

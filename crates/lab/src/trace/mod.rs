@@ -1,5 +1,5 @@
-//! `kindnet-lab trace FROM TO [PORT/PROTO]`: seed 003's "day in the life of
-//! a packet", read from the live lab.
+//! `kindnet-lab trace FROM TO [PORT/PROTO]`: a packet's "day in the life",
+//! hop by hop, read from the live lab.
 //!
 //! The walk is a pure function of a [`View`]: the kernel's route lookups
 //! per namespace (`ip route get` semantics), the nftables tables kindnet

@@ -149,7 +149,7 @@ impl Neighbours {
 
     /// The IPv6 link-local address of the IPv4 neighbour `v4` on link
     /// `oif`: the one IPv6 link-local neighbour on the same link with the
-    /// same MAC (seed 004). Never derived (EUI-64) without that evidence.
+    /// same MAC. Never derived (EUI-64) without that evidence.
     pub fn link_local_of(
         &self,
         oif: u32,
@@ -401,7 +401,7 @@ pub struct Desired {
 pub struct RouteOptions {
     /// --pod-subnet: when set, every pod CIDR must lie inside it.
     pub pod_subnet: Vec<IpNet>,
-    /// Prefix for deriving IPv6 next hops from IPv4 node addresses (seed 004).
+    /// Prefix for deriving IPv6 next hops from IPv4 node addresses.
     pub ipv6_prefix: Option<Ipv6Net>,
     /// Addresses of this node given by flags (HOST_IP, POD_IP).
     pub own_ips: Vec<IpAddr>,
@@ -701,7 +701,7 @@ pub enum NextHop {
     /// next hop).
     Address(IpAddr),
     /// The peer's IPv6 link-local address, on the uplink its IPv4 address
-    /// is on (seed 004's last resort).
+    /// is on: an IPv6 next hop for an IPv4-only peer, the last resort.
     LinkLocal { addr: Ipv6Addr, oif: u32 },
 }
 
