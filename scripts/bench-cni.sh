@@ -17,7 +17,8 @@
 # the pod's DEL); its summary is over all those pods' ADD times.
 # KINDNET_BENCH_BASELINE=/path/to/an/older/kindnet-cni adds implementation
 # "baseline": the conflist kindnetd writes on that binary (e.g. the release
-# before nf_tables over netlink), interleaved with the others.
+# before a change), interleaved with the others in every case, its ratios
+# to the floor printed beside ours.
 #   scripts/bench-cni.sh [SERIAL_PODS=50] [PODS=100] [PARALLEL=8] [ROUNDS=5] [HOSTPORT_RUNS=10]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,8 @@ run() { # ROUND IMPL STACK PODS PAR -> JSON line
 }
 
 impls=(ours classic reference floor)
+[ -n "${KINDNET_BENCH_BASELINE:-}" ] && impls+=(baseline)
+ni=${#impls[@]}
 results="$work/results.jsonl"
 for round in $(seq 1 "$rounds"); do
   for stack in ipv4 dual; do
@@ -78,8 +81,8 @@ for round in $(seq 1 "$rounds"); do
       set -- $mode
       # rotate which implementation goes first: on a 2-core machine the
       # first run of a round measures slower
-      for k in 0 1 2 3; do
-        impl=${impls[$(( (k + round) % 4 ))]}
+      for k in $(seq 0 $((ni - 1))); do
+        impl=${impls[$(( (k + round) % ni ))]}
         run "$round" "$impl" "$stack" "$1" "$2" | tee -a "$results"
       done
     done
@@ -131,10 +134,12 @@ for stack in ("ipv4", "dual"):
         out = {"summary": stack, "pods": pods, "parallel": par,
                "rounds": len({r["round"] for r in runs}),
                "errors": sum(r["errors"] for r in runs if r["stack"] == stack and r["pods"] == pods and r["impl"] != "floor")}
-        for key in ("add_p50_ms", "add_p99_ms", "del_p50_ms", "add_wall_ms", "del_wall_ms"):
-            vals = {i: med(i, stack, pods, key) for i in ("ours", "classic", "reference", "floor")}
+        for key in ("add_p50_ms", "add_p99_ms", "del_p50_ms", "del_p99_ms", "add_wall_ms", "del_wall_ms"):
+            vals = {i: med(i, stack, pods, key) for i in impls if any(r["impl"] == i for r in runs)}
             out[key] = vals
             out[key.replace("_ms", "") + "_ref_over_ours"] = ratio(vals["reference"], vals["ours"])
             out[key.replace("_ms", "") + "_ours_over_floor"] = ratio(vals["ours"], vals["floor"])
+            if vals.get("baseline"):
+                out[key.replace("_ms", "") + "_baseline_over_floor"] = ratio(vals["baseline"], vals["floor"])
         print(json.dumps(out))
 PY

@@ -12,7 +12,35 @@
 //!   touched (Docker's and other plugins' `veth*` stay as they are).
 //! - **Which addresses.** Sets `src4`/`src6` of `ifname . address` pairs,
 //!   one per pod address, each owned by the attachment (its comment), added
-//!   at ADD in one transaction and removed at DEL/GC exactly.
+//!   at ADD in one transaction (and removed by GC exactly).
+//! - **DEL revokes by adding, never by deleting.** DEL puts the pod's host
+//!   veth name into set `dead`, whose rule (first in the chain) drops
+//!   everything from that name: from the moment DEL's one transaction is
+//!   in, that name sends nothing, exactly as if its pairs were gone. The
+//!   pairs and the `dead` entry stay until a sweep (below) or until an ADD
+//!   takes the name again. Why not delete: the kernel frees deleted set
+//!   elements after an RCU grace period, and the release of *every*
+//!   nf_tables socket of the namespace waits for that pending work under
+//!   the commit mutex (`nft_rcv_nl_event` flushes the destroy work) — so a
+//!   deletion at DEL made the next plugin process (the next DEL, or an ADD)
+//!   wait ~10 ms at its socket close: DEL p50 went from 1.5 to 11.8 ms.
+//!   Adding an element leaves no such work.
+//! - **Why a dead name's stale pairs can never let a pod spoof.** Pairs
+//!   match on the input interface's *name*, and only veths born in
+//!   [`POD_VETH_GROUP`] are checked at all; only this plugin's ADD makes
+//!   those. An ADD for name N, in one transaction with its own pairs,
+//!   deletes every other pair of N and N's `dead` entry (under the shared
+//!   table lock, so no sweep interleaves): the only pairs a live veth N
+//!   ever has are its own pod's. Until then N is dead (drops everything),
+//!   and after the old veth is gone (DEL deletes it) no interface has that
+//!   name. An address released at DEL and given to a new pod is therefore
+//!   accepted only from the new pod's veth.
+//! - **Sweep.** When a DEL finds [`SWEEP_AT`] names dead, it deletes, in one
+//!   transaction under the exclusive table lock (not waiting for it: a busy
+//!   lock means an ADD is running, and the sweep is left to a later DEL),
+//!   every dead name with all its pairs, and its own pod's pairs. The
+//!   grace-period wait that deletion leaves is paid once per [`SWEEP_AT`]
+//!   DELs, by whichever plugin closes an nf_tables socket next.
 //! - **Where.** `ptp`: table `inet` [`TABLE`], hook prerouting (the veth is
 //!   the input interface). `bridge`: table `bridge` [`TABLE`], hook
 //!   prerouting of the bridge family, keyed on the bridge port — so it also
@@ -21,11 +49,11 @@
 
 use crate::nft_err;
 use crate::pod::Layout;
-use kindnet_cni_spec::{CniError, NetworkKey, OwnerTag};
+use kindnet_cni_spec::{CniError, NetworkKey, OwnerTag, log_warn};
 use kindnet_nft::owned::{self, Wanted};
 use kindnet_nft::{
-    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, IfName, KeyType, Lhs, Name, Nft,
-    Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, IfName, KeyType, Lhs, Listed,
+    Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableLock, TableRef, Value,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -40,6 +68,10 @@ pub const COUNTER: &str = "spoofed";
 pub const FAMILIES: [Family; 2] = [Family::Inet, Family::Bridge];
 /// The base chain.
 const CHAIN: &str = "prerouting";
+/// The set of host veth names revoked by DEL.
+const DEAD: &str = "dead";
+/// How many dead names a DEL lets accumulate before it sweeps.
+pub const SWEEP_AT: usize = 32;
 /// Before conntrack (-200) and every NAT or filter chain.
 const PRIORITY: i32 = -300;
 
@@ -62,10 +94,20 @@ fn src(v6: bool) -> Name {
     Name::fixed(if v6 { "src6" } else { "src4" })
 }
 
-/// The rules of the base chain: pod veths only, own addresses only.
+/// The rules of the base chain: pod veths only, none that DEL revoked,
+/// own addresses only.
 fn rules() -> Vec<RuleDef> {
     let chain = Name::fixed(CHAIN);
     let ours = || Expr::eq(Lhs::IifGroup, Rhs::Value(Value::IfGroup(POD_VETH_GROUP)));
+    let dead = RuleDef::new(
+        &chain,
+        vec![
+            ours(),
+            Expr::eq(Lhs::IifName, Rhs::Set(Name::fixed(DEAD))),
+            Expr::CounterRef(Name::fixed(COUNTER)),
+            Expr::Drop,
+        ],
+    );
     let drop = |v6: bool| {
         RuleDef::new(
             &chain,
@@ -92,7 +134,7 @@ fn rules() -> Vec<RuleDef> {
             ],
         )
     };
-    vec![drop(false), nd("fe80::/10"), nd("::/128"), drop(true)]
+    vec![dead, drop(false), nd("fe80::/10"), nd("::/128"), drop(true)]
 }
 
 /// The table, counter, sets and chain; the chain's rules rebuilt (so a
@@ -109,6 +151,7 @@ fn skeleton(b: &mut Batch, f: Family, check: bool) {
             SetDef::set(src(v6), vec![KeyType::IfName, KeyType::addr(v6)]),
         );
     }
+    b.add_set(&t, SetDef::set(Name::fixed(DEAD), vec![KeyType::IfName]));
     b.add_chain(
         &t,
         ChainDef::base(
@@ -170,10 +213,73 @@ pub fn setup_batch(f: Family, ifname: &IfName, ips: &[IpAddr], owner: &Comment) 
     b
 }
 
-/// ADD: the pod's pairs, with the skeleton re-asserted only when it is not
-/// intact (re-adding rules replaces them, and the kernel frees replaced
-/// rules after an RCU grace period that the plugin's exit would wait for:
-/// ~10 ms on every ADD).
+/// The host veth name of a pair (its key's first part).
+fn pair_ifname(e: &Listed) -> Option<&IfName> {
+    match &e.key {
+        Value::Concat(v) => match v.first() {
+            Some(Value::IfName(n)) => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_pair_set(set: &str) -> bool {
+    set == "src4" || set == "src6"
+}
+
+/// The names DEL revoked.
+fn dead_names(listing: Option<&Listing>) -> Vec<&IfName> {
+    listing
+        .into_iter()
+        .flat_map(|l| l.in_set(DEAD))
+        .filter_map(|e| match &e.key {
+            Value::IfName(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many pairs admit traffic (their name is not dead): what a DEL
+/// must leave none of for its pod (pure).
+pub fn live_pairs(listing: Option<&Listing>) -> usize {
+    let dead = dead_names(listing);
+    listing
+        .into_iter()
+        .flat_map(|l| l.elements.iter())
+        .filter(|e| is_pair_set(&e.set) && pair_ifname(e).is_some_and(|n| !dead.contains(&n)))
+        .count()
+}
+
+/// ADD's claim on `ifname` (pure): its `dead` entry and every pair of the
+/// name that is not one of `wanted`'s keys are deleted, so the new veth can
+/// send from its own addresses only (a deleted pod of the same name, a
+/// stale pair of an earlier address). Nothing when the name is fresh: the
+/// common case adds elements only.
+pub fn claim(
+    b: &mut Batch,
+    t: &TableRef,
+    listing: Option<&Listing>,
+    ifname: &IfName,
+    wanted: &[Wanted],
+) {
+    let Some(l) = listing else { return };
+    if dead_names(listing).contains(&ifname) {
+        b.delete_elements(t, &Name::fixed(DEAD), vec![Value::IfName(ifname.clone())]);
+    }
+    for e in l.elements.iter().filter(|e| is_pair_set(&e.set)) {
+        if pair_ifname(e) == Some(ifname) && !wanted.iter().any(|w| w.elem.key == e.key) {
+            b.delete_elements(t, &src(e.set == "src6"), vec![e.key.clone()]);
+        }
+    }
+}
+
+/// ADD: the pod's pairs (and the name claimed back from a deleted pod),
+/// with the skeleton re-asserted only when it is not intact (re-adding
+/// rules replaces them, and the kernel frees replaced rules after an RCU
+/// grace period that the plugin's exit would wait for: ~10 ms on every
+/// ADD). Under the table lock, shared with other ADDs, so no sweep runs
+/// between the listing and the transaction.
 pub fn setup(
     nft: &mut dyn Nft,
     f: Family,
@@ -182,37 +288,151 @@ pub fn setup(
     owner: &Comment,
 ) -> Result<(), CniError> {
     let t = table(f);
+    let _shared = match nft.lock_dir() {
+        Some(dir) => Some(TableLock::acquire_shared(dir, &t).map_err(nft_err("anti-spoofing"))?),
+        None => None,
+    };
     let mut skel = Batch::new();
     skeleton(&mut skel, f, true);
     let listing = nft.list(&t).map_err(nft_err("anti-spoofing"))?;
     let intact = owned::skeleton_intact(nft, &t, listing.as_ref(), &skel)
         .map_err(nft_err("anti-spoofing"))?;
-    let b = if intact {
-        // elements only, and a key deleted only where another owner holds
-        // it: a deletion, too, leaves work for the exit to wait for
-        let mut b = Batch::new();
-        owned::upsert(&mut b, &t, listing.as_ref(), &wanted(ifname, ips, owner));
-        b
-    } else {
-        setup_batch(f, ifname, ips, owner)
-    };
+    let want = wanted(ifname, ips, owner);
+    // elements only while the skeleton is intact; a key deleted only where
+    // another owner holds it or the name was dead: a deletion, too, leaves
+    // work for the exit to wait for
+    let mut b = if intact { Batch::new() } else { skel };
+    claim(&mut b, &t, listing.as_ref(), ifname, &want);
+    owned::upsert(&mut b, &t, listing.as_ref(), &want);
     nft.apply(&b).map_err(nft_err("anti-spoofing"))
 }
 
-/// Removes what `owns` accepts, in one transaction under the table lock.
-fn remove(nft: &mut dyn Nft, f: Family, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
-    owned::remove_owned(nft, &table(f), owns).map_err(nft_err("anti-spoofing teardown"))
+/// What DEL does, decided from the table (pure).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Revoke {
+    /// The attachment has no pair: nothing to do.
+    Nothing,
+    /// Add these names to `dead` (one transaction, additions only).
+    Mark(Vec<IfName>),
+    /// Enough names are dead: sweep (with these names' pairs too).
+    Sweep(Vec<IfName>),
 }
 
-/// DEL: removes exactly `owner`'s pairs (`legacy`: the comment earlier
-/// releases wrote for the same attachment). Idempotent.
+/// DEL's decision: the names of the pairs `owns` accepts are revoked;
+/// a sweep once [`SWEEP_AT`] names would be dead.
+pub fn revoke_plan(listing: Option<&Listing>, owns: impl Fn(&str) -> bool) -> Revoke {
+    let Some(l) = listing else {
+        return Revoke::Nothing;
+    };
+    let mut names: Vec<IfName> = Vec::new();
+    for e in l.elements.iter().filter(|e| is_pair_set(&e.set)) {
+        if e.comment.as_deref().is_some_and(&owns)
+            && let Some(n) = pair_ifname(e)
+            && !names.contains(n)
+        {
+            names.push(n.clone());
+        }
+    }
+    let dead = dead_names(listing);
+    let new: Vec<IfName> = names.into_iter().filter(|n| !dead.contains(&n)).collect();
+    if new.is_empty() {
+        Revoke::Nothing
+    } else if dead.len() + new.len() >= SWEEP_AT {
+        Revoke::Sweep(new)
+    } else {
+        Revoke::Mark(new)
+    }
+}
+
+/// The sweep (pure): every dead name and every pair of a dead name or of
+/// `also`, deleted.
+pub fn sweep_batch(t: &TableRef, listing: Option<&Listing>, also: &[IfName]) -> Batch {
+    let mut b = Batch::new();
+    let dead = dead_names(listing);
+    if !dead.is_empty() {
+        b.delete_elements(
+            t,
+            &Name::fixed(DEAD),
+            dead.iter().map(|n| Value::IfName((*n).clone())).collect(),
+        );
+    }
+    for e in listing.into_iter().flat_map(|l| l.elements.iter()) {
+        if is_pair_set(&e.set)
+            && pair_ifname(e).is_some_and(|n| dead.contains(&n) || also.contains(n))
+        {
+            b.delete_elements(t, &src(e.set == "src6"), vec![e.key.clone()]);
+        }
+    }
+    b
+}
+
+fn mark_batch(t: &TableRef, names: &[IfName], owner: &Comment) -> Batch {
+    let mut b = Batch::new();
+    b.add_elements(
+        t,
+        &Name::fixed(DEAD),
+        names
+            .iter()
+            .map(|n| Elem::owned(Value::IfName(n.clone()), None, owner))
+            .collect(),
+    );
+    b
+}
+
+/// DEL: revokes `owner`'s veth names (`legacy`: the comment earlier
+/// releases wrote for the same attachment) by adding them to `dead`; every
+/// [`SWEEP_AT`] names, sweeps instead when no ADD holds the lock.
+/// Idempotent.
 pub fn teardown(
     nft: &mut dyn Nft,
     f: Family,
     owner: &Comment,
     legacy: &str,
 ) -> Result<(), CniError> {
-    remove(nft, f, |c| c == owner.as_str() || c == legacy).map(|_| ())
+    let t = table(f);
+    let owns = |c: &str| c == owner.as_str() || c == legacy;
+    let listing = nft.list(&t).map_err(nft_err("anti-spoofing teardown"))?;
+    let names = match revoke_plan(listing.as_ref(), owns) {
+        Revoke::Nothing => return Ok(()),
+        Revoke::Mark(n) => {
+            return nft
+                .apply(&mark_batch(&t, &n, owner))
+                .map_err(nft_err("anti-spoofing teardown"));
+        }
+        Revoke::Sweep(n) => n,
+    };
+    let lock = match nft.lock_dir() {
+        Some(dir) => TableLock::try_acquire(dir, &t).map_err(nft_err("anti-spoofing teardown"))?,
+        // nothing shared (the fake): sweep
+        None => None,
+    };
+    if lock.is_none() && nft.lock_dir().is_some() {
+        // an ADD is running: revoke now, sweep later
+        return nft
+            .apply(&mark_batch(&t, &names, owner))
+            .map_err(nft_err("anti-spoofing teardown"));
+    }
+    // under the lock, from a listing no ADD can change meanwhile
+    let listing = nft.list(&t).map_err(nft_err("anti-spoofing teardown"))?;
+    let fresh = match revoke_plan(listing.as_ref(), owns) {
+        Revoke::Mark(n) | Revoke::Sweep(n) => n,
+        Revoke::Nothing => Vec::new(),
+    };
+    match nft.apply(&sweep_batch(&t, listing.as_ref(), &fresh)) {
+        Ok(()) => Ok(()),
+        // (a transaction the table changed under: the revocation must not
+        // depend on the sweep)
+        Err(e) => {
+            log_warn!("anti-spoofing sweep: {e}; revoking only");
+            nft.apply(&mark_batch(&t, &names, owner))
+                .map_err(nft_err("anti-spoofing teardown"))
+        }
+    }
+}
+
+/// Removes what `owns` accepts, in one transaction under the table lock.
+fn remove(nft: &mut dyn Nft, f: Family, owns: impl Fn(&str) -> bool) -> Result<usize, CniError> {
+    owned::remove_owned(nft, &table(f), owns).map_err(nft_err("anti-spoofing teardown"))
 }
 
 /// GC: removes the pairs of `network` whose owner is not kept.
@@ -236,6 +456,12 @@ pub fn check(
     owner: &Comment,
 ) -> Result<(), CniError> {
     let listing = nft.list(&table(f)).map_err(nft_err("anti-spoofing"))?;
+    if dead_names(listing.as_ref()).contains(&ifname) {
+        return Err(CniError::internal(format!(
+            "CHECK: {} {TABLE} {DEAD} holds {ifname}: its pod was deleted",
+            f.as_str()
+        )));
+    }
     let want = wanted(ifname, ips, owner);
     match owned::missing(listing.as_ref(), &want).first() {
         None => Ok(()),
@@ -267,14 +493,22 @@ mod tests {
         let mut v: Vec<_> = l
             .elements
             .iter()
+            .filter(|e| is_pair_set(&e.set))
             .map(|e: &Listed| (e.set.clone(), e.key.to_string(), e.comment.clone()))
             .collect();
         v.sort();
         v
     }
 
+    fn dead(nft: &mut FakeNft, f: Family) -> Vec<String> {
+        let l = nft.list(&table(f)).unwrap().unwrap_or_default();
+        let mut v: Vec<String> = l.in_set(DEAD).map(|e| e.key.to_string()).collect();
+        v.sort();
+        v
+    }
+
     #[test]
-    fn add_puts_exactly_the_pods_pairs_and_del_removes_exactly_them() {
+    fn add_puts_exactly_the_pods_pairs_and_del_revokes_its_name_by_adding_only() {
         let mut nft = FakeNft::default();
         let (a, b) = (
             ifname("veth0000000a").unwrap(),
@@ -303,26 +537,129 @@ mod tests {
             // ADD again (a retried ADD): the same three, no error
             setup(&mut nft, f, &a, &ips(&["10.244.1.5", "fd00::5"]), &tag("a")).unwrap();
             assert_eq!(pairs(&mut nft, f), got);
+            let before = nft.applied.len();
             teardown(&mut nft, f, &tag("a"), "net a eth0").unwrap();
-            let left = pairs(&mut nft, f);
-            assert_eq!(
-                left,
-                [(
-                    "src4".into(),
-                    "\"veth0000000b\" . 10.244.1.6".into(),
-                    Some(tag("b").as_str().to_string())
-                )]
+            // DEL sent one transaction that only adds: the name is dead
+            assert_eq!(nft.applied.len(), before + 1);
+            assert!(
+                nft.applied[before]
+                    .cmds
+                    .iter()
+                    .all(|c| matches!(c, Cmd::AddElements(..))),
+                "{:?}",
+                nft.applied[before]
             );
-            let e = check(&mut nft, f, &a, &ips(&["10.244.1.5"]), &tag("a")).unwrap_err();
-            assert!(e.msg.contains("lacks"), "{e}");
-            // DEL again: nothing to do, no error
+            assert_eq!(dead(&mut nft, f), ["\"veth0000000a\""]);
+            let e =
+                check(&mut nft, f, &a, &ips(&["10.244.1.5", "fd00::5"]), &tag("a")).unwrap_err();
+            assert!(e.msg.contains("deleted"), "{e}");
+            // DEL again: nothing to do, no transaction, no error
             teardown(&mut nft, f, &tag("a"), "net a eth0").unwrap();
-            teardown(&mut nft, f, &tag("b"), "net b eth0").unwrap();
-            assert!(pairs(&mut nft, f).is_empty());
+            assert_eq!(nft.applied.len(), before + 1);
+            // b is untouched
+            check(&mut nft, f, &b, &ips(&["10.244.1.6"]), &tag("b")).unwrap();
         }
         // ptp and bridge mode never share a table
         assert!(nft.table(Family::Inet, TABLE).is_some());
         assert!(nft.table(Family::Bridge, TABLE).is_some());
+    }
+
+    #[test]
+    fn a_new_pod_on_a_dead_name_gets_exactly_its_own_pairs_and_the_name_back() {
+        let mut nft = FakeNft::default();
+        let n = ifname("veth0000000a").unwrap();
+        let f = Family::Inet;
+        setup(
+            &mut nft,
+            f,
+            &n,
+            &ips(&["10.244.1.5", "fd00::5"]),
+            &tag("old"),
+        )
+        .unwrap();
+        teardown(&mut nft, f, &tag("old"), "net old eth0").unwrap();
+        // the same name again (the same attachment re-added, or a hash
+        // collision), with another address: the old pod's pairs go
+        setup(&mut nft, f, &n, &ips(&["10.244.1.9"]), &tag("new")).unwrap();
+        assert_eq!(
+            pairs(&mut nft, f),
+            [(
+                "src4".into(),
+                "\"veth0000000a\" . 10.244.1.9".into(),
+                Some(tag("new").as_str().to_string())
+            )]
+        );
+        assert!(dead(&mut nft, f).is_empty());
+        check(&mut nft, f, &n, &ips(&["10.244.1.9"]), &tag("new")).unwrap();
+        // the old pod's retried DEL revokes nothing of the new one
+        teardown(&mut nft, f, &tag("old"), "net old eth0").unwrap();
+        assert!(dead(&mut nft, f).is_empty());
+    }
+
+    #[test]
+    fn every_sweep_at_dels_one_transaction_deletes_the_dead_names_and_their_pairs() {
+        let mut nft = FakeNft::default();
+        let f = Family::Inet;
+        let live = ifname("vethffffffff").unwrap();
+        setup(&mut nft, f, &live, &ips(&["10.244.0.2"]), &tag("live")).unwrap();
+        for i in 0..SWEEP_AT {
+            let v = ifname(&format!("veth{i:08x}")).unwrap();
+            let o = tag(&format!("c{i}"));
+            setup(&mut nft, f, &v, &ips(&[&format!("10.244.1.{}", i + 2)]), &o).unwrap();
+            teardown(&mut nft, f, &o, "none").unwrap();
+            if i + 1 < SWEEP_AT {
+                assert_eq!(dead(&mut nft, f).len(), i + 1);
+                assert_eq!(pairs(&mut nft, f).len(), i + 2);
+            }
+        }
+        let last = nft.applied.last().unwrap();
+        assert!(
+            last.cmds
+                .iter()
+                .all(|c| matches!(c, Cmd::DeleteElements(..))),
+            "{last:?}"
+        );
+        assert!(dead(&mut nft, f).is_empty());
+        assert_eq!(
+            pairs(&mut nft, f),
+            [(
+                "src4".into(),
+                "\"vethffffffff\" . 10.244.0.2".into(),
+                Some(tag("live").as_str().to_string())
+            )]
+        );
+    }
+
+    #[test]
+    fn revoke_plan_marks_the_owners_names_and_sweeps_at_the_threshold() {
+        let mut nft = FakeNft::default();
+        let f = Family::Inet;
+        let t = table(f);
+        let v = ifname("veth0000000a").unwrap();
+        setup(&mut nft, f, &v, &ips(&["10.244.1.5", "fd00::5"]), &tag("a")).unwrap();
+        let l = nft.list(&t).unwrap();
+        assert_eq!(revoke_plan(l.as_ref(), |c| c == "nobody"), Revoke::Nothing);
+        assert_eq!(
+            revoke_plan(l.as_ref(), |c| c == tag("a").as_str()),
+            Revoke::Mark(vec![v.clone()]),
+            "one name for both pairs"
+        );
+        assert_eq!(revoke_plan(None, |_| true), Revoke::Nothing);
+        // SWEEP_AT - 1 names already dead: this one sweeps
+        let mut b = Batch::new();
+        b.add_elements(
+            &t,
+            &Name::fixed(DEAD),
+            (0..SWEEP_AT - 1)
+                .map(|i| Elem::key(Value::IfName(ifname(&format!("vethdead{i:04}")).unwrap())))
+                .collect(),
+        );
+        nft.apply(&b).unwrap();
+        let l = nft.list(&t).unwrap();
+        assert_eq!(
+            revoke_plan(l.as_ref(), |c| c == tag("a").as_str()),
+            Revoke::Sweep(vec![v])
+        );
     }
 
     #[test]
@@ -363,7 +700,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(rules.len(), 4);
+        assert_eq!(rules.len(), 5);
         for r in &rules {
             assert_eq!(
                 r.exprs[0],
@@ -371,8 +708,15 @@ mod tests {
                 "every rule is about pod veths only"
             );
         }
+        // first: a name DEL revoked sends nothing
+        assert!(
+            rules[0]
+                .exprs
+                .contains(&Expr::eq(Lhs::IifName, Rhs::Set(Name::fixed(DEAD))))
+        );
         assert!(rules[0].exprs.contains(&Expr::Drop));
-        assert!(rules[3].exprs.contains(&Expr::Drop));
+        assert!(rules[1].exprs.contains(&Expr::Drop));
+        assert!(rules[4].exprs.contains(&Expr::Drop));
         // off (benchmark): the chain is flushed and nothing re-added
         let off = switch_batch(Family::Inet, false);
         assert!(off.cmds.iter().any(|c| matches!(c, Cmd::FlushChain(..))));

@@ -114,12 +114,34 @@ pub fn owner_comment(tag: &OwnerTag) -> Result<Comment, CniError> {
     Comment::new(tag.to_string()).map_err(nft_err("owner tag"))
 }
 
+/// The batch for ADD when the table's skeleton is intact: only the
+/// elements that are not there exactly (pure; empty when the pod is
+/// already programmed).
+pub fn elements_batch(listing: Option<&Listing>, ips: &[IpConfig], owner: &Comment) -> Batch {
+    let mut b = Batch::new();
+    owned::upsert(&mut b, &table(), listing, &wanted(ips, owner));
+    b
+}
+
+/// ADD: the pod's elements; the table, sets, chain and rules only when
+/// they are not intact. Rewriting rules that are already right would
+/// replace them, and the kernel frees replaced rules after an RCU grace
+/// period that the plugin's exit waits for; an ADD whose elements are all
+/// there sends no transaction at all.
 pub fn setup(nft: &mut dyn Nft, ips: &[IpConfig], owner: &Comment) -> Result<(), CniError> {
     let t = table();
     let _lock = nft.lock(&t).map_err(nft_err("ipMasq"))?;
     let listing = nft.list(&t).map_err(nft_err("ipMasq"))?;
-    nft.apply(&setup_batch(listing.as_ref(), ips, owner))
-        .map_err(nft_err("ipMasq"))
+    let mut skel = Batch::new();
+    skeleton(&mut skel);
+    let intact =
+        owned::skeleton_intact(nft, &t, listing.as_ref(), &skel).map_err(nft_err("ipMasq"))?;
+    let b = if intact {
+        elements_batch(listing.as_ref(), ips, owner)
+    } else {
+        setup_batch(listing.as_ref(), ips, owner)
+    };
+    nft.apply(&b).map_err(nft_err("ipMasq"))
 }
 
 /// Removes what `owns` accepts, in one transaction under the table lock.

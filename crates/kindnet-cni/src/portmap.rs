@@ -14,8 +14,8 @@ use kindnet_cni_spec::{
 };
 use kindnet_nft::owned::{self, Wanted};
 use kindnet_nft::{
-    Batch, ChainDef, ChainType, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs, Listing,
-    Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
+    Batch, ChainDef, ChainType, Cmd, Comment, Elem, Expr, Family, Hook, KeyType, L4Proto, Lhs,
+    Listing, Name, Nft, Policy, Rhs, RuleDef, SetDef, TableRef, Value,
 };
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -439,7 +439,14 @@ pub fn map_ports(
     let (ports, hairpins) = wanted_parts(maps_, &pod_ips(res), &owner)?;
     let t = table();
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
-    let listing = nft.list(&t).map_err(nft_err("portmap"))?;
+    // only the maps this pod's mappings touch (the table has ten)
+    let mut touched: Vec<&str> = Vec::new();
+    for w in ports.iter().chain(&hairpins) {
+        if !touched.contains(&w.set.as_str()) {
+            touched.push(w.set.as_str());
+        }
+    }
+    let listing = nft.list_sets(&t, &touched).map_err(nft_err("portmap"))?;
     // A host port held by another attachment is theirs (the runtime keeps
     // host ports unique; a leftover is GC's to remove, not ours to steal).
     if let Some((w, holder)) = owned::held_by_others(listing.as_ref(), &ports).first() {
@@ -454,11 +461,20 @@ pub fn map_ports(
             holder.comment.as_deref().unwrap_or("no owner")
         )));
     }
-    let want: Vec<Wanted> = ports.into_iter().chain(hairpins).collect();
     let mut skel = Batch::new();
     skeleton(&mut skel);
+    // Intact: the touched maps are there and every chain has its rules (a
+    // map the rules use cannot be deleted without them).
+    let mut check = Batch::new();
+    check.cmds = skel
+        .cmds
+        .iter()
+        .filter(|c| !matches!(c, Cmd::AddSet(_, s) if !touched.contains(&s.name.as_str())))
+        .cloned()
+        .collect();
     let intact =
-        owned::skeleton_intact(nft, &t, listing.as_ref(), &skel).map_err(nft_err("portmap"))?;
+        owned::skeleton_intact(nft, &t, listing.as_ref(), &check).map_err(nft_err("portmap"))?;
+    let want: Vec<Wanted> = ports.iter().chain(&hairpins).cloned().collect();
     let b = if intact {
         elements_batch(listing.as_ref(), &want)
     } else {

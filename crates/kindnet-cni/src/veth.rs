@@ -292,8 +292,9 @@ mod tests {
         elements(h, Family::Inet, masq::TABLE)
     }
 
+    /// Pairs that admit traffic (DEL revokes a name, leaving its pairs).
     fn antispoof_elements(h: &mut FakeHost) -> usize {
-        elements(h, Family::Inet, antispoof::TABLE)
+        crate::host::bed::live_antispoof_pairs(h, Family::Inet)
     }
 
     #[test]

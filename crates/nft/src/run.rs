@@ -70,6 +70,11 @@ pub trait Nft {
     fn lock(&mut self, _table: &TableRef) -> Result<Option<TableLock>, NftError> {
         Ok(None)
     }
+    /// Where [`Nft::lock`] keeps its lock files (for [`TableLock`]'s
+    /// shared and non-blocking forms); `None` where nothing is shared.
+    fn lock_dir(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// Where the `nft` binary is (feature `cli`): the usual sbin paths first (a plugin's PATH
@@ -201,6 +206,10 @@ impl Nft for NftCli {
             None => Ok(None),
         }
     }
+
+    fn lock_dir(&self) -> Option<&Path> {
+        self.lock_dir.as_deref()
+    }
 }
 
 /// An exclusive lock held while a table is read, decided on and changed,
@@ -217,6 +226,22 @@ impl TableLock {
 
     /// Locks [`TableLock::path`], creating `dir` if needed.
     pub fn acquire(dir: &Path, t: &TableRef) -> Result<TableLock, NftError> {
+        TableLock::take(dir, t, Mode::Exclusive)?
+            .ok_or_else(|| unreachable!("a blocking lock waits"))
+    }
+
+    /// Like [`TableLock::acquire`], shared with other shared holders.
+    pub fn acquire_shared(dir: &Path, t: &TableRef) -> Result<TableLock, NftError> {
+        TableLock::take(dir, t, Mode::Shared)?.ok_or_else(|| unreachable!("a blocking lock waits"))
+    }
+
+    /// Like [`TableLock::acquire`] without waiting: `None` when someone
+    /// else holds the lock.
+    pub fn try_acquire(dir: &Path, t: &TableRef) -> Result<Option<TableLock>, NftError> {
+        TableLock::take(dir, t, Mode::TryExclusive)
+    }
+
+    fn take(dir: &Path, t: &TableRef, mode: Mode) -> Result<Option<TableLock>, NftError> {
         let path = TableLock::path(dir, t);
         let err = |err| NftError::Lock {
             path: path.display().to_string(),
@@ -229,9 +254,24 @@ impl TableLock {
             .write(true)
             .open(&path)
             .map_err(err)?;
-        file.lock().map_err(err)?;
-        Ok(TableLock { _file: file })
+        match mode {
+            Mode::Exclusive => file.lock().map_err(err)?,
+            Mode::Shared => file.lock_shared().map_err(err)?,
+            Mode::TryExclusive => match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+            },
+        }
+        Ok(Some(TableLock { _file: file }))
     }
+}
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Exclusive,
+    Shared,
+    TryExclusive,
 }
 
 /// A fake nft: applies batches to an in-memory model with the kernel's

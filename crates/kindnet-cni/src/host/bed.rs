@@ -118,16 +118,35 @@ pub fn elements(h: &mut FakeHost, family: Family, name: &str) -> usize {
     h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
 }
 
-/// The element counts of every table the plugins own elements in.
+/// The anti-spoofing pairs in `family`'s table that still admit traffic
+/// (DEL revokes a veth name and leaves its pairs to a later sweep).
+pub fn live_antispoof_pairs(h: &mut FakeHost, family: Family) -> usize {
+    let t = crate::antispoof::table(family);
+    crate::antispoof::live_pairs(h.nft.list(&t).unwrap().as_ref())
+}
+
+/// The element counts of every table the plugins own elements in (for
+/// the anti-spoofing tables, the pairs that still admit traffic).
 pub fn owned_elements(h: &mut FakeHost) -> Vec<(&'static str, usize)> {
     [
-        (Family::Inet, crate::masq::TABLE),
-        (Family::Inet, crate::antispoof::TABLE),
-        (Family::Bridge, crate::antispoof::TABLE),
-        (Family::Inet, crate::portmap::TABLE),
+        (
+            crate::masq::TABLE,
+            elements(h, Family::Inet, crate::masq::TABLE),
+        ),
+        (
+            crate::antispoof::TABLE,
+            live_antispoof_pairs(h, Family::Inet),
+        ),
+        (
+            crate::antispoof::TABLE,
+            live_antispoof_pairs(h, Family::Bridge),
+        ),
+        (
+            crate::portmap::TABLE,
+            elements(h, Family::Inet, crate::portmap::TABLE),
+        ),
     ]
     .into_iter()
-    .map(|(f, t)| (t, elements(h, f, t)))
     .filter(|(_, n)| *n > 0)
     .collect()
 }

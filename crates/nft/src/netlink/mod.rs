@@ -19,7 +19,7 @@ mod decode;
 mod encode;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kindnet_netlink::nfnl::NfTablesSocket;
 
@@ -414,6 +414,10 @@ impl Nft for NftNetlink {
             Some(dir) => TableLock::acquire(dir, t).map(Some),
             None => Ok(None),
         }
+    }
+
+    fn lock_dir(&self) -> Option<&Path> {
+        self.lock_dir.as_deref()
     }
 }
 
