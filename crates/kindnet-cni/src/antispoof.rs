@@ -58,7 +58,7 @@ use kindnet_nft::{
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-pub use crate::hostlink::POD_VETH_GROUP;
+pub use crate::host::POD_VETH_GROUP;
 
 /// The table's name, in family `inet` (ptp) and `bridge` (bridge mode).
 pub const TABLE: &str = "kindnet-antispoof";

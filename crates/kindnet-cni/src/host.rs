@@ -85,6 +85,11 @@ pub struct PodSetup {
     pub link: LinkSetup,
 }
 
+/// The link group every host veth this plugin makes is born in (set in
+/// the creating message): what the anti-spoofing rules match, so they hold
+/// from a veth's first packet and touch no one else's interfaces.
+pub const POD_VETH_GROUP: u32 = 0x6b6e; // "kn"
+
 /// What CHECK reads of the pod end, in one visit to its namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodView {
@@ -103,7 +108,7 @@ pub trait Host {
     fn link_by_name(&mut self, name: &str) -> NlResult<Option<Link>>;
     fn links(&mut self) -> NlResult<Vec<Link>>;
     /// A veth pair, the peer born in `pod` with its name and MAC, the host
-    /// end born in link group [`crate::hostlink::POD_VETH_GROUP`]; returns
+    /// end born in link group [`POD_VETH_GROUP`]; returns
     /// the host end (with the peer's ifindex).
     fn create_veth(
         &mut self,
@@ -216,7 +221,7 @@ impl Host for NetlinkHost {
             Some(ns),
             mtu,
             Some(peer_mac),
-            Some(crate::hostlink::POD_VETH_GROUP),
+            Some(POD_VETH_GROUP),
         )
     }
     fn create_bridge(&mut self, name: &str, mtu: Option<u32>) -> NlResult<()> {

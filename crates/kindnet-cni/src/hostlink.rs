@@ -26,11 +26,6 @@ fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
-/// The link group every host veth this plugin makes is born in (set in
-/// the creating message): what the anti-spoofing rules match, so they hold
-/// from a veth's first packet and touch no one else's interfaces.
-pub const POD_VETH_GROUP: u32 = 0x6b6e; // "kn"
-
 pub fn host_veth_name(a: &AttachmentId) -> String {
     format!(
         "veth{:08x}",

@@ -6,11 +6,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
     RouteType, RouteVia,
 };
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
 use crate::error::{Error, Result};
 use crate::socket::Handle;
@@ -20,39 +20,7 @@ use crate::wire::{
     u32_of,
 };
 
-/// An address family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Family {
-    /// IPv4 (AF_INET).
-    V4,
-    /// IPv6 (AF_INET6).
-    V6,
-}
-
-impl Family {
-    /// The family of `addr`.
-    pub fn of(addr: &IpAddr) -> Family {
-        match addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        }
-    }
-
-    pub(crate) fn af(self) -> AddressFamily {
-        match self {
-            Family::V4 => AddressFamily::Inet,
-            Family::V6 => AddressFamily::Inet6,
-        }
-    }
-
-    pub(crate) fn from_af(af: AddressFamily) -> Option<Family> {
-        match af {
-            AddressFamily::Inet => Some(Family::V4),
-            AddressFamily::Inet6 => Some(Family::V6),
-            _ => None,
-        }
-    }
-}
+pub use crate::wire::Family;
 
 /// Route scope; the kernel's other scopes (site, nowhere) do not occur on
 /// the unicast routes this crate manages.
@@ -473,7 +441,7 @@ mod tests {
 
         assert_eq!(Route::parse(&[2, 24]), None);
         let mut m = r.to_message(false);
-        m.header.address_family = AddressFamily::Bridge;
+        m.header.address_family = netlink_packet_route::AddressFamily::Bridge;
         let mut buf = vec![0; m.buffer_len()];
         m.emit(&mut buf);
         assert_eq!(Route::parse(&buf), None);

@@ -8,8 +8,41 @@
 use std::net::IpAddr;
 
 use netlink_packet_core::NlasIterator;
+use netlink_packet_route::AddressFamily;
 
-use crate::route::Family;
+/// An address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (AF_INET).
+    V4,
+    /// IPv6 (AF_INET6).
+    V6,
+}
+
+impl Family {
+    /// The family of `addr`.
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub(crate) fn af(self) -> AddressFamily {
+        match self {
+            Family::V4 => AddressFamily::Inet,
+            Family::V6 => AddressFamily::Inet6,
+        }
+    }
+
+    pub(crate) fn from_af(af: AddressFamily) -> Option<Family> {
+        match af {
+            AddressFamily::Inet => Some(Family::V4),
+            AddressFamily::Inet6 => Some(Family::V6),
+            _ => None,
+        }
+    }
+}
 
 // Public constants, re-exported at the crate root.
 
