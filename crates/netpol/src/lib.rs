@@ -113,6 +113,25 @@
 
 #![warn(missing_docs)]
 
+/// Which way a connection crosses a pod: into it, or out of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Direction {
+    /// Traffic to the pod (`ingress` rules).
+    Ingress,
+    /// Traffic from the pod (`egress` rules).
+    Egress,
+}
+
+impl Direction {
+    /// `ingress` or `egress` (in chain and map names).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
 mod cidr;
 mod cluster;
 pub mod cnp;
@@ -123,8 +142,8 @@ mod selector;
 
 pub use cidr::Ranges;
 pub use cluster::{
-    Addressing, Attachment, Budget, Cluster, Conflict, Direction, NAMESPACE_NAME_LABEL,
-    NodeContext, Refusal, Report,
+    Addressing, Attachment, Budget, Cluster, Conflict, NAMESPACE_NAME_LABEL, NodeContext, Refusal,
+    Report,
 };
 pub use compile::{
     Compiled, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, FORWARD_CHAIN, INGRESS_CHAIN,

@@ -15,24 +15,7 @@ use crate::selector::Selector;
 /// The label the API server puts on every namespace.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// Which way a connection crosses a pod: into it, or out of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Direction {
-    /// Traffic to the pod (`ingress` rules).
-    Ingress,
-    /// Traffic from the pod (`egress` rules).
-    Egress,
-}
-
-impl Direction {
-    /// `ingress` or `egress` (in chain and map names).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-}
+pub use crate::Direction;
 
 impl fmt::Display for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -514,9 +497,9 @@ impl Cluster {
 
 mod budget;
 mod validate;
+mod validate_cnp;
 
 pub use budget::Budget;
-pub(crate) use validate::is_port_name;
 use validate::{pod, policy};
 
 #[cfg(test)]

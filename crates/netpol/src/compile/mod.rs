@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, Direction, NamedPort, NodeContext};
 use crate::input::Labels;
 
 mod rules;
+mod tiers;
 
 pub(crate) use rules::merge_ports;
 use rules::{Builder, Chosen, allow_exprs, choose, conflict_chain, denied_counter};
@@ -176,7 +177,7 @@ pub fn compile(c: &Cluster, ctx: &NodeContext) -> Compiled {
     let mut maps: BTreeMap<(Direction, bool), Vec<Elem>> = BTreeMap::new();
     let mut made: BTreeSet<Name> = BTreeSet::new();
     // ClusterNetworkPolicy: the Admin and Baseline chains around v1's
-    let mut tiers = crate::cnp::compile::TierBuilder::new(c, ctx.log_denied);
+    let mut tiers = tiers::TierBuilder::new(c, ctx.log_denied);
 
     // What a pod's chains come to depends on its namespace, labels and
     // named ports only, never on its name or addresses: pods of one shape

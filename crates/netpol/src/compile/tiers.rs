@@ -21,10 +21,10 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::eval::{PeerEnd, peer_matches};
-use super::{Action, DENIED_COUNTERS, Peer, Peers, Policy, PortSel, Rule, Tier};
 use crate::cidr::Ranges;
 use crate::cluster::{Cluster, Direction, NamedPort, PodInfo};
+use crate::cnp::eval::{PeerEnd, peer_matches};
+use crate::cnp::{Action, DENIED_COUNTERS, Peer, Peers, Policy, PortSel, Rule, Tier};
 use crate::compile::{INGRESS_CHAIN, hex16, merge_ports};
 use crate::input::Labels;
 
