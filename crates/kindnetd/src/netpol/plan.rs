@@ -305,7 +305,7 @@ pub fn with_carried(mut model: Model, carried: &[(Name, Elem)]) -> Model {
 /// drift.
 pub fn drift(
     want: &Model,
-    rules: &BTreeMap<String, usize>,
+    rules: &HashMap<String, usize>,
     maps: &kindnet_nft::Listing,
 ) -> Vec<String> {
     let mut out = Vec::new();
