@@ -458,6 +458,45 @@ mod tests {
     }
 
     #[test]
+    fn chain_names_are_kept_across_passes_and_forgotten_with_their_pods() {
+        let on = |name: &str| -> Object {
+            Object::Pod(
+                serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+                    "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}))
+                .unwrap(),
+            )
+        };
+        let mut i = Inputs::default();
+        i.replace_kind(Kind::Pod, vec![on("a"), on("b")]);
+        let ip = Value::Addr("10.0.1.5".parse().unwrap());
+        let goto = Some(Value::Goto(pod_chain("x", "b", Direction::Egress)));
+        let present = [("egress4", &ip, &goto)];
+        let mut names = ChainNames::default();
+        for _ in 0..2 {
+            let rec = attachments_with(&mut names, &i, "n1", present);
+            assert_eq!(rec, attachments(&i, "n1", present));
+            assert_eq!(rec.len(), 1);
+            assert_eq!(rec[0].name, "b");
+        }
+        assert_eq!(names.by_pod.len(), 2);
+        // many pods come and go: the names of those gone are dropped
+        for k in 0..100 {
+            i.replace_kind(Kind::Pod, vec![on(&format!("p{k}"))]);
+            attachments_with(&mut names, &i, "n1", present);
+        }
+        assert!(
+            names.by_pod.len() <= 2 * i.pods.len() + 65,
+            "{}",
+            names.by_pod.len()
+        );
+        assert!(
+            !names
+                .by_pod
+                .contains_key(&("x".to_string(), "a".to_string()))
+        );
+    }
+
+    #[test]
     fn the_file_replaces_all_kinds() {
         let mut i = Inputs::default();
         i.upsert(pod("x", "old", "a"));

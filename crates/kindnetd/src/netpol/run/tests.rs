@@ -538,3 +538,27 @@ fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
     assert_eq!(repaired(&h), 3);
     assert_eq!(h.r.resync(), Some(vec![]));
 }
+
+#[test]
+fn the_heap_is_given_back_after_large_changes_only() {
+    let small = plan::DiffStats {
+        elements_added: 4,
+        elements_deleted: 1,
+        chains_added: 2,
+        ..Default::default()
+    };
+    assert!(!Pass::Incremental(small).worth_trimming(), "a label change");
+    assert!(Pass::Full { carried: 0 }.worth_trimming());
+    assert!(Pass::Removed.worth_trimming());
+    let big = plan::DiffStats {
+        elements_added: TRIM_ELEMENTS,
+        ..Default::default()
+    };
+    assert!(Pass::Incremental(big).worth_trimming());
+    let new_set = plan::DiffStats {
+        sets_added: 1,
+        ..Default::default()
+    };
+    assert!(Pass::Incremental(new_set).worth_trimming());
+    assert!(!Pass::Unchanged.worth_trimming());
+}
