@@ -1,7 +1,9 @@
 //! NetworkPolicy in kindnetd: the inputs (Pods, Namespaces,
 //! NetworkPolicies from the Kubernetes watch or the nodes file), the pure
 //! planning of what to change in table `inet kindnet-netpol` ([`plan`]),
-//! and the reconciler thread that applies it through a seam ([`run`]).
+//! the reconciler thread that applies it through the nftables seam
+//! `kindnet_nft::Nft` ([`run`]), and the thread that reads its denied
+//! counters into the metrics ([`counters`]).
 //!
 //! The ruleset itself is compiled by crate `kindnet-netpol`. kindnetd
 //! programs it only once every input is complete (first list of all three

@@ -5,11 +5,15 @@
 //! a [`Model`] → skip if the same as last applied → else an incremental
 //! diff (one transaction) → or, when that is impossible or the kernel
 //! refuses it, a replacement of the whole table (one transaction)
-//! carrying over the dispatch
-//! elements the CNI plugin added for pods whose addresses kindnetd does
-//! not know yet. The table is never deleted at start or exit: the old
-//! ruleset enforces until the new one replaces it. With
-//! `--network-policy=false` the table is removed.
+//! carrying over the dispatch elements the CNI plugin added for pods
+//! whose addresses kindnetd does not know yet. The table is never deleted
+//! at start or exit: the old ruleset enforces until the new one replaces
+//! it. With `--network-policy=false` the table is removed.
+//!
+//! Every effect and every read-back (dispatch maps, rule counts, the
+//! lock shared with the plugin, counters in [`super::counters`]) goes
+//! through the one nftables seam, [`kindnet_nft::Nft`]: nf_tables over
+//! netlink in kindnetd ([`open_nft`]), `kindnet_nft::FakeNft` in tests.
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
@@ -33,6 +37,7 @@ use crate::store::NodeStore;
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
 /// hand-off and kindnetd's list-then-replace never interleave.
 pub const LOCK_DIR: &str = "/run/kindnet";
+
 /// The four dispatch maps' names.
 fn dispatch_names() -> Vec<kindnet_nft::Name> {
     [Direction::Ingress, Direction::Egress]
