@@ -200,14 +200,16 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let policy_dp =
-        match kindnetd::netpol::run::NftPolicy::new(Some(kindnetd::netpol::run::LOCK_DIR.into())) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot talk to nf_tables");
-                return ExitCode::FAILURE;
-            }
-        };
+    let (policy_dp, counter_nft) = match (
+        kindnetd::netpol::run::open_nft(Some(kindnetd::netpol::run::LOCK_DIR.into())),
+        kindnetd::netpol::run::open_nft(None),
+    ) {
+        (Ok(p), Ok(c)) => (p, c),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot talk to nf_tables");
+            return ExitCode::FAILURE;
+        }
+    };
     let policy = kindnetd::netpol::run::PolicyReconciler::new(
         kindnetd::netpol::run::PolicySettings {
             enabled: flags.network_policy,
@@ -225,7 +227,7 @@ async fn run(flags: Flags) -> ExitCode {
         status.clone(),
     );
     let counters = kindnetd::netpol::run::CounterReader::new(
-        kindnetd::netpol::run::NetlinkCounters,
+        counter_nft,
         status.clone(),
         policy.replacements(),
         kindnetd::netpol::run::COUNTER_TIMEOUT,

@@ -339,11 +339,14 @@ fn deletions_and_label_changes_apply_incrementally() {
 /// reading the table's sets: `None` without a table, the packets with.
 #[test]
 fn counters_are_read_over_netlink() {
-    use kindnetd::netpol::run::{CounterRead, NetlinkCounters};
     require_root!();
     let ns = Ns::new("kd-npc");
     let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
-    let read = || netns.run(|| NetlinkCounters.read()).unwrap().unwrap();
+    let mut nft = netns
+        .run(|| kindnetd::netpol::run::open_nft(None))
+        .unwrap()
+        .unwrap();
+    let mut read = || nft.counters(&kindnet_netpol::table()).unwrap();
     assert_eq!(read(), None);
     let t = kindnet_netpol::table();
     let mut b = kindnet_nft::Batch::new();

@@ -2,7 +2,7 @@
 //! fake for unit tests, and (feature `cli`, tests only) the `nft` binary
 //! as an independent witness.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 #[cfg(any(test, feature = "cli"))]
 use std::io::Write;
@@ -63,6 +63,14 @@ pub trait Nft {
         _table: &TableRef,
     ) -> Result<Option<HashMap<String, usize>>, NftError> {
         Ok(None)
+    }
+    /// The packets of each named counter of `table`; `None` when the
+    /// table does not exist.
+    fn counters(&mut self, table: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
+        Err(NftError::Invalid(format!(
+            "this runner does not read the counters of table {}",
+            table.name
+        )))
     }
     /// Locks `table` against other processes' read-modify-write until the
     /// returned guard is dropped; `None` where nothing is shared (fakes,
@@ -288,12 +296,73 @@ pub struct FakeNft {
     pub lists: usize,
     /// Fail the apply with this index (0 = the first).
     pub fail_apply: Option<usize>,
+    /// Answer [`Nft::rule_counts`] from [`FakeNft::rules`] (off: `None`,
+    /// as a runner that cannot tell, so callers re-assert their rules).
+    pub counts_rules: bool,
+    /// Each table's chains with their number of rules.
+    pub rules: HashMap<(Family, String), BTreeMap<String, usize>>,
+    /// Each table's named counters with their packets (0 when added;
+    /// tests set traffic with [`FakeNft::set_counter`]).
+    pub counters: HashMap<(Family, String), BTreeMap<String, u64>>,
 }
 
 impl FakeNft {
     /// The listing of table `name` of `family`, if it exists.
     pub fn table(&self, family: Family, name: &str) -> Option<&Listing> {
         self.tables.get(&(family, name.to_string()))
+    }
+
+    /// Sets the packets of counter `name` of `t` (as traffic would).
+    pub fn set_counter(&mut self, t: &TableRef, name: &str, packets: u64) {
+        self.counters
+            .entry((t.family, t.name.to_string()))
+            .or_default()
+            .insert(name.to_string(), packets);
+    }
+
+    /// Follows a batch already accepted by [`FakeNft::model`] in the rule
+    /// counts and counters.
+    fn count(&mut self, batch: &Batch) {
+        let key = |t: &TableRef| (t.family, t.name.as_str().to_string());
+        for c in &batch.cmds {
+            match c {
+                Cmd::AddTable(t) => {
+                    self.rules.entry(key(t)).or_default();
+                    self.counters.entry(key(t)).or_default();
+                }
+                Cmd::DeleteTable(t) => {
+                    self.rules.remove(&key(t));
+                    self.counters.remove(&key(t));
+                }
+                Cmd::AddChain(t, ch) => {
+                    let r = self.rules.entry(key(t)).or_default();
+                    r.entry(ch.name.to_string()).or_default();
+                }
+                Cmd::AddRule(t, rule) => {
+                    let r = self.rules.entry(key(t)).or_default();
+                    *r.entry(rule.chain.to_string()).or_default() += 1;
+                }
+                Cmd::FlushChain(t, n) => {
+                    if let Some(c) = self
+                        .rules
+                        .get_mut(&key(t))
+                        .and_then(|r| r.get_mut(n.as_str()))
+                    {
+                        *c = 0;
+                    }
+                }
+                Cmd::DeleteChain(t, n) => {
+                    if let Some(r) = self.rules.get_mut(&key(t)) {
+                        r.remove(n.as_str());
+                    }
+                }
+                Cmd::AddCounter(t, n) => {
+                    let c = self.counters.entry(key(t)).or_default();
+                    c.entry(n.to_string()).or_default();
+                }
+                _ => {}
+            }
+        }
     }
 
     fn model(&self, batch: &Batch) -> Result<HashMap<(Family, String), Listing>, NftError> {
@@ -397,12 +466,31 @@ impl Nft for FakeNft {
             return Err(NftError::Failed("injected failure".into()));
         }
         self.tables = self.model(batch)?;
+        self.count(batch);
         Ok(())
     }
 
     fn list(&mut self, t: &TableRef) -> Result<Option<Listing>, NftError> {
         self.lists += 1;
         Ok(self.tables.get(&(t.family, t.name.to_string())).cloned())
+    }
+
+    fn rule_counts(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
+        let key = (t.family, t.name.to_string());
+        if !self.counts_rules || !self.tables.contains_key(&key) {
+            return Ok(None);
+        }
+        let r = self.rules.get(&key).cloned().unwrap_or_default();
+        Ok(Some(r.into_iter().collect()))
+    }
+
+    fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
+        let key = (t.family, t.name.to_string());
+        if !self.tables.contains_key(&key) {
+            return Ok(None);
+        }
+        let c = self.counters.get(&key).cloned().unwrap_or_default();
+        Ok(Some(c.into_iter().collect()))
     }
 }
 
@@ -464,5 +552,58 @@ mod tests {
         nft.apply(&gone).unwrap();
         assert!(nft.list(&t).unwrap().is_none());
         assert!(nft.list_sets(&t, &["s"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn fake_counts_rules_per_chain_and_keeps_named_counters() {
+        use crate::batch::{ChainDef, RuleDef};
+        let t = TableRef::new(Family::Inet, "t").unwrap();
+        let (a, b) = (Name::new("a").unwrap(), Name::new("b").unwrap());
+        let mut nft = FakeNft::default();
+        assert_eq!(nft.counters(&t).unwrap(), None, "no table");
+        let mut add = Batch::new();
+        add.add_table(&t)
+            .add_chain(&t, ChainDef::regular(a.clone()))
+            .add_chain(&t, ChainDef::regular(b.clone()))
+            .add_rule(&t, RuleDef::new(&a, vec![]))
+            .add_rule(&t, RuleDef::new(&a, vec![]))
+            .add_counter(&t, &Name::new("c").unwrap());
+        nft.apply(&add).unwrap();
+        assert_eq!(nft.rule_counts(&t).unwrap(), None, "counting is opt-in");
+        nft.counts_rules = true;
+        let counts = |nft: &mut FakeNft| {
+            let mut v: Vec<(String, usize)> =
+                nft.rule_counts(&t).unwrap().unwrap().into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(counts(&mut nft), [("a".into(), 2), ("b".into(), 0)]);
+        nft.set_counter(&t, "c", 5);
+        assert_eq!(nft.counters(&t).unwrap(), Some(vec![("c".into(), 5)]));
+        let mut change = Batch::new();
+        change
+            .flush_chain(&t, &a)
+            .add_rule(&t, RuleDef::new(&a, vec![]))
+            .delete_chain(&t, &b)
+            .add_counter(&t, &Name::new("c").unwrap());
+        nft.apply(&change).unwrap();
+        assert_eq!(counts(&mut nft), [("a".into(), 1)]);
+        assert_eq!(
+            nft.counters(&t).unwrap(),
+            Some(vec![("c".into(), 5)]),
+            "kept"
+        );
+        nft.fail_apply = Some(nft.applied.len());
+        assert!(nft.apply(&add).is_err());
+        assert_eq!(
+            counts(&mut nft),
+            [("a".into(), 1)],
+            "a failed batch counts nothing"
+        );
+        let mut gone = Batch::new();
+        gone.remove_table(&t);
+        nft.apply(&gone).unwrap();
+        assert_eq!(nft.rule_counts(&t).unwrap(), None);
+        assert_eq!(nft.counters(&t).unwrap(), None);
     }
 }

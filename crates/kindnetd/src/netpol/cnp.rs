@@ -344,8 +344,9 @@ pub mod metrics {
             }
         }
 
-        /// The table's named counters, as read.
-        pub fn account(&self, counters: &[(String, u64)]) {
+        /// The table's named counters, as read; `replaced`: the table was
+        /// replaced since the last read ([`crate::netpol::counters::delta`]).
+        pub fn account(&self, counters: &[(String, u64)], replaced: bool) {
             let mut seen = match self.seen.lock() {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -354,8 +355,7 @@ pub mod metrics {
                 let Some((_, v)) = counters.iter().find(|(n, _)| n == name) else {
                     continue;
                 };
-                let delta = if *v >= seen[i] { v - seen[i] } else { *v };
-                seen[i] = *v;
+                let delta = crate::netpol::counters::delta(&mut seen[i], *v, replaced);
                 let direction = if d == kindnet_netpol::Direction::Ingress {
                     "ingress"
                 } else {
@@ -379,9 +379,9 @@ pub mod metrics {
         fn tier_counters_count_deltas_and_survive_a_replaced_table() {
             let m = CnpMetrics::default();
             let c = |v| vec![("admin-denied-ingress".to_string(), v)];
-            m.account(&c(5));
-            m.account(&c(7));
-            m.account(&c(2));
+            m.account(&c(5), false);
+            m.account(&c(7), false);
+            m.account(&c(2), false);
             let l = TierDirectionLabel {
                 tier: "admin",
                 direction: "ingress",

@@ -1,7 +1,9 @@
 //! NetworkPolicy in kindnetd: the inputs (Pods, Namespaces,
 //! NetworkPolicies from the Kubernetes watch or the nodes file), the pure
 //! planning of what to change in table `inet kindnet-netpol` ([`plan`]),
-//! and the reconciler thread that applies it through a seam ([`run`]).
+//! the reconciler thread that applies it through the nftables seam
+//! `kindnet_nft::Nft` ([`run`]), and the thread that reads its denied
+//! counters into the metrics ([`counters`]).
 //!
 //! The ruleset itself is compiled by crate `kindnet-netpol`. kindnetd
 //! programs it only once every input is complete (first list of all three
@@ -10,6 +12,7 @@
 //! table, if any, keeps enforcing.
 
 pub mod cnp;
+pub mod counters;
 pub mod metrics;
 pub mod plan;
 pub mod run;
@@ -217,6 +220,34 @@ pub fn release_memory() {
     }
 }
 
+/// Each Pod's two chain names (`kindnet_netpol::pod_chain`: a SHA-256
+/// each), kept across passes: a pass reads the CNI record of every local
+/// Pod, and hashing each Pod's name again on every pass cost more than
+/// the reading itself.
+#[derive(Debug, Default)]
+pub struct ChainNames {
+    by_pod: HashMap<(String, String), [kindnet_nft::Name; 2]>,
+}
+
+impl ChainNames {
+    /// The names of `key`'s ingress and egress chains.
+    fn of(&mut self, key: &(String, String)) -> &[kindnet_nft::Name; 2] {
+        if !self.by_pod.contains_key(key) {
+            let names =
+                [Direction::Ingress, Direction::Egress].map(|d| pod_chain(&key.0, &key.1, d));
+            self.by_pod.insert(key.clone(), names);
+        }
+        &self.by_pod[key]
+    }
+
+    /// Forgets Pods no longer in `inputs` (once there are many).
+    fn prune(&mut self, inputs: &Inputs) {
+        if self.by_pod.len() > 2 * inputs.pods.len() + 64 {
+            self.by_pod.retain(|k, _| inputs.pods.contains_key(k));
+        }
+    }
+}
+
 /// What the CNI plugin recorded on node `node` at ADD, read back from the
 /// dispatch maps its hand-off fills (`address → goto ing-/egr-<hash of
 /// namespace/name>`, see `kindnet_netpol::pod_chain`): the addresses of
@@ -227,22 +258,35 @@ pub fn attachments<'a>(
     node: &str,
     present: impl IntoIterator<Item = (&'a str, &'a Value, &'a Option<Value>)>,
 ) -> Vec<Attachment> {
-    let mut by_chain: HashMap<String, usize> = HashMap::new();
-    let mut out: Vec<Attachment> = Vec::new();
-    for p in inputs
+    attachments_with(&mut ChainNames::default(), inputs, node, present)
+}
+
+/// [`attachments`], with the chain names kept across passes.
+pub fn attachments_with<'a>(
+    names: &mut ChainNames,
+    inputs: &Inputs,
+    node: &str,
+    present: impl IntoIterator<Item = (&'a str, &'a Value, &'a Option<Value>)>,
+) -> Vec<Attachment> {
+    names.prune(inputs);
+    let local: Vec<&(String, String)> = inputs
         .pods
-        .values()
-        .filter(|p| p.node_name == node && !p.host_network && !p.is_finished())
-    {
-        for d in [Direction::Ingress, Direction::Egress] {
-            by_chain.insert(
-                pod_chain(&p.namespace, &p.name, d).as_str().to_string(),
-                out.len(),
-            );
+        .iter()
+        .filter(|(_, p)| p.node_name == node && !p.host_network && !p.is_finished())
+        .map(|(k, _)| k)
+        .collect();
+    for k in &local {
+        names.of(k);
+    }
+    let mut by_chain: HashMap<&str, usize> = HashMap::with_capacity(2 * local.len());
+    let mut out: Vec<Attachment> = Vec::with_capacity(local.len());
+    for k in local {
+        for n in &names.by_pod[k] {
+            by_chain.insert(n.as_str(), out.len());
         }
         out.push(Attachment {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
+            namespace: k.0.clone(),
+            name: k.1.clone(),
             ips: Vec::new(),
         });
     }
@@ -411,6 +455,45 @@ mod tests {
                 name: "a".into(),
                 ips: vec!["10.0.1.5".parse().unwrap(), "fd00::5".parse().unwrap()],
             }]
+        );
+    }
+
+    #[test]
+    fn chain_names_are_kept_across_passes_and_forgotten_with_their_pods() {
+        let on = |name: &str| -> Object {
+            Object::Pod(
+                serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+                    "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}))
+                .unwrap(),
+            )
+        };
+        let mut i = Inputs::default();
+        i.replace_kind(Kind::Pod, vec![on("a"), on("b")]);
+        let ip = Value::Addr("10.0.1.5".parse().unwrap());
+        let goto = Some(Value::Goto(pod_chain("x", "b", Direction::Egress)));
+        let present = [("egress4", &ip, &goto)];
+        let mut names = ChainNames::default();
+        for _ in 0..2 {
+            let rec = attachments_with(&mut names, &i, "n1", present);
+            assert_eq!(rec, attachments(&i, "n1", present));
+            assert_eq!(rec.len(), 1);
+            assert_eq!(rec[0].name, "b");
+        }
+        assert_eq!(names.by_pod.len(), 2);
+        // many pods come and go: the names of those gone are dropped
+        for k in 0..100 {
+            i.replace_kind(Kind::Pod, vec![on(&format!("p{k}"))]);
+            attachments_with(&mut names, &i, "n1", present);
+        }
+        assert!(
+            names.by_pod.len() <= 2 * i.pods.len() + 65,
+            "{}",
+            names.by_pod.len()
+        );
+        assert!(
+            !names
+                .by_pod
+                .contains_key(&("x".to_string(), "a".to_string()))
         );
     }
 

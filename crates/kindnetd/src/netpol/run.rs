@@ -5,13 +5,17 @@
 //! a [`Model`] → skip if the same as last applied → else an incremental
 //! diff (one transaction) → or, when that is impossible or the kernel
 //! refuses it, a replacement of the whole table (one transaction)
-//! carrying over the dispatch
-//! elements the CNI plugin added for pods whose addresses kindnetd does
-//! not know yet. The table is never deleted at start or exit: the old
-//! ruleset enforces until the new one replaces it. With
-//! `--network-policy=false` the table is removed.
+//! carrying over the dispatch elements the CNI plugin added for pods
+//! whose addresses kindnetd does not know yet. The table is never deleted
+//! at start or exit: the old ruleset enforces until the new one replaces
+//! it. With `--network-policy=false` the table is removed.
+//!
+//! Every effect and every read-back (dispatch maps, rule counts, the
+//! lock shared with the plugin, counters in [`super::counters`]) goes
+//! through the one nftables seam, [`kindnet_nft::Nft`]: nf_tables over
+//! netlink in kindnetd ([`open_nft`]), `kindnet_nft::FakeNft` in tests.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,14 +23,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kindnet_netpol::{
-    Addressing, Budget, DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, Direction, compile,
-    dispatch_map, table,
-};
-use kindnet_nft::{Batch, Listing, Nft, NftNetlink, TableLock, Value};
+use kindnet_netpol::{Addressing, Budget, Direction, compile, dispatch_map, table};
+use kindnet_nft::{Batch, Listing, Nft, NftError, NftNetlink, Value};
 
 use super::Inputs;
-use super::metrics::{DirectionLabel, ModeLabel, ReasonLabel};
+pub use super::counters::{COUNTER_PERIOD, COUNTER_TIMEOUT, CounterReader, CounterTick};
+use super::metrics::{ModeLabel, ReasonLabel};
 use super::plan::{self, Model, Present};
 use crate::inputs::store::NodeStore;
 use crate::serve::status::Status;
@@ -35,23 +37,6 @@ use crate::serve::status::Status;
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
 /// hand-off and kindnetd's list-then-replace never interleave.
 pub const LOCK_DIR: &str = "/run/kindnet";
-/// The denied counters are read this often ([`CounterReader`]).
-pub const COUNTER_PERIOD: Duration = Duration::from_secs(2);
-/// A counter read that takes longer is given up on (and no other is
-/// started until it ends).
-pub const COUNTER_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The effects the policy reconciler needs.
-pub trait PolicyDataplane: Send {
-    fn apply(&mut self, b: &Batch) -> Result<(), String>;
-    /// The dispatch maps and their elements; `None` when the table does
-    /// not exist.
-    fn list(&mut self) -> Result<Option<Listing>, String>;
-    /// Every chain of the table with its number of rules; `None` when the
-    /// table does not exist.
-    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String>;
-    fn lock(&mut self) -> Result<Option<TableLock>, String>;
-}
 
 /// The four dispatch maps' names.
 fn dispatch_names() -> Vec<kindnet_nft::Name> {
@@ -61,263 +46,38 @@ fn dispatch_names() -> Vec<kindnet_nft::Name> {
         .collect()
 }
 
-/// The real kernel, through nf_tables netlink. The table gets no owner
-/// flag: the CNI plugin adds a new pod's dispatch elements to it at ADD
-/// (the hand-off), which an owned table would refuse.
-pub struct NftPolicy {
-    nl: NftNetlink,
+/// kindnetd's nf_tables socket for the policy table, in the calling
+/// thread's namespace; `lock_dir`: where the table's lock is shared with
+/// the CNI plugin ([`LOCK_DIR`]). The table gets no owner flag: the plugin
+/// adds a new pod's dispatch elements to it at ADD (the hand-off), which
+/// an owned table would refuse.
+pub fn open_nft(lock_dir: Option<PathBuf>) -> Result<NftNetlink, NftError> {
+    let mut nl = NftNetlink::open()?;
+    nl.lock_dir = lock_dir;
+    Ok(nl)
 }
 
-impl NftPolicy {
-    /// Opens the nf_tables socket in the calling thread's namespace.
-    pub fn new(lock_dir: Option<PathBuf>) -> Result<NftPolicy, kindnet_nft::NftError> {
-        let mut nl = NftNetlink::open()?;
-        nl.lock_dir = lock_dir;
-        Ok(NftPolicy { nl })
-    }
+/// The dispatch maps and their elements, only those (listing the whole
+/// table would cost time and memory in proportion to the ruleset); `None`
+/// when the table, or every dispatch map, is missing.
+fn list_dispatch(nft: &mut dyn Nft) -> Result<Option<Listing>, NftError> {
+    let names = dispatch_names();
+    let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    let l = nft.list_sets(&table(), &names)?;
+    Ok(l.filter(|l| !l.sets.is_empty()))
 }
 
-impl PolicyDataplane for NftPolicy {
-    fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.nl.apply(b).map_err(|e| e.to_string())
-    }
-
-    /// Only the four dispatch maps: listing the whole table would cost
-    /// time and memory in proportion to the ruleset.
-    fn list(&mut self) -> Result<Option<Listing>, String> {
-        let maps = dispatch_names();
-        let l = self
-            .nl
-            .list_sets(&table(), Some(&maps))
-            .map_err(|e| e.to_string())?;
-        Ok(l.filter(|l| !l.sets.is_empty()))
-    }
-
-    /// Over netlink: two dumps that read no set element.
-    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
-        self.nl
-            .rule_counts(&table())
-            .map(|c| c.map(|c| c.into_iter().collect()))
-            .map_err(|e| e.to_string())
-    }
-
-    fn lock(&mut self) -> Result<Option<TableLock>, String> {
-        self.nl.lock(&table()).map_err(|e| e.to_string())
-    }
-}
-
-/// A recording fake over [`kindnet_nft::FakeNft`], which also keeps each
-/// chain's number of rules (what the fake kernel does not model).
-#[derive(Default)]
-pub struct FakePolicy {
-    pub nft: kindnet_nft::FakeNft,
-    pub rules: Option<BTreeMap<String, usize>>,
-}
-
-impl FakePolicy {
-    fn count_rules(&mut self, b: &Batch) {
-        use kindnet_nft::Cmd;
-        let ours = |t: &kindnet_nft::TableRef| t == &table();
-        for c in &b.cmds {
-            match c {
-                Cmd::AddTable(t) if ours(t) => {
-                    self.rules.get_or_insert_with(BTreeMap::new);
-                }
-                Cmd::DeleteTable(t) if ours(t) => self.rules = None,
-                Cmd::AddChain(t, ch) if ours(t) => {
-                    if let Some(r) = &mut self.rules {
-                        r.entry(ch.name.to_string()).or_default();
-                    }
-                }
-                Cmd::AddRule(t, rule) if ours(t) => {
-                    if let Some(r) = &mut self.rules {
-                        *r.entry(rule.chain.to_string()).or_default() += 1;
-                    }
-                }
-                Cmd::FlushChain(t, n) if ours(t) => {
-                    if let Some(c) = self.rules.as_mut().and_then(|r| r.get_mut(n.as_str())) {
-                        *c = 0;
-                    }
-                }
-                Cmd::DeleteChain(t, n) if ours(t) => {
-                    if let Some(r) = &mut self.rules {
-                        r.remove(n.as_str());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-impl PolicyDataplane for FakePolicy {
-    fn apply(&mut self, b: &Batch) -> Result<(), String> {
-        self.nft.apply(b).map_err(|e| e.to_string())?;
-        self.count_rules(b);
-        Ok(())
-    }
-    fn list(&mut self) -> Result<Option<Listing>, String> {
-        let names = dispatch_names();
-        let names: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
-        self.nft
-            .list_sets(&table(), &names)
-            .map_err(|e| e.to_string())
-    }
-    fn rule_counts(&mut self) -> Result<Option<BTreeMap<String, usize>>, String> {
-        Ok(self.rules.clone())
-    }
-    fn lock(&mut self) -> Result<Option<TableLock>, String> {
-        Ok(None)
-    }
-}
-
-/// Reads the table's named denied counters.
-pub trait CounterRead: Send + 'static {
-    /// (name, packets) of the counters that exist; `None`: no table.
-    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String>;
-}
-
-/// The table's named counters, one dump of nf_tables counter objects over
-/// netlink: the cost does not grow with the ruleset (`nft list counters`
-/// reads every set element of the table first).
-pub struct NetlinkCounters;
-
-impl CounterRead for NetlinkCounters {
-    fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-        kindnet_nft::NftNetlink::open()
-            .and_then(|mut nl| nl.counters(&table()))
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// (name, packets) of the named counters that exist.
-pub type CounterValues = Vec<(String, u64)>;
-type CounterResult = Result<Option<CounterValues>, String>;
-
-/// Reads the denied counters into the metrics on a thread of its own,
-/// every [`COUNTER_PERIOD`], giving up on a read after a timeout: status
-/// reads never hold up programming.
-pub struct CounterReader {
-    status: Arc<Status>,
-    replacements: Arc<AtomicU64>,
-    seen: [u64; 2],
-    generation: u64,
-    /// A read given up on, still running.
-    pending: Option<Receiver<CounterResult>>,
-    reader: Arc<Mutex<dyn CounterRead>>,
-    timeout: Duration,
-}
-
-/// What one [`CounterReader::tick`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CounterTick {
-    Read,
-    NoTable,
-    Failed(String),
-    /// The read took longer than the timeout (it goes on, alone; the
-    /// next tick waits for it instead of starting another).
-    TimedOut,
-}
-
-impl CounterReader {
-    pub fn new(
-        reader: impl CounterRead,
-        status: Arc<Status>,
-        replacements: Arc<AtomicU64>,
-        timeout: Duration,
-    ) -> CounterReader {
-        CounterReader {
-            status,
-            replacements,
-            seen: [0, 0],
-            generation: 0,
-            pending: None,
-            reader: Arc::new(Mutex::new(reader)),
-            timeout,
-        }
-    }
-
-    /// Runs forever on the calling thread.
-    pub fn run(mut self, period: Duration) {
-        loop {
-            std::thread::sleep(period);
-            match self.tick() {
-                CounterTick::TimedOut => tracing::warn!(
-                    timeout = ?self.timeout,
-                    "reading the NetworkPolicy counters takes too long; trying again later"
-                ),
-                CounterTick::Failed(e) => {
-                    tracing::debug!(error = %e, "cannot read the policy counters")
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// One read, on a helper thread, waited for at most the timeout.
-    pub fn tick(&mut self) -> CounterTick {
-        let rx = match self.pending.take() {
-            Some(rx) => rx,
-            None => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let reader = self.reader.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("netpol-counters".into())
-                    .spawn(move || {
-                        let r = match reader.lock() {
-                            Ok(mut g) => g.read(),
-                            Err(p) => p.into_inner().read(),
-                        };
-                        let _ = tx.send(r);
-                    });
-                if let Err(e) = spawned {
-                    return CounterTick::Failed(e.to_string());
-                }
-                rx
-            }
-        };
-        match rx.recv_timeout(self.timeout) {
-            Ok(Ok(Some(c))) => {
-                self.account(&c);
-                CounterTick::Read
-            }
-            Ok(Ok(None)) => CounterTick::NoTable,
-            Ok(Err(e)) => CounterTick::Failed(e),
-            Err(RecvTimeoutError::Timeout) => {
-                self.pending = Some(rx);
-                self.status.metrics.netpol.counter_read_timeouts.inc();
-                CounterTick::TimedOut
-            }
-            Err(RecvTimeoutError::Disconnected) => CounterTick::Failed("the read panicked".into()),
-        }
-    }
-
-    fn account(&mut self, c: &[(String, u64)]) {
-        self.status.metrics.cnp.account(c);
-        // a replaced table starts its counters again at 0
-        let generation = self.replacements.load(Ordering::Relaxed);
-        if generation != self.generation {
-            self.generation = generation;
-            self.seen = [0, 0];
-        }
-        let m = &self.status.metrics.netpol;
-        for (i, (name, direction)) in [
-            (DENIED_INGRESS_COUNTER, "ingress"),
-            (DENIED_EGRESS_COUNTER, "egress"),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            let Some((_, v)) = c.iter().find(|(n, _)| n == name) else {
-                continue;
-            };
-            let delta = v.checked_sub(self.seen[i]).unwrap_or(*v);
-            self.seen[i] = *v;
-            m.denied_packets
-                .get_or_create(&DirectionLabel { direction })
-                .inc_by(delta);
-        }
-    }
+/// Why a pass did not program the table (the rules programmed before stay
+/// in force).
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("cannot lock table inet kindnet-netpol: {0}")]
+    Lock(NftError),
+    #[error("cannot list the policy table: {0}")]
+    List(NftError),
+    /// The kernel refused the transaction.
+    #[error("{0}")]
+    Apply(NftError),
 }
 
 /// The dispatch elements of a listing (none without a table).
@@ -364,7 +124,7 @@ pub fn conflict_line(c: &[kindnet_netpol::Conflict]) -> String {
 }
 
 /// What one pass did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Pass {
     /// Inputs not complete yet: nothing touched.
     Waiting,
@@ -374,7 +134,45 @@ pub enum Pass {
         carried: usize,
     },
     Removed,
-    Failed(String),
+    Failed(ProgramError),
+}
+
+/// An incremental change of at least this many elements gives the heap
+/// back ([`Pass::worth_trimming`]).
+const TRIM_ELEMENTS: usize = 1000;
+
+impl Pass {
+    /// Whether the heap's free pages are worth giving back after this pass:
+    /// after a replacement of the table, or a change that added or removed
+    /// sets or many elements (its peak was large). Not after a small
+    /// change: the next pass needs the same pages again, and given back
+    /// each is a page fault to take again (about 700 a label change at
+    /// 1,000 pods and 200 policies).
+    pub fn worth_trimming(&self) -> bool {
+        match self {
+            Pass::Full { .. } | Pass::Removed => true,
+            Pass::Incremental(st) => {
+                st.sets_added + st.sets_deleted > 0
+                    || st.elements_added + st.elements_deleted >= TRIM_ELEMENTS
+            }
+            Pass::Waiting | Pass::Unchanged | Pass::Failed(_) => false,
+        }
+    }
+}
+
+/// Outcomes compare by what they say (a failure by its message).
+impl PartialEq for Pass {
+    fn eq(&self, other: &Pass) -> bool {
+        match (self, other) {
+            (Pass::Waiting, Pass::Waiting)
+            | (Pass::Unchanged, Pass::Unchanged)
+            | (Pass::Removed, Pass::Removed) => true,
+            (Pass::Incremental(a), Pass::Incremental(b)) => a == b,
+            (Pass::Full { carried: a }, Pass::Full { carried: b }) => a == b,
+            (Pass::Failed(a), Pass::Failed(b)) => a.to_string() == b.to_string(),
+            _ => false,
+        }
+    }
 }
 
 /// The ruleset applied last: as compiled, and with the elements carried
@@ -397,9 +195,9 @@ impl Applied {
     }
 }
 
-pub struct PolicyReconciler<D: PolicyDataplane> {
+pub struct PolicyReconciler<N: Nft + Send> {
     cfg: PolicySettings,
-    dp: D,
+    dp: N,
     inputs: Arc<Mutex<Inputs>>,
     nodes: Arc<Mutex<NodeStore>>,
     status: Arc<Status>,
@@ -409,12 +207,13 @@ pub struct PolicyReconciler<D: PolicyDataplane> {
     logged_refusals: BTreeSet<String>,
     replacements: Arc<AtomicU64>,
     logged_conflicts: Vec<kindnet_netpol::Conflict>,
+    chain_names: super::ChainNames,
 }
 
-impl<D: PolicyDataplane> PolicyReconciler<D> {
+impl<N: Nft + Send> PolicyReconciler<N> {
     pub fn new(
         cfg: PolicySettings,
-        dp: D,
+        dp: N,
         inputs: Arc<Mutex<Inputs>>,
         nodes: Arc<Mutex<NodeStore>>,
         status: Arc<Status>,
@@ -430,10 +229,12 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             logged_refusals: BTreeSet::new(),
             replacements: Arc::new(AtomicU64::new(0)),
             logged_conflicts: Vec::new(),
+            chain_names: super::ChainNames::default(),
         }
     }
 
-    pub fn dataplane(&mut self) -> &mut D {
+    /// The seam (tests reach the fake kernel through it).
+    pub fn dataplane(&mut self) -> &mut N {
         &mut self.dp
     }
 
@@ -480,8 +281,8 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         let started = Instant::now();
         let read = self
             .dp
-            .rule_counts()
-            .and_then(|rules| Ok((rules, self.dp.list()?)));
+            .rule_counts(&table())
+            .and_then(|rules| Ok((rules, list_dispatch(&mut self.dp)?)));
         let diffs = match read {
             Ok((Some(rules), Some(maps))) => plan::drift(want, &rules, &maps),
             Ok(_) => vec!["table inet kindnet-netpol is missing".to_string()],
@@ -550,12 +351,14 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 return None;
             }
             let attached = match (&kernel, &self.last) {
-                (Some(k), _) => super::attachments(
+                (Some(k), _) => super::attachments_with(
+                    &mut self.chain_names,
                     &inputs,
                     &own.node_name,
                     k.iter().map(|e| (e.set.as_str(), &e.key, &e.data)),
                 ),
-                (None, Some(last)) => super::attachments(
+                (None, Some(last)) => super::attachments_with(
+                    &mut self.chain_names,
                     &inputs,
                     &own.node_name,
                     super::model_dispatch(last.kernel()),
@@ -583,7 +386,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             }
             drop(snap);
             drop(inputs);
-            kernel = Some(match self.dp.list() {
+            kernel = Some(match list_dispatch(&mut self.dp) {
                 Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
@@ -638,7 +441,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot remove table inet kindnet-netpol");
-                    Pass::Failed(e)
+                    Pass::Failed(ProgramError::Apply(e))
                 }
             };
         }
@@ -704,9 +507,10 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         }
         self.status.set_netpol(lines);
         // the inputs' validated copy and the compiled batch are gone: give
-        // their pages back (the model applied is all that stays)
+        // their pages back after a large change (the model applied is all
+        // that stays)
         drop(snap);
-        if !matches!(outcome, Pass::Unchanged) {
+        if outcome.worth_trimming() {
             super::release_memory();
         }
         outcome
@@ -735,9 +539,9 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
         {
             return Pass::Unchanged;
         }
-        let _lock = match self.dp.lock() {
+        let _lock = match self.dp.lock(&table()) {
             Ok(l) => l,
-            Err(e) => return Pass::Failed(e),
+            Err(e) => return Pass::Failed(ProgramError::Lock(e)),
         };
         if let Some(last) = &self.last {
             let old = last.kernel();
@@ -747,9 +551,9 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             // the CNI plugin's elements matter only where the diff
             // touches the dispatch maps or deletes chains
             let present = if plan::touches_dispatch(old, applied.kernel()) {
-                match self.dp.list() {
+                match list_dispatch(&mut self.dp) {
                     Ok(l) => Some(present_of(l)),
-                    Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
+                    Err(e) => return Pass::Failed(ProgramError::List(e)),
                 }
             } else {
                 None
@@ -758,6 +562,7 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
                 let t = Instant::now();
                 let r = self.dp.apply(&b);
                 tracing::debug!(
+                    listed = present.is_some(),
                     cmds = b.cmds.len(),
                     ms = t.elapsed().as_secs_f64() * 1e3,
                     "NetworkPolicy diff applied"
@@ -792,9 +597,9 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
     /// The whole table, keeping what the CNI plugin added for pods whose
     /// addresses are not known yet.
     fn replace(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
-        let present: Vec<Present> = match self.dp.list() {
+        let present: Vec<Present> = match list_dispatch(&mut self.dp) {
             Ok(l) => present_of(l),
-            Err(e) => return Pass::Failed(format!("cannot list the policy table: {e}")),
+            Err(e) => return Pass::Failed(ProgramError::List(e)),
         };
         let carried = plan::carry_over(known, &new, &present);
         for (map, e) in &carried {
@@ -818,518 +623,11 @@ impl<D: PolicyDataplane> PolicyReconciler<D> {
             }
             Err(e) => {
                 self.last = None;
-                Pass::Failed(e)
+                Pass::Failed(ProgramError::Apply(e))
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netpol::{Kind, Object};
-    use kindnet_netpol::{pod_chain, pod_dispatch_elements};
-    use serde_json::json;
-
-    fn pod(name: &str, ips: &[&str]) -> Object {
-        Object::Pod(
-            serde_json::from_value(json!({
-                "metadata": {"namespace": "x", "name": name, "labels": {"pod": name}},
-                "spec": {"nodeName": "n1"},
-                "status": {"phase": "Running", "podIPs": ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>()}
-            }))
-            .unwrap(),
-        )
-    }
-
-    fn deny() -> Object {
-        Object::Policy(
-            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "deny"},
-                "spec": {"podSelector": {}}}))
-            .unwrap(),
-        )
-    }
-
-    fn bad_policy() -> Object {
-        Object::Policy(
-            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "bad"},
-                "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}}))
-            .unwrap(),
-        )
-    }
-
-    struct H {
-        r: PolicyReconciler<FakePolicy>,
-        inputs: Arc<Mutex<Inputs>>,
-        nodes: Arc<Mutex<NodeStore>>,
-        status: Arc<Status>,
-    }
-
-    fn harness(enabled: bool) -> H {
-        let inputs = Arc::new(Mutex::new(Inputs::default()));
-        let nodes = Arc::new(Mutex::new(NodeStore::new()));
-        let status = Arc::new(Status::new());
-        let cfg = PolicySettings {
-            enabled,
-            own_name: "n1".into(),
-            own_ips: vec!["172.18.0.2".parse().unwrap()],
-            log_denied: false,
-            budget: Budget {
-                per_policy: 1000,
-                per_node: 5000,
-            },
-        };
-        let r = PolicyReconciler::new(
-            cfg,
-            FakePolicy::default(),
-            inputs.clone(),
-            nodes.clone(),
-            status.clone(),
-        );
-        H {
-            r,
-            inputs,
-            nodes,
-            status,
-        }
-    }
-
-    impl H {
-        fn sync_nodes(&self) {
-            let mut n = self.nodes.lock().unwrap();
-            n.replace_all(&[crate::inputs::node::tests::raw(
-                "n1",
-                &["10.0.1.0/24"],
-                &[("InternalIP", "172.18.0.2")],
-            )]);
-            n.mark_synced();
-        }
-        fn file(&self, objs: Vec<Object>) {
-            self.inputs.lock().unwrap().replace_file(objs, Some(7));
-        }
-        fn applied(&mut self) -> usize {
-            self.r.dataplane().nft.applied.len()
-        }
-    }
-
-    #[test]
-    fn nothing_is_touched_until_every_input_is_complete() {
-        let mut h = harness(true);
-        assert_eq!(h.r.pass(), Pass::Waiting);
-        h.inputs
-            .lock()
-            .unwrap()
-            .replace_kind(Kind::Pod, vec![pod("a", &[])]);
-        h.sync_nodes();
-        assert_eq!(
-            h.r.pass(),
-            Pass::Waiting,
-            "namespaces and policies not listed"
-        );
-        assert_eq!(h.applied(), 0, "the old table keeps enforcing");
-        assert!(h.status.readiness().report().contains("not programmed yet"));
-        h.inputs
-            .lock()
-            .unwrap()
-            .replace_kind(Kind::Namespace, vec![]);
-        h.inputs
-            .lock()
-            .unwrap()
-            .replace_kind(Kind::Policy, vec![deny()]);
-        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
-        assert_eq!(h.r.pass(), Pass::Unchanged);
-        assert_eq!(h.applied(), 1);
-        // the pending pod's chains exist for the CNI plugin
-        let b = &h.r.dataplane().nft.applied[0];
-        let chain = pod_chain("x", "a", Direction::Ingress);
-        assert!(
-            b.cmds
-                .iter()
-                .any(|c| matches!(c, kindnet_nft::Cmd::AddChain(_, ch) if ch.name == chain))
-        );
-    }
-
-    #[test]
-    fn changes_are_incremental_and_cni_elements_survive_everything() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        h.file(vec![pod("a", &["10.0.1.2"]), pod("fresh", &[]), deny()]);
-        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
-        // CNI ADD of x/fresh: its address into the maps
-        let ip: IpAddr = "10.0.1.9".parse().unwrap();
-        let add = pod_dispatch_elements("x", "fresh", &[ip]);
-        h.r.dataplane().apply(&add).unwrap();
-        // a label change elsewhere: a diff, the CNI element untouched
-        h.file(vec![
-            pod("a", &["10.0.1.2"]),
-            pod("fresh", &[]),
-            pod("b", &["10.0.1.3"]),
-            deny(),
-        ]);
-        assert!(matches!(h.r.pass(), Pass::Incremental(_)));
-        let has = |h: &mut H| {
-            h.r.dataplane()
-                .list()
-                .unwrap()
-                .unwrap()
-                .in_set(dispatch_map(Direction::Ingress, false).as_str())
-                .any(|e| e.key == Value::Addr(ip))
-        };
-        assert!(has(&mut h));
-        // a restart: a new reconciler replaces the table, carrying it over
-        let nft = std::mem::take(&mut h.r.dataplane().nft);
-        let mut h2 = harness(true);
-        h2.r.dataplane().nft = nft;
-        h2.sync_nodes();
-        h2.file(vec![
-            pod("a", &["10.0.1.2"]),
-            pod("fresh", &[]),
-            pod("b", &["10.0.1.3"]),
-            deny(),
-        ]);
-        assert_eq!(
-            h2.r.pass(),
-            Pass::Full { carried: 1 },
-            "ingress4 compiled from the CNI record, egress4 (not isolated) carried"
-        );
-        assert!(has(&mut h2));
-        let last = h2.r.dataplane().nft.applied.last().unwrap().clone();
-        assert!(
-            matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
-            "replaced in one batch"
-        );
-        // the Pod object reports the address: already compiled from the
-        // CNI record, nothing changes
-        h2.file(vec![
-            pod("a", &["10.0.1.2"]),
-            pod("fresh", &["10.0.1.9"]),
-            pod("b", &["10.0.1.3"]),
-            deny(),
-        ]);
-        assert_eq!(h2.r.pass(), Pass::Unchanged);
-        assert!(has(&mut h2));
-        // the pod is deleted: its element goes with it
-        h2.file(vec![pod("a", &["10.0.1.2"]), deny()]);
-        assert!(matches!(h2.r.pass(), Pass::Incremental(_)));
-        assert!(!has(&mut h2));
-    }
-
-    #[test]
-    fn a_refused_diff_falls_back_to_the_full_table_and_is_counted() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
-        h.r.pass();
-        // someone deleted our element by hand: the diff does not delete
-        // it again (the kernel would refuse the whole diff)
-        let mut b = Batch::new();
-        b.delete_elements(
-            &table(),
-            &dispatch_map(Direction::Ingress, false),
-            vec![Value::Addr("10.0.1.2".parse().unwrap())],
-        );
-        h.r.dataplane().apply(&b).unwrap();
-        h.file(vec![deny()]);
-        assert!(matches!(h.r.pass(), Pass::Incremental(_)));
-        let replaced = |h: &H| {
-            h.status
-                .metrics
-                .encode()
-                .contains("kindnet_netpol_full_replacements_total{reason=\"refused\"} 1")
-        };
-        assert!(!replaced(&h));
-        // the kernel refuses a diff: the whole table, counted
-        let n = h.applied();
-        h.r.dataplane().nft.fail_apply = Some(n);
-        h.file(vec![pod("b", &["10.0.1.3"]), deny()]);
-        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
-        assert!(replaced(&h), "{}", h.status.metrics.encode());
-    }
-
-    #[test]
-    fn a_deleted_open_pods_cni_elements_go_before_its_chain() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        // no policy: x/a's chains only pass, no element of kindnetd's
-        h.file(vec![pod("a", &["10.0.1.2"])]);
-        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
-        let ip: IpAddr = "10.0.1.2".parse().unwrap();
-        h.r.dataplane()
-            .apply(&pod_dispatch_elements("x", "a", &[ip]))
-            .unwrap();
-        h.file(vec![]);
-        let p = h.r.pass();
-        assert!(
-            matches!(p, Pass::Incremental(st) if st.chains_deleted == 2),
-            "{p:?}"
-        );
-        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
-        let del_elem = b
-            .cmds
-            .iter()
-            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteElements(..)))
-            .expect("the CNI's elements deleted");
-        let del_chain = b
-            .cmds
-            .iter()
-            .position(|c| matches!(c, kindnet_nft::Cmd::DeleteChain(..)))
-            .unwrap();
-        assert!(del_elem < del_chain, "{b:?}");
-        let l = h.r.dataplane().list().unwrap().unwrap();
-        assert!(
-            !l.elements.iter().any(|e| e.key == Value::Addr(ip)),
-            "{l:?}"
-        );
-    }
-
-    #[test]
-    fn refusals_are_counted_and_reported_and_off_removes_the_table() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        h.file(vec![pod("a", &["10.0.1.2"]), bad_policy()]);
-        h.r.pass();
-        assert_eq!(h.status.metrics.netpol.objects_refused.get(), 1);
-        let r = h.status.readiness().report();
-        assert!(r.contains("[!] refused: policy x/bad"), "{r}");
-        let text = h.status.metrics.encode();
-        assert!(text.contains("kindnet_netpol_policies "), "{text}");
-
-        let mut off = harness(false);
-        off.r.dataplane().nft = std::mem::take(&mut h.r.dataplane().nft);
-        assert_eq!(off.r.pass(), Pass::Removed);
-        assert!(off.r.dataplane().list().unwrap().is_none());
-        assert_eq!(off.r.pass(), Pass::Unchanged);
-    }
-
-    /// Counters as the fake kernel has them; `gate`: each read waits for
-    /// a message first (a slow read).
-    struct FakeCounters {
-        values: Arc<Mutex<Option<CounterValues>>>,
-        gate: Option<Receiver<()>>,
-    }
-
-    impl CounterRead for FakeCounters {
-        fn read(&mut self) -> Result<Option<Vec<(String, u64)>>, String> {
-            if let Some(g) = &self.gate {
-                g.recv().map_err(|e| e.to_string())?;
-            }
-            Ok(self.values.lock().unwrap().clone())
-        }
-    }
-
-    fn denied(s: &Status, direction: &str) -> String {
-        let text = s.metrics.encode();
-        let key = format!("kindnet_netpol_denied_packets_total{{direction=\"{direction}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&key))
-            .unwrap_or("")
-            .to_string()
-    }
-
-    #[test]
-    fn over_budget_policies_and_address_conflicts_are_reported() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        // 1,500 excepts: over the harness's budget of 1,000 per policy
-        let except: Vec<String> = (0..1500)
-            .map(|i| format!("fd00:9::{:x}/128", 2 * i + 1))
-            .collect();
-        let big = Object::Policy(
-            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "big"},
-                "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "::/0", "except": except}}]}]}}))
-            .unwrap(),
-        );
-        // x/b and x/c claim one address (and no CNI record settles it);
-        // 10.0.9.9 is outside node n1's 10.0.1.0/24
-        h.file(vec![
-            pod("a", &["10.0.1.2"]),
-            pod("b", &["10.0.1.7"]),
-            pod("c", &["10.0.1.7"]),
-            pod("d", &["10.0.9.9"]),
-            big,
-        ]);
-        assert!(matches!(h.r.pass(), Pass::Full { .. }));
-        let m = &h.status.metrics.netpol;
-        assert_eq!(m.policies_over_budget.get(), 1);
-        assert_eq!(m.address_conflicts.get(), 1);
-        assert!(m.elements.get() < 100, "{}", m.elements.get());
-        let r = h.status.readiness().report();
-        assert!(
-            r.contains("[!] refused: policy x/big: the policy's rules refused: 1501 set elements, over the budget of 1000 per policy"),
-            "{r}"
-        );
-        assert!(
-            r.contains("1 pod address(es) claimed by several Pods")
-                && r.contains("address 10.0.1.7 claimed by pods x/b, x/c"),
-            "{r}"
-        );
-        assert!(r.contains("outside the podCIDRs"), "{r}");
-        // the isolated claimants' address is dropped, not passed
-        let b = h.r.dataplane().nft.applied.last().unwrap().clone();
-        let ing4 = b
-            .cmds
-            .iter()
-            .find_map(|c| match c {
-                kindnet_nft::Cmd::AddSet(_, s)
-                    if s.name == dispatch_map(Direction::Ingress, false) =>
-                {
-                    Some(s.elements.clone())
-                }
-                _ => None,
-            })
-            .unwrap();
-        let e = ing4
-            .iter()
-            .find(|e| e.key == Value::Addr("10.0.1.7".parse().unwrap()))
-            .unwrap();
-        assert_eq!(
-            e.data,
-            Some(Value::Goto(kindnet_nft::Name::fixed("conflict-ingress")))
-        );
-    }
-
-    #[test]
-    fn counters_are_accounted_across_replacements() {
-        let status = Arc::new(Status::new());
-        let values = Arc::new(Mutex::new(Some(vec![(DENIED_INGRESS_COUNTER.into(), 5)])));
-        let replaced = Arc::new(AtomicU64::new(1));
-        let mut c = CounterReader::new(
-            FakeCounters {
-                values: values.clone(),
-                gate: None,
-            },
-            status.clone(),
-            replaced.clone(),
-            Duration::from_secs(5),
-        );
-        assert_eq!(c.tick(), CounterTick::Read);
-        assert_eq!(c.tick(), CounterTick::Read);
-        assert_eq!(denied(&status, "ingress"), "5");
-        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 7)]);
-        c.tick();
-        assert_eq!(denied(&status, "ingress"), "7");
-        // the table replaced: its counter starts at 0 again
-        replaced.fetch_add(1, Ordering::Relaxed);
-        *values.lock().unwrap() = Some(vec![(DENIED_INGRESS_COUNTER.into(), 9)]);
-        c.tick();
-        assert_eq!(denied(&status, "ingress"), "16");
-        *values.lock().unwrap() = None;
-        assert_eq!(c.tick(), CounterTick::NoTable);
-    }
-
-    #[test]
-    fn a_slow_counter_read_never_holds_up_programming() {
-        let h = harness(true);
-        h.sync_nodes();
-        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
-        let (gate_tx, gate) = std::sync::mpsc::channel();
-        let mut c = CounterReader::new(
-            FakeCounters {
-                values: Arc::new(Mutex::new(Some(vec![(DENIED_EGRESS_COUNTER.into(), 3)]))),
-                gate: Some(gate),
-            },
-            h.status.clone(),
-            h.r.replacements(),
-            Duration::from_millis(50),
-        );
-        // the policy thread, as kindnetd runs it
-        let (wake, rx) = std::sync::mpsc::channel();
-        let status = h.status.clone();
-        let inputs = h.inputs.clone();
-        let r = h.r;
-        let policy = std::thread::spawn(move || r.run(rx, Duration::from_secs(3600)));
-        let programmed = |v: i64| {
-            kindnet_testbed::wait_for(Duration::from_secs(10), || {
-                (status.metrics.netpol.programmed_version.get() == v).then_some(())
-            })
-        };
-        assert!(programmed(7).is_some());
-        // a read that does not end: given up on, and not started again
-        assert_eq!(c.tick(), CounterTick::TimedOut);
-        assert_eq!(c.tick(), CounterTick::TimedOut);
-        // meanwhile a label change is programmed
-        let b = Object::Pod(
-            serde_json::from_value(json!({
-                "metadata": {"namespace": "x", "name": "b", "labels": {"role": "client"}},
-                "spec": {"nodeName": "n1"},
-                "status": {"phase": "Running", "podIPs": [{"ip": "10.0.1.3"}]}
-            }))
-            .unwrap(),
-        );
-        let a = pod("a", &["10.0.1.2"]);
-        inputs
-            .lock()
-            .unwrap()
-            .replace_file(vec![a, b, deny()], Some(8));
-        wake.send(()).unwrap();
-        assert!(programmed(8).is_some(), "programming waited for the read");
-        // the read ends: counted once
-        gate_tx.send(()).unwrap();
-        assert_eq!(c.tick(), CounterTick::Read);
-        assert_eq!(denied(&h.status, "egress"), "3");
-        assert_eq!(h.status.metrics.netpol.counter_read_timeouts.get(), 2);
-        drop(wake);
-        policy.join().unwrap();
-    }
-
-    #[test]
-    fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
-        let mut h = harness(true);
-        h.sync_nodes();
-        h.file(vec![pod("a", &["10.0.1.2"]), deny()]);
-        assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
-        assert_eq!(h.r.resync(), Some(vec![]), "nothing differs");
-        // the CNI plugin's elements are not drift
-        let ip: IpAddr = "10.0.1.9".parse().unwrap();
-        h.r.dataplane()
-            .apply(&pod_dispatch_elements("x", "a", &[ip]))
-            .unwrap();
-        assert_eq!(h.r.resync(), Some(vec![]));
-        let repaired = |h: &H| {
-            h.status
-                .metrics
-                .drift_repaired
-                .get_or_create(&crate::serve::metrics::TableLabel {
-                    table: kindnet_netpol::TABLE,
-                })
-                .get()
-        };
-        // `nft flush map inet kindnet-netpol ingress4`
-        let ing4 = dispatch_map(Direction::Ingress, false);
-        let mut b = Batch::new();
-        b.delete_elements(
-            &table(),
-            &ing4,
-            vec![Value::Addr("10.0.1.2".parse().unwrap()), Value::Addr(ip)],
-        );
-        h.r.dataplane().apply(&b).unwrap();
-        let d = h.r.resync().unwrap();
-        assert!(
-            d[0].contains("map ingress4 lacks 1 of its 1 elements"),
-            "{d:?}"
-        );
-        assert_eq!(repaired(&h), 1);
-        let last = h.r.dataplane().nft.applied.last().unwrap().clone();
-        assert!(
-            matches!(last.cmds[1], kindnet_nft::Cmd::DeleteTable(_)),
-            "replaced in one batch"
-        );
-        assert_eq!(h.r.resync(), Some(vec![]), "repaired");
-        // a pod's chain flushed
-        let chain = pod_chain("x", "a", Direction::Egress);
-        let mut b = Batch::new();
-        b.flush_chain(&table(), &chain);
-        h.r.dataplane().apply(&b).unwrap();
-        let d = h.r.resync().unwrap();
-        assert!(d[0].contains("has 0 rules, not 1"), "{d:?}");
-        assert_eq!(repaired(&h), 2);
-        // the table deleted
-        let mut b = Batch::new();
-        b.remove_table(&table());
-        h.r.dataplane().apply(&b).unwrap();
-        let d = h.r.resync().unwrap();
-        assert!(d[0].contains("missing"), "{d:?}");
-        assert_eq!(repaired(&h), 3);
-        assert_eq!(h.r.resync(), Some(vec![]));
-    }
-}
+mod tests;

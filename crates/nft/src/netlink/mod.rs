@@ -409,6 +409,10 @@ impl Nft for NftNetlink {
         }
     }
 
+    fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
+        NftNetlink::counters(self, t)
+    }
+
     fn lock(&mut self, t: &TableRef) -> Result<Option<TableLock>, NftError> {
         match &self.lock_dir {
             Some(dir) => TableLock::acquire(dir, t).map(Some),
