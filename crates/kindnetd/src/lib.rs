@@ -14,7 +14,7 @@
 //!   [`host::reclaim`]) and the effectful edge that carries them out
 //!   ([`host::dataplane`]: rtnetlink, nf_tables, sysctls and the one file,
 //!   [`host::conffile`]; neighbour [`host::solicit`]ation);
-//! - [`netpol`]: the NetworkPolicy thread (its own inputs, plan and apply);
+//! - [`policy`]: the NetworkPolicy and ClusterNetworkPolicy thread (its own inputs, plan and apply);
 //! - [`serve`]: what the daemon tells — `/metrics`, `/healthz`, `/readyz`,
 //!   `/config` ([`serve::http`]), readiness ([`serve::status`]), the
 //!   effective configuration and the text escaping of outside names;
@@ -22,7 +22,7 @@
 
 pub mod host;
 pub mod inputs;
-pub mod netpol;
+pub mod policy;
 pub mod reconcile;
 pub mod serve;
 pub mod source;

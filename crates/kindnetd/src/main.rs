@@ -140,9 +140,9 @@ async fn run(flags: Flags) -> ExitCode {
     );
 
     // NetworkPolicy: inputs fed by the same source, its own reconciler.
-    let policy_inputs = Arc::new(Mutex::new(kindnetd::netpol::Inputs::default()));
+    let policy_inputs = Arc::new(Mutex::new(kindnetd::policy::Inputs::default()));
     let (policy_tx, policy_rx) = mpsc::channel::<()>();
-    let policy_sink = kindnetd::netpol::PolicySink::new(policy_inputs.clone(), policy_tx);
+    let policy_sink = kindnetd::policy::PolicySink::new(policy_inputs.clone(), policy_tx);
     let policy_inputs_for_reclaim = policy_inputs.clone();
 
     // The node source first: a bad kubeconfig is a configuration error.
@@ -201,8 +201,8 @@ async fn run(flags: Flags) -> ExitCode {
         }
     };
     let (policy_dp, counter_nft) = match (
-        kindnetd::netpol::run::open_nft(Some(kindnetd::netpol::run::LOCK_DIR.into())),
-        kindnetd::netpol::run::open_nft(None),
+        kindnetd::policy::run::open_nft(Some(kindnetd::policy::run::LOCK_DIR.into())),
+        kindnetd::policy::run::open_nft(None),
     ) {
         (Ok(p), Ok(c)) => (p, c),
         (Err(e), _) | (_, Err(e)) => {
@@ -210,8 +210,8 @@ async fn run(flags: Flags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let policy = kindnetd::netpol::run::PolicyReconciler::new(
-        kindnetd::netpol::run::PolicySettings {
+    let policy = kindnetd::policy::run::PolicyReconciler::new(
+        kindnetd::policy::run::PolicySettings {
             enabled: flags.network_policy,
             own_name: node_name.clone(),
             own_ips: flags.own_ips(),
@@ -226,11 +226,11 @@ async fn run(flags: Flags) -> ExitCode {
         store.clone(),
         status.clone(),
     );
-    let counters = kindnetd::netpol::run::CounterReader::new(
+    let counters = kindnetd::policy::run::CounterReader::new(
         counter_nft,
         status.clone(),
         policy.replacements(),
-        kindnetd::netpol::run::COUNTER_TIMEOUT,
+        kindnetd::policy::run::COUNTER_TIMEOUT,
     );
     let policy_resync = flags.resync_period;
     if let Err(e) = std::thread::Builder::new()
@@ -243,7 +243,7 @@ async fn run(flags: Flags) -> ExitCode {
     if flags.network_policy
         && let Err(e) = std::thread::Builder::new()
             .name("netpol-status".into())
-            .spawn(move || counters.run(kindnetd::netpol::run::COUNTER_PERIOD))
+            .spawn(move || counters.run(kindnetd::policy::run::COUNTER_PERIOD))
     {
         tracing::error!(error = %e, "cannot start the NetworkPolicy counter thread");
         return ExitCode::FAILURE;

@@ -16,5 +16,5 @@ fn cleanup_knows_every_plugin_table_name_and_the_lock_dir() {
         kindnet_cni::antispoof::FAMILIES,
         [kindnet_nft::Family::Inet, kindnet_nft::Family::Bridge]
     );
-    assert_eq!(kindnetd::netpol::run::LOCK_DIR, kindnet_cni::NFT_LOCK_DIR);
+    assert_eq!(kindnetd::policy::run::LOCK_DIR, kindnet_cni::NFT_LOCK_DIR);
 }

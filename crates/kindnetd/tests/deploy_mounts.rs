@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use kindnetd::netpol::run::LOCK_DIR;
+use kindnetd::policy::run::LOCK_DIR;
 use serde::Deserialize;
 use serde_json::{Value, json};
 

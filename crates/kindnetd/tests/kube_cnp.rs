@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::temp_dir;
 use kindnet_fakeapi::{FakeApi, Resource, kubeconfig};
-use kindnetd::netpol::cnp::CnpState;
-use kindnetd::netpol::{Inputs, PolicySink};
+use kindnetd::policy::cnp::CnpState;
+use kindnetd::policy::{Inputs, PolicySink};
 use kindnetd::serve::status::Status;
 use kindnetd::source;
 use serde_json::json;
@@ -61,7 +61,7 @@ async fn the_watch_follows_the_crd() {
     let client = source::kube::client(Some(&kc), None).await.unwrap();
 
     let inputs = Arc::new(Mutex::new(Inputs::default()));
-    for k in kindnetd::netpol::Kind::ALL {
+    for k in kindnetd::policy::Kind::ALL {
         inputs.lock().unwrap().replace_kind(k, vec![]);
     }
     let (wake, _woken) = mpsc::channel();

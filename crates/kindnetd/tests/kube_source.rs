@@ -377,7 +377,7 @@ async fn every_request_carries_the_kindnetd_user_agent() {
 #[tokio::test]
 async fn pods_namespaces_and_policies_follow_the_api() {
     use kindnet_fakeapi::Resource;
-    use kindnetd::netpol::{Inputs, PolicySink};
+    use kindnetd::policy::{Inputs, PolicySink};
     use serde_json::json;
 
     let pod = |ns: &str, name: &str, label: &str, ip: &str| {

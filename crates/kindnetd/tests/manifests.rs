@@ -285,8 +285,8 @@ fn check_manifest(rel: &str, bridge: bool) {
     // The lock files kindnetd shares with the CNI plugin (which runs on the
     // node): the node's own directory, created when missing.
     let lock_vol =
-        mount_of(c, kindnetd::netpol::run::LOCK_DIR).expect("the node's lock directory is mounted");
-    assert_eq!(host_path(&lock_vol), kindnetd::netpol::run::LOCK_DIR);
+        mount_of(c, kindnetd::policy::run::LOCK_DIR).expect("the node's lock directory is mounted");
+    assert_eq!(host_path(&lock_vol), kindnetd::policy::run::LOCK_DIR);
     let lock_type = volumes
         .iter()
         .find(|v| v["name"] == lock_vol.as_str())
@@ -315,7 +315,7 @@ fn check_manifest(rel: &str, bridge: bool) {
         vec![
             defaults.cni_conf_dir.to_str().unwrap(),
             defaults.ipam_data_dir.to_str().unwrap(),
-            kindnetd::netpol::run::LOCK_DIR,
+            kindnetd::policy::run::LOCK_DIR,
         ],
         "the daemon mounts what it writes and nothing else"
     );

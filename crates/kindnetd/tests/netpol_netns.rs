@@ -343,7 +343,7 @@ fn counters_are_read_over_netlink() {
     let ns = Ns::new("kd-npc");
     let netns = kindnet_netlink::Netns::open(ns.path()).unwrap();
     let mut nft = netns
-        .run(|| kindnetd::netpol::run::open_nft(None))
+        .run(|| kindnetd::policy::run::open_nft(None))
         .unwrap()
         .unwrap();
     let mut read = || nft.counters(&kindnet_netpol::table()).unwrap();

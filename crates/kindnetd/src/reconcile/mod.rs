@@ -139,7 +139,7 @@ pub struct Reconciler<D: Dataplane> {
     logged_solicit_error: Option<String>,
     /// The Pods the NetworkPolicy side watches: an address a running Pod
     /// of this node reports is never reclaimed.
-    pods: Option<Arc<Mutex<crate::netpol::Inputs>>>,
+    pods: Option<Arc<Mutex<crate::policy::Inputs>>>,
     /// The time of leak grace periods and solicitation pauses.
     clock: Clock,
 }
@@ -389,7 +389,7 @@ impl<D: Dataplane> Reconciler<D> {
     }
 
     /// Uses the Pod list (when complete) as evidence in reclaiming.
-    pub fn with_pods(mut self, pods: Arc<Mutex<crate::netpol::Inputs>>) -> Self {
+    pub fn with_pods(mut self, pods: Arc<Mutex<crate::policy::Inputs>>) -> Self {
         self.pods = Some(pods);
         self
     }

@@ -86,8 +86,8 @@ pub struct Metrics {
     pub source_stale: Family<SourceLabel, Gauge>,
     pub foreign_proto_routes: Gauge,
     pub build_info: Family<BuildLabels, Gauge>,
-    pub netpol: crate::netpol::metrics::NetpolMetrics,
-    pub cnp: crate::netpol::cnp::metrics::CnpMetrics,
+    pub netpol: crate::policy::metrics::NetpolMetrics,
+    pub cnp: crate::policy::cnp::metrics::CnpMetrics,
 }
 
 impl Default for Metrics {

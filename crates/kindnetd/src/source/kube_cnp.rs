@@ -20,8 +20,8 @@ use kube::{Api, Client};
 use serde::{Deserialize, Deserializer};
 
 use super::kube::{Feed, watch_forever};
-use crate::netpol::PolicySink;
-use crate::netpol::cnp::CnpState;
+use crate::policy::PolicySink;
+use crate::policy::cnp::CnpState;
 use crate::serve::status::Status;
 
 /// The API group.

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
 use super::kube::{Feed, watch_forever};
-use crate::netpol::{Kind, Object, PolicySink};
+use crate::policy::{Kind, Object, PolicySink};
 use crate::serve::status::Status;
 
 fn slim_meta(v: &serde_json::Value) -> ObjectMeta {

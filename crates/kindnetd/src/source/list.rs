@@ -9,7 +9,7 @@
 use serde::{Deserialize, Deserializer};
 
 use crate::inputs::node::{RawMeta, RawNode};
-use crate::netpol::Object;
+use crate::policy::Object;
 
 #[derive(Deserialize)]
 struct NameOnly {

@@ -23,7 +23,7 @@ pub struct Sink {
     trigger: Sender<Trigger>,
     status: Arc<Status>,
     /// NetworkPolicy inputs (None: policy off).
-    policy: Option<crate::netpol::PolicySink>,
+    policy: Option<crate::policy::PolicySink>,
 }
 
 impl Sink {
@@ -42,12 +42,12 @@ impl Sink {
 
     /// Also feeds the NetworkPolicy inputs (and wakes their reconciler on
     /// node changes: node addresses are part of the ruleset).
-    pub fn with_policy(mut self, p: crate::netpol::PolicySink) -> Sink {
+    pub fn with_policy(mut self, p: crate::policy::PolicySink) -> Sink {
         self.policy = Some(p);
         self
     }
 
-    pub fn policy(&self) -> Option<&crate::netpol::PolicySink> {
+    pub fn policy(&self) -> Option<&crate::policy::PolicySink> {
         self.policy.as_ref()
     }
 

@@ -341,7 +341,7 @@ pub struct CleanupFlags {
     #[arg(long)]
     pub cni_bin_dir: Option<PathBuf>,
     /// Where kindnetd and the plugins keep their lock files.
-    #[arg(long, default_value = crate::netpol::run::LOCK_DIR)]
+    #[arg(long, default_value = crate::policy::run::LOCK_DIR)]
     pub lock_dir: PathBuf,
     /// Print what would be removed and kept; change nothing.
     #[arg(long)]

@@ -85,7 +85,7 @@ fn leaked_attachments_are_reclaimed_after_the_grace_period_live_pods_never() {
 #[test]
 fn an_address_a_running_pod_of_this_node_reports_is_never_reclaimed() {
     use crate::host::reclaim::Allocated;
-    use crate::netpol::{Inputs, Kind, Object};
+    use crate::policy::{Inputs, Kind, Object};
     let (r, store, _dir) = setup("reclaim-pods");
     store.lock().unwrap().replace_all(&[me()]);
     let pods = Arc::new(Mutex::new(Inputs::default()));

@@ -1,6 +1,6 @@
 use super::*;
-use crate::netpol::counters::CounterValues;
-use crate::netpol::{Kind, Object};
+use crate::policy::counters::CounterValues;
+use crate::policy::{Kind, Object};
 use kindnet_netpol::{DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER};
 use kindnet_netpol::{pod_chain, pod_dispatch_elements};
 use kindnet_nft::FakeNft;

@@ -345,7 +345,7 @@ pub mod metrics {
         }
 
         /// The table's named counters, as read; `replaced`: the table was
-        /// replaced since the last read ([`crate::netpol::counters::delta`]).
+        /// replaced since the last read ([`crate::policy::counters::delta`]).
         pub fn account(&self, counters: &[(String, u64)], replaced: bool) {
             let mut seen = match self.seen.lock() {
                 Ok(g) => g,
@@ -355,7 +355,7 @@ pub mod metrics {
                 let Some((_, v)) = counters.iter().find(|(n, _)| n == name) else {
                     continue;
                 };
-                let delta = crate::netpol::counters::delta(&mut seen[i], *v, replaced);
+                let delta = crate::policy::counters::delta(&mut seen[i], *v, replaced);
                 let direction = if d == kindnet_netpol::Direction::Ingress {
                     "ingress"
                 } else {

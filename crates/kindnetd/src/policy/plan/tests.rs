@@ -1,6 +1,6 @@
 use super::diff::{is_dispatch, pair};
 use super::*;
-use crate::netpol::{Kind, Object};
+use crate::policy::{Kind, Object};
 use kindnet_netpol::pod_chain;
 use serde_json::json;
 
