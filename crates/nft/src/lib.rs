@@ -18,6 +18,8 @@
 
 mod batch;
 mod expr;
+#[cfg(any(test, feature = "fake"))]
+mod fake;
 mod listing;
 mod netlink;
 pub mod owned;
@@ -28,9 +30,11 @@ pub use batch::{
     BaseChain, Batch, ChainDef, ChainType, Cmd, Hook, MapData, Policy, RuleDef, SetDef, SetFlag,
 };
 pub use expr::{Expr, Lhs, LimitPer, Op, Rhs};
+#[cfg(any(test, feature = "fake"))]
+pub use fake::FakeNft;
 pub use listing::{Listed, Listing};
 pub use netlink::{NftNetlink, SetInfo, TableFlags};
-pub use run::{FakeNft, Nft, NftError, TableLock};
+pub use run::{Nft, NftError, TableLock};
 #[cfg(any(test, feature = "cli"))]
 pub use run::{NftCli, nft_binary};
 pub use types::{

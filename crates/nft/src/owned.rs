@@ -151,7 +151,7 @@ pub fn remove_owned(
 mod tests {
     use super::*;
     use crate::batch::SetDef;
-    use crate::run::FakeNft;
+    use crate::fake::FakeNft;
     use crate::types::{Comment, Family, KeyType, Value};
 
     fn setup() -> (FakeNft, TableRef, Name) {
