@@ -237,3 +237,52 @@ fn an_ambiguous_remote_address_matches_no_pod_peer() {
     );
     assert!(v.allowed, "{}", v.reason);
 }
+
+#[test]
+fn every_local_pod_recorded_gets_its_own_recorded_addresses() {
+    // the CNI record lists every local pod (as kindnetd reads it back
+    // from the dispatch maps): each pod gets exactly its own recorded
+    // addresses, whatever its object lists
+    let mut pods: Vec<Pod> = (1..=40)
+        .map(|i| pod("x", &format!("p{i}"), "n1", &[&format!("10.244.1.{i}")]))
+        .collect();
+    // an object listing another address than the one it was given here
+    pods.push(pod("x", "moved", "n1", &["10.244.1.200"]));
+    let mut rec = checked(
+        &(1..=40)
+            .map(|i| (format!("p{i}"), format!("10.244.1.{i}")))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(n, ip)| ("x", n.as_str(), ip.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    rec.attached.push(Attachment {
+        namespace: "x".into(),
+        name: "moved".into(),
+        ips: vec!["10.244.1.100".parse().unwrap()],
+    });
+    let (c, r) = Cluster::new_with(&pods, &[], &[], &nodes(), &rec);
+    assert!(c.conflicts().is_empty());
+    for i in 1..=40 {
+        assert_eq!(
+            c.pod_ip("x", &format!("p{i}"), false),
+            Some(format!("10.244.1.{i}").parse().unwrap())
+        );
+    }
+    assert_eq!(
+        c.pod_ip("x", "moved", false),
+        Some("10.244.1.100".parse().unwrap())
+    );
+    assert!(
+        r.refused
+            .iter()
+            .any(|f| f.object == "pod x/moved" && f.part == "pod IP 10.244.1.200"),
+        "{r:?}"
+    );
+    // the record's address is the moved pod's, not another's
+    assert_eq!(
+        c.pod_by_ip("10.244.1.100".parse().unwrap())
+            .map(|p| p.name.as_str()),
+        Some("moved")
+    );
+}

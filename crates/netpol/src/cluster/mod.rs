@@ -332,6 +332,13 @@ impl Cluster {
                 }
             }
         }
+        // each recorded pod's addresses, in address order (one pass over
+        // the record, not one per pod: with every local pod recorded that
+        // was pods × record comparisons)
+        let mut recorded_of: BTreeMap<&(String, String), Vec<IpAddr>> = BTreeMap::new();
+        for (ip, k) in &record {
+            recorded_of.entry(k).or_default().push(*ip);
+        }
         let mut claims: BTreeMap<IpAddr, Vec<(String, String)>> = BTreeMap::new();
         for (key, info) in self.pods.iter_mut() {
             if info.host_network {
@@ -339,13 +346,9 @@ impl Cluster {
             }
             let id = || format!("pod {}/{}", key.0, key.1);
             // a recorded pod's addresses are the ones it was given here
-            let recorded: Vec<IpAddr> = record
-                .iter()
-                .filter(|(_, k)| *k == key)
-                .map(|(ip, _)| *ip)
-                .collect();
+            let recorded: &[IpAddr] = recorded_of.get(key).map_or(&[], |v| v.as_slice());
             let mut ips: Vec<IpAddr> = Vec::new();
-            for ip in info.ips.iter().chain(&recorded) {
+            for ip in info.ips.iter().chain(recorded) {
                 if ips.contains(ip) {
                     continue;
                 }
