@@ -58,6 +58,41 @@ pub(crate) fn hex16(bytes: &[u8]) -> String {
     bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// `prefix-<16 hex digits of SHA-256 of prefix and what>`: a name for
+/// what a set or chain stands for, short enough for nftables.
+pub(crate) fn hashed(prefix: &str, what: &str) -> Name {
+    let mut h = Sha256::new();
+    h.update(prefix.as_bytes());
+    h.update(b"\0");
+    h.update(what.as_bytes());
+    Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())))
+}
+
+/// A set named by what it stands for (`id`: the policy rule, and the
+/// subject pod where the content depends on it), not by its content: when
+/// pods come, go or change labels, a set keeps its name and only its
+/// elements change, so kindnetd can apply an element diff instead of
+/// replacing the table. Made once in `sets` and shared by every chain
+/// that names it (both tiers and v1 rules build their sets here).
+pub(crate) fn named_set(
+    sets: &mut BTreeMap<Name, SetDef>,
+    prefix: &str,
+    id: &str,
+    key: Vec<KeyType>,
+    interval: bool,
+    mut elems: Vec<Value>,
+) -> Name {
+    elems.sort();
+    elems.dedup();
+    let n = hashed(prefix, id);
+    sets.entry(n.clone()).or_insert_with(|| {
+        let s =
+            SetDef::set(n.clone(), key).with_elements(elems.into_iter().map(Elem::key).collect());
+        if interval { s.interval() } else { s }
+    });
+    n
+}
+
 /// 16 hex digits of SHA-256 of `namespace/name`: the pod's part of its
 /// chain names, stable across restarts and nodes.
 pub fn pod_hash(namespace: &str, name: &str) -> String {

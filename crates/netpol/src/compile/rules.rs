@@ -2,13 +2,13 @@
 //! peer and port sets ([`Builder`]), shared by every pod whose policies
 //! come to the same rules ([`choose`], [`shared_chain`]).
 
-use kindnet_nft::{Elem, Expr, KeyType, L4Proto, Lhs, Name, Rhs, SetDef, Value};
+use kindnet_nft::{Expr, KeyType, L4Proto, Lhs, Name, Rhs, SetDef, Value};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-use super::{DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, hex16};
+use super::{DENIED_EGRESS_COUNTER, DENIED_INGRESS_COUNTER, hex16, named_set};
 use crate::cidr::Ranges;
 use crate::cluster::{Cluster, Direction, PeerSel, PodInfo, PortMatch, RuleSel};
 
@@ -60,33 +60,15 @@ pub(super) struct Builder<'a> {
 pub(super) type Peers = Option<[(Ranges, Option<Name>); 2]>;
 
 impl<'a> Builder<'a> {
-    /// A set named by what it stands for (`id`: the policy rule, and the
-    /// subject pod where the content depends on it), not by its content:
-    /// when pods come, go or change labels, a set keeps its name and only
-    /// its elements change, so kindnetd can apply an element diff instead
-    /// of replacing the table. A rule's set is made once and shared by
-    /// every chain of the pods the rule's policy selects.
     fn set(
         &mut self,
         prefix: &str,
         id: &str,
         key: Vec<KeyType>,
         interval: bool,
-        mut elems: Vec<Value>,
+        elems: Vec<Value>,
     ) -> Name {
-        elems.sort();
-        elems.dedup();
-        let mut h = Sha256::new();
-        h.update(prefix.as_bytes());
-        h.update(b"\0");
-        h.update(id.as_bytes());
-        let n = Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())));
-        self.sets.entry(n.clone()).or_insert_with(|| {
-            let s = SetDef::set(n.clone(), key)
-                .with_elements(elems.into_iter().map(Elem::key).collect());
-            if interval { s.interval() } else { s }
-        });
-        n
+        named_set(&mut self.sets, prefix, id, key, interval, elems)
     }
 
     fn peer_set(&mut self, id: &str, r: &Ranges) -> Name {

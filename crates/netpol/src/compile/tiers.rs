@@ -17,7 +17,6 @@
 //! `goto ingress`); an Admin chain falls back to the pod chain.
 
 use kindnet_nft::{Expr, KeyType, L4Proto, Lhs, LimitPer, LogPrefix, Name, Rhs, SetDef, Value};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
@@ -25,7 +24,7 @@ use crate::cidr::Ranges;
 use crate::cluster::{Cluster, Direction, NamedPort, PodInfo};
 use crate::cnp::eval::{PeerEnd, peer_matches};
 use crate::cnp::{Action, DENIED_COUNTERS, Peer, Peers, Policy, PortSel, Rule, Tier};
-use crate::compile::{INGRESS_CHAIN, hex16, merge_ports};
+use crate::compile::{INGRESS_CHAIN, hashed, merge_ports, named_set};
 use crate::input::Labels;
 
 const LOG_RATE_PER_SECOND: u32 = 10;
@@ -97,14 +96,6 @@ fn chain_prefix(t: Tier, d: Direction) -> &'static str {
     }
 }
 
-fn hashed(prefix: &str, what: &str) -> Name {
-    let mut h = Sha256::new();
-    h.update(prefix.as_bytes());
-    h.update(b"\0");
-    h.update(what.as_bytes());
-    Name::fixed(&format!("{prefix}-{}", hex16(&h.finalize())))
-}
-
 impl<'a> TierBuilder<'a> {
     pub fn new(c: &'a Cluster, log: bool) -> TierBuilder<'a> {
         TierBuilder {
@@ -164,17 +155,9 @@ impl<'a> TierBuilder<'a> {
         id: &str,
         key: Vec<KeyType>,
         interval: bool,
-        mut elems: Vec<Value>,
+        elems: Vec<Value>,
     ) -> Name {
-        elems.sort();
-        elems.dedup();
-        let n = hashed(prefix, id);
-        self.sets.entry(n.clone()).or_insert_with(|| {
-            let s = SetDef::set(n.clone(), key)
-                .with_elements(elems.into_iter().map(kindnet_nft::Elem::key).collect());
-            if interval { s.interval() } else { s }
-        });
-        n
+        named_set(&mut self.sets, prefix, id, key, interval, elems)
     }
 
     /// The peer address sets of a rule, per family (`None`: no address of
