@@ -218,44 +218,14 @@ fn restart_under_load_keeps_enforcing() {
 fn a_pod_created_under_deny_all_is_isolated_from_its_first_packet() {
     require_root!();
     use kindnet_netlink::Netns;
-    use std::net::{IpAddr, SocketAddr, TcpStream};
     let l = Lab::up("nf");
     l.apply(&pol("x", "deny", "{podSelector: {}}"));
     let from = Netns::open(format!("/var/run/netns/{}", l.netns("y-a"))).unwrap();
     for round in 0..3 {
         let pod = format!("x/d{round}");
-        let out = lab_stdout(&[
-            "add-model-pod",
-            "--name",
-            &l.name,
-            &pod,
-            "--labels",
-            &format!("pod=d{round}"),
-            "--node",
-            "node1",
-        ]);
-        let addrs: Vec<IpAddr> = out
-            .rsplit(": ")
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|a| a.split('/').next()?.parse().ok())
-            .collect();
-        assert_eq!(addrs.len(), 2, "both families: {out}");
-        let leaked = from
-            .run(move || {
-                let mut leaked = Vec::new();
-                for _ in 0..10 {
-                    for a in &addrs {
-                        let to = SocketAddr::new(*a, 80);
-                        if TcpStream::connect_timeout(&to, Duration::from_millis(100)).is_ok() {
-                            leaked.push(to);
-                        }
-                    }
-                }
-                leaked
-            })
-            .unwrap();
+        let addrs = add_model_pod(&l.name, &pod, "node1");
+        assert_eq!(addrs.len(), 2, "both families: {addrs:?}");
+        let leaked = tcp_leaks(&from, addrs, 10);
         assert!(
             leaked.is_empty(),
             "{pod} reachable under deny-all: {leaked:?}"

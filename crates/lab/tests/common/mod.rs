@@ -58,3 +58,49 @@ pub fn lab_stdout(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// `kindnet-lab add-model-pod NS/NAME --labels pod=NAME --node NODE` in lab
+/// `lab`: the new pod's addresses, as the lab prints them.
+pub fn add_model_pod(lab: &str, pod: &str, node: &str) -> Vec<std::net::IpAddr> {
+    let name = pod.rsplit('/').next().unwrap_or(pod);
+    let out = lab_stdout(&[
+        "add-model-pod",
+        "--name",
+        lab,
+        pod,
+        "--labels",
+        &format!("pod={name}"),
+        "--node",
+        node,
+    ]);
+    out.rsplit(": ")
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|a| a.split('/').next()?.parse().ok())
+        .collect()
+}
+
+/// TCP connects to port 80 of `addrs`, `tries` rounds, from inside `from`
+/// (100 ms each): the ones that got through.
+pub fn tcp_leaks(
+    from: &kindnet_netlink::Netns,
+    addrs: Vec<std::net::IpAddr>,
+    tries: usize,
+) -> Vec<std::net::SocketAddr> {
+    from.run(move || {
+        let mut leaked = Vec::new();
+        for _ in 0..tries {
+            for a in &addrs {
+                let to = std::net::SocketAddr::new(*a, 80);
+                if std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(100))
+                    .is_ok()
+                {
+                    leaked.push(to);
+                }
+            }
+        }
+        leaked
+    })
+    .unwrap()
+}
