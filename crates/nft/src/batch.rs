@@ -197,6 +197,9 @@ pub enum Cmd {
     AddRule(TableRef, RuleDef),
     /// `add element` (an element already there is fine).
     AddElements(TableRef, Name, Vec<Elem>),
+    /// `create element`: the batch fails if any key is already in the set
+    /// (whoever holds it), so a caller can add without reading first.
+    CreateElements(TableRef, Name, Vec<Elem>),
     /// A named counter object (`counter name NAME` in rules adds to it).
     AddCounter(TableRef, Name),
     /// `delete element`, by key (each must exist).
@@ -274,6 +277,15 @@ impl Batch {
             return self;
         }
         self.push(Cmd::AddElements(t.clone(), set.clone(), e))
+    }
+
+    /// Creates elements `e` in `set`: the whole batch fails when one of
+    /// their keys is there already (nothing when `e` is empty).
+    pub fn create_elements(&mut self, t: &TableRef, set: &Name, e: Vec<Elem>) -> &mut Batch {
+        if e.is_empty() {
+            return self;
+        }
+        self.push(Cmd::CreateElements(t.clone(), set.clone(), e))
     }
 
     /// Deletes the elements with `keys` from `set` (nothing when empty).
@@ -364,6 +376,9 @@ fn cmd_json(c: &Cmd) -> Json {
         Cmd::AddCounter(t, n) => json!({"add": {"counter": {
             "family": t.family.as_str(), "table": t.name.as_str(), "name": n.as_str()}}}),
         Cmd::AddElements(t, set, e) => json!({"add": {"element": {
+            "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
+            "elem": e.iter().map(Elem::to_json).collect::<Vec<_>>()}}}),
+        Cmd::CreateElements(t, set, e) => json!({"create": {"element": {
             "family": t.family.as_str(), "table": t.name.as_str(), "name": set.as_str(),
             "elem": e.iter().map(Elem::to_json).collect::<Vec<_>>()}}}),
         Cmd::DeleteElements(t, set, keys) => json!({"delete": {"element": {

@@ -129,6 +129,21 @@ impl FakeNft {
                         .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
                     add_elements(l, set.as_str(), e)?;
                 }
+                Cmd::CreateElements(t, set, e) => {
+                    let l = tables
+                        .get_mut(&key(t))
+                        .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
+                    if let Some(x) = e
+                        .iter()
+                        .find(|e| l.in_set(set.as_str()).any(|x| x.key == e.key))
+                    {
+                        return Err(NftError::Failed(format!(
+                            "File exists: {:?} in {set}",
+                            x.key
+                        )));
+                    }
+                    add_elements(l, set.as_str(), e)?;
+                }
                 Cmd::DeleteSet(t, set) => {
                     let l = tables
                         .get_mut(&key(t))

@@ -2,6 +2,8 @@
 //! of the same key), check, and remove only what an owner holds — decided
 //! from a listing, so the decisions are pure and unit-tested.
 
+use std::collections::HashMap;
+
 use crate::batch::Batch;
 use crate::listing::{Listed, Listing};
 use crate::run::{Nft, NftError};
@@ -43,6 +45,35 @@ pub fn upsert(b: &mut Batch, t: &TableRef, listing: Option<&Listing>, wanted: &[
             }
         }
     }
+}
+
+/// ADD without reading the elements first: when `skeleton`'s chains are
+/// intact ([`chains_intact`]: a rule deleted by hand still sends ADD to its
+/// repair), `wanted` created (not added) in one transaction, into the sets
+/// `skeleton` defines. The kernel refuses the whole batch when a key is
+/// already there (another owner's, a stale holder's, or a retried ADD's
+/// own) or the table or a set is missing: then this returns false and
+/// nothing changed, and the caller takes its read-modify-write path, which
+/// lists the table and decides. Listing costs a cold plugin process more
+/// than its transaction.
+pub fn create_unread(nft: &mut dyn Nft, t: &TableRef, skeleton: &Batch, wanted: &[Wanted]) -> bool {
+    if !chains_intact(nft, t, skeleton).unwrap_or(false) {
+        return false;
+    }
+    let defs: Vec<crate::batch::SetDef> = skeleton
+        .cmds
+        .iter()
+        .filter_map(|c| match c {
+            crate::batch::Cmd::AddSet(st, s) if st == t => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    nft.expect_sets(t, &defs);
+    let mut b = Batch::new();
+    for w in wanted {
+        b.create_elements(t, &w.set, vec![w.elem.clone()]);
+    }
+    nft.apply(&b).is_ok()
 }
 
 /// The wanted elements whose key another owner holds, with the holder:
@@ -91,9 +122,84 @@ pub fn remove_where(
     n
 }
 
+/// Each chain `skeleton` adds, with the kernel's use count it must have
+/// when nothing else touched the table: its rules, plus the rules and
+/// verdict-map elements of the skeleton that jump or go to it (pure).
+pub fn skeleton_chain_uses(skeleton: &Batch) -> HashMap<&str, usize> {
+    use crate::batch::Cmd;
+    use crate::expr::Expr;
+    use crate::types::Value;
+    let mut want: HashMap<&str, usize> = HashMap::new();
+    fn target(v: &Value) -> Option<&str> {
+        match v {
+            Value::Jump(c) | Value::Goto(c) => Some(c.as_str()),
+            _ => None,
+        }
+    }
+    for c in &skeleton.cmds {
+        match c {
+            Cmd::AddChain(_, ch) => {
+                want.entry(ch.name.as_str()).or_default();
+            }
+            Cmd::AddRule(_, r) => {
+                *want.entry(r.chain.as_str()).or_default() += 1;
+                for e in &r.exprs {
+                    if let Expr::Jump(to) | Expr::Goto(to) = e {
+                        *want.entry(to.as_str()).or_default() += 1;
+                    }
+                }
+            }
+            Cmd::AddSet(_, set) => {
+                for e in &set.elements {
+                    if let Some(to) = e.data.as_ref().and_then(target) {
+                        *want.entry(to).or_default() += 1;
+                    }
+                }
+            }
+            Cmd::AddElements(_, _, elems) | Cmd::CreateElements(_, _, elems) => {
+                for e in elems {
+                    if let Some(to) = e.data.as_ref().and_then(target) {
+                        *want.entry(to).or_default() += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    want
+}
+
+/// Whether every chain of `skeleton` is in table `t` with its rules and no
+/// more: by the chains' use counts (one small dump) where the runner reads
+/// them, else by counting rules. A rule deleted or added by hand changes
+/// its chain's count either way.
+pub fn chains_intact(nft: &mut dyn Nft, t: &TableRef, skeleton: &Batch) -> Result<bool, NftError> {
+    if let Some(have) = nft.chain_uses(t)? {
+        return Ok(skeleton_chain_uses(skeleton)
+            .iter()
+            .all(|(chain, n)| have.get(*chain) == Some(n)));
+    }
+    let mut want: HashMap<&str, usize> = HashMap::new();
+    for c in &skeleton.cmds {
+        match c {
+            crate::batch::Cmd::AddChain(_, ch) => {
+                want.entry(ch.name.as_str()).or_default();
+            }
+            crate::batch::Cmd::AddRule(_, r) => *want.entry(r.chain.as_str()).or_default() += 1,
+            _ => {}
+        }
+    }
+    let Some(have) = nft.rule_counts(t)? else {
+        return Ok(false);
+    };
+    Ok(want
+        .iter()
+        .all(|(chain, n)| have.get(*chain).copied().unwrap_or(0) == *n))
+}
+
 /// Whether table `t` already has everything `skeleton` adds to it: each of
-/// its sets and maps (in `listing`) and, in each of its chains, as many
-/// rules as it appends (asked with [`Nft::rule_counts`]). Then a caller
+/// its sets and maps (in `listing`) and each of its chains with exactly
+/// its rules ([`chains_intact`]). Then a caller
 /// can send only elements: re-adding the rules would replace them, and the
 /// kernel frees replaced rules after an RCU grace period that the next
 /// close of an nf_tables socket waits for (milliseconds at a plugin's
@@ -105,29 +211,14 @@ pub fn skeleton_intact(
     listing: Option<&Listing>,
     skeleton: &Batch,
 ) -> Result<bool, NftError> {
-    use crate::batch::Cmd;
     let Some(listing) = listing else {
         return Ok(false);
     };
-    let mut want: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for c in &skeleton.cmds {
-        match c {
-            Cmd::AddSet(_, s) if !listing.sets.iter().any(|n| n == s.name.as_str()) => {
-                return Ok(false);
-            }
-            Cmd::AddChain(_, ch) => {
-                want.entry(ch.name.as_str()).or_default();
-            }
-            Cmd::AddRule(_, r) => *want.entry(r.chain.as_str()).or_default() += 1,
-            _ => {}
-        }
-    }
-    let Some(have) = nft.rule_counts(t)? else {
-        return Ok(false);
-    };
-    Ok(want
-        .iter()
-        .all(|(chain, n)| have.get(*chain).copied().unwrap_or(0) == *n))
+    let sets_there = skeleton.cmds.iter().all(|c| match c {
+        crate::batch::Cmd::AddSet(_, s) => listing.sets.iter().any(|n| n == s.name.as_str()),
+        _ => true,
+    });
+    Ok(sets_there && chains_intact(nft, t, skeleton)?)
 }
 
 /// Under the table's lock: lists `t` and deletes, in one transaction, the

@@ -10,7 +10,7 @@ use std::path::Path;
 #[cfg(any(test, feature = "cli"))]
 use std::process::{Command, Stdio};
 
-use crate::batch::Batch;
+use crate::batch::{Batch, SetDef};
 use crate::listing::Listing;
 use crate::types::TableRef;
 
@@ -64,6 +64,16 @@ pub trait Nft {
     ) -> Result<Option<HashMap<String, usize>>, NftError> {
         Ok(None)
     }
+    /// Each chain of `table` with the kernel's use count: its rules plus
+    /// the rules and verdict-map elements that jump or go to it (one small
+    /// dump, where [`Nft::rule_counts`] dumps every rule); `None` when the
+    /// runner cannot tell (then callers count rules).
+    fn chain_uses(
+        &mut self,
+        _table: &TableRef,
+    ) -> Result<Option<HashMap<String, usize>>, NftError> {
+        Ok(None)
+    }
     /// The packets of each named counter of `table`; `None` when the
     /// table does not exist.
     fn counters(&mut self, table: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
@@ -72,6 +82,11 @@ pub trait Nft {
             table.name
         )))
     }
+    /// The definitions of sets the caller is about to put elements in
+    /// without listing them first: a runner that must know a set's types to
+    /// encode its elements (netlink) takes them from here instead of asking
+    /// the kernel. A wrong definition makes the kernel refuse the batch.
+    fn expect_sets(&mut self, _table: &TableRef, _sets: &[SetDef]) {}
     /// Locks `table` against other processes' read-modify-write until the
     /// returned guard is dropped; `None` where nothing is shared (fakes,
     /// callers that replace whole tables).
@@ -327,8 +342,31 @@ mod tests {
             vec![Elem::owned(Value::Port(1), Some(Value::Port(3)), &o)],
         );
         assert!(nft.apply(&m2).is_err(), "map key with other data");
+        // create: a key already there fails the batch, even with the same
+        // data, and the batch's free keys are not added either
+        let two = Value::Addr("10.0.0.2".parse().unwrap());
+        let mut create = Batch::new();
+        create
+            .create_elements(&t, &s, vec![Elem::owned(two.clone(), None, &o)])
+            .create_elements(
+                &t,
+                &m,
+                vec![Elem::owned(Value::Port(1), Some(Value::Port(2)), &o)],
+            );
+        assert!(nft.apply(&create).is_err(), "created a taken key");
+        assert!(
+            !nft.list(&t)
+                .unwrap()
+                .unwrap()
+                .in_set("s")
+                .any(|e| e.key == two)
+        );
+        let mut free = Batch::new();
+        free.create_elements(&t, &s, vec![Elem::owned(two.clone(), None, &o)]);
+        nft.apply(&free).unwrap();
+        assert!(nft.apply(&free).is_err(), "created the same key twice");
         let mut del = Batch::new();
-        del.delete_elements(&t, &s, vec![one.clone()]);
+        del.delete_elements(&t, &s, vec![one.clone(), two.clone()]);
         nft.apply(&del).unwrap();
         assert!(nft.apply(&del).is_err(), "absent element");
         // a failed batch changes nothing

@@ -145,7 +145,7 @@ impl Model {
                         ch.1.push(r);
                     }
                 }
-                Cmd::AddElements(_, set, e) => {
+                Cmd::AddElements(_, set, e) | Cmd::CreateElements(_, set, e) => {
                     if let Some(s) = m.sets.get_mut(&set) {
                         s.elements.extend(e);
                     }

@@ -99,7 +99,7 @@ impl Ruleset {
                 Cmd::AddSet(_, s) => {
                     r.sets.insert(s.name.to_string(), s.clone());
                 }
-                Cmd::AddElements(_, n, e) => {
+                Cmd::AddElements(_, n, e) | Cmd::CreateElements(_, n, e) => {
                     let s = r
                         .sets
                         .get_mut(n.as_str())

@@ -26,6 +26,7 @@ pub const NFT_MSG_GETOBJ: u8 = 19;
 pub const NFT_MSG_DELOBJ: u8 = 20;
 
 pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLM_F_EXCL: u16 = 0x200;
 pub const NLM_F_CREATE: u16 = 0x400;
 pub const NLM_F_APPEND: u16 = 0x800;
 pub const NLM_F_DUMP: u16 = 0x300;
@@ -51,6 +52,7 @@ pub const NFTA_CHAIN_TABLE: u16 = 1;
 pub const NFTA_CHAIN_NAME: u16 = 3;
 pub const NFTA_CHAIN_HOOK: u16 = 4;
 pub const NFTA_CHAIN_POLICY: u16 = 5;
+pub const NFTA_CHAIN_USE: u16 = 6;
 pub const NFTA_CHAIN_TYPE: u16 = 7;
 
 pub const NFTA_RULE_TABLE: u16 = 1;

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use kindnet_netlink::nfnl::NfTablesSocket;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, SetDef};
 use crate::listing::Listing;
 use crate::run::{Nft, NftError, TableLock};
 use crate::types::{Name, TableRef};
@@ -409,8 +409,53 @@ impl Nft for NftNetlink {
         }
     }
 
+    fn chain_uses(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
+        let mut a = Attrs::default();
+        a.put_str(NFTA_CHAIN_TABLE, t.name.as_str());
+        let p = payload(t.family, a);
+        let mut uses: HashMap<String, usize> = HashMap::new();
+        let r = self.sock()?.get(
+            msg_kind(NFT_MSG_GETCHAIN),
+            NLM_F_DUMP,
+            &p,
+            || format!("list chains of {} {}", t.family.as_str(), t.name),
+            |_, reply| {
+                let Some(a) = reply.get(4..) else { return };
+                if decode::find(a, NFTA_CHAIN_TABLE)
+                    .map(decode::string)
+                    .as_deref()
+                    != Some(t.name.as_str())
+                {
+                    return;
+                }
+                let name = decode::find(a, NFTA_CHAIN_NAME).map(decode::string);
+                let used = decode::find(a, NFTA_CHAIN_USE).and_then(decode::be32);
+                if let (Some(n), Some(u)) = (name, used) {
+                    uses.insert(n, u as usize);
+                }
+            },
+        );
+        match r {
+            // no chain at all: a table that is gone, or empty
+            Ok(()) if uses.is_empty() => Ok(None),
+            Ok(()) => Ok(Some(uses)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(nl(e)),
+        }
+    }
+
     fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
         NftNetlink::counters(self, t)
+    }
+
+    /// Kept until a batch fails (the cache is dropped then), so a wrong
+    /// definition costs one refused batch.
+    fn expect_sets(&mut self, t: &TableRef, sets: &[SetDef]) {
+        for s in sets {
+            self.sets
+                .entry((t.clone(), s.name.clone()))
+                .or_insert_with(|| SetInfo::of(s));
+        }
     }
 
     fn lock(&mut self, t: &TableRef) -> Result<Option<TableLock>, NftError> {

@@ -631,3 +631,79 @@ fn an_owned_table_refuses_other_writers_and_outlives_its_owner() {
     let l = next.list(&t).unwrap().unwrap();
     assert_eq!(l.elements[0].key, v("10.0.0.4"));
 }
+
+/// `create element` through both runners: the same elements when every key
+/// is free; a batch with one taken key (even with the same data) is
+/// refused by the kernel as a whole, in both, and changes nothing; and the
+/// netlink runner encodes elements of sets it was only told about.
+#[test]
+fn create_element_is_refused_whole_when_a_key_is_taken() {
+    require_root!();
+    let t = TableRef::new(Family::Inet, "kn-create").unwrap();
+    let o = Comment::new("kindnet:owner-3").unwrap();
+    let map = n("dnat4-addr");
+    let key = |port| {
+        Value::Concat(vec![
+            v("10.0.0.2"),
+            Value::Proto(L4Proto::Tcp),
+            Value::Port(port),
+        ])
+    };
+    let mut create = Batch::new();
+    create.create_elements(
+        &t,
+        &map,
+        vec![Elem::owned(key(80), Some(v("10.244.1.6")), &o)],
+    );
+    create.create_elements(
+        &t,
+        &n("nets4"),
+        vec![Elem::owned(v("192.0.2.0/24"), None, &o)],
+    );
+    let (cli_ns, nl_ns) = same_both_ways(&t, &[every_shape(&t), create.clone()]);
+    let mut again = Batch::new();
+    again.create_elements(
+        &t,
+        &n("nets4"),
+        vec![Elem::owned(v("198.51.100.0/24"), None, &o)],
+    );
+    again.create_elements(
+        &t,
+        &map,
+        vec![Elem::owned(key(80), Some(v("10.244.1.6")), &o)],
+    );
+    let cli = Netns::open(cli_ns.path()).unwrap();
+    let nl = Netns::open(nl_ns.path()).unwrap();
+    let before = listed(&nl_ns, &t);
+    let by_nft = cli.run(|| NftCli::default().apply(&again)).unwrap();
+    assert!(by_nft.is_err(), "nft created a taken key");
+    // a fresh runner that never listed the table: told the sets' types
+    let mut fresh = nl.run(NftNetlink::open).unwrap().unwrap();
+    let shape = every_shape(&t);
+    let defs: Vec<SetDef> = shape
+        .cmds
+        .iter()
+        .filter_map(|c| match c {
+            Cmd::AddSet(_, s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    fresh.expect_sets(&t, &defs);
+    let e = fresh.apply(&again).unwrap_err().to_string();
+    assert!(e.contains("File exists"), "{e}");
+    assert_eq!(
+        listed(&nl_ns, &t),
+        before,
+        "a refused batch changed the table"
+    );
+    // the free key alone goes in
+    let mut free = Batch::new();
+    free.create_elements(
+        &t,
+        &n("nets4"),
+        vec![Elem::owned(v("198.51.100.0/24"), None, &o)],
+    );
+    fresh.apply(&free).unwrap();
+    let l = fresh.list(&t).unwrap().unwrap();
+    assert!(l.in_set("nets4").any(|e| e.key == v("198.51.100.0/24")));
+}

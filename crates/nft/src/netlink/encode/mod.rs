@@ -478,11 +478,29 @@ impl<'a> Encoder<'a> {
             Cmd::AddSet(t, s) => self.add_set(t, s)?,
             Cmd::AddElements(t, s, e) => {
                 let info = self.set_info(t, s)?;
-                self.elements(t, s, None, &info, e.iter().map(ElemRef::Add), true)?;
+                self.elements(t, s, None, &info, e.iter().map(ElemRef::Add), ElemOp::Add)?;
+            }
+            Cmd::CreateElements(t, s, e) => {
+                let info = self.set_info(t, s)?;
+                self.elements(
+                    t,
+                    s,
+                    None,
+                    &info,
+                    e.iter().map(ElemRef::Add),
+                    ElemOp::Create,
+                )?;
             }
             Cmd::DeleteElements(t, s, keys) => {
                 let info = self.set_info(t, s)?;
-                self.elements(t, s, None, &info, keys.iter().map(ElemRef::Del), false)?;
+                self.elements(
+                    t,
+                    s,
+                    None,
+                    &info,
+                    keys.iter().map(ElemRef::Del),
+                    ElemOp::Delete,
+                )?;
             }
             Cmd::AddRule(t, r) => self.rule(t, r)?,
         }
@@ -576,7 +594,7 @@ impl<'a> Encoder<'a> {
                 Some(id),
                 &info,
                 s.elements.iter().map(ElemRef::Add),
-                true,
+                ElemOp::Add,
             )?;
         }
         Ok(())
@@ -591,8 +609,9 @@ impl<'a> Encoder<'a> {
         set_id: Option<u32>,
         info: &SetInfo,
         elems: impl Iterator<Item = ElemRef<'e>>,
-        add: bool,
+        op: ElemOp,
     ) -> Result<(), NftError> {
+        let add = op != ElemOp::Delete;
         // every element's attributes, in nft's order
         let mut encoded: Vec<(Vec<u8>, Vec<u8>)> = Vec::new(); // (sort key, attrs)
         for e in elems {
@@ -685,10 +704,14 @@ impl<'a> Encoder<'a> {
                 encoded.insert(0, (zero, a.buf));
             }
         }
-        let (m, flags, verb) = if add {
-            (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add element")
-        } else {
-            (NFT_MSG_DELSETELEM, 0, "delete element")
+        let (m, flags, verb) = match op {
+            ElemOp::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE, "add element"),
+            ElemOp::Create => (
+                NFT_MSG_NEWSETELEM,
+                NLM_F_CREATE | NLM_F_EXCL,
+                "create element",
+            ),
+            ElemOp::Delete => (NFT_MSG_DELSETELEM, 0, "delete element"),
         };
         let mut i = 0;
         while i < encoded.len() {
@@ -715,6 +738,17 @@ impl<'a> Encoder<'a> {
         }
         Ok(())
     }
+}
+
+/// What an element message does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ElemOp {
+    /// Add; a key already there with the same data is fine.
+    Add,
+    /// Add; a key already there fails the batch.
+    Create,
+    /// Delete by key.
+    Delete,
 }
 
 /// An element to add, or a key to delete.
