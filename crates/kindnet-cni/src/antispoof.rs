@@ -30,11 +30,27 @@
 //!   [`POD_VETH_GROUP`] are checked at all; only this plugin's ADD makes
 //!   those. An ADD for name N, in one transaction with its own pairs,
 //!   deletes every other pair of N and N's `dead` entry (under the shared
-//!   table lock, so no sweep interleaves): the only pairs a live veth N
-//!   ever has are its own pod's. Until then N is dead (drops everything),
+//!   table lock, so no sweep interleaves) — or, when N is not claimed and
+//!   so has no pair and no `dead` entry, creates N's claim and pairs in a
+//!   transaction the kernel refuses if N was claimed meanwhile: the only
+//!   pairs a live veth N ever has are its own pod's. Until then N is dead (drops everything),
 //!   and after the old veth is gone (DEL deletes it) no interface has that
 //!   name. An address released at DEL and given to a new pod is therefore
 //!   accepted only from the new pod's veth.
+//! - **ADD reads nothing when the name is fresh.** Set `claimed` (no rule
+//!   reads it) holds every name that has pairs or a `dead` entry: ADD
+//!   creates a name's claim with its pairs, DEL claims what it revokes,
+//!   and the sweep and GC drop a claim with the last of its name's
+//!   elements (GC by owner: the claim carries the pod's owner comment too).
+//!   So ADD first sends one transaction that *creates* (`NLM_F_EXCL`) the
+//!   claim and the pairs: the kernel refuses it whole when the name is
+//!   claimed (a retried ADD, a dead name) or a pair's key is taken, and
+//!   only then does ADD take the table lock, list the table and claim the
+//!   name back as below. Before it, one small dump of the chains' use
+//!   counts checks that no rule was deleted by hand (else the read path
+//!   repairs the chain). A table an earlier release made, without
+//!   `claimed`, gets it from the first ADD's read path, with a claim for
+//!   every name it holds.
 //! - **Sweep.** When a DEL finds [`SWEEP_AT`] names dead, it deletes, in one
 //!   transaction under the exclusive table lock (not waiting for it: a busy
 //!   lock means an ADD is running, and the sweep is left to a later DEL),
@@ -70,6 +86,9 @@ pub const FAMILIES: [Family; 2] = [Family::Inet, Family::Bridge];
 const CHAIN: &str = "prerouting";
 /// The set of host veth names revoked by DEL.
 const DEAD: &str = "dead";
+/// The set of host veth names that have pairs or a `dead` entry (no rule
+/// reads it): what lets ADD create a fresh name's pairs without reading.
+const CLAIMED: &str = "claimed";
 /// How many dead names a DEL lets accumulate before it sweeps.
 pub const SWEEP_AT: usize = 32;
 /// Before conntrack (-200) and every NAT or filter chain.
@@ -152,6 +171,7 @@ fn skeleton(b: &mut Batch, f: Family, check: bool) {
         );
     }
     b.add_set(&t, SetDef::set(Name::fixed(DEAD), vec![KeyType::IfName]));
+    b.add_set(&t, SetDef::set(Name::fixed(CLAIMED), vec![KeyType::IfName]));
     b.add_chain(
         &t,
         ChainDef::base(
@@ -195,6 +215,42 @@ pub fn wanted(ifname: &IfName, ips: &[IpAddr], owner: &Comment) -> Vec<Wanted> {
             ),
         })
         .collect()
+}
+
+/// `ifname`'s entry in [`CLAIMED`], owned by `owner`.
+fn claim_of(ifname: &IfName, owner: &Comment) -> Wanted {
+    Wanted {
+        set: Name::fixed(CLAIMED),
+        elem: Elem::owned(Value::IfName(ifname.clone()), None, owner),
+    }
+}
+
+/// A table made before [`CLAIMED`] existed (pure): every name with pairs
+/// or a `dead` entry, for the transaction that adds the set, so the
+/// invariant holds from the moment the set is there.
+fn backfill_claims(listing: Option<&Listing>) -> Vec<Elem> {
+    let Some(l) = listing else { return Vec::new() };
+    if l.sets.iter().any(|s| s == CLAIMED) {
+        return Vec::new();
+    }
+    let mut out: Vec<Elem> = Vec::new();
+    for e in &l.elements {
+        let name = match &e.key {
+            Value::IfName(n) if e.set == DEAD => n,
+            _ if is_pair_set(&e.set) => match pair_ifname(e) {
+                Some(n) => n,
+                None => continue,
+            },
+            _ => continue,
+        };
+        if out.iter().any(|x| x.key == Value::IfName(name.clone())) {
+            continue;
+        }
+        let mut elem = Elem::key(Value::IfName(name.clone()));
+        elem.comment = e.comment.as_deref().and_then(|c| Comment::new(c).ok());
+        out.push(elem);
+    }
+    out
 }
 
 /// ADD's one transaction (pure): the skeleton and the pod's pairs. Each
@@ -288,20 +344,29 @@ pub fn setup(
     owner: &Comment,
 ) -> Result<(), CniError> {
     let t = table(f);
+    let mut skel = Batch::new();
+    skeleton(&mut skel, f, true);
+    let mut want = wanted(ifname, ips, owner);
+    want.push(claim_of(ifname, owner));
+    // A name that is not claimed has no pair and no `dead` entry, so its
+    // claim and its pairs, created in one transaction that the kernel
+    // refuses whole if any is there, need no read and no lock (a sweep
+    // deletes only what it listed, and it cannot have listed these).
+    if owned::create_unread(nft, &t, &skel, &want) {
+        return Ok(());
+    }
     let _shared = match nft.lock_dir() {
         Some(dir) => Some(TableLock::acquire_shared(dir, &t).map_err(nft_err("anti-spoofing"))?),
         None => None,
     };
-    let mut skel = Batch::new();
-    skeleton(&mut skel, f, true);
     let listing = nft.list(&t).map_err(nft_err("anti-spoofing"))?;
     let intact = owned::skeleton_intact(nft, &t, listing.as_ref(), &skel)
         .map_err(nft_err("anti-spoofing"))?;
-    let want = wanted(ifname, ips, owner);
     // elements only while the skeleton is intact; a key deleted only where
     // another owner holds it or the name was dead: a deletion, too, leaves
     // work for the exit to wait for
     let mut b = if intact { Batch::new() } else { skel };
+    b.add_elements(&t, &Name::fixed(CLAIMED), backfill_claims(listing.as_ref()));
     claim(&mut b, &t, listing.as_ref(), ifname, &want);
     owned::upsert(&mut b, &t, listing.as_ref(), &want);
     nft.apply(&b).map_err(nft_err("anti-spoofing"))
@@ -362,20 +427,31 @@ pub fn sweep_batch(t: &TableRef, listing: Option<&Listing>, also: &[IfName]) -> 
         {
             b.delete_elements(t, &src(e.set == "src6"), vec![e.key.clone()]);
         }
+        // the claim goes with the last pair and the `dead` entry
+        if e.set == CLAIMED
+            && let Value::IfName(n) = &e.key
+            && (dead.contains(&n) || also.contains(n))
+        {
+            b.delete_elements(t, &Name::fixed(CLAIMED), vec![e.key.clone()]);
+        }
     }
     b
 }
 
-fn mark_batch(t: &TableRef, names: &[IfName], owner: &Comment) -> Batch {
+/// DEL's revocation (pure): `names` dead, and claimed where the table has
+/// [`CLAIMED`] (a name an earlier release's ADD gave pairs to is not).
+fn mark_batch(t: &TableRef, listing: Option<&Listing>, names: &[IfName], owner: &Comment) -> Batch {
     let mut b = Batch::new();
-    b.add_elements(
-        t,
-        &Name::fixed(DEAD),
+    let elems = || {
         names
             .iter()
             .map(|n| Elem::owned(Value::IfName(n.clone()), None, owner))
-            .collect(),
-    );
+            .collect()
+    };
+    b.add_elements(t, &Name::fixed(DEAD), elems());
+    if listing.is_some_and(|l| l.sets.iter().any(|s| s == CLAIMED)) {
+        b.add_elements(t, &Name::fixed(CLAIMED), elems());
+    }
     b
 }
 
@@ -396,7 +472,7 @@ pub fn teardown(
         Revoke::Nothing => return Ok(()),
         Revoke::Mark(n) => {
             return nft
-                .apply(&mark_batch(&t, &n, owner))
+                .apply(&mark_batch(&t, listing.as_ref(), &n, owner))
                 .map_err(nft_err("anti-spoofing teardown"));
         }
         Revoke::Sweep(n) => n,
@@ -409,7 +485,7 @@ pub fn teardown(
     if lock.is_none() && nft.lock_dir().is_some() {
         // an ADD is running: revoke now, sweep later
         return nft
-            .apply(&mark_batch(&t, &names, owner))
+            .apply(&mark_batch(&t, listing.as_ref(), &names, owner))
             .map_err(nft_err("anti-spoofing teardown"));
     }
     // under the lock, from a listing no ADD can change meanwhile
@@ -424,7 +500,7 @@ pub fn teardown(
         // depend on the sweep)
         Err(e) => {
             log_warn!("anti-spoofing sweep: {e}; revoking only");
-            nft.apply(&mark_batch(&t, &names, owner))
+            nft.apply(&mark_batch(&t, listing.as_ref(), &names, owner))
                 .map_err(nft_err("anti-spoofing teardown"))
         }
     }
@@ -564,9 +640,23 @@ mod tests {
         assert!(nft.table(Family::Bridge, TABLE).is_some());
     }
 
+    /// A fake that tells rule counts, as the kernel does: ADD takes the
+    /// unread path whenever it can.
+    fn kernel() -> FakeNft {
+        FakeNft {
+            counts_rules: true,
+            ..FakeNft::default()
+        }
+    }
+
     #[test]
     fn a_new_pod_on_a_dead_name_gets_exactly_its_own_pairs_and_the_name_back() {
-        let mut nft = FakeNft::default();
+        for nft in [FakeNft::default(), kernel()] {
+            a_new_pod_on_a_dead_name(nft);
+        }
+    }
+
+    fn a_new_pod_on_a_dead_name(mut nft: FakeNft) {
         let n = ifname("veth0000000a").unwrap();
         let f = Family::Inet;
         setup(
@@ -598,7 +688,12 @@ mod tests {
 
     #[test]
     fn every_sweep_at_dels_one_transaction_deletes_the_dead_names_and_their_pairs() {
-        let mut nft = FakeNft::default();
+        for nft in [FakeNft::default(), kernel()] {
+            sweep_at_dels(nft);
+        }
+    }
+
+    fn sweep_at_dels(mut nft: FakeNft) {
         let f = Family::Inet;
         let live = ifname("vethffffffff").unwrap();
         setup(&mut nft, f, &live, &ips(&["10.244.0.2"]), &tag("live")).unwrap();
@@ -628,6 +723,104 @@ mod tests {
                 Some(tag("live").as_str().to_string())
             )]
         );
+        // the swept names' claims went with them
+        assert_eq!(claimed(&mut nft, f), ["\"vethffffffff\""]);
+    }
+
+    fn claimed(nft: &mut FakeNft, f: Family) -> Vec<String> {
+        let l = nft.list(&table(f)).unwrap().unwrap_or_default();
+        let mut v: Vec<String> = l.in_set(CLAIMED).map(|e| e.key.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// A fresh name on an intact table: one transaction that creates the
+    /// claim and the pairs, nothing listed. A claimed name (a retried ADD,
+    /// a name DEL revoked) is refused by that transaction and read.
+    #[test]
+    fn a_fresh_name_is_one_unread_transaction_and_a_claimed_one_is_read() {
+        let mut nft = kernel();
+        let f = Family::Inet;
+        let a = ifname("veth0000000a").unwrap();
+        setup(&mut nft, f, &a, &ips(&["10.244.1.5"]), &tag("a")).unwrap();
+        let (lists, applied) = (nft.lists, nft.applied.len());
+        let b = ifname("veth0000000b").unwrap();
+        setup(&mut nft, f, &b, &ips(&["10.244.1.6", "fd00::6"]), &tag("b")).unwrap();
+        assert_eq!(nft.lists, lists, "a fresh name was read");
+        assert_eq!(nft.applied.len(), applied + 1);
+        let creates = &nft.applied[applied];
+        assert!(
+            creates
+                .cmds
+                .iter()
+                .all(|c| matches!(c, Cmd::CreateElements(..))),
+            "{creates:?}"
+        );
+        assert_eq!(
+            claimed(&mut nft, f),
+            ["\"veth0000000a\"", "\"veth0000000b\""]
+        );
+        // the same ADD again: the creates are refused, the read path finds
+        // everything in place
+        setup(&mut nft, f, &b, &ips(&["10.244.1.6", "fd00::6"]), &tag("b")).unwrap();
+        assert!(nft.lists > lists);
+        assert_eq!(pairs(&mut nft, f).len(), 3);
+        // DEL claims what it revokes: the name stays claimed while dead
+        teardown(&mut nft, f, &tag("b"), "none").unwrap();
+        assert_eq!(dead(&mut nft, f), ["\"veth0000000b\""]);
+        assert_eq!(claimed(&mut nft, f).len(), 2);
+    }
+
+    /// A table an earlier release made has no `claimed` set: the first ADD
+    /// adds it with a claim for every name that has pairs or is dead, so no
+    /// later ADD creates pairs beside a stale one unread.
+    #[test]
+    fn an_earlier_table_gets_the_claimed_set_with_every_name_it_holds() {
+        let mut nft = kernel();
+        let f = Family::Inet;
+        let t = table(f);
+        let mut old = Batch::new();
+        old.add_table(&t);
+        for v6 in [false, true] {
+            old.add_set(
+                &t,
+                SetDef::set(src(v6), vec![KeyType::IfName, KeyType::addr(v6)]),
+            );
+        }
+        old.add_set(&t, SetDef::set(Name::fixed(DEAD), vec![KeyType::IfName]));
+        let (live, gone) = (
+            ifname("veth0000000a").unwrap(),
+            ifname("veth0000000b").unwrap(),
+        );
+        for (n, ip, o) in [(&live, "10.244.1.5", "a"), (&gone, "10.244.1.6", "b")] {
+            old.add_elements(
+                &t,
+                &src(false),
+                wanted(n, &ips(&[ip]), &tag(o))
+                    .into_iter()
+                    .map(|w| w.elem)
+                    .collect(),
+            );
+        }
+        old.add_elements(
+            &t,
+            &Name::fixed(DEAD),
+            vec![Elem::owned(Value::IfName(gone.clone()), None, &tag("b"))],
+        );
+        nft.apply(&old).unwrap();
+        // the dead name's pod comes back with another address
+        setup(&mut nft, f, &gone, &ips(&["10.244.1.9"]), &tag("b2")).unwrap();
+        assert_eq!(
+            claimed(&mut nft, f),
+            ["\"veth0000000a\"", "\"veth0000000b\""]
+        );
+        assert!(dead(&mut nft, f).is_empty());
+        let p = pairs(&mut nft, f);
+        assert!(!p.iter().any(|(_, k, _)| k.contains("10.244.1.6")), "{p:?}");
+        // and the live name, ADDed again, is read (its claim is there)
+        let lists = nft.lists;
+        setup(&mut nft, f, &live, &ips(&["10.244.1.5"]), &tag("a")).unwrap();
+        assert!(nft.lists > lists);
     }
 
     #[test]
@@ -742,9 +935,10 @@ mod tests {
             .unwrap();
         }
         let keep: HashSet<OwnerTag> = [mine.owner()].into();
+        // the gone attachment's pair and its name's claim
         assert_eq!(
             gc(&mut nft, Family::Inet, NetworkKey::of("blue"), &keep).unwrap(),
-            1
+            2
         );
         assert_eq!(pairs(&mut nft, Family::Inet).len(), 2);
     }

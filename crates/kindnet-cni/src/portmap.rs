@@ -438,6 +438,16 @@ pub fn map_ports(
     let (_, owner) = crate::attachment(req)?;
     let (ports, hairpins) = wanted_parts(maps_, &pod_ips(res), &owner)?;
     let t = table();
+    let mut skel = Batch::new();
+    skeleton(&mut skel);
+    let want: Vec<Wanted> = ports.iter().chain(&hairpins).cloned().collect();
+    // Every key free and the table there: done without reading it (no
+    // lock either: a concurrent ADD of the same key makes one of the two
+    // transactions fail, and that one reads below).
+    if owned::create_unread(nft, &t, &skel, &want) {
+        flush_udp_conntrack(maps_);
+        return Ok(());
+    }
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
     // only the maps this pod's mappings touch (the table has ten)
     let mut touched: Vec<&str> = Vec::new();
@@ -461,8 +471,6 @@ pub fn map_ports(
             holder.comment.as_deref().unwrap_or("no owner")
         )));
     }
-    let mut skel = Batch::new();
-    skeleton(&mut skel);
     // Intact: the touched maps are there and every chain has its rules (a
     // map the rules use cannot be deleted without them).
     let mut check = Batch::new();
@@ -474,7 +482,6 @@ pub fn map_ports(
         .collect();
     let intact =
         owned::skeleton_intact(nft, &t, listing.as_ref(), &check).map_err(nft_err("portmap"))?;
-    let want: Vec<Wanted> = ports.iter().chain(&hairpins).cloned().collect();
     let b = if intact {
         elements_batch(listing.as_ref(), &want)
     } else {

@@ -192,6 +192,11 @@ impl FakeHost {
     pub fn new() -> FakeHost {
         FakeHost {
             next_index: 10,
+            // as the kernel, it tells how many rules each chain has
+            nft: FakeNft {
+                counts_rules: true,
+                ..FakeNft::default()
+            },
             ..FakeHost::default()
         }
     }

@@ -129,3 +129,46 @@ fn gc_removes_what_is_not_valid_through_the_same_host() {
         Kindnet.check_on(&mut h, &check).unwrap();
     }
 }
+
+/// A host port is created without reading the table when it is free; a
+/// taken one sends ADD to the read path, which refuses another pod's port
+/// (and leaves nothing of the refused pod) and lets a retried ADD of the
+/// same pod through unchanged.
+#[test]
+fn a_host_port_taken_by_another_pod_is_refused_and_a_retry_is_not() {
+    let bed = Bed::new();
+    let mut h = FakeHost::new();
+    let (a, b) = (req(&bed, "c1", false), req(&bed, "c2", false));
+    Kindnet.add_on(&mut h, &a).unwrap();
+    // the table exists now: a free port is one transaction of creates
+    // (the read path would add)
+    let c = req_at(&bed, "c3", false, 1);
+    Kindnet.add_on(&mut h, &c).unwrap();
+    let port_batches: Vec<_> = h
+        .nft
+        .applied
+        .iter()
+        .rev()
+        .take_while(|b| {
+            b.cmds
+                .iter()
+                .any(|c| format!("{c:?}").contains(portmap::TABLE))
+        })
+        .collect();
+    assert_eq!(port_batches.len(), 1, "{port_batches:?}");
+    assert!(
+        port_batches[0]
+            .cmds
+            .iter()
+            .all(|c| matches!(c, kindnet_nft::Cmd::CreateElements(..)))
+    );
+    let mine = port_elements(&mut h);
+    // another pod on c1's ports: refused, nothing of it left
+    let e = Kindnet.add_on(&mut h, &b).unwrap_err();
+    assert!(e.msg.contains("already mapped"), "{e}");
+    assert_eq!(port_elements(&mut h), mine);
+    assert_eq!(h.veths().len(), 2, "the refused pod's veth is left");
+    // c1's ADD retried: fine, nothing changes
+    Kindnet.add_on(&mut h, &a).unwrap();
+    assert_eq!(port_elements(&mut h), mine);
+}
