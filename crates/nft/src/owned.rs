@@ -245,6 +245,46 @@ mod tests {
     use crate::fake::FakeNft;
     use crate::types::{Comment, Family, KeyType, Value};
 
+    /// A chain's expected use count is its rules plus every jump or goto
+    /// to it, from rules and from verdict-map elements alike: what the
+    /// kernel counts (the root test of portmap's repair reads the kernel's).
+    #[test]
+    fn skeleton_chain_uses_count_rules_and_references() {
+        use crate::batch::{ChainDef, MapData, RuleDef};
+        use crate::expr::Expr;
+        let t = TableRef::new(Family::Inet, "t").unwrap();
+        let (base, sub, idle) = (
+            Name::new("base").unwrap(),
+            Name::new("sub").unwrap(),
+            Name::new("idle").unwrap(),
+        );
+        let mut b = Batch::new();
+        b.add_table(&t)
+            .add_chain(&t, ChainDef::regular(base.clone()))
+            .add_chain(&t, ChainDef::regular(sub.clone()))
+            .add_chain(&t, ChainDef::regular(idle.clone()))
+            .add_rule(&t, RuleDef::new(&base, vec![Expr::Jump(sub.clone())]))
+            .add_rule(&t, RuleDef::new(&base, vec![Expr::Goto(sub.clone())]))
+            .add_rule(&t, RuleDef::new(&sub, vec![Expr::Accept]));
+        let mut vmap = SetDef::map(
+            Name::new("v").unwrap(),
+            vec![KeyType::Ipv4Addr],
+            MapData::Verdict,
+        );
+        vmap.elements
+            .push(Elem::key(Value::Addr("10.0.0.1".parse().unwrap())));
+        vmap.elements[0].data = Some(Value::Goto(sub.clone()));
+        b.add_set(&t, vmap);
+        let uses = skeleton_chain_uses(&b);
+        assert_eq!(uses.get("base"), Some(&2));
+        assert_eq!(
+            uses.get("sub"),
+            Some(&4),
+            "1 rule, 2 from rules, 1 from the map"
+        );
+        assert_eq!(uses.get("idle"), Some(&0));
+    }
+
     fn setup() -> (FakeNft, TableRef, Name) {
         let t = TableRef::new(Family::Inet, "t").unwrap();
         let s = Name::new("pods4").unwrap();
