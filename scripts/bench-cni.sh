@@ -122,6 +122,15 @@ if med.get("floor"):
     out["classic_over_floor"] = round(med["classic"] / med["floor"], 2) if med.get("classic") else None
     if med.get("baseline"):
         out["baseline_over_floor"] = round(med["baseline"] / med["floor"], 2)
+# DEL removes the mappings (deleting elements: the kernel frees them after
+# an RCU grace period)
+dels = {i: [r["del_p50_ms"] for r in hp if r["impl"] == i and r.get("del_p50_ms")] for i in impls}
+dmed = {i: round(statistics.median(v), 3) for i, v in dels.items() if v}
+out["del_p50_ms"] = dmed
+if dmed.get("floor") and dmed.get("ours"):
+    out["del_ours_over_floor"] = round(dmed["ours"] / dmed["floor"], 2)
+    if dmed.get("baseline"):
+        out["del_baseline_over_floor"] = round(dmed["baseline"] / dmed["floor"], 2)
 print(json.dumps(out))
 def med(impl, stack, pods, key):
     v = [r[key] for r in runs if r["impl"] == impl and r["stack"] == stack and r["pods"] == pods]
