@@ -387,3 +387,129 @@ fn a_rule_deleted_by_hand_is_restored_by_the_next_add() {
         pods.push(pod);
     }
 }
+
+/// The host-port and anti-spoofing ADDs write without a lock when their
+/// keys are free, so race them: six pods ADDed at once, all claiming host
+/// port 9090. Exactly one gets it (the others' transaction is refused and
+/// their read path names the holder), the port reaches that pod, and every
+/// pod's veth has exactly its own pod's anti-spoofing pairs.
+#[test]
+fn racing_adds_of_one_host_port_map_it_exactly_once() {
+    require_root!();
+    let b = bed();
+    let data = temp_dir("ipam");
+    let ptp = net_conf("1.0.0", "ptp", &data.str(), &[V4_SUBNET, V6_SUBNET]);
+    let pods: Vec<Ns> = (0..6).map(|_| Ns::new("pod")).collect();
+    // the tables exist before the race (a first ADD makes them)
+    let first = Args::new("race-first", &pods[0].path());
+    let res0 = call(Some(&b.node), "ptp", "ADD", &first, &ptp).ok();
+    call(
+        Some(&b.node),
+        "portmap",
+        "ADD",
+        &first,
+        &portmap_conf(&res0, json!([{"hostPort": 9191, "containerPort": 80}])),
+    )
+    .ok();
+    let outcomes: Vec<(String, Value, Call)> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods[1..]
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let (b, ptp) = (&b, &ptp);
+                s.spawn(move || {
+                    let args = Args::new(&format!("race{i}"), &pod.path());
+                    let res = call(Some(&b.node), "ptp", "ADD", &args, ptp).ok();
+                    let maps = json!([{"hostPort": 9090, "containerPort": 80}]);
+                    let c = call(
+                        Some(&b.node),
+                        "portmap",
+                        "ADD",
+                        &args,
+                        &portmap_conf(&res, maps),
+                    );
+                    (args.container_id, res, c)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<_> = outcomes.iter().filter(|(_, _, c)| c.code == 0).collect();
+    assert_eq!(won.len(), 1, "host port 9090 mapped {} times", won.len());
+    for (id, _, c) in outcomes.iter().filter(|(_, _, c)| c.code != 0) {
+        assert!(c.msg().contains("already mapped"), "{id}: {}", c.msg());
+    }
+    // the winner's pod answers on the port
+    let (_, res, _) = won[0];
+    let winner = pods[1..]
+        .iter()
+        .zip(&outcomes)
+        .find(|(_, (_, _, c))| c.code == 0)
+        .map(|(p, _)| p)
+        .unwrap();
+    serve(winner);
+    let addr = res["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        fetch(&b.client, "172.30.0.1:9090").as_deref(),
+        Some("you are 172.30.0.2"),
+        "the port does not reach {addr}"
+    );
+    // every veth has exactly its pod's pairs: one per address
+    let listed = b
+        .node
+        .run_ok(&["nft", "-j", "list", "table", "inet", "kindnet-antispoof"]);
+    let doc: Value = serde_json::from_str(&listed).unwrap();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for item in doc["nftables"].as_array().unwrap() {
+        let Some(set) = item.get("set") else { continue };
+        if !["src4", "src6"].contains(&set["name"].as_str().unwrap_or("")) {
+            continue;
+        }
+        for e in set["elem"].as_array().into_iter().flatten() {
+            let concat = e
+                .pointer("/elem/val/concat")
+                .or_else(|| e.get("concat"))
+                .unwrap();
+            let name = concat[0].as_str().unwrap().to_string();
+            let ip = concat[1].as_str().unwrap().to_string();
+            pairs.push((name, ip));
+        }
+    }
+    let mut all: Vec<(String, Value)> = outcomes
+        .iter()
+        .map(|(id, r, _)| (id.clone(), r.clone()))
+        .collect();
+    all.push(("race-first".into(), res0));
+    assert_eq!(pairs.len(), 2 * all.len(), "{pairs:?}");
+    for (id, r) in &all {
+        let veth = r["interfaces"][0]["name"].as_str().unwrap();
+        let mut mine: Vec<String> = pairs
+            .iter()
+            .filter(|(n, _)| n == veth)
+            .map(|(_, ip)| ip.clone())
+            .collect();
+        let mut want: Vec<String> = r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c["address"]
+                    .as_str()
+                    .unwrap()
+                    .split('/')
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        mine.sort();
+        want.sort();
+        assert_eq!(mine, want, "{id} ({veth})");
+    }
+}
