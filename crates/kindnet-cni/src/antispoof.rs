@@ -576,11 +576,16 @@ mod tests {
         v
     }
 
-    fn dead(nft: &mut FakeNft, f: Family) -> Vec<String> {
+    /// The keys of set `set`, sorted.
+    fn keys(nft: &mut FakeNft, f: Family, set: &str) -> Vec<String> {
         let l = nft.list(&table(f)).unwrap().unwrap_or_default();
-        let mut v: Vec<String> = l.in_set(DEAD).map(|e| e.key.to_string()).collect();
+        let mut v: Vec<String> = l.in_set(set).map(|e| e.key.to_string()).collect();
         v.sort();
         v
+    }
+
+    fn dead(nft: &mut FakeNft, f: Family) -> Vec<String> {
+        keys(nft, f, DEAD)
     }
 
     #[test]
@@ -728,10 +733,7 @@ mod tests {
     }
 
     fn claimed(nft: &mut FakeNft, f: Family) -> Vec<String> {
-        let l = nft.list(&table(f)).unwrap().unwrap_or_default();
-        let mut v: Vec<String> = l.in_set(CLAIMED).map(|e| e.key.to_string()).collect();
-        v.sort();
-        v
+        keys(nft, f, CLAIMED)
     }
 
     /// A fresh name on an intact table: one transaction that creates the

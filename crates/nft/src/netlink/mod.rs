@@ -238,25 +238,14 @@ impl NftNetlink {
 
     /// Packets of each named counter of `t`; `None` when no table.
     pub fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
-        let mut a = Attrs::default();
-        a.put_str(NFTA_OBJ_TABLE, t.name.as_str());
-        a.put_u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER);
-        let p = payload(t.family, a);
         let mut out = Vec::new();
-        let r = self.sock()?.get(
-            msg_kind(NFT_MSG_GETOBJ),
-            NLM_F_DUMP,
-            &p,
-            || format!("list counters of {} {}", t.family.as_str(), t.name),
-            |_, reply| {
-                let Some(a) = reply.get(4..) else { return };
-                if decode::find(a, NFTA_OBJ_TABLE)
-                    .map(decode::string)
-                    .as_deref()
-                    != Some(t.name.as_str())
-                {
-                    return;
-                }
+        let there = self.dump_of_table(
+            t,
+            NFT_MSG_GETOBJ,
+            NFTA_OBJ_TABLE,
+            |a| a.put_u32(NFTA_OBJ_TYPE, NFT_OBJECT_COUNTER),
+            "counters",
+            |a| {
                 let name = decode::find(a, NFTA_OBJ_NAME).map(decode::string);
                 let packets = decode::find(a, NFTA_OBJ_DATA)
                     .and_then(|d| decode::find(d, NFTA_COUNTER_PACKETS))
@@ -265,16 +254,49 @@ impl NftNetlink {
                     out.push((n, p));
                 }
             },
-        );
-        match r {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(nl(e)),
-        }
-        if out.is_empty() && self.table_flags(t)?.is_none() {
+        )?;
+        if !there || (out.is_empty() && self.table_flags(t)?.is_none()) {
             return Ok(None);
         }
         Ok(Some(out))
+    }
+
+    /// Dumps the objects of kind `get` (rules, chains, objects) of table
+    /// `t`: the request names the table in attribute `table_attr` and
+    /// replies of any other table are skipped; `each` gets each reply's
+    /// attributes. `false` when the kernel has no such table.
+    fn dump_of_table(
+        &mut self,
+        t: &TableRef,
+        get: u8,
+        table_attr: u16,
+        extra: impl FnOnce(&mut Attrs),
+        what: &str,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<bool, NftError> {
+        let mut a = Attrs::default();
+        a.put_str(table_attr, t.name.as_str());
+        extra(&mut a);
+        let p = payload(t.family, a);
+        let r = self.sock()?.get(
+            msg_kind(get),
+            NLM_F_DUMP,
+            &p,
+            || format!("list {what} of {} {}", t.family.as_str(), t.name),
+            |_, reply| {
+                let Some(a) = reply.get(4..) else { return };
+                if decode::find(a, table_attr).map(decode::string).as_deref()
+                    == Some(t.name.as_str())
+                {
+                    each(a);
+                }
+            },
+        );
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(nl(e)),
+        }
     }
 
     /// Drops cached set types of a deleted set, or of every set of a
@@ -379,69 +401,40 @@ impl Nft for NftNetlink {
     }
 
     fn rule_counts(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
-        let mut a = Attrs::default();
-        a.put_str(NFTA_RULE_TABLE, t.name.as_str());
-        let p = payload(t.family, a);
         let mut counts: HashMap<String, usize> = HashMap::new();
-        let r = self.sock()?.get(
-            msg_kind(NFT_MSG_GETRULE),
-            NLM_F_DUMP,
-            &p,
-            || format!("list rules of {} {}", t.family.as_str(), t.name),
-            |_, reply| {
-                let Some(a) = reply.get(4..) else { return };
-                if decode::find(a, NFTA_RULE_TABLE)
-                    .map(decode::string)
-                    .as_deref()
-                    != Some(t.name.as_str())
-                {
-                    return;
-                }
+        let there = self.dump_of_table(
+            t,
+            NFT_MSG_GETRULE,
+            NFTA_RULE_TABLE,
+            |_| {},
+            "rules",
+            |a| {
                 if let Some(c) = decode::find(a, NFTA_RULE_CHAIN).map(decode::string) {
                     *counts.entry(c).or_default() += 1;
                 }
             },
-        );
-        match r {
-            Ok(()) => Ok(Some(counts)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(nl(e)),
-        }
+        )?;
+        Ok(there.then_some(counts))
     }
 
     fn chain_uses(&mut self, t: &TableRef) -> Result<Option<HashMap<String, usize>>, NftError> {
-        let mut a = Attrs::default();
-        a.put_str(NFTA_CHAIN_TABLE, t.name.as_str());
-        let p = payload(t.family, a);
         let mut uses: HashMap<String, usize> = HashMap::new();
-        let r = self.sock()?.get(
-            msg_kind(NFT_MSG_GETCHAIN),
-            NLM_F_DUMP,
-            &p,
-            || format!("list chains of {} {}", t.family.as_str(), t.name),
-            |_, reply| {
-                let Some(a) = reply.get(4..) else { return };
-                if decode::find(a, NFTA_CHAIN_TABLE)
-                    .map(decode::string)
-                    .as_deref()
-                    != Some(t.name.as_str())
-                {
-                    return;
-                }
+        let there = self.dump_of_table(
+            t,
+            NFT_MSG_GETCHAIN,
+            NFTA_CHAIN_TABLE,
+            |_| {},
+            "chains",
+            |a| {
                 let name = decode::find(a, NFTA_CHAIN_NAME).map(decode::string);
                 let used = decode::find(a, NFTA_CHAIN_USE).and_then(decode::be32);
                 if let (Some(n), Some(u)) = (name, used) {
                     uses.insert(n, u as usize);
                 }
             },
-        );
-        match r {
-            // no chain at all: a table that is gone, or empty
-            Ok(()) if uses.is_empty() => Ok(None),
-            Ok(()) => Ok(Some(uses)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(nl(e)),
-        }
+        )?;
+        // no chain at all: a table that is gone, or empty
+        Ok((there && !uses.is_empty()).then_some(uses))
     }
 
     fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {

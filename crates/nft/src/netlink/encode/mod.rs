@@ -476,20 +476,13 @@ impl<'a> Encoder<'a> {
                 );
             }
             Cmd::AddSet(t, s) => self.add_set(t, s)?,
-            Cmd::AddElements(t, s, e) => {
+            Cmd::AddElements(t, s, e) | Cmd::CreateElements(t, s, e) => {
+                let op = match c {
+                    Cmd::CreateElements(..) => ElemOp::Create,
+                    _ => ElemOp::Add,
+                };
                 let info = self.set_info(t, s)?;
-                self.elements(t, s, None, &info, e.iter().map(ElemRef::Add), ElemOp::Add)?;
-            }
-            Cmd::CreateElements(t, s, e) => {
-                let info = self.set_info(t, s)?;
-                self.elements(
-                    t,
-                    s,
-                    None,
-                    &info,
-                    e.iter().map(ElemRef::Add),
-                    ElemOp::Create,
-                )?;
+                self.elements(t, s, None, &info, e.iter().map(ElemRef::Add), op)?;
             }
             Cmd::DeleteElements(t, s, keys) => {
                 let info = self.set_info(t, s)?;
