@@ -8,6 +8,7 @@ mod check;
 mod cluster;
 mod model_state;
 mod netpol_bench;
+mod netpol_kube_bench;
 mod nft_bench;
 mod nodes_bench;
 mod plan;
@@ -484,6 +485,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             preflight()?;
             nft_bench::run(&b)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::BenchNetpol(b) if b.source == "kube" => {
+            preflight()?;
+            let dir = match &b.bin_dir {
+                Some(d) => d.clone(),
+                None => exe_dir()?,
+            };
+            netpol_kube_bench::run(&b, &dir.join("kindnetd"))
         }
         Cmd::BenchNetpol(b) => {
             preflight()?;

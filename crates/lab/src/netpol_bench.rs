@@ -61,6 +61,12 @@ pub struct BenchNetpolArgs {
     /// Directory with kindnetd and kindnet-cni (default: next to kindnet-lab).
     #[arg(long)]
     pub bin_dir: Option<std::path::PathBuf>,
+    /// Where kindnetd reads the cluster: `file`, the 2-node lab's cluster
+    /// file (rewritten and re-read whole for every change), or `kube`, a
+    /// fake API server (one object per change, as in a cluster; kindnetd's
+    /// programming only: first program, label changes, memory).
+    #[arg(long, default_value = "file", value_parser = ["file", "kube"])]
+    pub source: String,
 }
 
 /// `k` policies in namespace bench selecting app-0's pods on node1, each
@@ -130,7 +136,7 @@ fn measure_excepts(a: &BenchNetpolArgs, lab: &mut Lab, s: &mut State) -> Result<
 /// pod CIDRs (kindnetd gives a Pod no address outside its node's): IPv6
 /// for all, IPv4 for the first 200 (the /24 has room for no more beside
 /// the real pod).
-fn fake_pod(i: usize, app: usize) -> Value {
+pub(crate) fn fake_pod(i: usize, app: usize) -> Value {
     let mut ips = vec![json!({"ip": format!("fd00:10:244:1::1:{:x}", i + 1)})];
     if i < 200 {
         ips.insert(0, json!({"ip": format!("10.244.1.{}", 50 + i)}));
@@ -142,7 +148,7 @@ fn fake_pod(i: usize, app: usize) -> Value {
         "status": {"phase": "Running", "podIPs": ips}})
 }
 
-fn policies(n: usize) -> Vec<Value> {
+pub(crate) fn policies(n: usize) -> Vec<Value> {
     let mut v: Vec<Value> = (0..n.saturating_sub(2))
         .map(|k| {
             json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -230,7 +236,7 @@ fn set_cluster_policies(s: &mut State, n: usize, version: usize) {
         .collect();
 }
 
-fn histogram(text: &str) -> (f64, f64) {
+pub(crate) fn histogram(text: &str) -> (f64, f64) {
     (
         policy_model::metric(text, "kindnet_netpol_programming_duration_seconds_sum")
             .unwrap_or(0.0),

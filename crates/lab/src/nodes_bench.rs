@@ -62,7 +62,7 @@ fn node(i: usize, ip: Ipv4Addr) -> Value {
     node_json(&format!("node-{i:05}"), &[&cidr], &[&ip.to_string()])
 }
 
-fn rss_kb(pid: u32, field: &str) -> Option<u64> {
+pub(crate) fn rss_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
         .find(|l| l.starts_with(field))?
@@ -75,10 +75,10 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
 /// The namespace of one source's run, with one L2 segment (eth0) with
 /// room for every node address, and its state directory; the namespace is
 /// removed on drop.
-struct Setup {
-    ns: String,
-    netns: Netns,
-    dir: PathBuf,
+pub(crate) struct Setup {
+    pub(crate) ns: String,
+    pub(crate) netns: Netns,
+    pub(crate) dir: PathBuf,
 }
 
 impl Drop for Setup {
@@ -88,9 +88,9 @@ impl Drop for Setup {
 }
 
 /// The kindnetd of one run (its PID), stopped on drop.
-struct Kindnetd<'a> {
-    pid: u32,
-    lab: &'a str,
+pub(crate) struct Kindnetd<'a> {
+    pub(crate) pid: u32,
+    pub(crate) lab: &'a str,
 }
 
 impl Drop for Kindnetd<'_> {
@@ -99,7 +99,7 @@ impl Drop for Kindnetd<'_> {
     }
 }
 
-fn setup(lab: &str, source: &str) -> Result<Setup> {
+pub(crate) fn setup(lab: &str, source: &str) -> Result<Setup> {
     let ns = format!("{}{source}", plan::prefix(lab));
     sys::netns_add(&ns)?;
     let netns = match sys::netns(&ns) {
@@ -127,7 +127,7 @@ fn setup(lab: &str, source: &str) -> Result<Setup> {
 
 /// Removes whatever is left of the lab (its state directory, and anything
 /// a killed run left) when dropped.
-struct Down<'a>(&'a str);
+pub(crate) struct Down<'a>(pub(crate) &'a str);
 
 impl Drop for Down<'_> {
     fn drop(&mut self) {
