@@ -1,13 +1,13 @@
 //! `bridge`: every pod's host end is a port of one bridge per node; with
 //! `isGateway` the bridge carries the gateway address of each range.
 
-use crate::host::{Host, LinkChange, NetlinkHost, OnHost};
+use crate::host::{Host, LinkChange, OnHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
-use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request, RouteConfig};
+use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Request, RouteConfig};
 use kindnet_netlink::{AddrFlags, Link};
 use serde::Deserialize;
 use serde_json::Value;
@@ -254,24 +254,9 @@ impl OnHost for Bridge {
     fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         veth::gc(h, req, &options(&parse(req)?))
     }
-}
-
-impl Plugin for Bridge {
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        self.add_on(&mut NetlinkHost::new()?, req)
-    }
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        self.del_on(&mut NetlinkHost::new()?, req)
-    }
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        self.check_on(&mut NetlinkHost::new()?, req)
-    }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         parse(req)?;
         veth::status(req)
-    }
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
 

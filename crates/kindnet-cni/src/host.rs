@@ -146,16 +146,39 @@ pub trait Host {
     fn sleep(&mut self, d: std::time::Duration);
 }
 
-/// A plugin whose every effect goes through a [`Host`]: its [`Plugin`]
-/// commands run these on the real node ([`NetlinkHost`]), the unit tests
-/// on a fake.
-///
-/// [`Plugin`]: kindnet_cni_spec::Plugin
-pub trait OnHost: kindnet_cni_spec::Plugin {
+/// A plugin whose every effect goes through a [`Host`]: [`OnNode`] runs
+/// its commands on the real node ([`NetlinkHost`]), the unit tests on a
+/// fake.
+pub trait OnHost {
     fn add_on(&self, h: &mut dyn Host, req: &Request) -> Result<CniResult, CniError>;
     fn del_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
     fn check_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
     fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError>;
+    /// STATUS: whether ADD could be served (the configuration and IPAM
+    /// only; it changes nothing on the host).
+    fn status(&self, req: &Request) -> Result<(), CniError>;
+}
+
+/// An [`OnHost`] plugin as the CNI plugin the runtime execs: each command
+/// on a [`NetlinkHost`] of its own.
+pub struct OnNode<P>(pub P);
+
+impl<P: OnHost> kindnet_cni_spec::Plugin for OnNode<P> {
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        self.0.add_on(&mut NetlinkHost::new()?, req)
+    }
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        self.0.del_on(&mut NetlinkHost::new()?, req)
+    }
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        self.0.check_on(&mut NetlinkHost::new()?, req)
+    }
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        self.0.status(req)
+    }
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        self.0.gc_on(&mut NetlinkHost::new()?, req)
+    }
 }
 
 /// The real node: one rtnetlink socket, the pod namespaces it opened, and

@@ -10,9 +10,9 @@
 //! work with either. Every effect, the port mappings' nftables included,
 //! goes through one [`Host`].
 
-use crate::host::{Host, NetlinkHost, OnHost};
+use crate::host::{Host, OnHost};
 use crate::{bridge, portmap, ptp};
-use kindnet_cni_spec::{CniError, CniResult, Plugin, Request, code, log_warn};
+use kindnet_cni_spec::{CniError, CniResult, Request, code, log_warn};
 
 /// Which veth layout the configuration asks for.
 fn layout(req: &Request) -> &'static dyn OnHost {
@@ -61,24 +61,9 @@ impl OnHost for Kindnet {
         portmap::gc(h.nft(), req)?;
         layout(req).gc_on(h, req)
     }
-}
-
-impl Plugin for Kindnet {
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        self.add_on(&mut NetlinkHost::new()?, req)
-    }
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        self.del_on(&mut NetlinkHost::new()?, req)
-    }
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        self.check_on(&mut NetlinkHost::new()?, req)
-    }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         portmap::mappings(req)?;
         layout(req).status(req)
-    }
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
 

@@ -24,6 +24,7 @@ pub mod ptp;
 pub mod timing;
 pub mod veth;
 
+use crate::host::OnNode;
 use kindnet_cni_spec::{CniError, Plugin};
 
 /// The names this binary answers to (kept in `cni-spec`, which kindnetd
@@ -32,9 +33,9 @@ pub use kindnet_cni_spec::binary::PLUGIN_NAMES;
 
 pub fn plugin_for(name: &str) -> Option<Box<dyn Plugin>> {
     Some(match name {
-        "kindnet" => Box::new(kindnet::Kindnet),
-        "ptp" => Box::new(ptp::Ptp),
-        "bridge" => Box::new(bridge::Bridge),
+        "kindnet" => Box::new(OnNode(kindnet::Kindnet)),
+        "ptp" => Box::new(OnNode(ptp::Ptp)),
+        "bridge" => Box::new(OnNode(bridge::Bridge)),
         "host-local" => Box::new(kindnet_ipam::HostLocal),
         "portmap" => Box::new(portmap::Portmap),
         "loopback" => Box::new(loopback::Loopback),

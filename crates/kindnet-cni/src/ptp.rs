@@ -2,13 +2,13 @@
 //! address as /32 (/128) and the host has one /32 (/128) route per pod
 //! address to its veth (the ptp layout).
 
-use crate::host::{Host, LinkSetup, NetlinkHost, OnHost};
+use crate::host::{Host, LinkSetup, OnHost};
 use crate::nl_err;
 use crate::pod::Layout;
 use crate::veth::{self, HostSide, Options};
 use ipnet::IpNet;
 use kindnet_cni_spec::netconf::decode;
-use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Plugin, Request};
+use kindnet_cni_spec::{CniError, CniResult, Interface, IpConfig, Request};
 use kindnet_netlink::{AddrFlags, Family, Link, Route, RouteFilter, Scope};
 use serde::Deserialize;
 use serde_json::Value;
@@ -140,24 +140,9 @@ impl OnHost for Ptp {
     fn gc_on(&self, h: &mut dyn Host, req: &Request) -> Result<(), CniError> {
         veth::gc(h, req, &options(req)?)
     }
-}
-
-impl Plugin for Ptp {
-    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
-        self.add_on(&mut NetlinkHost::new()?, req)
-    }
-    fn del(&self, req: &Request) -> Result<(), CniError> {
-        self.del_on(&mut NetlinkHost::new()?, req)
-    }
-    fn check(&self, req: &Request) -> Result<(), CniError> {
-        self.check_on(&mut NetlinkHost::new()?, req)
-    }
     fn status(&self, req: &Request) -> Result<(), CniError> {
         options(req)?;
         veth::status(req)
-    }
-    fn gc(&self, req: &Request) -> Result<(), CniError> {
-        self.gc_on(&mut NetlinkHost::new()?, req)
     }
 }
 
