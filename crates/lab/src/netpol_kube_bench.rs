@@ -9,14 +9,14 @@
 //! memory.
 
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kindnet_fakeapi::{FakeApi, Resource, kubeconfig, node_json};
+use kindnet_fakeapi::{Resource, node_json};
 use serde_json::{Value, json};
 
 use crate::netpol_bench::{BenchNetpolArgs, fake_pod, histogram, policies};
-use crate::nodes_bench::{Down, Kindnetd, rss_kb, setup};
+use crate::nodes_bench::{Down, fake_api, rss_kb, setup, start_kindnetd};
 use crate::stats::{median, nearest_rank};
 use crate::sys::Result;
 use crate::{cluster, policy_model};
@@ -46,16 +46,7 @@ pub fn run(a: &BenchNetpolArgs, kindnetd: &Path) -> Result<ExitCode> {
     cluster::down(&a.name)?;
     let _down = Down(&a.name);
     let s = setup(&a.name, "kube")?;
-    let listener = s
-        .netns
-        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let served = FakeApi::new()
-        .spawn(listener)
-        .map_err(|e| format!("fake API server: {e}"))?;
-    let kc = s.dir.join("kubeconfig");
-    std::fs::write(&kc, kubeconfig(&served.url())).map_err(|e| e.to_string())?;
+    let (served, kc) = fake_api(&s)?;
     let api = &served.api;
     api.preload([
         node_json(
@@ -83,30 +74,16 @@ pub fn run(a: &BenchNetpolArgs, kindnetd: &Path) -> Result<ExitCode> {
         api.apply_object(Resource::NetworkPolicies, p);
     }
 
-    let log = std::fs::File::create(s.dir.join("kindnetd.log")).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &s.ns])
-        .arg(kindnetd)
-        .arg("--node-name=node1")
-        .arg(format!("--cni-conf-dir={}", s.dir.join("net.d").display()))
-        .arg(format!("--ipam-data-dir={}", s.dir.join("ipam").display()))
-        .arg("--pod-subnet=10.244.0.0/16,fd00:10:244::/56")
-        .arg("--metrics-bind-address=127.0.0.1:19080")
-        .arg(format!("--kubeconfig={}", kc.display()))
-        .env("KINDNET_LOG_LEVEL", "warn")
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
+    let daemon_args = [
+        "--node-name=node1".to_string(),
+        format!("--cni-conf-dir={}", s.dir.join("net.d").display()),
+        format!("--ipam-data-dir={}", s.dir.join("ipam").display()),
+        "--pod-subnet=10.244.0.0/16,fd00:10:244::/56".into(),
+        "--metrics-bind-address=127.0.0.1:19080".into(),
+        format!("--kubeconfig={}", kc.display()),
+    ];
     let t0 = Instant::now();
-    // `ip netns exec` execs kindnetd: the PID is kindnetd's.
-    let daemon = Kindnetd {
-        pid: cmd
-            .spawn()
-            .map_err(|e| format!("start kindnetd: {e}"))?
-            .id(),
-        lab: &a.name,
-    };
+    let daemon = start_kindnetd(&s, &a.name, kindnetd, &daemon_args, "warn")?;
     let logtail = || std::fs::read_to_string(s.dir.join("kindnetd.log")).unwrap_or_default();
     let first = wait_programs(&s.ns, 0.0, Duration::from_secs(60))
         .map_err(|e| format!("{e}\n{}", logtail()))?;

@@ -125,6 +125,49 @@ pub(crate) fn setup(lab: &str, source: &str) -> Result<Setup> {
     Ok(s)
 }
 
+/// A fake API server listening on the namespace's loopback, and a
+/// kubeconfig for it in the state directory.
+pub(crate) fn fake_api(s: &Setup) -> Result<(Served, PathBuf)> {
+    let listener = s
+        .netns
+        .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let served = FakeApi::new()
+        .spawn(listener)
+        .map_err(|e| format!("fake API server: {e}"))?;
+    let kc = s.dir.join("kubeconfig");
+    std::fs::write(&kc, kubeconfig(&served.url())).map_err(|e| e.to_string())?;
+    Ok((served, kc))
+}
+
+/// Starts `kindnetd` with `args` in the namespace, its log in the state
+/// directory (`kindnetd.log`).
+pub(crate) fn start_kindnetd<'a>(
+    s: &Setup,
+    lab: &'a str,
+    kindnetd: &Path,
+    args: &[String],
+    log_level: &str,
+) -> Result<Kindnetd<'a>> {
+    let log = std::fs::File::create(s.dir.join("kindnetd.log")).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &s.ns])
+        .arg(kindnetd)
+        .args(args)
+        .env("KINDNET_LOG_LEVEL", log_level)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // `ip netns exec` execs kindnetd: the PID is kindnetd's.
+    let pid = cmd
+        .spawn()
+        .map_err(|e| format!("start kindnetd: {e}"))?
+        .id();
+    Ok(Kindnetd { pid, lab })
+}
+
 /// Removes whatever is left of the lab (its state directory, and anything
 /// a killed run left) when dropped.
 pub(crate) struct Down<'a>(pub(crate) &'a str);
@@ -246,17 +289,7 @@ fn bench(args: &BenchNodesArgs, source: &str, kindnetd: &Path) -> Result<Value> 
         daemon_args.push(format!("--nodes-file={}", p.display()));
         Feed::File(p)
     } else {
-        // The API server listens inside the namespace, on its loopback.
-        let listener = s
-            .netns
-            .run(|| std::net::TcpListener::bind("127.0.0.1:0"))
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let served = FakeApi::new()
-            .spawn(listener)
-            .map_err(|e| format!("fake API server: {e}"))?;
-        let kc = s.dir.join("kubeconfig");
-        std::fs::write(&kc, kubeconfig(&served.url())).map_err(|e| e.to_string())?;
+        let (served, kc) = fake_api(&s)?;
         daemon_args.push(format!("--kubeconfig={}", kc.display()));
         Feed::Kube(served)
     };
@@ -268,25 +301,8 @@ fn bench(args: &BenchNodesArgs, source: &str, kindnetd: &Path) -> Result<Value> 
         .map(|i| (pod_cidr(i), IpAddr::V4(node_ip(i))))
         .collect();
 
-    let log = std::fs::File::create(s.dir.join("kindnetd.log")).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &s.ns])
-        .arg(kindnetd)
-        .args(&daemon_args)
-        .env("KINDNET_LOG_LEVEL", &args.log_level)
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
     let t0 = Instant::now();
-    // `ip netns exec` execs kindnetd: the PID is kindnetd's.
-    let daemon = Kindnetd {
-        pid: cmd
-            .spawn()
-            .map_err(|e| format!("start kindnetd: {e}"))?
-            .id(),
-        lab: &args.name,
-    };
+    let daemon = start_kindnetd(&s, &args.name, kindnetd, &daemon_args, &args.log_level)?;
     let pid = daemon.pid;
     let logtail =
         |dir: &PathBuf| std::fs::read_to_string(dir.join("kindnetd.log")).unwrap_or_default();
