@@ -11,6 +11,7 @@
 
 mod common;
 
+use common::netpol_lab::Lab;
 use common::*;
 use kindnet_testbed::require_root;
 use serde_json::Value;
@@ -18,84 +19,24 @@ use serde_json::Value;
 /// Where the model's pods run (the lab spreads them this way).
 const NODE2: [&str; 4] = ["x/b", "y/a", "y/c", "z/b"];
 
-struct Lab {
-    name: String,
-    dir: tempfile::TempDir,
-    /// What `up` printed (node addresses).
-    up: String,
-}
-
-impl Lab {
-    fn up(_case: &str) -> Lab {
-        // unique per run: two checkouts testing at once never share a lab
-        let name = &kindnet_testbed::unique_short("cn");
-        let up = lab_ok(&[
-            "up",
-            "--name",
-            name,
-            "--nodes",
-            "2",
-            "--stack",
-            "dual",
-            "--pods-per-node",
-            "0",
-            "--netpol-model",
-        ]);
-        Lab {
-            name: name.into(),
-            dir: tempfile::Builder::new().prefix(name).tempdir().unwrap(),
-            up,
+/// Measures `port` on both families ([`Lab::matrix`] panics where the
+/// kernel differs from the semantics); every cell must also agree with
+/// `blocked(from, to)`, the case's own statement.
+fn expect(l: &Lab, case: &str, port: &str, blocked: impl Fn(&str, &str) -> bool) -> Vec<Value> {
+    let cells = l.matrix(case, port);
+    let mut wrong = Vec::new();
+    for c in &cells {
+        let (from, to) = (c["from"].as_str().unwrap(), c["to"].as_str().unwrap());
+        let want_blocked = from != to && blocked(from, to);
+        if (c["connected"] == false) != want_blocked {
+            wrong.push(format!(
+                "{from} -> {to} {}: connected={} ({})",
+                c["family"], c["connected"], c["reason"]
+            ));
         }
     }
-
-    fn run(&self, verb: &str, yaml: &str) -> String {
-        let p = self.dir.path().join(format!("{verb}.yaml"));
-        std::fs::write(&p, yaml).unwrap();
-        lab_stdout(&[verb, "--name", &self.name, "-f", &p.to_string_lossy()])
-    }
-
-    fn apply(&self, yaml: &str) {
-        self.run("apply", yaml);
-    }
-
-    fn delete(&self, yaml: &str) {
-        self.run("delete", yaml);
-    }
-
-    /// Measures `port` on both families; every cell must agree with the
-    /// semantics and with `blocked(from, to)` (the case's own statement).
-    fn expect(&self, case: &str, port: &str, blocked: impl Fn(&str, &str) -> bool) -> Vec<Value> {
-        let out = lab_stdout(&["reachability", "--name", &self.name, port, "--json"]);
-        let mut cells = Vec::new();
-        for line in out.lines() {
-            let v: Value = serde_json::from_str(line).unwrap();
-            if v["mismatches"] != 0 {
-                let text = lab_stdout(&["reachability", "--name", &self.name, port]);
-                panic!("{case} {port}: measured differs from the semantics:\n{text}");
-            }
-            cells.extend(v["cells"].as_array().unwrap().iter().cloned());
-        }
-        assert_eq!(cells.len(), 2 * 81, "{case}: both families");
-        let mut wrong = Vec::new();
-        for c in &cells {
-            let (from, to) = (c["from"].as_str().unwrap(), c["to"].as_str().unwrap());
-            let want_blocked = from != to && blocked(from, to);
-            if (c["connected"] == false) != want_blocked {
-                wrong.push(format!(
-                    "{from} -> {to} {}: connected={} ({})",
-                    c["family"], c["connected"], c["reason"]
-                ));
-            }
-        }
-        assert!(wrong.is_empty(), "{case} {port}:\n{}", wrong.join("\n"));
-        cells
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = lab(&["down", "--name", &self.name]);
-    }
+    assert!(wrong.is_empty(), "{case} {port}:\n{}", wrong.join("\n"));
+    cells
 }
 
 fn ns(pod: &str) -> &str {
@@ -132,7 +73,7 @@ const SUBJECT_X: &str = "{namespaces: {matchLabels: {ns: x}}}";
 #[test]
 fn admin_deny_beats_a_networkpolicy_allow() {
     require_root!();
-    let l = Lab::up("cn01");
+    let l = Lab::up("cn");
     l.apply(
         &(np("x", "all", "{podSelector: {}, ingress: [{}]}")
             + &cnp(
@@ -143,7 +84,9 @@ fn admin_deny_beats_a_networkpolicy_allow() {
                 "ingress: [{name: from-y, action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
             )),
     );
-    let cells = l.expect("admin deny", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
+    let cells = expect(&l, "admin deny", "80/tcp", |f, t| {
+        ns(f) == "y" && ns(t) == "x"
+    });
     let why = reason(&cells, "y/a", "x/b");
     assert!(
         why.contains("Admin tier, cnp:no-y ingress rule 0 \"from-y\" (Deny)"),
@@ -168,7 +111,7 @@ fn admin_deny_beats_a_networkpolicy_allow() {
 #[test]
 fn admin_accept_beats_a_networkpolicy_deny() {
     require_root!();
-    let l = Lab::up("cn02");
+    let l = Lab::up("cn");
     l.apply(
         &(np("x", "deny", "{podSelector: {}}")
             + &cnp(
@@ -179,7 +122,7 @@ fn admin_accept_beats_a_networkpolicy_deny() {
                 "ingress: [{action: Accept, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
             )),
     );
-    l.expect("admin accept", "80/tcp", |f, t| {
+    expect(&l, "admin accept", "80/tcp", |f, t| {
         ns(t) == "x" && ns(f) != "y"
     });
 }
@@ -187,7 +130,7 @@ fn admin_accept_beats_a_networkpolicy_deny() {
 #[test]
 fn admin_pass_hands_over_to_networkpolicy() {
     require_root!();
-    let l = Lab::up("cn03");
+    let l = Lab::up("cn");
     // y passes over the Admin deny below it; v1 then allows only pods a
     l.apply(
         &(cnp(
@@ -208,7 +151,7 @@ fn admin_pass_hands_over_to_networkpolicy() {
             "{podSelector: {}, ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: a}}}]}]}",
         )),
     );
-    l.expect("admin pass to v1", "80/tcp", |f, t| {
+    expect(&l, "admin pass to v1", "80/tcp", |f, t| {
         ns(t) == "x" && !(ns(f) == "y" && name(f) == "a")
     });
     // the probe names the v1 rule that decided and the Pass before it
@@ -229,7 +172,7 @@ fn admin_pass_hands_over_to_networkpolicy() {
 #[test]
 fn admin_pass_reaches_baseline_when_no_networkpolicy_selects() {
     require_root!();
-    let l = Lab::up("cn04");
+    let l = Lab::up("cn");
     l.apply(
         &(cnp(
             "pass-all",
@@ -245,7 +188,7 @@ fn admin_pass_reaches_baseline_when_no_networkpolicy_selects() {
             "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
         )),
     );
-    let cells = l.expect("pass to baseline", "80/tcp", |f, t| {
+    let cells = expect(&l, "pass to baseline", "80/tcp", |f, t| {
         ns(t) == "x" && ns(f) == "y"
     });
     let why = reason(&cells, "y/c", "x/a");
@@ -258,7 +201,7 @@ fn admin_pass_reaches_baseline_when_no_networkpolicy_selects() {
 #[test]
 fn baseline_deny_is_overridden_by_a_networkpolicy_allow() {
     require_root!();
-    let l = Lab::up("cn05");
+    let l = Lab::up("cn");
     // v1 isolates x/a only (and allows y into it): Baseline decides for
     // x/b and x/c
     l.apply(
@@ -274,7 +217,7 @@ fn baseline_deny_is_overridden_by_a_networkpolicy_allow() {
             "{podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}",
         )),
     );
-    l.expect("baseline under v1", "80/tcp", |f, t| {
+    expect(&l, "baseline under v1", "80/tcp", |f, t| {
         ns(t) == "x" && !(name(t) == "a" && ns(f) == "y")
     });
 }
@@ -282,7 +225,7 @@ fn baseline_deny_is_overridden_by_a_networkpolicy_allow() {
 #[test]
 fn priority_then_rule_order_decide() {
     require_root!();
-    let l = Lab::up("cn06");
+    let l = Lab::up("cn");
     // the later priority accepts everything; the earlier one, in rule
     // order, accepts y/a and then denies the rest of y
     l.apply(
@@ -300,7 +243,7 @@ fn priority_then_rule_order_decide() {
             "ingress: [{action: Accept, from: [{pods: {namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: a}}}}]}, {action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
         )),
     );
-    l.expect("priorities", "80/tcp", |f, t| {
+    expect(&l, "priorities", "80/tcp", |f, t| {
         ns(t) == "x" && ns(f) == "y" && name(f) != "a"
     });
 }
@@ -308,7 +251,7 @@ fn priority_then_rule_order_decide() {
 #[test]
 fn pod_subject_and_egress_networks_catch_pod_traffic() {
     require_root!();
-    let l = Lab::up("cn07");
+    let l = Lab::up("cn");
     // node2's pod ranges, both families
     l.apply(&cnp(
         "xa-not-node2",
@@ -317,7 +260,7 @@ fn pod_subject_and_egress_networks_catch_pod_traffic() {
         "{pods: {namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}}",
         "egress: [{action: Deny, to: [{networks: [10.244.2.0/24, 'fd00:10:244:2::/64']}]}]",
     ));
-    l.expect("networks", "80/tcp", |f, t| {
+    expect(&l, "networks", "80/tcp", |f, t| {
         f == "x/a" && NODE2.contains(&t)
     });
 }
@@ -325,7 +268,7 @@ fn pod_subject_and_egress_networks_catch_pod_traffic() {
 #[test]
 fn an_egress_accept_still_needs_the_destinations_ingress() {
     require_root!();
-    let l = Lab::up("cn08");
+    let l = Lab::up("cn");
     l.apply(
         &(cnp(
             "y-out",
@@ -341,7 +284,7 @@ fn an_egress_accept_still_needs_the_destinations_ingress() {
             "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
         )),
     );
-    l.expect("egress accept", "80/tcp", |f, t| {
+    expect(&l, "egress accept", "80/tcp", |f, t| {
         ns(f) == "y" && ns(t) == "x"
     });
 }
@@ -349,7 +292,7 @@ fn an_egress_accept_still_needs_the_destinations_ingress() {
 #[test]
 fn ports_tcp_udp_ranges_and_named_ports() {
     require_root!();
-    let l = Lab::up("cn09");
+    let l = Lab::up("cn");
     l.apply(&cnp(
         "ports",
         "Admin",
@@ -357,16 +300,16 @@ fn ports_tcp_udp_ranges_and_named_ports() {
         SUBJECT_X,
         "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{tcp: {destinationPort: {number: 80}}}]}, {action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}], protocols: [{udp: {destinationPort: {range: {start: 81, end: 90}}}}]}, {action: Deny, from: [{namespaces: {matchLabels: {ns: x}}}], protocols: [{destinationNamedPort: serve-81-tcp}]}]",
     ));
-    l.expect("tcp 80", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "y");
-    l.expect("tcp 81", "81/tcp", |f, t| ns(t) == "x" && ns(f) == "x");
-    l.expect("udp 80", "80/udp", |_, _| false);
-    l.expect("udp 81", "81/udp", |f, t| ns(t) == "x" && ns(f) == "z");
+    expect(&l, "tcp 80", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "y");
+    expect(&l, "tcp 81", "81/tcp", |f, t| ns(t) == "x" && ns(f) == "x");
+    expect(&l, "udp 80", "80/udp", |_, _| false);
+    expect(&l, "udp 81", "81/udp", |f, t| ns(t) == "x" && ns(f) == "z");
 }
 
 #[test]
 fn policy_update_and_delete_take_effect() {
     require_root!();
-    let l = Lab::up("cn10");
+    let l = Lab::up("cn");
     let p = |from: &str| {
         cnp(
             "moving",
@@ -379,17 +322,17 @@ fn policy_update_and_delete_take_effect() {
         )
     };
     l.apply(&p("y"));
-    l.expect("first", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "y");
+    expect(&l, "first", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "y");
     l.apply(&p("z"));
-    l.expect("updated", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "z");
+    expect(&l, "updated", "80/tcp", |f, t| ns(t) == "x" && ns(f) == "z");
     l.delete(&p("z"));
-    l.expect("deleted", "80/tcp", |_, _| false);
+    expect(&l, "deleted", "80/tcp", |_, _| false);
 }
 
 #[test]
 fn label_changes_of_namespaces_and_pods_take_effect() {
     require_root!();
-    let l = Lab::up("cn11");
+    let l = Lab::up("cn");
     l.apply(&cnp(
         "red",
         "Admin",
@@ -397,20 +340,20 @@ fn label_changes_of_namespaces_and_pods_take_effect() {
         "{namespaces: {matchLabels: {team: red}}}",
         "ingress: [{action: Deny, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {role: bad}}}}]}]",
     ));
-    l.expect("no subject yet", "80/tcp", |_, _| false);
+    expect(&l, "no subject yet", "80/tcp", |_, _| false);
     l.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y, team: red}}\n");
-    l.expect("no peer yet", "80/tcp", |_, _| false);
+    expect(&l, "no peer yet", "80/tcp", |_, _| false);
     l.apply("kind: Pod\nmetadata: {name: b, namespace: z, labels: {pod: b, role: bad}}\n");
-    l.expect("both", "80/tcp", |f, t| f == "z/b" && ns(t) == "y");
+    expect(&l, "both", "80/tcp", |f, t| f == "z/b" && ns(t) == "y");
     l.apply("kind: Namespace\nmetadata: {name: y, labels: {ns: y}}\n");
-    l.expect("subject gone", "80/tcp", |_, _| false);
+    expect(&l, "subject gone", "80/tcp", |_, _| false);
 }
 
 #[test]
 fn a_pod_created_under_an_admin_deny_is_never_reachable() {
     require_root!();
     use kindnet_netlink::Netns;
-    let l = Lab::up("cn12");
+    let l = Lab::up("cn");
     l.apply(
         &(np("x", "all", "{podSelector: {}, ingress: [{}]}")
             + &cnp(
@@ -470,7 +413,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 #[test]
 fn status_names_refusals_and_counts_per_tier() {
     require_root!();
-    let l = Lab::up("cn13");
+    let l = Lab::up("cn");
     // a Deny with an unknown peer kind fails closed (denies all) and is
     // reported; a policy of an unknown tier is refused whole
     l.apply(
@@ -489,7 +432,7 @@ fn status_names_refusals_and_counts_per_tier() {
                 "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: z}}}]}, {action: Accept, from: [{namespaces: {}}]}]",
             )),
     );
-    l.expect("fail closed", "80/tcp", |f, t| {
+    expect(&l, "fail closed", "80/tcp", |f, t| {
         ns(t) == "x" || (ns(t) == "y" && ns(f) == "z")
     });
     let ready = http_get(&l, "node1", "/readyz");
@@ -558,7 +501,7 @@ fn answered_in(l: &Lab, ns: &str, to: std::net::SocketAddr) -> bool {
 #[test]
 fn nodes_peers_match_the_selected_nodes_addresses() {
     require_root!();
-    let l = Lab::up("cn14");
+    let l = Lab::up("cn");
     // node2's addresses as `up` printed them
     let line =
         l.up.lines()
@@ -591,7 +534,7 @@ fn nodes_peers_match_the_selected_nodes_addresses() {
         assert!(answered(&l, "y/b", (*a, 19080).into()), "y/b is no subject");
     }
     // pods are not nodes: pod traffic untouched
-    l.expect("nodes peer", "80/tcp", |_, _| false);
+    expect(&l, "nodes peer", "80/tcp", |_, _| false);
     // a node label change: the peer follows the label, not the name
     l.apply(&cnp(
         "no-node2",
@@ -658,7 +601,7 @@ fn pod_addr(l: &Lab, pod: &str, to: std::net::IpAddr) -> std::net::IpAddr {
 #[test]
 fn egress_to_the_pods_own_node_is_policed_and_the_node_still_reaches_it() {
     require_root!();
-    let l = Lab::up("cn17");
+    let l = Lab::up("cn");
     // x/a and x/c run on node1; port 19080 on a node address: kindnetd
     // listens on loopback only, so an allowed SYN is refused at once and a
     // denied one is never answered
@@ -749,7 +692,7 @@ fn egress_to_the_pods_own_node_is_policed_and_the_node_still_reaches_it() {
     ));
     assert_eq!(reach("x/a"), [true, true], "Pass, then a v1 allow");
     // the pod-to-pod matrix follows the semantics on both families
-    l.expect("own node", "80/tcp", |_, _| false);
+    expect(&l, "own node", "80/tcp", |_, _| false);
 }
 
 #[test]
@@ -757,7 +700,7 @@ fn kindnetd_restarted_under_load_keeps_the_admin_tier() {
     require_root!();
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let l = Lab::up("cn15");
+    let l = Lab::up("cn");
     l.apply(
         &(np("x", "all", "{podSelector: {}, ingress: [{}]}")
             + &cnp(
@@ -768,7 +711,7 @@ fn kindnetd_restarted_under_load_keeps_the_admin_tier() {
                 "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}]}]",
             )),
     );
-    let cells = l.expect("before", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
+    let cells = expect(&l, "before", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
     // x/b's addresses, from the matrix's view of the lab
     let to: Vec<std::net::SocketAddr> = {
         let out = lab_ok(&["probe", "--name", &l.name, "z/a", "x/b", "80/tcp"]);
@@ -819,13 +762,13 @@ fn kindnetd_restarted_under_load_keeps_the_admin_tier() {
         0,
         "y/a reached x/b across restarts"
     );
-    l.expect("after", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
+    expect(&l, "after", "80/tcp", |f, t| ns(f) == "y" && ns(t) == "x");
 }
 
 #[test]
 fn sctp_by_crafted_packets() {
     require_root!();
-    let l = Lab::up("cn16");
+    let l = Lab::up("cn");
     l.apply(&cnp(
         "no-sctp-from-y",
         "Admin",
@@ -833,6 +776,8 @@ fn sctp_by_crafted_packets() {
         SUBJECT_X,
         "ingress: [{action: Deny, from: [{namespaces: {matchLabels: {ns: y}}}], protocols: [{sctp: {destinationPort: {number: 80}}}]}]",
     ));
-    l.expect("sctp 80", "80/sctp", |f, t| ns(f) == "y" && ns(t) == "x");
-    l.expect("tcp 80", "80/tcp", |_, _| false);
+    expect(&l, "sctp 80", "80/sctp", |f, t| {
+        ns(f) == "y" && ns(t) == "x"
+    });
+    expect(&l, "tcp 80", "80/tcp", |_, _| false);
 }

@@ -2,11 +2,14 @@
 //! dual-stack nodes) under a name unique to this run, brought down on drop;
 //! policies applied and measured through `kindnet-lab`.
 
-use super::{lab, lab_stdout};
+use super::{lab, lab_ok, lab_stdout};
 use serde_json::Value;
 
 pub struct Lab {
     pub name: String,
+    /// What `kindnet-lab up` printed, stdout and stderr (the nodes and
+    /// their addresses).
+    pub up: String,
     dir: tempfile::TempDir,
 }
 
@@ -16,7 +19,7 @@ impl Lab {
     /// not share namespaces or state.
     pub fn up(tag: &str) -> Lab {
         let name = kindnet_testbed::unique_short(tag);
-        lab_stdout(&[
+        let up = lab_ok(&[
             "up",
             "--name",
             &name,
@@ -31,6 +34,7 @@ impl Lab {
         Lab {
             dir: kindnet_testbed::temp_dir(&name),
             name,
+            up,
         }
     }
 
