@@ -227,8 +227,11 @@ fn claim_of(ifname: &IfName, owner: &Comment) -> Wanted {
 
 /// A table made before [`CLAIMED`] existed (pure): every name with pairs
 /// or a `dead` entry, for the transaction that adds the set, so the
-/// invariant holds from the moment the set is there.
-fn backfill_claims(listing: Option<&Listing>) -> Vec<Elem> {
+/// invariant holds from the moment the set is there. Not `adding`: the
+/// ADD's own name is claimed by its new owner in the same transaction
+/// (an earlier add of the key would keep the old owner's comment, and a
+/// GC of that owner would drop the live pod's claim).
+fn backfill_claims(listing: Option<&Listing>, adding: &IfName) -> Vec<Elem> {
     let Some(l) = listing else { return Vec::new() };
     if l.sets.iter().any(|s| s == CLAIMED) {
         return Vec::new();
@@ -243,7 +246,7 @@ fn backfill_claims(listing: Option<&Listing>) -> Vec<Elem> {
             },
             _ => continue,
         };
-        if out.iter().any(|x| x.key == Value::IfName(name.clone())) {
+        if name == adding || out.iter().any(|x| x.key == Value::IfName(name.clone())) {
             continue;
         }
         let mut elem = Elem::key(Value::IfName(name.clone()));
@@ -251,22 +254,6 @@ fn backfill_claims(listing: Option<&Listing>) -> Vec<Elem> {
         out.push(elem);
     }
     out
-}
-
-/// ADD's one transaction (pure): the skeleton and the pod's pairs. Each
-/// pair is added, deleted and added again with the owner's comment, so a
-/// stale holder of the same key is replaced without reading the table
-/// first (one nft run, no lock).
-pub fn setup_batch(f: Family, ifname: &IfName, ips: &[IpAddr], owner: &Comment) -> Batch {
-    let t = table(f);
-    let mut b = Batch::new();
-    skeleton(&mut b, f, true);
-    for w in wanted(ifname, ips, owner) {
-        b.add_elements(&t, &w.set, vec![Elem::key(w.elem.key.clone())]);
-        b.delete_elements(&t, &w.set, vec![w.elem.key.clone()]);
-        b.add_elements(&t, &w.set, vec![w.elem]);
-    }
-    b
 }
 
 /// The host veth name of a pair (its key's first part).
@@ -366,7 +353,11 @@ pub fn setup(
     // another owner holds it or the name was dead: a deletion, too, leaves
     // work for the exit to wait for
     let mut b = if intact { Batch::new() } else { skel };
-    b.add_elements(&t, &Name::fixed(CLAIMED), backfill_claims(listing.as_ref()));
+    b.add_elements(
+        &t,
+        &Name::fixed(CLAIMED),
+        backfill_claims(listing.as_ref(), ifname),
+    );
     claim(&mut b, &t, listing.as_ref(), ifname, &want);
     owned::upsert(&mut b, &t, listing.as_ref(), &want);
     nft.apply(&b).map_err(nft_err("anti-spoofing"))
@@ -816,6 +807,19 @@ mod tests {
             claimed(&mut nft, f),
             ["\"veth0000000a\"", "\"veth0000000b\""]
         );
+        // each claim is its live owner's: a GC of the deleted pod's owner
+        // leaves the new pod's claim
+        let owners: Vec<(String, Option<String>)> = nft
+            .list(&t)
+            .unwrap()
+            .unwrap()
+            .in_set(CLAIMED)
+            .map(|e| (e.key.to_string(), e.comment.clone()))
+            .collect();
+        for (name, owner) in [("veth0000000b", "b2"), ("veth0000000a", "a")] {
+            let want = (format!("\"{name}\""), Some(tag(owner).as_str().to_string()));
+            assert!(owners.contains(&want), "{owners:?}");
+        }
         assert!(dead(&mut nft, f).is_empty());
         let p = pairs(&mut nft, f);
         assert!(!p.iter().any(|(_, k, _)| k.contains("10.244.1.6")), "{p:?}");
@@ -868,16 +872,14 @@ mod tests {
         let got = pairs(&mut nft, Family::Inet);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].2, Some(tag("new").as_str().to_string()));
+        // and the old pod's DEL did not revoke the name the new one uses
+        assert!(dead(&mut nft, Family::Inet).is_empty());
+        check(&mut nft, Family::Inet, &v, &ip, &tag("new")).unwrap();
     }
 
     #[test]
     fn the_rules_match_only_pod_veths_and_drop_before_anything_else() {
-        let b = setup_batch(
-            Family::Bridge,
-            &ifname("veth0000000a").unwrap(),
-            &ips(&["10.0.0.2"]),
-            &tag("a"),
-        );
+        let b = switch_batch(Family::Bridge, true);
         let chain = b
             .cmds
             .iter()

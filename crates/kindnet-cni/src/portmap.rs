@@ -451,7 +451,7 @@ pub fn map_ports(
     let _lock = nft.lock(&t).map_err(nft_err("portmap"))?;
     // only the maps this pod's mappings touch (the table has ten)
     let mut touched: Vec<&str> = Vec::new();
-    for w in ports.iter().chain(&hairpins) {
+    for w in &want {
         if !touched.contains(&w.set.as_str()) {
             touched.push(w.set.as_str());
         }
