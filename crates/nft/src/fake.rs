@@ -133,10 +133,12 @@ impl FakeNft {
                     let l = tables
                         .get_mut(&key(t))
                         .ok_or_else(|| NftError::Failed(format!("no table {}", t.name)))?;
-                    if let Some(x) = e
-                        .iter()
-                        .find(|e| l.in_set(set.as_str()).any(|x| x.key == e.key))
-                    {
+                    // taken in the set, or repeated in this command
+                    let taken = e.iter().enumerate().find(|(i, x)| {
+                        l.in_set(set.as_str()).any(|y| y.key == x.key)
+                            || e[..*i].iter().any(|y| y.key == x.key)
+                    });
+                    if let Some((_, x)) = taken {
                         return Err(NftError::Failed(format!(
                             "File exists: {:?} in {set}",
                             x.key

@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Cmd, SetDef};
+use crate::expr::Expr;
 use crate::listing::{Listed, Listing};
 use crate::run::{Nft, NftError};
-use crate::types::{Elem, Name, TableRef};
+use crate::types::{Elem, Name, TableRef, Value};
 
 /// An element one owner wants in a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,11 +61,11 @@ pub fn create_unread(nft: &mut dyn Nft, t: &TableRef, skeleton: &Batch, wanted: 
     if !chains_intact(nft, t, skeleton).unwrap_or(false) {
         return false;
     }
-    let defs: Vec<crate::batch::SetDef> = skeleton
+    let defs: Vec<SetDef> = skeleton
         .cmds
         .iter()
         .filter_map(|c| match c {
-            crate::batch::Cmd::AddSet(st, s) if st == t => Some(s.clone()),
+            Cmd::AddSet(st, s) if st == t => Some(s.clone()),
             _ => None,
         })
         .collect();
@@ -122,48 +123,53 @@ pub fn remove_where(
     n
 }
 
+/// Each chain `skeleton` adds, with the rules the skeleton appends to it
+/// (pure).
+fn skeleton_rule_counts(skeleton: &Batch) -> HashMap<&str, usize> {
+    let mut want: HashMap<&str, usize> = HashMap::new();
+    for c in &skeleton.cmds {
+        match c {
+            Cmd::AddChain(_, ch) => {
+                want.entry(ch.name.as_str()).or_default();
+            }
+            Cmd::AddRule(_, r) => *want.entry(r.chain.as_str()).or_default() += 1,
+            _ => {}
+        }
+    }
+    want
+}
+
 /// Each chain `skeleton` adds, with the kernel's use count it must have
 /// when nothing else touched the table: its rules, plus the rules and
 /// verdict-map elements of the skeleton that jump or go to it (pure).
-pub fn skeleton_chain_uses(skeleton: &Batch) -> HashMap<&str, usize> {
-    use crate::batch::Cmd;
-    use crate::expr::Expr;
-    use crate::types::Value;
-    let mut want: HashMap<&str, usize> = HashMap::new();
+pub fn skeleton_chain_uses<'a>(skeleton: &'a Batch) -> HashMap<&'a str, usize> {
     fn target(v: &Value) -> Option<&str> {
         match v {
             Value::Jump(c) | Value::Goto(c) => Some(c.as_str()),
             _ => None,
         }
     }
+    let mut want = skeleton_rule_counts(skeleton);
+    let mut refer = |to: &'a str| *want.entry(to).or_default() += 1;
     for c in &skeleton.cmds {
-        match c {
-            Cmd::AddChain(_, ch) => {
-                want.entry(ch.name.as_str()).or_default();
-            }
+        let elems = match c {
             Cmd::AddRule(_, r) => {
-                *want.entry(r.chain.as_str()).or_default() += 1;
                 for e in &r.exprs {
                     if let Expr::Jump(to) | Expr::Goto(to) = e {
-                        *want.entry(to.as_str()).or_default() += 1;
+                        refer(to.as_str());
                     }
                 }
+                continue;
             }
-            Cmd::AddSet(_, set) => {
-                for e in &set.elements {
-                    if let Some(to) = e.data.as_ref().and_then(target) {
-                        *want.entry(to).or_default() += 1;
-                    }
-                }
-            }
-            Cmd::AddElements(_, _, elems) | Cmd::CreateElements(_, _, elems) => {
-                for e in elems {
-                    if let Some(to) = e.data.as_ref().and_then(target) {
-                        *want.entry(to).or_default() += 1;
-                    }
-                }
-            }
-            _ => {}
+            Cmd::AddSet(_, set) => &set.elements,
+            Cmd::AddElements(_, _, elems) | Cmd::CreateElements(_, _, elems) => elems,
+            _ => continue,
+        };
+        for to in elems
+            .iter()
+            .filter_map(|e| e.data.as_ref().and_then(target))
+        {
+            refer(to);
         }
     }
     want
@@ -179,20 +185,10 @@ pub fn chains_intact(nft: &mut dyn Nft, t: &TableRef, skeleton: &Batch) -> Resul
             .iter()
             .all(|(chain, n)| have.get(*chain) == Some(n)));
     }
-    let mut want: HashMap<&str, usize> = HashMap::new();
-    for c in &skeleton.cmds {
-        match c {
-            crate::batch::Cmd::AddChain(_, ch) => {
-                want.entry(ch.name.as_str()).or_default();
-            }
-            crate::batch::Cmd::AddRule(_, r) => *want.entry(r.chain.as_str()).or_default() += 1,
-            _ => {}
-        }
-    }
     let Some(have) = nft.rule_counts(t)? else {
         return Ok(false);
     };
-    Ok(want
+    Ok(skeleton_rule_counts(skeleton)
         .iter()
         .all(|(chain, n)| have.get(*chain).copied().unwrap_or(0) == *n))
 }
@@ -215,7 +211,7 @@ pub fn skeleton_intact(
         return Ok(false);
     };
     let sets_there = skeleton.cmds.iter().all(|c| match c {
-        crate::batch::Cmd::AddSet(_, s) => listing.sets.iter().any(|n| n == s.name.as_str()),
+        Cmd::AddSet(_, s) => listing.sets.iter().any(|n| n == s.name.as_str()),
         _ => true,
     });
     Ok(sets_there && chains_intact(nft, t, skeleton)?)
@@ -241,9 +237,9 @@ pub fn remove_owned(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::SetDef;
     use crate::fake::FakeNft;
     use crate::types::{Comment, Family, KeyType, Value};
+    use SetDef;
 
     /// A chain's expected use count is its rules plus every jump or goto
     /// to it, from rules and from verdict-map elements alike: what the

@@ -365,6 +365,17 @@ mod tests {
         free.create_elements(&t, &s, vec![Elem::owned(two.clone(), None, &o)]);
         nft.apply(&free).unwrap();
         assert!(nft.apply(&free).is_err(), "created the same key twice");
+        let three = Value::Addr("10.0.0.3".parse().unwrap());
+        let mut twice = Batch::new();
+        twice.create_elements(
+            &t,
+            &s,
+            vec![
+                Elem::owned(three.clone(), None, &o),
+                Elem::owned(three.clone(), None, &o),
+            ],
+        );
+        assert!(nft.apply(&twice).is_err(), "one key twice in one create");
         let mut del = Batch::new();
         del.delete_elements(&t, &s, vec![one.clone(), two.clone()]);
         nft.apply(&del).unwrap();

@@ -433,8 +433,9 @@ impl Nft for NftNetlink {
                 }
             },
         )?;
-        // no chain at all: a table that is gone, or empty
-        Ok((there && !uses.is_empty()).then_some(uses))
+        // (a missing table answers an empty dump: no chain is there, so
+        // no skeleton is intact, without asking again for the rules)
+        Ok(there.then_some(uses))
     }
 
     fn counters(&mut self, t: &TableRef) -> Result<Option<Vec<(String, u64)>>, NftError> {
