@@ -86,16 +86,6 @@ fn except_policies(n: usize, k: usize) -> Vec<Value> {
         .collect()
 }
 
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Per except count: the policies published (an update of a running
 /// kindnetd), then kindnetd restarted (a full program from nothing):
 /// elements, programming times, resident memory now and at its peak.
@@ -124,8 +114,8 @@ fn measure_excepts(a: &BenchNetpolArgs, lab: &mut Lab, s: &mut State) -> Result<
                 "update_wall_ms": update_wall, "update_kindnetd_ms": update_own,
                 "restart_to_enforced_ms": restart_ms,
                 "full_program_kindnetd_ms": if count > 0.0 { sum / count * 1e3 } else { f64::NAN },
-                "kindnetd_rss_mb": mb(status_kb(pid, "VmRSS:")),
-                "kindnetd_peak_rss_mb": mb(status_kb(pid, "VmHWM:"))})
+                "kindnetd_rss_mb": mb(crate::nodes_bench::rss_kb(pid, "VmRSS:")),
+                "kindnetd_peak_rss_mb": mb(crate::nodes_bench::rss_kb(pid, "VmHWM:"))})
         );
     }
     s.policies.retain(|id, _| !id.starts_with("bench/excepts-"));
@@ -434,7 +424,7 @@ fn measure(a: &BenchNetpolArgs, lab: &mut Lab) -> Result<()> {
         json!({"bench": "netpol-new-pod", "pods_added": 10,
             "enforced_wall_p50_ms": median(&walls), "enforced_wall_max_ms": nearest_rank(&walls, 1.0),
             "kindnetd_p50_ms": median(&owns), "kindnetd_max_ms": nearest_rank(&owns, 1.0),
-            "kindnetd_rss_mb": status_kb(pid, "VmRSS:").map(|k| k as f64 / 1024.0)})
+            "kindnetd_rss_mb": crate::nodes_bench::rss_kb(pid, "VmRSS:").map(|k| k as f64 / 1024.0)})
     );
     // per-packet cost, interleaved: policy on (200 policies) vs off
     let p1 = lab
