@@ -520,12 +520,23 @@ fn mutated_configs_never_panic() {
         // noise here: run this test again in a child whose environment
         // names a log file (setting our own would need `unsafe`).
         let exe = std::env::current_exe().expect("the test binary's path");
-        let status = std::process::Command::new(exe)
+        let out = std::process::Command::new(exe)
             .args(["--exact", "mutated_configs_never_panic", "--nocapture"])
             .env("CNI_LOG_FILE", tmp.path().join("cni.log"))
-            .status()
+            .stderr(std::process::Stdio::inherit())
+            .output()
             .expect("run the test binary again");
-        assert!(status.success(), "the run with CNI_LOG_FILE set: {status}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "the run with CNI_LOG_FILE set: {}\n{stdout}",
+            out.status
+        );
+        // the child ran this very test (a rename would make it run none)
+        assert!(
+            stdout.contains("1 passed"),
+            "the child ran no test:\n{stdout}"
+        );
         return;
     }
     let bases = bases(&sb);
