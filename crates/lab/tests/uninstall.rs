@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::netpol_lab::Lab;
 use common::*;
 use kindnet_netlink::Netns;
 use kindnet_testbed::require_root;
@@ -16,25 +17,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Lab(String);
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = lab(&["down", "--name", &self.0]);
-    }
+/// The lab's state file (`lab.json`).
+fn state(l: &Lab) -> Value {
+    let p = PathBuf::from(format!("/run/kindnet-lab/{}/lab.json", l.name));
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
-impl Lab {
-    fn netns(&self, s: &str) -> String {
-        format!("kl-{}-{s}", self.0)
-    }
-    fn state(&self) -> Value {
-        let p = PathBuf::from(format!("/run/kindnet-lab/{}/lab.json", self.0));
-        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-    }
-    fn node_dir(&self, node: &str) -> PathBuf {
-        PathBuf::from(format!("/run/kindnet-lab/{}/{node}", self.0))
-    }
+/// A node's state directory.
+fn node_dir(l: &Lab, node: &str) -> PathBuf {
+    PathBuf::from(format!("/run/kindnet-lab/{}/{node}", l.name))
 }
 
 /// Whether a TCP connection from pod namespace `from` to `to` succeeds.
@@ -114,37 +105,19 @@ fn names(dir: &Path) -> Vec<String> {
 #[test]
 fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
     require_root!();
-    // A name unique to this run: two checkouts testing at once do not collide.
-    let name = kindnet_testbed::unique_short("un");
-    lab_stdout(&[
-        "up",
-        "--name",
-        &name,
-        "--nodes",
-        "2",
-        "--stack",
-        "dual",
-        "--pods-per-node",
-        "0",
-        "--netpol-model",
-    ]);
-    let l = Lab(name);
+    let l = Lab::up("un");
     let dir = tempfile::Builder::new().prefix("unin").tempdir().unwrap();
     // x/a (node1) accepts ns y only
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(
-        &policy,
+    l.apply(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-y, namespace: x}\n\
          spec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]}\n",
-    )
-    .unwrap();
-    lab_stdout(&["apply", "--name", &l.0, "-f", policy.to_str().unwrap()]);
+    );
     let xa: SocketAddr = "10.244.1.2:80".parse().unwrap();
     assert!(connects(&l, "y-a", xa), "allowed across nodes");
     assert!(!connects(&l, "z-b", xa), "denied");
 
     // `kubectl delete`: every kindnetd goes (SIGTERM, as the kubelet does).
-    let pids: Vec<u32> = l.state()["kindnetd"]
+    let pids: Vec<u32> = state(&l)["kindnetd"]
         .as_array()
         .unwrap()
         .iter()
@@ -168,7 +141,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let node1 = l.netns("node1");
-    let conflist = l.node_dir("node1").join("net.d/10-kindnet.conflist");
+    let conflist = node_dir(&l, "node1").join("net.d/10-kindnet.conflist");
     // Until cleanup the node keeps it all, and the pods keep working.
     assert!(conflist.exists());
     let before = tables(&node1);
@@ -200,7 +173,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
         ],
     );
     assert!(ok, "{out}");
-    let foreign_conf = l.node_dir("node1").join("net.d/05-foreign.conflist");
+    let foreign_conf = node_dir(&l, "node1").join("net.d/05-foreign.conflist");
     std::fs::write(
         &foreign_conf,
         "{\"cniVersion\":\"1.0.0\",\"name\":\"other\",\"plugins\":[]}\n",
@@ -222,7 +195,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     std::fs::write(bin.join("macvlan"), "#!/bin/sh\n").unwrap();
-    let ipam = l.node_dir("node1").join("ipam");
+    let ipam = node_dir(&l, "node1").join("ipam");
     assert!(ipam.join("kindnet").is_dir(), "{:?}", names(&ipam));
 
     let kindnetd = bin_dir().join("kindnetd");
@@ -236,7 +209,7 @@ fn uninstall_keeps_pods_working_until_cleanup_removes_exactly_ours() {
             kindnetd.to_str().unwrap().to_string(),
             "cleanup".into(),
             "--cni-conf-dir".into(),
-            l.node_dir("node1").join("net.d").to_str().unwrap().into(),
+            node_dir(&l, "node1").join("net.d").to_str().unwrap().into(),
             "--ipam-data-dir".into(),
             ipam.to_str().unwrap().into(),
             "--pod-subnet".into(),
