@@ -14,6 +14,10 @@ use ipnet::{IpNet, Ipv6Net};
 
 /// The port of /metrics, /healthz and /readyz unless configured.
 pub const DEFAULT_METRICS_PORT: u16 = 19080;
+/// Where kindnetd writes its conflist unless told (the runtime's default).
+pub const DEFAULT_CNI_CONF_DIR: &str = "/etc/cni/net.d";
+/// host-local's store unless told (tmpfs on kind, so a reboot frees it).
+pub const DEFAULT_IPAM_DATA_DIR: &str = "/run/cni-ipam-state";
 
 /// The bridge name kind uses when `CNI_BRIDGE` is set to a boolean.
 pub const DEFAULT_BRIDGE: &str = "kind-br";
@@ -86,7 +90,7 @@ pub struct Flags {
     pub nodes_file: Option<PathBuf>,
 
     /// Directory the CNI config 10-kindnet.conflist is written to.
-    #[arg(long, env = "KINDNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "KINDNET_CNI_CONF_DIR", default_value = DEFAULT_CNI_CONF_DIR)]
     pub cni_conf_dir: PathBuf,
 
     /// host-local IPAM state directory written into the conflist (tmpfs, so a
@@ -94,7 +98,7 @@ pub struct Flags {
     #[arg(
         long,
         env = "KINDNET_IPAM_DATA_DIR",
-        default_value = "/run/cni-ipam-state"
+        default_value = DEFAULT_IPAM_DATA_DIR
     )]
     pub ipam_data_dir: PathBuf,
 

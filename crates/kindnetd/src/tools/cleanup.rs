@@ -323,13 +323,13 @@ fn remove(r: std::io::Result<()>) -> Result<(), String> {
 )]
 pub struct CleanupFlags {
     /// Where kindnetd wrote 10-kindnet.conflist.
-    #[arg(long, env = "KINDNET_CNI_CONF_DIR", default_value = "/etc/cni/net.d")]
+    #[arg(long, env = "KINDNET_CNI_CONF_DIR", default_value = crate::inputs::config::DEFAULT_CNI_CONF_DIR)]
     pub cni_conf_dir: PathBuf,
     /// host-local's store (its `kindnet` network is removed).
     #[arg(
         long,
         env = "KINDNET_IPAM_DATA_DIR",
-        default_value = "/run/cni-ipam-state"
+        default_value = crate::inputs::config::DEFAULT_IPAM_DATA_DIR
     )]
     pub ipam_data_dir: PathBuf,
     /// The cluster's pod CIDR(s): kindnetd's routes (protocol 217) inside
