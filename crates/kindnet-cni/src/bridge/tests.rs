@@ -139,13 +139,11 @@ fn check_passes_after_add_and_sees_a_lost_port_or_bridge() {
         (
             "anti-spoofing pair gone",
             |h| {
-                let t = crate::antispoof::table(kindnet_nft::Family::Bridge);
-                let l = h
-                    .nft
-                    .tables
-                    .get_mut(&(t.family, t.name.to_string()))
-                    .unwrap();
-                l.elements.clear();
+                crate::host::bed::lose_elements(
+                    h,
+                    kindnet_nft::Family::Bridge,
+                    crate::antispoof::TABLE,
+                )
             },
             "bridge kindnet-antispoof src4 lacks",
         ),

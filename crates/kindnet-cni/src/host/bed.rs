@@ -118,6 +118,14 @@ pub fn elements(h: &mut FakeHost, family: Family, name: &str) -> usize {
     h.nft.list(&t).unwrap().map_or(0, |l| l.elements.len())
 }
 
+/// Drops every element of table `name` of `family` (a drift for CHECK to
+/// find).
+pub fn lose_elements(h: &mut FakeHost, family: Family, name: &str) {
+    if let Some(l) = h.nft.tables.get_mut(&(family, name.to_string())) {
+        l.elements.clear();
+    }
+}
+
 /// The anti-spoofing pairs in `family`'s table that still admit traffic
 /// (DEL revokes a veth name and leaves its pairs to a later sweep).
 pub fn live_antispoof_pairs(h: &mut FakeHost, family: Family) -> usize {

@@ -160,13 +160,11 @@ fn check_passes_after_add_and_names_each_drift() {
         (
             "anti-spoofing pair gone",
             |h| {
-                let t = crate::antispoof::table(kindnet_nft::Family::Inet);
-                let l = h
-                    .nft
-                    .tables
-                    .get_mut(&(t.family, t.name.to_string()))
-                    .unwrap();
-                l.elements.clear();
+                crate::host::bed::lose_elements(
+                    h,
+                    kindnet_nft::Family::Inet,
+                    crate::antispoof::TABLE,
+                )
             },
             "inet kindnet-antispoof src4 lacks",
         ),
