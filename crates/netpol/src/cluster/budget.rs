@@ -54,12 +54,15 @@ impl Cluster {
         }
         let mut r = Report::default();
         let mut local: Vec<(usize, Which)> = Vec::new();
-        let here = |p: &&PodInfo| p.node == node && !p.host_network;
+        // this node's pods, found once for every policy
+        let here: Vec<&PodInfo> = self
+            .pods
+            .values()
+            .filter(|p| p.node == node && !p.host_network)
+            .collect();
         for (i, pol) in self.policies.iter().enumerate() {
-            let selects_here = self
-                .pods
-                .values()
-                .filter(here)
+            let selects_here = here
+                .iter()
                 .any(|p| pol.namespace == p.namespace && pol.selector.matches(&p.labels));
             if selects_here {
                 local.push((policy_elements(pol), Which::V1(i)));
@@ -67,11 +70,7 @@ impl Cluster {
         }
         for t in [Tier::Admin, Tier::Baseline] {
             for (i, pol) in self.tiers.tier(t).iter().enumerate() {
-                let selects_here = self
-                    .pods
-                    .values()
-                    .filter(here)
-                    .any(|p| self.cnp_selects(&pol.subject, p));
+                let selects_here = here.iter().any(|p| self.cnp_selects(&pol.subject, p));
                 if selects_here {
                     local.push((crate::cnp::policy_elements(pol), Which::Cnp(t, i)));
                 }
