@@ -53,7 +53,7 @@ pub use addr::{AddrFlags, Address};
 pub use error::{Error, Result};
 pub use events::{RouteEvent, RouteEvents};
 pub use l4::L4Proto;
-pub use link::Link;
+pub use link::{Link, VethSpec};
 pub use lookup::{Neighbour, RouteKind, RouteLookup, RouteQuery};
 pub use netns::Netns;
 pub use route::{Family, Route, RouteFilter, Scope};

@@ -102,6 +102,27 @@ fn link_msg(index: u32) -> LinkMessage {
     m
 }
 
+/// A veth pair as it is born: everything the one creating message sets.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VethSpec<'a> {
+    /// The end created here.
+    pub name: &'a str,
+    /// The other end's name.
+    pub peer: &'a str,
+    /// Where the peer is born (here when `None`).
+    pub peer_ns: Option<&'a Netns>,
+    /// Both ends' MTU (the kernel's default when `None`).
+    pub mtu: Option<u32>,
+    /// The peer's MAC (a random one when `None`).
+    pub peer_mac: Option<[u8; 6]>,
+    /// The link group of the end created here (IFLA_GROUP).
+    pub group: Option<u32>,
+    /// Receive and transmit queues of each end. The kernel's default for a
+    /// veth is one of each per possible CPU, and creating the pair makes
+    /// sysfs objects for every one of them.
+    pub queues: Option<u32>,
+}
+
 /// The peer side of a veth, optionally created straight in another netns.
 fn veth_peer(name: &str, ns: Option<&Netns>, mtu: Option<u32>) -> LinkMessage {
     let mut peer = LinkMessage::default();
@@ -200,34 +221,39 @@ impl Handle {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<Option<Link>> {
-        self.create_veth_in_group(name, peer_name, peer_ns, mtu, peer_mac, None)
+        self.create_veth_as(&VethSpec {
+            name,
+            peer: peer_name,
+            peer_ns,
+            mtu,
+            peer_mac,
+            ..Default::default()
+        })
     }
 
-    /// [`Handle::create_veth_echo`], with the host end born in link group
-    /// `group` (IFLA_GROUP in the creating message): a firewall rule on
-    /// `meta iifgroup` holds for it from its first packet.
-    pub fn create_veth_in_group(
-        &mut self,
-        name: &str,
-        peer_name: &str,
-        peer_ns: Option<&Netns>,
-        mtu: Option<u32>,
-        peer_mac: Option<[u8; 6]>,
-        group: Option<u32>,
-    ) -> Result<Option<Link>> {
+    /// Creates the veth pair `spec` describes in one message, returning the
+    /// host end as the kernel echoes it back (see [`Handle::create_veth_echo`]).
+    pub fn create_veth_as(&mut self, spec: &VethSpec) -> Result<Option<Link>> {
+        let name = spec.name;
         check_name(name)?;
-        check_name(peer_name)?;
+        check_name(spec.peer)?;
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_string()));
-        if let Some(mtu) = mtu {
+        if let Some(mtu) = spec.mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
-        if let Some(g) = group {
+        if let Some(g) = spec.group {
             m.attributes.push(LinkAttribute::Group(g));
         }
-        let mut peer = veth_peer(peer_name, peer_ns, mtu);
-        if let Some(mac) = peer_mac {
+        let mut peer = veth_peer(spec.peer, spec.peer_ns, spec.mtu);
+        if let Some(mac) = spec.peer_mac {
             peer.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
+        if let Some(q) = spec.queues {
+            for end in [&mut m, &mut peer] {
+                end.attributes.push(LinkAttribute::NumTxQueues(q));
+                end.attributes.push(LinkAttribute::NumRxQueues(q));
+            }
         }
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
@@ -237,7 +263,7 @@ impl Handle {
             RouteNetlinkMessage::NewLink(m),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
             false,
-            || format!("create veth {name} peer {peer_name}"),
+            || format!("create veth {name} peer {}", spec.peer),
             |kind, p| (kind == RTM_NEWLINK).then(|| Link::parse(p)).flatten(),
         )?;
         match echoed.into_iter().find(|l| l.name == name) {

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -102,9 +101,8 @@ impl Netns {
     /// Whether two handles name the same namespace (same nsfs inode).
     pub fn is_same(&self, other: &Netns) -> Result<bool> {
         let id = |n: &Netns| -> Result<(u64, u64)> {
-            let f = File::from(n.fd.try_clone().map_err(Error::Io)?);
-            let m = f.metadata().map_err(Error::Io)?;
-            Ok((m.dev(), m.ino()))
+            let st = rustix::fs::fstat(&n.fd).map_err(|e| Error::Io(e.into()))?;
+            Ok((st.st_dev, st.st_ino))
         };
         Ok(id(self)? == id(other)?)
     }

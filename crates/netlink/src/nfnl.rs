@@ -169,9 +169,17 @@ impl NfTablesSocket {
         let end = self.sock.next_seq();
         put_header(&mut self.batch, NFNL_MSG_BATCH_END, flags, end, nfgen.len());
         self.batch.extend_from_slice(&nfgen);
-        self.sock.reserve_send(self.batch.len());
         let batch = std::mem::take(&mut self.batch);
-        let sent = self.sock.send_bytes(&batch);
+        // The default send buffer takes most batches; a bigger one is
+        // refused whole (EMSGSIZE) and sent again once the buffer is raised.
+        let mut sent = self.sock.send_bytes(&batch);
+        if sent
+            .as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EMSGSIZE))
+        {
+            self.sock.reserve_send(batch.len());
+            sent = self.sock.send_bytes(&batch);
+        }
         self.batch = batch;
         sent.map_err(|e| Error::os(what(0), e))?;
         // Everything the kernel has to say is queued now.

@@ -51,7 +51,22 @@ pub fn set(key: &str, value: &str) -> io::Result<()> {
 
 /// Reads /proc/sys/`key` without the trailing newline.
 pub fn get(key: &str) -> io::Result<String> {
-    let mut s = std::fs::read_to_string(path(key)?)?;
+    use std::io::Read;
+    // Read in pieces, not with `read_to_string`, which asks the file's size
+    // first: a /proc/sys file does not know it, and the plugin reads one
+    // on every ADD.
+    let mut f = std::fs::File::open(path(key)?)?;
+    let (mut out, mut buf) = (Vec::new(), [0u8; 256]);
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut s =
+        String::from_utf8(out).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let trimmed = s.trim_end_matches('\n').len();
     s.truncate(trimmed);
     Ok(s)

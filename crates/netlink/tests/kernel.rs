@@ -149,17 +149,30 @@ fn veth_host_end_is_born_in_its_group() {
     let pod = TestNs::new();
     let mut hh = host.handle();
     let l = hh
-        .create_veth_in_group("vethgrp0", "eth0", Some(&pod.ns), None, None, Some(27502))
+        .create_veth_as(&kindnet_netlink::VethSpec {
+            name: "vethgrp0",
+            peer: "eth0",
+            peer_ns: Some(&pod.ns),
+            group: Some(27502),
+            queues: Some(1),
+            ..Default::default()
+        })
         .unwrap()
         .unwrap();
     assert_eq!(l.name, "vethgrp0");
     let shown = host.ip(&["-d", "link", "show", "dev", "vethgrp0"]);
     assert!(shown.contains("group 27502"), "{shown}");
-    // the pod end keeps the default group
+    // the pod end keeps the default group; both ends have the queues asked for
     let mut full = vec!["ip", "-n", &pod.named.name];
-    full.extend_from_slice(&["link", "show", "dev", "eth0"]);
+    full.extend_from_slice(&["-d", "link", "show", "dev", "eth0"]);
     let peer = sh_ok(&full);
     assert!(peer.contains("group default"), "{peer}");
+    for end in [&shown, &peer] {
+        assert!(
+            end.contains("numtxqueues 1 numrxqueues 1"),
+            "one queue each way: {end}"
+        );
+    }
 }
 
 #[test]
@@ -784,4 +797,47 @@ fn ipv4_route_via_an_ipv6_next_hop() {
     let mut bad = Route::new(net("fd00:10::/64"));
     bad.gateway = Some(ip("10.0.0.4"));
     assert!(h.replace_route(&bad).is_err());
+}
+
+#[test]
+fn a_batch_reports_a_failure_anywhere_in_it_and_applies_the_rest() {
+    use kindnet_netlink::Batch;
+    let (_t, mut h) = test_ns_handle!();
+    let (a, _b) = veth_pair(&mut h, "va", "vb");
+    let (x, y) = (net("10.98.0.1/24"), net("10.98.1.1/24"));
+    h.add_address(a, x, AddrFlags::default()).unwrap();
+    // Only the last request asks for an ACK: a failure before it (no such
+    // link) must still be read, and the tolerated EEXIST must not count.
+    let mut b = Batch::new();
+    b.ensure_address(999_999, y, AddrFlags::default());
+    b.ensure_address(a, x, AddrFlags::default());
+    b.ensure_address(a, y, AddrFlags::default());
+    let e = h.apply(b).unwrap_err();
+    assert!(
+        e.to_string().contains("999999"),
+        "the first failure, named: {e}"
+    );
+    let addrs: Vec<IpNet> = h
+        .addresses(Some(a))
+        .unwrap()
+        .iter()
+        .map(|x| x.addr)
+        .collect();
+    assert!(
+        addrs.contains(&y),
+        "the request after the failure was applied: {addrs:?}"
+    );
+    // A batch that fails only in its middle fails too.
+    let mut b = Batch::new();
+    b.ensure_address(a, x, AddrFlags::default());
+    b.ensure_address(999_998, y, AddrFlags::default());
+    b.set_up(a);
+    assert!(h.apply(b).is_err());
+    // Nothing of either batch is left unread on the socket: the next
+    // request gets its own answer.
+    let mut b = Batch::new();
+    b.ensure_address(a, net("10.98.2.1/24"), AddrFlags::default());
+    b.set_up(a);
+    h.apply(b).unwrap();
+    assert!(h.link_by_name("va").unwrap().is_some());
 }
