@@ -1,13 +1,16 @@
 //! The element budgets: what a policy may make, and the policies over
 //! them refused for a node.
 
-use super::{Cluster, PeerSel, PodInfo, Policy, Refusal, Report};
+use super::{Cluster, PeerSel, PodInfo, Policy, Refusal, Report, RuleSel};
+use std::collections::{HashMap, HashSet};
 
-/// How many set elements a policy may make (ipBlock or `networks` ranges
-/// and port entries of its rules; pod and node peers grow with the
-/// cluster, not with the policy): one policy, and all the policies
+/// How many set elements a policy may make: its ipBlock (or `networks`)
+/// ranges and port entries, and for pod peers the sets `compile` builds,
+/// one per distinct peer list of a namespace (shared by every rule and
+/// policy with that list) holding the address of every pod the list
+/// matches. Counted for one policy, and for all the policies
 /// (NetworkPolicies and ClusterNetworkPolicies) selecting a node's pods
-/// together.
+/// together, a shared set once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Elements of one policy.
@@ -16,28 +19,61 @@ pub struct Budget {
     pub per_node: usize,
 }
 
-/// The set elements a policy's rules make: each ipBlock's ranges and each
-/// port entry (at least one per rule).
+/// The set elements a policy's rules make that do not depend on the
+/// cluster: each ipBlock's ranges and each port entry (at least one per
+/// rule). Its pod peers' sets are [`pod_peer_lists`].
 pub(crate) fn policy_elements(p: &Policy) -> usize {
-    [p.ingress.as_deref(), p.egress.as_deref()]
-        .into_iter()
-        .flatten()
-        .flatten()
+    rules_of(p)
         .map(|rule| {
-            let peers: usize = rule
+            let blocks: usize = rule
                 .peers
                 .iter()
                 .map(|s| match s {
                     PeerSel::Block(r) => r.len(),
-                    PeerSel::Pods { .. } => 1,
+                    PeerSel::Pods { .. } => 0,
                 })
                 .sum();
-            (peers + rule.ports.len()).max(1)
+            (blocks + rule.ports.len()).max(1)
         })
         .sum()
 }
 
+fn rules_of(p: &Policy) -> impl Iterator<Item = &RuleSel> {
+    [p.ingress.as_deref(), p.egress.as_deref()]
+        .into_iter()
+        .flatten()
+        .flatten()
+}
+
+/// A set of pod peers as `compile` keys it: the policy's namespace and the
+/// rule's peer list.
+type PeerList<'a> = (&'a str, &'a [PeerSel]);
+
+/// The distinct peer lists with pod peers of a policy's rules: one set
+/// (per family) each.
+pub(crate) fn pod_peer_lists(p: &Policy) -> Vec<PeerList<'_>> {
+    let mut seen: HashSet<PeerList> = HashSet::new();
+    rules_of(p)
+        .map(|rule| (p.namespace.as_str(), rule.peers.as_slice()))
+        .filter(|(_, peers)| peers.iter().any(|s| matches!(s, PeerSel::Pods { .. })))
+        .filter(|k| seen.insert(*k))
+        .collect()
+}
+
 impl Cluster {
+    /// The set elements of a pod peer list's set: the addresses of the
+    /// pods its peers match (a pod two of them match counted twice: an
+    /// upper bound, found the way `compile` finds them), at least one
+    /// (the set exists, maybe empty).
+    fn pod_peer_elements(&self, (ns, peers): PeerList) -> usize {
+        let matching: usize = peers
+            .iter()
+            .flat_map(|s| self.pods_matching(ns, s))
+            .map(|q| q.ips.len())
+            .sum();
+        matching.max(1)
+    }
+
     /// Refuses the policies over `budget` (see [`Budget`]) for `node`,
     /// NetworkPolicies and ClusterNetworkPolicies counted together, the
     /// smallest first. A NetworkPolicy keeps isolating the pods it selects
@@ -53,52 +89,125 @@ impl Cluster {
             Cnp(Tier, usize),
         }
         let mut r = Report::default();
-        let mut local: Vec<(usize, Which)> = Vec::new();
         // this node's pods, found once for every policy
         let here: Vec<&PodInfo> = self
             .pods
             .values()
             .filter(|p| p.node == node && !p.host_network)
             .collect();
+        // The local policies: (a lower bound of their elements, which,
+        // what they make besides pod sets, their distinct pod peer lists).
+        let mut local: Vec<(usize, Which, usize, Vec<PeerList>)> = Vec::new();
         for (i, pol) in self.policies.iter().enumerate() {
             let selects_here = here
                 .iter()
                 .any(|p| pol.namespace == p.namespace && pol.selector.matches(&p.labels));
             if selects_here {
-                local.push((policy_elements(pol), Which::V1(i)));
+                let (fixed, lists) = (policy_elements(pol), pod_peer_lists(pol));
+                local.push((fixed + lists.len(), Which::V1(i), fixed, lists));
             }
         }
         for t in [Tier::Admin, Tier::Baseline] {
             for (i, pol) in self.tiers.tier(t).iter().enumerate() {
-                let selects_here = here.iter().any(|p| self.cnp_selects(&pol.subject, p));
-                if selects_here {
-                    local.push((crate::cnp::policy_elements(pol), Which::Cnp(t, i)));
+                if here.iter().any(|p| self.cnp_selects(&pol.subject, p)) {
+                    let fixed = crate::cnp::policy_elements(pol);
+                    local.push((fixed, Which::Cnp(t, i), fixed, Vec::new()));
                 }
             }
         }
-        // the smallest first: one large policy cannot crowd out the others
-        local.sort();
+        // The smallest first, by what is known without looking pods up:
+        // one large policy cannot crowd out the others, and a policy that
+        // is over before its pod sets are counted is refused without
+        // matching every pod against its peer lists, the work the budget
+        // is there to bound. At most `per_node` lists are looked up (each
+        // set is at least one element, so no more can be taken).
+        local.sort_by_key(|(lower, which, ..)| (*lower, *which));
+        let mut set_elements: HashMap<PeerList, usize> = HashMap::new();
+        let mut counted: HashSet<PeerList> = HashSet::new();
         let mut total = 0usize;
         let mut over: Vec<(Which, String)> = Vec::new();
-        for (n, i) in local {
-            if n > budget.per_policy {
+        for (lower, which, fixed, lists) in local {
+            // the lower bound is the count when nothing is left to look up
+            let at_least = |uncounted: bool| if uncounted { "at least " } else { "" };
+            let cnp = matches!(which, Which::Cnp(..));
+            if lower > budget.per_policy {
                 over.push((
-                    i,
+                    which,
                     format!(
-                        "{n} set elements, over the budget of {} per policy",
+                        "{}{lower} set elements, over the budget of {} per policy",
+                        at_least(cnp || !lists.is_empty()),
                         budget.per_policy
                     ),
                 ));
-            } else if total + n > budget.per_node {
+                continue;
+            }
+            let new: Vec<PeerList> = lists
+                .iter()
+                .filter(|k| !counted.contains(*k))
+                .copied()
+                .collect();
+            let left = budget.per_node - total;
+            if fixed + new.len() > left {
                 over.push((
-                    i,
+                    which,
                     format!(
-                        "{n} set elements, over what is left of the node's budget of {} ({} taken by smaller policies)",
-                        budget.per_node, total
+                        "{}{} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
+                        at_least(cnp || !new.is_empty()),
+                        fixed + new.len(),
+                        budget.per_node
+                    ),
+                ));
+                continue;
+            }
+            let unknown = lists
+                .iter()
+                .filter(|k| !set_elements.contains_key(*k))
+                .count();
+            if set_elements.len() + unknown > budget.per_node {
+                over.push((
+                    which,
+                    format!(
+                        "{unknown} pod peer lists, more than are left to look up of the node's {} per pass",
+                        budget.per_node
+                    ),
+                ));
+                continue;
+            }
+            for k in &lists {
+                if !set_elements.contains_key(k) {
+                    set_elements.insert(*k, self.pod_peer_elements(*k));
+                }
+            }
+            let sets = |ks: &[PeerList]| -> usize {
+                ks.iter()
+                    .map(|k| set_elements.get(k).copied().unwrap_or(1))
+                    .sum()
+            };
+            let peers = match which {
+                Which::Cnp(t, i) => crate::cnp::eval::peer_addresses(self, &self.tiers.tier(t)[i]),
+                Which::V1(_) => 0,
+            };
+            let own = fixed + peers + sets(&lists);
+            let adds = fixed + peers + sets(&new);
+            if own > budget.per_policy {
+                over.push((
+                    which,
+                    format!(
+                        "{own} set elements, over the budget of {} per policy",
+                        budget.per_policy
+                    ),
+                ));
+            } else if adds > left {
+                over.push((
+                    which,
+                    format!(
+                        "{adds} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
+                        budget.per_node
                     ),
                 ));
             } else {
-                total += n;
+                total += adds;
+                counted.extend(new);
             }
         }
         over.sort();

@@ -208,3 +208,142 @@ fn cluster_network_policies_count_and_fail_closed_over_budget() {
     assert!(compile(&c2, &ctx).stats.elements < 100);
     assert!(compile(&c, &ctx).stats.elements > 600);
 }
+
+/// `n` pods of namespace x on n1, at addresses no two of which are
+/// adjacent (a set merges adjacent ones into one range).
+fn spread_pods(n: usize) -> Vec<Pod> {
+    (0..n)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": format!("p{i}"), "labels": {"k": "a"}},
+                "spec": {"nodeName": "n1"},
+                "status": {"podIPs": [{"ip": format!("10.1.{}.{}", i / 100, 2 * (i % 100) + 2)}]}}))
+            .unwrap()
+        })
+        .collect()
+}
+
+/// A policy selecting every pod of x, with `rules` ingress rules whose
+/// peers each match every pod of x through a selector of their own.
+fn distinct_peers_policy(name: &str, rules: usize) -> NetworkPolicy {
+    let ingress: Vec<serde_json::Value> = (0..rules)
+        .map(|i| {
+            json!({"from": [{"podSelector": {"matchExpressions": [
+                {"key": "k", "operator": "NotIn", "values": [format!("v{i}")]}]}}]})
+        })
+        .collect();
+    serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": ingress}}))
+    .unwrap()
+}
+
+#[test]
+fn pod_peers_are_charged_the_addresses_their_sets_hold() {
+    // 50 rules, each a set of all 100 pods: 5,000 elements (and 50 for the
+    // rules), not the 50 a count of peers says
+    let pods = spread_pods(100);
+    let (c, _) = Cluster::new(&pods, &[], &[distinct_peers_policy("many", 50)], &[]);
+    let ctx = NodeContext {
+        node_name: "n1".into(),
+        ..NodeContext::default()
+    };
+    let built = compile(&c, &ctx).stats.elements;
+    assert!(built >= 5000, "what the charge stands for: {built}");
+    let budget = Budget {
+        per_policy: 1000,
+        per_node: 100_000,
+    };
+    let mut refused_c = c.clone();
+    let refused = refused_c.apply_budget(&budget, "n1");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].reason.contains("5050 set elements"),
+        "{}",
+        refused[0]
+    );
+    let left = compile(&refused_c, &ctx).stats.elements;
+    assert!(left + 5000 <= built, "the sets are gone: {left} of {built}");
+    // within the budget: kept
+    let mut kept = c.clone();
+    let roomy = Budget {
+        per_policy: 6000,
+        per_node: 6000,
+    };
+    assert!(kept.apply_budget(&roomy, "n1").is_empty());
+
+    // Thousands of distinct lists: refused without matching a pod against
+    // them (that matching is the cost being refused).
+    let (mut c, _) = Cluster::new(&pods, &[], &[distinct_peers_policy("huge", 3000)], &[]);
+    let refused = c.apply_budget(&budget, "n1");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].reason.contains("at least 6000 set elements"),
+        "{}",
+        refused[0]
+    );
+}
+
+#[test]
+fn a_pod_set_shared_by_policies_counts_once_for_the_node() {
+    let pods = spread_pods(100);
+    let same = |name: &str| -> NetworkPolicy {
+        serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                "ingress": [{"from": [{"podSelector": {}}]}]}}))
+        .unwrap()
+    };
+    let pols = [same("p1"), same("p2")];
+    let (c, _) = Cluster::new(&pods, &[], &pols, &[]);
+    // each: one rule (1) and the set of 100 pods; the node: the set once
+    let budget = |per_node| Budget {
+        per_policy: 200,
+        per_node,
+    };
+    assert!(c.clone().apply_budget(&budget(102), "n1").is_empty());
+    let refused = c.clone().apply_budget(&budget(101), "n1");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]
+            .reason
+            .contains("1 set elements, over what is left of the node's budget of 101 (101 taken"),
+        "{}",
+        refused[0]
+    );
+}
+
+#[test]
+fn a_cluster_network_policy_pays_for_the_pods_its_peers_match() {
+    use crate::cnp::input::ClusterNetworkPolicy;
+    let pods = spread_pods(100);
+    let cnps: Vec<ClusterNetworkPolicy> = serde_json::from_value(json!([
+        {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+         "metadata": {"name": "all"},
+         "spec": {"tier": "Admin", "priority": 1,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {}}},
+            "ingress": [{"action": "Accept", "from": [
+                {"pods": {"namespaceSelector": {}, "podSelector": {}}}]}]}}
+    ]))
+    .unwrap();
+    let build = || {
+        let (mut c, _) = Cluster::new(&pods, &[], &[], &[]);
+        assert!(
+            c.set_cluster_network_policies(&cnps, &[])
+                .refused
+                .is_empty()
+        );
+        c
+    };
+    let budget = |per_policy| Budget {
+        per_policy,
+        per_node: 100_000,
+    };
+    // one rule, one peer, the 100 pods' addresses in its set
+    assert!(build().apply_budget(&budget(101), "n1").is_empty());
+    let refused = build().apply_budget(&budget(100), "n1");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].reason.contains("101 set elements"),
+        "{}",
+        refused[0]
+    );
+}

@@ -484,6 +484,28 @@ impl Cluster {
     }
 
     /// Whether a peer selector matches pod `q` (for a policy in `ns`).
+    /// The pods a pod peer of a policy in `ns` matches. A peer without a
+    /// namespace selector is looked up among `ns`'s pods only (the pods are
+    /// kept by namespace), not the whole cluster's.
+    pub(crate) fn pods_matching<'a>(
+        &'a self,
+        ns: &'a str,
+        sel: &'a PeerSel,
+    ) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        let scope: Box<dyn Iterator<Item = &'a PodInfo> + 'a> = match sel {
+            PeerSel::Pods {
+                namespaces: None, ..
+            } => Box::new(
+                self.pods
+                    .range((ns.to_string(), String::new())..)
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, p)| p),
+            ),
+            _ => Box::new(self.network_pods()),
+        };
+        scope.filter(move |q| self.peer_matches_pod(ns, sel, q))
+    }
+
     pub(crate) fn peer_matches_pod(&self, ns: &str, sel: &PeerSel, q: &PodInfo) -> bool {
         match sel {
             PeerSel::Pods { pods, namespaces } => {

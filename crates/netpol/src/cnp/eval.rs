@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{Action, Peer, Peers, PortSel, Rule, Tier};
+use super::{Action, Peer, Peers, Policy, PortSel, Rule, Tier};
 use crate::cluster::{Cluster, Direction, PodInfo};
 use crate::eval::Proto;
 
@@ -108,4 +108,38 @@ pub(crate) fn outcome(
         }
     }
     Outcome::Next(None)
+}
+
+/// The addresses the `pods` and `nodes` peers of a policy's rules put in
+/// the rules' sets (`compile::tiers` makes one per rule): what those peers
+/// cost beyond the one element [`super::policy_elements`] counts for each.
+pub(crate) fn peer_addresses(c: &Cluster, p: &Policy) -> usize {
+    let of = |peer: &Peer| -> usize {
+        match peer {
+            Peer::Pods(_) => c
+                .network_pods()
+                .filter(|q| {
+                    peer_matches(
+                        c,
+                        peer,
+                        PeerEnd {
+                            addr: None,
+                            pod: Some(q),
+                        },
+                    )
+                })
+                .map(|q| q.ips.len())
+                .sum(),
+            Peer::Nodes(s) => c.node_ips_matching(s).count(),
+            Peer::Networks(_) => 0,
+        }
+    };
+    p.ingress
+        .iter()
+        .chain(&p.egress)
+        .map(|r| match &r.peers {
+            Peers::Any => 0,
+            Peers::List(l) => l.iter().map(of).sum(),
+        })
+        .sum()
 }

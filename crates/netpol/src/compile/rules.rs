@@ -91,8 +91,7 @@ impl<'a> Builder<'a> {
                 PeerSel::Pods { .. } => {
                     let ips: Vec<IpAddr> = self
                         .c
-                        .network_pods()
-                        .filter(|q| self.c.peer_matches_pod(ns, sel, q))
+                        .pods_matching(ns, sel)
                         .flat_map(|q| q.ips.iter().copied())
                         .collect();
                     for r in out.iter_mut() {
