@@ -5,6 +5,16 @@
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 
+/// A user's string as shown in a reason: escaped, at most 64 characters.
+pub(crate) fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(64).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// `null` and absent both mean the default (the API sends either).
 fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())

@@ -1,6 +1,6 @@
 //! Label selectors, validated once, then matched.
 
-use crate::input::{LabelSelector, Labels};
+use crate::input::{LabelSelector, Labels, shown};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Req {
@@ -68,8 +68,9 @@ impl Selector {
                 }
                 other => {
                     return Err(format!(
-                        "selector key {:?}: unknown operator {other:?} (In, NotIn, Exists, DoesNotExist)",
-                        e.key
+                        "selector key {:?}: unknown operator {} (In, NotIn, Exists, DoesNotExist)",
+                        e.key,
+                        shown(other)
                     ));
                 }
             });
@@ -91,7 +92,7 @@ impl Selector {
 
 fn check_key(k: &str) -> Result<(), String> {
     if k.is_empty() || k.len() > MAX_KEY {
-        return Err(format!("selector key {k:?}: 1-{MAX_KEY} bytes"));
+        return Err(format!("selector key {}: 1-{MAX_KEY} bytes", shown(k)));
     }
     Ok(())
 }

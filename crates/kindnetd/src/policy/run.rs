@@ -33,6 +33,10 @@ use super::plan::{self, Model, Present};
 use crate::inputs::store::NodeStore;
 use crate::serve::status::Status;
 
+/// Refusals /readyz lists and a pass logs one by one; the rest are one
+/// line (a tenant can write thousands of objects to refuse).
+const SHOWN_REFUSALS: usize = 20;
+
 /// Where the CNI plugin (kindnet-cni `NFT_LOCK_DIR`) and kindnetd lock
 /// table `inet kindnet-netpol` for read-modify-write: the plugin's
 /// hand-off and kindnetd's list-then-replace never interleave.
@@ -502,8 +506,14 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             lines.push(format!("[!] {c}"));
         }
         lines.extend(super::cnp::readyz_line(&snap.cluster));
-        for r in &snap.report.refused {
+        for r in snap.report.refused.iter().take(SHOWN_REFUSALS) {
             lines.push(format!("[!] refused: {r}"));
+        }
+        let more = snap.report.refused.len().saturating_sub(SHOWN_REFUSALS);
+        if more > 0 {
+            lines.push(format!(
+                "[!] refused: {more} more (kindnet_netpol_objects_refused counts them all)"
+            ));
         }
         self.status.set_netpol(lines);
         // the inputs' validated copy and the compiled batch are gone: give
@@ -519,8 +529,15 @@ impl<N: Nft + Send> PolicyReconciler<N> {
     /// Logs each refusal once (while it lasts) and counts them.
     fn report(&mut self, report: &kindnet_netpol::Report) {
         let now: BTreeSet<String> = report.refused.iter().map(|r| r.to_string()).collect();
-        for r in now.difference(&self.logged_refusals) {
+        let new: Vec<&String> = now.difference(&self.logged_refusals).collect();
+        for r in new.iter().take(SHOWN_REFUSALS) {
             tracing::warn!("NetworkPolicy input refused: {r}");
+        }
+        if new.len() > SHOWN_REFUSALS {
+            tracing::warn!(
+                "NetworkPolicy inputs refused: {} more, not logged one by one",
+                new.len() - SHOWN_REFUSALS
+            );
         }
         self.status
             .metrics

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use super::{Direction, NamedPort, PeerSel, PodInfo, Policy, PortMatch, PortSel, Report, RuleSel};
 use crate::cidr::Ranges;
-use crate::input::{self, NetworkPolicy, Pod};
+use crate::input::{self, NetworkPolicy, Pod, shown};
 use crate::selector::Selector;
 
 pub(super) fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
@@ -26,19 +26,21 @@ pub(super) fn pod(p: &Pod, r: &mut Report) -> Option<PodInfo> {
         match s.parse::<IpAddr>() {
             Ok(ip) if ips.iter().any(|x| x.is_ipv6() == ip.is_ipv6()) => r.refuse(
                 id(),
-                format!("pod IP {s:?}"),
+                format!("pod IP {}", shown(s)),
                 "a second address of the same family",
             ),
-            Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => {
-                r.refuse(id(), format!("pod IP {s:?}"), "not a unicast address")
-            }
+            Ok(ip) if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() => r.refuse(
+                id(),
+                format!("pod IP {}", shown(s)),
+                "not a unicast address",
+            ),
             Ok(ip) => ips.push(ip),
-            Err(_) => r.refuse(id(), format!("pod IP {s:?}"), "not an IP address"),
+            Err(_) => r.refuse(id(), format!("pod IP {}", shown(s)), "not an IP address"),
         }
     }
     let mut ports = Vec::new();
     for cp in &p.ports {
-        let part = || format!("container port {:?} {}", cp.name, cp.port);
+        let part = || format!("container port {} {}", shown(&cp.name), cp.port);
         let Some(port) = u16::try_from(cp.port).ok().filter(|&n| n > 0) else {
             r.refuse(id(), part(), "port out of range 1-65535");
             continue;
@@ -101,7 +103,7 @@ pub(super) fn policy(p: &NetworkPolicy, r: &mut Report) -> Option<Policy> {
                 r.refuse(
                     id,
                     "the policy",
-                    format!("unknown policyType {other:?} (Ingress, Egress)"),
+                    format!("unknown policyType {} (Ingress, Egress)", shown(other)),
                 );
                 return None;
             }
@@ -165,18 +167,19 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
     let cidr: IpNet = b
         .cidr
         .parse()
-        .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", b.cidr))?;
+        .map_err(|_| format!("ipBlock cidr {} is not a CIDR", shown(&b.cidr)))?;
     let mut ranges = Ranges::of_net(&cidr);
     let mut excepts = Vec::with_capacity(b.except.len());
     for e in &b.except {
         let ex: IpNet = e
             .parse()
-            .map_err(|_| format!("ipBlock except {e:?} is not a CIDR"))?;
+            .map_err(|_| format!("ipBlock except {} is not a CIDR", shown(e)))?;
         // the API requires a strict subset of cidr
         if ex.prefix_len() <= cidr.prefix_len() || !cidr.trunc().contains(&ex.trunc()) {
             return Err(format!(
-                "ipBlock except {e:?} is not inside cidr {:?}",
-                b.cidr
+                "ipBlock except {} is not inside cidr {}",
+                shown(e),
+                shown(&b.cidr)
             ));
         }
         excepts.push(ex);
@@ -188,8 +191,8 @@ fn ip_block(b: &input::IpBlock) -> Result<Ranges, String> {
 fn port_sel(p: &input::PolicyPort) -> Result<PortSel, String> {
     let proto = protocol(p.protocol.as_deref()).ok_or_else(|| {
         format!(
-            "unknown protocol {:?} (TCP, UDP, SCTP)",
-            p.protocol.as_deref().unwrap_or("")
+            "unknown protocol {} (TCP, UDP, SCTP)",
+            shown(p.protocol.as_deref().unwrap_or(""))
         )
     })?;
     let in_range = |n: i64, what: &str| {
@@ -218,7 +221,8 @@ fn port_sel(p: &input::PolicyPort) -> Result<PortSel, String> {
         (Some(input::PortValue::Name(n)), None) => {
             if !is_port_name(n) {
                 return Err(format!(
-                    "port name {n:?}: 1-15 of a-z, 0-9 and '-', with a letter, no '--', no '-' at either end"
+                    "port name {}: 1-15 of a-z, 0-9 and '-', with a letter, no '--', no '-' at either end",
+                    shown(n)
                 ));
             }
             PortMatch::Named(n.clone())

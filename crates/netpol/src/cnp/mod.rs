@@ -53,6 +53,7 @@ use std::net::IpAddr;
 
 use crate::Direction;
 use crate::cidr::Ranges;
+pub(crate) use crate::input::shown;
 use crate::selector::Selector;
 
 /// The API group and version this crate implements.
@@ -246,16 +247,6 @@ impl Tiers {
             Tier::Admin => &self.admin,
             Tier::Baseline => &self.baseline,
         }
-    }
-}
-
-/// A user's string as shown in a reason: escaped, at most 64 characters.
-pub(crate) fn shown(s: &str) -> String {
-    let cut: String = s.chars().take(64).collect();
-    if cut.len() < s.len() {
-        format!("{cut:?}…")
-    } else {
-        format!("{cut:?}")
     }
 }
 

@@ -562,3 +562,37 @@ fn the_heap_is_given_back_after_large_changes_only() {
     assert!(Pass::Incremental(new_set).worth_trimming());
     assert!(!Pass::Unchanged.worth_trimming());
 }
+
+#[test]
+fn a_flood_of_refused_objects_shows_a_bounded_readyz() {
+    let mut h = harness(true);
+    h.sync_nodes();
+    // 30 policies with a bad cidr each, one of them 100,000 characters long
+    let mut objs = vec![pod("a", &["10.0.1.2"])];
+    for i in 0..30 {
+        let cidr = if i == 0 {
+            "x".repeat(100_000)
+        } else {
+            format!("bad{i}")
+        };
+        objs.push(Object::Policy(
+            serde_json::from_value(
+                json!({"metadata": {"namespace": "x", "name": format!("p{i:02}")},
+                "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": cidr}}]}]}}),
+            )
+            .unwrap(),
+        ));
+    }
+    h.file(objs);
+    h.r.pass();
+    assert_eq!(h.status.metrics.netpol.objects_refused.get(), 30);
+    let r = h.status.readiness().report();
+    let listed = r
+        .lines()
+        .filter(|l| l.contains("[!] refused: policy"))
+        .count();
+    assert_eq!(listed, 20, "{r}");
+    assert!(r.contains("[!] refused: 10 more"), "{r}");
+    assert!(r.len() < 20_000, "the long cidr is cut: {} bytes", r.len());
+    assert!(r.contains("\"xxxx"), "and shown escaped: {r}");
+}
