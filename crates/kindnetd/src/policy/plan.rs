@@ -13,7 +13,7 @@ use kindnet_nft::{Batch, ChainDef, Cmd, Elem, Name, RuleDef, SetDef, Value};
 
 mod diff;
 
-pub use diff::{DiffStats, diff, diff_in, drift, touches_dispatch};
+pub use diff::{DiffStats, Repointed, diff, diff_in, drift, touches_dispatch};
 
 use super::Inputs;
 use crate::inputs::store::NodeStore;

@@ -209,6 +209,8 @@ pub struct PolicyReconciler<N: Nft + Send> {
     last: Option<Applied>,
     removed: bool,
     logged_refusals: BTreeSet<String>,
+    /// Dispatch elements pointing elsewhere at the last resync.
+    repointed: Vec<plan::Repointed>,
     replacements: Arc<AtomicU64>,
     logged_conflicts: Vec<kindnet_netpol::Conflict>,
     chain_names: super::ChainNames,
@@ -231,6 +233,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             last: None,
             removed: false,
             logged_refusals: BTreeSet::new(),
+            repointed: Vec::new(),
             replacements: Arc::new(AtomicU64::new(0)),
             logged_conflicts: Vec::new(),
             chain_names: super::ChainNames::default(),
@@ -288,7 +291,11 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             .rule_counts(&table())
             .and_then(|rules| Ok((rules, list_dispatch(&mut self.dp)?)));
         let diffs = match read {
-            Ok((Some(rules), Some(maps))) => plan::drift(want, &rules, &maps),
+            Ok((Some(rules), Some(maps))) => {
+                let (diffs, now) = plan::drift(want, &rules, &maps, &self.repointed);
+                self.repointed = now;
+                diffs
+            }
             Ok(_) => vec!["table inet kindnet-netpol is missing".to_string()],
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the policy table");
@@ -300,6 +307,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
         }
         let read_ms = started.elapsed().as_secs_f64() * 1e3;
         self.last = None;
+        self.repointed.clear();
         let outcome = self.pass();
         self.status
             .metrics

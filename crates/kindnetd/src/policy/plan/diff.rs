@@ -2,26 +2,35 @@
 //! transaction in the kernel's order) and the resync's comparison of the
 //! kernel with what was applied ([`drift`]).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use kindnet_netpol::{dispatch_map, table};
 use kindnet_nft::{Batch, ChainDef, Elem, Name, RuleDef, Value};
 
 use super::{DISPATCH, Model, Present};
 
+/// A dispatch element the kernel points elsewhere than kindnetd applied:
+/// the map, the address, and the kernel's verdict.
+pub type Repointed = (Name, Value, Option<Value>);
+
 /// How the kernel differs from `want` (what kindnetd applied, with the
 /// elements it carried), as far as `rules` (each chain's number of rules)
 /// and `maps` (the dispatch maps) show: a chain missing or with another
-/// number of rules, a dispatch element missing. Elements in the kernel
-/// that `want` lacks are the CNI plugin's, not drift; one whose data
-/// differs may be the plugin's hand-off of a reused address. Empty: no
-/// drift.
+/// number of rules, a dispatch element missing, and one pointing
+/// elsewhere than `want` since the last resync (`before`: what pointed
+/// elsewhere then). Elements in the kernel that `want` lacks are the CNI
+/// plugin's, not drift; one pointing elsewhere may be the plugin's
+/// hand-off of a reused address, which kindnetd's next pass takes in, so
+/// only one still pointing there a resync later is drift. Returns the
+/// drift (empty: none) and what points elsewhere now.
 pub fn drift(
     want: &Model,
     rules: &HashMap<String, usize>,
     maps: &kindnet_nft::Listing,
-) -> Vec<String> {
+    before: &[Repointed],
+) -> (Vec<String>, Vec<Repointed>) {
     let mut out = Vec::new();
+    let mut repointed = Vec::new();
     for (name, (_, r)) in &want.chains {
         match rules.get(name.as_str()) {
             None => out.push(format!("chain {name} is missing")),
@@ -40,12 +49,29 @@ pub fn drift(
             out.push(format!("map {name} is missing"));
             continue;
         }
-        let have: HashSet<&Value> = maps.in_set(name.as_str()).map(|e| &e.key).collect();
+        let have: HashMap<&Value, &Option<Value>> = maps
+            .in_set(name.as_str())
+            .map(|e| (&e.key, &e.data))
+            .collect();
         let missing = set
             .elements
             .iter()
-            .filter(|e| !have.contains(&e.key))
+            .filter(|e| !have.contains_key(&e.key))
             .count();
+        for e in &set.elements {
+            if let Some(&data) = have.get(&e.key).filter(|d| **d != &e.data) {
+                let r = (name.clone(), e.key.clone(), data.clone());
+                if before.contains(&r) {
+                    out.push(format!(
+                        "map {name}: {} points at {}, not {}",
+                        e.key,
+                        shown(data),
+                        shown(&e.data)
+                    ));
+                }
+                repointed.push(r);
+            }
+        }
         if missing > 0 {
             out.push(format!(
                 "map {name} lacks {missing} of its {} elements",
@@ -53,7 +79,12 @@ pub fn drift(
             ));
         }
     }
-    out
+    (out, repointed)
+}
+
+fn shown(data: &Option<Value>) -> String {
+    data.as_ref()
+        .map_or_else(|| "nothing".to_string(), |v| v.to_string())
 }
 
 /// What an incremental change consists of (for logs and metrics).
