@@ -22,7 +22,9 @@ pub const COUNTER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// (name, packets) of the named counters that exist.
 pub type CounterValues = Vec<(String, u64)>;
-type CounterResult = Result<Option<CounterValues>, NftError>;
+/// The values, and the table generation they belong to (`None`: a
+/// replacement ran during the read, so they may be either table's).
+type CounterResult = Result<Option<(CounterValues, Option<u64>)>, NftError>;
 
 /// The packets a counter counted since it read `seen`, and `seen` moved to
 /// `now`. A counter starts again at 0 when its table is replaced:
@@ -57,6 +59,9 @@ pub struct CounterReader {
 #[derive(Debug)]
 pub enum CounterTick {
     Read,
+    /// The table was being replaced during the read: nothing counted
+    /// (the next read counts it all).
+    Raced,
     NoTable,
     Failed(CounterError),
     /// The read took longer than the timeout (it goes on, alone; the
@@ -77,8 +82,11 @@ pub enum CounterError {
 
 impl CounterReader {
     /// `nft`: the seam the reads go through (kindnetd's is its own
-    /// nf_tables socket); `replacements`: the reconciler's count of table
-    /// replacements ([`super::run::PolicyReconciler::replacements`]).
+    /// nf_tables socket); `replacements`: the reconciler's table
+    /// generation ([`super::run::PolicyReconciler::replacements`]), a
+    /// seqlock: odd while a replacement is in flight, two more per
+    /// replacement. A read counts only when it saw one even generation
+    /// before and after it.
     pub fn new(
         nft: impl Nft + Send + 'static,
         status: Arc<Status>,
@@ -120,14 +128,19 @@ impl CounterReader {
             None => {
                 let (tx, rx) = std::sync::mpsc::channel();
                 let nft = self.nft.clone();
+                let generation = self.replacements.clone();
                 let spawned = std::thread::Builder::new()
                     .name("netpol-counters".into())
                     .spawn(move || {
+                        let before = generation.load(Ordering::SeqCst);
                         let r = match nft.lock() {
                             Ok(mut g) => g.counters(&table()),
                             Err(p) => p.into_inner().counters(&table()),
                         };
-                        let _ = tx.send(r);
+                        let after = generation.load(Ordering::SeqCst);
+                        let settled =
+                            (before == after && before.is_multiple_of(2)).then_some(before);
+                        let _ = tx.send(r.map(|c| c.map(|c| (c, settled))));
                     });
                 if let Err(e) = spawned {
                     return CounterTick::Failed(CounterError::Spawn(e));
@@ -136,10 +149,11 @@ impl CounterReader {
             }
         };
         match rx.recv_timeout(self.timeout) {
-            Ok(Ok(Some(c))) => {
-                self.account(&c);
+            Ok(Ok(Some((c, Some(generation))))) => {
+                self.account(&c, generation);
                 CounterTick::Read
             }
+            Ok(Ok(Some((_, None)))) => CounterTick::Raced,
             Ok(Ok(None)) => CounterTick::NoTable,
             Ok(Err(e)) => CounterTick::Failed(CounterError::Nft(e)),
             Err(RecvTimeoutError::Timeout) => {
@@ -151,9 +165,8 @@ impl CounterReader {
         }
     }
 
-    fn account(&mut self, c: &[(String, u64)]) {
+    fn account(&mut self, c: &[(String, u64)], generation: u64) {
         // a replaced table starts its counters again at 0
-        let generation = self.replacements.load(Ordering::Relaxed);
         let replaced = generation != self.generation;
         self.generation = generation;
         self.status.metrics.cnp.account(c, replaced);

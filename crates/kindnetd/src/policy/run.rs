@@ -268,8 +268,9 @@ impl<N: Nft + Send> PolicyReconciler<N> {
         }
     }
 
-    /// How many times the table was replaced whole: the counters start
-    /// again at 0 each time ([`CounterReader`]).
+    /// The table's generation, for the counters ([`CounterReader`]), which
+    /// start again at 0 in a replaced table: a seqlock, odd while the
+    /// table is being replaced, two more per replacement.
     pub fn replacements(&self) -> Arc<AtomicU64> {
         self.replacements.clone()
     }
@@ -633,9 +634,12 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             }
         }
         let applied = Applied::new(new, &carried);
+        // The new table's counters start at 0: the generation is odd while
+        // it is replaced, so a counter read meanwhile counts nothing.
+        self.replacements.fetch_add(1, Ordering::SeqCst);
         match self.dp.apply(&applied.kernel().to_batch()) {
             Ok(()) => {
-                self.replacements.fetch_add(1, Ordering::Relaxed);
+                self.replacements.fetch_add(1, Ordering::SeqCst);
                 self.status
                     .metrics
                     .netpol
@@ -647,6 +651,8 @@ impl<N: Nft + Send> PolicyReconciler<N> {
                 }
             }
             Err(e) => {
+                // not replaced: the old table and its counters stay
+                self.replacements.fetch_sub(1, Ordering::SeqCst);
                 self.last = None;
                 Pass::Failed(ProgramError::Apply(e))
             }

@@ -394,7 +394,7 @@ fn counters_are_accounted_across_replacements() {
     // follow one rule (`counters::delta`)
     let both = |v: u64| Some(vec![(DENIED_INGRESS_COUNTER.into(), v), (ADMIN.into(), v)]);
     let values = Arc::new(Mutex::new(both(5)));
-    let replaced = Arc::new(AtomicU64::new(1));
+    let replaced = Arc::new(AtomicU64::new(2));
     let mut c = CounterReader::new(
         FakeCounters {
             values: values.clone(),
@@ -414,11 +414,22 @@ fn counters_are_accounted_across_replacements() {
     assert_eq!(admin_denied(&status), "7");
     // the table replaced: its counters start at 0 again (9 new packets,
     // though 9 is more than the 7 read before)
-    replaced.fetch_add(1, Ordering::Relaxed);
+    replaced.fetch_add(2, Ordering::SeqCst);
     *values.lock().unwrap() = both(9);
     c.tick();
     assert_eq!(denied(&status, "ingress"), "16");
     assert_eq!(admin_denied(&status), "16");
+    // a read while a replacement is in flight (odd) counts nothing, and
+    // the read after it counts the new table's packets once
+    replaced.fetch_add(1, Ordering::SeqCst);
+    *values.lock().unwrap() = both(2);
+    assert!(matches!(c.tick(), CounterTick::Raced));
+    assert_eq!(denied(&status, "ingress"), "16");
+    replaced.fetch_add(1, Ordering::SeqCst);
+    *values.lock().unwrap() = both(3);
+    assert!(matches!(c.tick(), CounterTick::Read));
+    assert_eq!(denied(&status, "ingress"), "19");
+    assert_eq!(admin_denied(&status), "19");
     *values.lock().unwrap() = None;
     assert!(matches!(c.tick(), CounterTick::NoTable));
 }
