@@ -61,6 +61,18 @@ pub fn open_nft(lock_dir: Option<PathBuf>) -> Result<NftNetlink, NftError> {
     Ok(nl)
 }
 
+/// The dispatch maps' elements in the kernel: the CNI plugin's record of
+/// this node's pods (none when they cannot be read, said in one line).
+fn cni_record(dp: &mut dyn Nft) -> Vec<kindnet_nft::Listed> {
+    match list_dispatch(dp) {
+        Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
+            Vec::new()
+        }
+    }
+}
+
 /// The dispatch maps and their elements, only those (listing the whole
 /// table would cost time and memory in proportion to the ruleset); `None`
 /// when the table, or every dispatch map, is missing.
@@ -363,6 +375,13 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             if !inputs.synced() {
                 return None;
             }
+            if kernel.is_none() && self.last.is_none() {
+                // at start the CNI record can only be the kernel's: read
+                // it before validating anything
+                drop(inputs);
+                kernel = Some(cni_record(&mut self.dp));
+                continue;
+            }
             let attached = match (&kernel, &self.last) {
                 (Some(k), _) => super::attachments_with(
                     &mut self.chain_names,
@@ -399,13 +418,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             }
             drop(snap);
             drop(inputs);
-            kernel = Some(match list_dispatch(&mut self.dp) {
-                Ok(l) => l.map(|l| l.elements).unwrap_or_default(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the dispatch maps; no CNI record of this node's pods this pass");
-                    Vec::new()
-                }
-            });
+            kernel = Some(cni_record(&mut self.dp));
         };
         let over = snap.cluster.apply_budget(&self.cfg.budget, &own.node_name);
         self.status
