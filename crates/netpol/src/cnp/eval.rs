@@ -116,20 +116,7 @@ pub(crate) fn outcome(
 pub(crate) fn peer_addresses(c: &Cluster, p: &Policy) -> usize {
     let of = |peer: &Peer| -> usize {
         match peer {
-            Peer::Pods(_) => c
-                .network_pods()
-                .filter(|q| {
-                    peer_matches(
-                        c,
-                        peer,
-                        PeerEnd {
-                            addr: None,
-                            pod: Some(q),
-                        },
-                    )
-                })
-                .map(|q| q.ips.len())
-                .sum(),
+            Peer::Pods(_) => pods_matching(c, peer).map(|q| q.ips.len()).sum(),
             Peer::Nodes(s) => c.node_ips_matching(s).count(),
             Peer::Networks(_) => 0,
         }
@@ -142,4 +129,21 @@ pub(crate) fn peer_addresses(c: &Cluster, p: &Policy) -> usize {
             Peers::List(l) => l.iter().map(of).sum(),
         })
         .sum()
+}
+
+/// The pods on the pod network a `pods` peer matches.
+pub(crate) fn pods_matching<'a>(
+    c: &'a Cluster,
+    peer: &'a Peer,
+) -> impl Iterator<Item = &'a PodInfo> {
+    c.network_pods().filter(move |q| {
+        peer_matches(
+            c,
+            peer,
+            PeerEnd {
+                addr: None,
+                pod: Some(q),
+            },
+        )
+    })
 }

@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use crate::cidr::Ranges;
 use crate::cluster::{Cluster, Direction, NamedPort, PodInfo};
-use crate::cnp::eval::{PeerEnd, peer_matches};
+use crate::cnp::eval::{PeerEnd, peer_matches, pods_matching};
 use crate::cnp::{Action, DENIED_COUNTERS, Peer, Peers, Policy, PortSel, Rule, Tier};
 use crate::compile::{INGRESS_CHAIN, hashed, merge_ports, named_set};
 use crate::input::Labels;
@@ -186,18 +186,7 @@ impl<'a> TierBuilder<'a> {
                 }
                 Peer::Pods(_) => {
                     dynamic = true;
-                    let ips: Vec<IpAddr> = c
-                        .network_pods()
-                        .filter(|q| {
-                            peer_matches(
-                                c,
-                                peer,
-                                PeerEnd {
-                                    addr: None,
-                                    pod: Some(q),
-                                },
-                            )
-                        })
+                    let ips: Vec<IpAddr> = pods_matching(c, peer)
                         .flat_map(|q| q.ips.iter().copied())
                         .collect();
                     for r in ranges.iter_mut() {
