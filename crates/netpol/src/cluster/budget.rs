@@ -60,18 +60,28 @@ pub(crate) fn pod_peer_lists(p: &Policy) -> Vec<PeerList<'_>> {
         .collect()
 }
 
+/// The pod peers of a list: each is looked up, and costs at least one
+/// element (the lower bound of the list's set, known without a look-up).
+fn pod_peers(peers: &[PeerSel]) -> usize {
+    peers
+        .iter()
+        .filter(|s| matches!(s, PeerSel::Pods { .. }))
+        .count()
+}
+
 impl Cluster {
-    /// The set elements of a pod peer list's set: the addresses of the
-    /// pods its peers match (a pod two of them match counted twice: an
-    /// upper bound, found the way `compile` finds them), at least one
-    /// (the set exists, maybe empty).
+    /// The set elements of a pod peer list's set: for each pod peer the
+    /// addresses of the pods it matches, at least one (an upper bound of
+    /// the set's union, found the way `compile` finds them).
     fn pod_peer_elements(&self, (ns, peers): PeerList) -> usize {
-        let matching: usize = peers
+        peers
             .iter()
-            .flat_map(|s| self.pods_matching(ns, s))
-            .map(|q| q.ips.len())
-            .sum();
-        matching.max(1)
+            .filter(|s| matches!(s, PeerSel::Pods { .. }))
+            .map(|s| {
+                let n: usize = self.pods_matching(ns, s).map(|q| q.ips.len()).sum();
+                n.max(1)
+            })
+            .sum()
     }
 
     /// Refuses the policies over `budget` (see [`Budget`]) for `node`,
@@ -104,7 +114,8 @@ impl Cluster {
                 .any(|p| pol.namespace == p.namespace && pol.selector.matches(&p.labels));
             if selects_here {
                 let (fixed, lists) = (policy_elements(pol), pod_peer_lists(pol));
-                local.push((fixed + lists.len(), Which::V1(i), fixed, lists));
+                let lower = fixed + lists.iter().map(|(_, l)| pod_peers(l)).sum::<usize>();
+                local.push((lower, Which::V1(i), fixed, lists));
             }
         }
         for t in [Tier::Admin, Tier::Baseline] {
@@ -115,14 +126,16 @@ impl Cluster {
                 }
             }
         }
-        // The smallest first, by what is known without looking pods up:
-        // one large policy cannot crowd out the others, and a policy that
-        // is over before its pod sets are counted is refused without
-        // matching every pod against its peer lists, the work the budget
-        // is there to bound. At most `per_node` lists are looked up (each
-        // set is at least one element, so no more can be taken).
+        // The smallest first, by what is known without looking pods up (a
+        // pod peer is at least one element): one large policy cannot
+        // crowd out the others, and a policy that is over before its pod
+        // sets are counted is refused without matching the pods against
+        // its peers, the work the budget is there to bound. At most
+        // `per_node` pod peers are looked up per pass (each is at least one
+        // element, so no more can be taken).
         local.sort_by_key(|(lower, which, ..)| (*lower, *which));
         let mut set_elements: HashMap<PeerList, usize> = HashMap::new();
+        let mut looked_up = 0usize;
         let mut counted: HashSet<PeerList> = HashSet::new();
         let mut total = 0usize;
         let mut over: Vec<(Which, String)> = Vec::new();
@@ -146,33 +159,35 @@ impl Cluster {
                 .filter(|k| !counted.contains(*k))
                 .copied()
                 .collect();
+            let new_lower = fixed + new.iter().map(|(_, l)| pod_peers(l)).sum::<usize>();
             let left = budget.per_node - total;
-            if fixed + new.len() > left {
+            if new_lower > left {
                 over.push((
                     which,
                     format!(
-                        "{}{} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
+                        "{}{new_lower} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
                         at_least(cnp || !new.is_empty()),
-                        fixed + new.len(),
                         budget.per_node
                     ),
                 ));
                 continue;
             }
-            let unknown = lists
+            let unknown: usize = lists
                 .iter()
                 .filter(|k| !set_elements.contains_key(*k))
-                .count();
-            if set_elements.len() + unknown > budget.per_node {
+                .map(|(_, l)| pod_peers(l))
+                .sum();
+            if looked_up + unknown > budget.per_node {
                 over.push((
                     which,
                     format!(
-                        "{unknown} pod peer lists, more than are left to look up of the node's {} per pass",
+                        "{unknown} pod peers, more than are left to look up of the node's {} per pass",
                         budget.per_node
                     ),
                 ));
                 continue;
             }
+            looked_up += unknown;
             for k in &lists {
                 if !set_elements.contains_key(k) {
                     set_elements.insert(*k, self.pod_peer_elements(*k));

@@ -347,3 +347,57 @@ fn a_cluster_network_policy_pays_for_the_pods_its_peers_match() {
         refused[0]
     );
 }
+
+/// A policy of one ingress rule whose one peer list holds `peers` pod
+/// peers, each matching every pod of x.
+fn many_peers_policy(name: &str, peers: usize) -> NetworkPolicy {
+    let from: Vec<serde_json::Value> = (0..peers)
+        .map(|_| json!({"podSelector": {"matchLabels": {"k": "a"}}}))
+        .collect();
+    serde_json::from_value(json!({"metadata": {"namespace": "x", "name": name},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": from}]}}))
+    .unwrap()
+}
+
+#[test]
+fn every_pod_peer_is_looked_up_and_paid_for_not_every_list() {
+    let pods = spread_pods(2);
+    let budget = Budget {
+        per_policy: 1000,
+        per_node: 1000,
+    };
+    // One list of 5,000 peers: at least 5,000 elements, refused without a
+    // look-up (a list is one set, but each peer is matched against the pods).
+    let (mut c, _) = Cluster::new(&pods, &[], &[many_peers_policy("wide", 5000)], &[]);
+    let refused = c.apply_budget(&budget, "n1");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].reason.contains("at least 5001 set elements"),
+        "{}",
+        refused[0]
+    );
+    // 500 peers of 2 pods each: looked up (500 of the node's 1,000), then
+    // over at 1,001; the 600 peers of the next policy are more than are
+    // left to look up, and it is refused before any look-up.
+    let pols = [
+        many_peers_policy("a500", 500),
+        many_peers_policy("b600", 600),
+    ];
+    let (mut c, _) = Cluster::new(&pods, &[], &pols, &[]);
+    let refused = c.apply_budget(&budget, "n1");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused[0]
+            .reason
+            .contains("1001 set elements, over the budget of 1000 per policy"),
+        "{}",
+        refused[0]
+    );
+    assert!(
+        refused[1]
+            .reason
+            .contains("600 pod peers, more than are left to look up"),
+        "{}",
+        refused[1]
+    );
+}

@@ -483,10 +483,10 @@ impl Cluster {
         })
     }
 
-    /// Whether a peer selector matches pod `q` (for a policy in `ns`).
-    /// The pods a pod peer of a policy in `ns` matches. A peer without a
-    /// namespace selector is looked up among `ns`'s pods only (the pods are
-    /// kept by namespace), not the whole cluster's.
+    /// The pods a pod peer of a policy in `ns` matches (none for an
+    /// ipBlock, which is not looked up). A peer without a namespace
+    /// selector is looked up among `ns`'s pods only (the pods are kept by
+    /// namespace), not the whole cluster's.
     pub(crate) fn pods_matching<'a>(
         &'a self,
         ns: &'a str,
@@ -501,11 +501,13 @@ impl Cluster {
                     .take_while(move |((n, _), _)| n == ns)
                     .map(|(_, p)| p),
             ),
-            _ => Box::new(self.network_pods()),
+            PeerSel::Pods { .. } => Box::new(self.network_pods()),
+            PeerSel::Block(_) => Box::new(std::iter::empty()),
         };
         scope.filter(move |q| self.peer_matches_pod(ns, sel, q))
     }
 
+    /// Whether a peer selector matches pod `q` (for a policy in `ns`).
     pub(crate) fn peer_matches_pod(&self, ns: &str, sel: &PeerSel, q: &PodInfo) -> bool {
         match sel {
             PeerSel::Pods { pods, namespaces } => {
