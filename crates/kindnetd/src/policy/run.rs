@@ -223,6 +223,10 @@ pub struct PolicyReconciler<N: Nft + Send> {
     logged_refusals: BTreeSet<String>,
     /// Dispatch elements pointing elsewhere at the last resync.
     repointed: Vec<plan::Repointed>,
+    /// The next pass replaces the table (drift), from what was applied
+    /// last: the kernel's dispatch maps are what drifted, so they are not
+    /// taken as the CNI plugin's record.
+    replace_next: bool,
     replacements: Arc<AtomicU64>,
     logged_conflicts: Vec<kindnet_netpol::Conflict>,
     chain_names: super::ChainNames,
@@ -246,6 +250,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             removed: false,
             logged_refusals: BTreeSet::new(),
             repointed: Vec::new(),
+            replace_next: false,
             replacements: Arc::new(AtomicU64::new(0)),
             logged_conflicts: Vec::new(),
             chain_names: super::ChainNames::default(),
@@ -319,7 +324,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             return Some(diffs);
         }
         let read_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.last = None;
+        self.replace_next = true;
         self.repointed.clear();
         let outcome = self.pass();
         self.status
@@ -534,7 +539,7 @@ impl<N: Nft + Send> PolicyReconciler<N> {
         let more = snap.report.refused.len().saturating_sub(SHOWN_REFUSALS);
         if more > 0 {
             lines.push(format!(
-                "[!] refused: {more} more (kindnet_netpol_objects_refused counts them all)"
+                "[!] refused: {more} more (see kindnet_netpol_objects_refused and the log)"
             ));
         }
         self.status.set_netpol(lines);
@@ -570,10 +575,11 @@ impl<N: Nft + Send> PolicyReconciler<N> {
     }
 
     /// Takes the kernel to `new`: nothing when it is what was applied
-    /// last, else a diff, else (or when the kernel refuses the diff) the
-    /// whole table.
+    /// last, else a diff, else (or when the kernel refuses the diff, or
+    /// the resync found drift) the whole table.
     fn program(&mut self, known: &HashSet<IpAddr>, new: Model) -> Pass {
-        if let Some(last) = &self.last
+        if !self.replace_next
+            && let Some(last) = &self.last
             && last.compiled == new
         {
             return Pass::Unchanged;
@@ -582,6 +588,9 @@ impl<N: Nft + Send> PolicyReconciler<N> {
             Ok(l) => l,
             Err(e) => return Pass::Failed(ProgramError::Lock(e)),
         };
+        if std::mem::take(&mut self.replace_next) {
+            return self.replace(known, new);
+        }
         if let Some(last) = &self.last {
             let old = last.kernel();
             // elements carried before stay while still valid

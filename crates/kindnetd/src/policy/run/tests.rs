@@ -633,3 +633,46 @@ fn a_flood_of_refused_objects_shows_a_bounded_readyz() {
     assert!(r.len() < 20_000, "the long cidr is cut: {} bytes", r.len());
     assert!(r.contains("\"xxxx"), "and shown escaped: {r}");
 }
+
+#[test]
+fn an_address_pointed_at_another_pods_chain_is_pointed_back() {
+    let mut h = harness(true);
+    h.sync_nodes();
+    h.file(vec![
+        pod("a", &["10.0.1.2"]),
+        pod("b", &["10.0.1.3"]),
+        deny(),
+    ]);
+    assert_eq!(h.r.pass(), Pass::Full { carried: 0 });
+    let ing4 = dispatch_map(Direction::Ingress, false);
+    let (a_chain, b_chain) = (
+        Value::Goto(pod_chain("x", "a", Direction::Ingress)),
+        Value::Goto(pod_chain("x", "b", Direction::Ingress)),
+    );
+    let points_at = |h: &mut H| -> Option<Value> {
+        let l = h.r.dataplane().list(&table()).unwrap().unwrap();
+        l.in_set(ing4.as_str())
+            .find(|e| e.key == Value::Addr("10.0.1.2".parse().unwrap()))
+            .and_then(|e| e.data.clone())
+    };
+    assert_eq!(points_at(&mut h), Some(a_chain.clone()));
+    // a's address pointed at b's chain (b's policy let in what a's does not)
+    let key = Value::Addr("10.0.1.2".parse().unwrap());
+    let mut b = Batch::new();
+    b.delete_elements(&table(), &ing4, vec![key.clone()]);
+    b.add_elements(
+        &table(),
+        &ing4,
+        vec![kindnet_nft::Elem {
+            key,
+            data: Some(b_chain),
+            comment: None,
+        }],
+    );
+    h.r.dataplane().apply(&b).unwrap();
+    assert_eq!(h.r.resync(), Some(vec![]));
+    assert!(!h.r.resync().unwrap().is_empty());
+    // repaired from what kindnetd applied, not from the kernel's maps
+    assert_eq!(points_at(&mut h), Some(a_chain));
+    assert_eq!(h.r.resync(), Some(vec![]));
+}
