@@ -205,34 +205,20 @@ impl Handle {
         peer_ns: Option<&Netns>,
         mtu: Option<u32>,
     ) -> Result<()> {
-        self.create_veth_echo(name, peer_name, peer_ns, mtu, None)
-            .map(drop)
-    }
-
-    /// [`Handle::create_veth`], optionally with the peer's MAC set at
-    /// creation, returning the host end as the kernel echoes it back
-    /// (NLM_F_ECHO; one lookup instead on a kernel that does not echo).
-    /// The host end's `peer_index` is the peer's ifindex in `peer_ns`.
-    pub fn create_veth_echo(
-        &mut self,
-        name: &str,
-        peer_name: &str,
-        peer_ns: Option<&Netns>,
-        mtu: Option<u32>,
-        peer_mac: Option<[u8; 6]>,
-    ) -> Result<Option<Link>> {
         self.create_veth_as(&VethSpec {
             name,
             peer: peer_name,
             peer_ns,
             mtu,
-            peer_mac,
             ..Default::default()
         })
+        .map(drop)
     }
 
     /// Creates the veth pair `spec` describes in one message, returning the
-    /// host end as the kernel echoes it back (see [`Handle::create_veth_echo`]).
+    /// end created here as the kernel echoes it back (NLM_F_ECHO; one
+    /// lookup instead on a kernel that does not echo). Its `peer_index` is
+    /// the peer's ifindex in `peer_ns`.
     pub fn create_veth_as(&mut self, spec: &VethSpec) -> Result<Option<Link>> {
         let name = spec.name;
         check_name(name)?;
