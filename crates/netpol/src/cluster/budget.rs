@@ -140,36 +140,36 @@ impl Cluster {
         let mut total = 0usize;
         let mut over: Vec<(Which, String)> = Vec::new();
         for (lower, which, fixed, lists) in local {
-            // the lower bound is the count when nothing is left to look up
-            let at_least = |uncounted: bool| if uncounted { "at least " } else { "" };
-            let cnp = matches!(which, Which::Cnp(..));
-            if lower > budget.per_policy {
-                over.push((
-                    which,
-                    format!(
-                        "{}{lower} set elements, over the budget of {} per policy",
-                        at_least(cnp || !lists.is_empty()),
-                        budget.per_policy
-                    ),
-                ));
-                continue;
-            }
             let new: Vec<PeerList> = lists
                 .iter()
                 .filter(|k| !counted.contains(*k))
                 .copied()
                 .collect();
-            let new_lower = fixed + new.iter().map(|(_, l)| pod_peers(l)).sum::<usize>();
             let left = budget.per_node - total;
-            if new_lower > left {
-                over.push((
-                    which,
-                    format!(
-                        "{}{new_lower} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
-                        at_least(cnp || !new.is_empty()),
+            // Why a policy of `own` elements, `adds` of them new to the
+            // node, is over (`exact`: counted, else lower bounds).
+            let over_by = |own: usize, adds: usize, exact: bool| {
+                let q = if exact { "" } else { "at least " };
+                if own > budget.per_policy {
+                    Some(format!(
+                        "{q}{own} set elements, over the budget of {} per policy",
+                        budget.per_policy
+                    ))
+                } else if adds > left {
+                    Some(format!(
+                        "{q}{adds} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
                         budget.per_node
-                    ),
-                ));
+                    ))
+                } else {
+                    None
+                }
+            };
+            // Before any look-up: the lower bounds, which are the count
+            // when there is nothing to look up.
+            let new_lower = fixed + new.iter().map(|(_, l)| pod_peers(l)).sum::<usize>();
+            let counted_already = lists.is_empty() && matches!(which, Which::V1(_));
+            if let Some(why) = over_by(lower, new_lower, counted_already) {
+                over.push((which, why));
                 continue;
             }
             let unknown: usize = lists
@@ -202,27 +202,13 @@ impl Cluster {
                 Which::Cnp(t, i) => crate::cnp::eval::peer_addresses(self, &self.tiers.tier(t)[i]),
                 Which::V1(_) => 0,
             };
-            let own = fixed + peers + sets(&lists);
-            let adds = fixed + peers + sets(&new);
-            if own > budget.per_policy {
-                over.push((
-                    which,
-                    format!(
-                        "{own} set elements, over the budget of {} per policy",
-                        budget.per_policy
-                    ),
-                ));
-            } else if adds > left {
-                over.push((
-                    which,
-                    format!(
-                        "{adds} set elements, over what is left of the node's budget of {} ({total} taken by smaller policies)",
-                        budget.per_node
-                    ),
-                ));
-            } else {
-                total += adds;
-                counted.extend(new);
+            let (own, adds) = (fixed + peers + sets(&lists), fixed + peers + sets(&new));
+            match over_by(own, adds, true) {
+                Some(why) => over.push((which, why)),
+                None => {
+                    total += adds;
+                    counted.extend(new);
+                }
             }
         }
         over.sort();
