@@ -489,6 +489,22 @@ fn a_slow_counter_read_never_holds_up_programming() {
     policy.join().unwrap();
 }
 
+/// `nft` by hand: points `key` of dispatch map `map` at `to`.
+fn repoint(h: &mut H, map: &kindnet_nft::Name, key: &Value, to: Value) {
+    let mut b = Batch::new();
+    b.delete_elements(&table(), map, vec![key.clone()]);
+    b.add_elements(
+        &table(),
+        map,
+        vec![kindnet_nft::Elem {
+            key: key.clone(),
+            data: Some(to),
+            comment: None,
+        }],
+    );
+    h.r.dataplane().apply(&b).unwrap();
+}
+
 #[test]
 fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
     let mut h = harness(true);
@@ -537,18 +553,12 @@ fn drift_is_found_at_resync_and_repaired_in_one_replacement() {
     // it is still there at the next resync
     let l = h.r.dataplane().list(&table()).unwrap().unwrap();
     let a_ip = l.in_set(ing4.as_str()).next().unwrap().key.clone();
-    let mut b = Batch::new();
-    b.delete_elements(&table(), &ing4, vec![a_ip.clone()]);
-    b.add_elements(
-        &table(),
+    repoint(
+        &mut h,
         &ing4,
-        vec![kindnet_nft::Elem {
-            key: a_ip.clone(),
-            data: Some(Value::Goto(pod_chain("x", "a", Direction::Egress))),
-            comment: None,
-        }],
+        &a_ip,
+        Value::Goto(pod_chain("x", "a", Direction::Egress)),
     );
-    h.r.dataplane().apply(&b).unwrap();
     assert_eq!(h.r.resync(), Some(vec![]), "a hand-off, maybe");
     let d = h.r.resync().unwrap();
     assert!(
@@ -658,18 +668,7 @@ fn an_address_pointed_at_another_pods_chain_is_pointed_back() {
     assert_eq!(points_at(&mut h), Some(a_chain.clone()));
     // a's address pointed at b's chain (b's policy let in what a's does not)
     let key = Value::Addr("10.0.1.2".parse().unwrap());
-    let mut b = Batch::new();
-    b.delete_elements(&table(), &ing4, vec![key.clone()]);
-    b.add_elements(
-        &table(),
-        &ing4,
-        vec![kindnet_nft::Elem {
-            key,
-            data: Some(b_chain),
-            comment: None,
-        }],
-    );
-    h.r.dataplane().apply(&b).unwrap();
+    repoint(&mut h, &ing4, &key, b_chain);
     assert_eq!(h.r.resync(), Some(vec![]));
     assert!(!h.r.resync().unwrap().is_empty());
     // repaired from what kindnetd applied, not from the kernel's maps
